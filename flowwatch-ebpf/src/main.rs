@@ -1,0 +1,311 @@
+//! flowwatch's kernel programs.
+//!
+//! * `tcp_state` (tracepoint `sock/inet_sock_set_state`): the socket's view of every TCP
+//!   connection — who initiated it, whether the handshake completed or failed, when it closed.
+//!   It runs a handful of times per connection, never per packet, and only writes ring-buffer
+//!   events for the transitions that matter.
+//! * `tc_ingress` / `tc_egress` (TC, attached with tcx to the host end of each pod's veth):
+//!   packets and bytes per flow in both directions, aggregated in a per-CPU hash so the agent
+//!   drains them on its own schedule instead of waking per packet.
+//!
+//! Every packet between two local pods crosses two pod interfaces. It is counted once: always
+//! when it leaves a pod (ingress of the host-side veth), and when it enters a pod only if it did
+//! not come from another monitored interface (the `MONITORED` set of ifindexes).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_OK},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, tracepoint},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{TcContext, TracePointContext},
+};
+use flowwatch_common::{
+    tcp_state, FlowCounters, FlowEvent, FlowKey, AF_INET, AF_INET6, DEFAULT_EVENTS_BYTES,
+    DEFAULT_FLOWS_MAX_ENTRIES, EVENT_NEW_FLOW, EVENT_TCP_CLOSED, EVENT_TCP_CONNECT,
+    EVENT_TCP_ESTABLISHED, EVENT_TCP_FAILED, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ROLE_CLIENT,
+    ROLE_SERVER, ROLE_WIRE, STATS_LEN, STAT_FLOWS_MAP_FULL, STAT_PACKETS, STAT_RINGBUF_FULL,
+    STAT_TRUNCATED, TCP_ACK, TCP_SYN,
+};
+
+#[map(name = "FLOWS")]
+static FLOWS: PerCpuHashMap<FlowKey, FlowCounters> =
+    PerCpuHashMap::with_max_entries(DEFAULT_FLOWS_MAX_ENTRIES, 0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+#[map(name = "MONITORED")]
+static MONITORED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn emit(key: &FlowKey, kind: u8, role: u8, old_state: u8, new_state: u8, now: u64) {
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            entry.write(FlowEvent {
+                key: *key,
+                timestamp_ns: now,
+                kind,
+                role,
+                old_state,
+                new_state,
+                _pad: [0; 4],
+            });
+            entry.submit(0);
+        }
+        None => bump(STAT_RINGBUF_FULL),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP socket states
+// ---------------------------------------------------------------------------------------------
+
+// Offsets in the tracepoint record (/sys/kernel/tracing/events/sock/inet_sock_set_state/format).
+// This is a stable tracepoint ABI; the agent checks the format file before attaching.
+const TP_OLDSTATE: usize = 16;
+const TP_SPORT: usize = 24;
+const TP_FAMILY: usize = 28;
+const TP_PROTOCOL: usize = 30;
+const TP_SADDR: usize = 32;
+const TP_SADDR_V6: usize = 40;
+const TP_DADDR_V6: usize = 56;
+
+#[tracepoint]
+pub fn tcp_state(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_state(&ctx);
+    0
+}
+
+fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offsets come from the tracepoint's format; reads go through bpf_probe_read.
+    let protocol: u16 = unsafe { ctx.read_at(TP_PROTOCOL)? };
+    if protocol != IPPROTO_TCP as u16 {
+        return Ok(());
+    }
+    let states: [i32; 2] = unsafe { ctx.read_at(TP_OLDSTATE)? };
+    let (old, new) = (states[0], states[1]);
+    let (kind, role) = match (old, new) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => (EVENT_TCP_CONNECT, ROLE_CLIENT),
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => (EVENT_TCP_ESTABLISHED, ROLE_CLIENT),
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => (EVENT_TCP_ESTABLISHED, ROLE_SERVER),
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) => (EVENT_TCP_FAILED, ROLE_CLIENT),
+        (tcp_state::SYN_RECV, tcp_state::CLOSE) => (EVENT_TCP_FAILED, ROLE_SERVER),
+        // Which end closes first says nothing about who initiated: the agent matches both
+        // orientations for CLOSED events (role 0).
+        (_, tcp_state::CLOSE) => (EVENT_TCP_CLOSED, 0),
+        _ => return Ok(()),
+    };
+
+    let ports: [u16; 2] = unsafe { ctx.read_at(TP_SPORT)? };
+    let family: u16 = unsafe { ctx.read_at(TP_FAMILY)? };
+    let mut local = FlowKey {
+        src_port: ports[0],
+        dst_port: ports[1],
+        protocol: IPPROTO_TCP,
+        ..FlowKey::default()
+    };
+    if family == AF_INET as u16 {
+        let addrs: [[u8; 4]; 2] = unsafe { ctx.read_at(TP_SADDR)? };
+        local.family = AF_INET;
+        local.src_addr[..4].copy_from_slice(&addrs[0]);
+        local.dst_addr[..4].copy_from_slice(&addrs[1]);
+    } else if family == AF_INET6 as u16 {
+        local.family = AF_INET6;
+        local.src_addr = unsafe { ctx.read_at(TP_SADDR_V6)? };
+        local.dst_addr = unsafe { ctx.read_at(TP_DADDR_V6)? };
+    } else {
+        return Ok(());
+    }
+
+    // Orient initiator -> responder: a server socket's local end is the responder.
+    let key = if role == ROLE_SERVER {
+        local.reversed()
+    } else {
+        local
+    };
+    emit(&key, kind, role, old as u8, new as u8, unsafe { bpf_ktime_get_ns() });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packets (TC)
+// ---------------------------------------------------------------------------------------------
+
+const ETH_HDR_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPV6_HDR_LEN: usize = 40;
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    // Host-side ingress of a pod veth: the packet is leaving the pod. Always counted.
+    let _ = try_count(&ctx);
+    TC_ACT_OK
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    // Host-side egress of a pod veth: the packet is entering the pod. Skip it if it came from
+    // another monitored pod interface, where tc_ingress already counted it.
+    // SAFETY: reading a field of the context the kernel handed us.
+    let came_from = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    if came_from == 0 || MONITORED.get_ptr(came_from).is_none() {
+        let _ = try_count(&ctx);
+    }
+    TC_ACT_OK
+}
+
+/// The parsed headers of one packet.
+struct Packet {
+    key: FlowKey,
+    ip_len: u64,
+    tcp_flags: u8,
+}
+
+fn try_count(ctx: &TcContext) -> Result<(), i64> {
+    let packet = match parse(ctx) {
+        Ok(Some(packet)) => packet,
+        Ok(None) => return Ok(()), // not a protocol we track (ARP, ICMP, ...)
+        Err(e) => {
+            bump(STAT_TRUNCATED);
+            return Err(e);
+        }
+    };
+    bump(STAT_PACKETS);
+    count(&packet, unsafe { bpf_ktime_get_ns() });
+    Ok(())
+}
+
+fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
+    let mut key = FlowKey::default();
+    let (l4_offset, ip_len) = match ethertype {
+        ETH_P_IP => {
+            let version_ihl: u8 = ctx.load(ETH_HDR_LEN)?;
+            let ihl = ((version_ihl & 0x0f) as usize) * 4;
+            let total_len = u16::from_be(ctx.load::<u16>(ETH_HDR_LEN + 2)?);
+            let frag = u16::from_be(ctx.load::<u16>(ETH_HDR_LEN + 6)?);
+            key.protocol = ctx.load(ETH_HDR_LEN + 9)?;
+            key.family = AF_INET;
+            let src: [u8; 4] = ctx.load(ETH_HDR_LEN + 12)?;
+            let dst: [u8; 4] = ctx.load(ETH_HDR_LEN + 16)?;
+            key.src_addr[..4].copy_from_slice(&src);
+            key.dst_addr[..4].copy_from_slice(&dst);
+            if frag & 0x1fff != 0 || ihl < 20 {
+                // A non-first fragment carries no ports; it cannot be attributed to a flow.
+                return Ok(None);
+            }
+            (ETH_HDR_LEN + ihl, total_len as u64)
+        }
+        ETH_P_IPV6 => {
+            let payload_len = u16::from_be(ctx.load::<u16>(ETH_HDR_LEN + 4)?);
+            // Extension headers are not walked: flows behind them are not counted.
+            key.protocol = ctx.load(ETH_HDR_LEN + 6)?;
+            key.family = AF_INET6;
+            key.src_addr = ctx.load(ETH_HDR_LEN + 8)?;
+            key.dst_addr = ctx.load(ETH_HDR_LEN + 24)?;
+            (ETH_HDR_LEN + IPV6_HDR_LEN, IPV6_HDR_LEN as u64 + payload_len as u64)
+        }
+        _ => return Ok(None),
+    };
+    let mut tcp_flags = 0u8;
+    match key.protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            // TCP, UDP and SCTP all start with source and destination port.
+            let ports: [u16; 2] = ctx.load(l4_offset)?;
+            key.src_port = u16::from_be(ports[0]);
+            key.dst_port = u16::from_be(ports[1]);
+            if key.protocol == IPPROTO_TCP {
+                tcp_flags = ctx.load(l4_offset + 13)?;
+            }
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(Packet {
+        key,
+        ip_len,
+        tcp_flags,
+    }))
+}
+
+#[inline(always)]
+fn add(counters: *mut FlowCounters, forward: bool, packet: &Packet, now: u64) {
+    // SAFETY: a per-CPU value of a map entry that exists; no other program writes this CPU's
+    // slot while we run.
+    let c = unsafe { &mut *counters };
+    if forward {
+        c.fwd_packets += 1;
+        c.fwd_bytes += packet.ip_len;
+        c.fwd_tcp_flags |= packet.tcp_flags;
+    } else {
+        c.rev_packets += 1;
+        c.rev_bytes += packet.ip_len;
+        c.rev_tcp_flags |= packet.tcp_flags;
+    }
+    if c.first_seen_ns == 0 {
+        c.first_seen_ns = now;
+    }
+    c.last_seen_ns = now;
+}
+
+fn count(packet: &Packet, now: u64) {
+    if let Some(c) = FLOWS.get_ptr_mut(packet.key) {
+        return add(c, true, packet, now);
+    }
+    let reversed = packet.key.reversed();
+    if let Some(c) = FLOWS.get_ptr_mut(reversed) {
+        return add(c, false, packet, now);
+    }
+
+    // First packet of a flow: its sender initiated it, except a TCP SYN-ACK, whose sender is
+    // the responder (the agent started after the SYN went by).
+    let syn_ack = packet.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
+    let (key, forward) = if syn_ack {
+        (reversed, false)
+    } else {
+        (packet.key, true)
+    };
+    let mut fresh = FlowCounters::default();
+    add(&mut fresh, forward, packet, now);
+    match FLOWS.insert(key, fresh, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            // TCP attempts are reported by the socket tracepoint; the ring buffer carries new
+            // flows only for the protocols that have no such hook.
+            if key.protocol != IPPROTO_TCP {
+                emit(&key, EVENT_NEW_FLOW, ROLE_WIRE, 0, 0, now);
+            }
+        }
+        Err(e) if e as i32 == -EEXIST => {
+            // Another CPU created it between our lookup and insert.
+            if let Some(c) = FLOWS.get_ptr_mut(key) {
+                add(c, forward, packet, now);
+            }
+        }
+        Err(_) => bump(STAT_FLOWS_MAP_FULL),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,1 @@
+//! Enrichment: IP address -> pod, workload, node, service or external network (pure).

@@ -1,0 +1,1 @@
+//! HTTP edge: /metrics, /healthz, /readyz.

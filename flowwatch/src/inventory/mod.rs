@@ -1,0 +1,45 @@
+//! The cluster as flowwatch sees it: the Kubernetes objects the policy engine and the
+//! enrichment index are built from (pure; no I/O here).
+//!
+//! One `Inventory` is produced either from snapshot files (`kubectl get ... -o yaml`, see
+//! [`snapshot`]) or from the kube watchers of the agent (`crate::k8s`). Consumers compile it
+//! into their own indexes: `crate::policy` into a policy engine, `crate::enrich` into an
+//! IP index. The objects are the upstream `k8s-openapi` types, so both sources share one
+//! decoding of the Kubernetes schema.
+
+pub mod snapshot;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+/// Every object kind flowwatch reads from the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub namespaces: Vec<Namespace>,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+/// An object that could not be used, named so a user can find and fix it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectError {
+    /// `Kind namespace/name` (or `Kind name` for cluster-scoped objects, or the item's
+    /// position when it has no name).
+    pub object: String,
+    /// The field path, e.g. `spec.ingress[0].from[1].ipBlock.cidr`, when known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}: {}: {}", self.object, field, self.message),
+            None => write!(f, "{}: {}", self.object, self.message),
+        }
+    }
+}

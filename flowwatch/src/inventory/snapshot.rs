@@ -1,0 +1,1 @@
+//! Loading an [`super::Inventory`] from `kubectl get ... -o yaml|json` output.

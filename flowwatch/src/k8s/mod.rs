@@ -1,0 +1,1 @@
+//! Kubernetes edge: kube-rs watchers and reflectors that feed the inventory.

@@ -1,0 +1,26 @@
+//! flowwatch: an eBPF flow observer for Kubernetes.
+//!
+//! The crate is split into a pure core, which takes its inputs (and the time) as values and is
+//! unit-tested without root, a kernel or an API server, and thin edges that talk to the world.
+//!
+//! Pure core: [`model`], [`aggregate`], [`inventory`], [`policy`], [`enrich`], [`metrics`],
+//! [`flowlog`].
+//! Edges: [`datapath`] (aya), [`k8s`] (kube-rs), [`http`] (axum), [`agent`] (the runtime that
+//! wires them), [`cli`].
+
+pub mod aggregate;
+pub mod model;
+pub mod source;
+
+pub mod enrich;
+pub mod flowlog;
+pub mod inventory;
+pub mod metrics;
+pub mod policy;
+pub mod policy_cli;
+
+pub mod agent;
+pub mod cli;
+pub mod datapath;
+pub mod http;
+pub mod k8s;

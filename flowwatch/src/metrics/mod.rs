@@ -1,0 +1,1 @@
+//! The metric catalogue: every Prometheus family flowwatch exports, with bounded labels (pure).

@@ -1,0 +1,1 @@
+//! The NetworkPolicy engine: per-direction verdicts with reasons (pure, no I/O).

@@ -1,0 +1,1 @@
+//! The offline `flowwatch policy ...` commands (eval, explain, coverage).

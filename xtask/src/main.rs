@@ -1,0 +1,39 @@
+//! Developer automation for flowwatch: `cargo xtask <command>`.
+//!
+//! Each area owns a module; `main` only dispatches.
+
+mod deploy;
+mod k8s;
+mod setup;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "flowwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (apt packages, bpf-linker, rust-src); idempotent.
+    Setup,
+    /// Build (once, cached by version) the etcd and kube-apiserver binaries the tests start.
+    K8sBins,
+    /// Render deploy/manifests from the Helm chart.
+    RenderManifests,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::K8sBins => k8s::build_binaries().map(|_| ()),
+        Command::RenderManifests => deploy::render_manifests(),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

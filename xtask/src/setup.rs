@@ -1,0 +1,7 @@
+//! Idempotent installation of the build and test prerequisites.
+
+use anyhow::Result;
+
+pub fn run() -> Result<()> {
+    Ok(())
+}
