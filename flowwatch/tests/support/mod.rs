@@ -1,0 +1,9 @@
+//! Shared test harness. Each integration-test target includes it with `mod support;` and uses
+//! what it needs.
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod apiserver;
+pub mod netns;
+pub mod privileged;
+pub mod prometheus;
