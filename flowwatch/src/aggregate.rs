@@ -1,1 +1,530 @@
-//! aggregate
+//! The aggregator: merges what the kernel reports (socket events, per-flow packet totals)
+//! into one record per connection, and decides when a connection is over (pure; `now` is
+//! passed in).
+//!
+//! A TCP connection between two pods of this node is seen three ways: the client's socket,
+//! the server's socket (both through the `inet_sock_set_state` tracepoint) and the wire (TC).
+//! They meet here, keyed by the 5-tuple oriented from the initiator.
+
+use std::collections::HashMap;
+
+use crate::model::{
+    Counters, EventKind, Flow, FlowKey, Nanos, Observation, Outcome, Protocol, Role,
+};
+
+const SECOND: Nanos = 1_000_000_000;
+
+/// When flows are considered over.
+#[derive(Clone, Copy, Debug)]
+pub struct AggregatorConfig {
+    /// A flow with no packet and no event for this long is over (UDP, SCTP, idle TCP).
+    pub idle_timeout: Nanos,
+    /// A closed or failed TCP flow is reported this long after its last activity, so the
+    /// last packets (FIN/ACK, RST) are drained from the kernel first.
+    pub close_linger: Nanos,
+    /// Bound on flows held at once; new flows beyond it are counted and not tracked.
+    pub max_flows: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            idle_timeout: 30 * SECOND,
+            close_linger: 2 * SECOND,
+            max_flows: 262_144,
+        }
+    }
+}
+
+/// Why a flow was reported as over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Every local socket of the TCP connection closed.
+    Closed,
+    /// The TCP attempt failed (refused, reset, timed out, dropped).
+    Failed,
+    /// Nothing happened for the idle timeout.
+    Idle,
+    /// The same 5-tuple started a new connection.
+    Reused,
+    /// The agent is stopping.
+    Shutdown,
+}
+
+/// A flow that is over, with why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedFlow {
+    pub flow: Flow,
+    pub reason: EndReason,
+}
+
+/// Per-flow bookkeeping the record does not show.
+#[derive(Clone, Debug)]
+struct Tracked {
+    flow: Flow,
+    /// Kernel totals already attributed to an earlier connection on the same 5-tuple.
+    baseline: Counters,
+    /// Latest kernel totals, oriented like `flow.key`.
+    last_totals: Counters,
+    /// When the last local socket closed or the attempt failed.
+    ended_at: Option<Nanos>,
+}
+
+/// Merges observations into flows. See the module doc.
+#[derive(Debug)]
+pub struct Aggregator {
+    config: AggregatorConfig,
+    flows: HashMap<FlowKey, Tracked>,
+    /// Flows finished by something other than `expire` (5-tuple reuse), reported next expire.
+    finished: Vec<FinishedFlow>,
+    /// New flows refused because `max_flows` was reached.
+    pub dropped_flows: u64,
+}
+
+impl Aggregator {
+    pub fn new(config: AggregatorConfig) -> Aggregator {
+        Aggregator {
+            config,
+            flows: HashMap::new(),
+            finished: Vec::new(),
+            dropped_flows: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// The flows in progress.
+    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
+        self.flows.values().map(|t| &t.flow)
+    }
+
+    pub fn apply(&mut self, observation: Observation) {
+        match observation {
+            Observation::Event {
+                key,
+                kind,
+                role,
+                at,
+            } => self.apply_event(key, kind, role, at),
+            Observation::Totals {
+                key,
+                counters,
+                first_seen,
+                last_seen,
+                fwd_tcp_flags,
+                rev_tcp_flags,
+            } => {
+                // The wire's orientation may differ from the sockets' (the first packet the TC
+                // program saw was not the SYN): follow whichever the flow already has.
+                let (key, counters, fwd, rev) = if !self.flows.contains_key(&key)
+                    && self.flows.contains_key(&key.reversed())
+                {
+                    (
+                        key.reversed(),
+                        counters.reversed(),
+                        rev_tcp_flags,
+                        fwd_tcp_flags,
+                    )
+                } else {
+                    (key, counters, fwd_tcp_flags, rev_tcp_flags)
+                };
+                let Some(tracked) = self.track(key, first_seen) else {
+                    return;
+                };
+                tracked.last_totals = counters;
+                let flow = &mut tracked.flow;
+                flow.counters = minus(counters, tracked.baseline);
+                flow.fwd_tcp_flags |= fwd;
+                flow.rev_tcp_flags |= rev;
+                if last_seen > flow.last_seen {
+                    flow.last_seen = last_seen;
+                }
+                infer_outcome_from_wire(flow);
+            }
+        }
+    }
+
+    fn apply_event(&mut self, key: FlowKey, kind: EventKind, role: Role, at: Nanos) {
+        if kind == EventKind::TcpClosed {
+            // The closing socket's local->remote view: either orientation may be ours.
+            let key = if self.flows.contains_key(&key) {
+                key
+            } else {
+                key.reversed()
+            };
+            if let Some(tracked) = self.flows.get_mut(&key) {
+                let flow = &mut tracked.flow;
+                flow.open_sockets = flow.open_sockets.saturating_sub(1);
+                flow.last_seen = flow.last_seen.max(at);
+                if flow.open_sockets == 0 {
+                    flow.closed = true;
+                    tracked.ended_at = Some(at);
+                }
+            }
+            return;
+        }
+
+        if kind == EventKind::TcpConnect {
+            self.retire_if_reused(key, at);
+        }
+        let Some(tracked) = self.track(key, at) else {
+            return;
+        };
+        let flow = &mut tracked.flow;
+        flow.last_seen = flow.last_seen.max(at);
+        flow.first_seen = flow.first_seen.min(at);
+        match role {
+            Role::Client => flow.seen_at_client = true,
+            Role::Server => flow.seen_at_server = true,
+            Role::Wire | Role::Unknown => {}
+        }
+        match kind {
+            EventKind::TcpEstablished => {
+                flow.outcome = Outcome::Established;
+                flow.open_sockets = flow.open_sockets.saturating_add(1);
+            }
+            EventKind::TcpFailed => {
+                if flow.outcome != Outcome::Established {
+                    flow.outcome = Outcome::Failed;
+                    flow.closed = true;
+                    tracked.ended_at = Some(at);
+                }
+            }
+            EventKind::TcpConnect | EventKind::NewFlow | EventKind::TcpClosed => {}
+        }
+    }
+
+    /// A SYN on a 5-tuple whose previous connection is over starts a new flow; the old one is
+    /// reported, and the kernel totals it accumulated become the new flow's baseline.
+    fn retire_if_reused(&mut self, key: FlowKey, at: Nanos) {
+        let over = self
+            .flows
+            .get(&key)
+            .is_some_and(|t| t.ended_at.is_some() || t.flow.closed);
+        if over {
+            if let Some(old) = self.flows.remove(&key) {
+                let baseline = old.last_totals;
+                self.finished.push(FinishedFlow {
+                    flow: old.flow,
+                    reason: EndReason::Reused,
+                });
+                let mut fresh = Tracked::new(key, at);
+                fresh.baseline = baseline;
+                fresh.last_totals = baseline;
+                self.flows.insert(key, fresh);
+            }
+        }
+    }
+
+    fn track(&mut self, key: FlowKey, at: Nanos) -> Option<&mut Tracked> {
+        if !self.flows.contains_key(&key) && self.flows.len() >= self.config.max_flows {
+            self.dropped_flows += 1;
+            return None;
+        }
+        Some(
+            self.flows
+                .entry(key)
+                .or_insert_with(|| Tracked::new(key, at)),
+        )
+    }
+
+    /// Removes and returns the flows that are over at `now`.
+    pub fn expire(&mut self, now: Nanos) -> Vec<FinishedFlow> {
+        let mut done = std::mem::take(&mut self.finished);
+        let config = self.config;
+        self.flows.retain(|_, tracked| {
+            let flow = &tracked.flow;
+            let quiet_since = flow.last_seen.max(tracked.ended_at.unwrap_or(0));
+            let reason = if tracked.ended_at.is_some()
+                && now.saturating_sub(quiet_since) >= config.close_linger
+            {
+                Some(if flow.outcome == Outcome::Failed {
+                    EndReason::Failed
+                } else {
+                    EndReason::Closed
+                })
+            } else if now.saturating_sub(flow.last_seen) >= config.idle_timeout {
+                Some(EndReason::Idle)
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => {
+                    done.push(finish(tracked.flow.clone(), reason));
+                    false
+                }
+                None => true,
+            }
+        });
+        done
+    }
+
+    /// Removes and returns every flow (the agent is stopping).
+    pub fn drain_all(&mut self) -> Vec<FinishedFlow> {
+        let mut done = std::mem::take(&mut self.finished);
+        done.extend(
+            self.flows
+                .drain()
+                .map(|(_, t)| finish(t.flow, EndReason::Shutdown)),
+        );
+        done
+    }
+}
+
+impl Tracked {
+    fn new(key: FlowKey, at: Nanos) -> Tracked {
+        Tracked {
+            flow: Flow::new(key, at),
+            baseline: Counters::default(),
+            last_totals: Counters::default(),
+            ended_at: None,
+        }
+    }
+}
+
+/// Settles the outcome of a flow that is being reported.
+fn finish(mut flow: Flow, reason: EndReason) -> FinishedFlow {
+    if flow.outcome == Outcome::Pending {
+        flow.outcome = match flow.key.protocol {
+            // A TCP attempt that never completed its handshake failed, whatever stopped it.
+            Protocol::Tcp => Outcome::Failed,
+            Protocol::Udp | Protocol::Sctp => Outcome::Unanswered,
+        };
+    }
+    FinishedFlow { flow, reason }
+}
+
+/// Outcome from the wire alone, for flows whose sockets the tracepoint did not see (a remote
+/// client, or events lost): UDP/SCTP are answered when anything came back; TCP is established
+/// by a SYN-ACK and refused by a RST answering the SYN.
+fn infer_outcome_from_wire(flow: &mut Flow) {
+    use flowwatch_common::{TCP_ACK, TCP_SYN};
+    match flow.key.protocol {
+        Protocol::Udp | Protocol::Sctp => {
+            if flow.counters.rev_packets > 0 {
+                flow.outcome = Outcome::Established;
+            }
+        }
+        Protocol::Tcp => {
+            if flow.outcome != Outcome::Pending {
+                return;
+            }
+            if flow.rev_tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) {
+                flow.outcome = Outcome::Established;
+            }
+            // A refused attempt (RST answering the SYN) is settled by the client's socket
+            // event, or, seen from the wire only, as Failed when it expires.
+        }
+    }
+}
+
+fn minus(a: Counters, b: Counters) -> Counters {
+    Counters {
+        fwd_packets: a.fwd_packets.saturating_sub(b.fwd_packets),
+        fwd_bytes: a.fwd_bytes.saturating_sub(b.fwd_bytes),
+        rev_packets: a.rev_packets.saturating_sub(b.rev_packets),
+        rev_bytes: a.rev_bytes.saturating_sub(b.rev_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Nanos = SECOND;
+
+    fn key(proto: Protocol) -> FlowKey {
+        FlowKey {
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.0.0.2:80".parse().unwrap(),
+            protocol: proto,
+        }
+    }
+
+    fn ev(key: FlowKey, kind: EventKind, role: Role, at: Nanos) -> Observation {
+        Observation::Event {
+            key,
+            kind,
+            role,
+            at,
+        }
+    }
+
+    fn totals(key: FlowKey, fwd: u64, rev: u64, last: Nanos) -> Observation {
+        Observation::Totals {
+            key,
+            counters: Counters {
+                fwd_packets: fwd,
+                fwd_bytes: fwd * 60,
+                rev_packets: rev,
+                rev_bytes: rev * 60,
+            },
+            first_seen: 1,
+            last_seen: last,
+            fwd_tcp_flags: 0,
+            rev_tcp_flags: 0,
+        }
+    }
+
+    fn agg() -> Aggregator {
+        Aggregator::new(AggregatorConfig {
+            idle_timeout: 30 * S,
+            close_linger: 2 * S,
+            max_flows: 100,
+        })
+    }
+
+    #[test]
+    fn tcp_connection_seen_at_both_ends_is_one_established_flow() {
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(ev(k, EventKind::TcpConnect, Role::Client, S));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S + 1));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Server, S + 2));
+        a.apply(totals(k, 5, 4, S + 3));
+        // Closing sockets report their own local->remote view: the server's is reversed.
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S + 4));
+        assert!(a.expire(10 * S).is_empty(), "one socket still open");
+        a.apply(ev(k.reversed(), EventKind::TcpClosed, Role::Unknown, S + 5));
+        assert!(a.expire(S + 6).is_empty(), "linger not over");
+        let done = a.expire(S + 5 + 2 * S);
+        assert_eq!(done.len(), 1);
+        let f = &done[0].flow;
+        assert_eq!(done[0].reason, EndReason::Closed);
+        assert_eq!(f.key, k);
+        assert_eq!(f.outcome, Outcome::Established);
+        assert!(f.seen_at_client && f.seen_at_server);
+        assert_eq!((f.counters.fwd_packets, f.counters.rev_packets), (5, 4));
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn refused_attempt_is_failed() {
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(ev(k, EventKind::TcpConnect, Role::Client, S));
+        a.apply(totals(k, 1, 1, S));
+        a.apply(ev(k, EventKind::TcpFailed, Role::Client, S + 1));
+        let done = a.expire(4 * S);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].reason, EndReason::Failed);
+        assert_eq!(done[0].flow.outcome, Outcome::Failed);
+        assert!(done[0].flow.seen_at_client && !done[0].flow.seen_at_server);
+    }
+
+    #[test]
+    fn tcp_attempt_never_answered_is_failed_at_idle() {
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(totals(k, 3, 0, S));
+        assert!(a.expire(30 * S).is_empty());
+        let done = a.expire(31 * S);
+        assert_eq!(done[0].reason, EndReason::Idle);
+        assert_eq!(done[0].flow.outcome, Outcome::Failed);
+    }
+
+    #[test]
+    fn udp_answered_or_not() {
+        let k = key(Protocol::Udp);
+        let other = FlowKey {
+            dst: "10.0.0.3:53".parse().unwrap(),
+            ..k
+        };
+        let mut a = agg();
+        a.apply(ev(k, EventKind::NewFlow, Role::Wire, S));
+        a.apply(totals(k, 2, 2, S));
+        a.apply(totals(other, 1, 0, S));
+        let mut done = a.expire(40 * S);
+        done.sort_by_key(|d| d.flow.key);
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[0].flow.outcome, Outcome::Established);
+        assert_eq!(done[1].flow.outcome, Outcome::Unanswered);
+    }
+
+    #[test]
+    fn wire_totals_in_reverse_orientation_merge_into_the_socket_flow() {
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(ev(k, EventKind::TcpConnect, Role::Client, S));
+        a.apply(totals(k.reversed(), 3, 7, S));
+        let f = a.flows().next().unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!((f.counters.fwd_packets, f.counters.rev_packets), (7, 3));
+    }
+
+    #[test]
+    fn wire_syn_ack_establishes_without_socket_events() {
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(Observation::Totals {
+            key: k,
+            counters: Counters::default(),
+            first_seen: S,
+            last_seen: S,
+            fwd_tcp_flags: flowwatch_common::TCP_SYN,
+            rev_tcp_flags: flowwatch_common::TCP_SYN | flowwatch_common::TCP_ACK,
+        });
+        assert_eq!(a.flows().next().unwrap().outcome, Outcome::Established);
+    }
+
+    #[test]
+    fn reused_five_tuple_starts_a_new_flow_with_its_own_counts() {
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(ev(k, EventKind::TcpConnect, Role::Client, S));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S));
+        a.apply(totals(k, 5, 5, S));
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S));
+        a.apply(ev(k, EventKind::TcpConnect, Role::Client, S + 10));
+        a.apply(totals(k, 8, 7, S + 11));
+        let done = a.expire(S + 12);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].reason, EndReason::Reused);
+        assert_eq!(done[0].flow.counters.fwd_packets, 5);
+        let current = a.flows().next().unwrap();
+        assert_eq!(
+            (current.counters.fwd_packets, current.counters.rev_packets),
+            (3, 2)
+        );
+    }
+
+    #[test]
+    fn max_flows_bounds_memory_and_counts_what_it_drops() {
+        let mut a = Aggregator::new(AggregatorConfig {
+            max_flows: 2,
+            ..AggregatorConfig::default()
+        });
+        for port in 1..=5u16 {
+            let k = FlowKey {
+                src: std::net::SocketAddr::new("10.0.0.1".parse().unwrap(), port),
+                ..key(Protocol::Udp)
+            };
+            a.apply(totals(k, 1, 0, S));
+        }
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.dropped_flows, 3);
+    }
+
+    #[test]
+    fn close_for_unknown_flow_is_ignored_and_drain_reports_everything() {
+        let mut a = agg();
+        a.apply(ev(
+            key(Protocol::Tcp),
+            EventKind::TcpClosed,
+            Role::Unknown,
+            S,
+        ));
+        assert!(a.is_empty());
+        a.apply(totals(key(Protocol::Udp), 1, 0, S));
+        let done = a.drain_all();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].reason, EndReason::Shutdown);
+    }
+}
