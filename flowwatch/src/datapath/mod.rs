@@ -1,1 +1,408 @@
-//! datapath
+//! The kernel edge: loads flowwatch-ebpf, attaches it, and reads what it records.
+//!
+//! * The `tcp_state` tracepoint is attached once, for the whole node.
+//! * `tc_ingress`/`tc_egress` are attached with tcx to every pod interface (the host ends of
+//!   pod veths, chosen by name patterns) as it appears, and detached as it goes. tcx links are
+//!   file descriptors: when the agent exits, however it exits, the kernel detaches them.
+//! * [`EbpfSource`] drains the ring buffer and the per-CPU flow map ([`FlowSource`]).
+
+pub mod links;
+pub mod preflight;
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::tc::SchedClassifierLinkId;
+use aya::programs::{SchedClassifier, TcAttachType, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use flowwatch_common as common;
+
+use crate::model::{FlowKey, KernelDataError, Observation};
+use crate::source::{FlowSource, KernelLosses};
+
+pub use links::{InterfacePatterns, LinkNotifications};
+
+/// The compiled kernel programs, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowwatch"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("insufficient privileges: {0}")]
+    Privileges(String),
+    #[error("{0}")]
+    Tracefs(String),
+    #[error("kernel feature missing: {0}")]
+    KernelFeature(String),
+    #[error("network interface {0:?} does not exist")]
+    NoSuchInterface(String),
+    #[error("loading the eBPF programs: {0}")]
+    Load(String),
+    #[error("attaching {what}: {message}")]
+    Attach { what: String, message: String },
+    #[error("eBPF map {map}: {message}")]
+    Map { map: &'static str, message: String },
+    #[error("listing network interfaces: {0}")]
+    Interfaces(#[source] std::io::Error),
+    #[error(transparent)]
+    KernelData(#[from] KernelDataError),
+}
+
+/// Load-time settings.
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    /// Capacity of the kernel flow map.
+    pub flows_max_entries: u32,
+    /// Mount tracefs at /sys/kernel/tracing when it is missing.
+    pub mount_tracefs: bool,
+}
+
+impl Default for DatapathOptions {
+    fn default() -> Self {
+        DatapathOptions {
+            flows_max_entries: common::DEFAULT_FLOWS_MAX_ENTRIES,
+            mount_tracefs: true,
+        }
+    }
+}
+
+/// Loaded programs and the interfaces they are attached to.
+pub struct Datapath {
+    bpf: Ebpf,
+    monitored: BpfHashMap<MapData, u32, u8>,
+    attached: BTreeMap<String, AttachedInterface>,
+}
+
+#[derive(Debug)]
+struct AttachedInterface {
+    ifindex: u32,
+    ingress: SchedClassifierLinkId,
+    egress: SchedClassifierLinkId,
+}
+
+/// Preflight checks, load, and attach the node-wide tracepoint. Interfaces come next, with
+/// [`Datapath::reconcile`].
+pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), DatapathError> {
+    preflight::check_capabilities()?;
+    preflight::check_kernel_version(&preflight::kernel_release())?;
+    let tracefs = preflight::ensure_tracefs(options.mount_tracefs)?;
+    preflight::verify_tracepoint_format(&tracefs)?;
+
+    let mut bpf = EbpfLoader::new()
+        .map_max_entries(common::FLOWS_MAP, options.flows_max_entries)
+        .load(EBPF_OBJECT)
+        .map_err(|e| DatapathError::Load(chain(&e)))?;
+
+    let tp: &mut TracePoint = program(&mut bpf, common::PROG_TCP_STATE)?;
+    tp.load().map_err(|e| DatapathError::Load(chain(&e)))?;
+    tp.attach("sock", "inet_sock_set_state")
+        .map_err(|e| DatapathError::Attach {
+            what: "tracepoint sock/inet_sock_set_state".into(),
+            message: chain(&e),
+        })?;
+    for name in [common::PROG_TC_INGRESS, common::PROG_TC_EGRESS] {
+        let tc: &mut SchedClassifier = program(&mut bpf, name)?;
+        tc.load().map_err(|e| DatapathError::Load(chain(&e)))?;
+    }
+
+    let monitored = BpfHashMap::try_from(take_map(&mut bpf, common::MONITORED_MAP)?)
+        .map_err(|e| map_error(common::MONITORED_MAP, e))?;
+    let source = EbpfSource {
+        flows: PerCpuHashMap::try_from(take_map(&mut bpf, common::FLOWS_MAP)?)
+            .map_err(|e| map_error(common::FLOWS_MAP, e))?,
+        events: RingBuf::try_from(take_map(&mut bpf, common::EVENTS_MAP)?)
+            .map_err(|e| map_error(common::EVENTS_MAP, e))?,
+        stats: PerCpuArray::try_from(take_map(&mut bpf, common::STATS_MAP)?)
+            .map_err(|e| map_error(common::STATS_MAP, e))?,
+        capacity: options.flows_max_entries,
+        last_len: 0,
+        undecodable: 0,
+    };
+    Ok((
+        Datapath {
+            bpf,
+            monitored,
+            attached: BTreeMap::new(),
+        },
+        source,
+    ))
+}
+
+impl Datapath {
+    /// Attaches to the interfaces matching `patterns` that are not attached yet, and forgets
+    /// the ones that disappeared. Returns the names attached and detached.
+    pub fn reconcile(
+        &mut self,
+        patterns: &InterfacePatterns,
+    ) -> Result<(Vec<String>, Vec<String>), DatapathError> {
+        let present = links::list_interfaces().map_err(DatapathError::Interfaces)?;
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(name, a)| present.get(*name) != Some(&a.ifindex))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            self.detach(name);
+        }
+        let mut added = Vec::new();
+        for (name, ifindex) in present {
+            if patterns.matches(&name) && !self.attached.contains_key(&name) {
+                match self.attach(&name, ifindex) {
+                    Ok(()) => added.push(name),
+                    // The interface may vanish between listing and attaching (a pod that
+                    // failed to start): not fatal, the next reconcile sees the truth.
+                    Err(e) => tracing::warn!(interface = %name, error = %e, "not attached"),
+                }
+            }
+        }
+        Ok((added, gone))
+    }
+
+    /// Fails with [`DatapathError::NoSuchInterface`] for an exact name that is not present.
+    pub fn require_interfaces(patterns: &InterfacePatterns) -> Result<(), DatapathError> {
+        let present = links::list_interfaces().map_err(DatapathError::Interfaces)?;
+        match patterns.exact_names().find(|n| !present.contains_key(*n)) {
+            Some(missing) => Err(DatapathError::NoSuchInterface(missing.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    pub fn attached_interfaces(&self) -> impl Iterator<Item = &str> {
+        self.attached.keys().map(String::as_str)
+    }
+
+    fn attach(&mut self, name: &str, ifindex: u32) -> Result<(), DatapathError> {
+        let attach_err = |e: aya::programs::ProgramError| DatapathError::Attach {
+            what: format!("TC to {name}"),
+            message: chain(&e),
+        };
+        // Register first, so the egress program never double-counts a packet the ingress
+        // program of this interface already counted.
+        self.monitored
+            .insert(ifindex, 1, 0)
+            .map_err(|e| map_error(common::MONITORED_MAP, e))?;
+        let ingress = program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS)?
+            .attach(name, TcAttachType::Ingress)
+            .map_err(attach_err)?;
+        let egress = match program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_EGRESS)?
+            .attach(name, TcAttachType::Egress)
+        {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS)
+                    .map(|p| p.detach(ingress));
+                return Err(attach_err(e));
+            }
+        };
+        tracing::info!(interface = name, ifindex, "attached");
+        self.attached.insert(
+            name.to_string(),
+            AttachedInterface {
+                ifindex,
+                ingress,
+                egress,
+            },
+        );
+        Ok(())
+    }
+
+    fn detach(&mut self, name: &str) {
+        let Some(a) = self.attached.remove(name) else {
+            return;
+        };
+        // The kernel already detached the links of a deleted interface; dropping ours frees
+        // the file descriptors. Errors here only mean "already gone".
+        if let Ok(p) = program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS) {
+            let _ = p.detach(a.ingress);
+        }
+        if let Ok(p) = program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_EGRESS) {
+            let _ = p.detach(a.egress);
+        }
+        let _ = self.monitored.remove(&a.ifindex);
+        tracing::info!(interface = name, "detached");
+    }
+
+    /// Detaches everything (also done by dropping the Datapath).
+    pub fn detach_all(&mut self) {
+        let names: Vec<String> = self.attached.keys().cloned().collect();
+        for name in names {
+            self.detach(&name);
+        }
+    }
+}
+
+fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = bpf
+        .program_mut(name)
+        .ok_or_else(|| DatapathError::Load(format!("program {name} not found in the object")))?;
+    program
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DatapathError::Load(format!("{name}: {e}")))
+}
+
+fn take_map(bpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+    bpf.take_map(name).ok_or(DatapathError::Map {
+        map: name,
+        message: "not found in the object".into(),
+    })
+}
+
+fn map_error(map: &'static str, e: aya::maps::MapError) -> DatapathError {
+    DatapathError::Map {
+        map,
+        message: chain(&e),
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Reads the kernel's flow map, ring buffer and loss counters.
+pub struct EbpfSource {
+    flows: PerCpuHashMap<MapData, common::FlowKey, common::FlowCounters>,
+    events: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    capacity: u32,
+    /// Entries seen at the last `read_totals`, for the fill gauge.
+    last_len: usize,
+    /// Ring-buffer records or map entries the agent could not decode.
+    pub undecodable: u64,
+}
+
+impl FlowSource for EbpfSource {
+    type Error = DatapathError;
+
+    fn drain_events(&mut self, out: &mut Vec<Observation>) -> Result<(), DatapathError> {
+        while let Some(item) = self.events.next() {
+            match decode_event(&item) {
+                Ok(obs) => out.push(obs),
+                Err(e) => {
+                    self.undecodable += 1;
+                    tracing::debug!(error = %e, "undecodable event");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_totals(&mut self, out: &mut Vec<Observation>) -> Result<(), DatapathError> {
+        let mut n = 0;
+        for entry in self.flows.iter() {
+            // An entry deleted while we iterate is not an error worth stopping for.
+            let Ok((key, per_cpu)) = entry else { continue };
+            n += 1;
+            match Observation::from_kernel_totals(&key, &per_cpu) {
+                Ok(obs) => out.push(obs),
+                Err(_) => self.undecodable += 1,
+            }
+        }
+        self.last_len = n;
+        Ok(())
+    }
+
+    fn forget(&mut self, keys: &[FlowKey]) -> Result<(), DatapathError> {
+        for key in keys {
+            // The kernel's orientation may be either; one of the two exists.
+            let k = key.to_kernel();
+            if self.flows.remove(&k).is_err() {
+                let _ = self.flows.remove(&k.reversed());
+            }
+        }
+        Ok(())
+    }
+
+    fn losses(&self) -> Result<KernelLosses, DatapathError> {
+        let sum = |index: u32| -> Result<u64, DatapathError> {
+            let values = self
+                .stats
+                .get(&index, 0)
+                .map_err(|e| map_error(common::STATS_MAP, e))?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelLosses {
+            ringbuf_full: sum(common::STAT_RINGBUF_FULL)?,
+            flows_map_full: sum(common::STAT_FLOWS_MAP_FULL)?,
+            truncated_packets: sum(common::STAT_TRUNCATED)?,
+            packets: sum(common::STAT_PACKETS)?,
+        })
+    }
+
+    fn flow_map_fill(&self) -> Result<f64, DatapathError> {
+        Ok(self.last_len as f64 / self.capacity.max(1) as f64)
+    }
+}
+
+fn decode_event(bytes: &[u8]) -> Result<Observation, KernelDataError> {
+    let expected = std::mem::size_of::<common::FlowEvent>();
+    if bytes.len() < expected {
+        return Err(KernelDataError::Size {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: FlowEvent is plain old data (every bit pattern valid) and we checked the length;
+    // read_unaligned because the ring buffer only guarantees 8-byte alignment of records.
+    let event: common::FlowEvent =
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<common::FlowEvent>()) };
+    Observation::from_kernel_event(&event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_records_are_errors() {
+        assert_eq!(
+            decode_event(&[0u8; 10]),
+            Err(KernelDataError::Size {
+                got: 10,
+                expected: 56
+            })
+        );
+    }
+
+    #[test]
+    fn events_decode() {
+        let key = FlowKey {
+            src: "10.0.0.1:1000".parse().unwrap(),
+            dst: "10.0.0.2:80".parse().unwrap(),
+            protocol: crate::model::Protocol::Tcp,
+        };
+        let raw = common::FlowEvent {
+            key: key.to_kernel(),
+            timestamp_ns: 42,
+            kind: common::EVENT_TCP_ESTABLISHED,
+            role: common::ROLE_SERVER,
+            ..Default::default()
+        };
+        // SAFETY: viewing a repr(C) POD value as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw as *const common::FlowEvent).cast::<u8>(),
+                std::mem::size_of::<common::FlowEvent>(),
+            )
+        };
+        assert_eq!(
+            decode_event(bytes),
+            Ok(Observation::Event {
+                key,
+                kind: crate::model::EventKind::TcpEstablished,
+                role: crate::model::Role::Server,
+                at: 42
+            })
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! Which network interfaces are pod interfaces, and noticing when they come and go.
+//!
+//! A CNI creates the host end of a pod's veth when the pod starts and deletes it when the pod
+//! goes. The agent subscribes to link notifications over netlink (RTMGRP_LINK) and, on any
+//! notification, lists the interfaces again and reconciles: listing is cheap and cannot drift,
+//! where decoding each message could miss one when the socket overflows.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Interface name patterns: exact names or globs with `*` (e.g. `veth*`, `cali*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfacePatterns(Vec<String>);
+
+impl InterfacePatterns {
+    pub fn new(patterns: impl IntoIterator<Item = impl Into<String>>) -> InterfacePatterns {
+        InterfacePatterns(
+            patterns
+                .into_iter()
+                .map(Into::into)
+                .filter(|p: &String| !p.is_empty())
+                .collect(),
+        )
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.iter().any(|p| glob_match(p, name))
+    }
+
+    /// Patterns without a wildcard name one interface each, which must exist at startup.
+    pub fn exact_names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter(|p| !p.contains('*')).map(String::as_str)
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((prefix, rest)) => {
+            let Some(mut remaining) = name.strip_prefix(prefix) else {
+                return false;
+            };
+            if !rest.contains('*') {
+                return remaining.ends_with(rest) && remaining.len() >= rest.len();
+            }
+            // Several stars: try every split point (names are short).
+            loop {
+                if glob_match(rest, remaining) {
+                    return true;
+                }
+                let mut chars = remaining.chars();
+                if chars.next().is_none() {
+                    return false;
+                }
+                remaining = chars.as_str();
+            }
+        }
+    }
+}
+
+/// The interfaces of the agent's network namespace, name -> ifindex.
+pub fn list_interfaces() -> std::io::Result<BTreeMap<String, u32>> {
+    // SAFETY: if_nameindex returns a heap array terminated by a zero entry, freed below.
+    unsafe {
+        let head = libc::if_nameindex();
+        if head.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut out = BTreeMap::new();
+        let mut cur = head;
+        while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
+            let name = CStr::from_ptr((*cur).if_name).to_string_lossy().into_owned();
+            out.insert(name, (*cur).if_index);
+            cur = cur.add(1);
+        }
+        libc::if_freenameindex(head);
+        Ok(out)
+    }
+}
+
+/// A netlink socket subscribed to link changes. Readable when something changed.
+pub struct LinkNotifications {
+    socket: netlink_sys::Socket,
+}
+
+impl LinkNotifications {
+    pub fn subscribe() -> std::io::Result<LinkNotifications> {
+        const RTMGRP_LINK: u32 = 1;
+        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+        socket.bind(&netlink_sys::SocketAddr::new(0, RTMGRP_LINK))?;
+        socket.set_non_blocking(true)?;
+        Ok(LinkNotifications { socket })
+    }
+
+    /// Reads and discards pending notifications; true if there were any (or the socket
+    /// overflowed, which also means "look again").
+    pub fn drain(&self) -> bool {
+        let mut any = false;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match self.socket.recv(&mut &mut buf[..], 0) {
+                Ok(0) => return any,
+                Ok(_) => any = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return any,
+                // ENOBUFS: notifications were lost; a rescan recovers.
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+impl AsRawFd for LinkNotifications {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("veth*", "veth1234"));
+        assert!(glob_match("veth*", "veth"));
+        assert!(!glob_match("veth*", "eth0"));
+        assert!(glob_match("fw*h", "fw12h"));
+        assert!(!glob_match("fw*h", "fw12x"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("a*b*c", "a-x-b-y-c"));
+        assert!(!glob_match("a*b*c", "a-x-c"));
+        assert!(glob_match("eth0", "eth0"));
+        assert!(!glob_match("eth0", "eth01"));
+    }
+
+    #[test]
+    fn patterns_separate_exact_names_from_globs() {
+        let p = InterfacePatterns::new(["veth*", "eth1", ""]);
+        assert!(p.matches("vethabc") && p.matches("eth1") && !p.matches("eth0"));
+        assert_eq!(p.exact_names().collect::<Vec<_>>(), vec!["eth1"]);
+    }
+
+    #[test]
+    fn loopback_is_listed() {
+        let all = list_interfaces().unwrap();
+        assert!(all.contains_key("lo"), "{all:?}");
+    }
+}
