@@ -1,1 +1,576 @@
 //! The metric catalogue: every Prometheus family flowwatch exports, with bounded labels (pure).
+//!
+//! One registry (`Registry::with_prefix("flowwatch")`), one struct per subsystem with a
+//! `register` method ([`EdgeFamilies`] for the flow edges, [`Health`] for the agent itself),
+//! typed label sets and enum label values ([`labels`]). No tokio, aya, kube or HTTP here: time
+//! comes in as `now` (monotonic nanoseconds, the same clock as [`crate::model::Nanos`]).
+//! `docs/metrics.md` is the user-facing description of every family.
+//!
+//! # Wiring (the stable API)
+//!
+//! ```no_run
+//! use flowwatch::metrics::{Endpoint, FlowEdge, KernelMap, Metrics, MetricsConfig, Verdict, WatchedResource, WorkloadKind};
+//! use flowwatch::model::{Counters, Outcome, Protocol};
+//! # fn main() -> Result<(), flowwatch::metrics::ConfigError> {
+//! let (metrics, registry) = Metrics::new(&MetricsConfig::default())?;
+//! // `registry` goes to the HTTP edge (`http::HttpState::new(Arc::new(registry), metrics.clone(), ..)`);
+//! // `metrics` (cheap to clone, `Send + Sync`) goes wherever flows are evaluated.
+//! let edge = FlowEdge {
+//!     src: Endpoint::workload("shop", "frontend", WorkloadKind::Deployment),
+//!     dst: Endpoint::workload("shop", "cart", WorkloadKind::Deployment),
+//!     dst_port: 8080,
+//!     protocol: Protocol::Tcp,
+//!     verdict: Verdict::Allowed,
+//!     egress: Verdict::Uncovered,
+//!     ingress: Verdict::Allowed,
+//! };
+//! let now = 1_000_000_000; // monotonic ns
+//! // Once per connection, when its outcome is decided (Established / Failed / Unanswered):
+//! metrics.record_flow(&edge, Some(Outcome::Established), &Counters::default(), now);
+//! // For every counters delta of a known flow (no new connection):
+//! let delta = Counters { fwd_packets: 3, fwd_bytes: 180, rev_packets: 2, rev_bytes: 1200 };
+//! metrics.record_flow(&edge, None, &delta, now);
+//! // Health, whenever known:
+//! metrics.add_events_lost(0);
+//! metrics.set_map_fill(KernelMap::Flows, 0.12);
+//! metrics.set_interfaces_attached(4);
+//! metrics.set_watch_staleness(WatchedResource::Pods, std::time::Duration::from_secs(2));
+//! metrics.set_invalid_policies(0);
+//! metrics.observe_evaluation(std::time::Duration::from_micros(3));
+//! // Periodically (also done by record_flow itself every ttl/10): drop idle series.
+//! metrics.expire(now);
+//! # Ok(()) }
+//! ```
+//!
+//! # Cardinality
+//!
+//! Labels name workloads, never pod IPs or ephemeral ports. Each edge family keeps at most
+//! `max_series_per_family` series and at most `max_series_per_namespace` per source namespace.
+//! A new series over the namespace budget is folded into that namespace pair's `other` bucket
+//! (workloads, kinds and port become `other`); over the family budget into the global `other`
+//! bucket (namespaces too). Each fold counts in `flowwatch_series_dropped_total{family}`.
+//! Series not updated for `series_ttl` are removed, so workloads that disappeared vanish
+//! from the exposition and their budget goes to the edges active now.
+
+mod budget;
+pub mod exposition;
+pub mod labels;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+pub use exposition::{encode_openmetrics, encode_prometheus_text};
+pub use labels::{
+    Direction, Endpoint, FamilyName, FlowEdge, KernelMap, Name, OutcomeLabel, Port, ProtocolLabel,
+    Scope, Verdict, WatchedResource, WorkloadKind,
+};
+
+use budget::{Admission, BudgetedFamily};
+use labels::{
+    BlockedLabels, BuildLabels, ConnectionLabels, DriftLabels, FamilyLabels, MapLabels,
+    ResourceLabels, TrafficLabels, UncoveredLabels,
+};
+
+use crate::model::{Counters, Nanos, Outcome};
+
+/// The metric prefix of every family.
+pub const PREFIX: &str = "flowwatch";
+
+/// Settings of the metric catalogue (the agent's `--series-budget*` / `--series-ttl` flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Most series one edge family keeps (overflow buckets not counted).
+    pub max_series_per_family: usize,
+    /// Most series one source namespace may hold in one edge family.
+    pub max_series_per_namespace: usize,
+    /// Series not updated for this long are removed.
+    pub series_ttl: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_series_per_family: 10_000,
+            max_series_per_namespace: 2_000,
+            series_ttl: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// A setting of [`MetricsConfig`] that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("metrics config: max_series_per_family must be at least 1 (got 0)")]
+    ZeroFamilyBudget,
+    #[error("metrics config: max_series_per_namespace must be at least 1 (got 0)")]
+    ZeroNamespaceBudget,
+    #[error(
+        "metrics config: max_series_per_namespace ({per_namespace}) exceeds max_series_per_family ({per_family})"
+    )]
+    NamespaceBudgetAboveFamily {
+        per_namespace: usize,
+        per_family: usize,
+    },
+    #[error("metrics config: series_ttl must be at least 1s (got {0:?})")]
+    TtlTooShort(Duration),
+}
+
+impl MetricsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_series_per_family == 0 {
+            return Err(ConfigError::ZeroFamilyBudget);
+        }
+        if self.max_series_per_namespace == 0 {
+            return Err(ConfigError::ZeroNamespaceBudget);
+        }
+        if self.max_series_per_namespace > self.max_series_per_family {
+            return Err(ConfigError::NamespaceBudgetAboveFamily {
+                per_namespace: self.max_series_per_namespace,
+                per_family: self.max_series_per_family,
+            });
+        }
+        if self.series_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::TtlTooShort(self.series_ttl));
+        }
+        Ok(())
+    }
+}
+
+type F64Gauge = Gauge<f64, AtomicU64>;
+
+/// The flow-edge families, each under the series budget.
+pub struct EdgeFamilies {
+    connections: BudgetedFamily<ConnectionLabels, Counter>,
+    uncovered: BudgetedFamily<UncoveredLabels, Counter>,
+    drift: BudgetedFamily<DriftLabels, Counter>,
+    blocked: BudgetedFamily<BlockedLabels, Counter>,
+    bytes: BudgetedFamily<TrafficLabels, Counter>,
+    packets: BudgetedFamily<TrafficLabels, Counter>,
+    last_sweep: Nanos,
+}
+
+impl EdgeFamilies {
+    fn new(cfg: &MetricsConfig) -> Self {
+        let (f, n) = (cfg.max_series_per_family, cfg.max_series_per_namespace);
+        EdgeFamilies {
+            connections: BudgetedFamily::new(f, n),
+            uncovered: BudgetedFamily::new(f, n),
+            drift: BudgetedFamily::new(f, n),
+            blocked: BudgetedFamily::new(f, n),
+            bytes: BudgetedFamily::new(f, n),
+            packets: BudgetedFamily::new(f, n),
+            last_sweep: 0,
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections",
+            "Connections by source and destination workload, destination port, protocol, \
+             overall and per-side policy verdict, and outcome",
+            self.connections.family.clone(),
+        );
+        registry.register(
+            "uncovered_connections",
+            "Connections no NetworkPolicy governs on either side (overall verdict uncovered)",
+            self.uncovered.family.clone(),
+        );
+        registry.register(
+            "enforcement_drift_connections",
+            "Connections the policies deny that were established anyway (the CNI did not enforce)",
+            self.drift.family.clone(),
+        );
+        registry.register(
+            "blocked_attempts",
+            "Failed or unanswered connection attempts of governed edges: verdict=denied as the \
+             policies intend, verdict=allowed where something else is broken",
+            self.blocked.family.clone(),
+        );
+        registry.register(
+            "flow_bytes",
+            "Bytes at the IP layer by edge and direction (forward: initiator to responder)",
+            self.bytes.family.clone(),
+        );
+        registry.register(
+            "flow_packets",
+            "Packets by edge and direction (forward: initiator to responder)",
+            self.packets.family.clone(),
+        );
+    }
+
+    fn lens(&self) -> [(FamilyName, usize); 6] {
+        [
+            (FamilyName::Connections, self.connections.len()),
+            (FamilyName::Uncovered, self.uncovered.len()),
+            (FamilyName::Drift, self.drift.len()),
+            (FamilyName::Blocked, self.blocked.len()),
+            (FamilyName::Bytes, self.bytes.len()),
+            (FamilyName::Packets, self.packets.len()),
+        ]
+    }
+
+    fn expire(&mut self, cutoff: Nanos) -> usize {
+        self.connections.expire(cutoff)
+            + self.uncovered.expire(cutoff)
+            + self.drift.expire(cutoff)
+            + self.blocked.expire(cutoff)
+            + self.bytes.expire(cutoff)
+            + self.packets.expire(cutoff)
+    }
+}
+
+/// The agent's own health.
+pub struct Health {
+    events_lost: Counter,
+    map_fill: Family<MapLabels, F64Gauge>,
+    interfaces_attached: Gauge,
+    watch_staleness: Family<ResourceLabels, F64Gauge>,
+    invalid_policies: Gauge,
+    series_dropped: Family<FamilyLabels, Counter>,
+    series: Family<FamilyLabels, Gauge>,
+    evaluation: Histogram,
+    scrape: Histogram,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            events_lost: Counter::default(),
+            map_fill: Family::default(),
+            interfaces_attached: Gauge::default(),
+            watch_staleness: Family::default(),
+            invalid_policies: Gauge::default(),
+            series_dropped: Family::default(),
+            series: Family::default(),
+            // 1 µs .. about 1 s
+            evaluation: Histogram::new(exponential_buckets(1e-6, 4.0, 11)),
+            // 1 ms .. about 4 s
+            scrape: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "kernel_events_lost",
+            "Kernel events lost because the ring buffer or the flow map was full",
+            self.events_lost.clone(),
+        );
+        registry.register(
+            "kernel_map_fill_ratio",
+            "Fill ratio (0..1) of the kernel maps",
+            self.map_fill.clone(),
+        );
+        registry.register(
+            "interfaces_attached",
+            "Network interfaces the capture programs are attached to",
+            self.interfaces_attached.clone(),
+        );
+        registry.register(
+            "watch_staleness_seconds",
+            "Seconds since each Kubernetes watch last confirmed it is current",
+            self.watch_staleness.clone(),
+        );
+        registry.register(
+            "policies_invalid",
+            "NetworkPolicies skipped because they are invalid",
+            self.invalid_policies.clone(),
+        );
+        registry.register(
+            "series_dropped",
+            "Updates folded into an `other` series because the series budget was full",
+            self.series_dropped.clone(),
+        );
+        registry.register(
+            "series",
+            "Series each edge family currently exports (overflow buckets included)",
+            self.series.clone(),
+        );
+        registry.register(
+            "policy_evaluation_duration_seconds",
+            "Time to evaluate one flow against the NetworkPolicies",
+            self.evaluation.clone(),
+        );
+        registry.register(
+            "scrape_duration_seconds",
+            "Time to encode the /metrics exposition",
+            self.scrape.clone(),
+        );
+        registry.register(
+            "build",
+            "The agent's version",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        for family in FamilyName::ALL {
+            // Present from the start, so `rate()` and alerts see zeros rather than nothing.
+            let _ = self
+                .series_dropped
+                .get_or_create(&FamilyLabels { family: *family });
+            let _ = self.series.get_or_create(&FamilyLabels { family: *family });
+        }
+    }
+}
+
+struct Inner {
+    edges: Mutex<EdgeFamilies>,
+    health: Health,
+    ttl: Nanos,
+    sweep_every: Nanos,
+}
+
+/// The metric catalogue. Cheap to clone; all clones update the same series.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn nanos(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Metrics {
+    /// Builds the catalogue and the registry (`flowwatch_` prefix) it is registered in.
+    pub fn new(config: &MetricsConfig) -> Result<(Metrics, Registry), ConfigError> {
+        config.validate()?;
+        let mut registry = Registry::with_prefix(PREFIX);
+        let edges = EdgeFamilies::new(config);
+        let health = Health::new();
+        edges.register(&mut registry);
+        health.register(&mut registry);
+        let ttl = nanos(config.series_ttl);
+        let metrics = Metrics {
+            inner: Arc::new(Inner {
+                edges: Mutex::new(edges),
+                health,
+                ttl,
+                sweep_every: (ttl / 10).max(1_000_000_000),
+            }),
+        };
+        Ok((metrics, registry))
+    }
+
+    fn edges(&self) -> MutexGuard<'_, EdgeFamilies> {
+        // A panic while holding the lock leaves counters consistent enough to keep exporting.
+        self.inner.edges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records one flow update.
+    ///
+    /// `decided`: `Some(outcome)` exactly once per connection, when its outcome is decided
+    /// (`Established`, `Failed`, `Unanswered`): counts the connection in `connections` and, by
+    /// verdict, in `uncovered_connections`, `enforcement_drift_connections` and
+    /// `blocked_attempts`. `None` (or `Some(Pending)`) for a traffic-only update.
+    /// `delta`: packets and bytes since the previous update of this flow (zeros are skipped).
+    pub fn record_flow(
+        &self,
+        edge: &FlowEdge,
+        decided: Option<Outcome>,
+        delta: &Counters,
+        now: Nanos,
+    ) {
+        let outcome = decided.and_then(OutcomeLabel::from_outcome);
+        let mut fam = self.edges();
+        let mut dropped = [0u64; 6];
+        let mut grew = false;
+        let mut note = |family: FamilyName, a: Admission| match a {
+            Admission::Folded => dropped[family as usize] += 1,
+            Admission::New => grew = true,
+            Admission::Own => {}
+        };
+        let base = edge.edge_labels();
+        let scope = edge.scope();
+        let inc = |c: &Counter| {
+            c.inc();
+        };
+        if let Some(outcome) = outcome {
+            let a = fam.connections.update(
+                ConnectionLabels {
+                    edge: base.clone(),
+                    verdict: edge.verdict,
+                    egress_verdict: edge.egress,
+                    ingress_verdict: edge.ingress,
+                    outcome,
+                },
+                now,
+                inc,
+            );
+            note(FamilyName::Connections, a);
+            if edge.verdict == Verdict::Uncovered {
+                let a = fam.uncovered.update(
+                    UncoveredLabels {
+                        edge: base.clone(),
+                        scope,
+                        outcome,
+                    },
+                    now,
+                    inc,
+                );
+                note(FamilyName::Uncovered, a);
+            }
+            if edge.verdict == Verdict::Denied && outcome == OutcomeLabel::Established {
+                let a = fam.drift.update(
+                    DriftLabels {
+                        edge: base.clone(),
+                        scope,
+                        egress_verdict: edge.egress,
+                        ingress_verdict: edge.ingress,
+                    },
+                    now,
+                    inc,
+                );
+                note(FamilyName::Drift, a);
+            }
+            if outcome != OutcomeLabel::Established
+                && matches!(edge.verdict, Verdict::Denied | Verdict::Allowed)
+            {
+                let a = fam.blocked.update(
+                    BlockedLabels {
+                        edge: base.clone(),
+                        scope,
+                        verdict: edge.verdict,
+                        egress_verdict: edge.egress,
+                        ingress_verdict: edge.ingress,
+                        outcome,
+                    },
+                    now,
+                    inc,
+                );
+                note(FamilyName::Blocked, a);
+            }
+        }
+        for (direction, bytes, packets) in [
+            (Direction::Forward, delta.fwd_bytes, delta.fwd_packets),
+            (Direction::Reverse, delta.rev_bytes, delta.rev_packets),
+        ] {
+            if bytes == 0 && packets == 0 {
+                continue;
+            }
+            let labels = TrafficLabels {
+                edge: base.clone(),
+                verdict: edge.verdict,
+                direction,
+            };
+            let a = fam.bytes.update(labels.clone(), now, |c| {
+                c.inc_by(bytes);
+            });
+            note(FamilyName::Bytes, a);
+            let a = fam.packets.update(labels, now, |c| {
+                c.inc_by(packets);
+            });
+            note(FamilyName::Packets, a);
+        }
+        let mut swept = false;
+        if now >= fam.last_sweep.saturating_add(self.inner.sweep_every) {
+            fam.last_sweep = now;
+            swept = fam.expire(now.saturating_sub(self.inner.ttl)) > 0;
+        }
+        if grew || swept {
+            self.publish_series(&fam);
+        }
+        drop(fam);
+        for family in FamilyName::ALL {
+            let n = dropped[*family as usize];
+            if n > 0 {
+                self.inner
+                    .health
+                    .series_dropped
+                    .get_or_create(&FamilyLabels { family: *family })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Removes the series not updated within `series_ttl` before `now`. Returns how many.
+    pub fn expire(&self, now: Nanos) -> usize {
+        let mut fam = self.edges();
+        fam.last_sweep = now;
+        let n = fam.expire(now.saturating_sub(self.inner.ttl));
+        self.publish_series(&fam);
+        n
+    }
+
+    fn publish_series(&self, fam: &EdgeFamilies) {
+        for (family, len) in fam.lens() {
+            self.inner
+                .health
+                .series
+                .get_or_create(&FamilyLabels { family })
+                .set(i64::try_from(len).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Adds kernel events lost (ring buffer full, flow map full) since the last call.
+    pub fn add_events_lost(&self, n: u64) {
+        self.inner.health.events_lost.inc_by(n);
+    }
+
+    /// Sets a kernel map's fill ratio (clamped to 0..=1; NaN is ignored).
+    pub fn set_map_fill(&self, map: KernelMap, ratio: f64) {
+        if ratio.is_nan() {
+            return;
+        }
+        self.inner
+            .health
+            .map_fill
+            .get_or_create(&MapLabels { map })
+            .set(ratio.clamp(0.0, 1.0));
+    }
+
+    /// Sets how many interfaces the capture programs are attached to.
+    pub fn set_interfaces_attached(&self, n: u64) {
+        self.inner
+            .health
+            .interfaces_attached
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how long ago a watch last confirmed it is current.
+    pub fn set_watch_staleness(&self, resource: WatchedResource, staleness: Duration) {
+        self.inner
+            .health
+            .watch_staleness
+            .get_or_create(&ResourceLabels { resource })
+            .set(staleness.as_secs_f64());
+    }
+
+    /// Sets how many NetworkPolicies are currently skipped as invalid.
+    pub fn set_invalid_policies(&self, n: u64) {
+        self.inner
+            .health
+            .invalid_policies
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Observes the time one flow's policy evaluation took.
+    pub fn observe_evaluation(&self, took: Duration) {
+        self.inner.health.evaluation.observe(took.as_secs_f64());
+    }
+
+    /// Observes the time one scrape's encoding took (called by the HTTP edge).
+    pub fn observe_scrape(&self, took: Duration) {
+        self.inner.health.scrape.observe(took.as_secs_f64());
+    }
+
+    /// Live series per edge family (overflow buckets included).
+    pub fn series_counts(&self) -> Vec<(FamilyName, usize)> {
+        self.edges().lens().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests;

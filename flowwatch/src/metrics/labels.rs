@@ -1,0 +1,443 @@
+//! Label values and label sets. Every label value is either a bounded enum or a Kubernetes
+//! name (namespace / workload) held by [`Name`]; never a pod IP or an ephemeral port.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+
+use crate::model::{Outcome, Protocol};
+
+/// Writes `s` as a label value, escaping what the exposition formats require.
+fn write_escaped(encoder: &mut LabelValueEncoder, s: &str) -> std::fmt::Result {
+    if !s.contains(['\\', '"', '\n']) {
+        return encoder.write_str(s);
+    }
+    for c in s.chars() {
+        match c {
+            '\\' => encoder.write_str("\\\\")?,
+            '"' => encoder.write_str("\\\"")?,
+            '\n' => encoder.write_str("\\n")?,
+            c => encoder.write_char(c)?,
+        }
+    }
+    Ok(())
+}
+
+/// A Kubernetes name used as a label value (namespace or workload). Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    pub fn new(s: impl Into<Arc<str>>) -> Name {
+        Name(s.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name(Arc::from(s))
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        Name(Arc::from(s))
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        write_escaped(encoder, &self.0)
+    }
+}
+
+/// Implements `as_str`, `Display` and `EncodeLabelValue` for a label enum.
+macro_rules! label_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// A policy verdict, overall or for one side (see ARCHITECTURE.md, "Verdict model").
+    Verdict {
+        /// Governed by at least one policy, and allowed.
+        Allowed => "allowed",
+        /// Governed, and no policy allows it.
+        Denied => "denied",
+        /// No policy of this direction selects the pod (overall: no side is governed).
+        Uncovered => "uncovered",
+        /// The endpoint of this side is not a pod (node, host network, external address).
+        NotApplicable => "not_applicable",
+    }
+}
+
+label_enum! {
+    /// What kind of thing an endpoint is. Pods are named by their top-level owner.
+    WorkloadKind {
+        Deployment => "deployment",
+        StatefulSet => "statefulset",
+        DaemonSet => "daemonset",
+        /// A ReplicaSet without a Deployment.
+        ReplicaSet => "replicaset",
+        /// A Job without a CronJob.
+        Job => "job",
+        CronJob => "cronjob",
+        /// A pod without a controller (named by the pod).
+        Pod => "pod",
+        /// A node or a host-network pod (the node's address).
+        Node => "node",
+        /// An address outside the cluster.
+        External => "external",
+        /// A cluster address not (yet) known to the inventory.
+        Unknown => "unknown",
+        /// The budget's overflow bucket.
+        Other => "other",
+    }
+}
+
+label_enum! {
+    /// The final outcome of a connection attempt (pending flows are not counted yet).
+    OutcomeLabel {
+        Established => "established",
+        /// TCP attempt refused, reset, timed out or dropped.
+        Failed => "failed",
+        /// UDP/SCTP flow that never got a packet back.
+        Unanswered => "unanswered",
+    }
+}
+
+impl OutcomeLabel {
+    /// `None` for [`Outcome::Pending`]: not an outcome yet.
+    pub fn from_outcome(o: Outcome) -> Option<OutcomeLabel> {
+        match o {
+            Outcome::Pending => None,
+            Outcome::Established => Some(OutcomeLabel::Established),
+            Outcome::Failed => Some(OutcomeLabel::Failed),
+            Outcome::Unanswered => Some(OutcomeLabel::Unanswered),
+        }
+    }
+}
+
+label_enum! {
+    /// The transport protocol.
+    ProtocolLabel {
+        Tcp => "TCP",
+        Udp => "UDP",
+        Sctp => "SCTP",
+    }
+}
+
+impl From<Protocol> for ProtocolLabel {
+    fn from(p: Protocol) -> ProtocolLabel {
+        match p {
+            Protocol::Tcp => ProtocolLabel::Tcp,
+            Protocol::Udp => ProtocolLabel::Udp,
+            Protocol::Sctp => ProtocolLabel::Sctp,
+        }
+    }
+}
+
+label_enum! {
+    /// Where an edge runs, so alerts can select cross-namespace traffic in one matcher.
+    Scope {
+        SameNamespace => "same_namespace",
+        CrossNamespace => "cross_namespace",
+        /// One end is not a pod (node, external, unknown).
+        NonPod => "non_pod",
+    }
+}
+
+label_enum! {
+    /// Direction of bytes and packets relative to the connection's initiator.
+    Direction {
+        /// initiator -> responder
+        Forward => "forward",
+        /// responder -> initiator
+        Reverse => "reverse",
+    }
+}
+
+label_enum! {
+    /// The kernel maps whose fill ratio is exported.
+    KernelMap {
+        Flows => "flows",
+        Events => "events",
+    }
+}
+
+label_enum! {
+    /// The Kubernetes resources the agent watches.
+    WatchedResource {
+        Pods => "pods",
+        Namespaces => "namespaces",
+        NetworkPolicies => "networkpolicies",
+        Services => "services",
+        EndpointSlices => "endpointslices",
+        Nodes => "nodes",
+        ReplicaSets => "replicasets",
+        Jobs => "jobs",
+    }
+}
+
+label_enum! {
+    /// The edge families the series budget governs (the `family` label of the budget metrics).
+    FamilyName {
+        Connections => "connections",
+        Uncovered => "uncovered_connections",
+        Drift => "enforcement_drift_connections",
+        Blocked => "blocked_attempts",
+        Bytes => "flow_bytes",
+        Packets => "flow_packets",
+    }
+}
+
+/// A destination port, or the overflow bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Port {
+    Number(u16),
+    Other,
+}
+
+impl EncodeLabelValue for Port {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        match self {
+            Port::Number(n) => write!(encoder, "{n}"),
+            Port::Other => encoder.write_str("other"),
+        }
+    }
+}
+
+/// One end of an edge: a workload in a namespace, or a non-pod endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// Empty for non-pod endpoints.
+    pub namespace: Name,
+    pub workload: Name,
+    pub kind: WorkloadKind,
+}
+
+impl Endpoint {
+    /// A pod's top-level owner (`kind` is one of the pod kinds).
+    pub fn workload(
+        namespace: impl Into<Name>,
+        workload: impl Into<Name>,
+        kind: WorkloadKind,
+    ) -> Endpoint {
+        Endpoint {
+            namespace: namespace.into(),
+            workload: workload.into(),
+            kind,
+        }
+    }
+    /// A node or a host-network pod: `namespace=""`, `workload="node"`.
+    pub fn node() -> Endpoint {
+        Endpoint::workload("", "node", WorkloadKind::Node)
+    }
+    /// An address outside the cluster: `namespace=""`, `workload="external"`.
+    pub fn external() -> Endpoint {
+        Endpoint::workload("", "external", WorkloadKind::External)
+    }
+    /// A cluster address the inventory does not know (yet): `workload="unknown"`.
+    pub fn unknown() -> Endpoint {
+        Endpoint::workload("", "unknown", WorkloadKind::Unknown)
+    }
+    /// Whether this end is a pod (has a namespace).
+    pub fn is_pod(&self) -> bool {
+        !matches!(
+            self.kind,
+            WorkloadKind::Node
+                | WorkloadKind::External
+                | WorkloadKind::Unknown
+                | WorkloadKind::Other
+        )
+    }
+}
+
+/// One observed connection, enriched and evaluated: what the lead's agent hands to
+/// [`crate::metrics::Metrics::record_flow`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FlowEdge {
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    /// The responder's (listening) port.
+    pub dst_port: u16,
+    pub protocol: Protocol,
+    /// Overall verdict: denied if a side denies, uncovered if no side is governed, else allowed.
+    pub verdict: Verdict,
+    /// Egress side, evaluated on the source pod.
+    pub egress: Verdict,
+    /// Ingress side, evaluated on the destination pod.
+    pub ingress: Verdict,
+}
+
+impl FlowEdge {
+    pub(crate) fn edge_labels(&self) -> EdgeLabels {
+        EdgeLabels {
+            src_namespace: self.src.namespace.clone(),
+            src_workload: self.src.workload.clone(),
+            src_kind: self.src.kind,
+            dst_namespace: self.dst.namespace.clone(),
+            dst_workload: self.dst.workload.clone(),
+            dst_kind: self.dst.kind,
+            dst_port: Port::Number(self.dst_port),
+            protocol: self.protocol.into(),
+        }
+    }
+
+    pub(crate) fn scope(&self) -> Scope {
+        if !self.src.is_pod() || !self.dst.is_pod() {
+            Scope::NonPod
+        } else if self.src.namespace == self.dst.namespace {
+            Scope::SameNamespace
+        } else {
+            Scope::CrossNamespace
+        }
+    }
+}
+
+/// The labels naming an edge; shared (flattened) by every edge family.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EdgeLabels {
+    pub src_namespace: Name,
+    pub src_workload: Name,
+    pub src_kind: WorkloadKind,
+    pub dst_namespace: Name,
+    pub dst_workload: Name,
+    pub dst_kind: WorkloadKind,
+    pub dst_port: Port,
+    pub protocol: ProtocolLabel,
+}
+
+/// How much of an edge the budget folds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fold {
+    /// Keep both namespaces; workloads, kinds and port become `other`.
+    Namespace,
+    /// Everything but the protocol becomes `other`.
+    All,
+}
+
+impl EdgeLabels {
+    pub(crate) fn folded(&self, fold: Fold) -> EdgeLabels {
+        let other = Name::from("other");
+        let (src_ns, dst_ns) = match fold {
+            Fold::Namespace => (self.src_namespace.clone(), self.dst_namespace.clone()),
+            Fold::All => (other.clone(), other.clone()),
+        };
+        EdgeLabels {
+            src_namespace: src_ns,
+            src_workload: other.clone(),
+            src_kind: WorkloadKind::Other,
+            dst_namespace: dst_ns,
+            dst_workload: other,
+            dst_kind: WorkloadKind::Other,
+            dst_port: Port::Other,
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// Label sets of the edge families: each one flattens [`EdgeLabels`] and adds bounded enums.
+pub(crate) trait HasEdge:
+    Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static
+{
+    fn edge(&self) -> &EdgeLabels;
+    fn with_edge(&self, edge: EdgeLabels) -> Self;
+}
+
+macro_rules! edge_label_set {
+    ($(#[$m:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+        pub struct $name {
+            #[prometheus(flatten)]
+            pub edge: EdgeLabels,
+            $(pub $field: $ty),*
+        }
+        impl HasEdge for $name {
+            fn edge(&self) -> &EdgeLabels { &self.edge }
+            fn with_edge(&self, edge: EdgeLabels) -> Self {
+                $name { edge, $($field: self.$field),* }
+            }
+        }
+    };
+}
+
+edge_label_set! {
+    /// `flowwatch_connections_total`
+    ConnectionLabels { verdict: Verdict, egress_verdict: Verdict, ingress_verdict: Verdict, outcome: OutcomeLabel }
+}
+edge_label_set! {
+    /// `flowwatch_uncovered_connections_total`
+    UncoveredLabels { scope: Scope, outcome: OutcomeLabel }
+}
+edge_label_set! {
+    /// `flowwatch_enforcement_drift_connections_total`
+    DriftLabels { scope: Scope, egress_verdict: Verdict, ingress_verdict: Verdict }
+}
+edge_label_set! {
+    /// `flowwatch_blocked_attempts_total`
+    BlockedLabels { scope: Scope, verdict: Verdict, egress_verdict: Verdict, ingress_verdict: Verdict, outcome: OutcomeLabel }
+}
+edge_label_set! {
+    /// `flowwatch_flow_bytes_total`, `flowwatch_flow_packets_total`
+    TrafficLabels { verdict: Verdict, direction: Direction }
+}
+
+/// `{family}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FamilyLabels {
+    pub family: FamilyName,
+}
+
+/// `{map}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: KernelMap,
+}
+
+/// `{resource}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: WatchedResource,
+}
+
+/// `{version}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}

@@ -1,0 +1,385 @@
+use super::*;
+use crate::model::Protocol;
+
+const SEC: Nanos = 1_000_000_000;
+
+fn edge(src: (&str, &str), dst: (&str, &str), port: u16, v: [Verdict; 3]) -> FlowEdge {
+    FlowEdge {
+        src: Endpoint::workload(src.0, src.1, WorkloadKind::Deployment),
+        dst: Endpoint::workload(dst.0, dst.1, WorkloadKind::Deployment),
+        dst_port: port,
+        protocol: Protocol::Tcp,
+        verdict: v[0],
+        egress: v[1],
+        ingress: v[2],
+    }
+}
+
+use Verdict::{Allowed as A, Denied as D, NotApplicable as N, Uncovered as U};
+
+fn text(reg: &Registry) -> String {
+    encode_openmetrics(reg).unwrap()
+}
+
+/// The sample lines of one metric (name without labels), in exposition order.
+fn samples(reg: &Registry, name: &str) -> Vec<String> {
+    text(reg)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn new(cfg: MetricsConfig) -> (Metrics, Registry) {
+    Metrics::new(&cfg).unwrap()
+}
+
+#[test]
+fn an_allowed_connection_is_counted_with_every_label() {
+    let (m, reg) = new(MetricsConfig::default());
+    let e = edge(("shop", "frontend"), ("shop", "cart"), 8080, [A, U, A]);
+    m.record_flow(&e, Some(Outcome::Established), &Counters::default(), SEC);
+    m.record_flow(
+        &e,
+        Some(Outcome::Established),
+        &Counters::default(),
+        2 * SEC,
+    );
+    assert_eq!(
+        samples(&reg, "flowwatch_connections_total"),
+        vec![
+            "flowwatch_connections_total{src_namespace=\"shop\",src_workload=\"frontend\",src_kind=\"deployment\",\
+             dst_namespace=\"shop\",dst_workload=\"cart\",dst_kind=\"deployment\",dst_port=\"8080\",protocol=\"TCP\",\
+             verdict=\"allowed\",egress_verdict=\"uncovered\",ingress_verdict=\"allowed\",outcome=\"established\"} 2"
+        ]
+    );
+    assert!(samples(&reg, "flowwatch_uncovered_connections_total").is_empty());
+    assert!(samples(&reg, "flowwatch_enforcement_drift_connections_total").is_empty());
+    assert!(samples(&reg, "flowwatch_blocked_attempts_total").is_empty());
+}
+
+#[test]
+fn uncovered_drift_and_blocked_go_to_their_own_families() {
+    let (m, reg) = new(MetricsConfig::default());
+    let none = Counters::default();
+    m.record_flow(
+        &edge(("a", "x"), ("b", "y"), 80, [U, U, U]),
+        Some(Outcome::Established),
+        &none,
+        SEC,
+    );
+    m.record_flow(
+        &edge(("a", "x"), ("a", "z"), 80, [U, U, U]),
+        Some(Outcome::Failed),
+        &none,
+        SEC,
+    );
+    m.record_flow(
+        &edge(("a", "x"), ("b", "db"), 5432, [D, A, D]),
+        Some(Outcome::Established),
+        &none,
+        SEC,
+    );
+    m.record_flow(
+        &edge(("a", "x"), ("b", "db"), 5432, [D, A, D]),
+        Some(Outcome::Failed),
+        &none,
+        SEC,
+    );
+    m.record_flow(
+        &edge(("a", "x"), ("b", "api"), 443, [A, A, A]),
+        Some(Outcome::Failed),
+        &none,
+        SEC,
+    );
+    // Pending is not an outcome: nothing is counted.
+    m.record_flow(
+        &edge(("a", "x"), ("b", "api"), 443, [A, A, A]),
+        Some(Outcome::Pending),
+        &none,
+        SEC,
+    );
+
+    let uncovered = samples(&reg, "flowwatch_uncovered_connections_total");
+    assert_eq!(uncovered.len(), 2, "{uncovered:#?}");
+    assert!(uncovered.iter().any(|l| l.contains("dst_workload=\"y\"")
+        && l.contains("scope=\"cross_namespace\"")
+        && l.contains("outcome=\"established\"")));
+    assert!(uncovered.iter().any(|l| l.contains("dst_workload=\"z\"")
+        && l.contains("scope=\"same_namespace\"")
+        && l.contains("outcome=\"failed\"")));
+
+    let drift = samples(&reg, "flowwatch_enforcement_drift_connections_total");
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    assert!(
+        drift[0].contains("dst_workload=\"db\"") && drift[0].contains("ingress_verdict=\"denied\"")
+    );
+    assert!(drift[0].ends_with(" 1"));
+
+    let blocked = samples(&reg, "flowwatch_blocked_attempts_total");
+    assert_eq!(blocked.len(), 2, "{blocked:#?}");
+    assert!(blocked
+        .iter()
+        .any(|l| l.contains("dst_workload=\"db\"") && l.contains(",verdict=\"denied\"")));
+    assert!(blocked
+        .iter()
+        .any(|l| l.contains("dst_workload=\"api\"") && l.contains(",verdict=\"allowed\"")));
+
+    assert_eq!(samples(&reg, "flowwatch_connections_total").len(), 5);
+}
+
+#[test]
+fn traffic_deltas_count_bytes_and_packets_by_direction_without_a_connection() {
+    let (m, reg) = new(MetricsConfig::default());
+    let e = edge(("a", "x"), ("b", "y"), 80, [A, A, A]);
+    let delta = Counters {
+        fwd_packets: 3,
+        fwd_bytes: 180,
+        rev_packets: 0,
+        rev_bytes: 0,
+    };
+    m.record_flow(&e, None, &delta, SEC);
+    m.record_flow(&e, None, &delta, 2 * SEC);
+    let bytes = samples(&reg, "flowwatch_flow_bytes_total");
+    assert_eq!(
+        bytes.len(),
+        1,
+        "zero reverse delta creates no series: {bytes:#?}"
+    );
+    assert!(bytes[0].contains("direction=\"forward\"") && bytes[0].ends_with(" 360"));
+    let packets = samples(&reg, "flowwatch_flow_packets_total");
+    assert!(packets[0].ends_with(" 6"));
+    assert!(samples(&reg, "flowwatch_connections_total").is_empty());
+}
+
+#[test]
+fn non_pod_endpoints_have_their_own_scope() {
+    let (m, reg) = new(MetricsConfig::default());
+    let mut e = edge(("a", "x"), ("b", "y"), 53, [U, U, N]);
+    e.dst = Endpoint::external();
+    e.protocol = Protocol::Udp;
+    m.record_flow(&e, Some(Outcome::Unanswered), &Counters::default(), SEC);
+    let u = samples(&reg, "flowwatch_uncovered_connections_total");
+    assert!(
+        u[0].contains("dst_namespace=\"\",dst_workload=\"external\",dst_kind=\"external\""),
+        "{u:?}"
+    );
+    assert!(u[0].contains("scope=\"non_pod\"") && u[0].contains("protocol=\"UDP\""));
+    assert!(u[0].contains("outcome=\"unanswered\""));
+}
+
+#[test]
+fn the_namespace_budget_folds_into_that_namespaces_other_bucket() {
+    let (m, reg) = new(MetricsConfig {
+        max_series_per_family: 100,
+        max_series_per_namespace: 2,
+        ..Default::default()
+    });
+    for i in 0..5 {
+        let e = edge(("noisy", &format!("w{i}")), ("b", "y"), 80, [A, A, A]);
+        m.record_flow(&e, Some(Outcome::Established), &Counters::default(), SEC);
+    }
+    m.record_flow(
+        &edge(("quiet", "q"), ("b", "y"), 80, [A, A, A]),
+        Some(Outcome::Established),
+        &Counters::default(),
+        SEC,
+    );
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert_eq!(
+        c.len(),
+        4,
+        "two own + one other for noisy, one for quiet: {c:#?}"
+    );
+    let other: Vec<_> = c
+        .iter()
+        .filter(|l| l.contains("src_workload=\"other\""))
+        .collect();
+    assert_eq!(other.len(), 1);
+    assert!(other[0].contains("src_namespace=\"noisy\",src_workload=\"other\",src_kind=\"other\",dst_namespace=\"b\",dst_workload=\"other\",dst_kind=\"other\",dst_port=\"other\""));
+    assert!(other[0].ends_with(" 3"));
+    assert!(samples(&reg, "flowwatch_series_dropped_total")
+        .iter()
+        .any(|l| l == "flowwatch_series_dropped_total{family=\"connections\"} 3"));
+    assert!(samples(&reg, "flowwatch_series")
+        .iter()
+        .any(|l| l == "flowwatch_series{family=\"connections\"} 4"));
+}
+
+#[test]
+fn the_family_budget_folds_into_the_global_other_bucket() {
+    let (m, reg) = new(MetricsConfig {
+        max_series_per_family: 3,
+        max_series_per_namespace: 3,
+        ..Default::default()
+    });
+    for i in 0..6 {
+        let e = edge((&format!("ns{i}"), "w"), ("b", "y"), 80, [A, A, A]);
+        m.record_flow(&e, Some(Outcome::Established), &Counters::default(), SEC);
+    }
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert_eq!(c.len(), 4, "{c:#?}");
+    assert!(c.iter().any(|l| l.contains("src_namespace=\"other\"")
+        && l.contains("dst_namespace=\"other\"")
+        && l.ends_with(" 3")));
+}
+
+#[test]
+fn idle_series_expire_and_free_their_budget() {
+    let ttl = Duration::from_secs(60);
+    let (m, reg) = new(MetricsConfig {
+        max_series_per_family: 1,
+        max_series_per_namespace: 1,
+        series_ttl: ttl,
+    });
+    let old = edge(("a", "gone"), ("b", "y"), 80, [A, A, A]);
+    let newer = edge(("a", "fresh"), ("b", "y"), 80, [A, A, A]);
+    m.record_flow(&old, Some(Outcome::Established), &Counters::default(), SEC);
+    m.record_flow(
+        &newer,
+        Some(Outcome::Established),
+        &Counters::default(),
+        2 * SEC,
+    );
+    assert!(samples(&reg, "flowwatch_connections_total")
+        .iter()
+        .any(|l| l.contains("src_workload=\"other\"")));
+    // Not idle long enough yet.
+    assert_eq!(m.expire(60 * SEC), 0);
+    // 61 s later, `gone` and the other bucket are idle past the ttl.
+    assert_eq!(m.expire(63 * SEC), 2);
+    assert!(samples(&reg, "flowwatch_connections_total").is_empty());
+    m.record_flow(
+        &newer,
+        Some(Outcome::Established),
+        &Counters::default(),
+        64 * SEC,
+    );
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert_eq!(c.len(), 1);
+    assert!(
+        c[0].contains("src_workload=\"fresh\""),
+        "the freed budget admits the active edge: {c:?}"
+    );
+}
+
+#[test]
+fn record_flow_sweeps_by_itself() {
+    let (m, reg) = new(MetricsConfig {
+        series_ttl: Duration::from_secs(10),
+        ..Default::default()
+    });
+    m.record_flow(
+        &edge(("a", "old"), ("b", "y"), 80, [A, A, A]),
+        Some(Outcome::Established),
+        &Counters::default(),
+        SEC,
+    );
+    m.record_flow(
+        &edge(("a", "new"), ("b", "y"), 80, [A, A, A]),
+        Some(Outcome::Established),
+        &Counters::default(),
+        30 * SEC,
+    );
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert!(c[0].contains("src_workload=\"new\""));
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let (m, reg) = new(MetricsConfig::default());
+    let e = edge(("a", "we\"ird\\na\nme"), ("b", "y"), 80, [A, A, A]);
+    m.record_flow(&e, Some(Outcome::Established), &Counters::default(), SEC);
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert!(c[0].contains(r#"src_workload="we\"ird\\na\nme""#), "{c:?}");
+}
+
+#[test]
+fn health_setters_reach_the_exposition() {
+    let (m, reg) = new(MetricsConfig::default());
+    m.add_events_lost(5);
+    m.add_events_lost(2);
+    m.set_map_fill(KernelMap::Flows, 1.7);
+    m.set_map_fill(KernelMap::Events, f64::NAN);
+    m.set_interfaces_attached(3);
+    m.set_watch_staleness(
+        WatchedResource::NetworkPolicies,
+        Duration::from_millis(2500),
+    );
+    m.set_invalid_policies(1);
+    m.observe_evaluation(Duration::from_micros(2));
+    m.observe_scrape(Duration::from_millis(3));
+    let t = text(&reg);
+    for want in [
+        "flowwatch_kernel_events_lost_total 7",
+        "flowwatch_kernel_map_fill_ratio{map=\"flows\"} 1.0",
+        "flowwatch_interfaces_attached 3",
+        "flowwatch_watch_staleness_seconds{resource=\"networkpolicies\"} 2.5",
+        "flowwatch_policies_invalid 1",
+        "flowwatch_policy_evaluation_duration_seconds_count 1",
+        "flowwatch_scrape_duration_seconds_count 1",
+        "flowwatch_build_info{version=\"",
+        "flowwatch_series_dropped_total{family=\"flow_bytes\"} 0",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    assert!(!t.contains("map=\"events\""), "NaN is ignored");
+}
+
+#[test]
+fn bad_config_is_an_error_naming_the_field() {
+    let cases = [
+        (
+            MetricsConfig {
+                max_series_per_family: 0,
+                ..Default::default()
+            },
+            "max_series_per_family",
+        ),
+        (
+            MetricsConfig {
+                max_series_per_namespace: 0,
+                ..Default::default()
+            },
+            "max_series_per_namespace",
+        ),
+        (
+            MetricsConfig {
+                max_series_per_family: 10,
+                max_series_per_namespace: 20,
+                ..Default::default()
+            },
+            "max_series_per_namespace (20) exceeds max_series_per_family (10)",
+        ),
+        (
+            MetricsConfig {
+                series_ttl: Duration::from_millis(10),
+                ..Default::default()
+            },
+            "series_ttl",
+        ),
+    ];
+    for (cfg, field) in cases {
+        let err = Metrics::new(&cfg).err().expect("must fail").to_string();
+        assert!(err.contains(field), "{err}");
+    }
+}
+
+#[test]
+fn both_formats_describe_counters_correctly() {
+    let (m, reg) = new(MetricsConfig::default());
+    m.record_flow(
+        &edge(("a", "x"), ("b", "y"), 80, [A, A, A]),
+        Some(Outcome::Established),
+        &Counters::default(),
+        SEC,
+    );
+    let om = encode_openmetrics(&reg).unwrap();
+    assert!(om.contains("# TYPE flowwatch_connections counter\n"));
+    assert!(om.ends_with("# EOF\n"));
+    let prom = encode_prometheus_text(&reg).unwrap();
+    assert!(prom.contains("# TYPE flowwatch_connections_total counter\n"));
+    assert!(prom.contains("# TYPE flowwatch_build_info gauge\n"));
+    assert!(!prom.contains("# EOF"));
+}
