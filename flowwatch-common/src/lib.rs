@@ -100,7 +100,9 @@ pub struct FlowCounters {
 const _: () = assert!(size_of::<FlowCounters>() == 56);
 
 /// What a [`FlowEvent`] reports.
-pub const EVENT_TCP_CONNECT: u8 = 1; // client sent SYN (CLOSE -> SYN_SENT)
+/// Client sent a SYN. Not emitted by the current programs (the source port is not assigned yet
+/// at CLOSE -> SYN_SENT); kept so the numbering stays stable.
+pub const EVENT_TCP_CONNECT: u8 = 1;
 pub const EVENT_TCP_ESTABLISHED: u8 = 2; // handshake completed, at `role`'s end
 pub const EVENT_TCP_FAILED: u8 = 3; // SYN_SENT/SYN_RECV -> CLOSE: the attempt never became established
 pub const EVENT_TCP_CLOSED: u8 = 4; // an established connection reached CLOSE

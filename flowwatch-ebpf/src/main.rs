@@ -23,8 +23,7 @@ use aya_ebpf::{
 };
 use flowwatch_common::{
     tcp_state, FlowCounters, FlowEvent, FlowKey, AF_INET, AF_INET6, DEFAULT_EVENTS_BYTES,
-    DEFAULT_FLOWS_MAX_ENTRIES, EVENT_NEW_FLOW, EVENT_TCP_CLOSED, EVENT_TCP_CONNECT,
-    EVENT_TCP_ESTABLISHED, EVENT_TCP_FAILED, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ROLE_CLIENT,
+    DEFAULT_FLOWS_MAX_ENTRIES, EVENT_NEW_FLOW, EVENT_TCP_CLOSED, EVENT_TCP_ESTABLISHED, EVENT_TCP_FAILED, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ROLE_CLIENT,
     ROLE_SERVER, ROLE_WIRE, STATS_LEN, STAT_FLOWS_MAP_FULL, STAT_PACKETS, STAT_RINGBUF_FULL,
     STAT_TRUNCATED, TCP_ACK, TCP_SYN,
 };
@@ -100,7 +99,8 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
     let states: [i32; 2] = unsafe { ctx.read_at(TP_OLDSTATE)? };
     let (old, new) = (states[0], states[1]);
     let (kind, role) = match (old, new) {
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) => (EVENT_TCP_CONNECT, ROLE_CLIENT),
+        // CLOSE -> SYN_SENT is not reported: the kernel picks the source port after it, so the
+        // event would carry port 0. The wire sees the SYN; the outcome events carry the port.
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => (EVENT_TCP_ESTABLISHED, ROLE_CLIENT),
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => (EVENT_TCP_ESTABLISHED, ROLE_SERVER),
         (tcp_state::SYN_SENT, tcp_state::CLOSE) => (EVENT_TCP_FAILED, ROLE_CLIENT),

@@ -123,18 +123,17 @@ impl Aggregator {
             } => {
                 // The wire's orientation may differ from the sockets' (the first packet the TC
                 // program saw was not the SYN): follow whichever the flow already has.
-                let (key, counters, fwd, rev) = if !self.flows.contains_key(&key)
-                    && self.flows.contains_key(&key.reversed())
-                {
-                    (
-                        key.reversed(),
-                        counters.reversed(),
-                        rev_tcp_flags,
-                        fwd_tcp_flags,
-                    )
-                } else {
-                    (key, counters, fwd_tcp_flags, rev_tcp_flags)
-                };
+                let (key, counters, fwd, rev) =
+                    if !self.flows.contains_key(&key) && self.flows.contains_key(&key.reversed()) {
+                        (
+                            key.reversed(),
+                            counters.reversed(),
+                            rev_tcp_flags,
+                            fwd_tcp_flags,
+                        )
+                    } else {
+                        (key, counters, fwd_tcp_flags, rev_tcp_flags)
+                    };
                 let Some(tracked) = self.track(key, first_seen) else {
                     return;
                 };
@@ -171,7 +170,12 @@ impl Aggregator {
             return;
         }
 
-        if kind == EventKind::TcpConnect {
+        if role == Role::Client
+            && matches!(
+                kind,
+                EventKind::TcpConnect | EventKind::TcpEstablished | EventKind::TcpFailed
+            )
+        {
             self.retire_if_reused(key, at);
         }
         let Some(tracked) = self.track(key, at) else {
@@ -201,8 +205,8 @@ impl Aggregator {
         }
     }
 
-    /// A SYN on a 5-tuple whose previous connection is over starts a new flow; the old one is
-    /// reported, and the kernel totals it accumulated become the new flow's baseline.
+    /// A new attempt on a 5-tuple whose previous connection is over starts a new flow; the old
+    /// one is reported, and the kernel totals it accumulated become the new flow's baseline.
     fn retire_if_reused(&mut self, key: FlowKey, at: Nanos) {
         let over = self
             .flows
@@ -482,7 +486,7 @@ mod tests {
         a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S));
         a.apply(totals(k, 5, 5, S));
         a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S));
-        a.apply(ev(k, EventKind::TcpConnect, Role::Client, S + 10));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S + 10));
         a.apply(totals(k, 8, 7, S + 11));
         let done = a.expire(S + 12);
         assert_eq!(done.len(), 1);

@@ -1,1 +1,88 @@
-//! cli
+//! Command-line and environment settings of `flowwatch run`. Every flag has a `FLOWWATCH_*`
+//! environment variable, which is how the Helm chart configures the agent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// Default pod-interface patterns: the host-side veth names of common CNIs (bridge/ptp plugins,
+/// Calico, Cilium, AWS VPC CNI, GKE, Azure, Weave, Flannel's cni0 ports).
+pub const DEFAULT_INTERFACES: &str = "veth*,cali*,lxc*,eni*,gke*,azv*,vethwe*";
+
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Pod interfaces to attach to: comma-separated names or globs (`*`). Exact names must
+    /// exist at startup; globs follow interfaces as they come and go.
+    #[arg(long, env = "FLOWWATCH_INTERFACES", default_value = DEFAULT_INTERFACES, value_delimiter = ',')]
+    pub interfaces: Vec<String>,
+
+    /// Write the flow log (one JSON object per finished flow) here; `-` for stdout.
+    #[arg(long, env = "FLOWWATCH_FLOW_LOG")]
+    pub flow_log: Option<PathBuf>,
+
+    /// Address of the HTTP server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "FLOWWATCH_LISTEN", default_value = "0.0.0.0:9810")]
+    pub listen: SocketAddr,
+
+    /// How often the kernel flow map is read, in milliseconds.
+    #[arg(long, env = "FLOWWATCH_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub poll_interval_ms: u64,
+
+    /// A flow with no packet for this many seconds is reported and forgotten.
+    #[arg(long, env = "FLOWWATCH_IDLE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
+
+    /// Capacity of the kernel flow map (entries); new flows beyond it are counted as lost.
+    #[arg(long, env = "FLOWWATCH_FLOWS_MAX_ENTRIES", default_value_t = flowwatch_common::DEFAULT_FLOWS_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub flows_max_entries: u32,
+
+    /// Flows with an end in these networks are not reported (the node's own loopback by default).
+    #[arg(
+        long,
+        env = "FLOWWATCH_IGNORE_CIDRS",
+        default_value = "127.0.0.0/8,::1/128",
+        value_delimiter = ','
+    )]
+    pub ignore_cidrs: Vec<ipnet::IpNet>,
+
+    /// Mount tracefs at /sys/kernel/tracing if it is not mounted.
+    #[arg(long, env = "FLOWWATCH_MOUNT_TRACEFS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub mount_tracefs: bool,
+
+    /// Inventory from snapshot files (`kubectl get ... -o yaml`) instead of the Kubernetes API;
+    /// reloaded when they change. Repeatable.
+    #[arg(long = "snapshot", env = "FLOWWATCH_SNAPSHOT", value_delimiter = ',')]
+    pub snapshots: Vec<PathBuf>,
+
+    /// Watch the Kubernetes API (in-cluster config, or KUBECONFIG).
+    #[arg(long, env = "FLOWWATCH_KUBE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub kube: bool,
+
+    /// This node's name (from the downward API in the DaemonSet).
+    #[arg(long, env = "FLOWWATCH_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Pod labels copied into flow records and metrics, comma-separated (none by default).
+    #[arg(long, env = "FLOWWATCH_LABEL_ALLOWLIST", value_delimiter = ',')]
+    pub label_allowlist: Vec<String>,
+
+    /// Whether NetworkPolicy ipBlock peers match pod IPs (true as the upstream conformance
+    /// suite expects; false as Cilium behaves).
+    #[arg(long, env = "FLOWWATCH_IPBLOCK_MATCHES_POD_IPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ipblock_matches_pod_ips: bool,
+
+    /// Log format.
+    #[arg(long, env = "FLOWWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Stop after this many seconds (demos and tests); runs until SIGTERM/SIGINT otherwise.
+    #[arg(long, env = "FLOWWATCH_EXIT_AFTER_SECS")]
+    pub exit_after_secs: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,1 +1,70 @@
-fn main() {}
+//! `flowwatch`: the agent (`flowwatch run`) and the offline policy tools (`flowwatch policy`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use flowwatch::cli::{LogFormat, RunArgs};
+
+#[derive(Parser)]
+#[command(name = "flowwatch", version, about = "eBPF flow observer for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: capture flows on this node, enrich them, export metrics.
+    Run(Box<RunArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run_agent(*args),
+    }
+}
+
+fn run_agent(args: RunArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(flowwatch::agent::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// One clear line on stderr, with the causes, and a non-zero exit; never a backtrace.
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    let mut line = format!("error: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    eprintln!("{line}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FLOWWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
