@@ -1,1 +1,353 @@
 //! Loading an [`super::Inventory`] from `kubectl get ... -o yaml|json` output.
+//!
+//! Accepted shapes: a `kind: List` (or `PodList`, ...) with `items`, multi-document YAML, a
+//! single object, or the same as JSON. Objects of kinds flowwatch does not use are ignored.
+//! An object that does not decode is reported (kind, namespace/name, field path) and left out;
+//! only text that is not YAML/JSON at all, or an unreadable file, fails the whole snapshot.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Inventory, ObjectError};
+
+/// The snapshot as a whole could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: not valid YAML or JSON: {message}")]
+    Syntax { origin: String, message: String },
+}
+
+/// Reads and merges several snapshot files (e.g. one per `kubectl get`).
+pub fn load_files<P: AsRef<Path>>(
+    paths: &[P],
+) -> Result<(Inventory, Vec<ObjectError>), SnapshotError> {
+    let mut inventory = Inventory::default();
+    let mut errors = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        add_text(
+            &mut inventory,
+            &mut errors,
+            &text,
+            &path.display().to_string(),
+        )?;
+    }
+    Ok((inventory, errors))
+}
+
+/// Parses one snapshot text. `origin` names it in errors (a file name).
+pub fn parse(text: &str, origin: &str) -> Result<(Inventory, Vec<ObjectError>), SnapshotError> {
+    let mut inventory = Inventory::default();
+    let mut errors = Vec::new();
+    add_text(&mut inventory, &mut errors, text, origin)?;
+    Ok((inventory, errors))
+}
+
+/// Adds the objects of one snapshot text to `inventory`.
+pub fn add_text(
+    inventory: &mut Inventory,
+    errors: &mut Vec<ObjectError>,
+    text: &str,
+    origin: &str,
+) -> Result<(), SnapshotError> {
+    for doc in documents(text, origin)? {
+        add_document(inventory, errors, doc, origin);
+    }
+    Ok(())
+}
+
+fn documents(text: &str, origin: &str) -> Result<Vec<Value>, SnapshotError> {
+    let syntax = |message: String| SnapshotError::Syntax {
+        origin: origin.to_string(),
+        message,
+    };
+    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        // JSON: one value, or several concatenated (`kubectl get -o json` per file, cat'ed).
+        return serde_json::Deserializer::from_str(trimmed)
+            .into_iter::<Value>()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| syntax(e.to_string()));
+    }
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc).map_err(|e| syntax(e.to_string()))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn add_document(
+    inventory: &mut Inventory,
+    errors: &mut Vec<ObjectError>,
+    doc: Value,
+    origin: &str,
+) {
+    match doc {
+        Value::Array(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                add_object(inventory, errors, item, None, &format!("{origin} item {i}"));
+            }
+        }
+        Value::Object(mut map) => {
+            let kind = map
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if kind.ends_with("List") {
+                match map.remove("items") {
+                    Some(Value::Array(items)) => {
+                        // A typed list (`PodList`) names the kind its items may omit.
+                        let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+                        for (i, item) in items.into_iter().enumerate() {
+                            add_object(
+                                inventory,
+                                errors,
+                                item,
+                                item_kind,
+                                &format!("{origin} item {i}"),
+                            );
+                        }
+                    }
+                    Some(Value::Null) | None => {}
+                    Some(_) => errors.push(ObjectError {
+                        object: format!("{kind} in {origin}"),
+                        field: Some("items".into()),
+                        message: "expected a list".into(),
+                    }),
+                }
+            } else {
+                add_object(inventory, errors, Value::Object(map), None, origin);
+            }
+        }
+        other => errors.push(ObjectError {
+            object: format!("document in {origin}"),
+            field: None,
+            message: format!("expected an object, found {}", type_name(&other)),
+        }),
+    }
+}
+
+fn add_object(
+    inventory: &mut Inventory,
+    errors: &mut Vec<ObjectError>,
+    mut item: Value,
+    default_kind: Option<&str>,
+    position: &str,
+) {
+    let Value::Object(map) = &mut item else {
+        errors.push(ObjectError {
+            object: position.to_string(),
+            field: None,
+            message: format!("expected an object, found {}", type_name(&item)),
+        });
+        return;
+    };
+    let kind = match (map.get("kind"), default_kind) {
+        (Some(Value::String(k)), _) => k.clone(),
+        (None, Some(k)) => {
+            map.insert("kind".into(), Value::String(k.to_string()));
+            k.to_string()
+        }
+        (Some(other), _) => {
+            errors.push(ObjectError {
+                object: position.to_string(),
+                field: Some("kind".into()),
+                message: format!("expected a string, found {}", type_name(other)),
+            });
+            return;
+        }
+        (None, None) => {
+            errors.push(ObjectError {
+                object: position.to_string(),
+                field: Some("kind".into()),
+                message: "missing".into(),
+            });
+            return;
+        }
+    };
+    let object = object_name(&kind, map, position);
+    match kind.as_str() {
+        "Namespace" => push(&mut inventory.namespaces, item, object, errors),
+        "Node" => push(&mut inventory.nodes, item, object, errors),
+        "Pod" => push(&mut inventory.pods, item, object, errors),
+        "Service" => push(&mut inventory.services, item, object, errors),
+        "EndpointSlice" => push(&mut inventory.endpoint_slices, item, object, errors),
+        "NetworkPolicy" => push(&mut inventory.network_policies, item, object, errors),
+        _ => {} // other kinds are not used
+    }
+}
+
+/// `Kind namespace/name`, `Kind name`, or `Kind at <position>` when it has no name.
+fn object_name(kind: &str, map: &serde_json::Map<String, Value>, position: &str) -> String {
+    let meta = map.get("metadata");
+    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
+    match (field("namespace"), field("name")) {
+        (Some(ns), Some(name)) => format!("{kind} {ns}/{name}"),
+        (None, Some(name)) => format!("{kind} {name}"),
+        _ => format!("{kind} at {position}"),
+    }
+}
+
+fn push<T: DeserializeOwned>(
+    into: &mut Vec<T>,
+    item: Value,
+    object: String,
+    errors: &mut Vec<ObjectError>,
+) {
+    match serde_path_to_error::deserialize::<_, T>(item) {
+        Ok(obj) => into.push(obj),
+        Err(e) => {
+            let path = e.path().to_string();
+            errors.push(ObjectError {
+                object,
+                field: (path != ".").then_some(path),
+                message: e.into_inner().to_string(),
+            });
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIST: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: x, labels: {team: a}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {namespace: x, name: a, labels: {pod: a}}
+  spec:
+    nodeName: n1
+    containers:
+    - name: c
+      ports: [{name: serve-80, containerPort: 80}]
+  status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}]}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {namespace: x, name: ignored}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {namespace: x, name: deny}
+  spec: {podSelector: {}}
+"#;
+
+    #[test]
+    fn reads_a_kubectl_list_and_ignores_other_kinds() {
+        let (inv, errors) = parse(LIST, "t.yaml").unwrap();
+        assert_eq!(errors, vec![]);
+        assert_eq!(inv.namespaces.len(), 1);
+        assert_eq!(inv.pods.len(), 1);
+        assert_eq!(inv.network_policies.len(), 1);
+        let pod = &inv.pods[0];
+        assert_eq!(pod.metadata.name.as_deref(), Some("a"));
+        assert_eq!(
+            pod.status.as_ref().unwrap().pod_ip.as_deref(),
+            Some("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn multi_document_yaml_and_json_give_the_same_inventory() {
+        let multi = "kind: Namespace\napiVersion: v1\nmetadata: {name: x}\n---\n---\nkind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: x}\n";
+        let json = r#"{"kind":"List","items":[{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}},{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","namespace":"x"}}]}"#;
+        let (a, ea) = parse(multi, "m").unwrap();
+        let (b, eb) = parse(json, "j").unwrap();
+        assert!(ea.is_empty() && eb.is_empty(), "{ea:?} {eb:?}");
+        assert_eq!(a.namespaces, b.namespaces);
+        assert_eq!(a.pods, b.pods);
+        assert_eq!(a.pods.len(), 1);
+    }
+
+    #[test]
+    fn typed_lists_give_their_items_a_kind() {
+        let text = r#"{"kind":"PodList","apiVersion":"v1","items":[{"metadata":{"name":"a","namespace":"x"}}]}"#;
+        let (inv, errors) = parse(text, "p").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(inv.pods.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_object_is_reported_with_its_field_and_the_rest_is_kept() {
+        let text = r#"
+kind: List
+items:
+- kind: NetworkPolicy
+  apiVersion: networking.k8s.io/v1
+  metadata: {namespace: x, name: bad}
+  spec:
+    podSelector: {}
+    ingress:
+    - ports: [{port: 80, endPort: "high"}]
+- kind: Pod
+  apiVersion: v1
+  metadata: {namespace: x, name: a}
+- 42
+- metadata: {name: nokind}
+"#;
+        let (inv, errors) = parse(text, "s.yaml").unwrap();
+        assert_eq!(inv.pods.len(), 1);
+        assert!(inv.network_policies.is_empty());
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors[0].object, "NetworkPolicy x/bad");
+        assert_eq!(
+            errors[0].field.as_deref(),
+            Some("spec.ingress[0].ports[0].endPort")
+        );
+        assert_eq!(errors[1].object, "s.yaml item 2");
+        assert_eq!(errors[2].field.as_deref(), Some("kind"));
+    }
+
+    #[test]
+    fn text_that_is_not_yaml_fails_the_snapshot() {
+        assert!(matches!(
+            parse("kind: [unclosed", "bad.yaml"),
+            Err(SnapshotError::Syntax { .. })
+        ));
+        assert!(matches!(
+            parse("{\"kind\": ", "bad.json"),
+            Err(SnapshotError::Syntax { .. })
+        ));
+        let missing = load_files(&["/nonexistent/flowwatch-snapshot.yaml"]);
+        assert!(matches!(missing, Err(SnapshotError::Io { .. })));
+    }
+
+    #[test]
+    fn empty_input_is_an_empty_inventory() {
+        let (inv, errors) = parse("", "e").unwrap();
+        assert!(errors.is_empty());
+        assert!(inv.pods.is_empty());
+    }
+}

@@ -1,0 +1,365 @@
+//! The endpoints a flow can name: namespaces (with their labels), nodes (with their
+//! addresses) and pods (labels, node, host networking, addresses, named ports), indexed by
+//! name and by IP.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+
+use super::hash::FastMap;
+use super::ports::{validate_port_name, NamedPort};
+use super::selector::Labels;
+use crate::inventory::{Inventory, ObjectError};
+use crate::model::Protocol;
+
+pub type NsId = u32;
+pub type NodeId = u32;
+pub type PodId = u32;
+
+/// The label the API server puts on every namespace (immutable, equal to its name).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Debug)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub labels: Labels,
+}
+
+#[derive(Debug)]
+pub struct NodeInfo {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug)]
+pub struct PodInfo {
+    pub ns: NsId,
+    pub name: String,
+    pub labels: Labels,
+    pub node: Option<NodeId>,
+    pub host_network: bool,
+    /// `Succeeded`/`Failed`: no longer an endpoint; its address may belong to a new pod.
+    pub terminated: bool,
+    /// `status.podIPs` (or `status.podIP`), primary first.
+    pub ips: Vec<IpAddr>,
+    /// Named container ports, sorted (part of the pod's identity for named-port resolution).
+    pub ports: Vec<NamedPort>,
+}
+
+/// What an address or a name designates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A pod with its own network namespace: policies apply to it.
+    Pod(PodId),
+    /// A host-network pod: policies do not apply to it and its traffic is its node's.
+    HostPod(PodId),
+    Node(NodeId),
+    External,
+}
+
+#[derive(Debug, Default)]
+pub struct Cluster {
+    pub namespaces: Vec<NamespaceInfo>,
+    ns_by_name: HashMap<String, NsId>,
+    pub nodes: Vec<NodeInfo>,
+    node_by_name: HashMap<String, NodeId>,
+    pub pods: Vec<PodInfo>,
+    /// Per namespace: pod name -> pod.
+    pods_by_name: Vec<HashMap<String, PodId>>,
+    pub by_ip: FastMap<IpAddr, Endpoint>,
+}
+
+impl Cluster {
+    pub fn build(inv: &Inventory, errors: &mut Vec<ObjectError>) -> Cluster {
+        let mut c = Cluster::default();
+        for ns in &inv.namespaces {
+            c.add_namespace(ns, errors);
+        }
+        for node in &inv.nodes {
+            c.add_node(node, errors);
+        }
+        for (i, pod) in inv.pods.iter().enumerate() {
+            c.add_pod(pod, i, errors);
+        }
+        c.index_addresses(errors);
+        c
+    }
+
+    pub fn namespace_id(&self, name: &str) -> Option<NsId> {
+        self.ns_by_name.get(name).copied()
+    }
+
+    pub fn pod_id(&self, namespace: &str, name: &str) -> Option<PodId> {
+        let ns = self.namespace_id(namespace)?;
+        self.pods_by_name.get(ns as usize)?.get(name).copied()
+    }
+
+    pub fn pod(&self, id: PodId) -> &PodInfo {
+        &self.pods[id as usize]
+    }
+
+    pub fn pod_label(&self, id: PodId) -> String {
+        let p = self.pod(id);
+        format!("{}/{}", self.namespaces[p.ns as usize].name, p.name)
+    }
+
+    /// What an address designates; unknown addresses are external.
+    pub fn endpoint_of(&self, ip: IpAddr) -> Endpoint {
+        self.by_ip
+            .get(&ip.to_canonical())
+            .copied()
+            .unwrap_or(Endpoint::External)
+    }
+
+    /// The node an endpoint runs on (itself for a node).
+    pub fn node_of(&self, ep: Endpoint) -> Option<NodeId> {
+        match ep {
+            Endpoint::Pod(p) | Endpoint::HostPod(p) => self.pod(p).node,
+            Endpoint::Node(n) => Some(n),
+            Endpoint::External => None,
+        }
+    }
+
+    pub fn ensure_namespace(&mut self, name: &str) -> NsId {
+        if let Some(id) = self.ns_by_name.get(name) {
+            return *id;
+        }
+        // A namespace the snapshot does not list still has the label the API server gives
+        // every namespace, so `namespaceSelector` on its name works.
+        let id = self.namespaces.len() as NsId;
+        let labels = Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]);
+        self.namespaces.push(NamespaceInfo {
+            name: name.to_string(),
+            labels,
+        });
+        self.ns_by_name.insert(name.to_string(), id);
+        self.pods_by_name.push(HashMap::new());
+        id
+    }
+
+    fn add_namespace(&mut self, ns: &Namespace, errors: &mut Vec<ObjectError>) {
+        let Some(name) = ns.metadata.name.as_deref().filter(|n| !n.is_empty()) else {
+            errors.push(ObjectError {
+                object: "Namespace (unnamed)".into(),
+                field: Some("metadata.name".into()),
+                message: "missing".into(),
+            });
+            return;
+        };
+        let id = self.ensure_namespace(name);
+        let labels = &mut self.namespaces[id as usize].labels;
+        labels.extend(ns.metadata.labels.clone().unwrap_or_default());
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+    }
+
+    fn ensure_node(&mut self, name: &str) -> NodeId {
+        if let Some(id) = self.node_by_name.get(name) {
+            return *id;
+        }
+        let id = self.nodes.len() as NodeId;
+        self.nodes.push(NodeInfo {
+            name: name.to_string(),
+            addresses: Vec::new(),
+        });
+        self.node_by_name.insert(name.to_string(), id);
+        id
+    }
+
+    fn add_node(&mut self, node: &Node, errors: &mut Vec<ObjectError>) {
+        let Some(name) = node.metadata.name.as_deref().filter(|n| !n.is_empty()) else {
+            errors.push(ObjectError {
+                object: "Node (unnamed)".into(),
+                field: Some("metadata.name".into()),
+                message: "missing".into(),
+            });
+            return;
+        };
+        let id = self.ensure_node(name);
+        let addresses = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate();
+        for (i, a) in addresses {
+            if a.type_ != "InternalIP" {
+                continue;
+            }
+            match a.address.trim().parse::<IpAddr>() {
+                Ok(ip) => self.nodes[id as usize].addresses.push(ip.to_canonical()),
+                Err(_) => errors.push(ObjectError {
+                    object: format!("Node {name}"),
+                    field: Some(format!("status.addresses[{i}].address")),
+                    message: format!("invalid IP address {:?}", a.address),
+                }),
+            }
+        }
+    }
+
+    fn add_pod(&mut self, pod: &Pod, index: usize, errors: &mut Vec<ObjectError>) {
+        let meta = &pod.metadata;
+        let (Some(ns), Some(name)) = (
+            meta.namespace.as_deref().filter(|s| !s.is_empty()),
+            meta.name.as_deref().filter(|s| !s.is_empty()),
+        ) else {
+            errors.push(ObjectError {
+                object: format!("Pod #{index}"),
+                field: Some("metadata".into()),
+                message: "missing name or namespace".into(),
+            });
+            return;
+        };
+        let object = format!("Pod {ns}/{name}");
+        let ns_id = self.ensure_namespace(ns);
+        if self.pods_by_name[ns_id as usize].contains_key(name) {
+            errors.push(ObjectError {
+                object,
+                field: None,
+                message: "listed twice; the first one is used".into(),
+            });
+            return;
+        }
+        let spec = pod.spec.as_ref();
+        let node = spec
+            .and_then(|s| s.node_name.as_deref())
+            .filter(|n| !n.is_empty())
+            .map(|n| self.ensure_node(n));
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+
+        let mut ports = Vec::new();
+        for (ci, container) in spec.iter().flat_map(|s| s.containers.iter()).enumerate() {
+            for (pi, p) in container.ports.iter().flatten().enumerate() {
+                let field = |f: &str| Some(format!("spec.containers[{ci}].ports[{pi}].{f}"));
+                let Some(pname) = p.name.as_deref().filter(|n| !n.is_empty()) else {
+                    continue; // only named ports matter to policies
+                };
+                let Some(port) = u16::try_from(p.container_port).ok().filter(|p| *p != 0) else {
+                    errors.push(ObjectError {
+                        object: object.clone(),
+                        field: field("containerPort"),
+                        message: format!("{} is not a port number", p.container_port),
+                    });
+                    continue;
+                };
+                if let Err(message) = validate_port_name(pname) {
+                    errors.push(ObjectError {
+                        object: object.clone(),
+                        field: field("name"),
+                        message,
+                    });
+                    continue;
+                }
+                let protocol = match p.protocol.as_deref().unwrap_or("TCP").parse::<Protocol>() {
+                    Ok(proto) => proto,
+                    Err(message) => {
+                        errors.push(ObjectError {
+                            object: object.clone(),
+                            field: field("protocol"),
+                            message,
+                        });
+                        continue;
+                    }
+                };
+                ports.push(NamedPort {
+                    name: pname.to_string(),
+                    port,
+                    protocol,
+                });
+            }
+        }
+        ports.sort();
+        ports.dedup();
+
+        let mut ips = Vec::new();
+        let status = pod.status.as_ref();
+        let listed = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.as_str()));
+        let primary = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .map(|ip| ("status.podIP".to_string(), ip));
+        for (field, text) in primary.into_iter().chain(listed) {
+            if text.is_empty() {
+                continue;
+            }
+            match text.trim().parse::<IpAddr>() {
+                Ok(ip) if !ips.contains(&ip.to_canonical()) => ips.push(ip.to_canonical()),
+                Ok(_) => {}
+                Err(_) => errors.push(ObjectError {
+                    object: object.clone(),
+                    field: Some(field),
+                    message: format!("invalid IP address {text:?}"),
+                }),
+            }
+        }
+        let terminated = matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+
+        let id = self.pods.len() as PodId;
+        self.pods.push(PodInfo {
+            ns: ns_id,
+            name: name.to_string(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            node,
+            host_network,
+            terminated,
+            ips,
+            ports,
+        });
+        self.pods_by_name[ns_id as usize].insert(name.to_string(), id);
+    }
+
+    /// Address index: node addresses first, then host-network pods (whose address is their
+    /// node's: they count as the node), then pods. A live pod wins over a terminated one.
+    fn index_addresses(&mut self, errors: &mut Vec<ObjectError>) {
+        let mut by_ip = FastMap::default();
+        for (id, node) in self.nodes.iter().enumerate() {
+            for ip in &node.addresses {
+                by_ip.insert(*ip, Endpoint::Node(id as NodeId));
+            }
+        }
+        for (id, pod) in self.pods.iter().enumerate() {
+            if pod.host_network && !pod.terminated {
+                for ip in &pod.ips {
+                    let ep = match pod.node {
+                        Some(n) => Endpoint::Node(n),
+                        None => Endpoint::HostPod(id as PodId),
+                    };
+                    by_ip.entry(*ip).or_insert(ep);
+                }
+            }
+        }
+        for (id, pod) in self.pods.iter().enumerate() {
+            if pod.host_network || pod.terminated {
+                continue;
+            }
+            for ip in &pod.ips {
+                match by_ip.insert(*ip, Endpoint::Pod(id as PodId)) {
+                    None => {}
+                    Some(Endpoint::Pod(other)) => {
+                        errors.push(ObjectError {
+                            object: format!("Pod {}", self.pod_label(id as PodId)),
+                            field: Some("status.podIP".into()),
+                            message: format!(
+                                "address {ip} is also the address of pod {}; it now names this one",
+                                self.pod_label(other)
+                            ),
+                        });
+                    }
+                    Some(other) => {
+                        // A node's address: the node keeps it.
+                        by_ip.insert(*ip, other);
+                    }
+                }
+            }
+        }
+        self.by_ip = by_ip;
+    }
+}

@@ -1,0 +1,553 @@
+//! The compiled engine: policies indexed by the pods they select, and the per-side evaluation
+//! behind a verdict cache keyed by identity.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::cluster::{Cluster, Endpoint, NsId, PodId};
+use super::compile::{
+    compile_policy, CompiledPolicy, Direction, NamespaceScope, PeerMatcher, Rule,
+};
+use super::hash::FastMap;
+use super::ports::NamedPort;
+use super::selector::Labels;
+use super::verdict::{FlowVerdict, RuleRef, SideReason, SideResult, SideVerdict, Verdict};
+use super::{Peer, PolicyError, PolicyOptions};
+use crate::inventory::{Inventory, ObjectError};
+use crate::model::Protocol;
+
+pub(crate) type PolicyId = u32;
+type IdentityId = u32;
+/// Identifies the set of ipBlocks an address falls in (0: none).
+type BlockSetId = u32;
+
+/// Upper bound on cached side results; past it the cache starts over (a rebuild-free,
+/// allocation-free way to bound memory when external addresses churn).
+const CACHE_CAPACITY: usize = 1 << 20;
+
+/// Pods that policies cannot tell apart: same namespace, same labels, same named ports.
+/// Every pod of a Deployment usually shares one identity, so verdicts are cached per identity.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    /// Policies of the namespace whose podSelector selects this identity, per direction
+    /// (only policies whose policyTypes include that direction).
+    pub ingress: Vec<PolicyId>,
+    pub egress: Vec<PolicyId>,
+}
+
+impl Identity {
+    pub fn selecting(&self, dir: Direction) -> &[PolicyId] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// One end of a flow, resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct End {
+    pub ep: Endpoint,
+    /// The address this end uses in the flow (absent for a pod without an address).
+    pub ip: Option<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum PeerKey {
+    /// A pod peer: its identity and which ipBlocks its address falls in.
+    Pod(IdentityId, BlockSetId),
+    /// Any other peer: its address (and the host-network pod, whose named ports matter).
+    Other(Option<IpAddr>, Option<PodId>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    dir: Direction,
+    subject: IdentityId,
+    peer: PeerKey,
+    port: u16,
+    protocol: Protocol,
+}
+
+type Cache = FastMap<CacheKey, (SideVerdict, Arc<[RuleRef]>)>;
+
+/// The NetworkPolicy engine. Immutable once built; apply a change of the cluster by building a
+/// new one (the verdict cache lives and dies with the engine, so it never serves a verdict
+/// computed from an older inventory). `Send + Sync`: share it behind an `Arc`.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    pub(crate) options: PolicyOptions,
+    pub(crate) cluster: Cluster,
+    pub(crate) policies: Vec<CompiledPolicy>,
+    /// The namespace of each policy.
+    pub(crate) policy_ns: Vec<NsId>,
+    /// Policies rejected as invalid, as `namespace/name`, per namespace.
+    pub(crate) skipped: Vec<(String, Arc<str>)>,
+    pub(crate) identities: Vec<Identity>,
+    pub(crate) pod_identity: Vec<IdentityId>,
+    block_sets: FastMap<IpAddr, BlockSetId>,
+    cache: Mutex<Cache>,
+    empty: Arc<[RuleRef]>,
+}
+
+impl PolicyEngine {
+    /// Compiles an inventory. Invalid objects are reported, one error each, and left out
+    /// (an invalid policy is skipped whole, as the API server would have rejected it); the
+    /// rest is evaluated.
+    pub fn build(
+        inventory: &Inventory,
+        options: PolicyOptions,
+    ) -> (PolicyEngine, Vec<ObjectError>) {
+        let mut errors = Vec::new();
+        let mut cluster = Cluster::build(inventory, &mut errors);
+
+        let mut policies = Vec::with_capacity(inventory.network_policies.len());
+        let mut skipped = Vec::new();
+        let mut next_block_id = 0;
+        for (i, np) in inventory.network_policies.iter().enumerate() {
+            match compile_policy(np, i, &mut next_block_id) {
+                Ok(p) => policies.push(p),
+                Err(e) => {
+                    let ns = np.metadata.namespace.clone().unwrap_or_default();
+                    let name = np.metadata.name.clone().unwrap_or_default();
+                    skipped.push((ns.clone(), Arc::from(format!("{ns}/{name}"))));
+                    errors.push(e);
+                }
+            }
+        }
+        let policy_ns: Vec<NsId> = policies
+            .iter()
+            .map(|p| cluster.ensure_namespace(&p.namespace))
+            .collect();
+        let mut policies_by_ns: Vec<Vec<PolicyId>> = vec![Vec::new(); cluster.namespaces.len()];
+        for (id, ns) in policy_ns.iter().enumerate() {
+            policies_by_ns[*ns as usize].push(id as PolicyId);
+        }
+
+        // Identities, and which policies select each one.
+        let mut interned: HashMap<(NsId, &Labels, &[NamedPort]), IdentityId> = HashMap::new();
+        let mut identities = Vec::new();
+        let mut pod_identity = Vec::with_capacity(cluster.pods.len());
+        for pod in &cluster.pods {
+            let key = (pod.ns, &pod.labels, pod.ports.as_slice());
+            let id = *interned.entry(key).or_insert_with(|| {
+                let mut identity = Identity {
+                    ingress: Vec::new(),
+                    egress: Vec::new(),
+                };
+                for &pid in &policies_by_ns[pod.ns as usize] {
+                    let p = &policies[pid as usize];
+                    if p.pod_selector.matches(&pod.labels) {
+                        if p.ingress.is_some() {
+                            identity.ingress.push(pid);
+                        }
+                        if p.egress.is_some() {
+                            identity.egress.push(pid);
+                        }
+                    }
+                }
+                identities.push(identity);
+                (identities.len() - 1) as IdentityId
+            });
+            pod_identity.push(id);
+        }
+        drop(interned);
+
+        let block_sets = if options.ipblock_matches_pod_ips {
+            block_sets_of_pod_addresses(&cluster, &policies)
+        } else {
+            FastMap::default()
+        };
+
+        let engine = PolicyEngine {
+            options,
+            cluster,
+            policies,
+            policy_ns,
+            skipped,
+            identities,
+            pod_identity,
+            block_sets,
+            cache: Mutex::new(Cache::default()),
+            empty: Arc::from(Vec::new()),
+        };
+        (engine, errors)
+    }
+
+    pub fn options(&self) -> PolicyOptions {
+        self.options
+    }
+
+    /// Evaluates a flow between two peers named by pod or by address.
+    /// Fails only when a `Peer::Pod` names a pod the inventory does not have.
+    pub fn evaluate(
+        &self,
+        src: &Peer,
+        dst: &Peer,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<FlowVerdict, PolicyError> {
+        let (src, dst) = self.resolve_pair(src, dst)?;
+        Ok(self.evaluate_ends(src, dst, port, protocol))
+    }
+
+    /// Evaluates a flow seen on the wire: a pod address is that pod, a node address (or a
+    /// host-network pod's) is the node, anything else is external.
+    pub fn evaluate_ips(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> FlowVerdict {
+        let src = self.resolve_ip(src);
+        let dst = self.resolve_ip(dst);
+        self.evaluate_ends(src, dst, port, protocol)
+    }
+
+    /// Policies that were rejected as invalid (`namespace/name`), in inventory order.
+    pub fn skipped_policies(&self) -> impl Iterator<Item = &str> {
+        self.skipped.iter().map(|(_, key)| &**key)
+    }
+
+    /// The skipped policies of one namespace: a verdict about a pod of that namespace may
+    /// differ from what the cluster enforces if the policy was meant to select it.
+    pub fn skipped_policies_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a str> {
+        self.skipped
+            .iter()
+            .filter(move |(ns, _)| ns == namespace)
+            .map(|(_, key)| &**key)
+    }
+
+    /// How many side results are cached (for tests and metrics).
+    pub fn cached_results(&self) -> usize {
+        self.lock_cache().len()
+    }
+
+    pub(crate) fn resolve_ip(&self, ip: IpAddr) -> End {
+        let ip = ip.to_canonical();
+        End {
+            ep: self.cluster.endpoint_of(ip),
+            ip: Some(ip),
+        }
+    }
+
+    /// Resolves both ends. A pod named by name uses its address of the flow's family: the
+    /// family of an end given as an address, else the source pod's primary address family.
+    pub(crate) fn resolve_pair(&self, src: &Peer, dst: &Peer) -> Result<(End, End), PolicyError> {
+        let src_ep = self.resolve_peer(src)?;
+        let dst_ep = self.resolve_peer(dst)?;
+        let primary = |ep: Option<PodId>| ep.and_then(|p| self.cluster.pod(p).ips.first().copied());
+        let family_v6 = [src, dst]
+            .iter()
+            .find_map(|p| match p {
+                Peer::Ip(ip) => Some(ip.to_canonical().is_ipv6()),
+                Peer::Pod { .. } => None,
+            })
+            .or_else(|| primary(src_ep.1).map(|ip| ip.is_ipv6()))
+            .or_else(|| primary(dst_ep.1).map(|ip| ip.is_ipv6()));
+        let end = |peer: &Peer, (ep, pod): (Endpoint, Option<PodId>)| -> End {
+            let ip = match (peer, pod) {
+                (Peer::Ip(ip), _) => Some(ip.to_canonical()),
+                (Peer::Pod { .. }, Some(p)) => {
+                    let ips = &self.cluster.pod(p).ips;
+                    ips.iter()
+                        .copied()
+                        .find(|ip| Some(ip.is_ipv6()) == family_v6)
+                        .or_else(|| family_v6.is_none().then(|| ips.first().copied()).flatten())
+                }
+                (Peer::Pod { .. }, None) => None,
+            };
+            End { ep, ip }
+        };
+        Ok((end(src, src_ep), end(dst, dst_ep)))
+    }
+
+    /// The endpoint of a peer, and the pod when it was named by name.
+    fn resolve_peer(&self, peer: &Peer) -> Result<(Endpoint, Option<PodId>), PolicyError> {
+        match peer {
+            Peer::Ip(ip) => Ok((self.cluster.endpoint_of(*ip), None)),
+            Peer::Pod { namespace, name } => {
+                let id = self
+                    .cluster
+                    .pod_id(namespace, name)
+                    .ok_or_else(|| PolicyError::UnknownPod(format!("{namespace}/{name}")))?;
+                let ep = if self.cluster.pod(id).host_network {
+                    Endpoint::HostPod(id)
+                } else {
+                    Endpoint::Pod(id)
+                };
+                Ok((ep, Some(id)))
+            }
+        }
+    }
+
+    fn lock_cache(&self) -> MutexGuard<'_, Cache> {
+        // A panic while holding the lock cannot leave a half-written entry (inserts are
+        // atomic from the map's point of view), so a poisoned cache is still sound.
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn evaluate_ends(
+        &self,
+        src: End,
+        dst: End,
+        port: u16,
+        protocol: Protocol,
+    ) -> FlowVerdict {
+        let mut cache = self.lock_cache();
+        let egress = match src.ep {
+            Endpoint::Pod(p) => self.side(&mut cache, Direction::Egress, p, dst, port, protocol),
+            other => self.not_applicable(other),
+        };
+        let ingress = match dst.ep {
+            Endpoint::Pod(p) => self.side(&mut cache, Direction::Ingress, p, src, port, protocol),
+            other => self.not_applicable(other),
+        };
+        FlowVerdict {
+            verdict: Verdict::combine(ingress.verdict, egress.verdict),
+            ingress,
+            egress,
+        }
+    }
+
+    fn not_applicable(&self, ep: Endpoint) -> SideResult {
+        let reason = match ep {
+            Endpoint::HostPod(_) => SideReason::HostNetwork,
+            Endpoint::Node(_) => SideReason::Node,
+            Endpoint::External | Endpoint::Pod(_) => SideReason::External,
+        };
+        self.result(SideVerdict::NotApplicable, reason, None)
+    }
+
+    fn result(
+        &self,
+        verdict: SideVerdict,
+        reason: SideReason,
+        rules: Option<Arc<[RuleRef]>>,
+    ) -> SideResult {
+        SideResult {
+            verdict,
+            reason,
+            allowed_by: rules.unwrap_or_else(|| self.empty.clone()),
+        }
+    }
+
+    /// The verdict of one side: `subject` is the pod the policies are evaluated on (the
+    /// source for egress, the destination for ingress), `peer` the other end.
+    fn side(
+        &self,
+        cache: &mut Cache,
+        dir: Direction,
+        subject: PodId,
+        peer: End,
+        port: u16,
+        protocol: Protocol,
+    ) -> SideResult {
+        let identity = self.pod_identity[subject as usize];
+        if self.identities[identity as usize].selecting(dir).is_empty() {
+            return self.result(SideVerdict::Uncovered, SideReason::NotSelected, None);
+        }
+        if let Some(reason) = self.always_allowed(subject, peer) {
+            return self.result(SideVerdict::Allowed, reason, None);
+        }
+        let key = CacheKey {
+            dir,
+            subject: identity,
+            peer: self.peer_key(peer),
+            port,
+            protocol,
+        };
+        if let Some((verdict, rules)) = cache.get(&key) {
+            let reason = match verdict {
+                SideVerdict::Allowed => SideReason::RuleMatched,
+                _ => SideReason::NoRuleMatched,
+            };
+            return self.result(*verdict, reason, Some(rules.clone()));
+        }
+        let rules: Arc<[RuleRef]> = self
+            .allowing_rules(dir, subject, peer, port, protocol)
+            .into();
+        let (verdict, reason) = if rules.is_empty() {
+            (SideVerdict::Denied, SideReason::NoRuleMatched)
+        } else {
+            (SideVerdict::Allowed, SideReason::RuleMatched)
+        };
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, (verdict, rules.clone()));
+        self.result(verdict, reason, Some(rules))
+    }
+
+    /// Flows no policy can block: a pod talking to itself, and traffic between a pod and the
+    /// node it runs on (including host-network pods of that node).
+    pub(crate) fn always_allowed(&self, subject: PodId, peer: End) -> Option<SideReason> {
+        match peer.ep {
+            Endpoint::Pod(p) if p == subject => Some(SideReason::Loopback),
+            Endpoint::Node(_) | Endpoint::HostPod(_) => {
+                let own = self.cluster.pod(subject).node;
+                (own.is_some() && self.cluster.node_of(peer.ep) == own)
+                    .then_some(SideReason::OwnNode)
+            }
+            _ => None,
+        }
+    }
+
+    fn peer_key(&self, peer: End) -> PeerKey {
+        match peer.ep {
+            Endpoint::Pod(p) => {
+                let blocks = peer
+                    .ip
+                    .and_then(|ip| self.block_sets.get(&ip).copied())
+                    .unwrap_or(0);
+                PeerKey::Pod(self.pod_identity[p as usize], blocks)
+            }
+            Endpoint::HostPod(p) => PeerKey::Other(peer.ip, Some(p)),
+            Endpoint::Node(_) | Endpoint::External => PeerKey::Other(peer.ip, None),
+        }
+    }
+
+    /// Every (policy, rule) of direction `dir` selecting `subject` that allows the flow.
+    pub(crate) fn allowing_rules(
+        &self,
+        dir: Direction,
+        subject: PodId,
+        peer: End,
+        port: u16,
+        protocol: Protocol,
+    ) -> Vec<RuleRef> {
+        let identity = &self.identities[self.pod_identity[subject as usize] as usize];
+        let dst_ports = self.destination_ports(dir, subject, peer);
+        let mut out = Vec::new();
+        for &pid in identity.selecting(dir) {
+            let policy = &self.policies[pid as usize];
+            for (i, rule) in policy.rules(dir).unwrap_or_default().iter().enumerate() {
+                if self.rule_peer(pid, rule, peer).is_some()
+                    && rule_port(rule, port, protocol, dst_ports).is_some()
+                {
+                    out.push(RuleRef {
+                        policy: policy.key.clone(),
+                        rule: i,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The named container ports of the flow's destination (where a named port resolves).
+    pub(crate) fn destination_ports(
+        &self,
+        dir: Direction,
+        subject: PodId,
+        peer: End,
+    ) -> &[NamedPort] {
+        match (dir, peer.ep) {
+            (Direction::Ingress, _) => &self.cluster.pod(subject).ports,
+            (Direction::Egress, Endpoint::Pod(p) | Endpoint::HostPod(p)) => {
+                &self.cluster.pod(p).ports
+            }
+            (Direction::Egress, _) => &[],
+        }
+    }
+
+    /// Which peer of the rule matches (`Some(None)` when the rule has no peers: it matches
+    /// every peer).
+    pub(crate) fn rule_peer(
+        &self,
+        policy: PolicyId,
+        rule: &Rule,
+        peer: End,
+    ) -> Option<Option<usize>> {
+        if rule.peers.is_empty() {
+            return Some(None);
+        }
+        rule.peers
+            .iter()
+            .position(|m| self.peer_matches(policy, m, peer))
+            .map(Some)
+    }
+
+    fn peer_matches(&self, policy: PolicyId, m: &PeerMatcher, peer: End) -> bool {
+        match m {
+            PeerMatcher::Pods { namespaces, pods } => {
+                // Only pods with their own network are selected by selectors; a host-network
+                // pod's traffic is its node's.
+                let Endpoint::Pod(p) = peer.ep else {
+                    return false;
+                };
+                let pod = self.cluster.pod(p);
+                let ns_ok = match namespaces {
+                    NamespaceScope::Own => pod.ns == self.policy_ns[policy as usize],
+                    NamespaceScope::Selected(s) => {
+                        s.matches(&self.cluster.namespaces[pod.ns as usize].labels)
+                    }
+                };
+                ns_ok && pods.matches(&pod.labels)
+            }
+            PeerMatcher::Block(block) => {
+                if matches!(peer.ep, Endpoint::Pod(_)) && !self.options.ipblock_matches_pod_ips {
+                    return false;
+                }
+                peer.ip.is_some_and(|ip| block.matches(ip))
+            }
+        }
+    }
+}
+
+/// Which port entry of the rule matches (`Some(None)` when the rule has no ports: every port
+/// and protocol).
+pub(crate) fn rule_port(
+    rule: &Rule,
+    port: u16,
+    protocol: Protocol,
+    dst_ports: &[NamedPort],
+) -> Option<Option<usize>> {
+    if rule.ports.is_empty() {
+        return Some(None);
+    }
+    rule.ports
+        .iter()
+        .position(|m| m.matches(port, protocol, dst_ports))
+        .map(Some)
+}
+
+/// For every pod address, the set of ipBlocks it falls in, interned: pods whose addresses fall
+/// in the same blocks share cached verdicts.
+fn block_sets_of_pod_addresses(
+    cluster: &Cluster,
+    policies: &[CompiledPolicy],
+) -> FastMap<IpAddr, BlockSetId> {
+    let blocks: Vec<_> = policies
+        .iter()
+        .flat_map(|p| p.ingress.iter().chain(p.egress.iter()).flatten())
+        .flat_map(|rule| rule.peers.iter())
+        .filter_map(|peer| match peer {
+            PeerMatcher::Block(b) => Some(b),
+            PeerMatcher::Pods { .. } => None,
+        })
+        .collect();
+    let mut sets: HashMap<Vec<u32>, BlockSetId> = HashMap::new();
+    sets.insert(Vec::new(), 0);
+    let mut out = FastMap::default();
+    for pod in &cluster.pods {
+        for ip in &pod.ips {
+            if out.contains_key(ip) {
+                continue;
+            }
+            let set: Vec<u32> = blocks
+                .iter()
+                .filter(|b| b.matches(*ip))
+                .map(|b| b.id)
+                .collect();
+            let next = sets.len() as BlockSetId;
+            let id = *sets.entry(set).or_insert(next);
+            out.insert(*ip, id);
+        }
+    }
+    out
+}

@@ -1,0 +1,213 @@
+//! What the engine answers for a flow: an overall verdict and one result per side.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// The overall verdict of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    Uncovered,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::Uncovered => "uncovered",
+        }
+    }
+
+    /// `denied` if either side denies; else `uncovered` if neither side allows; else `allowed`.
+    pub fn combine(ingress: SideVerdict, egress: SideVerdict) -> Verdict {
+        use SideVerdict::*;
+        if ingress == Denied || egress == Denied {
+            Verdict::Denied
+        } else if ingress != Allowed && egress != Allowed {
+            Verdict::Uncovered
+        } else {
+            Verdict::Allowed
+        }
+    }
+}
+
+/// The verdict of one side of a flow (egress on the source pod, ingress on the destination).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SideVerdict {
+    /// A policy of this direction selects the pod and one of its rules allows the flow
+    /// (or the flow is one that policies cannot block: loopback, the pod's own node).
+    Allowed,
+    /// Policies of this direction select the pod and none allows the flow.
+    Denied,
+    /// No policy of this direction selects the pod.
+    Uncovered,
+    /// That end is not a pod policies apply to (external address, node, host-network pod).
+    NotApplicable,
+}
+
+impl SideVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SideVerdict::Allowed => "allowed",
+            SideVerdict::Denied => "denied",
+            SideVerdict::Uncovered => "uncovered",
+            SideVerdict::NotApplicable => "not_applicable",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for SideVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a side got its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SideReason {
+    /// The end is an address outside the cluster's pods and nodes.
+    External,
+    /// The end is a node.
+    Node,
+    /// The end is a host-network pod (policies do not apply to it).
+    HostNetwork,
+    /// No policy of this direction selects the pod.
+    NotSelected,
+    /// A pod talking to itself: policies cannot block it.
+    Loopback,
+    /// Traffic between a pod and its own node is always allowed.
+    OwnNode,
+    /// At least one rule allows the flow (see `allowed_by`).
+    RuleMatched,
+    /// The pod is isolated and no rule allows the flow.
+    NoRuleMatched,
+}
+
+impl SideReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SideReason::External => "external",
+            SideReason::Node => "node",
+            SideReason::HostNetwork => "host_network",
+            SideReason::NotSelected => "not_selected",
+            SideReason::Loopback => "loopback",
+            SideReason::OwnNode => "own_node",
+            SideReason::RuleMatched => "rule_matched",
+            SideReason::NoRuleMatched => "no_rule_matched",
+        }
+    }
+}
+
+/// One rule that allows a flow: the policy (`namespace/name`) and the rule's index in its
+/// `spec.ingress` or `spec.egress` list.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct RuleRef {
+    #[serde(serialize_with = "serialize_arc_str")]
+    pub policy: Arc<str>,
+    pub rule: usize,
+}
+
+/// `Arc<str>` as a plain string (serde's `rc` feature is not enabled in this workspace).
+pub(crate) fn serialize_arc_str<S: serde::Serializer>(
+    v: &Arc<str>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
+}
+
+/// The result for one side of a flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SideResult {
+    pub verdict: SideVerdict,
+    pub reason: SideReason,
+    /// Every rule that allows the flow, in policy order (shared: cheap to clone).
+    pub allowed_by: Arc<[RuleRef]>,
+}
+
+impl SideResult {
+    /// The allowing policies (`namespace/name`), each once, in order.
+    pub fn policies(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for r in self.allowed_by.iter() {
+            if out.last() != Some(&&*r.policy) && !out.contains(&&*r.policy) {
+                out.push(&r.policy);
+            }
+        }
+        out
+    }
+}
+
+/// The engine's answer for one flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowVerdict {
+    pub verdict: Verdict,
+    /// Evaluated on the destination pod.
+    pub ingress: SideResult,
+    /// Evaluated on the source pod.
+    pub egress: SideResult,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overall_verdict_follows_the_contract() {
+        use SideVerdict::*;
+        let all = [Allowed, Denied, Uncovered, NotApplicable];
+        for i in all {
+            for e in all {
+                let expected = if i == Denied || e == Denied {
+                    Verdict::Denied
+                } else if i == Allowed || e == Allowed {
+                    Verdict::Allowed
+                } else {
+                    Verdict::Uncovered
+                };
+                assert_eq!(Verdict::combine(i, e), expected, "{i} {e}");
+            }
+        }
+        assert_eq!(Verdict::combine(Allowed, Uncovered), Verdict::Allowed);
+        assert_eq!(
+            Verdict::combine(NotApplicable, Uncovered),
+            Verdict::Uncovered
+        );
+        assert_eq!(Verdict::combine(Allowed, Denied), Verdict::Denied);
+    }
+
+    #[test]
+    fn names_are_stable() {
+        assert_eq!(SideVerdict::NotApplicable.as_str(), "not_applicable");
+        assert_eq!(Verdict::Uncovered.to_string(), "uncovered");
+        assert_eq!(
+            serde_json::to_string(&SideVerdict::NotApplicable).unwrap(),
+            "\"not_applicable\""
+        );
+    }
+
+    #[test]
+    fn policies_are_listed_once() {
+        let p = |s: &str, rule| RuleRef {
+            policy: Arc::from(s),
+            rule,
+        };
+        let side = SideResult {
+            verdict: SideVerdict::Allowed,
+            reason: SideReason::RuleMatched,
+            allowed_by: vec![p("x/a", 0), p("x/a", 2), p("x/b", 0)].into(),
+        };
+        assert_eq!(side.policies(), vec!["x/a", "x/b"]);
+    }
+}
