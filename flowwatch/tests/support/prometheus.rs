@@ -1,1 +1,291 @@
-//! prometheus test harness
+//! A real Prometheus for tests: Debian's `/usr/bin/prometheus` on a free loopback port, with a
+//! temp config and data dir, scraping the given jobs every second. Queried through its HTTP API
+//! (a tiny HTTP/1.0 client, no extra crates). Killed and its dir removed on Drop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Whether the binaries are installed (for `privileged::require`).
+pub fn available() -> Result<(), String> {
+    super::privileged::command("prometheus")
+}
+
+/// One scrape job.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub name: String,
+    /// `host:port` targets.
+    pub targets: Vec<String>,
+    /// URL query parameters (`params:` in the scrape config).
+    pub params: Vec<(String, String)>,
+}
+
+impl Job {
+    pub fn new(name: &str, targets: &[&str]) -> Job {
+        Job {
+            name: name.into(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            params: Vec::new(),
+        }
+    }
+    pub fn param(mut self, k: &str, v: &str) -> Job {
+        self.params.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// One sample of an instant-query result.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub labels: serde_json::Map<String, Value>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, name: &str) -> &str {
+        self.labels.get(name).and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+pub struct Prometheus {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("string to json")
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `jobs` every second and evaluating `rule_files` every second.
+    /// Panics (with Prometheus's log) if it does not become ready.
+    pub fn start(jobs: &[Job], rule_files: &[PathBuf]) -> Prometheus {
+        let mut last_err = String::new();
+        // The port is picked by binding :0 and released; retry if another process takes it.
+        for _ in 0..3 {
+            match Prometheus::try_start(jobs, rule_files) {
+                Ok(p) => return p,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("prometheus did not start: {last_err}");
+    }
+
+    fn try_start(jobs: &[Job], rule_files: &[PathBuf]) -> Result<Prometheus, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("flowwatch-prometheus-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let mut cfg = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n",
+        );
+        if !rule_files.is_empty() {
+            cfg.push_str("rule_files:\n");
+            for f in rule_files {
+                cfg.push_str(&format!("  - {}\n", yaml_str(&f.display().to_string())));
+            }
+        }
+        cfg.push_str("scrape_configs:\n");
+        for job in jobs {
+            cfg.push_str(&format!("  - job_name: {}\n", yaml_str(&job.name)));
+            if !job.params.is_empty() {
+                cfg.push_str("    params:\n");
+                for (k, v) in &job.params {
+                    cfg.push_str(&format!("      {}: [{}]\n", yaml_str(k), yaml_str(v)));
+                }
+            }
+            cfg.push_str("    static_configs:\n      - targets: [");
+            let targets: Vec<String> = job.targets.iter().map(|t| yaml_str(t)).collect();
+            cfg.push_str(&targets.join(", "));
+            cfg.push_str("]\n");
+        }
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, &cfg).map_err(|e| format!("write config: {e}"))?;
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log"))
+            .map_err(|e| format!("log file: {e}"))?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.console.templates=/nonexistent")
+            .arg("--web.console.libraries=/nonexistent")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn prometheus: {e}"))?;
+        let mut p = Prometheus { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(format!("prometheus exited with {status}:\n{}", p.logs()));
+            }
+            if let Ok((200, _)) = p.get("/-/ready") {
+                return Ok(p);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("prometheus not ready after 30 s:\n{}", p.logs()))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// GET `path` (with query string); returns status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        http_get(&format!("127.0.0.1:{}", self.port), path, None)
+    }
+
+    /// An instant query. `Err` carries Prometheus's error (e.g. a PromQL parse error).
+    pub fn query(&self, promql: &str) -> Result<Vec<Sample>, String> {
+        let (_, body) = self.get(&format!("/api/v1/query?query={}", urlencode(promql)))?;
+        let v: Value = serde_json::from_str(&body)
+            .map_err(|e| format!("bad JSON from prometheus: {e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!(
+                "{}: {}",
+                v["errorType"].as_str().unwrap_or("error"),
+                v["error"].as_str().unwrap_or(&body)
+            ));
+        }
+        let result = &v["data"]["result"];
+        let samples = match v["data"]["resultType"].as_str() {
+            Some("vector") => result.as_array().cloned().unwrap_or_default(),
+            Some("scalar") => {
+                return Ok(vec![Sample {
+                    labels: Default::default(),
+                    value: parse_value(&result[1]),
+                }])
+            }
+            other => return Err(format!("unexpected result type {other:?}")),
+        };
+        Ok(samples
+            .iter()
+            .map(|s| Sample {
+                labels: s["metric"].as_object().cloned().unwrap_or_default(),
+                value: parse_value(&s["value"][1]),
+            })
+            .collect())
+    }
+
+    /// Polls `promql` until `done` holds for its result; panics with the last result and the
+    /// log after `timeout`.
+    pub fn wait_for(
+        &self,
+        promql: &str,
+        timeout: Duration,
+        done: impl Fn(&[Sample]) -> bool,
+    ) -> Vec<Sample> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.query(promql);
+            if let Ok(s) = &r {
+                if done(s) {
+                    return s.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {promql}: last result {r:?}\nlog:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `/api/v1/rules` as JSON.
+    pub fn rules(&self) -> Value {
+        let (_, body) = self.get("/api/v1/rules").expect("GET /api/v1/rules");
+        serde_json::from_str(&body).expect("rules JSON")
+    }
+}
+
+fn parse_value(v: &Value) -> f64 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// Percent-encodes a query-string value.
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.0 GET (no chunked encoding to deal with). Returns status and body.
+pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, String), String> {
+    let (status, _, body) = http_get_full(addr, path, accept)?;
+    Ok((status, body))
+}
+
+/// Like [`http_get`], also returning the response headers (lower-cased names).
+pub fn http_get_full(
+    addr: &str,
+    path: &str,
+    accept: Option<&str>,
+) -> Result<(u16, Vec<(String, String)>, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n")
+        .map_err(|e| format!("write to {addr}: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("malformed HTTP response from {addr}: {raw:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line from {addr}: {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
+}
