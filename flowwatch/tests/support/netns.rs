@@ -1,1 +1,216 @@
-//! netns test harness
+//! Pods on one machine, as a CNI makes them: each pod is a network namespace whose `eth0` is
+//! one end of a veth pair; the host end joins a per-test bridge in the root namespace.
+//!
+//! Names and subnets are unique per test (process id + counter), so tests run in parallel.
+//! Everything is removed on drop, also when the test panics: veths first (a namespace frees
+//! them asynchronously, and a quick re-run would trip over leftovers), then namespaces, then the
+//! bridge.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A node with a bridge and pods.
+pub struct Node {
+    /// Short unique tag; every interface name of this node starts with `fw{tag}`.
+    pub tag: String,
+    pub bridge: String,
+    pub pods: Vec<Pod>,
+}
+
+/// One pod: a network namespace with an address on the node's bridge.
+pub struct Pod {
+    pub netns: String,
+    /// Host end of the pod's veth (what the agent attaches to).
+    pub host_if: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
+
+impl Node {
+    /// Creates a bridge and `pods` pods on it, each with an IPv4 and an IPv6 address.
+    pub fn new(pods: usize) -> Node {
+        let n = (std::process::id() % 4096) * 16 + COUNTER.fetch_add(1, Ordering::SeqCst) % 16;
+        let tag = format!("{n:05x}");
+        let bridge = format!("fw{tag}br");
+        let (a, b) = (100 + (n / 256) % 100, n % 256);
+        let mut node = Node {
+            tag: tag.clone(),
+            bridge: bridge.clone(),
+            pods: Vec::new(),
+        };
+        // A leftover from a killed earlier run with the same tag would make `add` fail.
+        node.remove_leftovers(pods);
+        sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
+        sh(&["ip", "link", "set", &bridge, "up"]);
+        for i in 0..pods {
+            let netns = format!("fw{tag}p{i}");
+            let host_if = format!("fw{tag}h{i}");
+            let ipv4 = Ipv4Addr::new(10, a as u8, b as u8, i as u8 + 1);
+            let ipv6: Ipv6Addr = format!("fd77:{n:x}::{:x}", i + 1).parse().unwrap();
+            sh(&["ip", "netns", "add", &netns]);
+            node.pods.push(Pod {
+                netns: netns.clone(),
+                host_if: host_if.clone(),
+                ipv4,
+                ipv6,
+            });
+            sh(&[
+                "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+                &netns,
+            ]);
+            sh(&["ip", "link", "set", &host_if, "master", &bridge, "up"]);
+            let pod = node.pods.last().unwrap();
+            pod.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"]);
+            pod.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"]);
+            pod.ip(&["link", "set", "eth0", "up"]);
+            pod.ip(&["link", "set", "lo", "up"]);
+        }
+        node
+    }
+
+    /// The interface glob matching this node's pod interfaces.
+    pub fn interface_glob(&self) -> String {
+        format!("fw{}h*", self.tag)
+    }
+
+    fn remove_leftovers(&self, pods: usize) {
+        for i in 0..pods.max(8) {
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("fw{}h{i}", self.tag)])
+                .output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("fw{}p{i}", self.tag)])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for pod in &self.pods {
+            let _ = Command::new("ip")
+                .args(["link", "del", &pod.host_if])
+                .output();
+        }
+        for pod in &self.pods {
+            let _ = Command::new("ip").args(["netns", "del", &pod.netns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// Kernel counters of a pod, from its own /proc/net/snmp and /proc/net/snmp6.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snmp {
+    pub tcp_in_segs: u64,
+    pub tcp_out_segs: u64,
+    pub tcp_retrans_segs: u64,
+    pub udp_in: u64,
+    pub udp_out: u64,
+    pub udp6_in: u64,
+    pub udp6_out: u64,
+}
+
+impl Snmp {
+    pub fn minus(self, before: Snmp) -> Snmp {
+        Snmp {
+            tcp_in_segs: self.tcp_in_segs - before.tcp_in_segs,
+            tcp_out_segs: self.tcp_out_segs - before.tcp_out_segs,
+            tcp_retrans_segs: self.tcp_retrans_segs - before.tcp_retrans_segs,
+            udp_in: self.udp_in - before.udp_in,
+            udp_out: self.udp_out - before.udp_out,
+            udp6_in: self.udp6_in - before.udp6_in,
+            udp6_out: self.udp6_out - before.udp6_out,
+        }
+    }
+}
+
+impl Pod {
+    /// `ip -n <pod> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "-n", &self.netns];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// `ip netns exec <pod> <args>`.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "netns", "exec", &self.netns];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// Runs `f` on a thread that has joined this pod's network namespace: sockets it opens
+    /// live in the pod. (Network namespaces are per thread.)
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.netns);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            // SAFETY: a valid namespace fd; setns only affects this thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+
+    pub fn snmp(&self) -> Snmp {
+        let v4 = String::from_utf8_lossy(&self.exec(&["cat", "/proc/net/snmp"]).stdout).into_owned();
+        let v6 = String::from_utf8_lossy(&self.exec(&["cat", "/proc/net/snmp6"]).stdout).into_owned();
+        let table = |proto: &str, field: &str| -> u64 {
+            let mut lines = v4.lines().filter(|l| l.starts_with(&format!("{proto}:")));
+            let (Some(header), Some(values)) = (lines.next(), lines.next()) else {
+                panic!("no {proto} table in /proc/net/snmp")
+            };
+            let i = header
+                .split_whitespace()
+                .position(|h| h == field)
+                .unwrap_or_else(|| panic!("no {proto} {field}"));
+            values.split_whitespace().nth(i).unwrap().parse().unwrap()
+        };
+        let six = |field: &str| -> u64 {
+            v6.lines()
+                .find_map(|l| {
+                    let mut parts = l.split_whitespace();
+                    (parts.next() == Some(field)).then(|| parts.next().unwrap().parse().unwrap())
+                })
+                .unwrap_or_else(|| panic!("no {field} in /proc/net/snmp6"))
+        };
+        Snmp {
+            tcp_in_segs: table("Tcp", "InSegs"),
+            tcp_out_segs: table("Tcp", "OutSegs"),
+            tcp_retrans_segs: table("Tcp", "RetransSegs"),
+            udp_in: table("Udp", "InDatagrams"),
+            udp_out: table("Udp", "OutDatagrams"),
+            udp6_in: six("Udp6InDatagrams"),
+            udp6_out: six("Udp6OutDatagrams"),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The kernel capture, proven on real traffic: pods are network namespaces on a bridge, the
+//! real agent binary runs with its eBPF programs attached, and every assertion is about exact
+//! flow records and the pods' own kernel counters.
+//!
+//! Needs root; outside CI these tests skip with one line, under CI=true they must run.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::agent::{self, Agent};
+use support::netns::{sh, Node, Pod};
+use support::privileged;
+
+/// Records of flows from `src` to `dst` (by IP), in the order the agent wrote them.
+fn between(records: &[Value], src: IpAddr, dst: IpAddr) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| {
+            r["src"]["ip"].as_str() == Some(&src.to_string())
+                && r["dst"]["ip"].as_str() == Some(&dst.to_string())
+        })
+        .cloned()
+        .collect()
+}
+
+fn sum(records: &[Value], dir: &str, field: &str) -> u64 {
+    records.iter().map(|r| r[dir][field].as_u64().unwrap()).sum()
+}
+
+/// A TCP echo server in `pod` for `connections` connections, sequentially; returns once bound.
+fn echo_server(pod: &Pod, addr: SocketAddr, connections: usize) -> std::thread::JoinHandle<()> {
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let handle = pod.run(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        bound_tx.send(()).unwrap();
+        for _ in 0..connections {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4096];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => conn.write_all(&buf[..n]).expect("echo"),
+                }
+            }
+        }
+    });
+    bound_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server bound");
+    handle
+}
+
+/// One request/response on a fresh connection, then close.
+fn request(addr: SocketAddr, rounds: usize, pause: Duration) {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    for i in 0..rounds {
+        let msg = format!("ping {i}");
+        conn.write_all(msg.as_bytes()).unwrap();
+        conn.read_exact(&mut buf[..msg.len()]).unwrap();
+        std::thread::sleep(pause);
+    }
+}
+
+fn tcp_scenario(v6: bool) {
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let (cip, sip): (IpAddr, IpAddr) = if v6 {
+        (client.ipv6.into(), server.ipv6.into())
+    } else {
+        (client.ipv4.into(), server.ipv4.into())
+    };
+    let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
+    let (client_before, server_before) = (client.snmp(), server.snmp());
+
+    const SHORT: usize = 20;
+    let addr = SocketAddr::new(sip, 8080);
+    let srv = echo_server(server, addr, SHORT + 1);
+    client
+        .run(move || {
+            for _ in 0..SHORT {
+                request(addr, 1, Duration::ZERO);
+            }
+            // The long one: 20 round trips over about two seconds.
+            request(addr, 20, Duration::from_millis(100));
+        })
+        .join()
+        .expect("client");
+    srv.join().expect("server");
+    // Let the last FIN/ACKs and close events reach the agent and the close linger pass.
+    std::thread::sleep(Duration::from_millis(1500));
+    let client_delta = client.snmp().minus(client_before);
+    let server_delta = server.snmp().minus(server_before);
+    let (status, records) = agent.stop();
+    assert!(status.success(), "agent: {status}\n{}", agent.stderr());
+
+    let flows = between(&records, cip, sip);
+    assert_eq!(flows.len(), SHORT + 1, "one record per connection: {flows:#?}");
+    let mut ports = std::collections::BTreeSet::new();
+    for f in &flows {
+        assert_eq!(f["protocol"], "TCP");
+        assert_eq!(f["dst"]["port"], 8080);
+        assert_eq!(f["outcome"], "established", "{f}");
+        assert_eq!(f["end_reason"], "closed", "{f}");
+        assert_eq!(f["observed_at"], serde_json::json!(["client", "server"]), "{f}");
+        ports.insert(f["src"]["port"].as_u64().unwrap());
+    }
+    assert_eq!(ports.len(), SHORT + 1, "distinct ephemeral ports");
+    assert!(!ports.contains(&0));
+    let long = flows
+        .iter()
+        .max_by_key(|f| f["fwd"]["packets"].as_u64().unwrap())
+        .unwrap();
+    assert!(long["fwd"]["packets"].as_u64().unwrap() >= 22, "{long}");
+
+    // The pods' own counters: everything the client sent is `fwd`, everything it got `rev`.
+    let sent = client_delta.tcp_out_segs + client_delta.tcp_retrans_segs;
+    assert_eq!(sum(&flows, "fwd", "packets"), sent, "client sent");
+    assert_eq!(sum(&flows, "rev", "packets"), client_delta.tcp_in_segs, "client received");
+    assert_eq!(sum(&flows, "fwd", "packets"), server_delta.tcp_in_segs, "server received");
+    assert_eq!(
+        sum(&flows, "rev", "packets"),
+        server_delta.tcp_out_segs + server_delta.tcp_retrans_segs,
+        "server sent"
+    );
+    assert!(sum(&flows, "fwd", "bytes") > sum(&flows, "fwd", "packets") * 40);
+}
+
+#[test]
+fn tcp_ipv4_many_short_connections_and_one_long_one() {
+    if !privileged::root_test("tcp_ipv4") {
+        return;
+    }
+    tcp_scenario(false);
+}
+
+#[test]
+fn tcp_ipv6_connections() {
+    if !privileged::root_test("tcp_ipv6") {
+        return;
+    }
+    tcp_scenario(true);
+}
+
+#[test]
+fn udp_request_response_both_families() {
+    if !privileged::root_test("udp") {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
+    let (client_before, server_before) = (client.snmp(), server.snmp());
+    for sip in [IpAddr::from(server.ipv4), IpAddr::from(server.ipv6)] {
+        let addr = SocketAddr::new(sip, 5353);
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let srv = server.run(move || {
+            let sock = UdpSocket::bind(addr).unwrap();
+            bound_tx.send(()).unwrap();
+            let mut buf = [0u8; 512];
+            for _ in 0..5 {
+                let (n, from) = sock.recv_from(&mut buf).unwrap();
+                sock.send_to(&buf[..n], from).unwrap();
+            }
+        });
+        bound_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        client
+            .run(move || {
+                let bind: SocketAddr = if addr.is_ipv6() {
+                    "[::]:0".parse().unwrap()
+                } else {
+                    "0.0.0.0:0".parse().unwrap()
+                };
+                let sock = UdpSocket::bind(bind).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 512];
+                for i in 0..5 {
+                    sock.send_to(format!("query {i}").as_bytes(), addr).unwrap();
+                    sock.recv_from(&mut buf).unwrap();
+                }
+            })
+            .join()
+            .unwrap();
+        srv.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let client_delta = client.snmp().minus(client_before);
+    let server_delta = server.snmp().minus(server_before);
+    let (status, records) = agent.stop();
+    assert!(status.success());
+
+    for (cip, sip, sent, received) in [
+        (IpAddr::from(client.ipv4), IpAddr::from(server.ipv4), client_delta.udp_out, client_delta.udp_in),
+        (IpAddr::from(client.ipv6), IpAddr::from(server.ipv6), client_delta.udp6_out, client_delta.udp6_in),
+    ] {
+        let flows = between(&records, cip, sip);
+        assert_eq!(flows.len(), 1, "{cip} -> {sip}: {flows:#?}");
+        let f = &flows[0];
+        assert_eq!(f["protocol"], "UDP");
+        assert_eq!(f["dst"]["port"], 5353);
+        assert_eq!(f["outcome"], "established", "answered: {f}");
+        assert_eq!((sent, received), (5, 5));
+        assert_eq!(f["fwd"]["packets"], 5);
+        assert_eq!(f["rev"]["packets"], 5);
+    }
+    assert_eq!(server_delta.udp_in + server_delta.udp6_in, 10);
+}
+
+#[test]
+fn refused_and_firewalled_attempts_are_failed_flows() {
+    if !privileged::root_test("failed attempts")
+        || !privileged::require("failed attempts", privileged::command("nft"))
+    {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    // The server pod drops SYNs to port 7000, as a NetworkPolicy-enforcing CNI would.
+    server.exec(&["nft", "add", "table", "inet", "fwtest"]);
+    server.exec(&[
+        "nft", "add", "chain", "inet", "fwtest", "input",
+        "{ type filter hook input priority 0 ; policy accept ; }",
+    ]);
+    server.exec(&["nft", "add", "rule", "inet", "fwtest", "input", "tcp", "dport", "7000", "drop"]);
+
+    let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
+    let before = client.snmp();
+    let sip = IpAddr::from(server.ipv4);
+    client
+        .run(move || {
+            let refused = TcpStream::connect_timeout(&SocketAddr::new(sip, 9), Duration::from_secs(2));
+            assert_eq!(
+                refused.map(|_| ()).unwrap_err().kind(),
+                std::io::ErrorKind::ConnectionRefused
+            );
+            let dropped =
+                TcpStream::connect_timeout(&SocketAddr::new(sip, 7000), Duration::from_millis(1500));
+            assert_eq!(dropped.map(|_| ()).unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        })
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let delta = client.snmp().minus(before);
+    let (status, records) = agent.stop();
+    assert!(status.success());
+
+    let flows = between(&records, IpAddr::from(client.ipv4), sip);
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    let refused = flows.iter().find(|f| f["dst"]["port"] == 9).expect("refused flow");
+    assert_eq!(refused["outcome"], "failed");
+    assert_eq!(refused["end_reason"], "failed");
+    assert_eq!(refused["observed_at"], serde_json::json!(["client"]));
+    assert_eq!((refused["fwd"]["packets"].as_u64(), refused["rev"]["packets"].as_u64()), (Some(1), Some(1)), "SYN, RST");
+
+    let dropped = flows.iter().find(|f| f["dst"]["port"] == 7000).expect("dropped flow");
+    assert_eq!(dropped["outcome"], "failed");
+    assert_eq!(dropped["observed_at"], serde_json::json!(["client"]));
+    assert_eq!(dropped["rev"]["packets"], 0, "nothing came back");
+    // Every SYN the client sent (first and retransmitted) is on one of the two records.
+    assert_eq!(
+        sum(&flows, "fwd", "packets"),
+        delta.tcp_out_segs + delta.tcp_retrans_segs,
+        "client segments"
+    );
+    assert!(dropped["fwd"]["packets"].as_u64().unwrap() >= 1);
+}
+
+/// `bpftool net show dev X` lists the tcx programs attached to an interface.
+fn tcx_programs(dev: &str) -> String {
+    String::from_utf8_lossy(&sh(&["bpftool", "net", "show", "dev", dev]).stdout).into_owned()
+}
+
+#[test]
+fn interfaces_are_followed_and_nothing_stays_attached_after_sigkill() {
+    if !privileged::root_test("interface lifecycle")
+        || !privileged::require("interface lifecycle", privileged::command("bpftool"))
+    {
+        return;
+    }
+    let node = Node::new(1);
+    let host_if = node.pods[0].host_if.clone();
+    let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
+    assert!(tcx_programs(&host_if).contains("tc_ingress"), "{}", tcx_programs(&host_if));
+
+    // A pod interface that appears after start is attached; one that goes is detached.
+    let late = format!("fw{}h9", node.tag);
+    sh(&["ip", "link", "add", &late, "type", "veth", "peer", "name", &format!("fw{}x9", node.tag)]);
+    agent.wait_for_log(&format!("attached interface=\"{late}\""), Duration::from_secs(5));
+    assert!(tcx_programs(&late).contains("tc_egress"));
+    sh(&["ip", "link", "del", &late]);
+    agent.wait_for_log(&format!("detached interface=\"{late}\""), Duration::from_secs(15));
+
+    agent.kill9();
+    // tcx links belong to the agent's file descriptors: the kernel detached them at exit.
+    let after = tcx_programs(&host_if);
+    assert!(!after.contains("tc_ingress") && !after.contains("tc_egress"), "{after}");
+}
+
+#[test]
+fn sigterm_detaches_cleanly() {
+    if !privileged::root_test("sigterm") {
+        return;
+    }
+    let node = Node::new(1);
+    let host_if = node.pods[0].host_if.clone();
+    let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
+    let (status, _) = agent.stop();
+    assert!(status.success(), "{}", agent.stderr());
+    assert!(agent.stderr().contains(&format!("detached interface=\"{host_if}\"")));
+    assert!(!tcx_programs(&host_if).contains("tc_ingress"));
+}
+
+/// Startup errors are one line naming what is missing, with a non-zero exit.
+fn assert_one_clear_line(status: std::process::ExitStatus, stderr: &str, expected: &str) {
+    assert!(!status.success(), "should fail: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains(expected), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn missing_interface_is_one_clear_error() {
+    if !privileged::root_test("missing interface") {
+        return;
+    }
+    let (status, stderr) = agent::run_to_exit(
+        std::process::Command::new(agent::binary()).args(["run", "--interfaces", "fwnosuch0", "--listen", "127.0.0.1:0"]),
+    );
+    assert_one_clear_line(status, &stderr, "network interface \"fwnosuch0\" does not exist");
+}
+
+#[test]
+fn no_privileges_is_one_clear_error() {
+    if !privileged::root_test("no privileges")
+        || !privileged::require("no privileges", privileged::command("setpriv"))
+    {
+        return;
+    }
+    let (status, stderr) = agent::run_to_exit(std::process::Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        agent::binary(),
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert_one_clear_line(status, &stderr, "insufficient privileges: missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN");
+}
+
+#[test]
+fn tracefs_not_mounted_names_the_mount_to_make() {
+    if !privileged::root_test("tracefs")
+        || !privileged::require("tracefs", privileged::command("unshare"))
+    {
+        return;
+    }
+    // A private mount namespace where tracefs is gone, and the agent told not to mount it.
+    let script = format!(
+        "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug/tracing 2>/dev/null; \
+         umount -l /sys/kernel/debug 2>/dev/null; \
+         exec {} run --mount-tracefs=false --interfaces lo --listen 127.0.0.1:0",
+        agent::binary()
+    );
+    let (status, stderr) = agent::run_to_exit(
+        std::process::Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]),
+    );
+    assert_one_clear_line(status, &stderr, "mount -t tracefs nodev /sys/kernel/tracing");
+}
