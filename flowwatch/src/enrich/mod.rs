@@ -1,1 +1,645 @@
 //! Enrichment: IP address -> pod, workload, node, service or external network (pure).
+//!
+//! [`EndpointIndex`] is compiled from an [`Inventory`] (plus the [`OwnerIndex`] that resolves
+//! ReplicaSets to Deployments and Jobs to CronJobs) and answers, for one end of a flow, what
+//! it is: a pod (namespace, name, workload, node, allowlisted labels), a host-network pod, the
+//! node itself, a Service (with the backend pod that served the connection when the caller
+//! knows the translated destination), or an external address (private, public, or a network
+//! the user named by CIDR).
+//!
+//! Pod IPs are reused. The index is updated in place ([`EndpointIndex::update`]) with the time
+//! of each update, and keeps for every pod IP the pods that held it, each with the interval in
+//! which it did; a flow resolves to the pod that held the address at the flow's time. Ended
+//! holders are forgotten after [`EnrichOptions::history`]. No I/O and no clock here: the
+//! caller passes times (monotonic nanoseconds, as in [`crate::model`]).
+
+pub mod workload;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Serialize;
+
+use crate::inventory::{Inventory, ObjectError};
+use crate::model::{Nanos, Protocol};
+pub use workload::{workload_of, OwnerIndex, Workload, WorkloadKind};
+
+/// What the user configures.
+#[derive(Clone, Debug)]
+pub struct EnrichOptions {
+    /// Pod label keys copied into flow records (none by default: labels can carry anything).
+    pub label_allowlist: Vec<String>,
+    /// Networks named by the user (`corp-vpn` = `10.200.0.0/16`); the longest prefix wins.
+    pub named_networks: Vec<NamedNetwork>,
+    /// How long a pod that no longer holds an IP is remembered for flows that started while it
+    /// did (nanoseconds).
+    pub history: Nanos,
+}
+
+impl Default for EnrichOptions {
+    fn default() -> Self {
+        EnrichOptions {
+            label_allowlist: Vec::new(),
+            named_networks: Vec::new(),
+            history: 5 * 60 * 1_000_000_000,
+        }
+    }
+}
+
+/// A network the user named.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NamedNetwork {
+    pub name: String,
+    pub cidr: IpNet,
+}
+
+impl std::str::FromStr for NamedNetwork {
+    type Err = String;
+    /// `name=cidr`, e.g. `corp-vpn=10.200.0.0/16`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, cidr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("named network {s:?}: expected NAME=CIDR"))?;
+        let cidr = cidr
+            .trim()
+            .parse::<IpNet>()
+            .map_err(|e| format!("named network {s:?}: {e}"))?;
+        if name.trim().is_empty() {
+            return Err(format!("named network {s:?}: empty name"));
+        }
+        Ok(NamedNetwork {
+            name: name.trim().to_owned(),
+            cidr: cidr.trunc(),
+        })
+    }
+}
+
+/// A pod as it appears in a flow record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodEndpoint {
+    pub namespace: String,
+    pub name: String,
+    pub workload_kind: WorkloadKind,
+    pub workload_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Only the allowlisted labels.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How an address outside the cluster is classified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExternalClass {
+    /// RFC 1918, CGNAT, ULA, link-local and loopback ranges.
+    Private,
+    Public,
+    /// A network of [`EnrichOptions::named_networks`].
+    Named,
+}
+
+/// One end of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Endpoint {
+    Pod(PodEndpoint),
+    /// A pod with `hostNetwork: true`, recognised by its node's address and a port it declares.
+    HostNetworkPod(PodEndpoint),
+    /// A node's own address.
+    Node {
+        name: String,
+    },
+    /// A Service address (ClusterIP, external IP or load-balancer IP). `backend` is the pod
+    /// that served the connection when the translated destination is known.
+    Service {
+        namespace: String,
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        backend: Option<Box<Endpoint>>,
+    },
+    External {
+        class: ExternalClass,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+    },
+}
+
+impl Endpoint {
+    /// The pod behind this end: the pod itself, or a Service's backend pod.
+    pub fn pod(&self) -> Option<&PodEndpoint> {
+        match self {
+            Endpoint::Pod(p) => Some(p),
+            Endpoint::Service {
+                backend: Some(b), ..
+            } => b.pod(),
+            _ => None,
+        }
+    }
+}
+
+/// One pod's tenure of an IP: from `from` until `to` (open while it still holds it).
+#[derive(Clone, Debug)]
+struct Holder {
+    uid: String,
+    pod: Arc<PodEndpoint>,
+    from: Nanos,
+    to: Option<Nanos>,
+}
+
+#[derive(Clone, Debug)]
+struct ServiceInfo {
+    namespace: String,
+    name: String,
+    /// (port, protocol, port name)
+    ports: Vec<(u16, Protocol, Option<String>)>,
+}
+
+#[derive(Clone, Debug)]
+struct HostPod {
+    pod: Arc<PodEndpoint>,
+    ports: Vec<(u16, Protocol)>,
+}
+
+/// The IP index. Build once with [`EndpointIndex::new`], then [`EndpointIndex::update`] on each
+/// new inventory (keeping the IP history), and [`EndpointIndex::resolve`] per flow end.
+#[derive(Clone, Debug)]
+pub struct EndpointIndex {
+    opts: EnrichOptions,
+    updated: bool,
+    pod_ips: HashMap<IpAddr, Vec<Holder>>,
+    node_ips: HashMap<IpAddr, String>,
+    host_pods: HashMap<String, Vec<HostPod>>,
+    service_ips: HashMap<IpAddr, Arc<ServiceInfo>>,
+}
+
+/// What an update saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpdateReport {
+    /// Pods that hold an IP now.
+    pub pods: usize,
+    /// Objects with a field the index could not use (each named); they are skipped.
+    pub errors: Vec<ObjectError>,
+}
+
+impl EndpointIndex {
+    pub fn new(opts: EnrichOptions) -> EndpointIndex {
+        EndpointIndex {
+            opts,
+            updated: false,
+            pod_ips: HashMap::new(),
+            node_ips: HashMap::new(),
+            host_pods: HashMap::new(),
+            service_ips: HashMap::new(),
+        }
+    }
+
+    /// A fresh index of one inventory (no history before `now`: every pod is taken to have
+    /// held its IP since time 0).
+    pub fn build(
+        inv: &Inventory,
+        owners: &OwnerIndex,
+        opts: &EnrichOptions,
+        now: Nanos,
+    ) -> (EndpointIndex, UpdateReport) {
+        let mut index = EndpointIndex::new(opts.clone());
+        let report = index.update(inv, owners, now);
+        (index, report)
+    }
+
+    pub fn options(&self) -> &EnrichOptions {
+        &self.opts
+    }
+
+    /// Brings the index to `inv`, as seen at `now`. Pods that appeared start holding their IPs
+    /// at `now` (at 0 on the first update); pods that are gone, finished (phase Succeeded or
+    /// Failed: their IP is released even though the status keeps it) or moved to another IP
+    /// stop holding the old one at `now`.
+    pub fn update(&mut self, inv: &Inventory, owners: &OwnerIndex, now: Nanos) -> UpdateReport {
+        let mut report = UpdateReport::default();
+        let start = if self.updated { now } else { 0 };
+        self.updated = true;
+
+        // Current holders: ip -> (uid, pod)
+        let mut current: HashMap<IpAddr, (String, Arc<PodEndpoint>)> = HashMap::new();
+        let mut host_pods: HashMap<String, Vec<HostPod>> = HashMap::new();
+        for pod in &inv.pods {
+            let finished = matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            if finished {
+                continue;
+            }
+            let ips = pod_ips(pod, &mut report.errors);
+            let host_network = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false);
+            if host_network {
+                let endpoint = Arc::new(self.pod_endpoint(pod, owners));
+                if let Some(node) = endpoint.node.clone() {
+                    host_pods.entry(node).or_default().push(HostPod {
+                        pod: endpoint,
+                        ports: declared_ports(pod),
+                    });
+                }
+                continue;
+            }
+            if ips.is_empty() {
+                continue;
+            }
+            let endpoint = Arc::new(self.pod_endpoint(pod, owners));
+            let uid = pod
+                .metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}", endpoint.namespace, endpoint.name));
+            for ip in ips {
+                current.insert(ip, (uid.clone(), endpoint.clone()));
+            }
+            report.pods += 1;
+        }
+
+        // Close tenures that ended.
+        for (ip, holders) in self.pod_ips.iter_mut() {
+            if let Some(open) = holders.iter_mut().find(|h| h.to.is_none()) {
+                let still = current.get(ip).is_some_and(|(uid, _)| *uid == open.uid);
+                if !still {
+                    open.to = Some(now);
+                }
+            }
+        }
+        // Open new tenures, refresh current ones (labels and workload may change).
+        for (ip, (uid, pod)) in current {
+            let holders = self.pod_ips.entry(ip).or_default();
+            match holders.iter_mut().find(|h| h.to.is_none()) {
+                Some(open) if open.uid == uid => open.pod = pod,
+                _ => holders.push(Holder {
+                    uid,
+                    pod,
+                    from: start,
+                    to: None,
+                }),
+            }
+        }
+        // Forget what is older than the history.
+        let horizon = now.saturating_sub(self.opts.history);
+        self.pod_ips.retain(|_, holders| {
+            holders.retain(|h| h.to.is_none_or(|to| to >= horizon));
+            !holders.is_empty()
+        });
+
+        self.host_pods = host_pods;
+        self.node_ips = node_ips(inv, &mut report.errors);
+        self.service_ips = service_ips(inv, &mut report.errors);
+        report
+    }
+
+    fn pod_endpoint(&self, pod: &Pod, owners: &OwnerIndex) -> PodEndpoint {
+        let w = workload_of(pod, owners);
+        let labels = match &pod.metadata.labels {
+            Some(l) if !self.opts.label_allowlist.is_empty() => self
+                .opts
+                .label_allowlist
+                .iter()
+                .filter_map(|k| l.get(k).map(|v| (k.clone(), v.clone())))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        PodEndpoint {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            workload_kind: w.kind,
+            workload_name: w.name,
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            labels,
+        }
+    }
+
+    /// The pod that held `ip` at time `at`: the tenure that contains `at`; else (a flow in
+    /// the gap between one pod's deletion and the next pod's arrival, or before the first
+    /// tenure the index saw) the next tenure to begin, since the index sees a new pod a
+    /// little after it got its address. `None` when no pod held it at or after `at`.
+    pub fn pod_at(&self, ip: IpAddr, at: Nanos) -> Option<&PodEndpoint> {
+        let holders = self.pod_ips.get(&ip)?;
+        holders
+            .iter()
+            .filter(|h| h.from <= at && h.to.is_none_or(|to| at < to))
+            .max_by_key(|h| h.from)
+            .or_else(|| {
+                holders
+                    .iter()
+                    .filter(|h| h.from > at)
+                    .min_by_key(|h| h.from)
+            })
+            .map(|h| h.pod.as_ref())
+    }
+
+    /// What the address `addr` (with the flow's protocol) was at time `at`.
+    pub fn resolve(&self, addr: SocketAddr, protocol: Protocol, at: Nanos) -> Endpoint {
+        let ip = addr.ip().to_canonical();
+        if let Some(pod) = self.pod_at(ip, at) {
+            return Endpoint::Pod(pod.clone());
+        }
+        if let Some(node) = self.node_ips.get(&ip) {
+            let host_pod = self.host_pods.get(node).and_then(|pods| {
+                pods.iter()
+                    .find(|p| p.ports.contains(&(addr.port(), protocol)))
+            });
+            return match host_pod {
+                Some(p) => Endpoint::HostNetworkPod(p.pod.as_ref().clone()),
+                None => Endpoint::Node { name: node.clone() },
+            };
+        }
+        if let Some(svc) = self.service_ips.get(&ip) {
+            return service_endpoint(svc, addr.port(), protocol, None);
+        }
+        self.external(ip)
+    }
+
+    /// A connection whose original destination was `original_dst` and which the node's NAT
+    /// (kube-proxy's DNAT, as conntrack reports it) sent to `translated_dst`: a Service with
+    /// the backend that served it, or, when the original destination is no Service, whatever
+    /// that address is.
+    pub fn resolve_service(
+        &self,
+        original_dst: SocketAddr,
+        translated_dst: Option<SocketAddr>,
+        protocol: Protocol,
+        at: Nanos,
+    ) -> Endpoint {
+        let ip = original_dst.ip().to_canonical();
+        match self.service_ips.get(&ip) {
+            Some(svc) if self.pod_at(ip, at).is_none() => {
+                let backend = translated_dst
+                    .filter(|t| t.ip().to_canonical() != ip)
+                    .map(|t| Box::new(self.resolve(t, protocol, at)));
+                service_endpoint(svc, original_dst.port(), protocol, backend)
+            }
+            _ => self.resolve(original_dst, protocol, at),
+        }
+    }
+
+    /// Classifies an address outside the cluster's known pods, nodes and services.
+    pub fn external(&self, ip: IpAddr) -> Endpoint {
+        let named = self
+            .opts
+            .named_networks
+            .iter()
+            .filter(|n| n.cidr.contains(&ip))
+            .max_by_key(|n| n.cidr.prefix_len());
+        if let Some(n) = named {
+            return Endpoint::External {
+                class: ExternalClass::Named,
+                network: Some(n.name.clone()),
+            };
+        }
+        Endpoint::External {
+            class: if is_private(ip) {
+                ExternalClass::Private
+            } else {
+                ExternalClass::Public
+            },
+            network: None,
+        }
+    }
+
+    /// Pod IPs and tenures held (for memory accounting and tests).
+    pub fn stats(&self) -> IndexStats {
+        IndexStats {
+            pod_ips: self.pod_ips.len(),
+            tenures: self.pod_ips.values().map(Vec::len).sum(),
+            node_ips: self.node_ips.len(),
+            service_ips: self.service_ips.len(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexStats {
+    pub pod_ips: usize,
+    pub tenures: usize,
+    pub node_ips: usize,
+    pub service_ips: usize,
+}
+
+fn service_endpoint(
+    svc: &ServiceInfo,
+    port: u16,
+    protocol: Protocol,
+    backend: Option<Box<Endpoint>>,
+) -> Endpoint {
+    let port_name = svc
+        .ports
+        .iter()
+        .find(|(p, proto, _)| *p == port && *proto == protocol)
+        .and_then(|(_, _, name)| name.clone());
+    Endpoint::Service {
+        namespace: svc.namespace.clone(),
+        name: svc.name.clone(),
+        port: port_name,
+        backend,
+    }
+}
+
+fn object(kind: &str, ns: Option<&str>, name: Option<&str>) -> String {
+    let name = name.unwrap_or("<unnamed>");
+    match ns {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+fn parse_ip(
+    s: &str,
+    object: impl FnOnce() -> String,
+    field: String,
+    errors: &mut Vec<ObjectError>,
+) -> Option<IpAddr> {
+    match s.parse::<IpAddr>() {
+        Ok(ip) => Some(ip.to_canonical()),
+        Err(e) => {
+            errors.push(ObjectError {
+                object: object(),
+                field: Some(field),
+                message: format!("{s:?} is not an IP address: {e}"),
+            });
+            None
+        }
+    }
+}
+
+/// `status.podIPs`, else `status.podIP`; bad entries are reported and skipped.
+fn pod_ips(pod: &Pod, errors: &mut Vec<ObjectError>) -> Vec<IpAddr> {
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    let name = || {
+        object(
+            "Pod",
+            pod.metadata.namespace.as_deref(),
+            pod.metadata.name.as_deref(),
+        )
+    };
+    let mut ips = Vec::new();
+    match status.pod_ips.as_deref() {
+        Some(list) if !list.is_empty() => {
+            for (i, p) in list.iter().enumerate() {
+                if let Some(ip) = parse_ip(&p.ip, name, format!("status.podIPs[{i}].ip"), errors) {
+                    if !ips.contains(&ip) {
+                        ips.push(ip);
+                    }
+                }
+            }
+        }
+        _ => {
+            if let Some(s) = status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
+                ips.extend(parse_ip(s, name, "status.podIP".into(), errors));
+            }
+        }
+    }
+    ips
+}
+
+fn declared_ports(pod: &Pod) -> Vec<(u16, Protocol)> {
+    let mut out = Vec::new();
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        for p in c.ports.iter().flatten() {
+            let proto = p
+                .protocol
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(Protocol::Tcp);
+            for port in [Some(p.container_port), p.host_port].into_iter().flatten() {
+                if let Ok(port) = u16::try_from(port) {
+                    out.push((port, proto));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn node_ips(inv: &Inventory, errors: &mut Vec<ObjectError>) -> HashMap<IpAddr, String> {
+    let mut out = HashMap::new();
+    for node in &inv.nodes {
+        let Some(name) = node.metadata.name.clone() else {
+            continue;
+        };
+        let addrs = node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten());
+        for (i, a) in addrs.enumerate() {
+            if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
+                continue;
+            }
+            let obj = || object("Node", None, Some(&name));
+            if let Some(ip) = parse_ip(
+                &a.address,
+                obj,
+                format!("status.addresses[{i}].address"),
+                errors,
+            ) {
+                out.insert(ip, name.clone());
+            }
+        }
+    }
+    out
+}
+
+fn service_ips(
+    inv: &Inventory,
+    errors: &mut Vec<ObjectError>,
+) -> HashMap<IpAddr, Arc<ServiceInfo>> {
+    let mut out = HashMap::new();
+    for svc in &inv.services {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let info = Arc::new(ServiceInfo {
+            namespace: ns.clone(),
+            name: name.clone(),
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    let proto = p
+                        .protocol
+                        .as_deref()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(Protocol::Tcp);
+                    Some((u16::try_from(p.port).ok()?, proto, p.name.clone()))
+                })
+                .collect(),
+        });
+        let mut addrs: Vec<(String, String)> = Vec::new();
+        match spec.cluster_ips.as_deref() {
+            Some(list) if !list.is_empty() => {
+                for (i, ip) in list.iter().enumerate() {
+                    addrs.push((ip.clone(), format!("spec.clusterIPs[{i}]")));
+                }
+            }
+            _ => addrs.extend(
+                spec.cluster_ip
+                    .clone()
+                    .map(|ip| (ip, "spec.clusterIP".to_owned())),
+            ),
+        }
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            addrs.push((ip.clone(), format!("spec.externalIPs[{i}]")));
+        }
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        for (i, ing) in ingress.into_iter().flatten().enumerate() {
+            if let Some(ip) = &ing.ip {
+                addrs.push((ip.clone(), format!("status.loadBalancer.ingress[{i}].ip")));
+            }
+        }
+        for (ip, field) in addrs {
+            if ip.is_empty() || ip == "None" {
+                continue; // headless
+            }
+            let obj = || object("Service", Some(&ns), Some(&name));
+            if let Some(ip) = parse_ip(&ip, obj, field, errors) {
+                out.insert(ip, info.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Private, shared, link-local, loopback and unique-local ranges.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || (s[0] & 0xfe00) == 0xfc00 // fc00::/7
+                || (s[0] & 0xffc0) == 0xfe80 // fe80::/10
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,631 @@
 //! Kubernetes edge: kube-rs watchers and reflectors that feed the inventory.
+//!
+//! [`ClusterWatch::start`] runs one watcher per kind (Namespaces, Nodes, Pods, Services,
+//! EndpointSlices, NetworkPolicies, and the metadata of ReplicaSets and Jobs for workload
+//! resolution), each into a kube-rs reflector store. Objects arrive as `DynamicObject`s and are
+//! decoded one by one ([`convert`]), so an object the agent cannot decode is logged, counted
+//! and skipped while the rest keeps working; what is stored is trimmed to the fields the agent
+//! reads. After changes (debounced) the stores are copied into a new [`ClusterView`]
+//! (`Arc<Inventory>` + [`OwnerIndex`]) published on a `tokio::sync::watch` channel; the first
+//! view is published once every kind has listed.
+//!
+//! Failures: a watch that fails (API server gone, 410 Gone, ...) is restarted with a relist
+//! after a capped exponential backoff; until the relist completes the store keeps the last
+//! known state (the reflector swaps the new list in atomically at its end). [`SyncStatus`]
+//! says whether everything has synced, whether any watch is failing (stale) and since when.
+
+pub mod convert;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::reflector::store::{Store, Writer};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::Client;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::enrich::OwnerIndex;
+use crate::inventory::Inventory;
+use convert::Trim;
+
+/// What the agent knows of the cluster at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub inventory: Arc<Inventory>,
+    /// ReplicaSet → Deployment and Job → CronJob (empty in snapshot mode).
+    pub owners: Arc<OwnerIndex>,
+    /// Increases with every published view (0: nothing loaded yet).
+    pub generation: u64,
+}
+
+/// The kinds flowwatch watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelValue)]
+pub enum Kind {
+    Namespace,
+    Node,
+    Pod,
+    Service,
+    EndpointSlice,
+    NetworkPolicy,
+    ReplicaSet,
+    Job,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::NetworkPolicy,
+        Kind::ReplicaSet,
+        Kind::Job,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: Kind,
+}
+
+/// Watch settings.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// Quiet time after a change before a new view is built (changes within it are batched).
+    pub debounce: Duration,
+    /// Server-side timeout of each watch request (kube-rs default: 290 s).
+    pub watch_timeout_secs: Option<u32>,
+    /// Page size of the initial lists.
+    pub page_size: u32,
+    /// First and largest pause before a failed watch is restarted.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            debounce: Duration::from_millis(100),
+            watch_timeout_secs: None,
+            page_size: 500,
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct KindState {
+    synced: AtomicBool,
+    failing: AtomicBool,
+}
+
+/// Sync state and its metrics, shared by the watchers, `/readyz` and `/metrics`.
+#[derive(Debug)]
+pub struct SyncStatus {
+    kinds: [KindState; 8],
+    /// When the current run of failures started (None: healthy).
+    stale_since: Mutex<Option<Instant>>,
+    last_ok: Mutex<Option<Instant>>,
+    synced_gauge: Family<KindLabels, Gauge>,
+    stale_gauge: Gauge,
+    objects: Family<KindLabels, Gauge>,
+    watch_errors: Family<KindLabels, Counter>,
+    relists: Family<KindLabels, Counter>,
+    rejected: Family<KindLabels, Counter>,
+    last_ok_ts: Gauge,
+    views: Counter,
+    reload_errors: Counter,
+}
+
+/// A readable summary of [`SyncStatus`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SyncReport {
+    pub synced: bool,
+    pub stale: bool,
+    pub stale_for_secs: Option<f64>,
+    pub last_ok_age_secs: Option<f64>,
+    pub unsynced_kinds: Vec<String>,
+    pub failing_kinds: Vec<String>,
+}
+
+impl Default for SyncStatus {
+    fn default() -> Self {
+        SyncStatus {
+            kinds: Default::default(),
+            stale_since: Mutex::new(None),
+            last_ok: Mutex::new(None),
+            synced_gauge: Family::default(),
+            stale_gauge: Gauge::default(),
+            objects: Family::default(),
+            watch_errors: Family::default(),
+            relists: Family::default(),
+            rejected: Family::default(),
+            last_ok_ts: Gauge::default(),
+            views: Counter::default(),
+            reload_errors: Counter::default(),
+        }
+    }
+}
+
+fn idx(kind: Kind) -> usize {
+    kind as usize
+}
+
+impl SyncStatus {
+    /// Every kind has listed at least once and no watch is failing now. This is the cache half
+    /// of `/readyz` (the other half: programs attached).
+    pub fn is_synced(&self) -> bool {
+        self.has_synced() && !self.is_stale()
+    }
+
+    /// Every kind has listed at least once (the caches hold a complete state, maybe old).
+    pub fn has_synced(&self) -> bool {
+        self.kinds.iter().all(|k| k.synced.load(Ordering::Acquire))
+    }
+
+    /// Some watch is failing: the agent runs on the last known state.
+    pub fn is_stale(&self) -> bool {
+        self.kinds.iter().any(|k| k.failing.load(Ordering::Acquire))
+    }
+
+    /// How long the current run of failures has lasted.
+    pub fn stale_for(&self) -> Option<Duration> {
+        lock(&self.stale_since).map(|t| t.elapsed())
+    }
+
+    /// Age of the last successful watch event or list.
+    pub fn last_ok_age(&self) -> Option<Duration> {
+        lock(&self.last_ok).map(|t| t.elapsed())
+    }
+
+    /// Watch restarts that relisted (after a 410 Gone or an outage), all kinds.
+    pub fn relists(&self) -> u64 {
+        Kind::ALL
+            .iter()
+            .map(|k| self.relists.get_or_create(&KindLabels { kind: *k }).get())
+            .sum()
+    }
+
+    /// Objects that could not be decoded, all kinds.
+    pub fn rejected(&self) -> u64 {
+        Kind::ALL
+            .iter()
+            .map(|k| self.rejected.get_or_create(&KindLabels { kind: *k }).get())
+            .sum()
+    }
+
+    pub fn watch_errors(&self) -> u64 {
+        Kind::ALL
+            .iter()
+            .map(|k| {
+                self.watch_errors
+                    .get_or_create(&KindLabels { kind: *k })
+                    .get()
+            })
+            .sum()
+    }
+
+    pub fn report(&self) -> SyncReport {
+        let names = |f: &dyn Fn(&KindState) -> bool| {
+            Kind::ALL
+                .iter()
+                .filter(|k| f(&self.kinds[idx(**k)]))
+                .map(|k| format!("{k:?}"))
+                .collect()
+        };
+        SyncReport {
+            synced: self.is_synced(),
+            stale: self.is_stale(),
+            stale_for_secs: self.stale_for().map(|d| d.as_secs_f64()),
+            last_ok_age_secs: self.last_ok_age().map(|d| d.as_secs_f64()),
+            unsynced_kinds: names(&|k| !k.synced.load(Ordering::Acquire)),
+            failing_kinds: names(&|k| k.failing.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Registers the `kube_*` metrics (under the registry's prefix, e.g. `flowwatch_`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "kube_cache_synced",
+            "1 when the kind's cache has completed its first list",
+            self.synced_gauge.clone(),
+        );
+        registry.register(
+            "kube_stale",
+            "1 while a watch of the API server is failing and the agent runs on the last known state",
+            self.stale_gauge.clone(),
+        );
+        registry.register(
+            "kube_last_sync_timestamp_seconds",
+            "Unix time of the last successful watch event or list",
+            self.last_ok_ts.clone(),
+        );
+        registry.register(
+            "kube_objects",
+            "Objects in the agent's cache",
+            self.objects.clone(),
+        );
+        registry.register(
+            "kube_watch_errors",
+            "Failed watch or list requests",
+            self.watch_errors.clone(),
+        );
+        registry.register(
+            "kube_relists",
+            "Watches restarted with a full list (after 410 Gone or an outage)",
+            self.relists.clone(),
+        );
+        registry.register(
+            "kube_objects_rejected",
+            "Objects that could not be decoded and were skipped",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "kube_views",
+            "Inventories published to the policy engine and the enrichment index",
+            self.views.clone(),
+        );
+        registry.register(
+            "snapshot_reload_errors",
+            "Snapshot-file reloads that failed (the last good inventory stays in force)",
+            self.reload_errors.clone(),
+        );
+    }
+
+    fn ok(&self, kind: Kind) {
+        let k = &self.kinds[idx(kind)];
+        k.failing.store(false, Ordering::Release);
+        *guard(&self.last_ok) = Some(Instant::now());
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.last_ok_ts.set(i64::try_from(unix).unwrap_or(i64::MAX));
+        if !self.is_stale() {
+            *guard(&self.stale_since) = None;
+            self.stale_gauge.set(0);
+        }
+    }
+
+    fn synced(&self, kind: Kind, objects: usize) {
+        self.kinds[idx(kind)].synced.store(true, Ordering::Release);
+        self.synced_gauge.get_or_create(&KindLabels { kind }).set(1);
+        self.set_objects(kind, objects);
+    }
+
+    fn set_objects(&self, kind: Kind, objects: usize) {
+        self.objects
+            .get_or_create(&KindLabels { kind })
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    fn failed(&self, kind: Kind) {
+        self.kinds[idx(kind)].failing.store(true, Ordering::Release);
+        self.watch_errors.get_or_create(&KindLabels { kind }).inc();
+        let mut since = guard(&self.stale_since);
+        if since.is_none() {
+            *since = Some(Instant::now());
+        }
+        self.stale_gauge.set(1);
+    }
+}
+
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock<T: Copy>(m: &Mutex<T>) -> T {
+    *guard(m)
+}
+
+/// The stores, read when a view is built.
+#[derive(Clone)]
+struct Stores {
+    namespaces: Store<Namespace>,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
+    network_policies: Store<NetworkPolicy>,
+    replica_sets: Store<ReplicaSet>,
+    jobs: Store<Job>,
+}
+
+fn sorted<K: Clone + k8s_openapi::Metadata<Ty = ObjectMeta>>(store: &Store<K>) -> Vec<K> {
+    let mut v: Vec<K> = store.state().iter().map(|k| K::clone(k)).collect();
+    v.sort_by(|a, b| {
+        let (a, b) = (a.metadata(), b.metadata());
+        (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+    });
+    v
+}
+
+impl Stores {
+    fn view(&self, generation: u64) -> ClusterView {
+        let inventory = Inventory {
+            namespaces: sorted(&self.namespaces),
+            nodes: sorted(&self.nodes),
+            pods: sorted(&self.pods),
+            services: sorted(&self.services),
+            endpoint_slices: sorted(&self.endpoint_slices),
+            network_policies: sorted(&self.network_policies),
+        };
+        let rs = self.replica_sets.state();
+        let jobs = self.jobs.state();
+        let owners = OwnerIndex::from_objects(
+            rs.iter().map(|r| r.as_ref()),
+            jobs.iter().map(|j| j.as_ref()),
+        );
+        ClusterView {
+            inventory: Arc::new(inventory),
+            owners: Arc::new(owners),
+            generation,
+        }
+    }
+}
+
+/// The running watchers: the latest view and the sync status.
+pub struct ClusterWatch {
+    view: watch::Receiver<Arc<ClusterView>>,
+    status: Arc<SyncStatus>,
+}
+
+impl ClusterWatch {
+    /// Starts the watchers and the view builder on the current tokio runtime; they stop when
+    /// `cancel` is cancelled. The client's identity needs get/list/watch on the kinds above
+    /// (the chart's ClusterRole) and nothing else.
+    pub fn start(client: Client, opts: WatchOptions, cancel: CancellationToken) -> ClusterWatch {
+        let status = Arc::new(SyncStatus::default());
+        let changed = Arc::new(Notify::new());
+        let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
+
+        macro_rules! kind {
+            ($ty:ty, $kind:expr) => {{
+                let writer = Writer::<$ty>::default();
+                let store = writer.as_reader();
+                tokio::spawn(run_kind::<$ty>(
+                    client.clone(),
+                    $kind,
+                    writer,
+                    opts.clone(),
+                    status.clone(),
+                    changed.clone(),
+                    cancel.clone(),
+                ));
+                store
+            }};
+        }
+        let stores = Stores {
+            namespaces: kind!(Namespace, Kind::Namespace),
+            nodes: kind!(Node, Kind::Node),
+            pods: kind!(Pod, Kind::Pod),
+            services: kind!(Service, Kind::Service),
+            endpoint_slices: kind!(EndpointSlice, Kind::EndpointSlice),
+            network_policies: kind!(NetworkPolicy, Kind::NetworkPolicy),
+            replica_sets: kind!(ReplicaSet, Kind::ReplicaSet),
+            jobs: kind!(Job, Kind::Job),
+        };
+        tokio::spawn(publish(
+            stores,
+            tx,
+            status.clone(),
+            changed,
+            opts.debounce,
+            cancel,
+        ));
+        ClusterWatch { view: rx, status }
+    }
+
+    /// A receiver of views (`borrow()` for the latest, `changed().await` for the next).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
+    /// The latest view.
+    pub fn current(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    pub fn status(&self) -> Arc<SyncStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until every kind has listed once (or `timeout`). True when synced.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        let mut rx = self.view.clone();
+        let wait = async {
+            loop {
+                if rx.borrow_and_update().generation > 0 {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok() && self.status.has_synced()
+    }
+}
+
+async fn publish(
+    stores: Stores,
+    tx: watch::Sender<Arc<ClusterView>>,
+    status: Arc<SyncStatus>,
+    changed: Arc<Notify>,
+    debounce: Duration,
+    cancel: CancellationToken,
+) {
+    let mut generation = 0u64;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = changed.notified() => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(debounce) => {}
+        }
+        if !status.has_synced() {
+            continue;
+        }
+        generation += 1;
+        let view = stores.view(generation);
+        tracing::debug!(
+            generation,
+            pods = view.inventory.pods.len(),
+            "published a new cluster view"
+        );
+        status.views.inc();
+        tx.send_replace(Arc::new(view));
+    }
+}
+
+/// One kind's watch loop: watcher → decode and trim → reflector store, restarted (with a
+/// relist) after failures.
+async fn run_kind<K>(
+    client: Client,
+    kind: Kind,
+    mut writer: Writer<K>,
+    opts: WatchOptions,
+    status: Arc<SyncStatus>,
+    changed: Arc<Notify>,
+    cancel: CancellationToken,
+) where
+    K: Trim
+        + DeserializeOwned
+        + kube::Resource<DynamicType = ()>
+        + k8s_openapi::Metadata<Ty = ObjectMeta>
+        + Default
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let ar = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let mut cfg = watcher::Config::default().any_semantic();
+    cfg.page_size = Some(opts.page_size);
+    if let Some(t) = opts.watch_timeout_secs {
+        cfg = cfg.timeout(t);
+    }
+    let mut backoff = opts.min_backoff;
+    let mut lists = 0u64;
+    let mut init_count = 0usize;
+    loop {
+        let mut stream = watcher(api.clone(), cfg.clone()).boxed();
+        loop {
+            let item = tokio::select! {
+                _ = cancel.cancelled() => return,
+                item = stream.next() => item,
+            };
+            let event = match item {
+                None => break,
+                Some(Err(e)) => {
+                    status.failed(kind);
+                    tracing::warn!(?kind, error = %e, "watch failed; keeping the last known state and retrying");
+                    break;
+                }
+                Some(Ok(event)) => event,
+            };
+            // `Init` is emitted before the list request: it proves no contact with the server.
+            if !matches!(event, Event::Init) {
+                backoff = opts.min_backoff;
+                status.ok(kind);
+            }
+            let typed = match event {
+                Event::Init => {
+                    init_count = 0;
+                    Some(Event::Init)
+                }
+                Event::InitApply(obj) => {
+                    let t = decode_obj::<K>(kind, obj, &status).map(Event::InitApply);
+                    init_count += usize::from(t.is_some());
+                    t
+                }
+                Event::InitDone => {
+                    lists += 1;
+                    if lists > 1 {
+                        status.relists.get_or_create(&KindLabels { kind }).inc();
+                        tracing::info!(?kind, objects = init_count, "relisted");
+                    }
+                    Some(Event::InitDone)
+                }
+                Event::Apply(obj) => decode_obj::<K>(kind, obj, &status).map(Event::Apply),
+                Event::Delete(obj) => Some(Event::Delete(convert::only_meta::<K>(obj.metadata))),
+            };
+            let Some(typed) = typed else { continue };
+            writer.apply_watcher_event(&typed);
+            match typed {
+                Event::InitDone => {
+                    status.synced(kind, init_count);
+                    changed.notify_one();
+                }
+                Event::Apply(_) | Event::Delete(_) => changed.notify_one(),
+                Event::Init | Event::InitApply(_) => {}
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(opts.max_backoff);
+    }
+}
+
+fn decode_obj<K>(kind: Kind, obj: DynamicObject, status: &SyncStatus) -> Option<K>
+where
+    K: Trim + DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta> + Default,
+{
+    let mut obj = obj;
+    obj.metadata.managed_fields = None;
+    let meta = obj.metadata.clone();
+    let value = match serde_json::to_value(&obj) {
+        Ok(v) => v,
+        Err(e) => {
+            status.rejected.get_or_create(&KindLabels { kind }).inc();
+            tracing::warn!(object = %convert::object_name(K::NAME, &meta), error = %e, "object skipped");
+            return None;
+        }
+    };
+    match convert::convert::<K>(meta, value) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            status.rejected.get_or_create(&KindLabels { kind }).inc();
+            tracing::warn!(error = %e, "object skipped: cannot decode");
+            None
+        }
+    }
+}
+
+/// Counts of objects per kind in a view (for logs and tests).
+pub fn counts(view: &ClusterView) -> BTreeMap<&'static str, usize> {
+    let inv = &view.inventory;
+    BTreeMap::from([
+        ("namespaces", inv.namespaces.len()),
+        ("nodes", inv.nodes.len()),
+        ("pods", inv.pods.len()),
+        ("services", inv.services.len()),
+        ("endpoint_slices", inv.endpoint_slices.len()),
+        ("network_policies", inv.network_policies.len()),
+    ])
+}

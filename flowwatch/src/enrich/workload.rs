@@ -1,0 +1,344 @@
+//! Which workload a pod belongs to, from its ownerReferences (pure).
+//!
+//! A pod's controller owner is one hop from most workloads (StatefulSet, DaemonSet, Job,
+//! ReplicationController) but two from a Deployment (Pod → ReplicaSet → Deployment) and from a
+//! CronJob (Pod → Job → CronJob). The second hop is read from an [`OwnerIndex`]: the agent
+//! watches ReplicaSets and Jobs and keeps only their name and controller owner (about 150 bytes
+//! each, no spec or status). When the index does not know the ReplicaSet (snapshot mode, or a
+//! ReplicaSet not yet seen), the Deployment is inferred from the naming convention the
+//! Deployment controller follows: the ReplicaSet is `<deployment>-<pod-template-hash>` and the
+//! pod carries the `pod-template-hash` label.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde::Serialize;
+
+/// The kind of workload that runs a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum WorkloadKind {
+    Deployment,
+    ReplicaSet,
+    StatefulSet,
+    DaemonSet,
+    Job,
+    CronJob,
+    ReplicationController,
+    /// A pod with no controller.
+    Pod,
+    /// A controller flowwatch does not know (e.g. a custom resource); the name is `Kind/name`.
+    Other,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::Job => "Job",
+            WorkloadKind::CronJob => "CronJob",
+            WorkloadKind::ReplicationController => "ReplicationController",
+            WorkloadKind::Pod => "Pod",
+            WorkloadKind::Other => "Other",
+        }
+    }
+}
+
+/// A workload: kind and name (in the pod's namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+/// The controller owner (kind, name) of each ReplicaSet and Job, by (namespace, name).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnerIndex {
+    replica_sets: HashMap<(String, String), Option<(String, String)>>,
+    jobs: HashMap<(String, String), Option<(String, String)>>,
+}
+
+impl OwnerIndex {
+    pub fn from_objects<'a>(
+        replica_sets: impl IntoIterator<Item = &'a ReplicaSet>,
+        jobs: impl IntoIterator<Item = &'a Job>,
+    ) -> OwnerIndex {
+        let mut index = OwnerIndex::default();
+        for rs in replica_sets {
+            if let Some(key) = key(&rs.metadata) {
+                index.replica_sets.insert(key, owner_of(&rs.metadata));
+            }
+        }
+        for job in jobs {
+            if let Some(key) = key(&job.metadata) {
+                index.jobs.insert(key, owner_of(&job.metadata));
+            }
+        }
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.replica_sets.len() + self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn key(meta: &ObjectMeta) -> Option<(String, String)> {
+    Some((meta.namespace.clone()?, meta.name.clone()?))
+}
+
+fn owner_of(meta: &ObjectMeta) -> Option<(String, String)> {
+    controller(meta.owner_references.as_deref()?).map(|o| (o.kind.clone(), o.name.clone()))
+}
+
+/// The controller owner, or else the first owner.
+fn controller(owners: &[OwnerReference]) -> Option<&OwnerReference> {
+    owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first())
+}
+
+/// The workload of a pod.
+pub fn workload_of(pod: &Pod, owners: &OwnerIndex) -> Workload {
+    let meta = &pod.metadata;
+    let pod_name = meta.name.clone().unwrap_or_default();
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let Some(owner) = meta.owner_references.as_deref().and_then(controller) else {
+        return Workload {
+            kind: WorkloadKind::Pod,
+            name: pod_name,
+        };
+    };
+    let name = owner.name.clone();
+    match owner.kind.as_str() {
+        "ReplicaSet" => match owners.replica_sets.get(&(namespace, name.clone())) {
+            Some(Some((kind, dep))) if kind == "Deployment" => Workload {
+                kind: WorkloadKind::Deployment,
+                name: dep.clone(),
+            },
+            Some(Some((kind, other))) => Workload {
+                kind: WorkloadKind::Other,
+                name: format!("{kind}/{other}"),
+            },
+            Some(None) => Workload {
+                kind: WorkloadKind::ReplicaSet,
+                name,
+            },
+            None => deployment_by_convention(pod, name),
+        },
+        "Job" => match owners.jobs.get(&(namespace, name.clone())) {
+            Some(Some((kind, cron))) if kind == "CronJob" => Workload {
+                kind: WorkloadKind::CronJob,
+                name: cron.clone(),
+            },
+            _ => Workload {
+                kind: WorkloadKind::Job,
+                name,
+            },
+        },
+        "StatefulSet" => Workload {
+            kind: WorkloadKind::StatefulSet,
+            name,
+        },
+        "DaemonSet" => Workload {
+            kind: WorkloadKind::DaemonSet,
+            name,
+        },
+        "ReplicationController" => Workload {
+            kind: WorkloadKind::ReplicationController,
+            name,
+        },
+        other => Workload {
+            kind: WorkloadKind::Other,
+            name: format!("{other}/{name}"),
+        },
+    }
+}
+
+/// `<deployment>-<pod-template-hash>` → Deployment `<deployment>` when the pod's
+/// `pod-template-hash` label is that suffix; else the ReplicaSet itself.
+fn deployment_by_convention(pod: &Pod, rs: String) -> Workload {
+    let hash = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"));
+    if let Some(hash) = hash {
+        if let Some(dep) = rs
+            .strip_suffix(hash.as_str())
+            .and_then(|r| r.strip_suffix('-'))
+        {
+            if !dep.is_empty() {
+                return Workload {
+                    kind: WorkloadKind::Deployment,
+                    name: dep.to_owned(),
+                };
+            }
+        }
+    }
+    Workload {
+        kind: WorkloadKind::ReplicaSet,
+        name: rs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(kind: &str, name: &str, controller: bool) -> OwnerReference {
+        OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            controller: Some(controller),
+            ..Default::default()
+        }
+    }
+
+    fn meta(name: &str, owners: Vec<OwnerReference>, labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some("shop".into()),
+            name: Some(name.into()),
+            owner_references: (!owners.is_empty()).then_some(owners),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn pod(owners: Vec<OwnerReference>, labels: &[(&str, &str)]) -> Pod {
+        Pod {
+            metadata: meta("p", owners, labels),
+            ..Default::default()
+        }
+    }
+
+    fn w(kind: WorkloadKind, name: &str) -> Workload {
+        Workload {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn deployment_through_its_replica_set() {
+        let rs = ReplicaSet {
+            metadata: meta("web-abc", vec![owned("Deployment", "web", true)], &[]),
+            ..Default::default()
+        };
+        let owners = OwnerIndex::from_objects([&rs], []);
+        let p = pod(vec![owned("ReplicaSet", "web-abc", true)], &[]);
+        assert_eq!(workload_of(&p, &owners), w(WorkloadKind::Deployment, "web"));
+    }
+
+    #[test]
+    fn deployment_by_naming_convention_when_the_replica_set_is_unknown() {
+        let p = pod(
+            vec![owned("ReplicaSet", "web-7d9f8c", true)],
+            &[("pod-template-hash", "7d9f8c")],
+        );
+        let none = OwnerIndex::default();
+        assert_eq!(workload_of(&p, &none), w(WorkloadKind::Deployment, "web"));
+        // without the label, or with another suffix, it stays a ReplicaSet
+        let p = pod(vec![owned("ReplicaSet", "web-7d9f8c", true)], &[]);
+        assert_eq!(
+            workload_of(&p, &none),
+            w(WorkloadKind::ReplicaSet, "web-7d9f8c")
+        );
+        let p = pod(
+            vec![owned("ReplicaSet", "web-7d9f8c", true)],
+            &[("pod-template-hash", "zzz")],
+        );
+        assert_eq!(
+            workload_of(&p, &none),
+            w(WorkloadKind::ReplicaSet, "web-7d9f8c")
+        );
+    }
+
+    #[test]
+    fn a_bare_replica_set_known_to_have_no_owner() {
+        let rs = ReplicaSet {
+            metadata: meta("web-7d9f8c", vec![], &[]),
+            ..Default::default()
+        };
+        let owners = OwnerIndex::from_objects([&rs], []);
+        // the index wins over the convention
+        let p = pod(
+            vec![owned("ReplicaSet", "web-7d9f8c", true)],
+            &[("pod-template-hash", "7d9f8c")],
+        );
+        assert_eq!(
+            workload_of(&p, &owners),
+            w(WorkloadKind::ReplicaSet, "web-7d9f8c")
+        );
+    }
+
+    #[test]
+    fn cron_job_through_its_job_and_a_plain_job() {
+        let job = Job {
+            metadata: meta(
+                "backup-2900000",
+                vec![owned("CronJob", "backup", true)],
+                &[],
+            ),
+            ..Default::default()
+        };
+        let owners = OwnerIndex::from_objects([], [&job]);
+        let p = pod(vec![owned("Job", "backup-2900000", true)], &[]);
+        assert_eq!(workload_of(&p, &owners), w(WorkloadKind::CronJob, "backup"));
+        let p = pod(vec![owned("Job", "migrate", true)], &[]);
+        assert_eq!(workload_of(&p, &owners), w(WorkloadKind::Job, "migrate"));
+    }
+
+    #[test]
+    fn one_hop_workloads_bare_pods_and_unknown_controllers() {
+        let none = OwnerIndex::default();
+        for (kind, expect) in [
+            ("StatefulSet", WorkloadKind::StatefulSet),
+            ("DaemonSet", WorkloadKind::DaemonSet),
+            ("ReplicationController", WorkloadKind::ReplicationController),
+        ] {
+            let p = pod(vec![owned(kind, "x", true)], &[]);
+            assert_eq!(workload_of(&p, &none), w(expect, "x"));
+        }
+        assert_eq!(
+            workload_of(&pod(vec![], &[]), &none),
+            w(WorkloadKind::Pod, "p")
+        );
+        let p = pod(vec![owned("Rollout", "canary", true)], &[]);
+        assert_eq!(
+            workload_of(&p, &none),
+            w(WorkloadKind::Other, "Rollout/canary")
+        );
+    }
+
+    #[test]
+    fn the_controller_owner_wins_over_other_owners() {
+        let p = pod(
+            vec![
+                owned("ConfigMap", "cfg", false),
+                owned("StatefulSet", "db", true),
+            ],
+            &[],
+        );
+        assert_eq!(
+            workload_of(&p, &OwnerIndex::default()),
+            w(WorkloadKind::StatefulSet, "db")
+        );
+    }
+}

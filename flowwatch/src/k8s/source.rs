@@ -1,0 +1,152 @@
+//! Where the agent's inventory comes from: the Kubernetes API ([`super::ClusterWatch::start`])
+//! or, without a cluster, snapshot files (`kubectl get ... -o yaml`, the offline CLI's format)
+//! that are reloaded when they change ([`InventorySource::snapshot_files`]).
+//!
+//! Both give the same handle: a `watch` channel of [`ClusterView`]s and a [`SyncStatus`].
+//! In snapshot mode the status is synced after the first successful load; a reload that fails
+//! (a file being edited, bad YAML) is logged and the last good inventory stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{ClusterView, ClusterWatch, Kind, SyncStatus, WatchOptions};
+use crate::inventory::Inventory;
+
+/// The loader of snapshot files (in the agent: `crate::inventory::snapshot`'s loader).
+pub type Loader = dyn Fn(&[PathBuf]) -> Result<Inventory, String> + Send + Sync;
+
+/// Either source, behind one type.
+pub type InventorySource = ClusterWatch;
+
+impl ClusterWatch {
+    /// The API source (same as [`ClusterWatch::start`]).
+    pub fn kubernetes(
+        client: kube::Client,
+        opts: WatchOptions,
+        cancel: CancellationToken,
+    ) -> ClusterWatch {
+        ClusterWatch::start(client, opts, cancel)
+    }
+
+    /// Loads `paths` (files, or directories whose `*.yaml`, `*.yml` and `*.json` files are
+    /// read) with `load`, then checks their modification times and sizes every `poll` and
+    /// reloads when any changed, appeared or disappeared.
+    pub fn snapshot_files(
+        paths: Vec<PathBuf>,
+        poll: Duration,
+        load: Arc<Loader>,
+        cancel: CancellationToken,
+    ) -> ClusterWatch {
+        let status = Arc::new(SyncStatus::default());
+        let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
+        tokio::spawn(poll_files(paths, poll, load, tx, status.clone(), cancel));
+        ClusterWatch { view: rx, status }
+    }
+}
+
+type Stamp = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+
+/// The files behind `paths` with their modification time and size.
+pub fn stamp(paths: &[PathBuf]) -> Stamp {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| is_snapshot_file(f))
+                .collect();
+            files.sort();
+            out.extend(files.into_iter().map(|f| {
+                let s = file_stamp(&f);
+                (f, s)
+            }));
+        } else {
+            out.push((p.clone(), file_stamp(p)));
+        }
+    }
+    out
+}
+
+/// The files `paths` stand for (directories expanded).
+pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
+    stamp(paths).into_iter().map(|(p, _)| p).collect()
+}
+
+fn is_snapshot_file(p: &Path) -> bool {
+    p.is_file()
+        && matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
+}
+
+fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+async fn poll_files(
+    paths: Vec<PathBuf>,
+    poll: Duration,
+    load: Arc<Loader>,
+    tx: watch::Sender<Arc<ClusterView>>,
+    status: Arc<SyncStatus>,
+    cancel: CancellationToken,
+) {
+    let mut last: Option<Stamp> = None;
+    let mut generation = 0u64;
+    loop {
+        let now = stamp(&paths);
+        if last.as_ref() != Some(&now) {
+            let files = expand(&paths);
+            let loader = load.clone();
+            let result = tokio::task::spawn_blocking(move || loader(&files))
+                .await
+                .unwrap_or_else(|e| Err(format!("snapshot loader panicked: {e}")));
+            match result {
+                Ok(inventory) => {
+                    generation += 1;
+                    for kind in Kind::ALL {
+                        status.ok(kind);
+                    }
+                    let inv = &inventory;
+                    for (kind, n) in [
+                        (Kind::Namespace, inv.namespaces.len()),
+                        (Kind::Node, inv.nodes.len()),
+                        (Kind::Pod, inv.pods.len()),
+                        (Kind::Service, inv.services.len()),
+                        (Kind::EndpointSlice, inv.endpoint_slices.len()),
+                        (Kind::NetworkPolicy, inv.network_policies.len()),
+                        (Kind::ReplicaSet, 0),
+                        (Kind::Job, 0),
+                    ] {
+                        status.synced(kind, n);
+                    }
+                    tracing::info!(generation, pods = inv.pods.len(), "snapshot loaded");
+                    status.views.inc();
+                    tx.send_replace(Arc::new(ClusterView {
+                        inventory: Arc::new(inventory),
+                        owners: Arc::default(),
+                        generation,
+                    }));
+                }
+                Err(e) => {
+                    status.reload_errors.inc();
+                    tracing::warn!(error = %e, "snapshot reload failed; keeping the last good inventory");
+                }
+            }
+            last = Some(now);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
