@@ -220,6 +220,18 @@ impl PolicyEngine {
             .map(|(_, key)| &**key)
     }
 
+    /// The namespace of a peer's pod (`None` for non-pod addresses and unknown pods).
+    pub fn namespace_of(&self, peer: &Peer) -> Option<&str> {
+        let pod = match peer {
+            Peer::Pod { namespace, name } => self.cluster.pod_id(namespace, name)?,
+            Peer::Ip(ip) => match self.cluster.endpoint_of(*ip) {
+                Endpoint::Pod(p) | Endpoint::HostPod(p) => p,
+                Endpoint::Node(_) | Endpoint::External => return None,
+            },
+        };
+        Some(&self.cluster.namespaces[self.cluster.pod(pod).ns as usize].name)
+    }
+
     /// How many side results are cached (for tests and metrics).
     pub fn cached_results(&self) -> usize {
         self.lock_cache().len()
