@@ -1,0 +1,575 @@
+//! The exporter scraped by a real Prometheus (Debian's `prometheus`), fed a deterministic
+//! traffic scenario through the public metrics API and served by the real HTTP edge on loopback.
+//!
+//! Two agents ("node-a" with traffic, "node-b" unhealthy with a tiny series budget) and one dead
+//! target are scraped every second: node-a twice, once negotiating OpenMetrics and once forced to
+//! the Prometheus text format. The assertions go through Prometheus's HTTP API: the series and
+//! their labels and values, every PromQL expression of the dashboard and the alert rules (parses
+//! and returns data), the alerts that must be active, and `promtool check metrics`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowwatch::http::{self, HttpState, Readiness};
+use flowwatch::metrics::{
+    Endpoint, FlowEdge, KernelMap, Metrics, MetricsConfig, Verdict, WatchedResource, WorkloadKind,
+};
+use flowwatch::model::{Counters, Outcome, Protocol};
+use support::privileged::{command, require};
+use support::prometheus::{self, http_get, http_get_full, Job, Prometheus};
+use tokio_util::sync::CancellationToken;
+
+const SEC: u64 = 1_000_000_000;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// An exporter on a loopback port; stops on drop.
+struct Exporter {
+    metrics: Metrics,
+    readiness: Readiness,
+    addr: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn start_exporter(rt: &tokio::runtime::Runtime, cfg: MetricsConfig) -> Exporter {
+    let (metrics, registry) = Metrics::new(&cfg).expect("valid config");
+    let readiness = Readiness::new();
+    let state = HttpState::new(Arc::new(registry), metrics.clone(), readiness.clone());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind loopback");
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    rt.spawn(http::serve(listener, state, shutdown.clone()));
+    Exporter {
+        metrics,
+        readiness,
+        addr,
+        shutdown,
+    }
+}
+
+fn dep(ns: &str, name: &str) -> Endpoint {
+    Endpoint::workload(ns, name, WorkloadKind::Deployment)
+}
+
+fn edge(src: Endpoint, dst: Endpoint, port: u16, v: [Verdict; 3]) -> FlowEdge {
+    FlowEdge {
+        src,
+        dst,
+        dst_port: port,
+        protocol: Protocol::Tcp,
+        verdict: v[0],
+        egress: v[1],
+        ingress: v[2],
+    }
+}
+
+use Verdict::{Allowed as A, Denied as D, Uncovered as U};
+
+struct Scenario {
+    frontend_cart: FlowEdge,
+    frontend_ledger: FlowEdge,
+    frontend_db: FlowEdge,
+    cart_redis: FlowEdge,
+    monitoring_cart: FlowEdge,
+}
+
+impl Scenario {
+    fn new() -> Scenario {
+        Scenario {
+            // Allowed by the ingress policy of cart; no egress policy on frontend.
+            frontend_cart: edge(
+                dep("shop", "frontend"),
+                dep("shop", "cart"),
+                8080,
+                [A, U, A],
+            ),
+            // No policy on either side, across namespaces.
+            frontend_ledger: edge(
+                dep("shop", "frontend"),
+                dep("payments", "ledger"),
+                8443,
+                [U, U, U],
+            ),
+            // Denied by payments' ingress policy.
+            frontend_db: edge(
+                dep("shop", "frontend"),
+                Endpoint::workload("payments", "db", WorkloadKind::StatefulSet),
+                5432,
+                [D, U, D],
+            ),
+            // Allowed, yet failing.
+            cart_redis: edge(dep("shop", "cart"), dep("shop", "redis"), 6379, [A, A, A]),
+            // Appears only in phase 2: a new edge.
+            monitoring_cart: edge(
+                dep("monitoring", "prober"),
+                dep("shop", "cart"),
+                8080,
+                [U, U, U],
+            ),
+        }
+    }
+}
+
+fn connections(m: &Metrics, e: &FlowEdge, outcome: Outcome, n: u64, now: u64) {
+    for _ in 0..n {
+        m.record_flow(e, Some(outcome), &Counters::default(), now);
+    }
+}
+
+fn phase1(a: &Metrics, b: &Metrics, s: &Scenario) {
+    let now = 10 * SEC;
+    connections(a, &s.frontend_cart, Outcome::Established, 5, now);
+    let traffic = Counters {
+        fwd_packets: 10,
+        fwd_bytes: 1_000,
+        rev_packets: 8,
+        rev_bytes: 20_000,
+    };
+    a.record_flow(&s.frontend_cart, None, &traffic, now);
+    connections(a, &s.frontend_ledger, Outcome::Established, 3, now);
+    connections(a, &s.frontend_db, Outcome::Established, 2, now);
+    connections(a, &s.frontend_db, Outcome::Failed, 10, now);
+    connections(a, &s.cart_redis, Outcome::Failed, 4, now);
+    a.set_interfaces_attached(4);
+    a.set_map_fill(KernelMap::Flows, 0.1);
+    a.set_watch_staleness(WatchedResource::Pods, Duration::from_secs(1));
+    a.set_invalid_policies(0);
+    a.observe_evaluation(Duration::from_micros(3));
+
+    b.set_interfaces_attached(0);
+    b.set_map_fill(KernelMap::Flows, 0.95);
+    b.set_watch_staleness(WatchedResource::NetworkPolicies, Duration::from_secs(600));
+    b.set_invalid_policies(2);
+    b.add_events_lost(0);
+}
+
+fn phase2(a: &Metrics, b: &Metrics, s: &Scenario) {
+    let now = 20 * SEC;
+    connections(a, &s.frontend_cart, Outcome::Established, 5, now);
+    a.record_flow(
+        &s.frontend_cart,
+        None,
+        &Counters {
+            fwd_packets: 10,
+            fwd_bytes: 1_000,
+            rev_packets: 8,
+            rev_bytes: 20_000,
+        },
+        now,
+    );
+    connections(a, &s.frontend_ledger, Outcome::Established, 3, now);
+    connections(a, &s.frontend_db, Outcome::Established, 1, now);
+    connections(a, &s.frontend_db, Outcome::Failed, 100, now);
+    connections(a, &s.monitoring_cart, Outcome::Established, 1, now);
+    for _ in 0..20 {
+        a.observe_evaluation(Duration::from_micros(5));
+    }
+    // node-b: budget of 2 series per family, 1 per namespace: the third edge and the second
+    // edge of a namespace fold into `other`.
+    connections(b, &s.frontend_cart, Outcome::Established, 1, now);
+    connections(b, &s.frontend_ledger, Outcome::Established, 1, now);
+    connections(b, &s.cart_redis, Outcome::Established, 1, now);
+    connections(b, &s.monitoring_cart, Outcome::Established, 1, now);
+    b.add_events_lost(50);
+}
+
+/// Every `expr` of the rule file.
+fn rule_exprs() -> Vec<(String, String)> {
+    let path = repo().join("deploy/prometheus/flowwatch-rules.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for group in doc["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().or(rule["record"].as_str()).unwrap();
+            out.push((name.to_string(), rule["expr"].as_str().unwrap().to_string()));
+        }
+    }
+    out
+}
+
+/// Every query of the dashboard, with Grafana's variables replaced as Grafana would.
+fn dashboard_exprs() -> Vec<(String, String)> {
+    let path = repo().join("deploy/grafana/flowwatch-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let expr = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m")
+                .replace("$namespace", ".*");
+            assert!(
+                !expr.contains('$') || expr.contains("\"$1\""),
+                "unsubstituted variable in {expr}"
+            );
+            let title = format!(
+                "{} [{}]",
+                panel["title"].as_str().unwrap(),
+                t["refId"].as_str().unwrap()
+            );
+            out.push((title, expr));
+        }
+    }
+    out
+}
+
+#[test]
+fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_data() {
+    if !require("prometheus exporter test", prometheus::available()) {
+        return;
+    }
+    if !require("prometheus exporter test", command("promtool")) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let node_a = start_exporter(&rt, MetricsConfig::default());
+    let node_b = start_exporter(
+        &rt,
+        MetricsConfig {
+            max_series_per_family: 2,
+            max_series_per_namespace: 1,
+            ..Default::default()
+        },
+    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string(); // released at once: nothing listens there
+
+    // The HTTP edge itself: probes and negotiation.
+    assert_eq!(http_get(&node_a.addr, "/healthz", None).unwrap().0, 200);
+    let (status, body) = http_get(&node_a.addr, "/readyz", None).unwrap();
+    assert_eq!((status, body.as_str()), (503, "not ready: starting\n"));
+    node_a.readiness.set_ready();
+    node_b.readiness.set_ready();
+    assert_eq!(
+        http_get(&node_a.addr, "/readyz", None).unwrap(),
+        (200, "ready\n".into())
+    );
+
+    let s = Scenario::new();
+    phase1(&node_a.metrics, &node_b.metrics, &s);
+
+    let prom_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (_, headers, om) = http_get_full(&node_a.addr, "/metrics", Some(prom_accept)).unwrap();
+    assert!(
+        headers.iter().any(|(k, v)| k == "content-type"
+            && v.starts_with("application/openmetrics-text; version=1.0.0")),
+        "{headers:?}"
+    );
+    assert!(om.ends_with("# EOF\n"));
+    let (_, headers, text) = http_get_full(&node_a.addr, "/metrics", None).unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/plain; version=0.0.4")),
+        "{headers:?}"
+    );
+    assert!(!text.contains("# EOF"));
+
+    // promtool lints the text exposition of both agents.
+    for (name, addr) in [("node-a", &node_a.addr), ("node-b", &node_b.addr)] {
+        let (_, body) = http_get(addr, "/metrics?format=prometheus", None).unwrap();
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics rejects {name}'s exposition:\n{}{}\n---\n{body}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let rules = repo().join("deploy/prometheus/flowwatch-rules.yaml");
+    let prom = Prometheus::start(
+        &[
+            Job::new("flowwatch", &[&node_a.addr, &node_b.addr, &dead]),
+            Job::new("flowwatch-text", &[&node_a.addr]).param("format", "prometheus"),
+        ],
+        &[rules],
+    );
+    let a = node_a.addr.as_str();
+    // Three scrapes of phase 1 before phase 2, so rate() and increase() see the change.
+    prom.wait_for(
+        &format!("count_over_time(flowwatch_build_info{{instance=\"{a}\",job=\"flowwatch\"}}[1m])"),
+        Duration::from_secs(30),
+        |r| r.first().is_some_and(|s| s.value >= 3.0),
+    );
+    phase2(&node_a.metrics, &node_b.metrics, &s);
+    let sel = format!("job=\"flowwatch\",instance=\"{a}\"");
+    prom.wait_for(
+        &format!(
+            "flowwatch_connections_total{{{sel},src_workload=\"frontend\",dst_workload=\"cart\"}}"
+        ),
+        Duration::from_secs(30),
+        |r| r.len() == 1 && r[0].value == 10.0,
+    );
+
+    // Series, labels and values.
+    let r = prom
+        .query(&format!(
+            "flowwatch_connections_total{{{sel},src_workload=\"frontend\",dst_workload=\"cart\"}}"
+        ))
+        .unwrap();
+    for (k, v) in [
+        ("src_namespace", "shop"),
+        ("src_kind", "deployment"),
+        ("dst_namespace", "shop"),
+        ("dst_kind", "deployment"),
+        ("dst_port", "8080"),
+        ("protocol", "TCP"),
+        ("verdict", "allowed"),
+        ("egress_verdict", "uncovered"),
+        ("ingress_verdict", "allowed"),
+        ("outcome", "established"),
+    ] {
+        assert_eq!(r[0].label(k), v, "label {k} of {:?}", r[0].labels);
+    }
+    let r = prom
+        .query(&format!(
+            "flowwatch_uncovered_connections_total{{{sel},scope=\"cross_namespace\",src_namespace=\"shop\"}}"
+        ))
+        .unwrap();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        (
+            r[0].label("dst_namespace"),
+            r[0].label("dst_workload"),
+            r[0].value
+        ),
+        ("payments", "ledger", 6.0)
+    );
+    let r = prom
+        .query(&format!(
+            "flowwatch_enforcement_drift_connections_total{{{sel}}}"
+        ))
+        .unwrap();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        (
+            r[0].label("dst_workload"),
+            r[0].label("ingress_verdict"),
+            r[0].value
+        ),
+        ("db", "denied", 3.0)
+    );
+    let r = prom
+        .query(&format!(
+            "sum by (dst_workload, verdict) (flowwatch_blocked_attempts_total{{{sel}}})"
+        ))
+        .unwrap();
+    let mut blocked: Vec<_> = r
+        .iter()
+        .map(|s| {
+            (
+                s.label("dst_workload").to_string(),
+                s.label("verdict").to_string(),
+                s.value,
+            )
+        })
+        .collect();
+    blocked.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        blocked,
+        vec![
+            ("db".into(), "denied".into(), 110.0),
+            ("redis".into(), "allowed".into(), 4.0)
+        ]
+    );
+    let r = prom
+        .query(&format!(
+            "flowwatch_flow_bytes_total{{{sel},dst_workload=\"cart\",direction=\"reverse\"}}"
+        ))
+        .unwrap();
+    assert_eq!(r[0].value, 40_000.0);
+    let r = prom
+        .query(&format!(
+            "flowwatch_connections_total{{{sel},src_namespace=\"monitoring\"}}"
+        ))
+        .unwrap();
+    assert_eq!((r.len(), r[0].label("verdict")), (1, "uncovered"));
+
+    // The text-format scrape of node-a carries the same series and values.
+    let om_series = prom
+        .query("sort(flowwatch_connections_total{job=\"flowwatch-text\"})")
+        .unwrap();
+    let text_series = prom
+        .query(&format!("sort(flowwatch_connections_total{{{sel}}})"))
+        .unwrap();
+    assert_eq!(om_series.len(), text_series.len());
+    assert_eq!(om_series.len(), 6);
+    let r = prom.query("flowwatch_uncovered_connections_total{job=\"flowwatch-text\",dst_workload=\"ledger\"}").unwrap();
+    assert_eq!(r[0].value, 6.0);
+
+    // node-b: budget folding and health.
+    let b = node_b.addr.as_str();
+    let r = prom
+        .query(&format!(
+            "flowwatch_connections_total{{instance=\"{b}\",src_workload=\"other\"}}"
+        ))
+        .unwrap();
+    assert!(!r.is_empty(), "node-b folds over-budget edges into other");
+    let r = prom
+        .query(&format!(
+            "flowwatch_series_dropped_total{{instance=\"{b}\",family=\"connections\"}}"
+        ))
+        .unwrap();
+    assert_eq!(r[0].value, 2.0);
+    let r = prom
+        .query(&format!(
+            "flowwatch_kernel_map_fill_ratio{{instance=\"{b}\",map=\"flows\"}}"
+        ))
+        .unwrap();
+    assert_eq!(r[0].value, 0.95);
+    let r = prom
+        .query(&format!(
+            "flowwatch_watch_staleness_seconds{{instance=\"{b}\"}}"
+        ))
+        .unwrap();
+    assert_eq!(
+        (r[0].label("resource"), r[0].value),
+        ("networkpolicies", 600.0)
+    );
+
+    // Labels name workloads: no IPs, pods or ports other than the destination port.
+    let (_, body) = prom
+        .get(&format!(
+            "/api/v1/labels?match[]={}",
+            support::prometheus::urlencode("{__name__=~\"flowwatch_.*\"}")
+        ))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: BTreeSet<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.as_str())
+        .collect();
+    let allowed: BTreeSet<&str> = [
+        "__name__",
+        "instance",
+        "job",
+        "src_namespace",
+        "src_workload",
+        "src_kind",
+        "dst_namespace",
+        "dst_workload",
+        "dst_kind",
+        "dst_port",
+        "protocol",
+        "verdict",
+        "egress_verdict",
+        "ingress_verdict",
+        "outcome",
+        "scope",
+        "direction",
+        "family",
+        "map",
+        "resource",
+        "le",
+        "version",
+    ]
+    .into_iter()
+    .collect();
+    assert!(
+        names.is_subset(&allowed),
+        "unexpected labels: {:?}",
+        names.difference(&allowed).collect::<Vec<_>>()
+    );
+
+    // Every PromQL expression of the dashboard and the rules parses and returns data.
+    let mut failures = Vec::new();
+    for (what, expr) in dashboard_exprs().into_iter().chain(rule_exprs()) {
+        match prom.query(&expr) {
+            Ok(r) if r.is_empty() => failures.push(format!("{what}: no data for {expr}")),
+            Ok(r) if r.iter().all(|s| s.value.is_nan()) => {
+                failures.push(format!("{what}: only NaN for {expr}"))
+            }
+            Ok(_) => {}
+            Err(e) => failures.push(format!("{what}: {e} in {expr}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The rules are loaded and healthy, and the scenario's alerts are active.
+    let want = [
+        "FlowwatchUncoveredCrossNamespaceTraffic",
+        "FlowwatchNewEdge",
+        "FlowwatchEnforcementDrift",
+        "FlowwatchBlockedAttemptsSpike",
+        "FlowwatchAgentDown",
+        "FlowwatchKernelEventsLost",
+        "FlowwatchKernelMapNearlyFull",
+        "FlowwatchNoInterfacesAttached",
+        "FlowwatchWatchStale",
+        "FlowwatchInvalidPolicies",
+        "FlowwatchSeriesBudgetExhausted",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rules = prom.rules();
+        let all: Vec<&serde_json::Value> = rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().iter())
+            .collect();
+        assert_eq!(all.len(), want.len(), "rules loaded: {all:?}");
+        let unhealthy: Vec<_> = all
+            .iter()
+            .filter(|r| r["health"] != "ok" && r["health"] != "unknown")
+            .collect();
+        assert!(unhealthy.is_empty(), "{unhealthy:?}");
+        let inactive: Vec<&str> = all
+            .iter()
+            .filter(|r| r["state"] != "firing" && r["state"] != "pending")
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        if inactive.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alerts not active: {inactive:?}\n{rules}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
