@@ -1,0 +1,152 @@
+//! Helpers shared by the `k8s_*` test targets: object builders and "eventually" waits.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowwatch::k8s::{ClusterView, ClusterWatch, WatchOptions};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// The bound the issue sets for following a change.
+pub const FOLLOW: Duration = Duration::from_secs(2);
+
+/// Starts the watchers and waits for the first complete view.
+pub async fn watch(client: Client, cancel: &CancellationToken) -> ClusterWatch {
+    watch_with(client, WatchOptions::default(), cancel).await
+}
+
+pub async fn watch_with(
+    client: Client,
+    opts: WatchOptions,
+    cancel: &CancellationToken,
+) -> ClusterWatch {
+    let w = ClusterWatch::start(client, opts, cancel.clone());
+    assert!(
+        w.wait_synced(Duration::from_secs(20)).await,
+        "caches did not sync: {:?}",
+        w.status().report()
+    );
+    w
+}
+
+/// Waits until `pred` holds for the published view; returns how long it took. Panics after
+/// `timeout`, naming `what`.
+pub async fn eventually(
+    w: &ClusterWatch,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&ClusterView) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let mut rx = w.subscribe();
+    loop {
+        let view: Arc<ClusterView> = rx.borrow_and_update().clone();
+        if pred(&view) {
+            return start.elapsed();
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+            panic!(
+                "{what}: not seen within {timeout:?} (generation {}, {:?}, owners {}, status {:?})",
+                w.current().generation,
+                flowwatch::k8s::counts(&w.current()),
+                w.current().owners.len(),
+                w.status().report()
+            );
+        }
+    }
+}
+
+pub fn pod_in<'a>(view: &'a ClusterView, ns: &str, name: &str) -> Option<&'a Pod> {
+    view.inventory.pods.iter().find(|p| {
+        p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name)
+    })
+}
+
+pub fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+pub async fn create_namespace(client: &Client, name: &str, labels: serde_json::Value) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &ns).await.unwrap();
+}
+
+pub async fn create_node(client: &Client, name: &str, ip: &str) {
+    let api: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    api.create(&PostParams::default(), &node).await.unwrap();
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// A pod scheduled to `node` with `ip` set through the status subresource, as a kubelet does.
+pub async fn create_pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    labels: serde_json::Value,
+    owner: Option<serde_json::Value>,
+    node: &str,
+    ip: &str,
+) -> Pod {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut meta = json!({"name": name, "labels": labels});
+    if let Some(o) = owner {
+        meta["ownerReferences"] = json!([o]);
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": meta,
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.invalid/app:1",
+            "ports": [{"name": "http", "containerPort": 8080}]}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &pod).await.unwrap();
+    set_pod_ip(client, ns, name, ip).await
+}
+
+pub async fn set_pod_ip(client: &Client, ns: &str, name: &str, ip: &str) -> Pod {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+    )
+    .await
+    .unwrap()
+}
+
+/// Deletes a pod at once (no kubelet runs to finish a graceful deletion).
+pub async fn delete_pod(client: &Client, ns: &str, name: &str) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.delete(
+        name,
+        &kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
+pub fn owner(api_version: &str, kind: &str, name: &str, uid: &str) -> serde_json::Value {
+    json!({"apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": true})
+}
