@@ -16,12 +16,16 @@ struct Cli {
 enum Command {
     /// Run the agent: capture flows on this node, enrich them, export metrics.
     Run(Box<RunArgs>),
+    /// Offline NetworkPolicy tools over `kubectl get ... -o yaml` snapshots.
+    #[command(subcommand)]
+    Policy(flowwatch::policy_cli::PolicyCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run_agent(*args),
+        Command::Policy(cmd) => flowwatch::policy_cli::run(cmd),
     }
 }
 
