@@ -5,6 +5,7 @@
 mod deploy;
 mod k8s;
 mod setup;
+mod test;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     K8sBins,
     /// Render deploy/manifests from the Helm chart.
     RenderManifests,
+    /// Run the whole test suite as CI does (installs what is missing first); ends with totals.
+    Test,
 }
 
 fn main() {
@@ -31,6 +34,7 @@ fn main() {
         Command::Setup => setup::run(),
         Command::K8sBins => k8s::build_binaries().map(|_| ()),
         Command::RenderManifests => deploy::render_manifests(),
+        Command::Test => test::run(),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

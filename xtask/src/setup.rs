@@ -1,7 +1,101 @@
-//! Idempotent installation of the build and test prerequisites.
+//! Idempotent installation of what building and testing need. Each step checks first and
+//! does nothing when the thing is already there, so a warm machine pays a few milliseconds.
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use std::process::{Command, Stdio};
+
+/// Debian packages: LLVM 22 for bpf-linker, the tools the tests drive (nft, iptables, ip,
+/// unshare/setpriv), Prometheus and promtool, bpftool for inspection.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "nftables",
+    "iptables",
+    "iproute2",
+    "util-linux",
+    "prometheus",
+    "bpftool",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    go_present()?;
+    Ok(())
+}
+
+/// Runs a command, failing with its name and status.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn quiet_output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            quiet_output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rust_src() -> Result<()> {
+    let installed =
+        quiet_output(Command::new("rustup").args(["component", "list", "--installed"]))
+            .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src (the eBPF crate builds core from source)");
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "stable"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = quiet_output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
+    run_cmd(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22", "--force"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
+
+fn go_present() -> Result<()> {
+    if quiet_output(Command::new("go").arg("version")).is_none() {
+        bail!("`go` is not on PATH: the test infrastructure (etcd, kube-apiserver, helm) is built from Go modules");
+    }
     Ok(())
 }

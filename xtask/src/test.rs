@@ -1,0 +1,134 @@
+//! `cargo xtask test`: the whole suite, the way CI runs it.
+//!
+//! Installs what is missing, builds the Go-based test infrastructure (cached), checks
+//! formatting and lints, runs every test target of the workspace, and ends with one line:
+//! how many tests ran and how many failed.
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::{k8s, setup};
+
+pub fn run() -> Result<()> {
+    setup::run()?;
+    let bins = k8s::build_binaries().context("building etcd and kube-apiserver")?;
+
+    let mut failures = Vec::new();
+    for (name, args) in [
+        ("cargo fmt --check", vec!["fmt", "--all", "--check"]),
+        (
+            "cargo clippy -D warnings",
+            vec!["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"],
+        ),
+    ] {
+        eprintln!("==> {name}");
+        if let Err(e) = setup::run_cmd(Command::new("cargo").args(&args)) {
+            eprintln!("{e:#}");
+            failures.push(name.to_string());
+        }
+    }
+
+    eprintln!("==> cargo test --workspace");
+    let mut child = Command::new("cargo")
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("FLOWWATCH_ETCD", &bins.etcd)
+        .env("FLOWWATCH_KUBE_APISERVER", &bins.kube_apiserver)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let mut totals = Totals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            totals.observe(&line);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+
+    println!();
+    println!(
+        "TOTAL: {} tests run, {} failed, {} ignored, in {} test binaries",
+        totals.passed + totals.failed,
+        totals.failed,
+        totals.ignored,
+        totals.binaries
+    );
+    for name in &totals.failed_names {
+        println!("FAILED: {name}");
+    }
+    for name in &failures {
+        println!("FAILED CHECK: {name}");
+    }
+    if !status.success() && totals.failed == 0 {
+        bail!("cargo test failed before running every test ({status}): see the build output above");
+    }
+    if totals.failed > 0 || !failures.is_empty() {
+        bail!("{} tests failed, {} checks failed", totals.failed, failures.len());
+    }
+    Ok(())
+}
+
+/// Sums libtest's `test result:` lines.
+#[derive(Default, Debug, PartialEq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    binaries: u64,
+    failed_names: Vec<String>,
+}
+
+impl Totals {
+    fn observe(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            self.binaries += 1;
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        } else if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
+            self.failed_names.push(name.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_libtest_summaries() {
+        let mut t = Totals::default();
+        for line in [
+            "test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            "test a::b ... FAILED",
+            "test result: FAILED. 8 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 7.62s",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+        ] {
+            t.observe(line);
+        }
+        assert_eq!(
+            t,
+            Totals {
+                passed: 21,
+                failed: 1,
+                ignored: 2,
+                binaries: 3,
+                failed_names: vec!["a::b".into()],
+            }
+        );
+    }
+}
