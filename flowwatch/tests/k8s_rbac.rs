@@ -1,0 +1,362 @@
+//! The agent runs with the ServiceAccount and ClusterRole that `deploy/` ships: this proves
+//! against a real kube-apiserver (RBAC on) that they are enough for every watch, and that they
+//! grant nothing more than get/list/watch on what the agent reads (no secrets, no writes, no
+//! subresources).
+//!
+//! The RBAC objects come from the rendered `deploy/manifests/flowwatch.yaml` when it exists,
+//! else from `deploy/helm/flowwatch/templates/rbac.yaml` with its few template expressions
+//! substituted.
+
+mod k8s_common;
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{Api, PostParams};
+use kube::Client;
+use serde_json::json;
+use support::apiserver::ApiServer;
+use support::privileged;
+use tokio_util::sync::CancellationToken;
+
+/// What the agent must be able to read: (group, resource).
+const READS: &[(&str, &str)] = &[
+    ("", "pods"),
+    ("", "namespaces"),
+    ("", "nodes"),
+    ("", "services"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("apps", "replicasets"),
+    ("batch", "jobs"),
+];
+const READ_VERBS: &[&str] = &["get", "list", "watch"];
+
+struct Rbac {
+    source: String,
+    service_account: Option<ServiceAccount>,
+    cluster_role: ClusterRole,
+    binding: ClusterRoleBinding,
+}
+
+fn load_rbac() -> Rbac {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rendered = root.join("deploy/manifests/flowwatch.yaml");
+    let (source, text) = if rendered.is_file() {
+        let text = std::fs::read_to_string(&rendered).unwrap();
+        (rendered.display().to_string(), text)
+    } else {
+        let template = root.join("deploy/helm/flowwatch/templates/rbac.yaml");
+        let mut raw = std::fs::read_to_string(&template).unwrap();
+        // template comments: {{- /* ... */}}
+        while let Some(start) = raw.find("{{- /*") {
+            let end = raw[start..]
+                .find("*/}}")
+                .map(|e| start + e + 4)
+                .unwrap_or(raw.len());
+            raw.replace_range(start..end, "");
+        }
+        // The few template expressions of rbac.yaml, as `helm template flowwatch -n flowwatch`
+        // would render them with serviceAccount.create=true.
+        let text: String = raw
+            .replace("{{ include \"flowwatch.fullname\" . }}", "flowwatch")
+            .replace(
+                "{{ include \"flowwatch.serviceAccountName\" . }}",
+                "flowwatch",
+            )
+            .replace("{{ .Release.Namespace }}", "flowwatch")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("{{"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = text
+            .split("\n---")
+            .map(|doc| {
+                // `labels:` lost its helper-rendered body
+                doc.replace("  labels:\n", "")
+            })
+            .collect::<Vec<_>>()
+            .join("\n---");
+        (template.display().to_string(), text)
+    };
+    assert!(
+        !text.contains("{{"),
+        "{source}: unrendered template left: {text}"
+    );
+    let mut service_account = None;
+    let mut cluster_role = None;
+    let mut binding = None;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: serde_json::Value = match serde::Deserialize::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => panic!("{source}: {e}"),
+        };
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match value["kind"].as_str() {
+            Some("ServiceAccount") => {
+                service_account = Some(serde_json::from_value(value).unwrap())
+            }
+            Some("ClusterRole") if name.contains("flowwatch") => {
+                assert!(
+                    cluster_role.is_none(),
+                    "{source}: more than one flowwatch ClusterRole"
+                );
+                cluster_role = Some(serde_json::from_value(value).unwrap());
+            }
+            Some("ClusterRoleBinding") if name.contains("flowwatch") => {
+                binding = Some(serde_json::from_value(value).unwrap())
+            }
+            _ => {}
+        }
+    }
+    Rbac {
+        cluster_role: cluster_role.unwrap_or_else(|| panic!("{source}: no ClusterRole")),
+        binding: binding.unwrap_or_else(|| panic!("{source}: no ClusterRoleBinding")),
+        service_account,
+        source,
+    }
+}
+
+#[test]
+fn the_shipped_cluster_role_only_reads_what_the_agent_watches() {
+    let rbac = load_rbac();
+    let rules = rbac.cluster_role.rules.as_deref().unwrap_or_default();
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+        assert!(
+            verbs.iter().all(|v| READ_VERBS.contains(v)),
+            "{}: a rule grants more than get/list/watch: {rule:?}",
+            rbac.source
+        );
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "{}: non-resource URLs",
+            rbac.source
+        );
+        assert!(
+            rule.resource_names.is_none(),
+            "{}: resourceNames",
+            rbac.source
+        );
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                assert!(
+                    READS.contains(&(g.as_str(), r.as_str())),
+                    "{}: grants {g}/{r}, which the agent does not read",
+                    rbac.source
+                );
+                granted.insert((g.clone(), r.clone()));
+            }
+        }
+    }
+    assert_eq!(granted.len(), READS.len(), "{}: {granted:?}", rbac.source);
+    let subject = &rbac.binding.subjects.as_ref().unwrap()[0];
+    assert_eq!(subject.kind, "ServiceAccount");
+    assert_eq!(
+        rbac.binding.role_ref.name,
+        rbac.cluster_role.metadata.name.clone().unwrap()
+    );
+}
+
+async fn allowed(
+    admin: &Client,
+    user: &str,
+    groups: &[String],
+    verb: &str,
+    group: &str,
+    resource: &str,
+) -> bool {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r.to_owned(), Some(s.to_owned())),
+        None => (resource.to_owned(), None),
+    };
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(groups.to_vec()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource),
+                subresource,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(admin.clone());
+    let out = api.create(&PostParams::default(), &sar).await.unwrap();
+    out.status.map(|s| s.allowed).unwrap_or(false)
+}
+
+/// Every (group, resource or resource/subresource, verb) the server offers.
+async fn everything(admin: &Client) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut lists = vec![(
+        String::new(),
+        admin.list_core_api_resources("v1").await.unwrap(),
+    )];
+    for g in admin.list_api_groups().await.unwrap().groups {
+        if let Some(v) = g.preferred_version {
+            lists.push((
+                g.name.clone(),
+                admin
+                    .list_api_group_resources(&v.group_version)
+                    .await
+                    .unwrap(),
+            ));
+        }
+    }
+    for (group, list) in lists {
+        for r in list.resources {
+            for verb in &r.verbs {
+                out.push((group.clone(), r.name.clone(), verb.clone()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_service_account_is_enough_and_nothing_more() {
+    if !privileged::require("k8s RBAC least privilege", ApiServer::available()) {
+        return;
+    }
+    let rbac = load_rbac();
+    let api = ApiServer::start().await;
+    let admin = api.admin_client().await;
+
+    let subject = rbac.binding.subjects.clone().unwrap().remove(0);
+    let ns = subject.namespace.clone().expect("subject namespace");
+    let sa_name = subject.name.clone();
+    if ns != "default" {
+        k8s_common::create_namespace(&admin, &ns, json!({})).await;
+    }
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+    let sa = rbac.service_account.clone().unwrap_or_else(|| {
+        serde_json::from_value(json!({"metadata": {"name": sa_name, "namespace": ns}})).unwrap()
+    });
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    // the baseline: another service account with no binding (what every authenticated
+    // identity gets from the default roles)
+    let other: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "baseline", "namespace": ns}})).unwrap();
+    sas.create(&PostParams::default(), &other).await.unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &rbac.cluster_role)
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &rbac.binding)
+        .await
+        .unwrap();
+
+    // Enough: every watch of the agent syncs with the service account's token.
+    let agent = api.client_for_service_account(&ns, &sa_name).await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let w = k8s_common::watch(agent.clone(), &cancel).await;
+    assert!(w.status().is_synced());
+    assert_eq!(w.status().watch_errors(), 0, "{:?}", w.status().report());
+    k8s_common::create_namespace(&admin, "shop", json!({})).await;
+    k8s_common::create_pod(
+        &admin,
+        "shop",
+        "web",
+        json!({}),
+        None,
+        "node-a",
+        "10.244.0.9",
+    )
+    .await;
+    k8s_common::eventually(
+        &w,
+        k8s_common::FOLLOW,
+        "pod seen with the agent's identity",
+        |v| k8s_common::pod_in(v, "shop", "web").is_some(),
+    )
+    .await;
+
+    // Nothing more, with real requests: no secrets, no writes.
+    let secrets: Api<Secret> = Api::namespaced(agent.clone(), "shop");
+    let err = secrets.list(&Default::default()).await.unwrap_err();
+    assert!(err.to_string().contains("forbidden"), "{err}");
+    let nss: Api<Namespace> = Api::all(agent.clone());
+    let ns_obj: Namespace = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+    let err = nss
+        .create(&PostParams::default(), &ns_obj)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("forbidden"), "{err}");
+
+    // Nothing more, exhaustively: for every resource, subresource and verb the server offers,
+    // the agent is allowed exactly what the baseline is, plus get/list/watch on READS.
+    let groups = || {
+        vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".to_owned(),
+        ]
+    };
+    let agent_user = format!("system:serviceaccount:{ns}:{sa_name}");
+    let base_user = format!("system:serviceaccount:{ns}:baseline");
+    let (agent_groups, base_groups) = (groups(), groups());
+    let all = everything(&admin).await;
+    assert!(
+        all.len() > 100,
+        "discovery found only {} entries",
+        all.len()
+    );
+    let checks = stream::iter(all.iter().cloned())
+        .map(|(group, resource, verb)| {
+            let admin = admin.clone();
+            let (au, ag, bu, bg) = (&agent_user, &agent_groups, &base_user, &base_groups);
+            async move {
+                let a = allowed(&admin, au, ag, &verb, &group, &resource).await;
+                let b = allowed(&admin, bu, bg, &verb, &group, &resource).await;
+                (group, resource, verb, a, b)
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let mut extra = BTreeSet::new();
+    for (group, resource, verb, agent_ok, base_ok) in checks {
+        if agent_ok && !base_ok {
+            extra.insert((group, resource, verb));
+        }
+    }
+    let expected: BTreeSet<(String, String, String)> = READS
+        .iter()
+        .flat_map(|(g, r)| {
+            READ_VERBS
+                .iter()
+                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+        })
+        .collect();
+    assert_eq!(
+        extra, expected,
+        "{}: the agent's identity is granted exactly get/list/watch on what it reads",
+        rbac.source
+    );
+    eprintln!(
+        "RBAC from {}: {} (resource, verb) pairs checked; extra grants = {}",
+        rbac.source,
+        all.len(),
+        expected.len()
+    );
+}
