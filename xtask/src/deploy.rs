@@ -1,7 +1,192 @@
-//! Deploy assets: render deploy/manifests from the Helm chart.
+//! Deploy assets: render `deploy/manifests` from the Helm chart, copy the chart's rule file and
+//! dashboard to `deploy/prometheus` and `deploy/grafana`, and build helm (Go only for tooling).
+//!
+//! Never hand-edit the rendered files: change the chart and run `cargo xtask render-manifests`.
+//! `--check` renders into memory and fails when a committed file differs (the deploy tests run it).
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-pub fn render_manifests() -> Result<()> {
-    anyhow::bail!("not built yet")
+use anyhow::{bail, Context, Result};
+
+/// The helm release built by [`ensure_helm`].
+pub const HELM_VERSION: &str = "v3.22.0";
+/// The Kubernetes version helm renders for (matches the API server the tests run).
+pub const RENDER_KUBE_VERSION: &str = "v1.34.0";
+/// Release name and namespace of the plain manifests.
+pub const RELEASE: &str = "flowwatch";
+pub const NAMESPACE: &str = "flowwatch";
+
+const HEADER: &str =
+    "# Rendered from deploy/helm/flowwatch by `cargo xtask render-manifests`. Do not edit:\n\
+                      # change the chart (or its values) and render again.\n";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/helm-<version>/helm`.
+pub fn helm_path() -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(
+            std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?,
+        )
+        .join(".cache"),
+    };
+    Ok(base
+        .join("flowwatch")
+        .join(format!("helm-{HELM_VERSION}"))
+        .join("helm"))
+}
+
+/// Builds helm from its Go module (`helm.sh/helm/v3`) into the cache unless already there;
+/// returns its path. Takes a few minutes on 2 cores the first time.
+pub fn ensure_helm() -> Result<PathBuf> {
+    let path = helm_path()?;
+    if path.is_file() {
+        return Ok(path);
+    }
+    let dir = path.parent().expect("helm path has a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Build into a private dir and rename, so a concurrent or interrupted build never leaves a
+    // half-written binary at the final path.
+    let staging = dir.join(format!("build-{}", std::process::id()));
+    std::fs::create_dir_all(&staging)?;
+    let (major, minor) = RENDER_KUBE_VERSION
+        .trim_start_matches('v')
+        .split_once('.')
+        .map(|(a, b)| (a, b.split('.').next().unwrap_or(b)))
+        .context("RENDER_KUBE_VERSION")?;
+    let ldflags = format!(
+        "-X helm.sh/helm/v3/internal/version.version={HELM_VERSION} \
+         -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor={major} \
+         -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={minor} \
+         -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor={major} \
+         -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor={minor}"
+    );
+    eprintln!("building helm {HELM_VERSION} with go (first time only; a few minutes)...");
+    let status = Command::new("go")
+        .args(["install", "-ldflags", &ldflags])
+        .arg(format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"))
+        .env("GOBIN", &staging)
+        .env("CGO_ENABLED", "0")
+        .current_dir(&staging)
+        .status()
+        .context("running `go install` (is Go installed? run `cargo xtask setup`)")?;
+    if !status.success() {
+        let _ = std::fs::remove_dir_all(&staging);
+        bail!("`go install helm.sh/helm/v3/cmd/helm@{HELM_VERSION}` failed ({status})");
+    }
+    std::fs::rename(staging.join("helm"), &path)
+        .with_context(|| format!("moving helm to {}", path.display()))?;
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(path)
+}
+
+/// One `helm template` of the chart with extra arguments.
+fn helm_template(helm: &Path, args: &[&str]) -> Result<String> {
+    let root = repo_root();
+    let out = Command::new(helm)
+        .args(["template", RELEASE])
+        .arg(root.join("deploy/helm/flowwatch"))
+        .args([
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            RENDER_KUBE_VERSION,
+        ])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", helm.display()))?;
+    if !out.status.success() {
+        bail!(
+            "helm template {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8(out.stdout).context("helm output is not UTF-8")
+}
+
+/// Every generated file (path relative to the repository root) and its content.
+pub fn rendered() -> Result<Vec<(PathBuf, String)>> {
+    let helm = ensure_helm()?;
+    let root = repo_root();
+    let core = helm_template(&helm, &["--set", "namespace.create=true"])?;
+    let operator = helm_template(
+        &helm,
+        &[
+            "--set",
+            "serviceMonitor.enabled=true,prometheusRule.enabled=true",
+            "--show-only",
+            "templates/servicemonitor.yaml",
+            "--show-only",
+            "templates/prometheusrule.yaml",
+        ],
+    )?;
+    let read =
+        |p: &str| std::fs::read_to_string(root.join(p)).with_context(|| format!("reading {p}"));
+    Ok(vec![
+        (PathBuf::from("deploy/manifests/flowwatch.yaml"), format!("{HEADER}{core}")),
+        (
+            PathBuf::from("deploy/manifests/flowwatch-prometheus-operator.yaml"),
+            format!("{HEADER}# Needs the Prometheus Operator CRDs (monitoring.coreos.com/v1).\n{operator}"),
+        ),
+        (
+            PathBuf::from("deploy/prometheus/flowwatch-rules.yaml"),
+            read("deploy/helm/flowwatch/files/rules.yaml")?,
+        ),
+        (
+            PathBuf::from("deploy/grafana/flowwatch-dashboard.json"),
+            read("deploy/helm/flowwatch/files/dashboard.json")?,
+        ),
+    ])
+}
+
+/// `cargo xtask render-manifests [--check]`.
+pub fn render_manifests(check: bool) -> Result<()> {
+    let root = repo_root();
+    let mut stale = Vec::new();
+    for (rel, content) in rendered()? {
+        let path = root.join(&rel);
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        if current == content {
+            continue;
+        }
+        if check {
+            stale.push(rel.display().to_string());
+        } else {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&path, content).with_context(|| format!("writing {}", rel.display()))?;
+            eprintln!("wrote {}", rel.display());
+        }
+    }
+    if !stale.is_empty() {
+        bail!(
+            "generated deploy files differ from the chart: {}\nrun `cargo xtask render-manifests` and commit the result",
+            stale.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helm_lives_in_the_versioned_cache_dir() {
+        let p = helm_path().unwrap();
+        assert!(
+            p.ends_with(format!("flowwatch/helm-{HELM_VERSION}/helm")),
+            "{}",
+            p.display()
+        );
+    }
 }

@@ -22,8 +22,12 @@ enum Command {
     Setup,
     /// Build (once, cached by version) the etcd and kube-apiserver binaries the tests start.
     K8sBins,
-    /// Render deploy/manifests from the Helm chart.
-    RenderManifests,
+    /// Render deploy/manifests from the Helm chart (and copy its rules and dashboard).
+    RenderManifests {
+        /// Fail if a committed file differs instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run the whole test suite as CI does (installs what is missing first); ends with totals.
     Test,
 }
@@ -33,7 +37,7 @@ fn main() {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::K8sBins => k8s::build_binaries().map(|_| ()),
-        Command::RenderManifests => deploy::render_manifests(),
+        Command::RenderManifests { check } => deploy::render_manifests(check),
         Command::Test => test::run(),
     };
     if let Err(e) = result {
