@@ -15,7 +15,9 @@ use serde_json::{json, Map, Value};
 
 use crate::inventory::{snapshot, Inventory, ObjectError};
 use crate::model::Protocol;
-use crate::policy::{Coverage, Peer, PolicyEngine, PolicyOptions, SideResult, SideVerdict};
+use crate::policy::{
+    Coverage, Direction, Peer, PolicyEngine, PolicyOptions, SideResult, SideVerdict,
+};
 
 /// `flowwatch policy <eval|explain|coverage>`.
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -278,8 +280,14 @@ pub fn eval_line(engine: &PolicyEngine, line: &str, line_no: u64) -> Map<String,
             }
             Ok(v) => {
                 obj.insert("verdict".into(), Value::from(v.verdict.as_str()));
-                obj.insert("ingress".into(), side_json(engine, &v.ingress, &dst));
-                obj.insert("egress".into(), side_json(engine, &v.egress, &src));
+                obj.insert(
+                    "ingress".into(),
+                    side_json(engine, &v.ingress, &dst, Direction::Ingress),
+                );
+                obj.insert(
+                    "egress".into(),
+                    side_json(engine, &v.egress, &src, Direction::Egress),
+                );
             }
         },
     }
@@ -328,7 +336,7 @@ fn flow_of(obj: &Map<String, Value>) -> Result<(Peer, Peer, u16, Protocol), Stri
     Ok((src, dst, port, protocol))
 }
 
-fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer) -> Value {
+fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer, dir: Direction) -> Value {
     let mut m = Map::new();
     m.insert("verdict".into(), Value::from(side.verdict.as_str()));
     m.insert("policies".into(), json!(side.policies()));
@@ -344,7 +352,7 @@ fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer) -> Value 
     m.insert("reason".into(), Value::from(side.reason.as_str()));
     if side.verdict != SideVerdict::NotApplicable {
         if let Some(ns) = engine.namespace_of(subject) {
-            let skipped: Vec<&str> = engine.skipped_policies_in(ns).collect();
+            let skipped: Vec<&str> = engine.skipped_policies_in(ns, dir).collect();
             if !skipped.is_empty() {
                 m.insert("skipped_policies".into(), json!(skipped));
             }

@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use flowwatch::inventory::snapshot;
 use flowwatch::model::Protocol::{Tcp, Udp};
 use flowwatch::policy::{
-    Peer, PolicyEngine, PolicyError, PolicyOptions, RuleRef, SideReason, SideVerdict, Verdict,
+    Direction, Peer, PolicyEngine, PolicyError, PolicyOptions, RuleRef, SideReason, SideVerdict,
+    Verdict,
 };
 use policy_support::*;
 
@@ -553,7 +554,11 @@ fn invalid_policies_are_reported_by_object_and_field_and_skipped() {
         .collect();
     assert_eq!(got, want);
     assert_eq!(e.skipped_policies().count(), 7);
-    assert_eq!(e.skipped_policies_in("x").next(), Some("x/bad-cidr"));
+    // Each is flagged on the directions it declares (an unknown type counts as both).
+    let egress: Vec<&str> = e.skipped_policies_in("x", Direction::Egress).collect();
+    assert_eq!(egress, vec!["x/bad-range", "x/bad-type"]);
+    assert_eq!(e.skipped_policies_in("x", Direction::Ingress).count(), 6);
+    assert_eq!(e.skipped_policies_in("y", Direction::Ingress).count(), 0);
     // The valid policy still applies, and only it.
     assert_reach(
         &e,

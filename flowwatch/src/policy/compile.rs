@@ -171,6 +171,24 @@ pub fn compile_policy(
     })
 }
 
+/// The directions a policy governs by its (defaulted) policyTypes, read leniently so it can be
+/// told for a policy rejected for another reason; an unknown type counts as both directions.
+pub fn declared_directions(np: &NetworkPolicy) -> (bool, bool) {
+    let Some(spec) = &np.spec else {
+        return (true, false);
+    };
+    match spec.policy_types.as_deref() {
+        None | Some([]) => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
+        Some(types) => {
+            let unknown = types.iter().any(|t| t != "Ingress" && t != "Egress");
+            (
+                unknown || types.iter().any(|t| t == "Ingress"),
+                unknown || types.iter().any(|t| t == "Egress"),
+            )
+        }
+    }
+}
+
 type FieldError = (String, String);
 
 fn compile_selector(s: &LabelSelector, path: &str) -> Result<Selector, FieldError> {

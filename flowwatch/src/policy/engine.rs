@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::cluster::{Cluster, Endpoint, NsId, PodId};
 use super::compile::{
-    compile_policy, CompiledPolicy, Direction, NamespaceScope, PeerMatcher, Rule,
+    compile_policy, declared_directions, CompiledPolicy, Direction, NamespaceScope, PeerMatcher,
+    Rule,
 };
 use super::hash::FastMap;
 use super::ports::NamedPort;
@@ -43,6 +44,16 @@ impl Identity {
             Direction::Egress => &self.egress,
         }
     }
+}
+
+/// A policy left out because it is invalid, with the directions it declares.
+#[derive(Debug)]
+pub(crate) struct SkippedPolicy {
+    pub namespace: String,
+    /// `namespace/name`
+    pub key: String,
+    pub ingress: bool,
+    pub egress: bool,
 }
 
 /// One end of a flow, resolved.
@@ -82,8 +93,8 @@ pub struct PolicyEngine {
     pub(crate) policies: Vec<CompiledPolicy>,
     /// The namespace of each policy.
     pub(crate) policy_ns: Vec<NsId>,
-    /// Policies rejected as invalid, as `namespace/name`, per namespace.
-    pub(crate) skipped: Vec<(String, Arc<str>)>,
+    /// Policies rejected as invalid.
+    pub(crate) skipped: Vec<SkippedPolicy>,
     pub(crate) identities: Vec<Identity>,
     pub(crate) pod_identity: Vec<IdentityId>,
     block_sets: FastMap<IpAddr, BlockSetId>,
@@ -111,7 +122,13 @@ impl PolicyEngine {
                 Err(e) => {
                     let ns = np.metadata.namespace.clone().unwrap_or_default();
                     let name = np.metadata.name.clone().unwrap_or_default();
-                    skipped.push((ns.clone(), Arc::from(format!("{ns}/{name}"))));
+                    let (ingress, egress) = declared_directions(np);
+                    skipped.push(SkippedPolicy {
+                        key: format!("{ns}/{name}"),
+                        namespace: ns,
+                        ingress,
+                        egress,
+                    });
                     errors.push(e);
                 }
             }
@@ -208,16 +225,27 @@ impl PolicyEngine {
 
     /// Policies that were rejected as invalid (`namespace/name`), in inventory order.
     pub fn skipped_policies(&self) -> impl Iterator<Item = &str> {
-        self.skipped.iter().map(|(_, key)| &**key)
+        self.skipped.iter().map(|s| s.key.as_str())
     }
 
-    /// The skipped policies of one namespace: a verdict about a pod of that namespace may
-    /// differ from what the cluster enforces if the policy was meant to select it.
-    pub fn skipped_policies_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a str> {
+    /// The skipped policies of one namespace that declare direction `dir`: a verdict of that
+    /// direction about a pod of the namespace may differ from what the cluster enforces if the
+    /// policy was meant to select it.
+    pub fn skipped_policies_in<'a>(
+        &'a self,
+        namespace: &'a str,
+        dir: Direction,
+    ) -> impl Iterator<Item = &'a str> {
         self.skipped
             .iter()
-            .filter(move |(ns, _)| ns == namespace)
-            .map(|(_, key)| &**key)
+            .filter(move |s| {
+                s.namespace == namespace
+                    && match dir {
+                        Direction::Ingress => s.ingress,
+                        Direction::Egress => s.egress,
+                    }
+            })
+            .map(|s| s.key.as_str())
     }
 
     /// The namespace of a peer's pod (`None` for non-pod addresses and unknown pods).

@@ -152,7 +152,7 @@ impl PolicyEngine {
         side.pod = Some(self.cluster.pod_label(pod));
         let ns_name = &self.cluster.namespaces[self.cluster.pod(pod).ns as usize].name;
         side.skipped_policies = self
-            .skipped_policies_in(ns_name)
+            .skipped_policies_in(ns_name, dir)
             .map(str::to_string)
             .collect();
         let identity = &self.identities[self.pod_identity[pod as usize] as usize];

@@ -1,0 +1,457 @@
+//! The offline CLI: the `eval` batch contract (through its reader/writer core and through the
+//! real binary), `explain` and `coverage`, on the fixture cluster in fixtures/policy/.
+
+mod policy_support;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use flowwatch::inventory::snapshot;
+use flowwatch::policy::{PolicyEngine, PolicyOptions};
+use flowwatch::policy_cli::{eval, eval_flows, write_coverage, OutputFormat};
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/policy")
+        .join(name)
+}
+
+fn fixture_engine(name: &str) -> PolicyEngine {
+    let (inv, errors) = snapshot::load_files(&[fixture(name)]).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let (engine, errors) = PolicyEngine::build(&inv, PolicyOptions::default());
+    assert_eq!(errors.len(), 1, "only shop/broken is invalid: {errors:?}");
+    assert_eq!(errors[0].object, "NetworkPolicy shop/broken");
+    engine
+}
+
+fn run_eval(engine: &PolicyEngine, input: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    eval_flows(engine, input.as_bytes(), &mut out).unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every output line is JSON"))
+        .collect()
+}
+
+fn flows() -> String {
+    std::fs::read_to_string(fixture("flows.jsonl")).unwrap()
+}
+
+fn side(line: &Value, side: &str) -> (String, Vec<String>) {
+    let s = &line[side];
+    let policies = s["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    (s["verdict"].as_str().unwrap().to_string(), policies)
+}
+
+fn v(verdict: &str, policies: &[&str]) -> (String, Vec<String>) {
+    (
+        verdict.to_string(),
+        policies.iter().map(|s| s.to_string()).collect(),
+    )
+}
+
+#[test]
+fn eval_answers_every_line_in_order_per_the_contract() {
+    let out = run_eval(&fixture_engine("cluster.yaml"), &flows());
+    // 13 input lines, one blank: 12 answers.
+    assert_eq!(out.len(), 12);
+    let by_id = |id: i64| out.iter().find(|l| l["id"] == json!(id)).unwrap();
+    let ids: Vec<Value> = out.iter().map(|l| l["id"].clone()).collect();
+    assert_eq!(ids[..8], [1, 2, 3, 4, 5, 6, 7, 8].map(|i| json!(i)));
+    assert_eq!(ids[9..], [10, 11, 12].map(|i| json!(i)));
+
+    // frontend -> api:8080, both sides allowed by their policies.
+    let l = by_id(1);
+    assert_eq!(l["verdict"], "allowed");
+    assert_eq!(side(l, "egress"), v("allowed", &["shop/frontend-egress"]));
+    assert_eq!(side(l, "ingress"), v("allowed", &["shop/api-ingress"]));
+    assert_eq!(
+        l["ingress"]["rules"],
+        json!([{"policy": "shop/api-ingress", "rule": 0}])
+    );
+    assert_eq!(
+        l["src"], "shop/frontend-7d9f-abcde",
+        "input fields are kept"
+    );
+
+    // prometheus (by address) -> api metrics: monitoring has no policy.
+    let l = by_id(2);
+    assert_eq!(l["verdict"], "allowed");
+    assert_eq!(side(l, "egress"), v("uncovered", &[]));
+    assert_eq!(
+        l["ingress"]["rules"],
+        json!([{"policy": "shop/api-ingress", "rule": 1}])
+    );
+
+    // frontend -> db: neither side allows it.
+    let l = by_id(3);
+    assert_eq!(l["verdict"], "denied");
+    assert_eq!(side(l, "egress"), v("denied", &[]));
+    assert_eq!(side(l, "ingress"), v("denied", &[]));
+    // shop/broken (invalid, skipped) is an Ingress policy of db-0's namespace.
+    assert_eq!(l["ingress"]["skipped_policies"], json!(["shop/broken"]));
+    assert!(l["egress"].get("skipped_policies").is_none());
+
+    // external -> frontend on the named port.
+    let l = by_id(4);
+    assert_eq!(l["verdict"], "allowed");
+    assert_eq!(side(l, "egress"), v("not_applicable", &[]));
+    assert_eq!(side(l, "ingress"), v("allowed", &["shop/frontend-ingress"]));
+
+    let l = by_id(5);
+    assert_eq!(l["verdict"], "uncovered");
+    assert_eq!(side(l, "egress"), v("uncovered", &[]));
+    assert_eq!(side(l, "ingress"), v("uncovered", &[]));
+
+    let l = by_id(6);
+    assert_eq!(l["verdict"], "denied");
+    assert_eq!(side(l, "egress"), v("denied", &[]));
+    assert_eq!(side(l, "ingress"), v("not_applicable", &[]));
+
+    // db's own node reaches it whatever the policies say.
+    let l = by_id(7);
+    assert_eq!(l["verdict"], "allowed");
+    assert_eq!(side(l, "ingress"), v("allowed", &[]));
+    assert_eq!(l["ingress"]["reason"], "own_node");
+
+    let l = by_id(8);
+    assert_eq!(l["error"], "unknown pod shop/nope");
+    assert!(l.get("verdict").is_none() && l.get("ingress").is_none());
+
+    let l = &out[8];
+    assert!(
+        l["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 9: invalid JSON"),
+        "{l}"
+    );
+    assert!(l.get("verdict").is_none());
+
+    let l = by_id(10);
+    assert!(l["error"].as_str().unwrap().contains("70000"), "{l}");
+
+    // api -> db on SCTP: the egress rule allows TCP 5432 only.
+    assert_eq!(by_id(11)["verdict"], "denied");
+    assert_eq!(side(by_id(11), "egress"), v("denied", &[]));
+
+    let l = by_id(12);
+    assert_eq!(l["verdict"], "allowed");
+    assert_eq!(
+        l["egress"]["rules"],
+        json!([{"policy": "shop/frontend-egress", "rule": 1}])
+    );
+    assert_eq!(side(l, "ingress"), v("uncovered", &[]));
+    assert_eq!(
+        l["note"],
+        json!({"kept": [1, 2]}),
+        "unknown fields pass through"
+    );
+}
+
+#[test]
+fn json_and_yaml_snapshots_give_the_same_answers() {
+    let yaml = run_eval(&fixture_engine("cluster.yaml"), &flows());
+    let json = run_eval(&fixture_engine("cluster.json"), &flows());
+    assert_eq!(yaml, json);
+}
+
+#[test]
+fn bad_lines_never_stop_the_run() {
+    let input = "[1,2]\n{\"src\": 5, \"dst\": \"x\", \"port\": 1}\n{\"src\": \"shop/db-0\", \"dst\": \"nonsense\", \"port\": 1}\n{\"src\": \"shop/db-0\", \"dst\": \"1.2.3.4\"}\n{\"src\": \"shop/db-0\", \"dst\": \"1.2.3.4\", \"port\": 53, \"protocol\": \"ICMP\"}\n\u{fffd}\u{0}\n{\"src\": \"shop/db-0\", \"dst\": \"1.2.3.4\", \"port\": 53}";
+    let out = run_eval(&fixture_engine("cluster.yaml"), input);
+    assert_eq!(out.len(), 7);
+    for l in &out[..6] {
+        assert!(l["error"].is_string() && l.get("verdict").is_none(), "{l}");
+    }
+    assert_eq!(out[0]["error"], "line 1: expected a JSON object");
+    assert!(out[1]["error"].as_str().unwrap().starts_with("src:"));
+    assert!(out[2]["error"].as_str().unwrap().starts_with("dst:"));
+    assert_eq!(out[3]["error"], "missing \"port\"");
+    assert!(out[4]["error"].as_str().unwrap().starts_with("protocol:"));
+    assert_eq!(out[6]["verdict"], "denied");
+}
+
+#[test]
+fn eval_over_an_inventory_honours_the_ipblock_option() {
+    let inv = policy_support::inventory(&[policy_support::np(
+        "x",
+        "from-cluster-cidr",
+        "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16}}]}]}",
+    )]);
+    let input = "{\"src\": \"y/b\", \"dst\": \"x/a\", \"port\": 80}\n";
+    let answer = |ipblock_matches_pod_ips| {
+        let mut out = Vec::new();
+        let (summary, errors) = eval(
+            &inv,
+            input.as_bytes(),
+            &mut out,
+            PolicyOptions {
+                ipblock_matches_pod_ips,
+            },
+        )
+        .unwrap();
+        assert_eq!((summary.evaluated, summary.errors, errors.len()), (1, 0, 0));
+        serde_json::from_slice::<Value>(&out).unwrap()
+    };
+    assert_eq!(answer(true)["verdict"], "allowed");
+    assert_eq!(answer(false)["verdict"], "denied");
+}
+
+#[test]
+fn explain_names_policies_and_rules_of_both_sides() {
+    let e = fixture_engine("cluster.yaml");
+    let x = e
+        .explain(
+            &"shop/frontend-7d9f-abcde".parse().unwrap(),
+            &"shop/db-0".parse().unwrap(),
+            5432,
+            flowwatch::model::Protocol::Tcp,
+        )
+        .unwrap();
+    let text = x.to_string();
+    assert!(text.starts_with("pod shop/frontend-7d9f-abcde (10.244.1.10) -> pod shop/db-0 (10.244.2.30) on 5432/TCP: denied"), "{text}");
+    for needle in [
+        "egress (on shop/frontend-7d9f-abcde): denied",
+        "policy shop/default-deny selects shop/frontend-7d9f-abcde for egress",
+        "no egress rules: allows nothing",
+        "rule egress[0]: no to peer matches; no ports entry matches -> does not allow",
+        "ingress (on shop/db-0): denied",
+        "rule ingress[0]: no from peer matches; ports[0] matches -> does not allow",
+        "warning: policy shop/broken is invalid and was skipped",
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in:\n{text}");
+    }
+    let ok = e
+        .explain(
+            &"10.244.1.40".parse().unwrap(),
+            &"shop/api-5c6b-xyz12".parse().unwrap(),
+            9090,
+            flowwatch::model::Protocol::Tcp,
+        )
+        .unwrap();
+    let text = ok.to_string();
+    assert!(
+        text.contains("rule ingress[1]: from[0] matches; ports[0] matches -> ALLOWS"),
+        "{text}"
+    );
+    assert!(
+        text.contains("egress (on monitoring/prometheus-0): uncovered"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&ok).unwrap();
+    assert_eq!(
+        json["ingress"]["policies"][0]["policy"],
+        "shop/default-deny"
+    );
+    assert_eq!(
+        json["ingress"]["policies"][1]["rules"][1]["peer"],
+        json!({"kind": "matched", "index": 0})
+    );
+}
+
+#[test]
+fn coverage_lists_gaps() {
+    let c = fixture_engine("cluster.yaml").coverage();
+    assert_eq!(
+        c.namespaces_without_policy().collect::<Vec<_>>(),
+        vec!["default", "kube-system", "monitoring"]
+    );
+    let no_deny: Vec<&str> = c
+        .namespaces_without_default_deny()
+        .map(|(ns, _)| ns)
+        .collect();
+    assert_eq!(no_deny, vec!["default", "kube-system", "monitoring"]);
+    assert_eq!(
+        c.pods_without_ingress_policy,
+        vec![
+            "default/debug",
+            "kube-system/coredns-1",
+            "monitoring/prometheus-0"
+        ]
+    );
+    assert_eq!(c.pods_without_egress_policy, c.pods_without_ingress_policy);
+    assert_eq!(c.policies_selecting_no_pod, vec!["shop/cache-ingress"]);
+    assert_eq!(c.skipped_policies, vec!["shop/broken"]);
+    let mut text = Vec::new();
+    write_coverage(&c, OutputFormat::Text, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("Namespaces without any NetworkPolicy (3):\n  default\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  monitoring: no ingress and no egress default deny"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Policies that select no pod (1):\n  shop/cache-ingress"),
+        "{text}"
+    );
+}
+
+#[test]
+fn coverage_default_deny_needs_an_isolating_policy_without_allow_all() {
+    use policy_support::np;
+    let e = policy_support::engine(&[
+        np("x", "deny-in", "{podSelector: {}, policyTypes: [Ingress]}"),
+        np(
+            "y",
+            "isolate-but-allow-all",
+            "{podSelector: {}, ingress: [{}]}",
+        ),
+        np("z", "deny-out", "{podSelector: {}, policyTypes: [Egress]}"),
+        np(
+            "z",
+            "one-pod",
+            "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}",
+        ),
+    ]);
+    let c = e.coverage();
+    let ns = |n: &str| {
+        c.namespaces
+            .iter()
+            .find(|c| c.namespace == n)
+            .unwrap()
+            .clone()
+    };
+    assert!(ns("x").ingress_default_deny && !ns("x").egress_default_deny);
+    assert!(!ns("y").ingress_default_deny);
+    assert!(!ns("z").ingress_default_deny && ns("z").egress_default_deny);
+    assert_eq!(ns("z").policies, 2);
+}
+
+// ---- the real binary (`flowwatch policy ...`) ----
+
+fn flowwatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flowwatch"))
+}
+
+#[test]
+fn binary_eval_matches_the_library_and_reads_stdin() {
+    let expected = run_eval(&fixture_engine("cluster.yaml"), &flows());
+    let from_file = flowwatch()
+        .args(["policy", "eval", "--snapshot"])
+        .arg(fixture("cluster.yaml"))
+        .arg("--flows")
+        .arg(fixture("flows.jsonl"))
+        .output()
+        .unwrap();
+    assert!(from_file.status.success());
+    let lines: Vec<Value> = String::from_utf8(from_file.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, expected);
+    let stderr = String::from_utf8(from_file.stderr).unwrap();
+    assert!(
+        stderr.contains("warning: skipped NetworkPolicy shop/broken: spec.ingress[0].from[0].ipBlock.cidr: invalid CIDR"),
+        "{stderr}"
+    );
+
+    let mut child = flowwatch()
+        .args([
+            "policy",
+            "eval",
+            "--ipblock-matches-pod-ips=false",
+            "--snapshot",
+        ])
+        .arg(fixture("cluster.json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"src\": \"shop/frontend-7d9f-abcde\", \"dst\": \"shop/api-5c6b-xyz12\", \"port\": 8080}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["verdict"], "allowed");
+}
+
+#[test]
+fn binary_fails_only_when_the_snapshot_cannot_be_read() {
+    let missing = flowwatch()
+        .args([
+            "policy",
+            "eval",
+            "--snapshot",
+            "/nonexistent/snapshot.yaml",
+            "--flows",
+        ])
+        .arg(fixture("flows.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read snapshot"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.yaml");
+    std::fs::write(&garbage, "items: [unclosed").unwrap();
+    let bad = flowwatch()
+        .args(["policy", "coverage", "--snapshot"])
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn binary_explain_and_coverage() {
+    let explain = flowwatch()
+        .args(["policy", "explain", "--snapshot"])
+        .arg(fixture("cluster.yaml"))
+        .args([
+            "--from",
+            "shop/frontend-7d9f-abcde",
+            "--to",
+            "shop/api-5c6b-xyz12",
+            "--port",
+            "8080/TCP",
+        ])
+        .output()
+        .unwrap();
+    assert!(explain.status.success());
+    let text = String::from_utf8(explain.stdout).unwrap();
+    assert!(text.contains("on 8080/TCP: allowed"), "{text}");
+    assert!(
+        text.contains("rule egress[0]: to[0] matches; ports[0] matches -> ALLOWS"),
+        "{text}"
+    );
+
+    let unknown = flowwatch()
+        .args(["policy", "explain", "--snapshot"])
+        .arg(fixture("cluster.yaml"))
+        .args(["--from", "shop/ghost", "--to", "10.0.0.1", "--port", "80"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown pod shop/ghost"));
+
+    let coverage = flowwatch()
+        .args(["policy", "coverage", "--output", "json", "--snapshot"])
+        .arg(fixture("cluster.yaml"))
+        .output()
+        .unwrap();
+    assert!(coverage.status.success());
+    let c: Value = serde_json::from_slice(&coverage.stdout).unwrap();
+    assert_eq!(
+        c["policies_selecting_no_pod"],
+        json!(["shop/cache-ingress"])
+    );
+}
