@@ -1,0 +1,409 @@
+//! The Helm chart: `helm lint`, `helm template` with the defaults and with every option, what a
+//! cautious platform team checks in the DaemonSet, the values-to-env mapping, the embedded rules
+//! and dashboard, the README's coverage of values.yaml, and drift of the rendered manifests.
+//!
+//! helm is built from its Go module by `cargo xtask render-manifests` (xtask `ensure_helm`) into
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/helm-v3.22.0/helm`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml::Value;
+use support::privileged::require;
+
+const HELM_VERSION: &str = "v3.22.0";
+const KUBE_VERSION: &str = "v1.34.0";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn chart() -> PathBuf {
+    repo().join("deploy/helm/flowwatch")
+}
+
+fn helm() -> Result<PathBuf, String> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or("neither XDG_CACHE_HOME nor HOME is set")?;
+    let p = base.join(format!("flowwatch/helm-{HELM_VERSION}/helm"));
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} missing (run `cargo xtask render-manifests`, which builds it)",
+            p.display()
+        ))
+    }
+}
+
+macro_rules! need_helm {
+    ($what:expr) => {
+        match helm() {
+            Ok(h) => h,
+            Err(e) => {
+                require($what, Err(e));
+                return;
+            }
+        }
+    };
+}
+
+fn template(helm: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(helm)
+        .args(["template", "flowwatch"])
+        .arg(chart())
+        .args(["--namespace", "flowwatch", "--kube-version", KUBE_VERSION])
+        .args(args)
+        .output()
+        .expect("run helm");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+use serde::Deserialize;
+
+fn find<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+fn env(container: &Value) -> BTreeMap<String, Value> {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let v = if e["value"].is_null() {
+                e["valueFrom"].clone()
+            } else {
+                e["value"].clone()
+            };
+            (e["name"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn helm_lint_passes_with_defaults_and_with_every_option() {
+    let helm = need_helm!("helm lint");
+    for set in [
+        "",
+        "serviceMonitor.enabled=true,prometheusRule.enabled=true,podMonitor.enabled=true,namespace.create=true,tolerateAllTaints=true,agent.flowLog=-,agent.labelAllowlist={app,team},extraCapabilities={SYS_RESOURCE},priorityClassName=system-node-critical,image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ] {
+        let mut cmd = Command::new(&helm);
+        cmd.args(["lint", "--strict", "--kube-version", KUBE_VERSION]).arg(chart());
+        if !set.is_empty() {
+            cmd.args(["--set", set]);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("0 chart(s) failed"), "helm lint --set {set}:\n{text}");
+    }
+}
+
+#[test]
+fn the_daemonset_is_what_a_cautious_platform_team_expects() {
+    let helm = need_helm!("helm template");
+    let objs = docs(&template(&helm, &[]).unwrap());
+    let ds = find(&objs, "DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"], Value::Bool(true));
+    assert_eq!(spec["hostPID"], Value::Bool(false));
+    assert_eq!(spec["hostIPC"], Value::Bool(false));
+    assert_eq!(spec["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_eq!(spec["serviceAccountName"], "flowwatch");
+    let containers = spec["containers"].as_sequence().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], Value::Bool(false));
+    assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true));
+    assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    let caps = |k: &str| -> Vec<String> {
+        sc["capabilities"][k]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(caps("drop"), vec!["ALL"]);
+    assert_eq!(caps("add"), vec!["BPF", "PERFMON", "NET_ADMIN"]);
+    // Probes on the agent's own endpoints.
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["ports"][0]["containerPort"], Value::from(9810));
+    for k in ["requests", "limits"] {
+        for r in ["cpu", "memory"] {
+            assert!(!c["resources"][k][r].is_null(), "resources.{k}.{r} missing");
+        }
+    }
+    // Host mounts: tracefs read-only, bpffs.
+    let mounts: BTreeMap<&str, &Value> = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| (m["mountPath"].as_str().unwrap(), m))
+        .collect();
+    assert_eq!(mounts["/sys/kernel/tracing"]["readOnly"], Value::Bool(true));
+    assert!(mounts.contains_key("/sys/fs/bpf"));
+    let host_paths: Vec<&str> = spec["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert_eq!(host_paths, vec!["/sys/kernel/tracing", "/sys/fs/bpf"]);
+    // Rolling update without surge (host port).
+    let us = &ds["spec"]["updateStrategy"];
+    assert_eq!(us["type"], "RollingUpdate");
+    assert_eq!(us["rollingUpdate"]["maxSurge"], Value::from(0));
+    // Control-plane nodes tolerated, no catch-all by default.
+    let tol = spec["tolerations"].as_sequence().unwrap();
+    assert!(tol
+        .iter()
+        .any(|t| t["key"] == "node-role.kubernetes.io/control-plane"));
+    assert!(tol.iter().all(|t| !t["key"].is_null()));
+    // The node name from the downward API.
+    let e = env(c);
+    assert_eq!(
+        e["FLOWWATCH_NODE_NAME"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert_eq!(e["FLOWWATCH_LISTEN"], "0.0.0.0:9810");
+    assert_eq!(e["FLOWWATCH_MOUNT_TRACEFS"], "false");
+    assert!(
+        !e.contains_key("FLOWWATCH_FLOW_LOG"),
+        "flow log off by default"
+    );
+    // Selector labels are stable (no version in them).
+    let sel = ds["spec"]["selector"]["matchLabels"].as_mapping().unwrap();
+    assert_eq!(sel.len(), 2, "{sel:?}");
+}
+
+#[test]
+fn every_agent_setting_maps_to_its_env_var() {
+    let helm = need_helm!("helm template");
+    let objs = docs(
+        &template(
+            &helm,
+            &[
+                "--set",
+                "agent.port=9999,agent.listenAddress=127.0.0.1,agent.interfaces={eth0,veth*},agent.flowLog=-,agent.pollIntervalMs=250,agent.idleTimeoutSecs=5,agent.flowsMaxEntries=131072,agent.ignoreCidrs={10.0.0.0/8},agent.labelAllowlist={app,team},agent.ipblockMatchesPodIps=false,agent.kube=false,agent.logFormat=text,agent.logLevel=debug,agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=50,agent.seriesTtlSecs=60,tolerateAllTaints=true,extraCapabilities={SYS_RESOURCE}",
+            ],
+        )
+        .unwrap(),
+    );
+    let ds = find(&objs, "DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let e = env(c);
+    for (k, v) in [
+        ("FLOWWATCH_LISTEN", "127.0.0.1:9999"),
+        ("FLOWWATCH_INTERFACES", "eth0,veth*"),
+        ("FLOWWATCH_FLOW_LOG", "-"),
+        ("FLOWWATCH_POLL_INTERVAL_MS", "250"),
+        ("FLOWWATCH_IDLE_TIMEOUT_SECS", "5"),
+        ("FLOWWATCH_FLOWS_MAX_ENTRIES", "131072"),
+        ("FLOWWATCH_IGNORE_CIDRS", "10.0.0.0/8"),
+        ("FLOWWATCH_LABEL_ALLOWLIST", "app,team"),
+        ("FLOWWATCH_IPBLOCK_MATCHES_POD_IPS", "false"),
+        ("FLOWWATCH_KUBE", "false"),
+        ("FLOWWATCH_LOG_FORMAT", "text"),
+        ("FLOWWATCH_LOG", "debug"),
+        ("FLOWWATCH_SERIES_BUDGET", "500"),
+        ("FLOWWATCH_SERIES_BUDGET_PER_NAMESPACE", "50"),
+        ("FLOWWATCH_SERIES_TTL_SECS", "60"),
+    ] {
+        assert_eq!(e[k], v, "{k}");
+    }
+    assert_eq!(c["ports"][0]["containerPort"], Value::from(9999));
+    let add = c["securityContext"]["capabilities"]["add"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(add.last().unwrap(), "SYS_RESOURCE");
+    let tol = spec["tolerations"].as_sequence().unwrap();
+    assert!(tol
+        .iter()
+        .any(|t| t["operator"] == "Exists" && t["key"].is_null()));
+    let svc = find(&objs, "Service");
+    assert_eq!(svc["spec"]["ports"][0]["port"], Value::from(9999));
+}
+
+#[test]
+fn prometheus_operator_objects_and_the_dashboard_embed_the_shipped_files() {
+    let helm = need_helm!("helm template");
+    let objs = docs(
+        &template(
+            &helm,
+            &[
+                "--set",
+                "serviceMonitor.enabled=true,prometheusRule.enabled=true,podMonitor.enabled=true",
+            ],
+        )
+        .unwrap(),
+    );
+    let rules: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("files/rules.yaml")).unwrap())
+            .unwrap();
+    let pr = find(&objs, "PrometheusRule");
+    assert_eq!(
+        pr["spec"]["groups"], rules["groups"],
+        "PrometheusRule differs from files/rules.yaml"
+    );
+    let sm = find(&objs, "ServiceMonitor");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    let svc = find(&objs, "Service");
+    // The ServiceMonitor selects the Service.
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "Service lacks selector label {k:?}"
+        );
+    }
+    let pm = find(&objs, "PodMonitor");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let cm = objs
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("dashboard ConfigMap with grafana_dashboard=\"1\"");
+    let embedded: serde_json::Value =
+        serde_json::from_str(cm["data"]["flowwatch-dashboard.json"].as_str().unwrap()).unwrap();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("files/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(embedded, file);
+    // Off by default: no CRD-dependent objects.
+    let defaults = docs(&template(&helm, &[]).unwrap());
+    for kind in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "Namespace",
+    ] {
+        assert!(
+            defaults.iter().all(|o| o["kind"] != kind),
+            "{kind} rendered by default"
+        );
+    }
+}
+
+#[test]
+fn a_service_monitor_without_a_service_is_a_clear_error() {
+    let helm = need_helm!("helm template");
+    let err = template(
+        &helm,
+        &["--set", "serviceMonitor.enabled=true,service.enabled=false"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("serviceMonitor.enabled needs service.enabled"),
+        "{err}"
+    );
+}
+
+/// Every leaf key of values.yaml, as a dotted path.
+fn leaf_keys(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Mapping(m) if !m.is_empty() => {
+            for (k, v) in m {
+                let k = k.as_str().unwrap();
+                let p = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                // Probe and strategy bodies are Kubernetes objects, documented as a whole.
+                if [
+                    "livenessProbe",
+                    "readinessProbe",
+                    "updateStrategy",
+                    "resources",
+                    "securityContext",
+                    "namespace.labels",
+                    "grafanaDashboard.labels",
+                    "nodeSelector",
+                ]
+                .contains(&p.as_str())
+                {
+                    out.push(p);
+                } else {
+                    leaf_keys(v, &p, out);
+                }
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+#[test]
+fn the_chart_readme_documents_every_value() {
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let mut keys = Vec::new();
+    leaf_keys(&values, "", &mut keys);
+    assert!(keys.len() > 40, "{keys:?}");
+    let missing: Vec<_> = keys
+        .iter()
+        .filter(|k| !readme.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values not documented in the chart README: {missing:?}"
+    );
+}
+
+#[test]
+fn the_rendered_manifests_match_the_chart() {
+    let helm = need_helm!("manifest drift");
+    let header =
+        "# Rendered from deploy/helm/flowwatch by `cargo xtask render-manifests`. Do not edit:\n\
+                  # change the chart (or its values) and render again.\n";
+    let core = template(&helm, &["--set", "namespace.create=true"]).unwrap();
+    let operator = template(
+        &helm,
+        &[
+            "--set",
+            "serviceMonitor.enabled=true,prometheusRule.enabled=true",
+            "--show-only",
+            "templates/servicemonitor.yaml",
+            "--show-only",
+            "templates/prometheusrule.yaml",
+        ],
+    )
+    .unwrap();
+    for (file, want) in [
+        ("deploy/manifests/flowwatch.yaml", format!("{header}{core}")),
+        (
+            "deploy/manifests/flowwatch-prometheus-operator.yaml",
+            format!("{header}# Needs the Prometheus Operator CRDs (monitoring.coreos.com/v1).\n{operator}"),
+        ),
+    ] {
+        let got = std::fs::read_to_string(repo().join(file)).unwrap_or_default();
+        assert!(got == want, "{file} drifted from the chart: run `cargo xtask render-manifests` and commit");
+    }
+}
