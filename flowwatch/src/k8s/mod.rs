@@ -540,6 +540,16 @@ async fn run_kind<K>(
             };
             let event = match item {
                 None => break,
+                Some(Err(watcher::Error::WatchError(e))) if e.code == 410 => {
+                    // The watch expired (410 Gone): the watcher relists by itself; the store
+                    // keeps the last state until the relist completes. Not a failure.
+                    tracing::info!(?kind, "watch expired (410 Gone); relisting");
+                    continue;
+                }
+                Some(Err(watcher::Error::WatchStartFailed(kube::Error::Api(e)))) if e.code == 410 => {
+                    tracing::info!(?kind, "watch expired (410 Gone) at start; relisting");
+                    break;
+                }
                 Some(Err(e)) => {
                     status.failed(kind);
                     tracing::warn!(?kind, error = %e, "watch failed; keeping the last known state and retrying");

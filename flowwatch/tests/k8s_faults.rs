@@ -1,0 +1,297 @@
+//! Faults against a real kube-apiserver: an outage of 30 s, watches that expire (410 Gone),
+//! and objects the agent cannot use.
+
+mod k8s_common;
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowwatch::enrich::{EndpointIndex, EnrichOptions};
+use flowwatch::k8s::{SyncStatus, WatchOptions};
+use flowwatch::model::Protocol;
+use k8s_common::*;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use support::apiserver::{ApiServer, ApiServerOptions};
+use support::privileged;
+use tokio_util::sync::CancellationToken;
+
+fn metrics_text(status: &SyncStatus) -> String {
+    let mut registry = Registry::with_prefix("flowwatch");
+    status.register(&mut registry);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+    out
+}
+
+fn shop_pods(v: &flowwatch::k8s::ClusterView) -> usize {
+    v.inventory
+        .pods
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some("shop"))
+        .count()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_outage_of_30_seconds_runs_on_the_last_state_then_resyncs() {
+    if !privileged::require("k8s API server outage", ApiServer::available()) {
+        return;
+    }
+    let mut api = ApiServer::start().await;
+    let admin = api.admin_client().await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    create_namespace(&admin, "shop", json!({})).await;
+    for i in 0..5 {
+        create_pod(
+            &admin,
+            "shop",
+            &format!("web-{i}"),
+            json!({"app": "web"}),
+            None,
+            "node-a",
+            &format!("10.244.2.{}", 10 + i),
+        )
+        .await;
+    }
+    let w = watch(admin.clone(), &cancel).await;
+    let status = w.status();
+    eventually(&w, FOLLOW, "five pods", |v| shop_pods(v) == 5).await;
+    assert!(status.is_synced());
+    assert!(metrics_text(&status).contains("flowwatch_kube_stale 0"));
+
+    // API server down
+    api.stop_apiserver();
+    let stopped = Instant::now();
+    let noticed = wait_for(
+        "stale after the API server stopped",
+        Duration::from_secs(10),
+        || status.is_stale(),
+    )
+    .await;
+    eprintln!("stale noticed after {noticed:?}");
+    assert!(!status.is_synced(), "not ready while stale");
+    assert!(status.has_synced());
+    let metrics = metrics_text(&status);
+    assert!(metrics.contains("flowwatch_kube_stale 1"), "{metrics}");
+    // 30 s on the last known state
+    while stopped.elapsed() < Duration::from_secs(30) {
+        let view = w.current();
+        assert_eq!(shop_pods(&view), 5, "the last known state is kept");
+        assert!(status.is_stale());
+        let (index, _) =
+            EndpointIndex::build(&view.inventory, &view.owners, &EnrichOptions::default(), 0);
+        assert!(index
+            .resolve("10.244.2.12:80".parse().unwrap(), Protocol::Tcp, 0)
+            .pod()
+            .is_some());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(status.stale_for().unwrap() >= Duration::from_secs(25));
+    let errors_during = status.watch_errors();
+    assert!(errors_during > 0);
+
+    // back: resync
+    api.restart_apiserver().await;
+    let admin = api.admin_client().await;
+    let back = wait_for(
+        "synced after the API server returned",
+        Duration::from_secs(15),
+        || status.is_synced(),
+    )
+    .await;
+    eprintln!("resynced {back:?} after the API server was ready again");
+    assert!(!status.is_stale());
+    assert!(
+        status.relists() >= 8,
+        "every kind relisted: {}",
+        status.relists()
+    );
+    assert!(metrics_text(&status).contains("flowwatch_kube_stale 0"));
+    // and follows changes again
+    create_pod(
+        &admin,
+        "shop",
+        "web-new",
+        json!({}),
+        None,
+        "node-a",
+        "10.244.2.99",
+    )
+    .await;
+    delete_pod(&admin, "shop", "web-0").await;
+    eventually(&w, FOLLOW, "changes after the outage", |v| {
+        pod_in(v, "shop", "web-new").is_some() && pod_in(v, "shop", "web-0").is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_watch_relists_without_losing_state() {
+    if !privileged::require("k8s watch expiry (410 Gone)", ApiServer::available()) {
+        return;
+    }
+    // Without the watch cache, a watch resumed from a compacted revision gets 410 Gone.
+    let api = ApiServer::start_with(ApiServerOptions {
+        watch_cache: false,
+        etcd_compaction_interval: Some(Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    let admin = api.admin_client().await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    create_namespace(&admin, "shop", json!({})).await;
+    for i in 0..10 {
+        create_pod(
+            &admin,
+            "shop",
+            &format!("web-{i}"),
+            json!({}),
+            None,
+            "node-a",
+            &format!("10.244.3.{}", 10 + i),
+        )
+        .await;
+    }
+    let opts = WatchOptions {
+        watch_timeout_secs: Some(2),
+        ..Default::default()
+    };
+    let w = watch_with(admin.clone(), opts, &cancel).await;
+    let status = w.status();
+    eventually(&w, FOLLOW, "ten pods", |v| shop_pods(v) == 10).await;
+
+    // every published view keeps the ten pods
+    let fewest = Arc::new(AtomicUsize::new(usize::MAX));
+    let views = Arc::new(AtomicUsize::new(0));
+    let mut rx = w.subscribe();
+    let (f, n) = (fewest.clone(), views.clone());
+    let sampler = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let count = shop_pods(&rx.borrow_and_update());
+            f.fetch_min(count, Ordering::Relaxed);
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+
+    // advance etcd's revision (objects the agent does not watch) until compaction expires the
+    // pods' watch
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "shop");
+    let start = Instant::now();
+    let mut i = 0;
+    while status.relists() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no relist within 30 s"
+        );
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("cm-{i}")}})).unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "relisted after {:?} and {i} unrelated writes",
+        start.elapsed()
+    );
+    // a change after the relist is followed
+    create_pod(
+        &admin,
+        "shop",
+        "web-new",
+        json!({}),
+        None,
+        "node-a",
+        "10.244.3.99",
+    )
+    .await;
+    eventually(&w, FOLLOW, "pod after relist", |v| {
+        pod_in(v, "shop", "web-new").is_some()
+    })
+    .await;
+    cancel.cancel();
+    sampler.abort();
+    assert_eq!(
+        fewest.load(Ordering::Relaxed).min(10),
+        10,
+        "a view lost pods during the relist"
+    );
+    assert!(
+        !status.is_stale(),
+        "a 410 is not an outage: {:?}",
+        status.report()
+    );
+    assert_eq!(
+        status.watch_errors(),
+        0,
+        "410 is handled, not counted as a failure"
+    );
+    eprintln!(
+        "views published: {}; relists: {}",
+        views.load(Ordering::Relaxed),
+        status.relists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_the_agent_cannot_use_are_reported_and_the_rest_works() {
+    if !privileged::require("k8s unusable objects", ApiServer::available()) {
+        return;
+    }
+    let api = ApiServer::start().await;
+    let admin = api.admin_client().await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let w = watch(admin.clone(), &cancel).await;
+    create_namespace(&admin, "shop", json!({})).await;
+    create_pod(
+        &admin,
+        "shop",
+        "good",
+        json!({}),
+        None,
+        "node-a",
+        "10.244.4.5",
+    )
+    .await;
+    // The API server accepts this legacy form (leading zeros); no IP parser of the agent does.
+    create_pod(
+        &admin,
+        "shop",
+        "odd",
+        json!({}),
+        None,
+        "node-a",
+        "10.244.4.010",
+    )
+    .await;
+    eventually(&w, FOLLOW, "both pods", |v| {
+        pod_in(v, "shop", "odd")
+            .is_some_and(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+            && pod_in(v, "shop", "good").is_some()
+    })
+    .await;
+    let view = w.current();
+    let (index, report) =
+        EndpointIndex::build(&view.inventory, &view.owners, &EnrichOptions::default(), 0);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    let e = report.errors[0].to_string();
+    assert!(e.starts_with("Pod shop/odd: status.podIPs[0].ip"), "{e}");
+    let good = index.resolve("10.244.4.5:80".parse().unwrap(), Protocol::Tcp, 0);
+    assert_eq!(good.pod().map(|p| p.name.as_str()), Some("good"));
+    assert!(w.status().is_synced());
+}
