@@ -48,6 +48,45 @@ impl ClusterWatch {
     }
 }
 
+/// The agent's loader: [`crate::inventory::snapshot::load_files`]; objects it cannot use are
+/// logged (named, with their field) and skipped, the rest is loaded.
+pub fn snapshot_loader() -> Arc<Loader> {
+    Arc::new(|paths: &[PathBuf]| {
+        let (inventory, errors) =
+            crate::inventory::snapshot::load_files(paths).map_err(|e| e.to_string())?;
+        for e in &errors {
+            tracing::warn!(error = %e, "snapshot object skipped");
+        }
+        Ok(inventory)
+    })
+}
+
+/// The source the agent's settings ask for: snapshot files when any are given, else the
+/// Kubernetes API with the default client (in-cluster service account, or `KUBECONFIG`).
+pub async fn from_settings(
+    snapshots: Vec<PathBuf>,
+    kube: bool,
+    cancel: CancellationToken,
+) -> Result<Option<ClusterWatch>, kube::Error> {
+    if !snapshots.is_empty() {
+        return Ok(Some(ClusterWatch::snapshot_files(
+            snapshots,
+            Duration::from_secs(1),
+            snapshot_loader(),
+            cancel,
+        )));
+    }
+    if kube {
+        let client = kube::Client::try_default().await?;
+        return Ok(Some(ClusterWatch::start(
+            client,
+            WatchOptions::default(),
+            cancel,
+        )));
+    }
+    Ok(None)
+}
+
 type Stamp = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
 
 /// The files behind `paths` with their modification time and size.
