@@ -84,12 +84,13 @@ fn load_rbac() -> Rbac {
             })
             .collect::<Vec<_>>()
             .join("\n---");
+        assert!(
+            !text.contains("{{"),
+            "{}: unrendered template left: {text}",
+            template.display()
+        );
         (template.display().to_string(), text)
     };
-    assert!(
-        !text.contains("{{"),
-        "{source}: unrendered template left: {text}"
-    );
     let mut service_account = None;
     let mut cluster_role = None;
     let mut binding = None;
