@@ -30,6 +30,18 @@ enum Command {
     },
     /// Run the whole test suite as CI does (installs what is missing first); ends with totals.
     Test,
+    /// Run a benchmark and print its figures: `capture` (needs root), `policy`, `metrics`, `enrich`.
+    Bench {
+        /// Which benchmark.
+        name: String,
+    },
+}
+
+/// Benchmarks live apart from tests: criterion benches and the capture benchmark are all
+/// `cargo bench` targets of the flowwatch crate.
+fn bench(name: &str) -> anyhow::Result<()> {
+    setup::run()?;
+    setup::run_cmd(std::process::Command::new("cargo").args(["bench", "-p", "flowwatch", "--bench", name]))
 }
 
 fn main() {
@@ -39,6 +51,7 @@ fn main() {
         Command::K8sBins => k8s::build_binaries().map(|_| ()),
         Command::RenderManifests { check } => deploy::render_manifests(check),
         Command::Test => test::run(),
+        Command::Bench { name } => bench(&name),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -15,6 +15,7 @@ use crate::cli::RunArgs;
 use crate::datapath::{self, Datapath, DatapathError, DatapathOptions, InterfacePatterns};
 use crate::flowlog::{FlowRecord, WallClock};
 use crate::model::Nanos;
+use crate::source::FlowSource;
 use pipeline::Pipeline;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     tracing::info!("stopping: flushing flows");
     let done = pipeline.finish_all()?;
+    let losses = pipeline.source.losses()?;
+    tracing::info!(
+        "kernel losses: ringbuf_full={} flows_map_full={} truncated_packets={} flows_dropped_by_agent={} undecodable={}",
+        losses.ringbuf_full,
+        losses.flows_map_full,
+        losses.truncated_packets,
+        pipeline.aggregator().dropped_flows,
+        pipeline.source.undecodable
+    );
     write_records(&mut flow_log, &done, clock, &args)?;
     datapath.detach_all();
     Ok(())

@@ -1,0 +1,227 @@
+//! Capture overhead, measured in one run on this machine (`cargo xtask bench capture`).
+//!
+//! Two namespace pods on a bridge; a client pod opens short TCP connections (1-byte request,
+//! 1-byte answer, close) to a server pod as fast as it can, with the agent off, on, and off
+//! again, and then paced at a fixed rate with the agent on. Reported:
+//! * the connection rate with the agent on over the mean of the two runs without it;
+//! * the agent's CPU seconds per 1,000 connections and its share of one core per 1,000
+//!   connections/s (from /proc/<pid>/stat), its peak RSS (VmHWM);
+//! * events and flows lost (kernel loss counters from the agent's shutdown line, and flow
+//!   records written vs. connections made);
+//! * the BPF programs' own run time per call (kernel.bpf_stats_enabled).
+//!
+//! Not a test: it needs root and prints figures. Environment: FLOWWATCH_BENCH_SECS (default 4),
+//! FLOWWATCH_BENCH_RATE (paced rate, default 2000/s).
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::agent::Agent;
+use support::netns::{Node, Pod};
+
+const THREADS: usize = 2;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Server: accept, read the request byte, answer, close first (TIME_WAIT stays on the server,
+/// so the client's ephemeral ports are not exhausted).
+fn start_server(pod: &Pod, addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listener_thread = pod.run(move || {
+        let l = TcpListener::bind(addr).expect("bind");
+        tx.send(l).unwrap();
+    });
+    listener_thread.join().unwrap();
+    let listener = rx.recv().unwrap();
+    listener.set_nonblocking(false).unwrap();
+    (0..THREADS)
+        .map(|_| {
+            let l = listener.try_clone().unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut b = [0u8; 1];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((mut c, _)) = l.accept() {
+                        let _ = c.read(&mut b);
+                        let _ = c.write_all(&b);
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Opens connections from `pod` for `duration`, at most `rate` per second overall (0 = as fast
+/// as possible). Returns the number completed.
+fn drive(pod: &Pod, addr: SocketAddr, duration: Duration, rate: u64) -> u64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let done = done.clone();
+            pod.run(move || {
+                let start = Instant::now();
+                let per_thread = rate as f64 / THREADS as f64;
+                let mut n = 0u64;
+                let mut buf = [0u8; 1];
+                while start.elapsed() < duration {
+                    if rate > 0 {
+                        let due = start + Duration::from_secs_f64(n as f64 / per_thread);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    if let Ok(mut c) = TcpStream::connect(addr) {
+                        if c.write_all(&[t as u8]).is_ok() && c.read_exact(&mut buf).is_ok() {
+                            let _ = c.read(&mut buf); // EOF: the server closed first
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    done.load(Ordering::Relaxed)
+}
+
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: utime is 14th, stime 15th overall.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// (run_time_ns, run_cnt) of each flowwatch program, summed over loaded instances.
+fn bpf_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    let mut stats = std::collections::BTreeMap::new();
+    for p in v.as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("");
+        if ["tcp_state", "tc_ingress", "tc_egress"].contains(&name) {
+            let e = stats.entry(name.to_string()).or_insert((0, 0));
+            e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            e.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    stats
+}
+
+fn main() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP capture benchmark: needs root");
+        return;
+    }
+    let secs = Duration::from_secs(env_u64("FLOWWATCH_BENCH_SECS", 4));
+    let paced = env_u64("FLOWWATCH_BENCH_RATE", 2000);
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    client.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
+    let addr = SocketAddr::new(server.ipv4.into(), 9000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = start_server(server, addr, stop.clone());
+    let _ = std::process::Command::new("sysctl")
+        .args(["-qw", "kernel.bpf_stats_enabled=1"])
+        .status();
+
+    let agent_args = ["--interfaces", &node.interface_glob()];
+    drive(client, addr, Duration::from_millis(500), 0); // warm-up
+    let off1 = drive(client, addr, secs, 0);
+    let mut agent = Agent::start(&agent_args);
+    let on = drive(client, addr, secs, 0);
+    let _ = agent.stop();
+    let off2 = drive(client, addr, secs, 0);
+
+    let rate = |n: u64| n as f64 / secs.as_secs_f64();
+    let baseline = (rate(off1) + rate(off2)) / 2.0;
+    println!("capture: flat-out TCP connections/s without agent {:.0} and {:.0}, with agent {:.0}", rate(off1), rate(off2), rate(on));
+    println!("capture: ratio with/without = {:.3}", rate(on) / baseline);
+
+    // Paced run: the agent's own cost per connection, and loss.
+    let mut agent = Agent::start(&agent_args);
+    let pid = agent.pid();
+    let bpf_before = bpf_stats();
+    let cpu_before = proc_cpu_seconds(pid);
+    let made = drive(client, addr, secs, paced);
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu = proc_cpu_seconds(pid) - cpu_before;
+    let rss = peak_rss_kib(pid);
+    let bpf_after = bpf_stats();
+    let (_, records) = agent.stop();
+    let ours = records
+        .iter()
+        .filter(|r| r["dst"]["port"] == 9000 && r["src"]["ip"] == client.ipv4.to_string())
+        .count() as u64;
+    let losses = agent
+        .stderr()
+        .lines()
+        .find(|l| l.contains("kernel losses"))
+        .unwrap_or("kernel losses: (not reported)")
+        .to_string();
+    let paced_rate = rate(made);
+    println!("capture: paced at {paced}/s: {made} connections ({paced_rate:.0}/s), {ours} flow records");
+    println!(
+        "capture: agent CPU {:.3} s = {:.3} CPU-s per 1,000 connections = {:.2}% of one core per 1,000 connections/s",
+        cpu,
+        cpu / made.max(1) as f64 * 1000.0,
+        cpu / secs.as_secs_f64() * 100.0 / (paced_rate / 1000.0)
+    );
+    println!("capture: agent peak RSS {:.1} MiB", rss as f64 / 1024.0);
+    println!("capture: {}", losses.split("kernel losses").nth(1).map(|s| format!("kernel losses{s}")).unwrap_or(losses));
+    println!("capture: connections without a record: {}", made.saturating_sub(ours));
+    for (name, (t1, c1)) in &bpf_after {
+        let (t0, c0) = bpf_before.get(name).copied().unwrap_or((0, 0));
+        let calls = c1.saturating_sub(c0);
+        if calls > 0 {
+            println!(
+                "capture: bpf {name}: {calls} runs, {:.0} ns per run, {:.2} runs per connection",
+                (t1 - t0) as f64 / calls as f64,
+                calls as f64 / made.max(1) as f64
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    // Unblock the acceptors.
+    for _ in 0..THREADS {
+        client.run(move || {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        })
+        .join()
+        .ok();
+    }
+    for s in servers {
+        let _ = s.join();
+    }
+}
