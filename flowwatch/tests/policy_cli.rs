@@ -229,7 +229,7 @@ fn explain_names_policies_and_rules_of_both_sides() {
         "rule ingress[0]: no from peer matches; ports[0] matches -> does not allow",
         "warning: policy shop/broken is invalid and was skipped",
     ] {
-        assert!(text.contains(&needle), "missing {needle:?} in:\n{text}");
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     let ok = e
         .explain(

@@ -233,7 +233,7 @@ fn stacked_policies_with_overlapping_pod_selectors() {
         .set("*/*", "x/a", false)
         .set("y/*", "x/a", true);
     let closed = Reach::all(true).set("*/*", "x/a", false);
-    let first = engine(&[p80.clone()]);
+    let first = engine(std::slice::from_ref(&p80));
     assert_reach(&first, 80, Tcp, &only_y);
     assert_reach(&first, 81, Tcp, &closed);
     let both = engine(&[p80, p81]);
@@ -331,7 +331,7 @@ fn ingress_from_updated_namespace() {
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns2: updated}}}]}]}",
     );
     let closed = Reach::all(true).set("*/*", "x/a", false);
-    let e = engine(&[policy.clone()]);
+    let e = engine(std::slice::from_ref(&policy));
     assert_reach(&e, 80, Tcp, &closed);
 
     let mut inv = inventory(&[policy]);
@@ -357,7 +357,7 @@ fn ingress_from_updated_pod() {
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod2: updated}}}]}]}",
     );
     let closed = Reach::all(true).set("*/*", "x/a", false);
-    assert_reach(&engine(&[policy.clone()]), 80, Tcp, &closed);
+    assert_reach(&engine(std::slice::from_ref(&policy)), 80, Tcp, &closed);
 
     let mut inv = inventory(&[policy]);
     let b = inv
@@ -395,7 +395,12 @@ fn deny_ingress_to_updated_pod() {
         "deny-target",
         "{podSelector: {matchLabels: {target: 'true'}}, ingress: []}",
     );
-    assert_reach(&engine(&[policy.clone()]), 80, Tcp, &Reach::all(true));
+    assert_reach(
+        &engine(std::slice::from_ref(&policy)),
+        80,
+        Tcp,
+        &Reach::all(true),
+    );
     let mut inv = inventory(&[policy]);
     let a = inv
         .pods
@@ -509,7 +514,7 @@ fn ingress_allow_all_policy_takes_precedence() {
         "only-80",
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: 80}]}]}",
     );
-    let one = engine(&[narrow.clone()]);
+    let one = engine(std::slice::from_ref(&narrow));
     assert_reach(&one, 80, Tcp, &Reach::all(true));
     assert_reach(&one, 81, Tcp, &Reach::all(true).set("*/*", "x/a", false));
     let both = engine(&[
@@ -530,7 +535,7 @@ fn egress_allow_all_policy_takes_precedence() {
         "egress-80",
         "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{ports: [{port: 80}]}]}",
     );
-    let one = engine(&[narrow.clone()]);
+    let one = engine(std::slice::from_ref(&narrow));
     assert_reach(&one, 80, Tcp, &Reach::all(true));
     assert_reach(&one, 81, Tcp, &Reach::all(true).set("x/a", "*/*", false));
     let both = engine(&[
@@ -572,7 +577,7 @@ fn egress_to_a_server_in_a_cidr_block() {
             pod_ip("y", "b")
         ),
     );
-    let e = engine(&[policy.clone()]);
+    let e = engine(std::slice::from_ref(&policy));
     assert_reach(
         &e,
         80,

@@ -176,6 +176,12 @@ fn ref_selector(s: &LabelSelector, labels: &Labels) -> bool {
     true
 }
 
+/// A rule's peers and ports, whichever direction it is.
+type RuleRefs<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
+
 struct Reference<'a> {
     w: &'a World,
     valid: Vec<&'a NetworkPolicy>,
@@ -333,10 +339,7 @@ impl Reference<'_> {
                 .position(|x| Some(*x) == pol.metadata.namespace.as_deref())
                 .unwrap();
             let spec = pol.spec.as_ref().unwrap();
-            let rules: Vec<(
-                Option<&Vec<NetworkPolicyPeer>>,
-                Option<&Vec<NetworkPolicyPort>>,
-            )> = if ingress {
+            let rules: Vec<RuleRefs> = if ingress {
                 spec.ingress
                     .iter()
                     .flatten()

@@ -356,7 +356,7 @@ fn ipblock_matching_pod_addresses_is_a_choice() {
         "from-pod-cidr",
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}}, {ipBlock: {cidr: 198.51.100.0/24}}]}]}",
     );
-    let upstream = engine(&[policy.clone()]);
+    let upstream = engine(std::slice::from_ref(&policy));
     let cilium = engine_with(
         &[policy],
         PolicyOptions {

@@ -62,9 +62,9 @@ pub fn world_yaml() -> String {
             let mut ports = String::new();
             for port in [80, 81] {
                 for proto in ["TCP", "UDP", "SCTP"] {
-                    write!(
+                    writeln!(
                         ports,
-                        "      - {{name: serve-{port}-{}, containerPort: {port}, protocol: {proto}}}\n",
+                        "      - {{name: serve-{port}-{}, containerPort: {port}, protocol: {proto}}}",
                         proto.to_lowercase()
                     )
                     .unwrap();
