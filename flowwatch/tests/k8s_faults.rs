@@ -84,6 +84,8 @@ async fn an_api_server_outage_of_30_seconds_runs_on_the_last_state_then_resyncs(
     .await;
     eprintln!("stale noticed after {noticed:?}");
     assert!(!status.is_synced(), "not ready while stale");
+    let why = status.readiness().unwrap_err();
+    assert!(why.contains("running on the last known state"), "{why}");
     assert!(status.has_synced());
     let metrics = metrics_text(&status);
     assert!(metrics.contains("flowwatch_kube_stale 1"), "{metrics}");
@@ -115,6 +117,7 @@ async fn an_api_server_outage_of_30_seconds_runs_on_the_last_state_then_resyncs(
     .await;
     eprintln!("resynced {back:?} after the API server was ready again");
     assert!(!status.is_stale());
+    assert_eq!(status.readiness(), Ok(()));
     assert!(
         status.relists() >= 8,
         "every kind relisted: {}",

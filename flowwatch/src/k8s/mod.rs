@@ -178,6 +178,26 @@ impl SyncStatus {
         self.has_synced() && !self.is_stale()
     }
 
+    /// The cache half of `/readyz` as a reason: `Ok(())` when synced, else why not (for
+    /// `http::Readiness::set_not_ready`).
+    pub fn readiness(&self) -> Result<(), String> {
+        let r = self.report();
+        if !r.unsynced_kinds.is_empty() {
+            return Err(format!(
+                "kube caches not synced: {}",
+                r.unsynced_kinds.join(", ")
+            ));
+        }
+        if r.stale {
+            return Err(format!(
+                "kube API watch failing for {:.0} s ({}); running on the last known state",
+                r.stale_for_secs.unwrap_or(0.0),
+                r.failing_kinds.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
     /// Every kind has listed at least once (the caches hold a complete state, maybe old).
     pub fn has_synced(&self) -> bool {
         self.kinds.iter().all(|k| k.synced.load(Ordering::Acquire))
