@@ -786,6 +786,22 @@ proptest! {
             }
             // explain() never disagrees with evaluate().
             let x = engine.explain(&Peer::Ip(r.ip_of(src)), &Peer::Ip(r.ip_of(dst)), port, proto).unwrap();
+            // The explanation's per-rule outcomes (computed from the selectors directly) name
+            // exactly the rules the fast path reports.
+            for (side, result) in [(&x.ingress, &got.ingress), (&x.egress, &got.egress)] {
+                if result.reason == flowwatch::policy::SideReason::RuleMatched
+                    || result.reason == flowwatch::policy::SideReason::NoRuleMatched
+                {
+                    let allowing: Vec<(String, usize)> = side
+                        .policies
+                        .iter()
+                        .flat_map(|p| p.rules.iter().filter(|r| r.allows()).map(|r| (p.policy.to_string(), r.index)))
+                        .collect();
+                    let reported: Vec<(String, usize)> =
+                        result.allowed_by.iter().map(|r| (r.policy.to_string(), r.rule)).collect();
+                    prop_assert_eq!(allowing, reported);
+                }
+            }
             prop_assert_eq!(x.flow, got);
         }
         // Then the whole pod matrix on one warm engine: pods sharing an identity share cache

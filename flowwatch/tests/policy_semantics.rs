@@ -492,9 +492,14 @@ fn verdicts_are_cached_per_identity_not_per_pod() {
         assert_eq!(v.verdict, Verdict::Allowed);
     }
     assert_eq!(e.cached_results(), 1, "one entry for three replicas");
+    // Other peers on the same port use the same entry (it holds the peer tests)...
     let denied = e.evaluate_ips(pod_ip("y", "a"), ip("10.8.0.1"), 80, Tcp);
     assert_eq!(denied.verdict, Verdict::Denied);
-    assert_eq!(e.cached_results(), 2);
+    assert_eq!(e.cached_results(), 1);
+    // ...another port or protocol is another entry.
+    e.evaluate_ips(pod_ip("x", "a"), ip("10.8.0.1"), 81, Tcp);
+    e.evaluate_ips(pod_ip("x", "a"), ip("10.8.0.1"), 80, Udp);
+    assert_eq!(e.cached_results(), 3);
     // A hit gives the same answer as the first evaluation.
     assert_eq!(
         e.evaluate_ips(pod_ip("y", "a"), ip("10.8.0.2"), 80, Tcp),

@@ -40,6 +40,9 @@ pub enum PeerMatcher {
         namespaces: NamespaceScope,
         /// A missing `podSelector` selects every pod of the selected namespaces.
         pods: Selector,
+        /// Position among every pod peer of the engine (the engine precomputes, per pod peer,
+        /// the set of pod identities it selects).
+        id: u32,
     },
     Block(IpBlockMatcher),
 }
@@ -77,11 +80,11 @@ impl CompiledPolicy {
 }
 
 /// Compiles one policy. `index` is its position in the inventory (to name it when it has no
-/// name); `next_block_id` numbers the ipBlocks across the whole engine.
+/// name); `next_peer_id` numbers the pod peers across the whole engine.
 pub fn compile_policy(
     np: &NetworkPolicy,
     index: usize,
-    next_block_id: &mut u32,
+    next_peer_id: &mut u32,
 ) -> Result<CompiledPolicy, ObjectError> {
     let namespace = np.metadata.namespace.clone().unwrap_or_default();
     let name = np.metadata.name.clone().unwrap_or_default();
@@ -142,7 +145,7 @@ pub fn compile_policy(
                 rule.ports.as_deref(),
                 &path,
                 "from",
-                next_block_id,
+                next_peer_id,
             )
             .map_err(|(f, m)| fail(f, m))?,
         );
@@ -156,7 +159,7 @@ pub fn compile_policy(
                 rule.ports.as_deref(),
                 &path,
                 "to",
-                next_block_id,
+                next_peer_id,
             )
             .map_err(|(f, m)| fail(f, m))?,
         );
@@ -200,12 +203,12 @@ fn compile_rule(
     ports: Option<&[NetworkPolicyPort]>,
     path: &str,
     peers_field: &str,
-    next_block_id: &mut u32,
+    next_peer_id: &mut u32,
 ) -> Result<Rule, FieldError> {
     let mut rule = Rule::default();
     for (i, peer) in peers.unwrap_or_default().iter().enumerate() {
         let path = format!("{path}.{peers_field}[{i}]");
-        rule.peers.push(compile_peer(peer, &path, next_block_id)?);
+        rule.peers.push(compile_peer(peer, &path, next_peer_id)?);
     }
     for (i, port) in ports.unwrap_or_default().iter().enumerate() {
         let m = PortMatcher::compile(port)
@@ -218,7 +221,7 @@ fn compile_rule(
 fn compile_peer(
     peer: &NetworkPolicyPeer,
     path: &str,
-    next_block_id: &mut u32,
+    next_peer_id: &mut u32,
 ) -> Result<PeerMatcher, FieldError> {
     let has_selector = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
     match (&peer.ip_block, has_selector) {
@@ -231,9 +234,7 @@ fn compile_peer(
             "ipBlock cannot be combined with podSelector or namespaceSelector".into(),
         )),
         (Some(block), false) => {
-            let id = *next_block_id;
-            *next_block_id += 1;
-            IpBlockMatcher::compile(id, &block.cidr, block.except.as_deref().unwrap_or_default())
+            IpBlockMatcher::compile(&block.cidr, block.except.as_deref().unwrap_or_default())
                 .map(PeerMatcher::Block)
                 .map_err(|e| (format!("{path}.ipBlock.{}", e.field), e.message))
         }
@@ -249,7 +250,13 @@ fn compile_peer(
                     &format!("{path}.namespaceSelector"),
                 )?),
             };
-            Ok(PeerMatcher::Pods { namespaces, pods })
+            let id = *next_peer_id;
+            *next_peer_id += 1;
+            Ok(PeerMatcher::Pods {
+                namespaces,
+                pods,
+                id,
+            })
         }
     }
 }

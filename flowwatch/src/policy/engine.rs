@@ -1,10 +1,12 @@
-//! The compiled engine: policies indexed by the pods they select, and the per-side evaluation
-//! behind a verdict cache keyed by identity.
+//! The compiled engine: policies indexed by the pods they select, pod peers precomputed as
+//! sets of identities, and the per-side evaluation behind a cache of what each identity
+//! allows on each port.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::allowance::{Allowance, BitSet, PeerTest};
 use super::cluster::{Cluster, Endpoint, NsId, PodId};
 use super::compile::{
     compile_policy, declared_directions, CompiledPolicy, Direction, NamespaceScope, PeerMatcher,
@@ -19,18 +21,18 @@ use crate::inventory::{Inventory, ObjectError};
 use crate::model::Protocol;
 
 pub(crate) type PolicyId = u32;
-type IdentityId = u32;
-/// Identifies the set of ipBlocks an address falls in (0: none).
-type BlockSetId = u32;
+pub(crate) type IdentityId = u32;
 
-/// Upper bound on cached side results; past it the cache starts over (a rebuild-free,
-/// allocation-free way to bound memory when external addresses churn).
-const CACHE_CAPACITY: usize = 1 << 20;
+/// Upper bound on cached allowances (identity x port x protocol x direction); past it the
+/// cache starts over, which bounds memory when flows hit many distinct ports.
+const CACHE_CAPACITY: usize = 1 << 18;
 
 /// Pods that policies cannot tell apart: same namespace, same labels, same named ports.
 /// Every pod of a Deployment usually shares one identity, so verdicts are cached per identity.
 #[derive(Debug)]
 pub(crate) struct Identity {
+    /// One pod of the identity (for its namespace, labels and named ports).
+    pub pod: PodId,
     /// Policies of the namespace whose podSelector selects this identity, per direction
     /// (only policies whose policyTypes include that direction).
     pub ingress: Vec<PolicyId>,
@@ -65,23 +67,21 @@ pub(crate) struct End {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum PeerKey {
-    /// A pod peer: its identity and which ipBlocks its address falls in.
-    Pod(IdentityId, BlockSetId),
-    /// Any other peer: its address (and the host-network pod, whose named ports matter).
-    Other(Option<IpAddr>, Option<PodId>),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct CacheKey {
+struct AllowKey {
     dir: Direction,
-    subject: IdentityId,
-    peer: PeerKey,
+    identity: IdentityId,
     port: u16,
     protocol: Protocol,
 }
 
-type Cache = FastMap<CacheKey, (SideVerdict, Arc<[RuleRef]>)>;
+/// Allowances computed so far, and the rule lists of flows several rules allow at once.
+#[derive(Debug, Default)]
+struct Cache {
+    index: FastMap<AllowKey, u32>,
+    entries: Vec<Allowance>,
+    /// (entry, bit mask of its allowing rules) -> the rules
+    combos: FastMap<(u32, u64), Arc<[RuleRef]>>,
+}
 
 /// The NetworkPolicy engine. Immutable once built; apply a change of the cluster by building a
 /// new one (the verdict cache lives and dies with the engine, so it never serves a verdict
@@ -97,7 +97,8 @@ pub struct PolicyEngine {
     pub(crate) skipped: Vec<SkippedPolicy>,
     pub(crate) identities: Vec<Identity>,
     pub(crate) pod_identity: Vec<IdentityId>,
-    block_sets: FastMap<IpAddr, BlockSetId>,
+    /// Per pod peer (`PeerMatcher::Pods::id`): the identities it selects.
+    pod_sets: Vec<BitSet>,
     cache: Mutex<Cache>,
     empty: Arc<[RuleRef]>,
 }
@@ -115,9 +116,9 @@ impl PolicyEngine {
 
         let mut policies = Vec::with_capacity(inventory.network_policies.len());
         let mut skipped = Vec::new();
-        let mut next_block_id = 0;
+        let mut next_peer_id = 0;
         for (i, np) in inventory.network_policies.iter().enumerate() {
-            match compile_policy(np, i, &mut next_block_id) {
+            match compile_policy(np, i, &mut next_peer_id) {
                 Ok(p) => policies.push(p),
                 Err(e) => {
                     let ns = np.metadata.namespace.clone().unwrap_or_default();
@@ -146,10 +147,11 @@ impl PolicyEngine {
         let mut interned: HashMap<(NsId, &Labels, &[NamedPort]), IdentityId> = HashMap::new();
         let mut identities = Vec::new();
         let mut pod_identity = Vec::with_capacity(cluster.pods.len());
-        for pod in &cluster.pods {
+        for (pod_id, pod) in cluster.pods.iter().enumerate() {
             let key = (pod.ns, &pod.labels, pod.ports.as_slice());
             let id = *interned.entry(key).or_insert_with(|| {
                 let mut identity = Identity {
+                    pod: pod_id as PodId,
                     ingress: Vec::new(),
                     egress: Vec::new(),
                 };
@@ -170,12 +172,7 @@ impl PolicyEngine {
             pod_identity.push(id);
         }
         drop(interned);
-
-        let block_sets = if options.ipblock_matches_pod_ips {
-            block_sets_of_pod_addresses(&cluster, &policies)
-        } else {
-            FastMap::default()
-        };
+        let pod_sets = pod_peer_sets(&cluster, &policies, &policy_ns, &identities, next_peer_id);
 
         let engine = PolicyEngine {
             options,
@@ -185,7 +182,7 @@ impl PolicyEngine {
             skipped,
             identities,
             pod_identity,
-            block_sets,
+            pod_sets,
             cache: Mutex::new(Cache::default()),
             empty: Arc::from(Vec::new()),
         };
@@ -260,9 +257,9 @@ impl PolicyEngine {
         Some(&self.cluster.namespaces[self.cluster.pod(pod).ns as usize].name)
     }
 
-    /// How many side results are cached (for tests and metrics).
+    /// How many allowances (direction x identity x port x protocol) are cached.
     pub fn cached_results(&self) -> usize {
-        self.lock_cache().len()
+        self.lock_cache().entries.len()
     }
 
     pub(crate) fn resolve_ip(&self, ip: IpAddr) -> End {
@@ -388,39 +385,109 @@ impl PolicyEngine {
         protocol: Protocol,
     ) -> SideResult {
         let identity = self.pod_identity[subject as usize];
-        if self.identities[identity as usize].selecting(dir).is_empty() {
+        let selecting = self.identities[identity as usize].selecting(dir);
+        if selecting.is_empty() {
             return self.result(SideVerdict::Uncovered, SideReason::NotSelected, None);
         }
         if let Some(reason) = self.always_allowed(subject, peer) {
             return self.result(SideVerdict::Allowed, reason, None);
         }
-        let key = CacheKey {
+        let key = AllowKey {
             dir,
-            subject: identity,
-            peer: self.peer_key(peer),
+            identity,
             port,
             protocol,
         };
-        if let Some((verdict, rules)) = cache.get(&key) {
-            let reason = match verdict {
-                SideVerdict::Allowed => SideReason::RuleMatched,
-                _ => SideReason::NoRuleMatched,
-            };
-            return self.result(*verdict, reason, Some(rules.clone()));
-        }
-        let rules: Arc<[RuleRef]> = self
-            .allowing_rules(dir, subject, peer, port, protocol)
-            .into();
-        let (verdict, reason) = if rules.is_empty() {
-            (SideVerdict::Denied, SideReason::NoRuleMatched)
-        } else {
-            (SideVerdict::Allowed, SideReason::RuleMatched)
+        let entry = match cache.index.get(&key) {
+            Some(e) => *e,
+            None => {
+                if cache.entries.len() >= CACHE_CAPACITY {
+                    *cache = Cache::default();
+                }
+                let subject_ports = &self.cluster.pod(subject).ports;
+                let allowance = Allowance::compile(
+                    selecting.iter().map(|p| &self.policies[*p as usize]),
+                    dir,
+                    port,
+                    protocol,
+                    subject_ports,
+                );
+                let e = cache.entries.len() as u32;
+                cache.entries.push(allowance);
+                cache.index.insert(key, e);
+                e
+            }
         };
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
+
+        let dst_ports = self.destination_ports(dir, subject, peer);
+        let rules = &cache.entries[entry as usize].rules;
+        let mut mask = 0u64;
+        let mut first = None;
+        let mut overflow: Vec<RuleRef> = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let peer_ok =
+                rule.peers.is_empty() || rule.peers.iter().any(|t| self.peer_test(t, peer));
+            if !peer_ok || !rule.port_ok(port, protocol, dst_ports) {
+                continue;
+            }
+            first.get_or_insert(i);
+            if i < 64 {
+                mask |= 1 << i;
+            } else {
+                overflow.extend(rule.single.iter().cloned());
+            }
         }
-        cache.insert(key, (verdict, rules.clone()));
-        self.result(verdict, reason, Some(rules))
+        let Some(first) = first else {
+            return self.result(SideVerdict::Denied, SideReason::NoRuleMatched, None);
+        };
+        let allowed_by = if overflow.is_empty() && mask.count_ones() == 1 {
+            rules[first].single.clone()
+        } else if overflow.is_empty() {
+            // Several rules allow it: share one list per combination.
+            let rules = &cache.entries[entry as usize].rules;
+            let list = cache.combos.entry((entry, mask)).or_insert_with(|| {
+                (0..64)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .flat_map(|i| rules[i].single.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .into()
+            });
+            list.clone()
+        } else {
+            // More than 64 rules of one identity allow the same flow: no memo, just the list.
+            let mut all: Vec<RuleRef> = (0..64)
+                .filter(|i| mask & (1 << i) != 0)
+                .flat_map(|i| rules[i].single.iter().cloned())
+                .collect();
+            all.extend(overflow);
+            all.into()
+        };
+        self.result(
+            SideVerdict::Allowed,
+            SideReason::RuleMatched,
+            Some(allowed_by),
+        )
+    }
+
+    /// Does a flow's peer pass one peer of a rule?
+    #[inline]
+    fn peer_test(&self, test: &PeerTest, peer: End) -> bool {
+        match test {
+            // Only pods with their own network are selected by selectors; a host-network
+            // pod's traffic is its node's.
+            PeerTest::Pods(set) => match peer.ep {
+                Endpoint::Pod(p) => {
+                    self.pod_sets[*set as usize].contains(self.pod_identity[p as usize])
+                }
+                _ => false,
+            },
+            PeerTest::Block(block) => {
+                if matches!(peer.ep, Endpoint::Pod(_)) && !self.options.ipblock_matches_pod_ips {
+                    return false;
+                }
+                peer.ip.is_some_and(|ip| block.matches(ip))
+            }
+        }
     }
 
     /// Flows no policy can block: a pod talking to itself, and traffic between a pod and the
@@ -435,48 +502,6 @@ impl PolicyEngine {
             }
             _ => None,
         }
-    }
-
-    fn peer_key(&self, peer: End) -> PeerKey {
-        match peer.ep {
-            Endpoint::Pod(p) => {
-                let blocks = peer
-                    .ip
-                    .and_then(|ip| self.block_sets.get(&ip).copied())
-                    .unwrap_or(0);
-                PeerKey::Pod(self.pod_identity[p as usize], blocks)
-            }
-            Endpoint::HostPod(p) => PeerKey::Other(peer.ip, Some(p)),
-            Endpoint::Node(_) | Endpoint::External => PeerKey::Other(peer.ip, None),
-        }
-    }
-
-    /// Every (policy, rule) of direction `dir` selecting `subject` that allows the flow.
-    pub(crate) fn allowing_rules(
-        &self,
-        dir: Direction,
-        subject: PodId,
-        peer: End,
-        port: u16,
-        protocol: Protocol,
-    ) -> Vec<RuleRef> {
-        let identity = &self.identities[self.pod_identity[subject as usize] as usize];
-        let dst_ports = self.destination_ports(dir, subject, peer);
-        let mut out = Vec::new();
-        for &pid in identity.selecting(dir) {
-            let policy = &self.policies[pid as usize];
-            for (i, rule) in policy.rules(dir).unwrap_or_default().iter().enumerate() {
-                if self.rule_peer(pid, rule, peer).is_some()
-                    && rule_port(rule, port, protocol, dst_ports).is_some()
-                {
-                    out.push(RuleRef {
-                        policy: policy.key.clone(),
-                        rule: i,
-                    });
-                }
-            }
-        }
-        out
     }
 
     /// The named container ports of the flow's destination (where a named port resolves).
@@ -514,7 +539,9 @@ impl PolicyEngine {
 
     fn peer_matches(&self, policy: PolicyId, m: &PeerMatcher, peer: End) -> bool {
         match m {
-            PeerMatcher::Pods { namespaces, pods } => {
+            PeerMatcher::Pods {
+                namespaces, pods, ..
+            } => {
                 // Only pods with their own network are selected by selectors; a host-network
                 // pod's traffic is its node's.
                 let Endpoint::Pod(p) = peer.ep else {
@@ -556,38 +583,55 @@ pub(crate) fn rule_port(
         .map(Some)
 }
 
-/// For every pod address, the set of ipBlocks it falls in, interned: pods whose addresses fall
-/// in the same blocks share cached verdicts.
-fn block_sets_of_pod_addresses(
+/// For every pod peer of every valid policy, the set of identities it selects: namespaces
+/// are filtered first (own namespace, or the namespace selector), then the identities of those
+/// namespaces by the pod selector.
+fn pod_peer_sets(
     cluster: &Cluster,
     policies: &[CompiledPolicy],
-) -> FastMap<IpAddr, BlockSetId> {
-    let blocks: Vec<_> = policies
-        .iter()
-        .flat_map(|p| p.ingress.iter().chain(p.egress.iter()).flatten())
-        .flat_map(|rule| rule.peers.iter())
-        .filter_map(|peer| match peer {
-            PeerMatcher::Block(b) => Some(b),
-            PeerMatcher::Pods { .. } => None,
-        })
-        .collect();
-    let mut sets: HashMap<Vec<u32>, BlockSetId> = HashMap::new();
-    sets.insert(Vec::new(), 0);
-    let mut out = FastMap::default();
-    for pod in &cluster.pods {
-        for ip in &pod.ips {
-            if out.contains_key(ip) {
+    policy_ns: &[NsId],
+    identities: &[Identity],
+    peer_ids: u32,
+) -> Vec<BitSet> {
+    let mut by_ns: Vec<Vec<IdentityId>> = vec![Vec::new(); cluster.namespaces.len()];
+    for (id, identity) in identities.iter().enumerate() {
+        by_ns[cluster.pod(identity.pod).ns as usize].push(id as IdentityId);
+    }
+    let mut sets = vec![BitSet::default(); peer_ids as usize];
+    for (pid, policy) in policies.iter().enumerate() {
+        let rules = policy.ingress.iter().chain(policy.egress.iter()).flatten();
+        for peer in rules.flat_map(|r| r.peers.iter()) {
+            let PeerMatcher::Pods {
+                namespaces,
+                pods,
+                id,
+            } = peer
+            else {
                 continue;
+            };
+            let mut set = BitSet::with_capacity(identities.len());
+            let mut add_namespace = |ns: usize| {
+                for &identity in &by_ns[ns] {
+                    let pod = cluster.pod(identities[identity as usize].pod);
+                    if pods.matches(&pod.labels) {
+                        set.insert(identity);
+                    }
+                }
+            };
+            match namespaces {
+                NamespaceScope::Own => add_namespace(policy_ns[pid] as usize),
+                NamespaceScope::Selected(selector) => {
+                    for (ns, info) in cluster.namespaces.iter().enumerate() {
+                        if selector.matches(&info.labels) {
+                            add_namespace(ns);
+                        }
+                    }
+                }
             }
-            let set: Vec<u32> = blocks
-                .iter()
-                .filter(|b| b.matches(*ip))
-                .map(|b| b.id)
-                .collect();
-            let next = sets.len() as BlockSetId;
-            let id = *sets.entry(set).or_insert(next);
-            out.insert(*ip, id);
+            if let Some(slot) = sets.get_mut(*id as usize) {
+                *slot = set;
+            }
         }
     }
-    out
+    sets
 }

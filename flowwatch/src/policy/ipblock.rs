@@ -7,9 +7,6 @@ use ipnet::IpNet;
 /// A compiled `ipBlock`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpBlockMatcher {
-    /// Position among every ipBlock of the engine, so a pod IP can remember which blocks it
-    /// falls in (the verdict cache keys pods by that set, not by address).
-    pub id: u32,
     cidr: IpNet,
     except: Vec<IpNet>,
 }
@@ -22,7 +19,7 @@ pub struct IpBlockError {
 }
 
 impl IpBlockMatcher {
-    pub fn compile(id: u32, cidr: &str, except: &[String]) -> Result<Self, IpBlockError> {
+    pub fn compile(cidr: &str, except: &[String]) -> Result<Self, IpBlockError> {
         let cidr_net = parse_cidr(cidr).map_err(|message| IpBlockError {
             field: "cidr".into(),
             message,
@@ -44,7 +41,6 @@ impl IpBlockMatcher {
             nets.push(net);
         }
         Ok(IpBlockMatcher {
-            id,
             cidr: cidr_net,
             except: nets,
         })
@@ -68,7 +64,7 @@ mod tests {
 
     fn block(cidr: &str, except: &[&str]) -> IpBlockMatcher {
         let except: Vec<String> = except.iter().map(|s| s.to_string()).collect();
-        IpBlockMatcher::compile(0, cidr, &except).unwrap()
+        IpBlockMatcher::compile(cidr, &except).unwrap()
     }
 
     #[test]
@@ -101,12 +97,12 @@ mod tests {
 
     #[test]
     fn bad_cidrs_name_the_field() {
-        let e = IpBlockMatcher::compile(0, "10.0.0.0/33", &[]).unwrap_err();
+        let e = IpBlockMatcher::compile("10.0.0.0/33", &[]).unwrap_err();
         assert_eq!(e.field, "cidr");
-        let e = IpBlockMatcher::compile(0, "10.0.0.0/8", &["10.0.0.0/8".into(), "nope".into()])
+        let e = IpBlockMatcher::compile("10.0.0.0/8", &["10.0.0.0/8".into(), "nope".into()])
             .unwrap_err();
         assert_eq!(e.field, "except[1]");
-        let e = IpBlockMatcher::compile(0, "10.0.0.0/8", &["11.0.0.0/16".into()]).unwrap_err();
+        let e = IpBlockMatcher::compile("10.0.0.0/8", &["11.0.0.0/16".into()]).unwrap_err();
         assert_eq!(e.field, "except[0]");
         assert!(e.message.contains("not within"));
     }

@@ -46,6 +46,7 @@
 //! 2,000 policies build in well under a second); its cache starts empty, so a stale verdict is
 //! impossible by construction.
 
+mod allowance;
 mod cluster;
 mod compile;
 mod coverage;
