@@ -6,6 +6,9 @@ fn main() {
     // children only (the nested cargo that builds the eBPF crate), never for the agent itself.
     // SAFETY: build scripts are single-threaded at this point.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    // aya-build forwards every line the nested cargo prints as a build warning; keep only real
+    // diagnostics.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let package = aya_build::Package {
         name: "flowwatch-ebpf",
         root_dir: "../flowwatch-ebpf",

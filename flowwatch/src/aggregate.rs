@@ -139,7 +139,7 @@ impl Aggregator {
                 };
                 tracked.last_totals = counters;
                 let flow = &mut tracked.flow;
-                flow.counters = minus(counters, tracked.baseline);
+                flow.counters = counters.saturating_sub(tracked.baseline);
                 flow.fwd_tcp_flags |= fwd;
                 flow.rev_tcp_flags |= rev;
                 if last_seen > flow.last_seen {
@@ -326,15 +326,6 @@ fn infer_outcome_from_wire(flow: &mut Flow) {
             // A refused attempt (RST answering the SYN) is settled by the client's socket
             // event, or, seen from the wire only, as Failed when it expires.
         }
-    }
-}
-
-fn minus(a: Counters, b: Counters) -> Counters {
-    Counters {
-        fwd_packets: a.fwd_packets.saturating_sub(b.fwd_packets),
-        fwd_bytes: a.fwd_bytes.saturating_sub(b.fwd_bytes),
-        rev_packets: a.rev_packets.saturating_sub(b.rev_packets),
-        rev_bytes: a.rev_bytes.saturating_sub(b.rev_bytes),
     }
 }
 

@@ -72,6 +72,26 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_IPBLOCK_MATCHES_POD_IPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub ipblock_matches_pod_ips: bool,
 
+    /// Networks to name in flow records, comma-separated `name=cidr` (e.g. `corp-vpn=10.200.0.0/16`).
+    #[arg(long, env = "FLOWWATCH_NAMED_NETWORKS", value_delimiter = ',')]
+    pub named_networks: Vec<crate::enrich::NamedNetwork>,
+
+    /// Most series one edge metric family keeps; the rest fold into an `other` bucket.
+    #[arg(long, env = "FLOWWATCH_SERIES_BUDGET", default_value_t = 10_000)]
+    pub series_budget: usize,
+
+    /// Most series one source namespace may hold in one edge family.
+    #[arg(
+        long,
+        env = "FLOWWATCH_SERIES_BUDGET_PER_NAMESPACE",
+        default_value_t = 2_000
+    )]
+    pub series_budget_per_namespace: usize,
+
+    /// Edge series not updated for this many seconds are removed.
+    #[arg(long, env = "FLOWWATCH_SERIES_TTL_SECS", default_value_t = 900)]
+    pub series_ttl_secs: u64,
+
     /// Log format.
     #[arg(long, env = "FLOWWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::aggregate::{EndReason, FinishedFlow};
+use crate::classify::Classification;
 use crate::model::{Nanos, Outcome, Protocol};
+use crate::policy::SideResult;
 
 /// Converts kernel monotonic timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -122,12 +124,41 @@ impl FlowRecord {
         }
     }
 
+    /// Adds both ends' identities and the policy verdict, in the offline CLI's shape
+    /// (`verdict`, and `ingress`/`egress` with `verdict`, `policies`, `rules`, `reason`).
+    pub fn classified(mut self, class: &Classification) -> FlowRecord {
+        self.src.identity = as_object(&class.src);
+        self.dst.identity = as_object(&class.dst);
+        let v = &class.verdict;
+        let side = |s: &SideResult| {
+            serde_json::json!({
+                "verdict": s.verdict.as_str(),
+                "policies": s.policies(),
+                "rules": &*s.allowed_by,
+                "reason": s.reason.as_str(),
+            })
+        };
+        let mut policy = serde_json::Map::new();
+        policy.insert("verdict".into(), v.verdict.as_str().into());
+        policy.insert("ingress".into(), side(&v.ingress));
+        policy.insert("egress".into(), side(&v.egress));
+        self.policy = Some(policy);
+        self
+    }
+
     /// The record as one JSON line (without the newline).
     pub fn to_json_line(&self) -> String {
         // Serializing plain data with string keys cannot fail; fall back to an error object
         // rather than panic if that ever changes.
         serde_json::to_string(self)
             .unwrap_or_else(|e| format!("{{\"error\":\"flow record not serializable: {e}\"}}"))
+    }
+}
+
+fn as_object(v: &impl Serialize) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(m)) => Some(m),
+        _ => None,
     }
 }
 
@@ -153,7 +184,10 @@ mod tests {
             rev_packets: 4,
             rev_bytes: 1480,
         };
-        let clock = WallClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000), 1_000_000_000);
+        let clock = WallClock::new(
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            1_000_000_000,
+        );
         let record = FlowRecord::new(
             &FinishedFlow {
                 flow,

@@ -3,12 +3,13 @@
 //! The crate is split into a pure core, which takes its inputs (and the time) as values and is
 //! unit-tested without root, a kernel or an API server, and thin edges that talk to the world.
 //!
-//! Pure core: [`model`], [`aggregate`], [`inventory`], [`policy`], [`enrich`], [`metrics`],
-//! [`flowlog`].
+//! Pure core: [`model`], [`aggregate`], [`inventory`], [`policy`], [`enrich`], [`classify`],
+//! [`metrics`], [`flowlog`].
 //! Edges: [`datapath`] (aya), [`k8s`] (kube-rs), [`http`] (axum), [`agent`] (the runtime that
 //! wires them), [`cli`].
 
 pub mod aggregate;
+pub mod classify;
 pub mod model;
 pub mod source;
 

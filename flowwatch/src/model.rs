@@ -53,7 +53,9 @@ impl std::str::FromStr for Protocol {
             "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            _ => Err(format!("unknown protocol {s:?} (expected TCP, UDP or SCTP)")),
+            _ => Err(format!(
+                "unknown protocol {s:?} (expected TCP, UDP or SCTP)"
+            )),
         }
     }
 }
@@ -196,6 +198,16 @@ impl Counters {
             fwd_bytes: self.rev_bytes,
             rev_packets: self.fwd_packets,
             rev_bytes: self.fwd_bytes,
+        }
+    }
+
+    /// What `self` has beyond `earlier` (a later cumulative total minus an earlier one).
+    pub fn saturating_sub(&self, earlier: Counters) -> Counters {
+        Counters {
+            fwd_packets: self.fwd_packets.saturating_sub(earlier.fwd_packets),
+            fwd_bytes: self.fwd_bytes.saturating_sub(earlier.fwd_bytes),
+            rev_packets: self.rev_packets.saturating_sub(earlier.rev_packets),
+            rev_bytes: self.rev_bytes.saturating_sub(earlier.rev_bytes),
         }
     }
 

@@ -28,6 +28,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The main job: demo pods, the agent on them with the demo cluster's snapshot, some
+    /// traffic, and what the agent saw (flow records, verdicts, metrics). Needs root.
+    Demo,
     /// Run the whole test suite as CI does (installs what is missing first); ends with totals.
     Test,
     /// Run a benchmark and print its figures: `capture` (needs root), `policy`, `metrics`, `enrich`.
@@ -41,7 +44,34 @@ enum Command {
 /// `cargo bench` targets of the flowwatch crate.
 fn bench(name: &str) -> anyhow::Result<()> {
     setup::run()?;
-    setup::run_cmd(std::process::Command::new("cargo").args(["bench", "-p", "flowwatch", "--bench", name]))
+    setup::run_cmd(std::process::Command::new("cargo").args([
+        "bench",
+        "-p",
+        "flowwatch",
+        "--bench",
+        name,
+    ]))
+}
+
+/// The demo is an example of the flowwatch crate (it shares the tests' pod harness).
+fn demo() -> anyhow::Result<()> {
+    setup::run()?;
+    let cargo = || std::process::Command::new("cargo");
+    setup::run_cmd(cargo().args([
+        "build",
+        "--quiet",
+        "-p",
+        "flowwatch",
+        "--bin",
+        "flowwatch",
+        "--example",
+        "demo",
+    ]))?;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_string());
+    setup::run_cmd(&mut std::process::Command::new(format!(
+        "{target}/debug/examples/demo"
+    )))
 }
 
 fn main() {
@@ -50,6 +80,7 @@ fn main() {
         Command::Setup => setup::run(),
         Command::K8sBins => k8s::build_binaries().map(|_| ()),
         Command::RenderManifests { check } => deploy::render_manifests(check),
+        Command::Demo => demo(),
         Command::Test => test::run(),
         Command::Bench { name } => bench(&name),
     };

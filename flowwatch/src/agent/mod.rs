@@ -2,6 +2,7 @@
 //! inventory, policy verdicts and metrics, and runs until SIGTERM/SIGINT.
 
 pub mod pipeline;
+pub mod report;
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -10,13 +11,22 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::aggregate::{AggregatorConfig, FinishedFlow};
+use crate::classify::Classifier;
 use crate::cli::RunArgs;
 use crate::datapath::{self, Datapath, DatapathError, DatapathOptions, InterfacePatterns};
+use crate::enrich::EnrichOptions;
 use crate::flowlog::{FlowRecord, WallClock};
+use crate::http::{self, HttpState, Readiness};
+use crate::k8s::{self, ClusterView, ClusterWatch};
+use crate::metrics::{KernelMap, Metrics, MetricsConfig, WatchedResource};
 use crate::model::Nanos;
+use crate::policy::PolicyOptions;
 use crate::source::FlowSource;
 use pipeline::Pipeline;
+use report::Reporter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -32,6 +42,16 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
     #[error("watching network interfaces: {0}")]
     LinkWatch(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::ConfigError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to the Kubernetes API: {0}")]
+    Kube(String),
 }
 
 /// Kernel monotonic time, the clock of `bpf_ktime_get_ns`.
@@ -47,6 +67,35 @@ pub fn monotonic_now() -> Nanos {
 
 /// Runs the agent until a signal (or `--exit-after-secs`).
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone())?;
+
+    // The HTTP server starts first, so /healthz answers (and /readyz says why not) while the
+    // programs load and the caches fill.
+    let (metrics, mut registry) = Metrics::new(&MetricsConfig {
+        max_series_per_family: args.series_budget,
+        max_series_per_namespace: args.series_budget_per_namespace,
+        series_ttl: Duration::from_secs(args.series_ttl_secs),
+    })?;
+    let inventory = k8s::source::from_settings(args.snapshots.clone(), args.kube, cancel.clone())
+        .await
+        .map_err(|e| AgentError::Kube(e.to_string()))?;
+    if let Some(watch) = &inventory {
+        watch.status().register(&mut registry);
+    }
+    let readiness = Readiness::new();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    tokio::spawn(http::serve(
+        listener,
+        HttpState::new(Arc::new(registry), metrics.clone(), readiness.clone()),
+        cancel.clone(),
+    ));
+
     let patterns = InterfacePatterns::new(args.interfaces.clone());
     let (mut datapath, source) = datapath::load(&DatapathOptions {
         flows_max_entries: args.flows_max_entries,
@@ -70,9 +119,20 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
         args.ignore_cidrs.clone(),
     );
+    let mut classifier = Classifier::new(
+        EnrichOptions {
+            label_allowlist: args.label_allowlist.clone(),
+            named_networks: args.named_networks.clone(),
+            ..EnrichOptions::default()
+        },
+        PolicyOptions {
+            ipblock_matches_pod_ips: args.ipblock_matches_pod_ips,
+        },
+    );
+    let mut reporter = Reporter::default();
+    let mut views = inventory.as_ref().map(|w| w.subscribe());
+    let mut health = Health::default();
 
-    let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone())?;
     if let Some(secs) = args.exit_after_secs {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -82,6 +142,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     }
     tracing::info!(
         interfaces = datapath.attached_interfaces().count(),
+        inventory = inventory.is_some(),
         "flowwatch running"
     );
 
@@ -99,8 +160,22 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = cancel.cancelled() => break,
             _ = events_tick.tick() => pipeline.pump_events()?,
             _ = totals_tick.tick() => {
-                let done = pipeline.pump_totals(monotonic_now())?;
-                write_records(&mut flow_log, &done, clock, &args)?;
+                let now = monotonic_now();
+                let done = pipeline.pump_totals(now)?;
+                reporter.observe_live(pipeline.aggregator().flows(), &classifier, &metrics, now);
+                write_records(&mut flow_log, &done, clock, &classifier, &mut reporter, &metrics, now)?;
+                health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), &readiness);
+                metrics.expire(now);
+            }
+            changed = next_view(&mut views) => {
+                if let Some(view) = changed {
+                    let errors = classifier.update(&view.inventory, &view.owners, view.generation, monotonic_now());
+                    for e in &errors {
+                        tracing::warn!(error = %e, "object skipped by the policy engine");
+                    }
+                    metrics.set_invalid_policies(errors.len() as u64);
+                    tracing::info!(generation = view.generation, pods = view.inventory.pods.len(), policies = view.inventory.network_policies.len(), "inventory updated");
+                }
             }
             ready = notifications.readable() => {
                 if let Ok(mut guard) = ready {
@@ -114,8 +189,19 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         }
     }
 
+    readiness.set_not_ready("stopping");
     tracing::info!("stopping: flushing flows");
+    let now = monotonic_now();
     let done = pipeline.finish_all()?;
+    write_records(
+        &mut flow_log,
+        &done,
+        clock,
+        &classifier,
+        &mut reporter,
+        &metrics,
+        now,
+    )?;
     let losses = pipeline.source.losses()?;
     tracing::info!(
         "kernel losses: ringbuf_full={} flows_map_full={} truncated_packets={} flows_dropped_by_agent={} undecodable={}",
@@ -125,10 +211,88 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         pipeline.aggregator().dropped_flows,
         pipeline.source.undecodable
     );
-    write_records(&mut flow_log, &done, clock, &args)?;
     datapath.detach_all();
     Ok(())
 }
+
+/// The next cluster view when the inventory changed; pending forever without an inventory.
+async fn next_view(
+    views: &mut Option<tokio::sync::watch::Receiver<Arc<ClusterView>>>,
+) -> Option<Arc<ClusterView>> {
+    match views {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            // The source stopped (shutdown): stop listening to it.
+            Err(_) => {
+                *views = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The agent's own health, pushed to the metrics and to /readyz on every poll.
+#[derive(Default)]
+struct Health {
+    lost_reported: u64,
+}
+
+impl Health {
+    fn update(
+        &mut self,
+        metrics: &Metrics,
+        pipeline: &Pipeline<datapath::EbpfSource>,
+        datapath: &Datapath,
+        inventory: Option<&ClusterWatch>,
+        readiness: &Readiness,
+    ) {
+        if let Ok(losses) = pipeline.source.losses() {
+            let lost = losses.ringbuf_full + losses.flows_map_full;
+            if lost > self.lost_reported {
+                tracing::warn!(
+                    ringbuf_full = losses.ringbuf_full,
+                    flows_map_full = losses.flows_map_full,
+                    "the kernel lost flow events"
+                );
+                metrics.add_events_lost(lost - self.lost_reported);
+                self.lost_reported = lost;
+            }
+        }
+        if let Ok(fill) = pipeline.source.flow_map_fill() {
+            metrics.set_map_fill(KernelMap::Flows, fill);
+        }
+        metrics.set_interfaces_attached(datapath.attached_interfaces().count() as u64);
+        let Some(watch) = inventory else {
+            readiness.set_ready();
+            return;
+        };
+        let status = watch.status();
+        let stale = status.stale_for().unwrap_or_default();
+        for resource in WATCHED {
+            metrics.set_watch_staleness(resource, stale);
+        }
+        if !status.has_synced() {
+            readiness.set_not_ready("inventory not synced yet");
+        } else if status.is_stale() {
+            readiness.set_not_ready(format!(
+                "inventory stale for {}s: running on the last known state",
+                stale.as_secs()
+            ));
+        } else {
+            readiness.set_ready();
+        }
+    }
+}
+
+const WATCHED: [WatchedResource; 6] = [
+    WatchedResource::Pods,
+    WatchedResource::Namespaces,
+    WatchedResource::NetworkPolicies,
+    WatchedResource::Services,
+    WatchedResource::EndpointSlices,
+    WatchedResource::Nodes,
+];
 
 fn spawn_signal_handler(cancel: CancellationToken) -> Result<(), AgentError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -180,8 +344,25 @@ fn write_records(
     log: &mut FlowLog,
     done: &[FinishedFlow],
     clock: WallClock,
-    _args: &RunArgs,
+    classifier: &Classifier,
+    reporter: &mut Reporter,
+    metrics: &Metrics,
+    now: Nanos,
 ) -> Result<(), AgentError> {
+    let mut lines = String::new();
+    for finished in done {
+        let class = reporter.finish(finished, classifier, metrics, now);
+        if log.out.is_none() {
+            continue;
+        }
+        let record = FlowRecord::new(finished, clock);
+        let record = match class {
+            Some(class) => record.classified(&class),
+            None => record,
+        };
+        lines.push_str(&record.to_json_line());
+        lines.push('\n');
+    }
     let Some(out) = log.out.as_mut() else {
         return Ok(());
     };
@@ -189,9 +370,6 @@ fn write_records(
         path: log.path.clone(),
         source,
     };
-    for finished in done {
-        let record = FlowRecord::new(finished, clock);
-        writeln!(out, "{}", record.to_json_line()).map_err(io)?;
-    }
+    out.write_all(lines.as_bytes()).map_err(io)?;
     out.flush().map_err(io)
 }

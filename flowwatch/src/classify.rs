@@ -1,0 +1,207 @@
+//! Names and verdicts for flows: the enrichment index and the policy engine, rebuilt from each
+//! new inventory, turned into what the flow log and the metrics need (pure: the caller passes
+//! the inventory and the time).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::enrich::{self, EndpointIndex, EnrichOptions, OwnerIndex};
+use crate::inventory::{Inventory, ObjectError};
+use crate::metrics;
+use crate::model::{Flow, Nanos};
+use crate::policy::{FlowVerdict, PolicyEngine, PolicyOptions, SideVerdict, Verdict};
+
+/// What the agent knows about one flow beyond its addresses.
+#[derive(Clone, Debug)]
+pub struct Classification {
+    pub src: enrich::Endpoint,
+    pub dst: enrich::Endpoint,
+    pub verdict: FlowVerdict,
+    pub edge: metrics::FlowEdge,
+}
+
+/// The current enrichment index and policy engine.
+pub struct Classifier {
+    index: EndpointIndex,
+    engine: Option<Arc<PolicyEngine>>,
+    policy_options: PolicyOptions,
+    /// Generation of the inventory the engine was built from (0: none yet).
+    pub generation: u64,
+}
+
+impl Classifier {
+    pub fn new(enrich: EnrichOptions, policy_options: PolicyOptions) -> Classifier {
+        Classifier {
+            index: EndpointIndex::new(enrich),
+            engine: None,
+            policy_options,
+            generation: 0,
+        }
+    }
+
+    /// Takes a new inventory: updates the IP index (keeping its history) and rebuilds the
+    /// policy engine (an immutable engine with an empty cache: no stale verdict survives a
+    /// change). Returns the objects the engine had to skip.
+    pub fn update(
+        &mut self,
+        inventory: &Inventory,
+        owners: &OwnerIndex,
+        generation: u64,
+        now: Nanos,
+    ) -> Vec<ObjectError> {
+        self.index.update(inventory, owners, now);
+        let (engine, errors) = PolicyEngine::build(inventory, self.policy_options);
+        self.engine = Some(Arc::new(engine));
+        self.generation = generation;
+        errors
+    }
+
+    /// Names both ends as they were when the flow started and evaluates the policies; `None`
+    /// until a cluster view arrived. Returns the evaluation time too.
+    pub fn classify(&self, flow: &Flow) -> Option<(Classification, Duration)> {
+        let engine = self.engine.as_ref()?;
+        let key = &flow.key;
+        let src = self.index.resolve(key.src, key.protocol, flow.first_seen);
+        let dst = self.index.resolve(key.dst, key.protocol, flow.first_seen);
+        let started = Instant::now();
+        let verdict = engine.evaluate_ips(key.src.ip(), key.dst.ip(), key.dst.port(), key.protocol);
+        let took = started.elapsed();
+        let edge = metrics::FlowEdge {
+            src: edge_end(&src),
+            dst: edge_end(&dst),
+            dst_port: key.dst.port(),
+            protocol: key.protocol,
+            verdict: overall(verdict.verdict),
+            egress: side(verdict.egress.verdict),
+            ingress: side(verdict.ingress.verdict),
+        };
+        Some((
+            Classification {
+                src,
+                dst,
+                verdict,
+                edge,
+            },
+            took,
+        ))
+    }
+}
+
+fn overall(v: Verdict) -> metrics::Verdict {
+    match v {
+        Verdict::Allowed => metrics::Verdict::Allowed,
+        Verdict::Denied => metrics::Verdict::Denied,
+        Verdict::Uncovered => metrics::Verdict::Uncovered,
+    }
+}
+
+fn side(v: SideVerdict) -> metrics::Verdict {
+    match v {
+        SideVerdict::Allowed => metrics::Verdict::Allowed,
+        SideVerdict::Denied => metrics::Verdict::Denied,
+        SideVerdict::Uncovered => metrics::Verdict::Uncovered,
+        SideVerdict::NotApplicable => metrics::Verdict::NotApplicable,
+    }
+}
+
+/// One end of a metrics edge: the workload, never the pod or its address.
+fn edge_end(e: &enrich::Endpoint) -> metrics::Endpoint {
+    use enrich::WorkloadKind as K;
+    use metrics::WorkloadKind as M;
+    match e {
+        enrich::Endpoint::Pod(p) => {
+            let kind = match p.workload_kind {
+                K::Deployment => M::Deployment,
+                K::ReplicaSet | K::ReplicationController => M::ReplicaSet,
+                K::StatefulSet => M::StatefulSet,
+                K::DaemonSet => M::DaemonSet,
+                K::Job => M::Job,
+                K::CronJob => M::CronJob,
+                K::Pod => M::Pod,
+                K::Other => M::Other,
+            };
+            metrics::Endpoint::workload(p.namespace.as_str(), p.workload_name.as_str(), kind)
+        }
+        enrich::Endpoint::HostNetworkPod(_) | enrich::Endpoint::Node { .. } => {
+            metrics::Endpoint::node()
+        }
+        enrich::Endpoint::Service {
+            backend: Some(backend),
+            ..
+        } => edge_end(backend),
+        enrich::Endpoint::Service { backend: None, .. } => metrics::Endpoint::unknown(),
+        enrich::Endpoint::External { .. } => metrics::Endpoint::external(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FlowKey, Protocol};
+
+    const SNAPSHOT: &str = include_str!("../../deploy/demo/snapshot.yaml");
+
+    fn classifier() -> Classifier {
+        let (inventory, errors) = crate::inventory::snapshot::parse(SNAPSHOT, "demo").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut c = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
+        assert!(c
+            .update(&inventory, &OwnerIndex::default(), 1, 0)
+            .is_empty());
+        c
+    }
+
+    fn flow(src: &str, dst: &str) -> Flow {
+        Flow::new(
+            FlowKey {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                protocol: Protocol::Tcp,
+            },
+            5,
+        )
+    }
+
+    #[test]
+    fn nothing_is_classified_before_an_inventory_arrives() {
+        let c = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
+        assert!(c
+            .classify(&flow("10.213.0.10:40000", "10.213.0.20:8080"))
+            .is_none());
+    }
+
+    #[test]
+    fn edges_name_workloads_and_carry_both_sides_verdicts() {
+        let c = classifier();
+        let (web_to_db, _) = c
+            .classify(&flow("10.213.0.10:40000", "10.213.0.30:5432"))
+            .unwrap();
+        assert_eq!(
+            web_to_db.edge.src,
+            metrics::Endpoint::workload("shop", "web", metrics::WorkloadKind::Deployment)
+        );
+        assert_eq!(
+            web_to_db.edge.dst,
+            metrics::Endpoint::workload("data", "postgres", metrics::WorkloadKind::StatefulSet)
+        );
+        assert_eq!(web_to_db.edge.verdict, metrics::Verdict::Denied);
+        assert_eq!(web_to_db.edge.ingress, metrics::Verdict::Denied);
+        assert_eq!(web_to_db.edge.egress, metrics::Verdict::Uncovered);
+
+        let (api_to_db, _) = c
+            .classify(&flow("10.213.0.20:40000", "10.213.0.30:5432"))
+            .unwrap();
+        assert_eq!(api_to_db.edge.verdict, metrics::Verdict::Allowed);
+        assert_eq!(
+            api_to_db.verdict.ingress.policies(),
+            vec!["data/postgres-ingress"]
+        );
+
+        let (to_outside, _) = c
+            .classify(&flow("10.213.0.10:40000", "198.51.100.7:443"))
+            .unwrap();
+        assert_eq!(to_outside.edge.dst, metrics::Endpoint::external());
+        assert_eq!(to_outside.edge.ingress, metrics::Verdict::NotApplicable);
+        assert_eq!(to_outside.edge.verdict, metrics::Verdict::Uncovered);
+    }
+}
