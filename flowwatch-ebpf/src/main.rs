@@ -23,9 +23,10 @@ use aya_ebpf::{
 };
 use flowwatch_common::{
     tcp_state, FlowCounters, FlowEvent, FlowKey, AF_INET, AF_INET6, DEFAULT_EVENTS_BYTES,
-    DEFAULT_FLOWS_MAX_ENTRIES, EVENT_NEW_FLOW, EVENT_TCP_CLOSED, EVENT_TCP_ESTABLISHED, EVENT_TCP_FAILED, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ROLE_CLIENT,
-    ROLE_SERVER, ROLE_WIRE, STATS_LEN, STAT_FLOWS_MAP_FULL, STAT_PACKETS, STAT_RINGBUF_FULL,
-    STAT_TRUNCATED, TCP_ACK, TCP_SYN,
+    DEFAULT_FLOWS_MAX_ENTRIES, EVENT_NEW_FLOW, EVENT_TCP_CLOSED, EVENT_TCP_ESTABLISHED,
+    EVENT_TCP_FAILED, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ROLE_CLIENT, ROLE_SERVER, ROLE_WIRE,
+    STATS_LEN, STAT_FLOWS_MAP_FULL, STAT_PACKETS, STAT_RINGBUF_FULL, STAT_TRUNCATED, TCP_ACK,
+    TCP_SYN,
 };
 
 #[map(name = "FLOWS")]
@@ -138,7 +139,9 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         local
     };
-    emit(&key, kind, role, old as u8, new as u8, unsafe { bpf_ktime_get_ns() });
+    emit(&key, kind, role, old as u8, new as u8, unsafe {
+        bpf_ktime_get_ns()
+    });
     Ok(())
 }
 
@@ -219,7 +222,10 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
             key.family = AF_INET6;
             key.src_addr = ctx.load(ETH_HDR_LEN + 8)?;
             key.dst_addr = ctx.load(ETH_HDR_LEN + 24)?;
-            (ETH_HDR_LEN + IPV6_HDR_LEN, IPV6_HDR_LEN as u64 + payload_len as u64)
+            (
+                ETH_HDR_LEN + IPV6_HDR_LEN,
+                IPV6_HDR_LEN as u64 + payload_len as u64,
+            )
         }
         _ => return Ok(None),
     };

@@ -37,7 +37,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// Server: accept, read the request byte, answer, close first (TIME_WAIT stays on the server,
 /// so the client's ephemeral ports are not exhausted).
-fn start_server(pod: &Pod, addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+fn start_server(
+    pod: &Pod,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let listener_thread = pod.run(move || {
         let l = TcpListener::bind(addr).expect("bind");
@@ -166,7 +170,12 @@ fn main() {
 
     let rate = |n: u64| n as f64 / secs.as_secs_f64();
     let baseline = (rate(off1) + rate(off2)) / 2.0;
-    println!("capture: flat-out TCP connections/s without agent {:.0} and {:.0}, with agent {:.0}", rate(off1), rate(off2), rate(on));
+    println!(
+        "capture: flat-out TCP connections/s without agent {:.0} and {:.0}, with agent {:.0}",
+        rate(off1),
+        rate(off2),
+        rate(on)
+    );
     println!("capture: ratio with/without = {:.3}", rate(on) / baseline);
 
     // Paced run: the agent's own cost per connection, and loss.
@@ -191,7 +200,9 @@ fn main() {
         .unwrap_or("kernel losses: (not reported)")
         .to_string();
     let paced_rate = rate(made);
-    println!("capture: paced at {paced}/s: {made} connections ({paced_rate:.0}/s), {ours} flow records");
+    println!(
+        "capture: paced at {paced}/s: {made} connections ({paced_rate:.0}/s), {ours} flow records"
+    );
     println!(
         "capture: agent CPU {:.3} s = {:.3} CPU-s per 1,000 connections = {:.2}% of one core per 1,000 connections/s",
         cpu,
@@ -199,8 +210,18 @@ fn main() {
         cpu / secs.as_secs_f64() * 100.0 / (paced_rate / 1000.0)
     );
     println!("capture: agent peak RSS {:.1} MiB", rss as f64 / 1024.0);
-    println!("capture: {}", losses.split("kernel losses").nth(1).map(|s| format!("kernel losses{s}")).unwrap_or(losses));
-    println!("capture: connections without a record: {}", made.saturating_sub(ours));
+    println!(
+        "capture: {}",
+        losses
+            .split("kernel losses")
+            .nth(1)
+            .map(|s| format!("kernel losses{s}"))
+            .unwrap_or(losses)
+    );
+    println!(
+        "capture: connections without a record: {}",
+        made.saturating_sub(ours)
+    );
     for (name, (t1, c1)) in &bpf_after {
         let (t0, c0) = bpf_before.get(name).copied().unwrap_or((0, 0));
         let calls = c1.saturating_sub(c0);
@@ -215,11 +236,12 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     // Unblock the acceptors.
     for _ in 0..THREADS {
-        client.run(move || {
-            let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
-        })
-        .join()
-        .ok();
+        client
+            .run(move || {
+                let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+            })
+            .join()
+            .ok();
     }
     for s in servers {
         let _ = s.join();
