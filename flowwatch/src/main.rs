@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use flowwatch::cli::{LogFormat, RunArgs};
 
 #[derive(Parser)]
-#[command(name = "flowwatch", version, about = "eBPF flow observer for Kubernetes")]
+#[command(
+    name = "flowwatch",
+    version,
+    about = "eBPF flow observer for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,8 @@ fn fail(e: &dyn std::error::Error) -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FLOWWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("FLOWWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -29,7 +29,10 @@ fn between(records: &[Value], src: IpAddr, dst: IpAddr) -> Vec<Value> {
 }
 
 fn sum(records: &[Value], dir: &str, field: &str) -> u64 {
-    records.iter().map(|r| r[dir][field].as_u64().unwrap()).sum()
+    records
+        .iter()
+        .map(|r| r[dir][field].as_u64().unwrap())
+        .sum()
 }
 
 /// A TCP echo server in `pod` for `connections` connections, sequentially; returns once bound.
@@ -101,14 +104,22 @@ fn tcp_scenario(v6: bool) {
     assert!(status.success(), "agent: {status}\n{}", agent.stderr());
 
     let flows = between(&records, cip, sip);
-    assert_eq!(flows.len(), SHORT + 1, "one record per connection: {flows:#?}");
+    assert_eq!(
+        flows.len(),
+        SHORT + 1,
+        "one record per connection: {flows:#?}"
+    );
     let mut ports = std::collections::BTreeSet::new();
     for f in &flows {
         assert_eq!(f["protocol"], "TCP");
         assert_eq!(f["dst"]["port"], 8080);
         assert_eq!(f["outcome"], "established", "{f}");
         assert_eq!(f["end_reason"], "closed", "{f}");
-        assert_eq!(f["observed_at"], serde_json::json!(["client", "server"]), "{f}");
+        assert_eq!(
+            f["observed_at"],
+            serde_json::json!(["client", "server"]),
+            "{f}"
+        );
         ports.insert(f["src"]["port"].as_u64().unwrap());
     }
     assert_eq!(ports.len(), SHORT + 1, "distinct ephemeral ports");
@@ -122,8 +133,16 @@ fn tcp_scenario(v6: bool) {
     // The pods' own counters: everything the client sent is `fwd`, everything it got `rev`.
     let sent = client_delta.tcp_out_segs + client_delta.tcp_retrans_segs;
     assert_eq!(sum(&flows, "fwd", "packets"), sent, "client sent");
-    assert_eq!(sum(&flows, "rev", "packets"), client_delta.tcp_in_segs, "client received");
-    assert_eq!(sum(&flows, "fwd", "packets"), server_delta.tcp_in_segs, "server received");
+    assert_eq!(
+        sum(&flows, "rev", "packets"),
+        client_delta.tcp_in_segs,
+        "client received"
+    );
+    assert_eq!(
+        sum(&flows, "fwd", "packets"),
+        server_delta.tcp_in_segs,
+        "server received"
+    );
     assert_eq!(
         sum(&flows, "rev", "packets"),
         server_delta.tcp_out_segs + server_delta.tcp_retrans_segs,
@@ -196,8 +215,18 @@ fn udp_request_response_both_families() {
     assert!(status.success());
 
     for (cip, sip, sent, received) in [
-        (IpAddr::from(client.ipv4), IpAddr::from(server.ipv4), client_delta.udp_out, client_delta.udp_in),
-        (IpAddr::from(client.ipv6), IpAddr::from(server.ipv6), client_delta.udp6_out, client_delta.udp6_in),
+        (
+            IpAddr::from(client.ipv4),
+            IpAddr::from(server.ipv4),
+            client_delta.udp_out,
+            client_delta.udp_in,
+        ),
+        (
+            IpAddr::from(client.ipv6),
+            IpAddr::from(server.ipv6),
+            client_delta.udp6_out,
+            client_delta.udp6_in,
+        ),
     ] {
         let flows = between(&records, cip, sip);
         assert_eq!(flows.len(), 1, "{cip} -> {sip}: {flows:#?}");
@@ -224,24 +253,37 @@ fn refused_and_firewalled_attempts_are_failed_flows() {
     // The server pod drops SYNs to port 7000, as a NetworkPolicy-enforcing CNI would.
     server.exec(&["nft", "add", "table", "inet", "fwtest"]);
     server.exec(&[
-        "nft", "add", "chain", "inet", "fwtest", "input",
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "fwtest",
+        "input",
         "{ type filter hook input priority 0 ; policy accept ; }",
     ]);
-    server.exec(&["nft", "add", "rule", "inet", "fwtest", "input", "tcp", "dport", "7000", "drop"]);
+    server.exec(&[
+        "nft", "add", "rule", "inet", "fwtest", "input", "tcp", "dport", "7000", "drop",
+    ]);
 
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     let before = client.snmp();
     let sip = IpAddr::from(server.ipv4);
     client
         .run(move || {
-            let refused = TcpStream::connect_timeout(&SocketAddr::new(sip, 9), Duration::from_secs(2));
+            let refused =
+                TcpStream::connect_timeout(&SocketAddr::new(sip, 9), Duration::from_secs(2));
             assert_eq!(
                 refused.map(|_| ()).unwrap_err().kind(),
                 std::io::ErrorKind::ConnectionRefused
             );
-            let dropped =
-                TcpStream::connect_timeout(&SocketAddr::new(sip, 7000), Duration::from_millis(1500));
-            assert_eq!(dropped.map(|_| ()).unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+            let dropped = TcpStream::connect_timeout(
+                &SocketAddr::new(sip, 7000),
+                Duration::from_millis(1500),
+            );
+            assert_eq!(
+                dropped.map(|_| ()).unwrap_err().kind(),
+                std::io::ErrorKind::TimedOut
+            );
         })
         .join()
         .unwrap();
@@ -252,13 +294,26 @@ fn refused_and_firewalled_attempts_are_failed_flows() {
 
     let flows = between(&records, IpAddr::from(client.ipv4), sip);
     assert_eq!(flows.len(), 2, "{flows:#?}");
-    let refused = flows.iter().find(|f| f["dst"]["port"] == 9).expect("refused flow");
+    let refused = flows
+        .iter()
+        .find(|f| f["dst"]["port"] == 9)
+        .expect("refused flow");
     assert_eq!(refused["outcome"], "failed");
     assert_eq!(refused["end_reason"], "failed");
     assert_eq!(refused["observed_at"], serde_json::json!(["client"]));
-    assert_eq!((refused["fwd"]["packets"].as_u64(), refused["rev"]["packets"].as_u64()), (Some(1), Some(1)), "SYN, RST");
+    assert_eq!(
+        (
+            refused["fwd"]["packets"].as_u64(),
+            refused["rev"]["packets"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "SYN, RST"
+    );
 
-    let dropped = flows.iter().find(|f| f["dst"]["port"] == 7000).expect("dropped flow");
+    let dropped = flows
+        .iter()
+        .find(|f| f["dst"]["port"] == 7000)
+        .expect("dropped flow");
     assert_eq!(dropped["outcome"], "failed");
     assert_eq!(dropped["observed_at"], serde_json::json!(["client"]));
     assert_eq!(dropped["rev"]["packets"], 0, "nothing came back");
@@ -278,7 +333,11 @@ fn tcx_programs(dev: &str) -> String {
     for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
         let (_, programs) = SchedClassifier::query_tcx(dev, direction)
             .unwrap_or_else(|e| panic!("querying tcx on {dev}: {e}"));
-        names.extend(programs.iter().filter_map(|p| p.name_as_str().map(String::from)));
+        names.extend(
+            programs
+                .iter()
+                .filter_map(|p| p.name_as_str().map(String::from)),
+        );
     }
     names.join(",")
 }
@@ -291,20 +350,43 @@ fn interfaces_are_followed_and_nothing_stays_attached_after_sigkill() {
     let node = Node::new(1);
     let host_if = node.pods[0].host_if.clone();
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
-    assert!(tcx_programs(&host_if).contains("tc_ingress"), "{}", tcx_programs(&host_if));
+    assert!(
+        tcx_programs(&host_if).contains("tc_ingress"),
+        "{}",
+        tcx_programs(&host_if)
+    );
 
     // A pod interface that appears after start is attached; one that goes is detached.
     let late = format!("fw{}h9", node.tag);
-    sh(&["ip", "link", "add", &late, "type", "veth", "peer", "name", &format!("fw{}x9", node.tag)]);
-    agent.wait_for_log(&format!("attached interface=\"{late}\""), Duration::from_secs(5));
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &late,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("fw{}x9", node.tag),
+    ]);
+    agent.wait_for_log(
+        &format!("attached interface=\"{late}\""),
+        Duration::from_secs(5),
+    );
     assert!(tcx_programs(&late).contains("tc_egress"));
     sh(&["ip", "link", "del", &late]);
-    agent.wait_for_log(&format!("detached interface=\"{late}\""), Duration::from_secs(15));
+    agent.wait_for_log(
+        &format!("detached interface=\"{late}\""),
+        Duration::from_secs(15),
+    );
 
     agent.kill9();
     // tcx links belong to the agent's file descriptors: the kernel detached them at exit.
     let after = tcx_programs(&host_if);
-    assert!(!after.contains("tc_ingress") && !after.contains("tc_egress"), "{after}");
+    assert!(
+        !after.contains("tc_ingress") && !after.contains("tc_egress"),
+        "{after}"
+    );
 }
 
 #[test]
@@ -317,7 +399,9 @@ fn sigterm_detaches_cleanly() {
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     let (status, _) = agent.stop();
     assert!(status.success(), "{}", agent.stderr());
-    assert!(agent.stderr().contains(&format!("detached interface=\"{host_if}\"")));
+    assert!(agent
+        .stderr()
+        .contains(&format!("detached interface=\"{host_if}\"")));
     assert!(!tcx_programs(&host_if).contains("tc_ingress"));
 }
 
@@ -327,7 +411,10 @@ fn assert_one_clear_line(status: std::process::ExitStatus, stderr: &str, expecte
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains(expected), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -335,10 +422,18 @@ fn missing_interface_is_one_clear_error() {
     if !privileged::root_test("missing interface") {
         return;
     }
-    let (status, stderr) = agent::run_to_exit(
-        std::process::Command::new(agent::binary()).args(["run", "--interfaces", "fwnosuch0", "--listen", "127.0.0.1:0"]),
+    let (status, stderr) = agent::run_to_exit(std::process::Command::new(agent::binary()).args([
+        "run",
+        "--interfaces",
+        "fwnosuch0",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert_one_clear_line(
+        status,
+        &stderr,
+        "network interface \"fwnosuch0\" does not exist",
     );
-    assert_one_clear_line(status, &stderr, "network interface \"fwnosuch0\" does not exist");
 }
 
 #[test]
@@ -358,7 +453,11 @@ fn no_privileges_is_one_clear_error() {
         "--listen",
         "127.0.0.1:0",
     ]));
-    assert_one_clear_line(status, &stderr, "insufficient privileges: missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN");
+    assert_one_clear_line(
+        status,
+        &stderr,
+        "insufficient privileges: missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN",
+    );
 }
 
 #[test]
@@ -375,8 +474,17 @@ fn tracefs_not_mounted_names_the_mount_to_make() {
          exec {} run --mount-tracefs=false --interfaces lo --listen 127.0.0.1:0",
         agent::binary()
     );
-    let (status, stderr) = agent::run_to_exit(
-        std::process::Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]),
+    let (status, stderr) = agent::run_to_exit(std::process::Command::new("unshare").args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert_one_clear_line(
+        status,
+        &stderr,
+        "mount -t tracefs nodev /sys/kernel/tracing",
     );
-    assert_one_clear_line(status, &stderr, "mount -t tracefs nodev /sys/kernel/tracing");
 }

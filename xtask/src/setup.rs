@@ -69,9 +69,8 @@ fn apt_packages() -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let installed =
-        quiet_output(Command::new("rustup").args(["component", "list", "--installed"]))
-            .unwrap_or_default();
+    let installed = quiet_output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -87,7 +86,13 @@ fn bpf_linker() -> Result<()> {
     eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
     run_cmd(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
             .args(["--no-default-features", "--features", "llvm-22", "--force"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )

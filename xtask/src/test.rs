@@ -19,7 +19,15 @@ pub fn run() -> Result<()> {
         ("cargo fmt --check", vec!["fmt", "--all", "--check"]),
         (
             "cargo clippy -D warnings",
-            vec!["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"],
+            vec![
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ],
         ),
     ] {
         eprintln!("==> {name}");
@@ -64,7 +72,11 @@ pub fn run() -> Result<()> {
         bail!("cargo test failed before running every test ({status}): see the build output above");
     }
     if totals.failed > 0 || !failures.is_empty() {
-        bail!("{} tests failed, {} checks failed", totals.failed, failures.len());
+        bail!(
+            "{} tests failed, {} checks failed",
+            totals.failed,
+            failures.len()
+        );
     }
     Ok(())
 }

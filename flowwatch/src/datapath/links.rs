@@ -30,7 +30,10 @@ impl InterfacePatterns {
 
     /// Patterns without a wildcard name one interface each, which must exist at startup.
     pub fn exact_names(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().filter(|p| !p.contains('*')).map(String::as_str)
+        self.0
+            .iter()
+            .filter(|p| !p.contains('*'))
+            .map(String::as_str)
     }
 }
 
@@ -71,7 +74,9 @@ pub fn list_interfaces() -> std::io::Result<BTreeMap<String, u32>> {
         let mut out = BTreeMap::new();
         let mut cur = head;
         while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
-            let name = CStr::from_ptr((*cur).if_name).to_string_lossy().into_owned();
+            let name = CStr::from_ptr((*cur).if_name)
+                .to_string_lossy()
+                .into_owned();
             out.insert(name, (*cur).if_index);
             cur = cur.add(1);
         }

@@ -14,12 +14,10 @@ const CAP_BPF: u32 = 39;
 /// The agent needs CAP_BPF and CAP_PERFMON (load programs, attach the tracepoint) and
 /// CAP_NET_ADMIN (tcx links); CAP_SYS_ADMIN covers all three on its own.
 pub fn check_capabilities() -> Result<(), DatapathError> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| {
-        DatapathError::Privileges(format!("cannot read /proc/self/status: {e}"))
-    })?;
-    let effective = parse_cap_eff(&status).ok_or_else(|| {
-        DatapathError::Privileges("no CapEff line in /proc/self/status".into())
-    })?;
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| DatapathError::Privileges(format!("cannot read /proc/self/status: {e}")))?;
+    let effective = parse_cap_eff(&status)
+        .ok_or_else(|| DatapathError::Privileges("no CapEff line in /proc/self/status".into()))?;
     missing_capabilities(effective).map_err(DatapathError::Privileges)
 }
 
@@ -99,7 +97,8 @@ pub fn ensure_tracefs(mount_if_missing: bool) -> Result<PathBuf, DatapathError> 
     if !mount_if_missing {
         return Err(DatapathError::Tracefs(hint));
     }
-    mount_tracefs(&root).map_err(|e| DatapathError::Tracefs(format!("{hint}; mounting failed: {e}")))?;
+    mount_tracefs(&root)
+        .map_err(|e| DatapathError::Tracefs(format!("{hint}; mounting failed: {e}")))?;
     tracing::info!(path = TRACEFS, "mounted tracefs");
     Ok(root)
 }
@@ -214,26 +213,38 @@ format:
     #[test]
     fn rejects_a_moved_or_missing_field_naming_it() {
         let moved = FORMAT_6_18.replace("offset:24;", "offset:28;");
-        assert!(check_format(&moved).unwrap_err().contains("field sport at offset 28"));
+        assert!(check_format(&moved)
+            .unwrap_err()
+            .contains("field sport at offset 28"));
         let missing = FORMAT_6_18.replace("saddr_v6", "src_v6");
-        assert!(check_format(&missing).unwrap_err().contains("no field saddr_v6"));
+        assert!(check_format(&missing)
+            .unwrap_err()
+            .contains("no field saddr_v6"));
     }
 
     #[test]
     fn kernel_versions() {
         assert!(check_kernel_version("6.18.44-fc").is_ok());
         assert!(check_kernel_version("6.6.0").is_ok());
-        let err = check_kernel_version("5.15.0-91-generic").unwrap_err().to_string();
+        let err = check_kernel_version("5.15.0-91-generic")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("needs Linux >= 6.6"), "{err}");
     }
 
     #[test]
     fn capabilities() {
-        assert_eq!(parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"), Some(0x1ffffffffff));
+        assert_eq!(
+            parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            Some(0x1ffffffffff)
+        );
         assert!(missing_capabilities(0x1ffffffffff).is_ok());
         let only_net_admin = 1u64 << CAP_NET_ADMIN;
         let err = missing_capabilities(only_net_admin).unwrap_err();
         assert!(err.contains("CAP_BPF, CAP_PERFMON"), "{err}");
-        assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN)).is_ok());
+        assert!(
+            missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN))
+                .is_ok()
+        );
     }
 }

@@ -74,7 +74,10 @@ impl Agent {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     std::thread::sleep(Duration::from_millis(100));
-                    panic!("agent exited ({status}) before {needle:?}:\n{}", self.stderr());
+                    panic!(
+                        "agent exited ({status}) before {needle:?}:\n{}",
+                        self.stderr()
+                    );
                 }
             }
             assert!(
@@ -124,7 +127,9 @@ impl Agent {
     pub fn records(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.flow_log).unwrap_or_default();
         text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad flow log line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad flow log line {l:?}: {e}"))
+            })
             .collect()
     }
 }
@@ -141,5 +146,8 @@ pub fn run_to_exit(cmd: &mut Command) -> (ExitStatus, String) {
         .stdin(Stdio::null())
         .output()
         .expect("spawning flowwatch");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -116,7 +116,9 @@ impl Drop for Node {
                 .output();
         }
         for pod in &self.pods {
-            let _ = Command::new("ip").args(["netns", "del", &pod.netns]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &pod.netns])
+                .output();
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
@@ -182,8 +184,10 @@ impl Pod {
     }
 
     pub fn snmp(&self) -> Snmp {
-        let v4 = String::from_utf8_lossy(&self.exec(&["cat", "/proc/net/snmp"]).stdout).into_owned();
-        let v6 = String::from_utf8_lossy(&self.exec(&["cat", "/proc/net/snmp6"]).stdout).into_owned();
+        let v4 =
+            String::from_utf8_lossy(&self.exec(&["cat", "/proc/net/snmp"]).stdout).into_owned();
+        let v6 =
+            String::from_utf8_lossy(&self.exec(&["cat", "/proc/net/snmp6"]).stdout).into_owned();
         let table = |proto: &str, field: &str| -> u64 {
             let mut lines = v4.lines().filter(|l| l.starts_with(&format!("{proto}:")));
             let (Some(header), Some(values)) = (lines.next(), lines.next()) else {

@@ -34,7 +34,9 @@ pub fn command(name: &str) -> Result<(), String> {
     if found {
         Ok(())
     } else {
-        Err(format!("`{name}` not found on PATH (run `cargo xtask setup`)"))
+        Err(format!(
+            "`{name}` not found on PATH (run `cargo xtask setup`)"
+        ))
     }
 }
 
