@@ -1,7 +1,370 @@
-//! Policy engine benchmarks (filled in with the engine).
-use criterion::{criterion_group, criterion_main, Criterion};
+//! Policy engine benchmarks on a synthetic cluster: 10,000 pods in 500 namespaces and 2,000
+//! NetworkPolicies (see `synthetic_cluster`), one core.
+//!
+//! * `cargo bench -p flowwatch --bench policy`: criterion groups `policy_build` (index
+//!   build), `policy_evaluate` (flows by address with a warm cache, a cold cache, and pods by
+//!   name), reported as elements (flows) per second.
+//! * `cargo bench -p flowwatch --bench policy -- --memory`: heap held by the inventory and the
+//!   engine (counted by this binary's allocator) and the process's peak RSS.
+//! * `cargo bench -p flowwatch --bench policy -- --generate DIR [--flows N]`: writes
+//!   `DIR/snapshot.yaml` (a `kind: List`, as kubectl prints it) and `DIR/flows.jsonl`
+//!   (N flow lines, default 1,000,000) for timing `flowwatch policy eval` end to end.
 
-fn policy(_c: &mut Criterion) {}
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-criterion_group!(benches, policy);
-criterion_main!(benches);
+use criterion::{BatchSize, Criterion, Throughput};
+use flowwatch::inventory::Inventory;
+use flowwatch::model::Protocol;
+use flowwatch::policy::{Peer, PolicyEngine, PolicyOptions};
+
+// ------------------------------------------------------------ allocation counting
+
+/// Counts live heap bytes, so `--memory` can say what the engine itself holds.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+// ------------------------------------------------------------ the synthetic cluster
+
+const NAMESPACES: usize = 500;
+const APPS_PER_NS: usize = 5;
+const REPLICAS: usize = 4;
+const NODES: usize = 50;
+const TIERS: [&str; APPS_PER_NS] = ["web", "api", "db", "cache", "worker"];
+
+/// A deterministic xorshift generator (no dependency, same flows on every run).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn pod_ip(index: usize) -> IpAddr {
+    IpAddr::from([10, 1, (index / 256) as u8, (index % 256) as u8])
+}
+
+fn node_ip(index: usize) -> IpAddr {
+    IpAddr::from([10, 250, 0, index as u8 + 1])
+}
+
+fn pod_name(ns: usize, app: usize, replica: usize) -> (String, String) {
+    (format!("ns-{ns:03}"), format!("app-{app}-{replica}"))
+}
+
+/// The cluster as a kubectl `kind: List` (JSON value), so it goes through the real loader.
+fn synthetic_cluster() -> serde_json::Value {
+    use serde_json::json;
+    let mut items = Vec::new();
+    items.push(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "kube-system", "labels": {"kubernetes.io/metadata.name": "kube-system"}}}));
+    for ns in 0..NAMESPACES {
+        let name = format!("ns-{ns:03}");
+        let env = ["prod", "staging", "dev"][ns % 3];
+        items.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
+            "labels": {"kubernetes.io/metadata.name": name, "team": format!("t{}", ns % 20), "env": env,
+                       "monitoring": if ns % 10 == 0 { "true" } else { "false" }}}}));
+    }
+    for n in 0..NODES {
+        items.push(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{n}")},
+            "status": {"addresses": [{"type": "InternalIP", "address": node_ip(n).to_string()}]}}),
+        );
+    }
+    let mut index = 0;
+    for ns in 0..NAMESPACES {
+        for app in 0..APPS_PER_NS {
+            for replica in 0..REPLICAS {
+                let (namespace, name) = pod_name(ns, app, replica);
+                let ip = pod_ip(index).to_string();
+                items.push(json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"namespace": namespace, "name": name, "labels": {
+                        "app": format!("app-{app}"), "tier": TIERS[app], "pod-template-hash": format!("h{app}")}},
+                    "spec": {"nodeName": format!("node-{}", index % NODES), "containers": [{"name": "main", "ports": [
+                        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+                        {"name": "db", "containerPort": 5432, "protocol": "TCP"}]}]},
+                    "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}));
+                index += 1;
+            }
+        }
+    }
+    for ns in 0..NAMESPACES {
+        let namespace = format!("ns-{ns:03}");
+        let np = |name: &str, spec: serde_json::Value| {
+            json!({"apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy", "metadata": {"namespace": namespace, "name": name}, "spec": spec})
+        };
+        items.push(np(
+            "default-deny",
+            json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        ));
+        items.push(np("web-ingress", json!({"podSelector": {"matchLabels": {"tier": "web"}}, "ingress": [
+            {"from": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}], "ports": [{"port": "http"}]},
+            {"from": [{"namespaceSelector": {"matchLabels": {"team": format!("t{}", ns % 20)}}}], "ports": [{"port": 8080}]}]})));
+        items.push(np("backend-ingress", json!({
+            "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["api", "db"]}]},
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"tier": "web"}}}, {"podSelector": {"matchLabels": {"tier": "api"}}}],
+                 "ports": [{"port": "http"}, {"port": 5432, "endPort": 5440}]},
+                {"from": [{"namespaceSelector": {"matchLabels": {"monitoring": "true"}},
+                           "podSelector": {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}]}}],
+                 "ports": [{"port": "metrics"}]}]})));
+        items.push(np("egress", json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [
+            {"to": [{"podSelector": {}}]},
+            {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+             "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+            {"to": [{"namespaceSelector": {"matchLabels": {"monitoring": "true"}}}], "ports": [{"port": 9090}]},
+            {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.250.0.0/16"]}}], "ports": [{"port": 8080}]}]})));
+    }
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+fn inventory() -> Inventory {
+    let text = serde_json::to_string(&synthetic_cluster()).expect("serializable");
+    let (inv, errors) = flowwatch::inventory::snapshot::parse(&text, "synthetic").expect("parses");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(inv.pods.len(), NAMESPACES * APPS_PER_NS * REPLICAS);
+    assert_eq!(inv.network_policies.len(), NAMESPACES * 4);
+    inv
+}
+
+/// Flows as the agent sees them: mostly pod to pod (same namespace half the time), some from
+/// outside and from nodes, on the ports the cluster serves.
+fn flows(n: usize, seed: u64) -> Vec<(IpAddr, IpAddr, u16, Protocol)> {
+    let pods = NAMESPACES * APPS_PER_NS * REPLICAS;
+    let per_ns = APPS_PER_NS * REPLICAS;
+    let mut rng = Rng(seed);
+    (0..n)
+        .map(|_| {
+            let dst = rng.below(pods);
+            let src = match rng.below(100) {
+                0..=4 => IpAddr::from([203, 0, 113, rng.below(256) as u8]),
+                5..=6 => node_ip(rng.below(NODES)),
+                7..=56 => pod_ip(dst / per_ns * per_ns + rng.below(per_ns)),
+                _ => pod_ip(rng.below(pods)),
+            };
+            let (port, protocol) = [
+                (8080, Protocol::Tcp),
+                (8080, Protocol::Tcp),
+                (9090, Protocol::Tcp),
+                (5432, Protocol::Tcp),
+                (53, Protocol::Udp),
+            ][rng.below(5)];
+            (src, pod_ip(dst), port, protocol)
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------ criterion
+
+fn bench_build(c: &mut Criterion, inv: &Inventory) {
+    let mut g = c.benchmark_group("policy_build");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.bench_function("10k_pods_2k_policies", |b| {
+        b.iter(|| black_box(PolicyEngine::build(inv, PolicyOptions::default())))
+    });
+    g.finish();
+}
+
+fn bench_evaluate(c: &mut Criterion, inv: &Inventory) {
+    let (engine, errors) = PolicyEngine::build(inv, PolicyOptions::default());
+    assert!(errors.is_empty());
+    let batch = flows(100_000, 42);
+    let mut g = c.benchmark_group("policy_evaluate");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.sample_size(20);
+
+    // Warm: every verdict was computed before; a flow costs two address lookups and two
+    // cache lookups (the agent's steady state).
+    for (s, d, p, proto) in &batch {
+        engine.evaluate_ips(*s, *d, *p, *proto);
+    }
+    g.bench_function("by_address_warm_cache", |b| {
+        b.iter(|| {
+            for (s, d, p, proto) in &batch {
+                black_box(engine.evaluate_ips(*s, *d, *p, *proto));
+            }
+        })
+    });
+
+    // Cold: a fresh engine per sample (build not timed), so every distinct verdict is
+    // computed from the policies once.
+    g.sample_size(10);
+    g.bench_function("by_address_cold_cache", |b| {
+        b.iter_batched(
+            || PolicyEngine::build(inv, PolicyOptions::default()).0,
+            |fresh| {
+                for (s, d, p, proto) in &batch {
+                    black_box(fresh.evaluate_ips(*s, *d, *p, *proto));
+                }
+                fresh
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    // By name (the CLI's path): two name lookups instead of address lookups.
+    let per_ns = APPS_PER_NS * REPLICAS;
+    let mut rng = Rng(7);
+    let named: Vec<(Peer, Peer)> = (0..10_000)
+        .map(|_| {
+            let peer = |i: usize| {
+                let (namespace, name) = pod_name(i / per_ns, i % per_ns / REPLICAS, i % REPLICAS);
+                Peer::Pod { namespace, name }
+            };
+            (
+                peer(rng.below(NAMESPACES * per_ns)),
+                peer(rng.below(NAMESPACES * per_ns)),
+            )
+        })
+        .collect();
+    g.throughput(Throughput::Elements(named.len() as u64));
+    g.sample_size(20);
+    g.bench_function("by_name_warm_cache", |b| {
+        b.iter(|| {
+            for (s, d) in &named {
+                black_box(engine.evaluate(s, d, 8080, Protocol::Tcp).ok());
+            }
+        })
+    });
+    g.finish();
+}
+
+// ------------------------------------------------------------ --memory and --generate
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn memory() {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let before = LIVE.load(Ordering::Relaxed);
+    let inv = inventory();
+    let with_inventory = LIVE.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let (engine, _) = PolicyEngine::build(&inv, PolicyOptions::default());
+    let build = start.elapsed();
+    let with_engine = LIVE.load(Ordering::Relaxed);
+    let batch = flows(1_000_000, 42);
+    let with_flows = LIVE.load(Ordering::Relaxed);
+    let start = Instant::now();
+    for (s, d, p, proto) in &batch {
+        black_box(engine.evaluate_ips(*s, *d, *p, *proto));
+    }
+    let first_pass = start.elapsed();
+    let with_cache = LIVE.load(Ordering::Relaxed);
+    println!(
+        "inventory (10,000 pods, 2,000 policies): {:.1} MiB",
+        mib(with_inventory - before)
+    );
+    println!(
+        "engine after build: {:.1} MiB (build {:.0} ms)",
+        mib(with_engine - with_inventory),
+        build.as_secs_f64() * 1e3
+    );
+    println!(
+        "engine after 1,000,000 flows ({} cached side results): {:.1} MiB (first pass {:.0} ms)",
+        engine.cached_results(),
+        mib(with_cache - with_flows + (with_engine - with_inventory)),
+        first_pass.as_secs_f64() * 1e3
+    );
+    if let Some(kib) = peak_rss_kib() {
+        println!("process peak RSS: {:.1} MiB", kib as f64 / 1024.0);
+    }
+}
+
+fn generate(dir: &std::path::Path, n: usize) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let yaml = serde_yaml::to_string(&synthetic_cluster()).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("snapshot.yaml"), yaml)?;
+    let per_ns = APPS_PER_NS * REPLICAS;
+    let name_of = |ip: IpAddr| -> String {
+        // A third of the pod ends by name (the CLI's `namespace/pod` form), the rest by address.
+        match ip {
+            IpAddr::V4(v4) if v4.octets()[1] == 1 => {
+                let o = v4.octets();
+                let i = o[2] as usize * 256 + o[3] as usize;
+                let (ns, pod) = pod_name(i / per_ns, i % per_ns / REPLICAS, i % REPLICAS);
+                format!("{ns}/{pod}")
+            }
+            other => other.to_string(),
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("flows.jsonl"))?);
+    for (i, (s, d, p, proto)) in flows(n, 42).into_iter().enumerate() {
+        let src = if i % 3 == 0 {
+            name_of(s)
+        } else {
+            s.to_string()
+        };
+        let dst = if i % 3 == 1 {
+            name_of(d)
+        } else {
+            d.to_string()
+        };
+        writeln!(
+            out,
+            r#"{{"id":{i},"src":"{src}","dst":"{dst}","port":{p},"protocol":"{proto}"}}"#
+        )?;
+    }
+    out.flush()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--memory") {
+        memory();
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--generate") {
+        let dir = args.get(i + 1).expect("--generate DIR");
+        let n = args
+            .iter()
+            .position(|a| a == "--flows")
+            .and_then(|j| args.get(j + 1))
+            .map(|s| s.parse().expect("--flows N"))
+            .unwrap_or(1_000_000);
+        generate(std::path::Path::new(dir), n).expect("write the generated files");
+        println!("wrote {dir}/snapshot.yaml and {dir}/flows.jsonl ({n} flows)");
+        return;
+    }
+    let inv = inventory();
+    let mut c = Criterion::default().configure_from_args();
+    bench_build(&mut c, &inv);
+    bench_evaluate(&mut c, &inv);
+    c.final_summary();
+}
