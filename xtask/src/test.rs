@@ -8,11 +8,12 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::{k8s, setup};
+use crate::{deploy, k8s, setup};
 
 pub fn run() -> Result<()> {
     setup::run()?;
     let bins = k8s::build_binaries().context("building etcd and kube-apiserver")?;
+    let helm = deploy::ensure_helm().context("building helm")?;
 
     let mut failures = Vec::new();
     for (name, args) in [
@@ -42,6 +43,7 @@ pub fn run() -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("FLOWWATCH_ETCD", &bins.etcd)
         .env("FLOWWATCH_KUBE_APISERVER", &bins.kube_apiserver)
+        .env("FLOWWATCH_HELM", &helm)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting cargo test")?;
