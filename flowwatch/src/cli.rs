@@ -59,11 +59,11 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_KUBE", default_value_t = false, action = clap::ArgAction::Set)]
     pub kube: bool,
 
-    /// This node's name (from the downward API in the DaemonSet).
+    /// This node's name (from the downward API in the DaemonSet), written into each flow record.
     #[arg(long, env = "FLOWWATCH_NODE_NAME")]
     pub node_name: Option<String>,
 
-    /// Pod labels copied into flow records and metrics, comma-separated (none by default).
+    /// Pod labels copied into flow records, comma-separated (none by default; never metric labels).
     #[arg(long, env = "FLOWWATCH_LABEL_ALLOWLIST", value_delimiter = ',')]
     pub label_allowlist: Vec<String>,
 

@@ -80,6 +80,9 @@ pub struct FlowRecord {
     pub observed_at: Vec<&'static str>,
     pub fwd: Traffic,
     pub rev: Traffic,
+    /// The node whose agent saw the flow (`--node-name`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Policy verdict fields (`verdict`, `ingress`, `egress`), merged into the record.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub policy: Option<serde_json::Map<String, serde_json::Value>>,
@@ -120,6 +123,7 @@ impl FlowRecord {
                 packets: f.counters.rev_packets,
                 bytes: f.counters.rev_bytes,
             },
+            node: None,
             policy: None,
         }
     }

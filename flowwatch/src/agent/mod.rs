@@ -108,7 +108,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         .map_err(|e| AgentError::LinkWatch(e.into()))?;
     datapath.reconcile(&patterns)?;
 
-    let mut flow_log = open_flow_log(args.flow_log.as_deref())?;
+    let mut flow_log = open_flow_log(args.flow_log.as_deref(), args.node_name.clone())?;
     let clock = WallClock::new(SystemTime::now(), monotonic_now());
     let mut pipeline = Pipeline::new(
         source,
@@ -310,13 +310,18 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<(), AgentError> {
 
 struct FlowLog {
     path: String,
+    node: Option<String>,
     out: Option<Box<dyn Write + Send>>,
 }
 
-fn open_flow_log(path: Option<&std::path::Path>) -> Result<FlowLog, AgentError> {
+fn open_flow_log(
+    path: Option<&std::path::Path>,
+    node: Option<String>,
+) -> Result<FlowLog, AgentError> {
     let Some(path) = path else {
         return Ok(FlowLog {
             path: String::new(),
+            node,
             out: None,
         });
     };
@@ -336,6 +341,7 @@ fn open_flow_log(path: Option<&std::path::Path>) -> Result<FlowLog, AgentError> 
     };
     Ok(FlowLog {
         path: name,
+        node,
         out: Some(out),
     })
 }
@@ -355,7 +361,8 @@ fn write_records(
         if log.out.is_none() {
             continue;
         }
-        let record = FlowRecord::new(finished, clock);
+        let mut record = FlowRecord::new(finished, clock);
+        record.node.clone_from(&log.node);
         let record = match class {
             Some(class) => record.classified(&class),
             None => record,
