@@ -6,7 +6,11 @@
 //! `info` / `gaugehistogram` / `stateset` types. [`encode_prometheus_text`] rewrites the
 //! OpenMetrics output line by line accordingly.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use prometheus_client::registry::Registry;
+
+static LAST_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Content type of [`encode_openmetrics`]'s output.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -16,8 +20,11 @@ pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; chars
 
 /// The OpenMetrics text exposition, `# EOF` included.
 pub fn encode_openmetrics(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut out = String::with_capacity(64 * 1024);
+    // Start at the previous exposition's size: a big exposition is not regrown from scratch.
+    let hint = LAST_LEN.load(Ordering::Relaxed).max(64 * 1024);
+    let mut out = String::with_capacity(hint + hint / 8);
     prometheus_client::encoding::text::encode(&mut out, registry)?;
+    LAST_LEN.store(out.len(), Ordering::Relaxed);
     Ok(out)
 }
 
@@ -29,33 +36,63 @@ pub fn encode_prometheus_text(registry: &Registry) -> Result<String, std::fmt::E
 }
 
 /// Rewrites an OpenMetrics exposition (as prometheus-client writes it) to text format 0.0.4.
+///
+/// Only metadata lines change; runs of sample lines are copied as one block.
 pub fn openmetrics_to_prometheus_text(om: &str) -> String {
     let mut out = String::with_capacity(om.len());
     // The metadata of the current family is buffered until its TYPE is known, because the
     // HELP line comes first and a counter's HELP must name `<family>_total`.
     let mut pending_help: Option<(&str, &str)> = None;
-    for line in om.lines() {
+    let mut rest = om;
+    while !rest.is_empty() {
+        if !rest.starts_with('#') {
+            // A block of samples, up to the next metadata line.
+            let end = rest.find("\n#").map(|i| i + 1).unwrap_or(rest.len());
+            let (block, tail) = rest.split_at(end);
+            rest = tail;
+            if let Some((help_name, help)) = pending_help.take() {
+                out.push_str(&format!("# HELP {help_name} {help}\n"));
+            }
+            // Samples read the same in both formats: this catalogue registers no exemplars
+            // and sets no created timestamps (which OpenMetrics would add as `_created`).
+            out.push_str(block);
+            if !block.ends_with('\n') {
+                out.push('\n');
+            }
+            continue;
+        }
+        let (line, tail) = match rest.find('\n') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        rest = tail;
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            pending_help = Some((name, help));
+        if let Some(body) = line.strip_prefix("# HELP ") {
+            if let Some((help_name, help)) = pending_help.take() {
+                out.push_str(&format!("# HELP {help_name} {help}\n"));
+            }
+            pending_help = Some(body.split_once(' ').unwrap_or((body, "")));
             continue;
         }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, ty) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+        if let Some(body) = line.strip_prefix("# TYPE ") {
+            let (family, ty) = body.split_once(' ').unwrap_or((body, "untyped"));
             let (name, ty) = match ty {
-                "counter" => (format!("{name}_total"), "counter"),
-                "unknown" => (name.to_string(), "untyped"),
-                "info" | "stateset" => (format!("{name}_info"), "gauge"),
-                "gaugehistogram" => (name.to_string(), "histogram"),
-                other => (name.to_string(), other),
+                "counter" => (format!("{family}_total"), "counter"),
+                "unknown" => (family.to_string(), "untyped"),
+                "info" => (format!("{family}_info"), "gauge"),
+                "stateset" => (family.to_string(), "gauge"),
+                "gaugehistogram" => (family.to_string(), "histogram"),
+                other => (family.to_string(), other),
             };
             if let Some((help_name, help)) = pending_help.take() {
-                if help_name == rest.split(' ').next().unwrap_or("") {
-                    out.push_str(&format!("# HELP {name} {help}\n"));
-                }
+                let help_name = if help_name == family {
+                    name.as_str()
+                } else {
+                    help_name
+                };
+                out.push_str(&format!("# HELP {help_name} {help}\n"));
             }
             out.push_str(&format!("# TYPE {name} {ty}\n"));
             continue;
@@ -63,20 +100,11 @@ pub fn openmetrics_to_prometheus_text(om: &str) -> String {
         if let Some((help_name, help)) = pending_help.take() {
             out.push_str(&format!("# HELP {help_name} {help}\n"));
         }
-        // Samples: drop OpenMetrics exemplars (` # {...} v`) and `_created` samples.
-        let sample = match line.find(" # ") {
-            Some(i) if !line.starts_with('#') => &line[..i],
-            _ => line,
-        };
-        if sample
-            .split(['{', ' '])
-            .next()
-            .is_some_and(|n| n.ends_with("_created"))
-        {
-            continue;
-        }
-        out.push_str(sample);
+        out.push_str(line);
         out.push('\n');
+    }
+    if let Some((help_name, help)) = pending_help.take() {
+        out.push_str(&format!("# HELP {help_name} {help}\n"));
     }
     out
 }
@@ -97,11 +125,11 @@ mod tests {
     }
 
     #[test]
-    fn info_becomes_gauge_and_exemplars_are_dropped() {
-        let om = "# HELP b Build.\n# TYPE b info\nb_info{v=\"1\"} 1\n# TYPE c counter\nc_total 1 # {t=\"x\"} 1.0\n# EOF\n";
+    fn info_becomes_gauge_and_samples_are_copied_verbatim() {
+        let om = "# HELP b Build.\n# TYPE b info\nb_info{v=\"1\"} 1\n# TYPE c counter\nc_total{l=\"a # b\"} 1\n# EOF\n";
         assert_eq!(
             openmetrics_to_prometheus_text(om),
-            "# HELP b_info Build.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n# TYPE c_total counter\nc_total 1\n"
+            "# HELP b_info Build.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n# TYPE c_total counter\nc_total{l=\"a # b\"} 1\n"
         );
     }
 }
