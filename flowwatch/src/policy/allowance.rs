@@ -45,11 +45,12 @@ pub enum PeerTest {
 /// A rule whose port entries may admit the flow's port.
 #[derive(Clone, Debug)]
 pub struct AllowRule {
-    /// Empty: every peer.
-    pub peers: Vec<PeerTest>,
+    /// This rule's peer tests in [`Allowances::peers`]: `start..start + len` (empty: every peer).
+    pub peers_start: u32,
+    pub peers_len: u32,
     /// Egress only: the rule admits the port only through these named ports, which must be
     /// resolved on the destination pod at flow time. `None`: admitted regardless.
-    pub named_ports: Option<Vec<Arc<str>>>,
+    pub named_ports: Option<Box<[Arc<str>]>>,
     /// `[this rule]`, shared by every flow this rule alone allows.
     pub single: Arc<[RuleRef]>,
 }
@@ -67,23 +68,43 @@ impl AllowRule {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct Allowance {
+/// Every allowance computed so far, stored flat (rules and peer tests contiguous) so that
+/// evaluating one touches a few adjacent cache lines.
+#[derive(Debug, Default)]
+pub struct Allowances {
+    /// Per allowance: its rules in `rules`, `start..start + len`.
+    pub entries: Vec<(u32, u32)>,
     pub rules: Vec<AllowRule>,
+    pub peers: Vec<PeerTest>,
 }
 
-impl Allowance {
-    /// Compiles what `policies` (those selecting an identity, for `dir`) allow on
-    /// `port`/`protocol`. `subject_ports` are the identity's named ports (where an ingress named
-    /// port resolves).
-    pub fn compile<'a>(
+impl Allowances {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn rules_of(&self, entry: u32) -> &[AllowRule] {
+        let (start, len) = self.entries[entry as usize];
+        &self.rules[start as usize..(start + len) as usize]
+    }
+
+    pub fn peers_of(&self, rule: &AllowRule) -> &[PeerTest] {
+        let start = rule.peers_start as usize;
+        &self.peers[start..start + rule.peers_len as usize]
+    }
+
+    /// Compiles and stores what `policies` (those selecting an identity, for `dir`) allow on
+    /// `port`/`protocol`; returns the new entry. `subject_ports` are the identity's named ports
+    /// (where an ingress named port resolves).
+    pub fn add<'a>(
+        &mut self,
         policies: impl Iterator<Item = &'a CompiledPolicy>,
         dir: Direction,
         port: u16,
         protocol: Protocol,
         subject_ports: &[NamedPort],
-    ) -> Allowance {
-        let mut rules = Vec::new();
+    ) -> u32 {
+        let rules_start = self.rules.len() as u32;
         for policy in policies {
             for (index, rule) in policy.rules(dir).unwrap_or_default().iter().enumerate() {
                 let mut admitted = rule.ports.is_empty();
@@ -103,17 +124,15 @@ impl Allowance {
                 if !admitted && names.is_empty() {
                     continue;
                 }
-                let peers = rule
-                    .peers
-                    .iter()
-                    .map(|p| match p {
-                        PeerMatcher::Pods { id, .. } => PeerTest::Pods(*id),
-                        PeerMatcher::Block(b) => PeerTest::Block(b.clone()),
-                    })
-                    .collect();
-                rules.push(AllowRule {
-                    peers,
-                    named_ports: (!admitted).then_some(names),
+                let peers_start = self.peers.len() as u32;
+                self.peers.extend(rule.peers.iter().map(|p| match p {
+                    PeerMatcher::Pods { id, .. } => PeerTest::Pods(*id),
+                    PeerMatcher::Block(b) => PeerTest::Block(b.clone()),
+                }));
+                self.rules.push(AllowRule {
+                    peers_start,
+                    peers_len: rule.peers.len() as u32,
+                    named_ports: (!admitted).then(|| names.into_boxed_slice()),
                     single: Arc::from(vec![RuleRef {
                         policy: policy.key.clone(),
                         rule: index,
@@ -121,6 +140,8 @@ impl Allowance {
                 });
             }
         }
-        Allowance { rules }
+        self.entries
+            .push((rules_start, self.rules.len() as u32 - rules_start));
+        (self.entries.len() - 1) as u32
     }
 }

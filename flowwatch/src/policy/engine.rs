@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::allowance::{Allowance, BitSet, PeerTest};
+use super::allowance::{Allowances, BitSet, PeerTest};
 use super::cluster::{Cluster, Endpoint, NsId, PodId};
 use super::compile::{
     compile_policy, declared_directions, CompiledPolicy, Direction, NamespaceScope, PeerMatcher,
@@ -78,7 +78,7 @@ struct AllowKey {
 #[derive(Debug, Default)]
 struct Cache {
     index: FastMap<AllowKey, u32>,
-    entries: Vec<Allowance>,
+    entries: Allowances,
     /// (entry, bit mask of its allowing rules) -> the rules
     combos: FastMap<(u32, u64), Arc<[RuleRef]>>,
 }
@@ -404,29 +404,26 @@ impl PolicyEngine {
                 if cache.entries.len() >= CACHE_CAPACITY {
                     *cache = Cache::default();
                 }
-                let subject_ports = &self.cluster.pod(subject).ports;
-                let allowance = Allowance::compile(
+                let e = cache.entries.add(
                     selecting.iter().map(|p| &self.policies[*p as usize]),
                     dir,
                     port,
                     protocol,
-                    subject_ports,
+                    &self.cluster.pod(subject).ports,
                 );
-                let e = cache.entries.len() as u32;
-                cache.entries.push(allowance);
                 cache.index.insert(key, e);
                 e
             }
         };
 
         let dst_ports = self.destination_ports(dir, subject, peer);
-        let rules = &cache.entries[entry as usize].rules;
+        let rules = cache.entries.rules_of(entry);
         let mut mask = 0u64;
         let mut first = None;
         let mut overflow: Vec<RuleRef> = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
-            let peer_ok =
-                rule.peers.is_empty() || rule.peers.iter().any(|t| self.peer_test(t, peer));
+            let peers = cache.entries.peers_of(rule);
+            let peer_ok = peers.is_empty() || peers.iter().any(|t| self.peer_test(t, peer));
             if !peer_ok || !rule.port_ok(port, protocol, dst_ports) {
                 continue;
             }
@@ -444,7 +441,7 @@ impl PolicyEngine {
             rules[first].single.clone()
         } else if overflow.is_empty() {
             // Several rules allow it: share one list per combination.
-            let rules = &cache.entries[entry as usize].rules;
+            let rules = cache.entries.rules_of(entry);
             let list = cache.combos.entry((entry, mask)).or_insert_with(|| {
                 (0..64)
                     .filter(|i| mask & (1 << i) != 0)
