@@ -1,0 +1,382 @@
+//! End to end: the real agent (`flowwatch run`), confined as the Helm chart confines it (root in
+//! a private mount namespace with tracefs mounted for it, bounding set reduced to exactly
+//! CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, no_new_privs), watching four pods (network namespaces
+//! on a bridge) described by the demo snapshot, scraped by a real Prometheus during real TCP
+//! traffic. Asserts through Prometheus's API that the uncovered, allowed, drifting and blocked
+//! edges appear with their workloads and counts. Also: without any one of the three capabilities
+//! the agent refuses to start, naming the one missing.
+//!
+//! Needs root, `setpriv`, `unshare`, `nft` and `prometheus`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::netns::{Node, Pod};
+use support::privileged::{command, require, root};
+use support::prometheus::{self, http_get, Job, Prometheus};
+
+const CHART_CAPS: [&str; 3] = ["bpf", "perfmon", "net_admin"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn available() -> bool {
+    let what = "agent scraped by prometheus";
+    require(what, root())
+        && require(what, command("setpriv"))
+        && require(what, command("unshare"))
+        && require(what, command("nft"))
+        && require(what, prometheus::available())
+}
+
+/// The agent as the chart runs it; killed on drop.
+struct ConfinedAgent {
+    child: Child,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ConfinedAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ConfinedAgent {
+    fn start(caps: &[&str], args: &[String]) -> ConfinedAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = dir.path().join("agent.log");
+        let bounding = format!(
+            "-all,{}",
+            caps.iter()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        // A private mount namespace gets tracefs (the chart mounts the host's); then only the
+        // chart's capabilities remain, and no_new_privs as allowPrivilegeEscalation: false.
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+        let script = format!(
+            "mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; \
+             exec setpriv --bounding-set={bounding} --inh-caps=-all --no-new-privs -- {} run --mount-tracefs=false {}",
+            env!("CARGO_BIN_EXE_flowwatch"),
+            quoted.join(" ")
+        );
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env("FLOWWATCH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn unshare");
+        ConfinedAgent {
+            child,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn without_any_one_of_the_charts_capabilities_the_agent_refuses_to_start() {
+    if !available() {
+        return;
+    }
+    for missing in CHART_CAPS {
+        let caps: Vec<&str> = CHART_CAPS
+            .iter()
+            .copied()
+            .filter(|c| *c != missing)
+            .collect();
+        let mut agent = ConfinedAgent::start(
+            &caps,
+            &[
+                "--interfaces".into(),
+                "lo".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+            ],
+        );
+        let status = agent.wait_exit(Duration::from_secs(30));
+        let log = agent.log();
+        assert!(
+            !status.success(),
+            "ran without CAP_{}:\n{log}",
+            missing.to_uppercase()
+        );
+        assert!(
+            log.contains("insufficient privileges")
+                && log.contains(&format!("CAP_{}", missing.to_uppercase())),
+            "without CAP_{} the error must name it:\n{log}",
+            missing.to_uppercase()
+        );
+    }
+}
+
+fn serve(pod: &Pod, addr: SocketAddr, connections: usize) -> std::thread::JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = pod.run(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        tx.send(()).ok();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut served = 0;
+        while served < connections && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut c, _)) => {
+                    c.set_nonblocking(false).ok();
+                    c.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                    let mut buf = [0u8; 64];
+                    if let Ok(n) = c.read(&mut buf) {
+                        let _ = c.write_all(&buf[..n]);
+                    }
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    handle
+}
+
+fn connect(pod: &Pod, addr: SocketAddr, times: usize) -> usize {
+    pod.run(move || {
+        let mut ok = 0;
+        for _ in 0..times {
+            if let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_millis(1200)) {
+                c.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                let _ = c.write_all(b"hello");
+                let mut buf = [0u8; 5];
+                if c.read_exact(&mut buf).is_ok() {
+                    ok += 1;
+                }
+            }
+        }
+        ok
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn prometheus_scrapes_the_confined_agent_during_real_traffic() {
+    if !available() {
+        return;
+    }
+    // Four pods, readdressed as the demo snapshot describes them, on this test's own subnet.
+    let node = Node::new(4);
+    let [a, b] = {
+        let o = node.pods[0].ipv4.octets();
+        [o[1], o[2]]
+    };
+    let ip = |last: u8| Ipv4Addr::new(10, a, b, last);
+    for (pod, last) in node.pods.iter().zip([10u8, 20, 30, 40]) {
+        pod.ip(&["addr", "flush", "dev", "eth0"]);
+        pod.ip(&["addr", "add", &format!("{}/24", ip(last)), "dev", "eth0"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("snapshot.yaml");
+    let demo = std::fs::read_to_string(repo().join("deploy/demo/snapshot.yaml")).unwrap();
+    assert!(
+        demo.contains("10.213.0.10"),
+        "the demo snapshot changed its addresses"
+    );
+    std::fs::write(
+        &snapshot,
+        demo.replace("10.213.0.", &format!("10.{a}.{b}.")),
+    )
+    .unwrap();
+    let [web, api, postgres, report] = [0, 1, 2, 3].map(|i| &node.pods[i]);
+    // postgres drops the report job's connections, as an enforcing CNI would.
+    postgres.exec(&["nft", "add", "table", "inet", "fwtest"]);
+    postgres.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "fwtest",
+        "input",
+        "{ type filter hook input priority 0 ; policy accept ; }",
+    ]);
+    postgres.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "fwtest",
+        "input",
+        "ip",
+        "saddr",
+        &ip(40).to_string(),
+        "tcp",
+        "dport",
+        "5432",
+        "drop",
+    ]);
+
+    let listen = format!("127.0.0.1:{}", support::agent::free_port());
+    let agent = ConfinedAgent::start(
+        &CHART_CAPS,
+        &[
+            "--interfaces".into(),
+            node.interface_glob(),
+            "--listen".into(),
+            listen.clone(),
+            "--poll-interval-ms".into(),
+            "200".into(),
+            "--snapshot".into(),
+            snapshot.display().to_string(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = http_get(&listen, "/readyz", None) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent not ready:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The running agent holds exactly the chart's capabilities.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    assert_eq!(
+        u64::from_str_radix(cap_eff, 16).unwrap(),
+        (1 << 39) | (1 << 38) | (1 << 12),
+        "CapEff of the agent: {cap_eff}\n{status}"
+    );
+
+    let prom = Prometheus::start(
+        &[Job::new("flowwatch", &[&listen])],
+        &[repo().join("deploy/prometheus/flowwatch-rules.yaml")],
+    );
+    prom.wait_for("up{job=\"flowwatch\"}", Duration::from_secs(30), |r| {
+        r.first().is_some_and(|s| s.value == 1.0)
+    });
+
+    let api_addr = SocketAddr::from((ip(20), 8080));
+    let pg_addr = SocketAddr::from((ip(30), 5432));
+    let servers = [serve(api, api_addr, 3), serve(postgres, pg_addr, 5)];
+    assert_eq!(connect(web, api_addr, 3), 3, "web -> api");
+    assert_eq!(connect(api, pg_addr, 3), 3, "api -> postgres");
+    assert_eq!(
+        connect(web, pg_addr, 2),
+        2,
+        "web -> postgres (denied, not enforced)"
+    );
+    assert_eq!(
+        connect(report, pg_addr, 1),
+        0,
+        "report -> postgres (denied and dropped)"
+    );
+    for s in servers {
+        let _ = s.join();
+    }
+
+    let q = |sel: &str| format!("sum by (verdict) (flowwatch_connections_total{{{sel}}})");
+    let wait = |what: &str, promql: &str, want: f64| {
+        let r = prom.wait_for(promql, Duration::from_secs(40), |r| {
+            r.first().is_some_and(|s| s.value >= want)
+        });
+        eprintln!("{what}: {r:?}");
+        r
+    };
+    let r = wait(
+        "uncovered web -> api",
+        &q("src_namespace=\"shop\",src_workload=\"web\",dst_namespace=\"shop\",dst_workload=\"api\",dst_port=\"8080\",protocol=\"TCP\",outcome=\"established\""),
+        3.0,
+    );
+    assert_eq!(
+        (r[0].label("verdict"), r[0].value),
+        ("uncovered", 3.0),
+        "{}",
+        agent.log()
+    );
+    let r = wait(
+        "allowed api -> postgres",
+        &q("src_workload=\"api\",dst_namespace=\"data\",dst_workload=\"postgres\",dst_port=\"5432\",outcome=\"established\""),
+        3.0,
+    );
+    assert_eq!((r[0].label("verdict"), r[0].value), ("allowed", 3.0));
+    let r = wait(
+        "drift web -> postgres",
+        "sum by (ingress_verdict) (flowwatch_enforcement_drift_connections_total{src_workload=\"web\",dst_workload=\"postgres\"})",
+        2.0,
+    );
+    assert_eq!((r[0].label("ingress_verdict"), r[0].value), ("denied", 2.0));
+    let r = wait(
+        "blocked report -> postgres",
+        "sum by (verdict, src_namespace) (flowwatch_blocked_attempts_total{dst_workload=\"postgres\",dst_port=\"5432\"})",
+        1.0,
+    );
+    assert_eq!(
+        (r[0].label("verdict"), r[0].label("src_namespace")),
+        ("denied", "jobs")
+    );
+    let r = wait(
+        "uncovered family",
+        "flowwatch_uncovered_connections_total{src_workload=\"web\",dst_workload=\"api\"}",
+        3.0,
+    );
+    assert_eq!(r[0].label("scope"), "same_namespace");
+    let r = prom.query("sum(flowwatch_flow_bytes_total{src_workload=\"web\",dst_workload=\"api\",direction=\"forward\"})").unwrap();
+    assert!(
+        r.first().is_some_and(|s| s.value > 0.0),
+        "bytes web -> api: {r:?}"
+    );
+    // The agent's own health, from the real datapath.
+    let r = prom.query("flowwatch_interfaces_attached").unwrap();
+    assert_eq!(r[0].value, 4.0, "four pod interfaces attached");
+    // No label holds an address of the test's pods.
+    let (_, series) = prom
+        .get(&format!(
+            "/api/v1/series?match[]={}",
+            prometheus::urlencode("{__name__=~\"flowwatch_.*\"}")
+        ))
+        .unwrap();
+    assert!(
+        !series.contains(&format!("10.{a}.{b}.")),
+        "a pod IP leaked into a label: {series}"
+    );
+    // The drift alert of the shipped rules is active for the real drift.
+    prom.wait_for("ALERTS{alertname=\"FlowwatchEnforcementDrift\",src_workload=\"web\",dst_workload=\"postgres\"}", Duration::from_secs(20), |r| !r.is_empty());
+}
