@@ -332,7 +332,7 @@ fn count(packet: &Packet, now: u64) {
                 emit(&key, EVENT_NEW_FLOW, ROLE_WIRE, 0, 0, now);
             }
         }
-        Err(e) if e as i32 == -EEXIST => {
+        Err(e) if e == -EEXIST => {
             // Another CPU created it between our lookup and insert.
             if let Some(c) = FLOWS.get_ptr_mut(key) {
                 add(c, forward, packet, now);
