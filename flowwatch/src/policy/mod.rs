@@ -39,12 +39,13 @@
 //!   [`RuleRef`] `{ policy: "namespace/name", rule: index in spec.ingress / spec.egress }`.
 //!   The enums are `Copy` and have `as_str()`: `allowed|denied|uncovered|not_applicable`.
 //!
-//! Verdicts are cached per (direction, pod identity, peer identity, port, protocol), where a
-//! pod identity is (namespace, labels, named ports) and a pod peer's identity also includes
-//! the set of ipBlocks its address falls in; non-pod peers are keyed by address. The engine
-//! is immutable: when pods, namespaces or policies change, build a new engine (10,000 pods and
-//! 2,000 policies build in well under a second); its cache starts empty, so a stale verdict is
-//! impossible by construction.
+//! Caching: at build, the engine computes which policies select each *identity* (pods of one
+//! namespace with the same labels and named ports) and, for each pod peer of each rule, the set
+//! of identities it selects. At evaluation it caches, per (direction, identity, port, protocol),
+//! the rules that can admit that port with their peer tests, so a flow costs two address
+//! lookups, one cache lookup per side and a few bit tests. The engine is immutable: when pods,
+//! namespaces or policies change, build a new engine (10,000 pods and 2,000 policies build in
+//! about 0.2 s); its cache starts empty, so a stale verdict is impossible by construction.
 
 mod allowance;
 mod cluster;
