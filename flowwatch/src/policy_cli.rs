@@ -350,7 +350,8 @@ fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer, dir: Dire
         ),
     );
     m.insert("reason".into(), Value::from(side.reason.as_str()));
-    if side.verdict != SideVerdict::NotApplicable {
+    // Only when the snapshot had invalid policies (a name lookup per side otherwise).
+    if side.verdict != SideVerdict::NotApplicable && engine.skipped_policies().next().is_some() {
         if let Some(ns) = engine.namespace_of(subject) {
             let skipped: Vec<&str> = engine.skipped_policies_in(ns, dir).collect();
             if !skipped.is_empty() {
