@@ -4,6 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use flowwatch::metrics::exposition::openmetrics_to_prometheus_text;
 use flowwatch::metrics::{
     encode_openmetrics, encode_prometheus_text, Endpoint, FlowEdge, Metrics, MetricsConfig,
     Verdict, WorkloadKind,
@@ -67,6 +68,9 @@ fn scrape(c: &mut Criterion) {
     });
     g.bench_function("prometheus_text_50k_series", |b| {
         b.iter(|| black_box(encode_prometheus_text(&registry).unwrap()))
+    });
+    g.bench_function("openmetrics_to_text_conversion_only", |b| {
+        b.iter(|| black_box(openmetrics_to_prometheus_text(&text)))
     });
     g.finish();
 }

@@ -35,6 +35,21 @@ pub fn encode_prometheus_text(registry: &Registry) -> Result<String, std::fmt::E
     )?))
 }
 
+/// Where the next line starting with `#` begins (or the end). Searches for `#` (memchr-fast)
+/// rather than for "\n#": sample lines rarely contain `#` at all.
+fn next_metadata_line(s: &str) -> usize {
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    while let Some(i) = s[from..].find('#') {
+        let at = from + i;
+        if at > 0 && bytes[at - 1] == b'\n' {
+            return at;
+        }
+        from = at + 1;
+    }
+    s.len()
+}
+
 /// Rewrites an OpenMetrics exposition (as prometheus-client writes it) to text format 0.0.4.
 ///
 /// Only metadata lines change; runs of sample lines are copied as one block.
@@ -47,7 +62,7 @@ pub fn openmetrics_to_prometheus_text(om: &str) -> String {
     while !rest.is_empty() {
         if !rest.starts_with('#') {
             // A block of samples, up to the next metadata line.
-            let end = rest.find("\n#").map(|i| i + 1).unwrap_or(rest.len());
+            let end = next_metadata_line(rest);
             let (block, tail) = rest.split_at(end);
             rest = tail;
             if let Some((help_name, help)) = pending_help.take() {
