@@ -127,9 +127,4 @@ impl<L: HasEdge, M: Default + TypedMetric> BudgetedFamily<L, M> {
     pub(crate) fn len(&self) -> usize {
         self.live.len()
     }
-
-    #[cfg(test)]
-    pub(crate) fn contains(&self, labels: &L) -> bool {
-        self.live.contains_key(labels)
-    }
 }

@@ -361,7 +361,7 @@ fn bad_config_is_an_error_naming_the_field() {
         ),
     ];
     for (cfg, field) in cases {
-        let err = Metrics::new(&cfg).err().expect("must fail").to_string();
+        let err = Metrics::new(&cfg).expect_err("must fail").to_string();
         assert!(err.contains(field), "{err}");
     }
 }
