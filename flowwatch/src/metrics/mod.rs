@@ -50,7 +50,10 @@
 //! (workloads, kinds and port become `other`); over the family budget into the global `other`
 //! bucket (namespaces too). Each fold counts in `flowwatch_series_dropped_total{family}`.
 //! Series not updated for `series_ttl` are removed, so workloads that disappeared vanish
-//! from the exposition and their budget goes to the edges active now.
+//! from the exposition and their budget goes to the edges active now. Every `series_ttl / 10`
+//! the budget is re-ranked: a folded edge with at least 2 updates in that window and more than
+//! twice the updates of the least active admitted edge (of its namespace, if the namespace is
+//! full) replaces it, so the budget keeps the top edges.
 
 mod budget;
 pub mod exposition;
@@ -224,6 +227,26 @@ impl EdgeFamilies {
             + self.blocked.expire(cutoff)
             + self.bytes.expire(cutoff)
             + self.packets.expire(cutoff)
+    }
+
+    fn rebalance(&mut self, now: Nanos) -> usize {
+        self.connections.rebalance(now)
+            + self.uncovered.rebalance(now)
+            + self.drift.rebalance(now)
+            + self.blocked.rebalance(now)
+            + self.bytes.rebalance(now)
+            + self.packets.rebalance(now)
+    }
+
+    /// Once per window: expiry and re-ranking. Returns whether any series changed.
+    fn maintain(&mut self, now: Nanos, ttl: Nanos, window: Nanos) -> bool {
+        if now < self.last_sweep.saturating_add(window) {
+            return false;
+        }
+        self.last_sweep = now;
+        let expired = self.expire(now.saturating_sub(ttl));
+        let promoted = self.rebalance(now);
+        expired + promoted > 0
     }
 }
 
@@ -474,11 +497,7 @@ impl Metrics {
             });
             note(FamilyName::Packets, a);
         }
-        let mut swept = false;
-        if now >= fam.last_sweep.saturating_add(self.inner.sweep_every) {
-            fam.last_sweep = now;
-            swept = fam.expire(now.saturating_sub(self.inner.ttl)) > 0;
-        }
+        let swept = fam.maintain(now, self.inner.ttl, self.inner.sweep_every);
         if grew || swept {
             self.publish_series(&fam);
         }
@@ -495,12 +514,22 @@ impl Metrics {
         }
     }
 
-    /// Removes the series not updated within `series_ttl` before `now`. Returns how many.
+    /// Removes the series not updated within `series_ttl` before `now` and returns how many;
+    /// once per window (`series_ttl / 10`, at least 1 s) also re-ranks the budget: the most
+    /// active folded edges replace the least active admitted ones. `record_flow` does the same
+    /// on its own every window; calling this on every poll is cheap.
     pub fn expire(&self, now: Nanos) -> usize {
         let mut fam = self.edges();
-        fam.last_sweep = now;
         let n = fam.expire(now.saturating_sub(self.inner.ttl));
-        self.publish_series(&fam);
+        let promoted = if now >= fam.last_sweep.saturating_add(self.inner.sweep_every) {
+            fam.last_sweep = now;
+            fam.rebalance(now)
+        } else {
+            0
+        };
+        if n + promoted > 0 {
+            self.publish_series(&fam);
+        }
         n
     }
 

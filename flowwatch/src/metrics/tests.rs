@@ -383,3 +383,110 @@ fn both_formats_describe_counters_correctly() {
     assert!(prom.contains("# TYPE flowwatch_build_info gauge\n"));
     assert!(!prom.contains("# EOF"));
 }
+
+#[test]
+fn the_budget_keeps_the_most_active_edges() {
+    // ttl 60 s: windows of 6 s.
+    let (m, reg) = new(MetricsConfig {
+        max_series_per_family: 2,
+        max_series_per_namespace: 2,
+        series_ttl: Duration::from_secs(60),
+    });
+    let none = Counters::default();
+    let [quiet, busy, late] =
+        ["quiet", "busy", "late"].map(|w| edge(("a", w), ("b", "y"), 80, [A, A, A]));
+    m.record_flow(&quiet, Some(Outcome::Established), &none, SEC);
+    m.record_flow(&busy, Some(Outcome::Established), &none, SEC);
+    // `late` arrives when the budget is full: folded, a candidate.
+    for _ in 0..10 {
+        m.record_flow(&late, Some(Outcome::Established), &none, 2 * SEC);
+        m.record_flow(&busy, Some(Outcome::Established), &none, 2 * SEC);
+    }
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert!(
+        c.iter()
+            .any(|l| l.contains("src_workload=\"other\"") && l.ends_with(" 10")),
+        "{c:#?}"
+    );
+    // Next window: `late` (10 updates) replaces `quiet` (1 update); `busy` (11) stays.
+    m.expire(8 * SEC);
+    m.record_flow(&late, Some(Outcome::Established), &none, 9 * SEC);
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert!(
+        c.iter().all(|l| !l.contains("src_workload=\"quiet\"")),
+        "{c:#?}"
+    );
+    assert!(
+        c.iter()
+            .any(|l| l.contains("src_workload=\"busy\"") && l.ends_with(" 11")),
+        "{c:#?}"
+    );
+    assert!(
+        c.iter()
+            .any(|l| l.contains("src_workload=\"late\"") && l.ends_with(" 1")),
+        "{c:#?}"
+    );
+    assert!(samples(&reg, "flowwatch_series")
+        .iter()
+        .any(|l| l == "flowwatch_series{family=\"connections\"} 3"));
+}
+
+#[test]
+fn a_candidate_needs_clearly_more_activity_to_displace() {
+    let (m, reg) = new(MetricsConfig {
+        max_series_per_family: 1,
+        max_series_per_namespace: 1,
+        series_ttl: Duration::from_secs(60),
+    });
+    let none = Counters::default();
+    let [held, challenger] =
+        ["held", "challenger"].map(|w| edge(("a", w), ("b", "y"), 80, [A, A, A]));
+    for _ in 0..5 {
+        m.record_flow(&held, Some(Outcome::Established), &none, SEC);
+        m.record_flow(&challenger, Some(Outcome::Established), &none, SEC);
+    }
+    m.record_flow(&challenger, Some(Outcome::Established), &none, SEC);
+    // 6 updates against 5: not more than twice, no churn.
+    m.expire(8 * SEC);
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert!(
+        c.iter().any(|l| l.contains("src_workload=\"held\"")),
+        "{c:#?}"
+    );
+    assert!(
+        c.iter().all(|l| !l.contains("src_workload=\"challenger\"")),
+        "{c:#?}"
+    );
+}
+
+#[test]
+fn a_full_namespace_only_displaces_its_own_edges() {
+    let (m, reg) = new(MetricsConfig {
+        max_series_per_family: 10,
+        max_series_per_namespace: 1,
+        series_ttl: Duration::from_secs(60),
+    });
+    let none = Counters::default();
+    let other_ns = edge(("quiet-ns", "idle"), ("b", "y"), 80, [A, A, A]);
+    let first = edge(("noisy", "first"), ("b", "y"), 80, [A, A, A]);
+    let second = edge(("noisy", "second"), ("b", "y"), 80, [A, A, A]);
+    m.record_flow(&other_ns, Some(Outcome::Established), &none, SEC);
+    m.record_flow(&first, Some(Outcome::Established), &none, SEC);
+    for _ in 0..5 {
+        m.record_flow(&second, Some(Outcome::Established), &none, SEC);
+    }
+    m.expire(8 * SEC);
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert!(
+        c.iter().any(|l| l.contains("src_workload=\"idle\"")),
+        "another namespace's idle edge stays: {c:#?}"
+    );
+    assert!(
+        c.iter().any(|l| l.contains("src_workload=\"second\"")),
+        "{c:#?}"
+    );
+    assert!(
+        c.iter().all(|l| !l.contains("src_workload=\"first\"")),
+        "{c:#?}"
+    );
+}
