@@ -151,7 +151,7 @@ impl<L: HasEdge, M: Default + TypedMetric> BudgetedFamily<L, M> {
             .collect();
         let mut promoted = 0;
         if !candidates.is_empty() {
-            candidates.sort_by(|a, b| b.1.cmp(&a.1));
+            candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
             // Admitted series, least active first.
             let mut admitted: Vec<(L, u64)> = self
                 .live
