@@ -407,3 +407,57 @@ fn the_rendered_manifests_match_the_chart() {
         assert!(got == want, "{file} drifted from the chart: run `cargo xtask render-manifests` and commit");
     }
 }
+
+#[test]
+fn the_containerfile_agrees_with_the_chart_and_the_toolchain() {
+    let cf = std::fs::read_to_string(repo().join("deploy/Containerfile")).unwrap();
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
+    let port = values["agent"]["port"].as_u64().unwrap();
+    assert!(
+        cf.contains(&format!("EXPOSE {port}\n")),
+        "EXPOSE differs from agent.port {port}"
+    );
+    // The bpf-linker the image builds is the one `cargo xtask setup` installs.
+    let setup = std::fs::read_to_string(repo().join("xtask/src/setup.rs")).unwrap();
+    let version = setup
+        .lines()
+        .find_map(|l| l.strip_prefix("const BPF_LINKER_VERSION: &str = \""))
+        .and_then(|r| r.strip_suffix("\";"))
+        .expect("BPF_LINKER_VERSION in xtask/src/setup.rs");
+    assert!(
+        cf.contains(&format!("ARG BPF_LINKER_VERSION={version}\n")),
+        "bpf-linker {version} expected"
+    );
+    assert!(
+        cf.contains("--features llvm-22") && cf.contains("llvm-22-dev"),
+        "LLVM 22 for bpf-linker"
+    );
+    assert!(
+        cf.contains("--component rust-src"),
+        "rust-src for the nested eBPF build"
+    );
+    // Two stages; the last one is distroless, non-root, running the agent.
+    let froms: Vec<&str> = cf.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(froms[1].contains("distroless"), "{}", froms[1]);
+    let last_stage = &cf[cf.rfind("\nFROM ").unwrap()..];
+    assert!(
+        last_stage.contains("\nUSER 65532:65532\n"),
+        "runtime stage must default to non-root"
+    );
+    assert!(last_stage.contains("ENTRYPOINT [\"/usr/local/bin/flowwatch\"]"));
+    // The chart runs the image's binary with `run`.
+    let helm = match helm() {
+        Ok(h) => h,
+        Err(_) => return,
+    };
+    let objs = docs(&template(&helm, &[]).unwrap());
+    let c = &find(&objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"][0], "run");
+    assert!(
+        c["command"].is_null(),
+        "the chart relies on the image's entrypoint"
+    );
+}
