@@ -77,14 +77,22 @@ fn documents(text: &str, origin: &str) -> Result<Vec<Value>, SnapshotError> {
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         // JSON: one value, or several concatenated (`kubectl get -o json` per file, cat'ed).
-        return serde_json::Deserializer::from_str(trimmed)
+        // YAML flow style (`{kind: List, ...}`) starts the same way: fall back to YAML, and
+        // report the JSON error only if that fails too.
+        let json = serde_json::Deserializer::from_str(trimmed)
             .into_iter::<Value>()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| syntax(e.to_string()));
+            .collect::<Result<Vec<_>, _>>();
+        return json.or_else(|json_error| {
+            yaml_documents(text).map_err(|_| syntax(json_error.to_string()))
+        });
     }
+    yaml_documents(text).map_err(syntax)
+}
+
+fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| syntax(e.to_string()))?;
+        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -342,6 +350,17 @@ items:
         ));
         let missing = load_files(&["/nonexistent/flowwatch-snapshot.yaml"]);
         assert!(matches!(missing, Err(SnapshotError::Io { .. })));
+    }
+
+    #[test]
+    fn yaml_flow_style_is_not_mistaken_for_json() {
+        let (inv, errors) = parse(
+            "{kind: List, items: [{kind: Namespace, apiVersion: v1, metadata: {name: x}}]}",
+            "flow.yaml",
+        )
+        .unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(inv.namespaces.len(), 1);
     }
 
     #[test]

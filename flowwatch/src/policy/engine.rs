@@ -26,6 +26,8 @@ pub(crate) type IdentityId = u32;
 /// Upper bound on cached allowances (identity x port x protocol x direction); past it the
 /// cache starts over, which bounds memory when flows hit many distinct ports.
 const CACHE_CAPACITY: usize = 1 << 18;
+/// And on the rules they hold in total (identities selected by very many policies).
+const CACHE_RULES_CAPACITY: usize = 1 << 24;
 
 /// Pods that policies cannot tell apart: same namespace, same labels, same named ports.
 /// Every pod of a Deployment usually shares one identity, so verdicts are cached per identity.
@@ -401,7 +403,9 @@ impl PolicyEngine {
         let entry = match cache.index.get(&key) {
             Some(e) => *e,
             None => {
-                if cache.entries.len() >= CACHE_CAPACITY {
+                if cache.entries.len() >= CACHE_CAPACITY
+                    || cache.entries.rules.len() >= CACHE_RULES_CAPACITY
+                {
                     *cache = Cache::default();
                 }
                 let e = cache.entries.add(
