@@ -7,8 +7,7 @@
 
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::{Inventory, ObjectError};
@@ -63,92 +62,265 @@ pub fn add_text(
     text: &str,
     origin: &str,
 ) -> Result<(), SnapshotError> {
-    for doc in documents(text, origin)? {
-        add_document(inventory, errors, doc, origin);
-    }
-    Ok(())
-}
-
-fn documents(text: &str, origin: &str) -> Result<Vec<Value>, SnapshotError> {
     let syntax = |message: String| SnapshotError::Syntax {
         origin: origin.to_string(),
         message,
     };
+    // Parse into a scratch inventory: a syntax error half-way must not leave half a file.
+    let mut sink = Sink {
+        inventory: Inventory::default(),
+        errors: Vec::new(),
+        origin,
+    };
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
-    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+    let parsed = if trimmed.starts_with('{') || trimmed.starts_with('[') {
         // JSON: one value, or several concatenated (`kubectl get -o json` per file, cat'ed).
         // YAML flow style (`{kind: List, ...}`) starts the same way: fall back to YAML, and
         // report the JSON error only if that fails too.
-        let json = serde_json::Deserializer::from_str(trimmed)
-            .into_iter::<Value>()
-            .collect::<Result<Vec<_>, _>>();
-        return json.or_else(|json_error| {
-            yaml_documents(text).map_err(|_| syntax(json_error.to_string()))
+        json_documents(trimmed, &mut sink).or_else(|json_error| {
+            sink.inventory = Inventory::default();
+            sink.errors.clear();
+            yaml_documents(text, &mut sink).map_err(|_| json_error)
+        })
+    } else {
+        yaml_documents(text, &mut sink)
+    };
+    parsed.map_err(syntax)?;
+    let Sink {
+        inventory: parsed,
+        errors: parse_errors,
+        ..
+    } = sink;
+    inventory.namespaces.extend(parsed.namespaces);
+    inventory.nodes.extend(parsed.nodes);
+    inventory.pods.extend(parsed.pods);
+    inventory.services.extend(parsed.services);
+    inventory.endpoint_slices.extend(parsed.endpoint_slices);
+    inventory.network_policies.extend(parsed.network_policies);
+    errors.extend(parse_errors);
+    Ok(())
+}
+
+/// Where decoded objects go, one at a time: the items of a list are decoded one by one
+/// straight from the parser, so the whole file never exists as a document tree (a full
+/// `kubectl get pods -A -o yaml` of a large cluster is hundreds of megabytes as a tree).
+struct Sink<'a> {
+    inventory: Inventory,
+    errors: Vec<ObjectError>,
+    origin: &'a str,
+}
+
+fn json_documents(text: &str, sink: &mut Sink) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    loop {
+        DocumentSeed { sink: &mut *sink }
+            .deserialize(&mut de)
+            .map_err(|e| e.to_string())?;
+        // `end` succeeds at the end of input; otherwise another value follows.
+        if de.end().is_ok() {
+            return Ok(());
+        }
+    }
+}
+
+fn yaml_documents(text: &str, sink: &mut Sink) -> Result<(), String> {
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        DocumentSeed { sink: &mut *sink }
+            .deserialize(doc)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// One YAML document or JSON value: a list (`items`), an array of objects, or one object.
+struct DocumentSeed<'s, 'a> {
+    sink: &'s mut Sink<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for DocumentSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kubernetes object or list")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut fields = serde_json::Map::new();
+        let mut was_list = false;
+        while let Some(key) = map.next_key::<String>()? {
+            let kind = fields.get("kind").and_then(Value::as_str);
+            // `items` of a list (kubectl prints `items` before `kind`; the API server after).
+            if key == "items" && kind.is_none_or(|k| k.ends_with("List")) {
+                was_list = true;
+                // A typed list (`PodList`) names the kind its items may omit.
+                let item_kind = kind
+                    .and_then(|k| k.strip_suffix("List"))
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string);
+                map.next_value_seed(ItemsSeed {
+                    sink: &mut *self.sink,
+                    item_kind,
+                })?;
+            } else {
+                let value = map.next_value::<Value>()?;
+                fields.insert(key, value);
+            }
+        }
+        if !was_list {
+            let origin = self.sink.origin.to_string();
+            self.sink.add_object(Value::Object(fields), None, &origin);
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        ItemsSeed {
+            sink: self.sink,
+            item_kind: None,
+        }
+        .visit_seq(seq)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(()) // an empty document
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.sink.not_an_object("a boolean");
+        Ok(())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.sink.not_an_object("a number");
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.sink.not_an_object("a number");
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.sink.not_an_object("a number");
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.sink.not_an_object("a string");
+        Ok(())
+    }
+}
+
+/// The `items` of a list, decoded and added one at a time.
+struct ItemsSeed<'s, 'a> {
+    sink: &'s mut Sink<'a>,
+    item_kind: Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of Kubernetes objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        while let Some(item) = seq.next_element::<Value>()? {
+            let position = format!("{} item {i}", self.sink.origin);
+            self.sink
+                .add_object(item, self.item_kind.as_deref(), &position);
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(()) // `items: null`, an empty list as some tools print it
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        self.sink.items_not_a_list("an object");
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.sink.items_not_a_list("a boolean");
+        Ok(())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.sink.items_not_a_list("a number");
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.sink.items_not_a_list("a number");
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.sink.items_not_a_list("a number");
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.sink.items_not_a_list("a string");
+        Ok(())
+    }
+}
+
+impl Sink<'_> {
+    fn add_object(&mut self, item: Value, default_kind: Option<&str>, position: &str) {
+        add_object(
+            &mut self.inventory,
+            &mut self.errors,
+            item,
+            default_kind,
+            position,
+        );
+    }
+
+    fn not_an_object(&mut self, found: &str) {
+        self.errors.push(ObjectError {
+            object: format!("document in {}", self.origin),
+            field: None,
+            message: format!("expected an object, found {found}"),
         });
     }
-    yaml_documents(text).map_err(syntax)
-}
 
-fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
-fn add_document(
-    inventory: &mut Inventory,
-    errors: &mut Vec<ObjectError>,
-    doc: Value,
-    origin: &str,
-) {
-    match doc {
-        Value::Array(items) => {
-            for (i, item) in items.into_iter().enumerate() {
-                add_object(inventory, errors, item, None, &format!("{origin} item {i}"));
-            }
-        }
-        Value::Object(mut map) => {
-            let kind = map
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            if kind.ends_with("List") {
-                match map.remove("items") {
-                    Some(Value::Array(items)) => {
-                        // A typed list (`PodList`) names the kind its items may omit.
-                        let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
-                        for (i, item) in items.into_iter().enumerate() {
-                            add_object(
-                                inventory,
-                                errors,
-                                item,
-                                item_kind,
-                                &format!("{origin} item {i}"),
-                            );
-                        }
-                    }
-                    Some(Value::Null) | None => {}
-                    Some(_) => errors.push(ObjectError {
-                        object: format!("{kind} in {origin}"),
-                        field: Some("items".into()),
-                        message: "expected a list".into(),
-                    }),
-                }
-            } else {
-                add_object(inventory, errors, Value::Object(map), None, origin);
-            }
-        }
-        other => errors.push(ObjectError {
-            object: format!("document in {origin}"),
-            field: None,
-            message: format!("expected an object, found {}", type_name(&other)),
-        }),
+    fn items_not_a_list(&mut self, found: &str) {
+        self.errors.push(ObjectError {
+            object: format!("List in {}", self.origin),
+            field: Some("items".into()),
+            message: format!("expected a list, found {found}"),
+        });
     }
 }
 
@@ -361,6 +533,37 @@ items:
         .unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(inv.namespaces.len(), 1);
+    }
+
+    #[test]
+    fn concatenated_json_values_are_all_read() {
+        let text = r#"{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}}
+{"kind":"List","items":[{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"y"}}]}"#;
+        let (inv, errors) = parse(text, "c.json").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let names: Vec<_> = inv
+            .namespaces
+            .iter()
+            .map(|n| n.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, vec!["x", "y"]);
+    }
+
+    #[test]
+    fn a_syntax_error_adds_nothing_from_the_file() {
+        let mut inv = Inventory::default();
+        let mut errors = Vec::new();
+        let text = r#"{"kind":"List","items":[{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}}, oops"#;
+        assert!(add_text(&mut inv, &mut errors, text, "broken.json").is_err());
+        assert!(inv.namespaces.is_empty() && errors.is_empty());
+    }
+
+    #[test]
+    fn items_that_are_not_a_list_are_reported() {
+        let (inv, errors) = parse("kind: List\nitems: {a: 1}\n", "odd.yaml").unwrap();
+        assert!(inv.pods.is_empty());
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field.as_deref(), Some("items"));
     }
 
     #[test]
