@@ -61,7 +61,7 @@ async fn parent(namespaces: usize) {
     let admin = api.admin_client().await;
     let kubeconfig = api.kubeconfig_path().to_path_buf();
 
-    let empty = run_child(&kubeconfig);
+    let empty = run_child(&kubeconfig, &[]);
     println!("empty cluster: {empty}");
 
     let t = Instant::now();
@@ -76,14 +76,15 @@ async fn parent(namespaces: usize) {
         t.elapsed()
     );
     for run in 1..=3 {
-        let loaded = run_child(&kubeconfig);
+        let loaded = run_child(&kubeconfig, &[]);
         println!("loaded cluster, run {run}: {loaded}");
     }
 }
 
-fn run_child(kubeconfig: &std::path::Path) -> String {
+fn run_child(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> String {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(exe)
+        .envs(env.iter().copied())
         .env("FLOWWATCH_BENCH_CHILD", kubeconfig)
         .output()
         .expect("run child");
@@ -92,6 +93,7 @@ fn run_child(kubeconfig: &std::path::Path) -> String {
         "child failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -108,13 +110,25 @@ fn child(kubeconfig: &str) {
         let w = ClusterWatch::start(client, WatchOptions::default(), cancel.clone());
         assert!(w.wait_synced(Duration::from_secs(120)).await, "no sync");
         let synced = t0.elapsed();
+        let rss_synced = rss_mb();
         let view = w.current();
         let (index, _) =
             EndpointIndex::build(&view.inventory, &view.owners, &EnrichOptions::default(), 0);
         let (engine, _) = PolicyEngine::build(&view.inventory, PolicyOptions::default());
         let ready = t0.elapsed();
-        // steady state: the watchers keep running
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_ready = rss_mb();
+        let counts = format!(
+            "pods={} namespaces={} services={} slices={} policies={}",
+            view.inventory.pods.len(),
+            view.inventory.namespaces.len(),
+            view.inventory.services.len(),
+            view.inventory.endpoint_slices.len(),
+            view.inventory.network_policies.len()
+        );
+        // the agent keeps the engine and the index, not the materialized view
+        drop(view);
+        // steady state: the watchers keep running (and return the view's memory)
+        tokio::time::sleep(Duration::from_secs(6)).await;
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let field = |name: &str| {
             status
@@ -125,13 +139,19 @@ fn child(kubeconfig: &str) {
                 .unwrap_or(0)
         };
         let stats = index.stats();
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        let rss_trimmed = rss_mb();
+        eprintln!(
+            "sizes: Pod {} PodSpec {} Container {} PodStatus {} ObjectMeta {}; rss at sync {rss_synced:.1}MB, ready (view held) {rss_ready:.1}MB, steady + malloc_trim {rss_trimmed:.1}MB",
+            std::mem::size_of::<Pod>(),
+            std::mem::size_of::<k8s_openapi::api::core::v1::PodSpec>(),
+            std::mem::size_of::<k8s_openapi::api::core::v1::Container>(),
+            std::mem::size_of::<k8s_openapi::api::core::v1::PodStatus>(),
+            std::mem::size_of::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(),
+        );
         println!(
-            "pods={} namespaces={} services={} slices={} policies={} synced={:.0}ms ready={:.0}ms rss={:.1}MB peak={:.1}MB index_pod_ips={}",
-            view.inventory.pods.len(),
-            view.inventory.namespaces.len(),
-            view.inventory.services.len(),
-            view.inventory.endpoint_slices.len(),
-            view.inventory.network_policies.len(),
+            "{counts} synced={:.0}ms ready={:.0}ms rss={:.1}MB peak={:.1}MB index_pod_ips={}",
             synced.as_secs_f64() * 1000.0,
             ready.as_secs_f64() * 1000.0,
             field("VmRSS:") as f64 / 1024.0,
@@ -141,6 +161,17 @@ fn child(kubeconfig: &str) {
         drop(engine);
         cancel.cancel();
     });
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 fn value<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
@@ -157,7 +188,12 @@ where
         .filter_map(|r| async move { r.err() })
         .collect()
         .await;
-    assert!(errors.is_empty(), "{what}: {} of {n} failed, e.g. {}", errors.len(), errors[0]);
+    assert!(
+        errors.is_empty(),
+        "{what}: {} of {n} failed, e.g. {}",
+        errors.len(),
+        errors[0]
+    );
 }
 
 async fn load(client: &Client, namespaces: usize) {
@@ -215,7 +251,12 @@ async fn load(client: &Client, namespaces: usize) {
     .await;
     let ip = |n: usize, p: usize| {
         let i = n * PODS_PER_NS + p;
-        format!("10.{}.{}.{}", 100 + i / 62_500, (i / 250) % 250, i % 250 + 1)
+        format!(
+            "10.{}.{}.{}",
+            100 + i / 62_500,
+            (i / 250) % 250,
+            i % 250 + 1
+        )
     };
     all(
         "pods",

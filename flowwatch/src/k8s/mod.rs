@@ -16,9 +16,10 @@
 
 pub mod convert;
 pub mod source;
+pub mod store;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +31,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::reflector::store::{Store, Writer};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::Client;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::enrich::OwnerIndex;
 use crate::inventory::Inventory;
 use convert::Trim;
+use store::{Cache, Cached, Change, CompactPod};
 
 /// What the agent knows of the cluster at one moment.
 #[derive(Clone, Debug, Default)]
@@ -106,7 +107,7 @@ impl Default for WatchOptions {
         WatchOptions {
             debounce: Duration::from_millis(100),
             watch_timeout_secs: None,
-            page_size: 500,
+            page_size: 100,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
         }
@@ -358,112 +359,155 @@ fn lock<T: Copy>(m: &Mutex<T>) -> T {
     *guard(m)
 }
 
-/// The stores, read when a view is built.
-#[derive(Clone)]
+/// The caches, read when a view is materialized.
+#[derive(Clone, Default)]
 struct Stores {
-    namespaces: Store<Namespace>,
-    nodes: Store<Node>,
-    pods: Store<Pod>,
-    services: Store<Service>,
-    endpoint_slices: Store<EndpointSlice>,
-    network_policies: Store<NetworkPolicy>,
-    replica_sets: Store<ReplicaSet>,
-    jobs: Store<Job>,
-}
-
-fn sorted<K: Clone + k8s_openapi::Metadata<Ty = ObjectMeta>>(store: &Store<K>) -> Vec<K> {
-    let mut v: Vec<K> = store.state().iter().map(|k| K::clone(k)).collect();
-    v.sort_by(|a, b| {
-        let (a, b) = (a.metadata(), b.metadata());
-        (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
-    });
-    v
+    namespaces: Arc<Cache<Namespace>>,
+    nodes: Arc<Cache<Node>>,
+    pods: Arc<Cache<CompactPod>>,
+    services: Arc<Cache<Service>>,
+    endpoint_slices: Arc<Cache<EndpointSlice>>,
+    network_policies: Arc<Cache<NetworkPolicy>>,
+    replica_sets: Arc<Cache<ReplicaSet>>,
+    jobs: Arc<Cache<Job>>,
 }
 
 impl Stores {
     fn view(&self, generation: u64) -> ClusterView {
         let inventory = Inventory {
-            namespaces: sorted(&self.namespaces),
-            nodes: sorted(&self.nodes),
-            pods: sorted(&self.pods),
-            services: sorted(&self.services),
-            endpoint_slices: sorted(&self.endpoint_slices),
-            network_policies: sorted(&self.network_policies),
+            namespaces: self.namespaces.map(Namespace::expand),
+            nodes: self.nodes.map(Node::expand),
+            pods: self.pods.map(Pod::expand),
+            services: self.services.map(Service::expand),
+            endpoint_slices: self.endpoint_slices.map(EndpointSlice::expand),
+            network_policies: self.network_policies.map(NetworkPolicy::expand),
         };
-        let rs = self.replica_sets.state();
-        let jobs = self.jobs.state();
-        let owners = OwnerIndex::from_objects(
-            rs.iter().map(|r| r.as_ref()),
-            jobs.iter().map(|j| j.as_ref()),
-        );
+        let rs = self.replica_sets.map(ReplicaSet::expand);
+        let jobs = self.jobs.map(Job::expand);
         ClusterView {
             inventory: Arc::new(inventory),
-            owners: Arc::new(owners),
+            owners: Arc::new(OwnerIndex::from_objects(&rs, &jobs)),
             generation,
         }
     }
 }
 
-/// The running watchers: the latest view and the sync status.
+/// Where views come from.
+#[derive(Clone)]
+enum Backing {
+    /// Materialized from the watch caches on demand.
+    Kube(Stores),
+    /// Loaded from snapshot files (small: kept as loaded).
+    Snapshot(Arc<Mutex<Arc<ClusterView>>>),
+}
+
+/// The running source: views of the cluster and the sync status.
+///
+/// Views are materialized on demand by [`ClusterWatch::current`] (about 30 ms at 10,000 pods)
+/// rather than kept: the caches hold pods in a compact form, and a materialized `Inventory`
+/// (k8s-openapi objects) is several times larger. Build the policy engine and update the
+/// enrichment index from a view, then drop it.
+#[derive(Clone)]
 pub struct ClusterWatch {
-    view: watch::Receiver<Arc<ClusterView>>,
+    generation: watch::Receiver<u64>,
+    backing: Backing,
     status: Arc<SyncStatus>,
+    materialized: Arc<AtomicU64>,
 }
 
 impl ClusterWatch {
-    /// Starts the watchers and the view builder on the current tokio runtime; they stop when
-    /// `cancel` is cancelled. The client's identity needs get/list/watch on the kinds above
-    /// (the chart's ClusterRole) and nothing else.
+    /// Starts the watchers and the change notifier on the current tokio runtime; they stop
+    /// when `cancel` is cancelled. The client's identity needs get/list/watch on the kinds
+    /// above (the chart's ClusterRole) and nothing else.
     pub fn start(client: Client, opts: WatchOptions, cancel: CancellationToken) -> ClusterWatch {
         let status = Arc::new(SyncStatus::default());
         let changed = Arc::new(Notify::new());
-        let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
+        let (tx, rx) = watch::channel(0u64);
+        let stores = Stores::default();
 
         macro_rules! kind {
-            ($ty:ty, $kind:expr) => {{
-                let writer = Writer::<$ty>::default();
-                let store = writer.as_reader();
+            ($ty:ty, $kind:expr, $cache:expr) => {{
                 tokio::spawn(run_kind::<$ty>(
                     client.clone(),
                     $kind,
-                    writer,
+                    $cache.clone(),
                     opts.clone(),
                     status.clone(),
                     changed.clone(),
                     cancel.clone(),
                 ));
-                store
             }};
         }
-        let stores = Stores {
-            namespaces: kind!(Namespace, Kind::Namespace),
-            nodes: kind!(Node, Kind::Node),
-            pods: kind!(Pod, Kind::Pod),
-            services: kind!(Service, Kind::Service),
-            endpoint_slices: kind!(EndpointSlice, Kind::EndpointSlice),
-            network_policies: kind!(NetworkPolicy, Kind::NetworkPolicy),
-            replica_sets: kind!(ReplicaSet, Kind::ReplicaSet),
-            jobs: kind!(Job, Kind::Job),
-        };
+        kind!(Namespace, Kind::Namespace, stores.namespaces);
+        kind!(Node, Kind::Node, stores.nodes);
+        kind!(Pod, Kind::Pod, stores.pods);
+        kind!(Service, Kind::Service, stores.services);
+        kind!(EndpointSlice, Kind::EndpointSlice, stores.endpoint_slices);
+        kind!(NetworkPolicy, Kind::NetworkPolicy, stores.network_policies);
+        kind!(ReplicaSet, Kind::ReplicaSet, stores.replica_sets);
+        kind!(Job, Kind::Job, stores.jobs);
+        let materialized = Arc::new(AtomicU64::new(0));
         tokio::spawn(publish(
-            stores,
             tx,
             status.clone(),
             changed,
             opts.debounce,
-            cancel,
+            cancel.clone(),
         ));
-        ClusterWatch { view: rx, status }
+        tokio::spawn(release_freed_memory(materialized.clone(), cancel));
+        ClusterWatch {
+            generation: rx,
+            backing: Backing::Kube(stores),
+            status,
+            materialized,
+        }
     }
 
-    /// A receiver of views (`borrow()` for the latest, `changed().await` for the next).
+    /// Change notifications, lean: the generation, which increases (debounced) after every
+    /// change once all kinds have synced. `changed().await`, then [`ClusterWatch::current`],
+    /// use the view, drop it. Nothing is kept between changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
+    }
+
+    /// A channel of materialized views, updated after every change (marked changed at once
+    /// when a view exists already). Convenient, but the channel keeps the latest view alive:
+    /// one materialized inventory more than [`ClusterWatch::changes`] + `current()`. Spawns a
+    /// forwarding task on the current runtime, which ends when the receivers are dropped.
     pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
-        self.view.clone()
+        let mut changes = self.generation.clone();
+        changes.mark_unchanged();
+        let first = self.current();
+        let has_view = first.generation > 0;
+        let (tx, mut rx) = watch::channel(first);
+        if has_view {
+            rx.mark_changed();
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    r = changes.changed() => if r.is_err() { return },
+                }
+                changes.mark_unchanged();
+                tx.send_replace(me.current());
+            }
+        });
+        rx
     }
 
-    /// The latest view.
+    /// The cluster as of now (materialized; drop it when done).
     pub fn current(&self) -> Arc<ClusterView> {
-        self.view.borrow().clone()
+        let generation = *self.generation.borrow();
+        match &self.backing {
+            Backing::Kube(stores) if generation > 0 => {
+                self.materialized.fetch_add(1, Ordering::Relaxed);
+                Arc::new(stores.view(generation))
+            }
+            Backing::Kube(_) => Arc::new(ClusterView::default()),
+            Backing::Snapshot(view) => guard(view).clone(),
+        }
     }
 
     pub fn status(&self) -> Arc<SyncStatus> {
@@ -472,10 +516,10 @@ impl ClusterWatch {
 
     /// Waits until every kind has listed once (or `timeout`). True when synced.
     pub async fn wait_synced(&self, timeout: Duration) -> bool {
-        let mut rx = self.view.clone();
+        let mut rx = self.generation.clone();
         let wait = async {
             loop {
-                if rx.borrow_and_update().generation > 0 {
+                if *rx.borrow_and_update() > 0 {
                     return;
                 }
                 if rx.changed().await.is_err() {
@@ -487,9 +531,42 @@ impl ClusterWatch {
     }
 }
 
+/// A materialized view is tens of MB of small allocations at 10,000 pods; once it is dropped,
+/// glibc keeps the freed pages. A few seconds after views were materialized, give them back
+/// (`malloc_trim`), twice, in case a view was still in use at the first try.
+async fn release_freed_memory(materialized: Arc<AtomicU64>, cancel: CancellationToken) {
+    let mut seen = 0;
+    let mut pending = 0u8;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let n = materialized.load(Ordering::Relaxed);
+        if n != seen {
+            seen = n;
+            pending = 2;
+        }
+        if pending > 0 {
+            pending -= 1;
+            trim_heap();
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim has no preconditions; it only returns free heap pages to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
 async fn publish(
-    stores: Stores,
-    tx: watch::Sender<Arc<ClusterView>>,
+    tx: watch::Sender<u64>,
     status: Arc<SyncStatus>,
     changed: Arc<Notify>,
     debounce: Duration,
@@ -509,14 +586,9 @@ async fn publish(
             continue;
         }
         generation += 1;
-        let view = stores.view(generation);
-        tracing::debug!(
-            generation,
-            pods = view.inventory.pods.len(),
-            "published a new cluster view"
-        );
+        tracing::debug!(generation, "cluster changed");
         status.views.inc();
-        tx.send_replace(Arc::new(view));
+        tx.send_replace(generation);
     }
 }
 
@@ -525,13 +597,14 @@ async fn publish(
 async fn run_kind<K>(
     client: Client,
     kind: Kind,
-    mut writer: Writer<K>,
+    cache: Arc<Cache<K::Compact>>,
     opts: WatchOptions,
     status: Arc<SyncStatus>,
     changed: Arc<Notify>,
     cancel: CancellationToken,
 ) where
     K: Trim
+        + Cached
         + DeserializeOwned
         + kube::Resource<DynamicType = ()>
         + k8s_openapi::Metadata<Ty = ObjectMeta>
@@ -543,7 +616,7 @@ async fn run_kind<K>(
 {
     let ar = ApiResource::erase::<K>(&());
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let mut cfg = watcher::Config::default().any_semantic();
+    let mut cfg = watcher::Config::default();
     cfg.page_size = Some(opts.page_size);
     if let Some(t) = opts.watch_timeout_secs {
         cfg = cfg.timeout(t);
@@ -566,7 +639,9 @@ async fn run_kind<K>(
                     tracing::info!(?kind, "watch expired (410 Gone); relisting");
                     continue;
                 }
-                Some(Err(watcher::Error::WatchStartFailed(kube::Error::Api(e)))) if e.code == 410 => {
+                Some(Err(watcher::Error::WatchStartFailed(kube::Error::Api(e))))
+                    if e.code == 410 =>
+                {
                     tracing::info!(?kind, "watch expired (410 Gone) at start; relisting");
                     break;
                 }
@@ -582,15 +657,16 @@ async fn run_kind<K>(
                 backoff = opts.min_backoff;
                 status.ok(kind);
             }
-            let typed = match event {
+            let keyed = |k: K| (store::key_of(k.metadata()), k.compact());
+            let change = match event {
                 Event::Init => {
                     init_count = 0;
-                    Some(Event::Init)
+                    Some(Change::Init)
                 }
                 Event::InitApply(obj) => {
-                    let t = decode_obj::<K>(kind, obj, &status).map(Event::InitApply);
-                    init_count += usize::from(t.is_some());
-                    t
+                    let c = decode_obj::<K>(kind, obj, &status).map(keyed);
+                    init_count += usize::from(c.is_some());
+                    c.map(|(k, c)| Change::InitApply(k, c))
                 }
                 Event::InitDone => {
                     lists += 1;
@@ -598,20 +674,23 @@ async fn run_kind<K>(
                         status.relists.get_or_create(&KindLabels { kind }).inc();
                         tracing::info!(?kind, objects = init_count, "relisted");
                     }
-                    Some(Event::InitDone)
+                    Some(Change::InitDone)
                 }
-                Event::Apply(obj) => decode_obj::<K>(kind, obj, &status).map(Event::Apply),
-                Event::Delete(obj) => Some(Event::Delete(convert::only_meta::<K>(obj.metadata))),
+                Event::Apply(obj) => decode_obj::<K>(kind, obj, &status)
+                    .map(keyed)
+                    .map(|(k, c)| Change::Apply(k, c)),
+                Event::Delete(obj) => Some(Change::Delete(store::key_of(&obj.metadata))),
             };
-            let Some(typed) = typed else { continue };
-            writer.apply_watcher_event(&typed);
-            match typed {
-                Event::InitDone => {
-                    status.synced(kind, init_count);
-                    changed.notify_one();
-                }
-                Event::Apply(_) | Event::Delete(_) => changed.notify_one(),
-                Event::Init | Event::InitApply(_) => {}
+            let Some(change) = change else { continue };
+            let notify = matches!(change, Change::Apply(..) | Change::Delete(_));
+            let done = matches!(change, Change::InitDone);
+            cache.apply(change);
+            if done {
+                status.synced(kind, cache.len());
+                changed.notify_one();
+            } else if notify {
+                status.set_objects(kind, cache.len());
+                changed.notify_one();
             }
         }
         tokio::select! {

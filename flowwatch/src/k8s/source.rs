@@ -7,13 +7,13 @@
 //! (a file being edited, bad YAML) is logged and the last good inventory stays in force.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClusterView, ClusterWatch, Kind, SyncStatus, WatchOptions};
+use super::{Backing, ClusterView, ClusterWatch, Kind, SyncStatus, WatchOptions};
 use crate::inventory::Inventory;
 
 /// The loader of snapshot files (in the agent: `crate::inventory::snapshot`'s loader).
@@ -42,9 +42,23 @@ impl ClusterWatch {
         cancel: CancellationToken,
     ) -> ClusterWatch {
         let status = Arc::new(SyncStatus::default());
-        let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
-        tokio::spawn(poll_files(paths, poll, load, tx, status.clone(), cancel));
-        ClusterWatch { view: rx, status }
+        let (tx, rx) = watch::channel(0u64);
+        let view = Arc::new(Mutex::new(Arc::new(ClusterView::default())));
+        tokio::spawn(poll_files(
+            paths,
+            poll,
+            load,
+            tx,
+            view.clone(),
+            status.clone(),
+            cancel,
+        ));
+        ClusterWatch {
+            generation: rx,
+            backing: Backing::Snapshot(view),
+            status,
+            materialized: Arc::default(),
+        }
     }
 }
 
@@ -135,7 +149,8 @@ async fn poll_files(
     paths: Vec<PathBuf>,
     poll: Duration,
     load: Arc<Loader>,
-    tx: watch::Sender<Arc<ClusterView>>,
+    tx: watch::Sender<u64>,
+    view: Arc<Mutex<Arc<ClusterView>>>,
     status: Arc<SyncStatus>,
     cancel: CancellationToken,
 ) {
@@ -170,11 +185,12 @@ async fn poll_files(
                     }
                     tracing::info!(generation, pods = inv.pods.len(), "snapshot loaded");
                     status.views.inc();
-                    tx.send_replace(Arc::new(ClusterView {
+                    *super::guard(&view) = Arc::new(ClusterView {
                         inventory: Arc::new(inventory),
                         owners: Arc::default(),
                         generation,
-                    }));
+                    });
+                    tx.send_replace(generation);
                 }
                 Err(e) => {
                     status.reload_errors.inc();
