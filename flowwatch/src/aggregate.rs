@@ -123,6 +123,7 @@ impl Aggregator {
             } => {
                 // The wire's orientation may differ from the sockets' (the first packet the TC
                 // program saw was not the SYN): follow whichever the flow already has.
+                let kernel_key = key;
                 let (key, counters, fwd, rev) =
                     if !self.flows.contains_key(&key) && self.flows.contains_key(&key.reversed()) {
                         (
@@ -139,6 +140,7 @@ impl Aggregator {
                 };
                 tracked.last_totals = counters;
                 let flow = &mut tracked.flow;
+                flow.kernel_key = Some(kernel_key);
                 flow.counters = counters.saturating_sub(tracked.baseline);
                 flow.fwd_tcp_flags |= fwd;
                 flow.rev_tcp_flags |= rev;
@@ -452,6 +454,11 @@ mod tests {
         let f = a.flows().next().unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!((f.counters.fwd_packets, f.counters.rev_packets), (7, 3));
+        assert_eq!(
+            f.kernel_key(),
+            Some(k.reversed()),
+            "freed by the kernel's own key"
+        );
     }
 
     #[test]

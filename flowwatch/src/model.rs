@@ -337,9 +337,17 @@ pub struct Flow {
     pub rev_tcp_flags: u8,
     /// Local sockets still open (TCP): established ends minus closed ends.
     pub(crate) open_sockets: u8,
+    /// The key of the kernel flow-map entry (its orientation may differ from `key`), once the
+    /// wire has seen the flow.
+    pub(crate) kernel_key: Option<FlowKey>,
 }
 
 impl Flow {
+    /// The key of this flow's kernel flow-map entry, if the wire has seen it.
+    pub fn kernel_key(&self) -> Option<FlowKey> {
+        self.kernel_key
+    }
+
     pub fn new(key: FlowKey, at: Nanos) -> Flow {
         Flow {
             key,
@@ -353,6 +361,7 @@ impl Flow {
             fwd_tcp_flags: 0,
             rev_tcp_flags: 0,
             open_sockets: 0,
+            kernel_key: None,
         }
     }
 }

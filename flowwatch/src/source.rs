@@ -24,7 +24,8 @@ pub trait FlowSource {
     fn drain_events(&mut self, out: &mut Vec<Observation>) -> Result<(), Self::Error>;
     /// Appends the current totals of every flow the kernel holds.
     fn read_totals(&mut self, out: &mut Vec<Observation>) -> Result<(), Self::Error>;
-    /// Forgets finished flows (frees their kernel map entries).
+    /// Forgets finished flows (frees their kernel map entries); `keys` are oriented as the
+    /// kernel reported them in `read_totals`.
     fn forget(&mut self, keys: &[FlowKey]) -> Result<(), Self::Error>;
     /// What the kernel lost so far.
     fn losses(&self) -> Result<KernelLosses, Self::Error>;

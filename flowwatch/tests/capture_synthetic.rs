@@ -103,6 +103,27 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
         "{sctp:?}"
     );
 
+    // Forgetting frees the kernel entries in one batch, skipping keys the map does not hold.
+    let sctp_keys: Vec<_> = totals
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Totals { key, .. } if key.protocol == Protocol::Sctp => Some(*key),
+            _ => None,
+        })
+        .collect();
+    let absent = sctp_keys[0].reversed();
+    source
+        .forget(&[sctp_keys[0], absent, sctp_keys[1]])
+        .unwrap();
+    let mut after = Vec::new();
+    source.read_totals(&mut after).unwrap();
+    assert!(
+        !after.iter().any(
+            |o| matches!(o, Observation::Totals { key, .. } if key.protocol == Protocol::Sctp)
+        ),
+        "{after:?}"
+    );
+
     // New SCTP flows also went through the ring buffer, oriented from the initiator.
     let mut events = Vec::new();
     source.drain_events(&mut events).unwrap();

@@ -74,7 +74,7 @@ impl<S: FlowSource> Pipeline<S> {
         if done.is_empty() {
             return Ok(());
         }
-        let keys: Vec<FlowKey> = done.iter().map(|d| d.flow.key).collect();
+        let keys: Vec<FlowKey> = done.iter().filter_map(|d| d.flow.kernel_key()).collect();
         self.source.forget(&keys)
     }
 }

@@ -6,12 +6,13 @@
 //!   file descriptors: when the agent exits, however it exits, the kernel detaches them.
 //! * [`EbpfSource`] drains the ring buffer and the per-CPU flow map ([`FlowSource`]).
 
+mod batch;
 pub mod links;
 pub mod preflight;
 
 use std::collections::BTreeMap;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{SchedClassifier, TcAttachType, TracePoint};
 use aya::{Ebpf, EbpfLoader};
@@ -106,9 +107,30 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
 
     let monitored = BpfHashMap::try_from(take_map(&mut bpf, common::MONITORED_MAP)?)
         .map_err(|e| map_error(common::MONITORED_MAP, e))?;
+    let flows_fd = match take_map(&mut bpf, common::FLOWS_MAP)? {
+        aya::maps::Map::PerCpuHashMap(data) => {
+            use std::os::fd::AsFd;
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| DatapathError::Map {
+                    map: common::FLOWS_MAP,
+                    message: e.to_string(),
+                })?
+        }
+        _ => {
+            return Err(DatapathError::Map {
+                map: common::FLOWS_MAP,
+                message: "not a per-CPU hash map".into(),
+            })
+        }
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Map {
+        map: common::FLOWS_MAP,
+        message: format!("{what}: {e}"),
+    })?;
     let source = EbpfSource {
-        flows: PerCpuHashMap::try_from(take_map(&mut bpf, common::FLOWS_MAP)?)
-            .map_err(|e| map_error(common::FLOWS_MAP, e))?,
+        flows: batch::FlowMapBatch::new(flows_fd, cpus),
         events: RingBuf::try_from(take_map(&mut bpf, common::EVENTS_MAP)?)
             .map_err(|e| map_error(common::EVENTS_MAP, e))?,
         stats: PerCpuArray::try_from(take_map(&mut bpf, common::STATS_MAP)?)
@@ -331,7 +353,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Reads the kernel's flow map, ring buffer and loss counters.
 pub struct EbpfSource {
-    flows: PerCpuHashMap<MapData, common::FlowKey, common::FlowCounters>,
+    flows: batch::FlowMapBatch,
     events: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
     capacity: u32,
@@ -358,29 +380,33 @@ impl FlowSource for EbpfSource {
     }
 
     fn read_totals(&mut self, out: &mut Vec<Observation>) -> Result<(), DatapathError> {
-        let mut n = 0;
-        for entry in self.flows.iter() {
-            // An entry deleted while we iterate is not an error worth stopping for.
-            let Ok((key, per_cpu)) = entry else { continue };
-            n += 1;
-            match Observation::from_kernel_totals(&key, &per_cpu) {
-                Ok(obs) => out.push(obs),
-                Err(_) => self.undecodable += 1,
-            }
-        }
+        let mut undecodable = 0;
+        let n = self
+            .flows
+            .for_each(
+                |key, per_cpu| match Observation::from_kernel_totals(key, per_cpu) {
+                    Ok(obs) => out.push(obs),
+                    Err(_) => undecodable += 1,
+                },
+            )
+            .map_err(|e| DatapathError::Map {
+                map: common::FLOWS_MAP,
+                message: format!("batch lookup: {e}"),
+            })?;
+        self.undecodable += undecodable;
         self.last_len = n;
         Ok(())
     }
 
     fn forget(&mut self, keys: &[FlowKey]) -> Result<(), DatapathError> {
-        for key in keys {
-            // The kernel's orientation may be either; one of the two exists.
-            let k = key.to_kernel();
-            if self.flows.remove(&k).is_err() {
-                let _ = self.flows.remove(&k.reversed());
-            }
-        }
-        Ok(())
+        let keys: Vec<common::FlowKey> = keys.iter().map(FlowKey::to_kernel).collect();
+        self.flows
+            .delete(&keys)
+            .map(|_| ())
+            .map_err(|e| DatapathError::Map {
+                map: common::FLOWS_MAP,
+                message: format!("batch delete: {e}"),
+            })
     }
 
     fn losses(&self) -> Result<KernelLosses, DatapathError> {
