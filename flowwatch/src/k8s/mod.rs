@@ -616,8 +616,10 @@ async fn run_kind<K>(
 {
     let ar = ApiResource::erase::<K>(&());
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let mut cfg = watcher::Config::default();
-    cfg.page_size = Some(opts.page_size);
+    let mut cfg = watcher::Config {
+        page_size: Some(opts.page_size),
+        ..Default::default()
+    };
     if let Some(t) = opts.watch_timeout_secs {
         cfg = cfg.timeout(t);
     }

@@ -131,6 +131,9 @@ as_is!(
     k8s_openapi::api::batch::v1::Job
 );
 
+/// A container's name and its declared ports.
+type NamedPorts = (Box<str>, Box<[ContainerPort]>);
+
 /// A pod, as much of it as flowwatch reads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompactPod {
@@ -143,7 +146,7 @@ pub struct CompactPod {
     node_name: Option<Box<str>>,
     host_network: Option<bool>,
     /// (container name, its ports)
-    containers: Box<[(Box<str>, Box<[ContainerPort]>)]>,
+    containers: Box<[NamedPorts]>,
     phase: Option<Box<str>>,
     pod_ip: Option<Box<str>>,
     pod_ips: Box<[Box<str>]>,
@@ -194,12 +197,12 @@ impl Cached for Pod {
     }
 
     fn expand(c: &CompactPod) -> Pod {
-        let s = |x: &Box<str>| x.to_string();
+        let s = |x: &str| -> String { x.to_owned() };
         Pod {
             metadata: ObjectMeta {
                 name: Some(s(&c.name)),
                 namespace: Some(s(&c.namespace)),
-                uid: c.uid.as_ref().map(s),
+                uid: c.uid.as_deref().map(s),
                 labels: (!c.labels.is_empty()).then(|| {
                     c.labels
                         .iter()
@@ -211,7 +214,7 @@ impl Cached for Pod {
                 ..Default::default()
             },
             spec: Some(PodSpec {
-                node_name: c.node_name.as_ref().map(s),
+                node_name: c.node_name.as_deref().map(s),
                 host_network: c.host_network,
                 containers: c
                     .containers
@@ -225,11 +228,11 @@ impl Cached for Pod {
                 ..Default::default()
             }),
             status: Some(PodStatus {
-                phase: c.phase.as_ref().map(s),
-                pod_ip: c.pod_ip.as_ref().map(s),
+                phase: c.phase.as_deref().map(s),
+                pod_ip: c.pod_ip.as_deref().map(s),
                 pod_ips: (!c.pod_ips.is_empty())
                     .then(|| c.pod_ips.iter().map(|ip| PodIP { ip: s(ip) }).collect()),
-                host_ip: c.host_ip.as_ref().map(s),
+                host_ip: c.host_ip.as_deref().map(s),
                 ..Default::default()
             }),
         }
