@@ -710,7 +710,9 @@ where
     let mut obj = obj;
     obj.metadata.managed_fields = None;
     let meta = obj.metadata.clone();
-    let value = match serde_json::to_value(&obj) {
+    // The body without a second copy: the object's own fields plus its (small) metadata.
+    let mut value = std::mem::take(&mut obj.data);
+    let metadata = match serde_json::to_value(&meta) {
         Ok(v) => v,
         Err(e) => {
             status.rejected.get_or_create(&KindLabels { kind }).inc();
@@ -718,6 +720,14 @@ where
             return None;
         }
     };
+    match value.as_object_mut() {
+        Some(map) => {
+            map.insert("metadata".to_owned(), metadata);
+        }
+        None => {
+            value = serde_json::json!({ "metadata": metadata });
+        }
+    }
     match convert::convert::<K>(meta, value) {
         Ok(k) => Some(k),
         Err(e) => {
