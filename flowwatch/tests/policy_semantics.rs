@@ -461,6 +461,33 @@ fn every_allowing_policy_and_rule_is_listed() {
 }
 
 #[test]
+fn every_allowing_rule_is_listed_even_beyond_64() {
+    // 70 rules that all allow the flow, 10 that do not (port 81): the list is complete, in
+    // order, and the same on a cache hit.
+    let mut rules: Vec<String> = (0..70)
+        .map(|_| "{ports: [{port: 80}]}".to_string())
+        .collect();
+    for i in 0..10 {
+        rules.insert(i * 7, "{ports: [{port: 81}]}".to_string());
+    }
+    let e = engine(&[np(
+        "x",
+        "many",
+        &format!(
+            "{{podSelector: {{matchLabels: {{pod: a}}}}, ingress: [{}]}}",
+            rules.join(", ")
+        ),
+    )]);
+    let expected: Vec<usize> = (0..80).filter(|i| i % 7 != 0 || i / 7 >= 10).collect();
+    assert_eq!(expected.len(), 70);
+    for _ in 0..2 {
+        let v = e.evaluate(&pod("y/b"), &pod("x/a"), 80, Tcp).unwrap();
+        let got: Vec<usize> = v.ingress.allowed_by.iter().map(|r| r.rule).collect();
+        assert_eq!(got, expected);
+    }
+}
+
+#[test]
 fn a_pod_can_always_reach_itself() {
     let e = engine(&[np(
         "x",

@@ -76,6 +76,35 @@ struct AllowKey {
     protocol: Protocol,
 }
 
+/// The rules of one allowance that allow a flow, by position.
+#[derive(Debug, Default)]
+struct Matched {
+    /// Positions below 64.
+    mask: u64,
+    /// Positions from 64 on (an identity with that many applicable rules is unusual).
+    beyond: Vec<usize>,
+}
+
+impl Matched {
+    fn add(&mut self, i: usize) {
+        if i < 64 {
+            self.mask |= 1 << i;
+        } else {
+            self.beyond.push(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.mask == 0 && self.beyond.is_empty()
+    }
+
+    fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..64)
+            .filter(|i| self.mask & (1 << i) != 0)
+            .chain(self.beyond.iter().copied())
+    }
+}
+
 /// Allowances computed so far, and the rule lists of flows several rules allow at once.
 #[derive(Debug, Default)]
 struct Cache {
@@ -83,6 +112,30 @@ struct Cache {
     entries: Allowances,
     /// (entry, bit mask of its allowing rules) -> the rules
     combos: FastMap<(u32, u64), Arc<[RuleRef]>>,
+}
+
+impl Cache {
+    /// The rules (`policy`, index) behind `matched`, shared between flows: one rule's list is
+    /// prebuilt, a combination is built once per allowance and kept.
+    fn rule_list(&mut self, entry: u32, matched: Matched) -> Arc<[RuleRef]> {
+        let rules = self.entries.rules_of(entry);
+        let collect = |m: &Matched| -> Arc<[RuleRef]> {
+            m.positions()
+                .flat_map(|i| rules[i].single.iter().cloned())
+                .collect::<Vec<_>>()
+                .into()
+        };
+        if !matched.beyond.is_empty() {
+            return collect(&matched);
+        }
+        if matched.mask.count_ones() == 1 {
+            return rules[matched.mask.trailing_zeros() as usize].single.clone();
+        }
+        self.combos
+            .entry((entry, matched.mask))
+            .or_insert_with(|| collect(&matched))
+            .clone()
+    }
 }
 
 /// The NetworkPolicy engine. Immutable once built; apply a change of the cluster by building a
@@ -400,74 +453,62 @@ impl PolicyEngine {
             port,
             protocol,
         };
-        let entry = match cache.index.get(&key) {
-            Some(e) => *e,
-            None => {
-                if cache.entries.len() >= CACHE_CAPACITY
-                    || cache.entries.rules.len() >= CACHE_RULES_CAPACITY
-                {
-                    *cache = Cache::default();
-                }
-                let e = cache.entries.add(
-                    selecting.iter().map(|p| &self.policies[*p as usize]),
-                    dir,
-                    port,
-                    protocol,
-                    &self.cluster.pod(subject).ports,
-                );
-                cache.index.insert(key, e);
-                e
-            }
-        };
-
+        let entry = self.allowance(cache, key, subject);
         let dst_ports = self.destination_ports(dir, subject, peer);
-        let rules = cache.entries.rules_of(entry);
-        let mut mask = 0u64;
-        let mut first = None;
-        let mut overflow: Vec<RuleRef> = Vec::new();
-        for (i, rule) in rules.iter().enumerate() {
-            let peers = cache.entries.peers_of(rule);
-            let peer_ok = peers.is_empty() || peers.iter().any(|t| self.peer_test(t, peer));
-            if !peer_ok || !rule.port_ok(port, protocol, dst_ports) {
-                continue;
-            }
-            first.get_or_insert(i);
-            if i < 64 {
-                mask |= 1 << i;
-            } else {
-                overflow.extend(rule.single.iter().cloned());
-            }
-        }
-        let Some(first) = first else {
+        let matched = self.matching_rules(&cache.entries, entry, peer, port, protocol, dst_ports);
+        if matched.is_empty() {
             return self.result(SideVerdict::Denied, SideReason::NoRuleMatched, None);
-        };
-        let allowed_by = if overflow.is_empty() && mask.count_ones() == 1 {
-            rules[first].single.clone()
-        } else if overflow.is_empty() {
-            // Several rules allow it: share one list per combination.
-            let rules = cache.entries.rules_of(entry);
-            let list = cache.combos.entry((entry, mask)).or_insert_with(|| {
-                (0..64)
-                    .filter(|i| mask & (1 << i) != 0)
-                    .flat_map(|i| rules[i].single.iter().cloned())
-                    .collect::<Vec<_>>()
-                    .into()
-            });
-            list.clone()
-        } else {
-            // More than 64 rules of one identity allow the same flow: no memo, just the list.
-            let mut all: Vec<RuleRef> = (0..64)
-                .filter(|i| mask & (1 << i) != 0)
-                .flat_map(|i| rules[i].single.iter().cloned())
-                .collect();
-            all.extend(overflow);
-            all.into()
-        };
+        }
+        let allowed_by = cache.rule_list(entry, matched);
         self.result(
             SideVerdict::Allowed,
             SideReason::RuleMatched,
             Some(allowed_by),
         )
+    }
+
+    /// The cached allowance of `key`, compiled from the policies selecting the identity on
+    /// first use.
+    fn allowance(&self, cache: &mut Cache, key: AllowKey, subject: PodId) -> u32 {
+        if let Some(e) = cache.index.get(&key) {
+            return *e;
+        }
+        if cache.entries.len() >= CACHE_CAPACITY
+            || cache.entries.rules.len() >= CACHE_RULES_CAPACITY
+        {
+            *cache = Cache::default();
+        }
+        let selecting = self.identities[key.identity as usize].selecting(key.dir);
+        let e = cache.entries.add(
+            selecting.iter().map(|p| &self.policies[*p as usize]),
+            key.dir,
+            key.port,
+            key.protocol,
+            &self.cluster.pod(subject).ports,
+        );
+        cache.index.insert(key, e);
+        e
+    }
+
+    /// Which rules of an allowance let the flow's peer through.
+    fn matching_rules(
+        &self,
+        allowances: &Allowances,
+        entry: u32,
+        peer: End,
+        port: u16,
+        protocol: Protocol,
+        dst_ports: &[NamedPort],
+    ) -> Matched {
+        let mut matched = Matched::default();
+        for (i, rule) in allowances.rules_of(entry).iter().enumerate() {
+            let peers = allowances.peers_of(rule);
+            let peer_ok = peers.is_empty() || peers.iter().any(|t| self.peer_test(t, peer));
+            if peer_ok && rule.port_ok(port, protocol, dst_ports) {
+                matched.add(i);
+            }
+        }
+        matched
     }
 
     /// Does a flow's peer pass one peer of a rule?
