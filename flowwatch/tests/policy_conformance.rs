@@ -747,3 +747,186 @@ fn egress_to_a_namespace_and_ingress_from_it_both_needed() {
         .set("z/*", "y/b", true);
     assert_reach(&e, 80, Tcp, &expected);
 }
+
+// ---- The upstream scenarios whose exact shape differs from the ones above ----
+
+#[test]
+fn ports_and_pod_in_other_namespace_on_udp_and_sctp() {
+    // The upstream UDP and SCTP contexts repeat these two scenarios per protocol.
+    for (proto, name) in [(Udp, "UDP"), (Sctp, "SCTP"), (Tcp, "TCP")] {
+        let e = engine(&[
+            np(
+                "x",
+                "port-81-from-y",
+                &format!("{{podSelector: {{matchLabels: {{pod: a}}}}, ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: y}}}}}}], ports: [{{port: 81, protocol: {name}}}]}}]}}"),
+            ),
+            np(
+                "x",
+                "ya-to-xb",
+                "{podSelector: {matchLabels: {pod: b}}, ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}, podSelector: {matchLabels: {pod: a}}}]}]}",
+            ),
+        ]);
+        let into_b = Reach::all(true)
+            .set("*/*", "x/b", false)
+            .set("y/a", "x/b", true);
+        assert_reach(
+            &e,
+            81,
+            proto,
+            &into_b
+                .clone()
+                .set("*/*", "x/a", false)
+                .set("y/*", "x/a", true),
+        );
+        assert_reach(&e, 80, proto, &into_b.set("*/*", "x/a", false));
+    }
+}
+
+#[test]
+fn named_port_for_the_whole_namespace() {
+    let e = engine(&[np(
+        "x",
+        "allow-all",
+        "{podSelector: {}, ingress: [{ports: [{port: serve-81-tcp}]}]}",
+    )]);
+    assert_reach(&e, 81, Tcp, &Reach::all(true));
+    assert_reach(&e, 80, Tcp, &Reach::all(true).set("*/*", "x/*", false));
+}
+
+#[test]
+fn egress_named_port_for_the_whole_namespace() {
+    let e = engine(&[np(
+        "x",
+        "allow-egress",
+        "{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: serve-80-tcp}]}]}",
+    )]);
+    assert_reach(&e, 80, Tcp, &Reach::all(true));
+    assert_reach(&e, 81, Tcp, &Reach::all(true).set("x/*", "*/*", false));
+}
+
+#[test]
+fn allow_all_updated_to_deny_all() {
+    let allow = engine(&[np("x", "p", "{podSelector: {}, ingress: [{}]}")]);
+    assert_reach(&allow, 81, Tcp, &Reach::all(true));
+    let deny = engine(&[np("x", "p", "{podSelector: {}, ingress: []}")]);
+    assert_reach(&deny, 81, Tcp, &Reach::all(true).set("*/*", "x/*", false));
+}
+
+#[test]
+fn ingress_from_a_pod_and_egress_on_one_port_in_one_policy() {
+    let e = engine(&[np(
+        "x",
+        "both",
+        "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress, Ingress], ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}], egress: [{ports: [{port: 80}]}]}",
+    )]);
+    let into_a = Reach::all(true)
+        .set("*/*", "x/a", false)
+        .set("x/b", "x/a", true);
+    assert_reach(&e, 80, Tcp, &into_a);
+    assert_reach(&e, 81, Tcp, &into_a.set("x/a", "*/*", false));
+}
+
+#[test]
+fn client_egress_allows_only_one_of_two_servers_that_allow_it() {
+    let from_xa = "{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}, podSelector: {matchLabels: {pod: a}}}]}";
+    let e = engine(&[
+        np(
+            "x",
+            "to-ya",
+            "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}, podSelector: {matchLabels: {pod: a}}}]}]}",
+        ),
+        np("y", "ya-from-xa", &format!("{{podSelector: {{matchLabels: {{pod: a}}}}, ingress: [{from_xa}]}}")),
+        np("y", "yb-from-xa", &format!("{{podSelector: {{matchLabels: {{pod: b}}}}, ingress: [{from_xa}]}}")),
+    ]);
+    let expected = Reach::all(true)
+        .set("x/a", "*/*", false)
+        .set("*/*", "y/a", false)
+        .set("x/a", "y/a", true)
+        .set("*/*", "y/b", false);
+    assert_reach(&e, 80, Tcp, &expected);
+}
+
+#[test]
+fn an_except_policy_replaced_by_a_single_address_policy() {
+    let xb = pod_ip("x", "b");
+    let except = np(
+        "x",
+        "cidr",
+        &format!("{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [{xb}/32]}}}}]}}]}}"),
+    );
+    assert_reach(
+        &engine(&[except]),
+        80,
+        Tcp,
+        &Reach::all(true).set("x/a", "x/b", false),
+    );
+    // The update replaces the policy of the same name: only x/b is allowed now.
+    let replaced = np(
+        "x",
+        "cidr",
+        &format!("{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: {xb}/32}}}}]}}]}}"),
+    );
+    assert_reach(
+        &engine(&[replaced]),
+        80,
+        Tcp,
+        &Reach::all(true)
+            .set("x/a", "*/*", false)
+            .set("x/a", "x/b", true),
+    );
+}
+
+#[test]
+fn egress_allow_all_then_ingress_deny_on_the_same_pod() {
+    let allow_egress = np(
+        "x",
+        "allow-egress",
+        "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{}]}",
+    );
+    assert_reach(
+        &engine(std::slice::from_ref(&allow_egress)),
+        80,
+        Tcp,
+        &Reach::all(true),
+    );
+    let both = engine(&[
+        allow_egress,
+        np(
+            "x",
+            "deny-ingress",
+            "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}",
+        ),
+    ]);
+    assert_reach(&both, 80, Tcp, &Reach::all(true).set("*/*", "x/a", false));
+}
+
+#[test]
+fn sctp_allow_does_not_open_tcp_under_default_deny() {
+    let e = engine(&[
+        deny_ingress_x(),
+        np(
+            "x",
+            "sctp-81",
+            "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: 81, protocol: SCTP}]}]}",
+        ),
+    ]);
+    assert_reach(&e, 81, Tcp, &Reach::all(true).set("*/*", "x/*", false));
+    assert_reach(
+        &e,
+        81,
+        Sctp,
+        &Reach::all(true)
+            .set("*/*", "x/*", false)
+            .set("*/*", "x/a", true),
+    );
+}
+
+#[test]
+fn egress_namespace_selector_not_in_on_the_default_label() {
+    let e = engine(&[np(
+        "x",
+        "not-to-y",
+        "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [y]}]}}]}]}",
+    )]);
+    assert_reach(&e, 80, Tcp, &Reach::all(true).set("x/a", "y/*", false));
+}
