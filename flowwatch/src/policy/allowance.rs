@@ -145,3 +145,22 @@ impl Allowances {
         (self.entries.len() - 1) as u32
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitset_holds_what_was_inserted_and_ignores_out_of_range() {
+        let mut s = BitSet::with_capacity(130);
+        for i in [0, 63, 64, 129] {
+            s.insert(i);
+        }
+        for i in 0..200 {
+            assert_eq!(s.contains(i), [0, 63, 64, 129].contains(&i), "{i}");
+        }
+        s.insert(10_000); // beyond capacity: no panic, no effect
+        assert!(!s.contains(10_000));
+        assert!(!BitSet::default().contains(0));
+    }
+}

@@ -129,3 +129,36 @@ pub enum PolicyError {
     #[error("unknown pod {0}")]
     UnknownPod(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_from_names_and_addresses() {
+        assert_eq!(
+            "x/a".parse::<Peer>(),
+            Ok(Peer::Pod {
+                namespace: "x".into(),
+                name: "a".into()
+            })
+        );
+        assert_eq!(
+            "10.0.0.1".parse::<Peer>(),
+            Ok(Peer::Ip("10.0.0.1".parse().unwrap()))
+        );
+        assert_eq!(
+            "fd00::1".parse::<Peer>(),
+            Ok(Peer::Ip("fd00::1".parse().unwrap()))
+        );
+        for bad in ["", "x", "x/", "/a", "x/a/b", "10.0.0.256"] {
+            assert!(bad.parse::<Peer>().is_err(), "{bad:?}");
+        }
+        assert_eq!("x/a".parse::<Peer>().unwrap().to_string(), "x/a");
+    }
+
+    #[test]
+    fn default_options_match_the_upstream_suite() {
+        assert!(PolicyOptions::default().ipblock_matches_pod_ips);
+    }
+}
