@@ -69,6 +69,13 @@ fn scrape(c: &mut Criterion) {
     g.bench_function("prometheus_text_50k_series", |b| {
         b.iter(|| black_box(encode_prometheus_text(&registry).unwrap()))
     });
+    g.bench_function("prometheus_text_via_a_second_copy", |b| {
+        b.iter(|| {
+            black_box(openmetrics_to_prometheus_text(
+                &encode_openmetrics(&registry).unwrap(),
+            ))
+        })
+    });
     g.bench_function("openmetrics_to_text_conversion_only", |b| {
         b.iter(|| black_box(openmetrics_to_prometheus_text(&text)))
     });

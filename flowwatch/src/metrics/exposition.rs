@@ -28,68 +28,64 @@ pub fn encode_openmetrics(registry: &Registry) -> Result<String, std::fmt::Error
     Ok(out)
 }
 
-/// The Prometheus text exposition format 0.0.4.
+/// The Prometheus text exposition format 0.0.4, converted while prometheus-client writes (no
+/// second copy of the exposition).
 pub fn encode_prometheus_text(registry: &Registry) -> Result<String, std::fmt::Error> {
-    Ok(openmetrics_to_prometheus_text(&encode_openmetrics(
-        registry,
-    )?))
-}
-
-/// Where the next line starting with `#` begins (or the end). Searches for `#` (memchr-fast)
-/// rather than for "\n#": sample lines rarely contain `#` at all.
-fn next_metadata_line(s: &str) -> usize {
-    let bytes = s.as_bytes();
-    let mut from = 0;
-    while let Some(i) = s[from..].find('#') {
-        let at = from + i;
-        if at > 0 && bytes[at - 1] == b'\n' {
-            return at;
-        }
-        from = at + 1;
-    }
-    s.len()
+    let hint = LAST_LEN.load(Ordering::Relaxed).max(64 * 1024);
+    let mut w = TextWriter::new(String::with_capacity(hint + hint / 8));
+    prometheus_client::encoding::text::encode(&mut w, registry)?;
+    let out = w.finish();
+    LAST_LEN.store(out.len(), Ordering::Relaxed);
+    Ok(out)
 }
 
 /// Rewrites an OpenMetrics exposition (as prometheus-client writes it) to text format 0.0.4.
-///
-/// Only metadata lines change; runs of sample lines are copied as one block.
 pub fn openmetrics_to_prometheus_text(om: &str) -> String {
-    let mut out = String::with_capacity(om.len());
-    // The metadata of the current family is buffered until its TYPE is known, because the
-    // HELP line comes first and a counter's HELP must name `<family>_total`.
-    let mut pending_help: Option<(&str, &str)> = None;
-    let mut rest = om;
-    while !rest.is_empty() {
-        if !rest.starts_with('#') {
-            // A block of samples, up to the next metadata line.
-            let end = next_metadata_line(rest);
-            let (block, tail) = rest.split_at(end);
-            rest = tail;
-            if let Some((help_name, help)) = pending_help.take() {
-                out.push_str(&format!("# HELP {help_name} {help}\n"));
-            }
-            // Samples read the same in both formats: this catalogue registers no exemplars
-            // and sets no created timestamps (which OpenMetrics would add as `_created`).
-            out.push_str(block);
-            if !block.ends_with('\n') {
-                out.push('\n');
-            }
-            continue;
+    let mut w = TextWriter::new(String::with_capacity(om.len()));
+    // Writing to a String cannot fail.
+    let _ = std::fmt::Write::write_str(&mut w, om);
+    w.finish()
+}
+
+/// A `fmt::Write` that turns OpenMetrics into the Prometheus text format on the fly. Sample
+/// lines pass straight through; metadata lines (`#...`) are buffered and rewritten.
+struct TextWriter {
+    out: String,
+    /// The metadata line being written (only while `in_meta`).
+    meta: String,
+    at_line_start: bool,
+    in_meta: bool,
+    /// A HELP line waits for its TYPE line: a counter's HELP must name `<family>_total`.
+    pending_help: Option<(String, String)>,
+}
+
+impl TextWriter {
+    fn new(out: String) -> TextWriter {
+        TextWriter {
+            out,
+            meta: String::new(),
+            at_line_start: true,
+            in_meta: false,
+            pending_help: None,
         }
-        let (line, tail) = match rest.find('\n') {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, ""),
-        };
-        rest = tail;
+    }
+
+    fn flush_help(&mut self) {
+        if let Some((name, help)) = self.pending_help.take() {
+            self.out.push_str(&format!("# HELP {name} {help}\n"));
+        }
+    }
+
+    fn metadata_line(&mut self) {
+        let line = std::mem::take(&mut self.meta);
         if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
+            return;
         }
         if let Some(body) = line.strip_prefix("# HELP ") {
-            if let Some((help_name, help)) = pending_help.take() {
-                out.push_str(&format!("# HELP {help_name} {help}\n"));
-            }
-            pending_help = Some(body.split_once(' ').unwrap_or((body, "")));
-            continue;
+            self.flush_help();
+            let (name, help) = body.split_once(' ').unwrap_or((body, ""));
+            self.pending_help = Some((name.to_string(), help.to_string()));
+            return;
         }
         if let Some(body) = line.strip_prefix("# TYPE ") {
             let (family, ty) = body.split_once(' ').unwrap_or((body, "untyped"));
@@ -101,27 +97,66 @@ pub fn openmetrics_to_prometheus_text(om: &str) -> String {
                 "gaugehistogram" => (family.to_string(), "histogram"),
                 other => (family.to_string(), other),
             };
-            if let Some((help_name, help)) = pending_help.take() {
+            if let Some((help_name, help)) = self.pending_help.take() {
                 let help_name = if help_name == family {
-                    name.as_str()
+                    name.clone()
                 } else {
                     help_name
                 };
-                out.push_str(&format!("# HELP {help_name} {help}\n"));
+                self.out.push_str(&format!("# HELP {help_name} {help}\n"));
             }
-            out.push_str(&format!("# TYPE {name} {ty}\n"));
-            continue;
+            self.out.push_str(&format!("# TYPE {name} {ty}\n"));
+            return;
         }
-        if let Some((help_name, help)) = pending_help.take() {
-            out.push_str(&format!("# HELP {help_name} {help}\n"));
+        self.flush_help();
+        self.out.push_str(&line);
+        self.out.push('\n');
+    }
+
+    fn finish(mut self) -> String {
+        if self.in_meta && !self.meta.is_empty() {
+            self.metadata_line();
         }
-        out.push_str(line);
-        out.push('\n');
+        self.flush_help();
+        if !self.at_line_start {
+            self.out.push('\n');
+        }
+        self.out
     }
-    if let Some((help_name, help)) = pending_help.take() {
-        out.push_str(&format!("# HELP {help_name} {help}\n"));
+}
+
+impl std::fmt::Write for TextWriter {
+    fn write_str(&mut self, mut s: &str) -> std::fmt::Result {
+        while !s.is_empty() {
+            if self.at_line_start {
+                self.in_meta = s.starts_with('#');
+                if !self.in_meta {
+                    // Samples read the same in both formats: this catalogue registers no
+                    // exemplars and sets no created timestamps.
+                    self.flush_help();
+                }
+                self.at_line_start = false;
+            }
+            let (chunk, ends_line) = match s.find('\n') {
+                Some(i) => (&s[..i], true),
+                None => (s, false),
+            };
+            s = if ends_line { &s[chunk.len() + 1..] } else { "" };
+            if self.in_meta {
+                self.meta.push_str(chunk);
+                if ends_line {
+                    self.metadata_line();
+                }
+            } else {
+                self.out.push_str(chunk);
+                if ends_line {
+                    self.out.push('\n');
+                }
+            }
+            self.at_line_start = ends_line;
+        }
+        Ok(())
     }
-    out
 }
 
 #[cfg(test)]
@@ -146,5 +181,21 @@ mod tests {
             openmetrics_to_prometheus_text(om),
             "# HELP b_info Build.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n# TYPE c_total counter\nc_total{l=\"a # b\"} 1\n"
         );
+    }
+
+    #[test]
+    fn the_conversion_does_not_depend_on_how_the_encoder_splits_its_writes() {
+        use std::fmt::Write;
+        let om = "# HELP x Things.\n# TYPE x counter\nx_total{a=\"b\"} 3\nx_total{a=\"c\"} 4\n\
+                  # HELP g Level.\n# TYPE g gauge\n# UNIT g ratio\ng 0.5\n# EOF\n";
+        let whole = openmetrics_to_prometheus_text(om);
+        for size in 1..8 {
+            let mut w = TextWriter::new(String::new());
+            let chars: Vec<char> = om.chars().collect();
+            for chunk in chars.chunks(size) {
+                w.write_str(&chunk.iter().collect::<String>()).unwrap();
+            }
+            assert_eq!(w.finish(), whole, "chunks of {size}");
+        }
     }
 }
