@@ -11,9 +11,9 @@ mod k8s_common;
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use futures::{stream, StreamExt};
+use k8s_common::load_rbac;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -38,95 +38,6 @@ const READS: &[(&str, &str)] = &[
     ("batch", "jobs"),
 ];
 const READ_VERBS: &[&str] = &["get", "list", "watch"];
-
-struct Rbac {
-    source: String,
-    service_account: Option<ServiceAccount>,
-    cluster_role: ClusterRole,
-    binding: ClusterRoleBinding,
-}
-
-fn load_rbac() -> Rbac {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let rendered = root.join("deploy/manifests/flowwatch.yaml");
-    let (source, text) = if rendered.is_file() {
-        let text = std::fs::read_to_string(&rendered).unwrap();
-        (rendered.display().to_string(), text)
-    } else {
-        let template = root.join("deploy/helm/flowwatch/templates/rbac.yaml");
-        let mut raw = std::fs::read_to_string(&template).unwrap();
-        // template comments: {{- /* ... */}}
-        while let Some(start) = raw.find("{{- /*") {
-            let end = raw[start..]
-                .find("*/}}")
-                .map(|e| start + e + 4)
-                .unwrap_or(raw.len());
-            raw.replace_range(start..end, "");
-        }
-        // The few template expressions of rbac.yaml, as `helm template flowwatch -n flowwatch`
-        // would render them with serviceAccount.create=true.
-        let text: String = raw
-            .replace("{{ include \"flowwatch.fullname\" . }}", "flowwatch")
-            .replace(
-                "{{ include \"flowwatch.serviceAccountName\" . }}",
-                "flowwatch",
-            )
-            .replace("{{ .Release.Namespace }}", "flowwatch")
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("{{"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let text = text
-            .split("\n---")
-            .map(|doc| {
-                // `labels:` lost its helper-rendered body
-                doc.replace("  labels:\n", "")
-            })
-            .collect::<Vec<_>>()
-            .join("\n---");
-        assert!(
-            !text.contains("{{"),
-            "{}: unrendered template left: {text}",
-            template.display()
-        );
-        (template.display().to_string(), text)
-    };
-    let mut service_account = None;
-    let mut cluster_role = None;
-    let mut binding = None;
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value: serde_json::Value = match serde::Deserialize::deserialize(doc) {
-            Ok(v) => v,
-            Err(e) => panic!("{source}: {e}"),
-        };
-        let name = value["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        match value["kind"].as_str() {
-            Some("ServiceAccount") => {
-                service_account = Some(serde_json::from_value(value).unwrap())
-            }
-            Some("ClusterRole") if name.contains("flowwatch") => {
-                assert!(
-                    cluster_role.is_none(),
-                    "{source}: more than one flowwatch ClusterRole"
-                );
-                cluster_role = Some(serde_json::from_value(value).unwrap());
-            }
-            Some("ClusterRoleBinding") if name.contains("flowwatch") => {
-                binding = Some(serde_json::from_value(value).unwrap())
-            }
-            _ => {}
-        }
-    }
-    Rbac {
-        cluster_role: cluster_role.unwrap_or_else(|| panic!("{source}: no ClusterRole")),
-        binding: binding.unwrap_or_else(|| panic!("{source}: no ClusterRoleBinding")),
-        service_account,
-        source,
-    }
-}
 
 #[test]
 fn the_shipped_cluster_role_only_reads_what_the_agent_watches() {

@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowwatch::k8s::{ClusterView, ClusterWatch, WatchOptions};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
+use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 /// The bound the issue sets for following a change.
@@ -149,4 +152,124 @@ pub async fn delete_pod(client: &Client, ns: &str, name: &str) {
 
 pub fn owner(api_version: &str, kind: &str, name: &str, uid: &str) -> serde_json::Value {
     json!({"apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": true})
+}
+
+/// The agent's RBAC objects as `deploy/` ships them.
+pub struct Rbac {
+    pub source: String,
+    pub service_account: Option<ServiceAccount>,
+    pub cluster_role: ClusterRole,
+    pub binding: ClusterRoleBinding,
+}
+
+/// From the rendered `deploy/manifests/flowwatch.yaml` when it exists, else from the chart's
+/// `templates/rbac.yaml` with its few template expressions substituted.
+pub fn load_rbac() -> Rbac {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rendered = root.join("deploy/manifests/flowwatch.yaml");
+    let (source, text) = if rendered.is_file() {
+        let text = std::fs::read_to_string(&rendered).unwrap();
+        (rendered.display().to_string(), text)
+    } else {
+        let template = root.join("deploy/helm/flowwatch/templates/rbac.yaml");
+        let mut raw = std::fs::read_to_string(&template).unwrap();
+        // template comments: {{- /* ... */}}
+        while let Some(start) = raw.find("{{- /*") {
+            let end = raw[start..]
+                .find("*/}}")
+                .map(|e| start + e + 4)
+                .unwrap_or(raw.len());
+            raw.replace_range(start..end, "");
+        }
+        // The few template expressions of rbac.yaml, as `helm template flowwatch -n flowwatch`
+        // would render them with serviceAccount.create=true.
+        let text: String = raw
+            .replace("{{ include \"flowwatch.fullname\" . }}", "flowwatch")
+            .replace(
+                "{{ include \"flowwatch.serviceAccountName\" . }}",
+                "flowwatch",
+            )
+            .replace("{{ .Release.Namespace }}", "flowwatch")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("{{"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = text
+            .split("\n---")
+            .map(|doc| {
+                // `labels:` lost its helper-rendered body
+                doc.replace("  labels:\n", "")
+            })
+            .collect::<Vec<_>>()
+            .join("\n---");
+        assert!(
+            !text.contains("{{"),
+            "{}: unrendered template left: {text}",
+            template.display()
+        );
+        (template.display().to_string(), text)
+    };
+    let mut service_account = None;
+    let mut cluster_role = None;
+    let mut binding = None;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: serde_json::Value = match serde::Deserialize::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => panic!("{source}: {e}"),
+        };
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match value["kind"].as_str() {
+            Some("ServiceAccount") => {
+                service_account = Some(serde_json::from_value(value).unwrap())
+            }
+            Some("ClusterRole") if name.contains("flowwatch") => {
+                assert!(
+                    cluster_role.is_none(),
+                    "{source}: more than one flowwatch ClusterRole"
+                );
+                cluster_role = Some(serde_json::from_value(value).unwrap());
+            }
+            Some("ClusterRoleBinding") if name.contains("flowwatch") => {
+                binding = Some(serde_json::from_value(value).unwrap())
+            }
+            _ => {}
+        }
+    }
+    Rbac {
+        cluster_role: cluster_role.unwrap_or_else(|| panic!("{source}: no ClusterRole")),
+        binding: binding.unwrap_or_else(|| panic!("{source}: no ClusterRoleBinding")),
+        service_account,
+        source,
+    }
+}
+
+/// Creates the shipped ServiceAccount, ClusterRole and ClusterRoleBinding (and the
+/// ServiceAccount's namespace); returns (namespace, service account name).
+pub async fn apply_shipped_rbac(admin: &Client) -> (String, String) {
+    let rbac = load_rbac();
+    let subject = rbac.binding.subjects.clone().unwrap().remove(0);
+    let ns = subject.namespace.clone().expect("subject namespace");
+    let name = subject.name.clone();
+    if ns != "default" {
+        create_namespace(admin, &ns, json!({})).await;
+    }
+    let sa = rbac.service_account.clone().unwrap_or_else(|| {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}})).unwrap()
+    });
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &rbac.cluster_role)
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &rbac.binding)
+        .await
+        .unwrap();
+    (ns, name)
 }
