@@ -101,7 +101,7 @@ impl Aggregator {
     }
 
     /// The flows in progress.
-    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
+    pub fn flows(&self) -> impl Iterator<Item = &Flow> + Clone {
         self.flows.values().map(|t| &t.flow)
     }
 

@@ -2,6 +2,7 @@
 //! new inventory, turned into what the flow log and the metrics need (pure: the caller passes
 //! the inventory and the time).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,20 +57,49 @@ impl Classifier {
         errors
     }
 
+    /// Whether `addr` is a Service address (ClusterIP, external or load-balancer IP).
+    pub fn is_service(&self, addr: SocketAddr, flow: &Flow) -> bool {
+        matches!(
+            self.index.resolve(addr, flow.key.protocol, flow.first_seen),
+            enrich::Endpoint::Service { .. }
+        )
+    }
+
     /// Names both ends as they were when the flow started and evaluates the policies; `None`
     /// until a cluster view arrived. Returns the evaluation time too.
-    pub fn classify(&self, flow: &Flow) -> Option<(Classification, Duration)> {
+    ///
+    /// `translated_dst` is where the node's NAT sent a connection to a Service address (for
+    /// kube-proxy's DNAT: the backend pod's address and port); the destination is then the
+    /// Service with that backend, and the policies are evaluated against the backend, as a
+    /// CNI enforces them after the translation.
+    pub fn classify(
+        &self,
+        flow: &Flow,
+        translated_dst: Option<SocketAddr>,
+    ) -> Option<(Classification, Duration)> {
         let engine = self.engine.as_ref()?;
         let key = &flow.key;
-        let src = self.index.resolve(key.src, key.protocol, flow.first_seen);
-        let dst = self.index.resolve(key.dst, key.protocol, flow.first_seen);
+        let at = flow.first_seen;
+        let src = self.index.resolve(key.src, key.protocol, at);
+        let dst = match translated_dst {
+            Some(_) => self
+                .index
+                .resolve_service(key.dst, translated_dst, key.protocol, at),
+            None => self.index.resolve(key.dst, key.protocol, at),
+        };
+        let evaluated_dst = translated_dst.unwrap_or(key.dst);
         let started = Instant::now();
-        let verdict = engine.evaluate_ips(key.src.ip(), key.dst.ip(), key.dst.port(), key.protocol);
+        let verdict = engine.evaluate_ips(
+            key.src.ip(),
+            evaluated_dst.ip(),
+            evaluated_dst.port(),
+            key.protocol,
+        );
         let took = started.elapsed();
         let edge = metrics::FlowEdge {
             src: edge_end(&src),
             dst: edge_end(&dst),
-            dst_port: key.dst.port(),
+            dst_port: evaluated_dst.port(),
             protocol: key.protocol,
             verdict: overall(verdict.verdict),
             egress: side(verdict.egress.verdict),
@@ -166,7 +196,7 @@ mod tests {
     fn nothing_is_classified_before_an_inventory_arrives() {
         let c = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
         assert!(c
-            .classify(&flow("10.213.0.10:40000", "10.213.0.20:8080"))
+            .classify(&flow("10.213.0.10:40000", "10.213.0.20:8080"), None)
             .is_none());
     }
 
@@ -174,7 +204,7 @@ mod tests {
     fn edges_name_workloads_and_carry_both_sides_verdicts() {
         let c = classifier();
         let (web_to_db, _) = c
-            .classify(&flow("10.213.0.10:40000", "10.213.0.30:5432"))
+            .classify(&flow("10.213.0.10:40000", "10.213.0.30:5432"), None)
             .unwrap();
         assert_eq!(
             web_to_db.edge.src,
@@ -189,7 +219,7 @@ mod tests {
         assert_eq!(web_to_db.edge.egress, metrics::Verdict::Uncovered);
 
         let (api_to_db, _) = c
-            .classify(&flow("10.213.0.20:40000", "10.213.0.30:5432"))
+            .classify(&flow("10.213.0.20:40000", "10.213.0.30:5432"), None)
             .unwrap();
         assert_eq!(api_to_db.edge.verdict, metrics::Verdict::Allowed);
         assert_eq!(
@@ -198,7 +228,7 @@ mod tests {
         );
 
         let (to_outside, _) = c
-            .classify(&flow("10.213.0.10:40000", "198.51.100.7:443"))
+            .classify(&flow("10.213.0.10:40000", "198.51.100.7:443"), None)
             .unwrap();
         assert_eq!(to_outside.edge.dst, metrics::Endpoint::external());
         assert_eq!(to_outside.edge.ingress, metrics::Verdict::NotApplicable);

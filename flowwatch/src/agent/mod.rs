@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::aggregate::{AggregatorConfig, FinishedFlow};
-use crate::classify::Classifier;
+use crate::classify::{Classification, Classifier};
 use crate::cli::RunArgs;
 use crate::datapath::{self, Datapath, DatapathError, DatapathOptions, InterfacePatterns};
 use crate::enrich::EnrichOptions;
@@ -162,8 +162,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = totals_tick.tick() => {
                 let now = monotonic_now();
                 let done = pipeline.pump_totals(now)?;
-                reporter.observe_live(pipeline.aggregator().flows(), &classifier, &metrics, now);
-                write_records(&mut flow_log, &done, clock, &classifier, &mut reporter, &metrics, now)?;
+                let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, now);
+                write_records(&mut flow_log, &done, &classes, clock)?;
                 health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), &readiness);
                 metrics.expire(now);
             }
@@ -193,15 +193,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     tracing::info!("stopping: flushing flows");
     let now = monotonic_now();
     let done = pipeline.finish_all()?;
-    write_records(
-        &mut flow_log,
-        &done,
-        clock,
-        &classifier,
-        &mut reporter,
-        &metrics,
-        now,
-    )?;
+    let classes = reporter.tick(std::iter::empty(), &done, &classifier, &metrics, now);
+    write_records(&mut flow_log, &done, &classes, clock)?;
     let losses = pipeline.source.losses()?;
     tracing::info!(
         "kernel losses: ringbuf_full={} flows_map_full={} truncated_packets={} flows_dropped_by_agent={} undecodable={}",
@@ -349,30 +342,23 @@ fn open_flow_log(
 fn write_records(
     log: &mut FlowLog,
     done: &[FinishedFlow],
+    classes: &[Option<Arc<Classification>>],
     clock: WallClock,
-    classifier: &Classifier,
-    reporter: &mut Reporter,
-    metrics: &Metrics,
-    now: Nanos,
 ) -> Result<(), AgentError> {
+    let Some(out) = log.out.as_mut() else {
+        return Ok(());
+    };
     let mut lines = String::new();
-    for finished in done {
-        let class = reporter.finish(finished, classifier, metrics, now);
-        if log.out.is_none() {
-            continue;
-        }
+    for (finished, class) in done.iter().zip(classes) {
         let mut record = FlowRecord::new(finished, clock);
         record.node.clone_from(&log.node);
         let record = match class {
-            Some(class) => record.classified(&class),
+            Some(class) => record.classified(class),
             None => record,
         };
         lines.push_str(&record.to_json_line());
         lines.push('\n');
     }
-    let Some(out) = log.out.as_mut() else {
-        return Ok(());
-    };
     let io = |source| AgentError::FlowLog {
         path: log.path.clone(),
         source,

@@ -4,12 +4,13 @@
 //! its metrics and its flow-log record agree even if the cluster changes meanwhile.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::aggregate::FinishedFlow;
 use crate::classify::{Classification, Classifier};
 use crate::metrics::Metrics;
-use crate::model::{Counters, Flow, FlowKey, Nanos, Outcome};
+use crate::model::{Counters, Flow, FlowKey, Nanos, Outcome, Protocol};
 
 #[derive(Default)]
 pub struct Reporter {
@@ -20,6 +21,9 @@ struct Reported {
     class: Option<Arc<Classification>>,
     counters: Counters,
     outcome_counted: bool,
+    /// The backend half of a connection to a Service (see [`Siblings`]): its traffic and outcome
+    /// are reported by the Service half, so metrics skip it.
+    backend_half: bool,
 }
 
 impl Reporter {
@@ -31,69 +35,115 @@ impl Reporter {
         self.flows.is_empty()
     }
 
-    /// Flows in progress: classify new ones, count established ones, add traffic.
-    pub fn observe_live<'a>(
+    /// One poll: flows in progress are classified when new, counted when established, and
+    /// their traffic added; flows that ended get their final outcome and remaining traffic.
+    /// Returns the classification of each finished flow (in order) for the flow log.
+    pub fn tick<'a>(
         &mut self,
-        flows: impl Iterator<Item = &'a Flow>,
+        live: impl Iterator<Item = &'a Flow> + Clone,
+        finished: &'a [FinishedFlow],
         classifier: &Classifier,
         metrics: &Metrics,
         now: Nanos,
-    ) {
-        for flow in flows {
-            let outcome = (flow.outcome == Outcome::Established).then_some(Outcome::Established);
-            self.record(flow, outcome, classifier, metrics, now);
-        }
-    }
-
-    /// A flow that ended: its final outcome (if not counted yet) and remaining traffic.
-    /// Returns its classification for the flow log.
-    pub fn finish(
-        &mut self,
-        done: &FinishedFlow,
-        classifier: &Classifier,
-        metrics: &Metrics,
-        now: Nanos,
-    ) -> Option<Arc<Classification>> {
-        let class = self.record(
-            &done.flow,
-            Some(done.flow.outcome),
+    ) -> Vec<Option<Arc<Classification>>> {
+        let siblings = Siblings::of(live.clone().chain(finished.iter().map(|d| &d.flow)));
+        let ctx = Ctx {
             classifier,
             metrics,
+            siblings: &siblings,
             now,
-        );
-        self.flows.remove(&done.flow.key);
-        class
+        };
+        for flow in live {
+            let outcome = (flow.outcome == Outcome::Established).then_some(Outcome::Established);
+            self.record(flow, outcome, &ctx);
+        }
+        finished
+            .iter()
+            .map(|done| {
+                let class = self.record(&done.flow, Some(done.flow.outcome), &ctx);
+                self.flows.remove(&done.flow.key);
+                class
+            })
+            .collect()
     }
 
     fn record(
         &mut self,
         flow: &Flow,
         outcome: Option<Outcome>,
-        classifier: &Classifier,
-        metrics: &Metrics,
-        now: Nanos,
+        ctx: &Ctx<'_>,
     ) -> Option<Arc<Classification>> {
         let entry = self.flows.entry(flow.key).or_insert_with(|| Reported {
             class: None,
             counters: Counters::default(),
             outcome_counted: false,
+            backend_half: false,
         });
         if entry.class.is_none() {
             // Until the first cluster view arrives there is nothing to classify with.
-            entry.class = classifier.classify(flow).map(|(class, took)| {
-                metrics.observe_evaluation(took);
-                Arc::new(class)
-            });
+            let (translated, backend_half) = ctx.siblings.nat_view(flow, ctx.classifier);
+            entry.backend_half = backend_half;
+            entry.class = ctx
+                .classifier
+                .classify(flow, translated)
+                .map(|(class, took)| {
+                    ctx.metrics.observe_evaluation(took);
+                    Arc::new(class)
+                });
         }
         let class = entry.class.clone()?;
+        if entry.backend_half {
+            return Some(class);
+        }
         let delta = flow.counters.saturating_sub(entry.counters);
         let outcome = outcome.filter(|_| !entry.outcome_counted);
         if outcome.is_some() || delta != Counters::default() {
-            metrics.record_flow(&class.edge, outcome, &delta, now);
+            ctx.metrics
+                .record_flow(&class.edge, outcome, &delta, ctx.now);
             entry.counters = flow.counters;
             entry.outcome_counted |= outcome.is_some();
         }
         Some(class)
+    }
+}
+
+struct Ctx<'a> {
+    classifier: &'a Classifier,
+    metrics: &'a Metrics,
+    siblings: &'a Siblings,
+    now: Nanos,
+}
+
+/// A connection to a Service through the node's NAT (kube-proxy's DNAT) shows up as two flows
+/// with the same source address, port and protocol: the client's socket and the wire at the
+/// client pod see the Service address; the backend's socket, when the backend is on this node,
+/// sees the backend pod. Pairing them gives the Service flow its backend.
+struct Siblings(HashMap<(SocketAddr, Protocol), Vec<SocketAddr>>);
+
+impl Siblings {
+    fn of<'a>(flows: impl Iterator<Item = &'a Flow>) -> Siblings {
+        let mut by_source: HashMap<(SocketAddr, Protocol), Vec<SocketAddr>> = HashMap::new();
+        for f in flows {
+            by_source
+                .entry((f.key.src, f.key.protocol))
+                .or_default()
+                .push(f.key.dst);
+        }
+        by_source.retain(|_, dsts| dsts.len() > 1);
+        Siblings(by_source)
+    }
+
+    /// For a Service flow: the backend its twin reached. For the backend twin: `true`.
+    fn nat_view(&self, flow: &Flow, classifier: &Classifier) -> (Option<SocketAddr>, bool) {
+        let Some(dsts) = self.0.get(&(flow.key.src, flow.key.protocol)) else {
+            return (None, false);
+        };
+        let mut others = dsts.iter().copied().filter(|d| *d != flow.key.dst);
+        if classifier.is_service(flow.key.dst, flow) {
+            (others.find(|d| !classifier.is_service(*d, flow)), false)
+        } else {
+            (None, others.any(|d| classifier.is_service(d, flow)))
+        }
     }
 }
 
@@ -136,19 +186,15 @@ mod tests {
         );
         flow.outcome = Outcome::Established;
         flow.counters.fwd_packets = 3;
-        reporter.observe_live([&flow].into_iter(), &classifier, &metrics, 10);
+        reporter.tick([&flow].into_iter(), &[], &classifier, &metrics, 10);
         flow.counters.fwd_packets = 5;
-        reporter.observe_live([&flow].into_iter(), &classifier, &metrics, 20);
-        let class = reporter.finish(
-            &FinishedFlow {
-                flow: flow.clone(),
-                reason: EndReason::Closed,
-            },
-            &classifier,
-            &metrics,
-            30,
-        );
-        assert!(class.is_some());
+        reporter.tick([&flow].into_iter(), &[], &classifier, &metrics, 20);
+        let done = [FinishedFlow {
+            flow: flow.clone(),
+            reason: EndReason::Closed,
+        }];
+        let classes = reporter.tick(std::iter::empty(), &done, &classifier, &metrics, 30);
+        assert!(classes[0].is_some());
         assert!(reporter.is_empty(), "finished flows are forgotten");
 
         let text = encode_prometheus_text(&registry).unwrap();
@@ -171,6 +217,85 @@ mod tests {
             ),
             Some(5.0),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_service_connection_through_nat_is_one_edge_to_the_backend() {
+        let (inventory, _) = crate::inventory::snapshot::parse(
+            include_str!("../../../deploy/demo/snapshot.yaml"),
+            "demo",
+        )
+        .unwrap();
+        let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
+        classifier.update(&inventory, &OwnerIndex::default(), 1, 0);
+        let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
+        let mut reporter = Reporter::default();
+
+        // The client's view (the Service address) and the backend's socket (the pod).
+        let client = "10.213.0.10:41000".parse().unwrap();
+        let mut to_service = Flow::new(
+            FlowKey {
+                src: client,
+                dst: "10.96.0.20:80".parse().unwrap(),
+                protocol: Protocol::Tcp,
+            },
+            1,
+        );
+        to_service.outcome = Outcome::Established;
+        to_service.counters.fwd_packets = 4;
+        let mut at_backend = Flow::new(
+            FlowKey {
+                src: client,
+                dst: "10.213.0.20:8080".parse().unwrap(),
+                protocol: Protocol::Tcp,
+            },
+            1,
+        );
+        at_backend.outcome = Outcome::Established;
+        let done = [
+            FinishedFlow {
+                flow: to_service,
+                reason: EndReason::Closed,
+            },
+            FinishedFlow {
+                flow: at_backend,
+                reason: EndReason::Closed,
+            },
+        ];
+        let classes = reporter.tick(std::iter::empty(), &done, &classifier, &metrics, 10);
+
+        let service = classes[0].as_ref().unwrap();
+        match &service.dst {
+            crate::enrich::Endpoint::Service {
+                name,
+                backend: Some(backend),
+                ..
+            } => {
+                assert_eq!(name, "api");
+                assert_eq!(
+                    backend.pod().map(|p| p.name.as_str()),
+                    Some("api-7c9d6b5f8-k4m2p")
+                );
+            }
+            other => panic!("expected the Service with its backend, got {other:?}"),
+        }
+        assert_eq!(service.edge.dst_port, 8080, "policies see the backend port");
+        assert!(classes[1].is_some(), "the backend half is still logged");
+
+        let text = encode_prometheus_text(&registry).unwrap();
+        let counted: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("flowwatch_connections_total{"))
+            .collect();
+        assert_eq!(counted.len(), 1, "{counted:?}");
+        assert!(
+            counted[0].contains("dst_workload=\"api\"") && counted[0].contains("dst_port=\"8080\"")
+        );
+        assert!(
+            counted[0].ends_with(" 1"),
+            "one connection, not two: {}",
+            counted[0]
         );
     }
 }
