@@ -461,3 +461,32 @@ fn the_containerfile_agrees_with_the_chart_and_the_toolchain() {
         "the chart relies on the image's entrypoint"
     );
 }
+
+#[test]
+fn bad_values_are_clear_errors_naming_the_field() {
+    let helm = need_helm!("values schema");
+    for (set, field) in [
+        ("agent.port=0", "/agent/port"),
+        ("agent.port=abc", "/agent/port"),
+        (
+            "agent.seriesBudget.perFamily=0",
+            "/agent/seriesBudget/perFamily",
+        ),
+        ("agent.logFormat=xml", "/agent/logFormat"),
+        ("agent.pollIntervalMs=1", "/agent/pollIntervalMs"),
+        ("image.digest=latest", "/image/digest"),
+        ("extraCapabilities={sys_admin}", "/extraCapabilities/0"),
+        (
+            "hostMounts.tracefs.path=relative",
+            "/hostMounts/tracefs/path",
+        ),
+        ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
+        ("agnet.port=1", "'agnet' not allowed"),
+    ] {
+        let err = template(&helm, &["--set", set]).expect_err(set);
+        assert!(
+            err.contains(field),
+            "--set {set}: error should name {field}:\n{err}"
+        );
+    }
+}
