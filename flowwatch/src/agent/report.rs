@@ -21,8 +21,8 @@ struct Reported {
     class: Option<Arc<Classification>>,
     counters: Counters,
     outcome_counted: bool,
-    /// The backend half of a connection to a Service (see [`Siblings`]): its traffic and outcome
-    /// are reported by the Service half, so metrics skip it.
+    /// The backend half of a connection to a Service (see [`Siblings`]): the Service half counts
+    /// the connection; this half only adds its traffic.
     backend_half: bool,
 }
 
@@ -92,11 +92,10 @@ impl Reporter {
                 });
         }
         let class = entry.class.clone()?;
-        if entry.backend_half {
-            return Some(class);
-        }
         let delta = flow.counters.saturating_sub(entry.counters);
-        let outcome = outcome.filter(|_| !entry.outcome_counted);
+        // The backend half adds its traffic (the replies the wire saw at the backend) to the
+        // same edge, but the connection itself is counted once, by the Service half.
+        let outcome = outcome.filter(|_| !entry.outcome_counted && !entry.backend_half);
         if outcome.is_some() || delta != Counters::default() {
             ctx.metrics
                 .record_flow(&class.edge, outcome, &delta, ctx.now);

@@ -14,6 +14,8 @@ pub struct Agent {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub flow_log: PathBuf,
+    /// The agent's HTTP address (`127.0.0.1:port`).
+    pub listen: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -58,6 +60,7 @@ impl Agent {
             child: Some(child),
             dir,
             flow_log,
+            listen,
             stderr,
         };
         agent.wait_for_log("flowwatch running", Duration::from_secs(30));

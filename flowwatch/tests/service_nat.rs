@@ -1,0 +1,228 @@
+//! A connection to a Service ClusterIP, translated by an iptables DNAT rule as kube-proxy does,
+//! is attributed by the real agent to the Service and the backend pod that served it, and
+//! counted once in the metrics.
+//!
+//! Two pods on two bridges routed through the host (so the reply goes back through the NAT),
+//! the agent with a snapshot naming the pods and the Service.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use support::agent::Agent;
+use support::netns::{sh, Node, Pod};
+use support::privileged;
+
+/// Restores `net.ipv4.ip_forward` and removes the NAT rule, also on failure.
+struct HostNat {
+    forward_before: String,
+    rule: Vec<String>,
+}
+
+impl HostNat {
+    fn install(cluster_ip: Ipv4Addr, backend: SocketAddr) -> HostNat {
+        let forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap_or_else(|_| "0".into())
+            .trim()
+            .to_string();
+        sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let rule: Vec<String> = [
+            "PREROUTING",
+            "-d",
+            &format!("{cluster_ip}/32"),
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &backend.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut add = vec!["iptables", "-t", "nat", "-A"];
+        add.extend(rule.iter().map(String::as_str));
+        sh(&add);
+        HostNat {
+            forward_before,
+            rule,
+        }
+    }
+}
+
+impl Drop for HostNat {
+    fn drop(&mut self) {
+        let mut del = vec!["-t".to_string(), "nat".into(), "-D".into()];
+        del.extend(self.rule.iter().cloned());
+        let _ = Command::new("iptables").args(&del).output();
+        let _ = Command::new("sysctl")
+            .args([
+                "-qw",
+                &format!("net.ipv4.ip_forward={}", self.forward_before),
+            ])
+            .output();
+    }
+}
+
+/// Gives the node's bridge the .254 address of its pods' subnet and routes the pods through it.
+fn route_through_host(node: &Node) {
+    let pod = &node.pods[0];
+    let o = pod.ipv4.octets();
+    let gateway = Ipv4Addr::new(o[0], o[1], o[2], 254);
+    sh(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{gateway}/24"),
+        "dev",
+        &node.bridge,
+    ]);
+    pod.ip(&["route", "add", "default", "via", &gateway.to_string()]);
+}
+
+fn snapshot(client: &Pod, server: &Pod, cluster_ip: Ipv4Addr) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: List
+items:
+- {{apiVersion: v1, kind: Namespace, metadata: {{name: app, labels: {{kubernetes.io/metadata.name: app}}}}}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {{name: client, namespace: app, labels: {{app: client}}}}
+  spec: {{containers: [{{name: c, image: x}}]}}
+  status: {{podIP: {client_ip}}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {{name: server, namespace: app, labels: {{app: server}}}}
+  spec: {{containers: [{{name: s, image: x, ports: [{{name: http, containerPort: 8080}}]}}]}}
+  status: {{podIP: {server_ip}}}
+- apiVersion: v1
+  kind: Service
+  metadata: {{name: web, namespace: app}}
+  spec:
+    clusterIP: {cluster_ip}
+    selector: {{app: server}}
+    ports: [{{port: 80, targetPort: 8080, protocol: TCP}}]
+"#,
+        client_ip = client.ipv4,
+        server_ip = server.ipv4,
+    )
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut c = TcpStream::connect(addr).expect("agent http");
+    write!(c, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+#[test]
+fn clusterip_connection_is_attributed_to_its_backend() {
+    if !privileged::root_test("service nat")
+        || !privileged::require("service nat", privileged::command("iptables"))
+    {
+        return;
+    }
+    let (a, b) = (Node::new(1), Node::new(1));
+    route_through_host(&a);
+    route_through_host(&b);
+    let (client, server) = (&a.pods[0], &b.pods[0]);
+    let o = server.ipv4.octets();
+    // A ClusterIP unique to this test, outside both pod subnets.
+    let cluster_ip = Ipv4Addr::new(10, 96, o[1], o[2]);
+    let backend = SocketAddr::from((server.ipv4, 8080));
+    let _nat = HostNat::install(cluster_ip, backend);
+
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("cluster.yaml");
+    std::fs::write(&snap, snapshot(client, server, cluster_ip)).unwrap();
+    let interfaces = format!("{},{}", a.interface_glob(), b.interface_glob());
+    let mut agent = Agent::start(&[
+        "--interfaces",
+        &interfaces,
+        "--snapshot",
+        snap.to_str().unwrap(),
+    ]);
+    agent.wait_for_log("inventory updated", Duration::from_secs(10));
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let srv = server.run(move || {
+        let l = TcpListener::bind(backend).unwrap();
+        tx.send(()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        c.write_all(&buf).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    client
+        .run(move || {
+            let mut c = TcpStream::connect_timeout(
+                &SocketAddr::from((cluster_ip, 80)),
+                Duration::from_secs(3),
+            )
+            .expect("connect to the ClusterIP");
+            c.write_all(b"hello").unwrap();
+            let mut buf = [0u8; 5];
+            c.read_exact(&mut buf).unwrap();
+        })
+        .join()
+        .unwrap();
+    srv.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = http_get(&agent.listen, "/metrics");
+    let (status, records) = agent.stop();
+    assert!(status.success());
+
+    let from_client: Vec<_> = records
+        .iter()
+        .filter(|r| r["src"]["ip"] == client.ipv4.to_string())
+        .collect();
+    let to_service = from_client
+        .iter()
+        .find(|r| r["dst"]["ip"] == cluster_ip.to_string())
+        .unwrap_or_else(|| panic!("no record to the ClusterIP: {from_client:#?}"));
+    assert_eq!(to_service["dst"]["port"], 80);
+    assert_eq!(to_service["dst"]["kind"], "service", "{to_service}");
+    assert_eq!(to_service["dst"]["name"], "web");
+    assert_eq!(
+        to_service["dst"]["backend"]["name"], "server",
+        "{to_service}"
+    );
+    assert_eq!(to_service["outcome"], "established");
+    assert!(to_service["fwd"]["packets"].as_u64().unwrap() >= 3);
+
+    let edges: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("flowwatch_connections_total{") && l.contains("src_workload=\"client\"")
+        })
+        .collect();
+    assert_eq!(edges.len(), 1, "{edges:?}");
+    assert!(
+        edges[0].contains("dst_workload=\"server\"") && edges[0].contains("dst_port=\"8080\""),
+        "{edges:?}"
+    );
+    assert!(edges[0].ends_with(" 1"), "counted once: {edges:?}");
+    // Both directions reach the edge's traffic: requests seen at the client, replies at the
+    // backend.
+    let packets = |direction: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("flowwatch_flow_packets_total{")
+                    && l.contains("src_workload=\"client\"")
+                    && l.contains(&format!("direction=\"{direction}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(packets("forward") >= 3.0, "{metrics}");
+    assert!(packets("reverse") >= 2.0, "{metrics}");
+}
