@@ -408,6 +408,19 @@ fn selector_strategy() -> impl Strategy<Value = LabelSelector> {
         })
 }
 
+/// Peer selectors: often `{}` or a single label, as templated policies repeat them across
+/// namespaces (identical peers must keep their own namespace's meaning).
+fn peer_selector_strategy() -> impl Strategy<Value = LabelSelector> {
+    prop_oneof![
+        1 => Just(LabelSelector::default()),
+        1 => prop::sample::select(vec!["a", "b", "r1"]).prop_map(|v| LabelSelector {
+            match_labels: Some(Labels::from([("pod".to_string(), v.to_string())])),
+            match_expressions: None,
+        }),
+        2 => selector_strategy(),
+    ]
+}
+
 fn peer_strategy() -> impl Strategy<Value = NetworkPolicyPeer> {
     // Each CIDR with except ranges inside it.
     let blocks: Vec<(&str, Vec<&str>)> = vec![
@@ -435,7 +448,7 @@ fn peer_strategy() -> impl Strategy<Value = NetworkPolicyPeer> {
         }
     });
     prop_oneof![
-        3 => (prop::option::of(selector_strategy()), selector_strategy(), 0..3u8).prop_map(
+        3 => (prop::option::of(selector_strategy()), peer_selector_strategy(), 0..3u8).prop_map(
             |(other, sel, shape)| match shape {
                 // pod selector only, namespace selector only, or both (never neither)
                 0 => NetworkPolicyPeer { pod_selector: Some(sel), ..Default::default() },
@@ -726,7 +739,7 @@ fn generators_cover_every_outcome() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_the_reference_and_its_cache_is_exact(

@@ -163,6 +163,29 @@ fn namespace_selector_alone_and_pod_selector_alone() {
 }
 
 #[test]
+fn the_same_pod_selector_peer_means_each_policys_own_namespace() {
+    // Templated policies: identical peers in two namespaces must not share a meaning.
+    let spec = "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}";
+    let same_ns_selector = "{podSelector: {matchLabels: {pod: c}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}, podSelector: {}}]}]}";
+    let e = engine(&[
+        np("x", "from-b", spec),
+        np("y", "from-b", spec),
+        np("x", "from-z", same_ns_selector),
+        np("y", "from-z", same_ns_selector),
+    ]);
+    let expected = Reach::all(true)
+        .set("*/*", "x/a", false)
+        .set("x/b", "x/a", true)
+        .set("*/*", "y/a", false)
+        .set("y/b", "y/a", true)
+        .set("*/*", "x/c", false)
+        .set("z/*", "x/c", true)
+        .set("*/*", "y/c", false)
+        .set("z/*", "y/c", true);
+    assert_reach(&e, 80, Tcp, &expected);
+}
+
+#[test]
 fn not_in_and_does_not_exist_match_pods_without_the_key() {
     let e = engine(&[np(
         "x",

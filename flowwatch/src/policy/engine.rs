@@ -14,7 +14,7 @@ use super::compile::{
 };
 use super::hash::FastMap;
 use super::ports::NamedPort;
-use super::selector::Labels;
+use super::selector::{Labels, Selector};
 use super::verdict::{FlowVerdict, RuleRef, SideReason, SideResult, SideVerdict, Verdict};
 use super::{Peer, PolicyError, PolicyOptions};
 use crate::inventory::{Inventory, ObjectError};
@@ -152,8 +152,9 @@ pub struct PolicyEngine {
     pub(crate) skipped: Vec<SkippedPolicy>,
     pub(crate) identities: Vec<Identity>,
     pub(crate) pod_identity: Vec<IdentityId>,
-    /// Per pod peer (`PeerMatcher::Pods::id`): the identities it selects.
-    pod_sets: Vec<BitSet>,
+    /// Per pod peer (`PeerMatcher::Pods::id`): the identities it selects (peers with the same
+    /// selectors share one set).
+    pod_sets: Vec<Arc<BitSet>>,
     cache: Mutex<Cache>,
     empty: Arc<[RuleRef]>,
 }
@@ -627,19 +628,25 @@ pub(crate) fn rule_port(
 
 /// For every pod peer of every valid policy, the set of identities it selects: namespaces
 /// are filtered first (own namespace, or the namespace selector), then the identities of those
-/// namespaces by the pod selector.
+/// namespaces by the pod selector. Templated policies repeat the same peers in every namespace
+/// (`namespaceSelector: {}` + `podSelector: {app: prometheus}`), so each distinct peer is
+/// computed once and shared.
 fn pod_peer_sets(
     cluster: &Cluster,
     policies: &[CompiledPolicy],
     policy_ns: &[NsId],
     identities: &[Identity],
     peer_ids: u32,
-) -> Vec<BitSet> {
+) -> Vec<Arc<BitSet>> {
     let mut by_ns: Vec<Vec<IdentityId>> = vec![Vec::new(); cluster.namespaces.len()];
     for (id, identity) in identities.iter().enumerate() {
         by_ns[cluster.pod(identity.pod).ns as usize].push(id as IdentityId);
     }
-    let mut sets = vec![BitSet::default(); peer_ids as usize];
+    let empty = Arc::new(BitSet::default());
+    let mut sets = vec![empty; peer_ids as usize];
+    // (own namespace when the peer has no namespace selector, namespace selector, pod selector)
+    type PeerShape<'a> = (Option<NsId>, Option<&'a Selector>, &'a Selector);
+    let mut computed: HashMap<PeerShape, Arc<BitSet>> = HashMap::new();
     for (pid, policy) in policies.iter().enumerate() {
         let rules = policy.ingress.iter().chain(policy.egress.iter()).flatten();
         for peer in rules.flat_map(|r| r.peers.iter()) {
@@ -651,25 +658,35 @@ fn pod_peer_sets(
             else {
                 continue;
             };
-            let mut set = BitSet::with_capacity(identities.len());
-            let mut add_namespace = |ns: usize| {
-                for &identity in &by_ns[ns] {
-                    let pod = cluster.pod(identities[identity as usize].pod);
-                    if pods.matches(&pod.labels) {
-                        set.insert(identity);
-                    }
-                }
+            let shape = match namespaces {
+                NamespaceScope::Own => (Some(policy_ns[pid]), None, pods),
+                NamespaceScope::Selected(selector) => (None, Some(selector), pods),
             };
-            match namespaces {
-                NamespaceScope::Own => add_namespace(policy_ns[pid] as usize),
-                NamespaceScope::Selected(selector) => {
-                    for (ns, info) in cluster.namespaces.iter().enumerate() {
-                        if selector.matches(&info.labels) {
-                            add_namespace(ns);
+            let set = computed
+                .entry(shape)
+                .or_insert_with(|| {
+                    let mut set = BitSet::with_capacity(identities.len());
+                    let mut add_namespace = |ns: usize| {
+                        for &identity in &by_ns[ns] {
+                            let pod = cluster.pod(identities[identity as usize].pod);
+                            if pods.matches(&pod.labels) {
+                                set.insert(identity);
+                            }
+                        }
+                    };
+                    match namespaces {
+                        NamespaceScope::Own => add_namespace(policy_ns[pid] as usize),
+                        NamespaceScope::Selected(selector) => {
+                            for (ns, info) in cluster.namespaces.iter().enumerate() {
+                                if selector.matches(&info.labels) {
+                                    add_namespace(ns);
+                                }
+                            }
                         }
                     }
-                }
-            }
+                    Arc::new(set)
+                })
+                .clone();
             if let Some(slot) = sets.get_mut(*id as usize) {
                 *slot = set;
             }
