@@ -158,6 +158,7 @@ pub struct EdgeFamilies {
     bytes: BudgetedFamily<TrafficLabels, Counter>,
     packets: BudgetedFamily<TrafficLabels, Counter>,
     last_sweep: Nanos,
+    last_expire: Option<Nanos>,
 }
 
 impl EdgeFamilies {
@@ -171,6 +172,7 @@ impl EdgeFamilies {
             bytes: BudgetedFamily::new(f, n),
             packets: BudgetedFamily::new(f, n),
             last_sweep: 0,
+            last_expire: None,
         }
     }
 
@@ -517,9 +519,18 @@ impl Metrics {
     /// Removes the series not updated within `series_ttl` before `now` and returns how many;
     /// once per window (`series_ttl / 10`, at least 1 s) also re-ranks the budget: the most
     /// active folded edges replace the least active admitted ones. `record_flow` does the same
-    /// on its own every window; calling this on every poll is cheap.
+    /// on its own every window. Calls less than a second apart return 0 at once, so calling
+    /// this on every poll is cheap.
     pub fn expire(&self, now: Nanos) -> usize {
         let mut fam = self.edges();
+        // The scan visits every series: at most once a second, however often the agent polls.
+        if fam
+            .last_expire
+            .is_some_and(|t| now < t.saturating_add(1_000_000_000))
+        {
+            return 0;
+        }
+        fam.last_expire = Some(now);
         let n = fam.expire(now.saturating_sub(self.inner.ttl));
         let promoted = if now >= fam.last_sweep.saturating_add(self.inner.sweep_every) {
             fam.last_sweep = now;

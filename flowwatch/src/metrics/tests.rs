@@ -490,3 +490,24 @@ fn a_full_namespace_only_displaces_its_own_edges() {
         "{c:#?}"
     );
 }
+
+#[test]
+fn expire_scans_at_most_once_a_second() {
+    let (m, reg) = new(MetricsConfig {
+        series_ttl: Duration::from_secs(10),
+        ..Default::default()
+    });
+    let none = Counters::default();
+    m.record_flow(
+        &edge(("a", "x"), ("b", "y"), 80, [A, A, A]),
+        Some(Outcome::Established),
+        &none,
+        SEC,
+    );
+    assert_eq!(m.expire(10 * SEC + 800_000_000), 0, "not idle for 10 s yet");
+    // At 11.5 s the series is idle past the ttl, but the last scan was 0.7 s ago: skipped.
+    assert_eq!(m.expire(11 * SEC + SEC / 2), 0);
+    assert_eq!(samples(&reg, "flowwatch_connections_total").len(), 1);
+    assert_eq!(m.expire(12 * SEC), 1);
+    assert!(samples(&reg, "flowwatch_connections_total").is_empty());
+}
