@@ -210,7 +210,7 @@ fn every_agent_setting_maps_to_its_env_var() {
             &helm,
             &[
                 "--set",
-                "agent.port=9999,agent.listenAddress=127.0.0.1,agent.interfaces={eth0,veth*},agent.flowLog=-,agent.pollIntervalMs=250,agent.idleTimeoutSecs=5,agent.flowsMaxEntries=131072,agent.ignoreCidrs={10.0.0.0/8},agent.labelAllowlist={app,team},agent.ipblockMatchesPodIps=false,agent.kube=false,agent.logFormat=text,agent.logLevel=debug,agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=50,agent.seriesTtlSecs=60,tolerateAllTaints=true,extraCapabilities={SYS_RESOURCE}",
+                "agent.port=9999,agent.listenAddress=127.0.0.1,agent.interfaces={eth0,veth*},agent.flowLog=-,agent.pollIntervalMs=250,agent.idleTimeoutSecs=5,agent.flowsMaxEntries=131072,agent.ignoreCidrs={10.0.0.0/8},agent.labelAllowlist={app,team},agent.namedNetworks={corp-vpn=10.200.0.0/16},agent.ipblockMatchesPodIps=false,agent.kube=false,agent.logFormat=text,agent.logLevel=debug,agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=50,agent.seriesTtlSecs=60,tolerateAllTaints=true,extraCapabilities={SYS_RESOURCE}",
             ],
         )
         .unwrap(),
@@ -228,6 +228,7 @@ fn every_agent_setting_maps_to_its_env_var() {
         ("FLOWWATCH_FLOWS_MAX_ENTRIES", "131072"),
         ("FLOWWATCH_IGNORE_CIDRS", "10.0.0.0/8"),
         ("FLOWWATCH_LABEL_ALLOWLIST", "app,team"),
+        ("FLOWWATCH_NAMED_NETWORKS", "corp-vpn=10.200.0.0/16"),
         ("FLOWWATCH_IPBLOCK_MATCHES_POD_IPS", "false"),
         ("FLOWWATCH_KUBE", "false"),
         ("FLOWWATCH_LOG_FORMAT", "text"),
@@ -487,6 +488,32 @@ fn bad_values_are_clear_errors_naming_the_field() {
         assert!(
             err.contains(field),
             "--set {set}: error should name {field}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn the_chart_sets_every_agent_setting_of_the_cli() {
+    // Every `env = "FLOWWATCH_*"` of `flowwatch run`, except those for demos and tests.
+    let cli = std::fs::read_to_string(repo().join("flowwatch/src/cli.rs")).unwrap();
+    let flags: Vec<&str> = cli
+        .split("env = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|v| v.starts_with("FLOWWATCH_"))
+        .filter(|v| !["FLOWWATCH_SNAPSHOT", "FLOWWATCH_EXIT_AFTER_SECS"].contains(v))
+        .collect();
+    assert!(flags.len() >= 15, "{flags:?}");
+    let daemonset = std::fs::read_to_string(chart().join("templates/daemonset.yaml")).unwrap();
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    for flag in flags {
+        assert!(
+            daemonset.contains(&format!("name: {flag}\n")),
+            "the chart does not set {flag}"
+        );
+        assert!(
+            readme.contains(flag),
+            "the chart README does not mention {flag}"
         );
     }
 }
