@@ -436,7 +436,11 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         .unwrap();
     assert_eq!(om_series.len(), text_series.len());
     assert_eq!(om_series.len(), 6);
-    let r = prom.query("flowwatch_uncovered_connections_total{job=\"flowwatch-text\",dst_workload=\"ledger\"}").unwrap();
+    let r = prom
+        .query(
+            "flowwatch_uncovered_connections_total{job=\"flowwatch-text\",dst_workload=\"ledger\"}",
+        )
+        .unwrap();
     assert_eq!(r[0].value, 6.0);
 
     // node-b: budget folding and health.
