@@ -14,7 +14,6 @@
 //! FLOWWATCH_BENCH_RATE (paced rate, default 2000/s).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::io::{Read, Write};

@@ -129,7 +129,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ipblock_matches_pod_ips: args.ipblock_matches_pod_ips,
         },
     );
-    let mut reporter = Reporter::default();
+    let mut reporter = Reporter::new(args.node_name.clone());
     let mut views = inventory.as_ref().map(|w| w.subscribe());
     let mut health = Health::default();
 

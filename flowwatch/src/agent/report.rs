@@ -15,6 +15,10 @@ use crate::model::{Counters, Flow, FlowKey, Nanos, Outcome, Protocol};
 #[derive(Default)]
 pub struct Reporter {
     flows: HashMap<FlowKey, Reported>,
+    /// This node's name. A connection between pods of two nodes is seen by both nodes' agents;
+    /// the metrics count it on one: the initiator's node when the initiator is a pod, else the
+    /// responder's. Unknown (no `--node-name`): every flow seen here is counted.
+    node: Option<String>,
 }
 
 struct Reported {
@@ -24,9 +28,18 @@ struct Reported {
     /// The backend half of a connection to a Service (see [`Siblings`]): the Service half counts
     /// the connection; this half only adds its traffic.
     backend_half: bool,
+    /// The initiator is a pod of another node, whose agent counts this connection.
+    counted_elsewhere: bool,
 }
 
 impl Reporter {
+    pub fn new(node: Option<String>) -> Reporter {
+        Reporter {
+            flows: HashMap::new(),
+            node,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.flows.len()
     }
@@ -78,6 +91,7 @@ impl Reporter {
             counters: Counters::default(),
             outcome_counted: false,
             backend_half: false,
+            counted_elsewhere: false,
         });
         if entry.class.is_none() {
             // Until the first cluster view arrives there is nothing to classify with.
@@ -90,8 +104,15 @@ impl Reporter {
                     ctx.metrics.observe_evaluation(took);
                     Arc::new(class)
                 });
+            entry.counted_elsewhere = entry
+                .class
+                .as_ref()
+                .is_some_and(|c| initiator_on_other_node(c, self.node.as_deref()));
         }
         let class = entry.class.clone()?;
+        if entry.counted_elsewhere {
+            return Some(class);
+        }
         let delta = flow.counters.saturating_sub(entry.counters);
         // The backend half adds its traffic (the replies the wire saw at the backend) to the
         // same edge, but the connection itself is counted once, by the Service half.
@@ -103,6 +124,15 @@ impl Reporter {
             entry.outcome_counted |= outcome.is_some();
         }
         Some(class)
+    }
+}
+
+fn initiator_on_other_node(class: &Classification, node: Option<&str>) -> bool {
+    match (&class.src, node) {
+        (crate::enrich::Endpoint::Pod(pod), Some(here)) => {
+            pod.node.as_deref().is_some_and(|n| n != here)
+        }
+        _ => false,
     }
 }
 
@@ -173,7 +203,7 @@ mod tests {
         let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
         classifier.update(&inventory, &OwnerIndex::default(), 1, 0);
         let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
-        let mut reporter = Reporter::default();
+        let mut reporter = Reporter::new(None);
 
         let mut flow = Flow::new(
             FlowKey {
@@ -229,7 +259,7 @@ mod tests {
         let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
         classifier.update(&inventory, &OwnerIndex::default(), 1, 0);
         let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
-        let mut reporter = Reporter::default();
+        let mut reporter = Reporter::new(None);
 
         // The client's view (the Service address) and the backend's socket (the pod).
         let client = "10.213.0.10:41000".parse().unwrap();
@@ -296,5 +326,47 @@ mod tests {
             "one connection, not two: {}",
             counted[0]
         );
+    }
+
+    #[test]
+    fn a_connection_from_a_pod_of_another_node_is_counted_there_not_here() {
+        let (inventory, _) = crate::inventory::snapshot::parse(
+            include_str!("../../../deploy/demo/snapshot.yaml"),
+            "demo",
+        )
+        .unwrap();
+        let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
+        classifier.update(&inventory, &OwnerIndex::default(), 1, 0);
+        let mut flow = Flow::new(
+            FlowKey {
+                src: "10.213.0.10:40000".parse().unwrap(),
+                dst: "10.213.0.30:5432".parse().unwrap(),
+                protocol: Protocol::Tcp,
+            },
+            1,
+        );
+        flow.outcome = Outcome::Established;
+        flow.counters.fwd_packets = 3;
+        let done = [FinishedFlow {
+            flow,
+            reason: EndReason::Closed,
+        }];
+        // The demo's pods all run on demo-node.
+        for (node, counted) in [
+            (Some("demo-node"), true),
+            (Some("other-node"), false),
+            (None, true),
+        ] {
+            let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
+            let mut reporter = Reporter::new(node.map(String::from));
+            let classes = reporter.tick(std::iter::empty(), &done, &classifier, &metrics, 10);
+            assert!(classes[0].is_some(), "the flow log keeps it either way");
+            let text = encode_prometheus_text(&registry).unwrap();
+            assert_eq!(
+                text.contains("flowwatch_connections_total{"),
+                counted,
+                "agent on {node:?}"
+            );
+        }
     }
 }
