@@ -57,6 +57,11 @@ impl Classifier {
         errors
     }
 
+    /// Whether a cluster view has arrived (before it nothing can be classified).
+    pub fn engine_ready(&self) -> bool {
+        self.engine.is_some()
+    }
+
     /// Whether `addr` is a Service address (ClusterIP, external or load-balancer IP).
     pub fn is_service(&self, addr: SocketAddr, flow: &Flow) -> bool {
         matches!(

@@ -129,6 +129,22 @@ fn clusterip_connection_is_attributed_to_its_backend() {
     {
         return;
     }
+    scenario(false);
+}
+
+/// The backend's socket and interface are hidden from the agent (`--ignore-cidrs` its address),
+/// as when the backend runs on another node: only conntrack knows where the DNAT sent it.
+#[test]
+fn clusterip_connection_to_a_backend_not_seen_here_is_resolved_through_conntrack() {
+    if !privileged::root_test("service nat (conntrack)")
+        || !privileged::require("service nat (conntrack)", privileged::command("iptables"))
+    {
+        return;
+    }
+    scenario(true);
+}
+
+fn scenario(backend_elsewhere: bool) {
     let (a, b) = (Node::new(1), Node::new(1));
     route_through_host(&a);
     route_through_host(&b);
@@ -142,10 +158,22 @@ fn clusterip_connection_is_attributed_to_its_backend() {
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("cluster.yaml");
     std::fs::write(&snap, snapshot(client, server, cluster_ip)).unwrap();
-    let interfaces = format!("{},{}", a.interface_glob(), b.interface_glob());
+    let (interfaces, ignore) = if backend_elsewhere {
+        (
+            a.interface_glob(),
+            format!("127.0.0.0/8,{}/32", server.ipv4),
+        )
+    } else {
+        (
+            format!("{},{}", a.interface_glob(), b.interface_glob()),
+            "127.0.0.0/8".to_string(),
+        )
+    };
     let mut agent = Agent::start(&[
         "--interfaces",
         &interfaces,
+        "--ignore-cidrs",
+        &ignore,
         "--snapshot",
         snap.to_str().unwrap(),
     ]);
@@ -225,4 +253,12 @@ fn clusterip_connection_is_attributed_to_its_backend() {
     };
     assert!(packets("forward") >= 3.0, "{metrics}");
     assert!(packets("reverse") >= 2.0, "{metrics}");
+    if backend_elsewhere {
+        assert!(
+            !records
+                .iter()
+                .any(|r| r["dst"]["ip"] == server.ipv4.to_string()),
+            "the backend's view is hidden in this variant"
+        );
+    }
 }

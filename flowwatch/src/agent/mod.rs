@@ -20,7 +20,7 @@ use crate::datapath::{self, Datapath, DatapathError, DatapathOptions, InterfaceP
 use crate::enrich::EnrichOptions;
 use crate::flowlog::{FlowRecord, WallClock};
 use crate::http::{self, HttpState, Readiness};
-use crate::k8s::{self, ClusterView, ClusterWatch};
+use crate::k8s::{self, ClusterWatch};
 use crate::metrics::{KernelMap, Metrics, MetricsConfig, WatchedResource};
 use crate::model::Nanos;
 use crate::policy::PolicyOptions;
@@ -130,8 +130,20 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
     );
     let mut reporter = Reporter::new(args.node_name.clone());
-    let mut views = inventory.as_ref().map(|w| w.subscribe());
+    let mut changes = inventory.as_ref().map(|w| w.changes());
     let mut health = Health::default();
+    let mut conntrack = match datapath::conntrack::Conntrack::open() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "conntrack unavailable: Services with backends on other nodes stay without backend");
+            None
+        }
+    };
+    let mut nat = |key: &crate::model::FlowKey| {
+        conntrack
+            .as_mut()
+            .and_then(|c| c.translated_destination(key).ok().flatten())
+    };
 
     if let Some(secs) = args.exit_after_secs {
         let cancel = cancel.clone();
@@ -162,13 +174,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = totals_tick.tick() => {
                 let now = monotonic_now();
                 let done = pipeline.pump_totals(now)?;
-                let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, now);
+                let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, &mut nat, now);
                 write_records(&mut flow_log, &done, &classes, clock)?;
                 health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), &readiness);
                 metrics.expire(now);
             }
-            changed = next_view(&mut views) => {
-                if let Some(view) = changed {
+            changed = next_change(&mut changes) => {
+                if let (true, Some(watch)) = (changed, inventory.as_ref()) {
+                    // Materialized only for this update and dropped after it: keeping a full
+                    // inventory alive between changes would double the agent's memory.
+                    let view = watch.current();
                     let errors = classifier.update(&view.inventory, &view.owners, view.generation, monotonic_now());
                     for e in &errors {
                         tracing::warn!(error = %e, "object skipped by the policy engine");
@@ -193,7 +208,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     tracing::info!("stopping: flushing flows");
     let now = monotonic_now();
     let done = pipeline.finish_all()?;
-    let classes = reporter.tick(std::iter::empty(), &done, &classifier, &metrics, now);
+    let classes = reporter.tick(
+        std::iter::empty(),
+        &done,
+        &classifier,
+        &metrics,
+        &mut nat,
+        now,
+    );
     write_records(&mut flow_log, &done, &classes, clock)?;
     let losses = pipeline.source.losses()?;
     tracing::info!(
@@ -208,17 +230,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The next cluster view when the inventory changed; pending forever without an inventory.
-async fn next_view(
-    views: &mut Option<tokio::sync::watch::Receiver<Arc<ClusterView>>>,
-) -> Option<Arc<ClusterView>> {
-    match views {
+/// Resolves when the inventory changed (true), or never without an inventory; false once the
+/// source stopped (shutdown).
+async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match changes {
         Some(rx) => match rx.changed().await {
-            Ok(()) => Some(rx.borrow_and_update().clone()),
-            // The source stopped (shutdown): stop listening to it.
+            Ok(()) => {
+                rx.borrow_and_update();
+                true
+            }
             Err(_) => {
-                *views = None;
-                None
+                *changes = None;
+                false
             }
         },
         None => std::future::pending().await,
@@ -265,15 +288,9 @@ impl Health {
         for resource in WATCHED {
             metrics.set_watch_staleness(resource, stale);
         }
-        if !status.has_synced() {
-            readiness.set_not_ready("inventory not synced yet");
-        } else if status.is_stale() {
-            readiness.set_not_ready(format!(
-                "inventory stale for {}s: running on the last known state",
-                stale.as_secs()
-            ));
-        } else {
-            readiness.set_ready();
+        match status.readiness() {
+            Ok(()) => readiness.set_ready(),
+            Err(reason) => readiness.set_not_ready(reason),
         }
     }
 }

@@ -51,29 +51,34 @@ impl Reporter {
     /// One poll: flows in progress are classified when new, counted when established, and
     /// their traffic added; flows that ended get their final outcome and remaining traffic.
     /// Returns the classification of each finished flow (in order) for the flow log.
+    ///
+    /// `nat` answers where the node's NAT sent a connection (conntrack), for connections to a
+    /// Service whose backend this node does not see.
     pub fn tick<'a>(
         &mut self,
         live: impl Iterator<Item = &'a Flow> + Clone,
         finished: &'a [FinishedFlow],
         classifier: &Classifier,
         metrics: &Metrics,
+        nat: &mut dyn FnMut(&FlowKey) -> Option<SocketAddr>,
         now: Nanos,
     ) -> Vec<Option<Arc<Classification>>> {
         let siblings = Siblings::of(live.clone().chain(finished.iter().map(|d| &d.flow)));
-        let ctx = Ctx {
+        let mut ctx = Ctx {
             classifier,
             metrics,
             siblings: &siblings,
+            nat,
             now,
         };
         for flow in live {
             let outcome = (flow.outcome == Outcome::Established).then_some(Outcome::Established);
-            self.record(flow, outcome, &ctx);
+            self.record(flow, outcome, &mut ctx);
         }
         finished
             .iter()
             .map(|done| {
-                let class = self.record(&done.flow, Some(done.flow.outcome), &ctx);
+                let class = self.record(&done.flow, Some(done.flow.outcome), &mut ctx);
                 self.flows.remove(&done.flow.key);
                 class
             })
@@ -84,7 +89,7 @@ impl Reporter {
         &mut self,
         flow: &Flow,
         outcome: Option<Outcome>,
-        ctx: &Ctx<'_>,
+        ctx: &mut Ctx<'_>,
     ) -> Option<Arc<Classification>> {
         let entry = self.flows.entry(flow.key).or_insert_with(|| Reported {
             class: None,
@@ -95,7 +100,15 @@ impl Reporter {
         });
         if entry.class.is_none() {
             // Until the first cluster view arrives there is nothing to classify with.
-            let (translated, backend_half) = ctx.siblings.nat_view(flow, ctx.classifier);
+            let (mut translated, backend_half) = ctx.siblings.nat_view(flow, ctx.classifier);
+            if translated.is_none()
+                && !backend_half
+                && ctx.classifier.engine_ready()
+                && ctx.classifier.is_service(flow.key.dst, flow)
+            {
+                // The backend is not on this node: ask the NAT.
+                translated = (ctx.nat)(&flow.key);
+            }
             entry.backend_half = backend_half;
             entry.class = ctx
                 .classifier
@@ -140,6 +153,7 @@ struct Ctx<'a> {
     classifier: &'a Classifier,
     metrics: &'a Metrics,
     siblings: &'a Siblings,
+    nat: &'a mut dyn FnMut(&FlowKey) -> Option<SocketAddr>,
     now: Nanos,
 }
 
@@ -215,14 +229,35 @@ mod tests {
         );
         flow.outcome = Outcome::Established;
         flow.counters.fwd_packets = 3;
-        reporter.tick([&flow].into_iter(), &[], &classifier, &metrics, 10);
+        reporter.tick(
+            [&flow].into_iter(),
+            &[],
+            &classifier,
+            &metrics,
+            &mut |_| None,
+            10,
+        );
         flow.counters.fwd_packets = 5;
-        reporter.tick([&flow].into_iter(), &[], &classifier, &metrics, 20);
+        reporter.tick(
+            [&flow].into_iter(),
+            &[],
+            &classifier,
+            &metrics,
+            &mut |_| None,
+            20,
+        );
         let done = [FinishedFlow {
             flow: flow.clone(),
             reason: EndReason::Closed,
         }];
-        let classes = reporter.tick(std::iter::empty(), &done, &classifier, &metrics, 30);
+        let classes = reporter.tick(
+            std::iter::empty(),
+            &done,
+            &classifier,
+            &metrics,
+            &mut |_| None,
+            30,
+        );
         assert!(classes[0].is_some());
         assert!(reporter.is_empty(), "finished flows are forgotten");
 
@@ -292,7 +327,14 @@ mod tests {
                 reason: EndReason::Closed,
             },
         ];
-        let classes = reporter.tick(std::iter::empty(), &done, &classifier, &metrics, 10);
+        let classes = reporter.tick(
+            std::iter::empty(),
+            &done,
+            &classifier,
+            &metrics,
+            &mut |_| None,
+            10,
+        );
 
         let service = classes[0].as_ref().unwrap();
         match &service.dst {
@@ -359,7 +401,14 @@ mod tests {
         ] {
             let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
             let mut reporter = Reporter::new(node.map(String::from));
-            let classes = reporter.tick(std::iter::empty(), &done, &classifier, &metrics, 10);
+            let classes = reporter.tick(
+                std::iter::empty(),
+                &done,
+                &classifier,
+                &metrics,
+                &mut |_| None,
+                10,
+            );
             assert!(classes[0].is_some(), "the flow log keeps it either way");
             let text = encode_prometheus_text(&registry).unwrap();
             assert_eq!(

@@ -7,6 +7,7 @@
 //! * [`EbpfSource`] drains the ring buffer and the per-CPU flow map ([`FlowSource`]).
 
 mod batch;
+pub mod conntrack;
 pub mod links;
 pub mod preflight;
 
