@@ -114,14 +114,6 @@ items:
     )
 }
 
-fn http_get(addr: &str, path: &str) -> String {
-    let mut c = TcpStream::connect(addr).expect("agent http");
-    write!(c, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    s
-}
-
 #[test]
 fn clusterip_connection_is_attributed_to_its_backend() {
     if !privileged::root_test("service nat")
@@ -204,7 +196,8 @@ fn scenario(backend_elsewhere: bool) {
         .unwrap();
     srv.join().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let metrics = http_get(&agent.listen, "/metrics");
+    let (_, metrics) =
+        support::prometheus::http_get(&agent.listen, "/metrics", None).expect("scrape");
     let (status, records) = agent.stop();
     assert!(status.success());
 

@@ -15,6 +15,7 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "iproute2",
     "util-linux",
+    "procps",
     "prometheus",
     "bpftool",
 ];

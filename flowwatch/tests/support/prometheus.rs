@@ -257,12 +257,11 @@ pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, St
     Ok((status, body))
 }
 
+/// An HTTP response: status, headers (lower-cased names), body.
+pub type Response = (u16, Vec<(String, String)>, String);
+
 /// Like [`http_get`], also returning the response headers (lower-cased names).
-pub fn http_get_full(
-    addr: &str,
-    path: &str,
-    accept: Option<&str>,
-) -> Result<(u16, Vec<(String, String)>, String), String> {
+pub fn http_get_full(addr: &str, path: &str, accept: Option<&str>) -> Result<Response, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let accept = accept
