@@ -170,12 +170,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = events_tick.tick() => pipeline.pump_events()?,
+            _ = events_tick.tick() => keep_going(pipeline.pump_events(), "draining events"),
             _ = totals_tick.tick() => {
                 let now = monotonic_now();
-                let done = pipeline.pump_totals(now)?;
+                let done = pipeline.pump_totals(now).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "reading flow totals");
+                    Vec::new()
+                });
                 let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, &mut nat, now);
-                write_records(&mut flow_log, &done, &classes, clock)?;
+                keep_going(write_records(&mut flow_log, &done, &classes, clock), "writing the flow log");
                 health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), &readiness);
                 metrics.expire(now);
             }
@@ -195,12 +198,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ready = notifications.readable() => {
                 if let Ok(mut guard) = ready {
                     if guard.get_inner().drain() {
-                        datapath.reconcile(&patterns)?;
+                        keep_going(datapath.reconcile(&patterns), "attaching to interfaces");
                     }
                     guard.clear_ready();
                 }
             }
-            _ = rescan_tick.tick() => { datapath.reconcile(&patterns)?; }
+            _ = rescan_tick.tick() => keep_going(datapath.reconcile(&patterns), "attaching to interfaces"),
         }
     }
 
@@ -228,6 +231,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     );
     datapath.detach_all();
     Ok(())
+}
+
+/// Once running, the agent does not stop on an error: it logs it and goes on with the next
+/// tick (a transient netlink or map error must not take the node's observability down).
+fn keep_going<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "{what}");
+    }
 }
 
 /// Resolves when the inventory changed (true), or never without an inventory; false once the
