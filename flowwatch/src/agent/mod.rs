@@ -275,12 +275,16 @@ impl Health {
         readiness: &Readiness,
     ) {
         if let Ok(losses) = pipeline.source.losses() {
-            let lost = losses.ringbuf_full + losses.flows_map_full;
+            // Lost in the kernel (ring buffer or flow map full) or refused by the agent's own
+            // bound on flows in flight: all of it is traffic nobody will see.
+            let dropped = pipeline.aggregator().dropped_flows;
+            let lost = losses.ringbuf_full + losses.flows_map_full + dropped;
             if lost > self.lost_reported {
                 tracing::warn!(
                     ringbuf_full = losses.ringbuf_full,
                     flows_map_full = losses.flows_map_full,
-                    "the kernel lost flow events"
+                    flows_dropped_by_agent = dropped,
+                    "flow events lost"
                 );
                 metrics.add_events_lost(lost - self.lost_reported);
                 self.lost_reported = lost;
