@@ -62,31 +62,7 @@ fn run() -> Result<(), String> {
     }
     let [web, api, postgres, report] = [0, 1, 2, 3].map(|i| &node.pods[i]);
     // postgres drops connections from the report job, as an enforcing CNI would.
-    postgres.exec(&["nft", "add", "table", "inet", "demo"]);
-    postgres.exec(&[
-        "nft",
-        "add",
-        "chain",
-        "inet",
-        "demo",
-        "input",
-        "{ type filter hook input priority 0 ; policy accept ; }",
-    ]);
-    postgres.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "demo",
-        "input",
-        "ip",
-        "saddr",
-        "10.213.0.40",
-        "tcp",
-        "dport",
-        "5432",
-        "drop",
-    ]);
+    postgres.drop_incoming("ip saddr 10.213.0.40 tcp dport 5432");
 
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let flow_log = dir.path().join("flows.jsonl");

@@ -251,19 +251,7 @@ fn refused_and_firewalled_attempts_are_failed_flows() {
     let node = Node::new(2);
     let (client, server) = (&node.pods[0], &node.pods[1]);
     // The server pod drops SYNs to port 7000, as a NetworkPolicy-enforcing CNI would.
-    server.exec(&["nft", "add", "table", "inet", "fwtest"]);
-    server.exec(&[
-        "nft",
-        "add",
-        "chain",
-        "inet",
-        "fwtest",
-        "input",
-        "{ type filter hook input priority 0 ; policy accept ; }",
-    ]);
-    server.exec(&[
-        "nft", "add", "rule", "inet", "fwtest", "input", "tcp", "dport", "7000", "drop",
-    ]);
+    server.drop_incoming("tcp dport 7000");
 
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     let before = client.snmp();

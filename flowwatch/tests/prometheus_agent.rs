@@ -220,31 +220,7 @@ fn prometheus_scrapes_the_confined_agent_during_real_traffic() {
     .unwrap();
     let [web, api, postgres, report] = [0, 1, 2, 3].map(|i| &node.pods[i]);
     // postgres drops the report job's connections, as an enforcing CNI would.
-    postgres.exec(&["nft", "add", "table", "inet", "fwtest"]);
-    postgres.exec(&[
-        "nft",
-        "add",
-        "chain",
-        "inet",
-        "fwtest",
-        "input",
-        "{ type filter hook input priority 0 ; policy accept ; }",
-    ]);
-    postgres.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "fwtest",
-        "input",
-        "ip",
-        "saddr",
-        &ip(40).to_string(),
-        "tcp",
-        "dport",
-        "5432",
-        "drop",
-    ]);
+    postgres.drop_incoming(&format!("ip saddr {} tcp dport 5432", ip(40)));
 
     let listen = format!("127.0.0.1:{}", support::agent::free_port());
     let agent = ConfinedAgent::start(

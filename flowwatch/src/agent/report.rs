@@ -200,6 +200,18 @@ mod tests {
     use crate::model::Protocol;
     use crate::policy::PolicyOptions;
 
+    /// The demo cluster's pods, policies and Service (deploy/demo/snapshot.yaml).
+    fn demo_classifier() -> Classifier {
+        let (inventory, _) = crate::inventory::snapshot::parse(
+            include_str!("../../../deploy/demo/snapshot.yaml"),
+            "demo",
+        )
+        .unwrap();
+        let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
+        classifier.update(&inventory, &OwnerIndex::default(), 1, 0);
+        classifier
+    }
+
     fn sample(text: &str, family: &str, needle: &str) -> Option<f64> {
         text.lines()
             .find(|l| l.starts_with(family) && l.contains(needle))
@@ -209,13 +221,7 @@ mod tests {
 
     #[test]
     fn a_connection_is_counted_once_and_its_traffic_as_it_grows() {
-        let (inventory, _) = crate::inventory::snapshot::parse(
-            include_str!("../../../deploy/demo/snapshot.yaml"),
-            "demo",
-        )
-        .unwrap();
-        let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
-        classifier.update(&inventory, &OwnerIndex::default(), 1, 0);
+        let classifier = demo_classifier();
         let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
         let mut reporter = Reporter::new(None);
 
@@ -286,13 +292,7 @@ mod tests {
 
     #[test]
     fn a_service_connection_through_nat_is_one_edge_to_the_backend() {
-        let (inventory, _) = crate::inventory::snapshot::parse(
-            include_str!("../../../deploy/demo/snapshot.yaml"),
-            "demo",
-        )
-        .unwrap();
-        let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
-        classifier.update(&inventory, &OwnerIndex::default(), 1, 0);
+        let classifier = demo_classifier();
         let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
         let mut reporter = Reporter::new(None);
 
@@ -372,13 +372,7 @@ mod tests {
 
     #[test]
     fn a_connection_from_a_pod_of_another_node_is_counted_there_not_here() {
-        let (inventory, _) = crate::inventory::snapshot::parse(
-            include_str!("../../../deploy/demo/snapshot.yaml"),
-            "demo",
-        )
-        .unwrap();
-        let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
-        classifier.update(&inventory, &OwnerIndex::default(), 1, 0);
+        let classifier = demo_classifier();
         let mut flow = Flow::new(
             FlowKey {
                 src: "10.213.0.10:40000".parse().unwrap(),

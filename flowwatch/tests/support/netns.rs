@@ -167,6 +167,25 @@ impl Pod {
         sh(&all)
     }
 
+    /// Drops incoming packets matching `matcher` (nft syntax, e.g. `tcp dport 7000` or
+    /// `ip saddr 10.0.0.4 tcp dport 5432`) in this pod, as an enforcing CNI would.
+    pub fn drop_incoming(&self, matcher: &str) {
+        self.exec(&["nft", "add", "table", "inet", "fwtest"]);
+        self.exec(&[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "fwtest",
+            "input",
+            "{ type filter hook input priority 0 ; policy accept ; }",
+        ]);
+        let mut rule = vec!["nft", "add", "rule", "inet", "fwtest", "input"];
+        rule.extend(matcher.split_whitespace());
+        rule.push("drop");
+        self.exec(&rule);
+    }
+
     /// Runs `f` on a thread that has joined this pod's network namespace: sockets it opens
     /// live in the pod. (Network namespaces are per thread.)
     pub fn run<T: Send + 'static>(
