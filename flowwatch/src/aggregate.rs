@@ -6,10 +6,8 @@
 //! the server's socket (both through the `inet_sock_set_state` tracepoint) and the wire (TC).
 //! They meet here, keyed by the 5-tuple oriented from the initiator.
 
-use std::collections::HashMap;
-
 use crate::model::{
-    Counters, EventKind, Flow, FlowKey, Nanos, Observation, Outcome, Protocol, Role,
+    Counters, EventKind, Flow, FlowHashMap, FlowKey, Nanos, Observation, Outcome, Protocol, Role,
 };
 
 const SECOND: Nanos = 1_000_000_000;
@@ -75,7 +73,7 @@ struct Tracked {
 #[derive(Debug)]
 pub struct Aggregator {
     config: AggregatorConfig,
-    flows: HashMap<FlowKey, Tracked>,
+    flows: FlowHashMap<FlowKey, Tracked>,
     /// Flows finished by something other than `expire` (5-tuple reuse), reported next expire.
     finished: Vec<FinishedFlow>,
     /// New flows refused because `max_flows` was reached.
@@ -86,7 +84,7 @@ impl Aggregator {
     pub fn new(config: AggregatorConfig) -> Aggregator {
         Aggregator {
             config,
-            flows: HashMap::new(),
+            flows: FlowHashMap::default(),
             finished: Vec::new(),
             dropped_flows: 0,
         }

@@ -3,18 +3,17 @@
 //! and its packets and bytes as they grow. Each flow is classified once, when first seen, so
 //! its metrics and its flow-log record agree even if the cluster changes meanwhile.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::aggregate::FinishedFlow;
 use crate::classify::{Classification, Classifier};
 use crate::metrics::Metrics;
-use crate::model::{Counters, Flow, FlowKey, Nanos, Outcome, Protocol};
+use crate::model::{Counters, Flow, FlowHashMap, FlowKey, Nanos, Outcome, Protocol};
 
 #[derive(Default)]
 pub struct Reporter {
-    flows: HashMap<FlowKey, Reported>,
+    flows: FlowHashMap<FlowKey, Reported>,
     /// This node's name. A connection between pods of two nodes is seen by both nodes' agents;
     /// the metrics count it on one: the initiator's node when the initiator is a pod, else the
     /// responder's. Unknown (no `--node-name`): every flow seen here is counted.
@@ -35,7 +34,7 @@ struct Reported {
 impl Reporter {
     pub fn new(node: Option<String>) -> Reporter {
         Reporter {
-            flows: HashMap::new(),
+            flows: FlowHashMap::default(),
             node,
         }
     }
@@ -161,11 +160,12 @@ struct Ctx<'a> {
 /// with the same source address, port and protocol: the client's socket and the wire at the
 /// client pod see the Service address; the backend's socket, when the backend is on this node,
 /// sees the backend pod. Pairing them gives the Service flow its backend.
-struct Siblings(HashMap<(SocketAddr, Protocol), Vec<SocketAddr>>);
+struct Siblings(FlowHashMap<(SocketAddr, Protocol), Vec<SocketAddr>>);
 
 impl Siblings {
     fn of<'a>(flows: impl Iterator<Item = &'a Flow>) -> Siblings {
-        let mut by_source: HashMap<(SocketAddr, Protocol), Vec<SocketAddr>> = HashMap::new();
+        let mut by_source: FlowHashMap<(SocketAddr, Protocol), Vec<SocketAddr>> =
+            FlowHashMap::default();
         for f in flows {
             by_source
                 .entry((f.key.src, f.key.protocol))
