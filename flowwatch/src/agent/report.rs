@@ -62,7 +62,13 @@ impl Reporter {
         nat: &mut dyn FnMut(&FlowKey) -> Option<SocketAddr>,
         now: Nanos,
     ) -> Vec<Option<Arc<Classification>>> {
-        let siblings = Siblings::of(live.clone().chain(finished.iter().map(|d| &d.flow)));
+        // Only flows still to classify need a twin: pairing the whole flow table on every poll
+        // would be per-flow work that changes nothing for flows already classified.
+        let unclassified = live
+            .clone()
+            .chain(finished.iter().map(|d| &d.flow))
+            .filter(|f| self.flows.get(&f.key).is_none_or(|r| r.class.is_none()));
+        let siblings = Siblings::of(unclassified);
         let mut ctx = Ctx {
             classifier,
             metrics,
@@ -159,7 +165,8 @@ struct Ctx<'a> {
 /// A connection to a Service through the node's NAT (kube-proxy's DNAT) shows up as two flows
 /// with the same source address, port and protocol: the client's socket and the wire at the
 /// client pod see the Service address; the backend's socket, when the backend is on this node,
-/// sees the backend pod. Pairing them gives the Service flow its backend.
+/// sees the backend pod. Pairing them gives the Service flow its backend. Both halves appear in
+/// the same drain of socket events, so pairing among the flows not classified yet suffices.
 struct Siblings(FlowHashMap<(SocketAddr, Protocol), Vec<SocketAddr>>);
 
 impl Siblings {
