@@ -219,6 +219,17 @@ mod tests {
         classifier
     }
 
+    fn tcp_flow(src: &str, dst: &str) -> Flow {
+        Flow::new(
+            FlowKey {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                protocol: Protocol::Tcp,
+            },
+            1,
+        )
+    }
+
     fn sample(text: &str, family: &str, needle: &str) -> Option<f64> {
         text.lines()
             .find(|l| l.starts_with(family) && l.contains(needle))
@@ -232,14 +243,7 @@ mod tests {
         let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
         let mut reporter = Reporter::new(None);
 
-        let mut flow = Flow::new(
-            FlowKey {
-                src: "10.213.0.10:40000".parse().unwrap(),
-                dst: "10.213.0.30:5432".parse().unwrap(),
-                protocol: Protocol::Tcp,
-            },
-            1,
-        );
+        let mut flow = tcp_flow("10.213.0.10:40000", "10.213.0.30:5432");
         flow.outcome = Outcome::Established;
         flow.counters.fwd_packets = 3;
         reporter.tick(
@@ -380,14 +384,7 @@ mod tests {
     #[test]
     fn a_connection_from_a_pod_of_another_node_is_counted_there_not_here() {
         let classifier = demo_classifier();
-        let mut flow = Flow::new(
-            FlowKey {
-                src: "10.213.0.10:40000".parse().unwrap(),
-                dst: "10.213.0.30:5432".parse().unwrap(),
-                protocol: Protocol::Tcp,
-            },
-            1,
-        );
+        let mut flow = tcp_flow("10.213.0.10:40000", "10.213.0.30:5432");
         flow.outcome = Outcome::Established;
         flow.counters.fwd_packets = 3;
         let done = [FinishedFlow {
