@@ -434,8 +434,13 @@ async fn flows_ends_are_named_from_the_live_cluster() {
         "10.244.1.5",
     )
     .await;
-    eventually(&w, FOLLOW, "new holder", |v| {
-        pod_in(v, "shop", "intruder").is_some()
+    // the pod is created and then given its IP in a second call, as a kubelet does: wait for
+    // the watch to see the address, not just the pod
+    eventually(&w, FOLLOW, "new holder with its IP", |v| {
+        pod_in(v, "shop", "intruder")
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.pod_ip.as_deref())
+            == Some("10.244.1.5")
     })
     .await;
     let view = w.current();
