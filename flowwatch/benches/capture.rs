@@ -142,6 +142,16 @@ fn bpf_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
     stats
 }
 
+/// The kernel loss counters from the agent's shutdown line.
+fn kernel_losses(agent: &Agent) -> String {
+    let stderr = agent.stderr();
+    let line = stderr.lines().find(|l| l.contains("kernel losses"));
+    match line.and_then(|l| l.split("kernel losses").nth(1)) {
+        Some(rest) => format!("kernel losses{rest}"),
+        None => "kernel losses: (not reported)".into(),
+    }
+}
+
 fn main() {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIP capture benchmark: needs root");
@@ -155,30 +165,63 @@ fn main() {
     let addr = SocketAddr::new(server.ipv4.into(), 9000);
     let stop = Arc::new(AtomicBool::new(false));
     let servers = start_server(server, addr, stop.clone());
+
+    let glob = node.interface_glob();
+    let agent_args = ["--interfaces", glob.as_str()];
+    let rate = |n: u64| n as f64 / secs.as_secs_f64();
+    drive(client, addr, Duration::from_millis(500), 0); // warm-up
+
+    // Flat out, alternating without and with the agent as the DaemonSet runs it (default 1 s
+    // poll, metrics only, no flow log).
+    let off1 = rate(drive(client, addr, secs, 0));
+    let mut agent = Agent::start_as_deployed(&agent_args);
+    let cpu_before = proc_cpu_seconds(agent.pid());
+    let on = drive(client, addr, secs, 0);
+    let on_cpu = proc_cpu_seconds(agent.pid()) - cpu_before;
+    let (_, _) = agent.stop();
+    let on_losses = kernel_losses(&agent);
+    let on = rate(on);
+    let off2 = rate(drive(client, addr, secs, 0));
+    let baseline = (off1 + off2) / 2.0;
+    println!(
+        "capture: flat-out TCP connections/s without agent {off1:.0} and {off2:.0}, with agent {on:.0}"
+    );
+    println!("capture: ratio with/without = {:.3}", on / baseline);
+    println!(
+        "capture: flat out, agent CPU {:.1} µs per connection; {on_losses}",
+        on_cpu / (on * secs.as_secs_f64()).max(1.0) * 1e6
+    );
+
+    // The same with a JSON flow log (one line per connection), and with the kernel programs
+    // only (the agent stopped with SIGSTOP once attached: what the datapath alone costs; its
+    // ring buffer fills and later events are dropped, which is cheaper than delivering them).
+    let agent = Agent::start_as_deployed_with_flow_log(&agent_args);
+    let with_log = rate(drive(client, addr, secs, 0));
+    drop(agent);
+    let large_map = [&agent_args[..], &["--flows-max-entries", "1048576"]].concat();
+    let agent = Agent::start_as_deployed(&large_map);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+    let kernel_only = rate(drive(client, addr, secs, 0));
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    drop(agent);
+    let off3 = rate(drive(client, addr, secs, 0));
+    println!(
+        "capture: with a flow log {with_log:.0}/s (ratio {:.3}); kernel programs only {kernel_only:.0}/s (ratio {:.3}); without agent {off3:.0}/s",
+        with_log / baseline,
+        kernel_only / baseline
+    );
+
+    // BPF run-time accounting costs a little on every program run: only for the paced run.
+    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .unwrap_or_else(|_| "0".into());
     let _ = std::process::Command::new("sysctl")
         .args(["-qw", "kernel.bpf_stats_enabled=1"])
         .status();
 
-    let agent_args = ["--interfaces", &node.interface_glob()];
-    drive(client, addr, Duration::from_millis(500), 0); // warm-up
-    let off1 = drive(client, addr, secs, 0);
-    let mut agent = Agent::start(&agent_args);
-    let on = drive(client, addr, secs, 0);
-    let _ = agent.stop();
-    let off2 = drive(client, addr, secs, 0);
-
-    let rate = |n: u64| n as f64 / secs.as_secs_f64();
-    let baseline = (rate(off1) + rate(off2)) / 2.0;
-    println!(
-        "capture: flat-out TCP connections/s without agent {:.0} and {:.0}, with agent {:.0}",
-        rate(off1),
-        rate(off2),
-        rate(on)
-    );
-    println!("capture: ratio with/without = {:.3}", rate(on) / baseline);
-
     // Paced run: the agent's own cost per connection, and loss.
-    let mut agent = Agent::start(&agent_args);
+    // Paced, with the flow log so every connection's record can be counted, default poll.
+    let mut agent = Agent::start_as_deployed_with_flow_log(&agent_args);
     let pid = agent.pid();
     let bpf_before = bpf_stats();
     let cpu_before = proc_cpu_seconds(pid);
@@ -192,12 +235,7 @@ fn main() {
         .iter()
         .filter(|r| r["dst"]["port"] == 9000 && r["src"]["ip"] == client.ipv4.to_string())
         .count() as u64;
-    let losses = agent
-        .stderr()
-        .lines()
-        .find(|l| l.contains("kernel losses"))
-        .unwrap_or("kernel losses: (not reported)")
-        .to_string();
+    let losses = kernel_losses(&agent);
     let paced_rate = rate(made);
     println!(
         "capture: paced at {paced}/s: {made} connections ({paced_rate:.0}/s), {ours} flow records"
@@ -209,14 +247,7 @@ fn main() {
         cpu / secs.as_secs_f64() * 100.0 / (paced_rate / 1000.0)
     );
     println!("capture: agent peak RSS {:.1} MiB", rss as f64 / 1024.0);
-    println!(
-        "capture: {}",
-        losses
-            .split("kernel losses")
-            .nth(1)
-            .map(|s| format!("kernel losses{s}"))
-            .unwrap_or(losses)
-    );
+    println!("capture: {losses}");
     println!(
         "capture: connections without a record: {}",
         made.saturating_sub(ours)
@@ -232,6 +263,9 @@ fn main() {
             );
         }
     }
+    let _ = std::process::Command::new("sysctl")
+        .args(["-qw", &format!("kernel.bpf_stats_enabled={}", stats_before.trim())])
+        .status();
     stop.store(true, Ordering::Relaxed);
     // Unblock the acceptors.
     for _ in 0..THREADS {

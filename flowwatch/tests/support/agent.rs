@@ -28,17 +28,35 @@ pub fn free_port() -> u16 {
 }
 
 impl Agent {
-    /// Starts `flowwatch run` with the flow log, a free listen port and `args`, and waits until
-    /// it says it is running (programs loaded, interfaces attached).
+    /// Starts `flowwatch run` with the flow log, a free listen port, a 200 ms poll (so tests
+    /// see records quickly) and `args`, and waits until it says it is running (programs
+    /// loaded, interfaces attached).
     pub fn start(args: &[&str]) -> Agent {
+        Agent::spawn(true, &[&["--poll-interval-ms", "200"], args].concat())
+    }
+
+    /// Starts `flowwatch run` as the DaemonSet runs it: default poll, no flow log (metrics
+    /// only), a free listen port and `args`. `records()` is empty for such an agent.
+    pub fn start_as_deployed(args: &[&str]) -> Agent {
+        Agent::spawn(false, args)
+    }
+
+    /// As deployed, plus the flow log.
+    pub fn start_as_deployed_with_flow_log(args: &[&str]) -> Agent {
+        Agent::spawn(true, args)
+    }
+
+    fn spawn(with_flow_log: bool, args: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let flow_log = dir.path().join("flows.jsonl");
         let listen = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(binary())
-            .arg("run")
-            .arg("--flow-log")
-            .arg(&flow_log)
-            .args(["--listen", &listen, "--poll-interval-ms", "200"])
+        let mut cmd = Command::new(binary());
+        cmd.arg("run");
+        if with_flow_log {
+            cmd.arg("--flow-log").arg(&flow_log);
+        }
+        let mut child = cmd
+            .args(["--listen", &listen])
             .args(args)
             .env("FLOWWATCH_LOG", "info")
             .stdin(Stdio::null())
