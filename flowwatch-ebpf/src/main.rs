@@ -266,15 +266,29 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
     let mut tcp_flags = 0u8;
     match key.protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            // TCP, UDP and SCTP all start with source and destination port.
-            // The L4 offset depends on the IPv4 header length: the verifier cannot follow a
-            // variable offset into the packet here, so this goes through the helper.
-            let ports: [u16; 2] = ctx.load(l4_offset)?;
+            // TCP, UDP and SCTP all start with source and destination port. Nearly every
+            // packet has an option-less IPv4 header or a plain IPv6 one: a constant offset the
+            // verifier can follow, so a direct read. Other IPv4 header lengths go through the
+            // helper (the verifier cannot follow a variable offset into the packet).
+            let ports: [u16; 2];
+            if l4_offset == ETH_HDR_LEN + 20 {
+                ports = read(ctx, ETH_HDR_LEN + 20)?;
+                if key.protocol == IPPROTO_TCP {
+                    tcp_flags = read(ctx, ETH_HDR_LEN + 20 + 13)?;
+                }
+            } else if l4_offset == ETH_HDR_LEN + IPV6_HDR_LEN {
+                ports = read(ctx, ETH_HDR_LEN + IPV6_HDR_LEN)?;
+                if key.protocol == IPPROTO_TCP {
+                    tcp_flags = read(ctx, ETH_HDR_LEN + IPV6_HDR_LEN + 13)?;
+                }
+            } else {
+                ports = ctx.load(l4_offset)?;
+                if key.protocol == IPPROTO_TCP {
+                    tcp_flags = ctx.load(l4_offset + 13)?;
+                }
+            }
             key.src_port = u16::from_be(ports[0]);
             key.dst_port = u16::from_be(ports[1]);
-            if key.protocol == IPPROTO_TCP {
-                tcp_flags = ctx.load(l4_offset + 13)?;
-            }
         }
         _ => return Ok(None),
     }
@@ -306,22 +320,42 @@ fn add(counters: *mut FlowCounters, forward: bool, packet: &Packet, now: u64) {
 }
 
 fn count(packet: &Packet, now: u64) {
-    if let Some(c) = FLOWS.get_ptr_mut(packet.key) {
-        return add(c, true, packet, now);
+    let handshake = packet.tcp_flags & (TCP_SYN | TCP_ACK);
+    if handshake == TCP_SYN {
+        // A SYN opens a flow: insert at once, without the two lookups that would miss (the
+        // hash walks are most of this program's cost). A retransmitted SYN, or a 5-tuple whose
+        // previous connection the agent has not forgotten yet, finds its entry on insert.
+        return create(packet.key, true, packet, now);
     }
+    // Try the likelier orientation first, so most packets take one hash lookup: a SYN-ACK is
+    // a reply, and so, usually, is a packet from the lower port (the service's) to the
+    // higher one (the initiator's ephemeral port). Either way both are tried.
     let reversed = packet.key.reversed();
-    if let Some(c) = FLOWS.get_ptr_mut(reversed) {
-        return add(c, false, packet, now);
+    let reply_first = handshake == TCP_SYN | TCP_ACK || packet.key.src_port < packet.key.dst_port;
+    let (first, second) = if reply_first {
+        (reversed, packet.key)
+    } else {
+        (packet.key, reversed)
+    };
+    if let Some(c) = FLOWS.get_ptr_mut(first) {
+        return add(c, !reply_first, packet, now);
+    }
+    if let Some(c) = FLOWS.get_ptr_mut(second) {
+        return add(c, reply_first, packet, now);
     }
 
     // First packet of a flow: its sender initiated it, except a TCP SYN-ACK, whose sender is
     // the responder (the agent started after the SYN went by).
-    let syn_ack = packet.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
-    let (key, forward) = if syn_ack {
-        (reversed, false)
+    if handshake == TCP_SYN | TCP_ACK {
+        create(reversed, false, packet, now)
     } else {
-        (packet.key, true)
-    };
+        create(packet.key, true, packet, now)
+    }
+}
+
+/// Inserts a flow's entry with this packet counted; if another CPU (or an earlier connection
+/// on the same 5-tuple) has it already, counts the packet there.
+fn create(key: FlowKey, forward: bool, packet: &Packet, now: u64) {
     let mut fresh = FlowCounters::default();
     add(&mut fresh, forward, packet, now);
     match FLOWS.insert(key, fresh, BPF_NOEXIST as u64) {
@@ -333,7 +367,6 @@ fn count(packet: &Packet, now: u64) {
             }
         }
         Err(e) if e == -EEXIST => {
-            // Another CPU created it between our lookup and insert.
             if let Some(c) = FLOWS.get_ptr_mut(key) {
                 add(c, forward, packet, now);
             }

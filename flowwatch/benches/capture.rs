@@ -264,7 +264,10 @@ fn main() {
         }
     }
     let _ = std::process::Command::new("sysctl")
-        .args(["-qw", &format!("kernel.bpf_stats_enabled={}", stats_before.trim())])
+        .args([
+            "-qw",
+            &format!("kernel.bpf_stats_enabled={}", stats_before.trim()),
+        ])
         .status();
     stop.store(true, Ordering::Relaxed);
     // Unblock the acceptors.

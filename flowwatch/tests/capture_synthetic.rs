@@ -39,6 +39,32 @@ fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, l4: &[u8]) -> Vec<u8> {
     ethernet(0x86DD, &h)
 }
 
+/// IPv4 with a 4-byte options field (IHL 6): the L4 header is not at the usual offset.
+fn ipv4_with_options(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let total = (24 + l4.len()) as u16;
+    let mut h = vec![0x46, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(&[1, 1, 1, 1]); // four NOP options
+    h.extend_from_slice(l4);
+    ethernet(0x0800, &h)
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// A 20-byte TCP header with these flags.
+fn tcp(src_port: u16, dst_port: u16, flags: u8) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&src_port.to_be_bytes());
+    p.extend_from_slice(&dst_port.to_be_bytes());
+    p.extend_from_slice(&[0; 8]); // sequence and acknowledgment numbers
+    p.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    p
+}
+
 /// An SCTP common header and one chunk (INIT = 1, INIT ACK = 2, DATA = 0).
 fn sctp(src_port: u16, dst_port: u16, chunk_type: u8) -> Vec<u8> {
     let mut p = Vec::new();
@@ -146,4 +172,88 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
             "SCTP [fd00::1]:6000 -> [fd00::2]:2905".to_string()
         ]
     );
+}
+
+/// The TC program's TCP paths: a SYN creates its flow directly (and a retransmitted one adds to
+/// it), packets are matched in both orientations whichever the program tries first (an
+/// initiator on a low port, a responder on a high one), a SYN-ACK seen first is a reply, and
+/// IPv4 headers with options are read through the slow path. Exact counts and flags per flow.
+#[test]
+fn tcp_orientation_and_header_lengths() {
+    if !privileged::root_test("synthetic TCP frames") {
+        return;
+    }
+    let (mut dp, mut source) = datapath::load(&DatapathOptions::default()).expect("load");
+    let (a, b, c, d) = (
+        [10, 251, 0, 1],
+        [10, 251, 0, 2],
+        [10, 251, 0, 3],
+        [10, 251, 0, 4],
+    );
+    for frame in [
+        // a:80 initiates to b:40000 (against the port heuristic); its SYN is retransmitted
+        ipv4(a, b, 6, &tcp(80, 40000, SYN)),
+        ipv4(a, b, 6, &tcp(80, 40000, SYN)),
+        ipv4(b, a, 6, &tcp(40000, 80, SYN | ACK)),
+        ipv4(a, b, 6, &tcp(80, 40000, ACK)),
+        ipv4(b, a, 6, &tcp(40000, 80, ACK)),
+        // c:50000 to d:443, every header with IPv4 options
+        ipv4_with_options(c, d, 6, &tcp(50000, 443, SYN)),
+        ipv4_with_options(d, c, 6, &tcp(443, 50000, SYN | ACK)),
+        ipv4_with_options(c, d, 6, &tcp(50000, 443, ACK)),
+        // first packet seen is d:8080's SYN-ACK to c:33000: c initiated
+        ipv4(d, c, 6, &tcp(8080, 33000, SYN | ACK)),
+        ipv4(c, d, 6, &tcp(33000, 8080, ACK)),
+    ] {
+        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), TC_ACT_OK);
+    }
+    let mut totals = Vec::new();
+    source.read_totals(&mut totals).unwrap();
+    let mut flows: Vec<(String, u64, u64, u8, u8)> = totals
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Totals {
+                key,
+                counters,
+                fwd_tcp_flags,
+                rev_tcp_flags,
+                ..
+            } if key.protocol == Protocol::Tcp => Some((
+                key.to_string(),
+                counters.fwd_packets,
+                counters.rev_packets,
+                *fwd_tcp_flags,
+                *rev_tcp_flags,
+            )),
+            _ => None,
+        })
+        .collect();
+    flows.sort();
+    assert_eq!(
+        flows,
+        vec![
+            (
+                "TCP 10.251.0.1:80 -> 10.251.0.2:40000".into(),
+                3,
+                2,
+                SYN | ACK,
+                SYN | ACK
+            ),
+            (
+                "TCP 10.251.0.3:33000 -> 10.251.0.4:8080".into(),
+                1,
+                1,
+                ACK,
+                SYN | ACK
+            ),
+            (
+                "TCP 10.251.0.3:50000 -> 10.251.0.4:443".into(),
+                2,
+                1,
+                SYN | ACK,
+                SYN | ACK
+            ),
+        ]
+    );
+    assert_eq!(source.losses().unwrap().truncated_packets, 0);
 }

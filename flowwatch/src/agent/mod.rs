@@ -55,6 +55,13 @@ pub enum AgentError {
 }
 
 /// Kernel monotonic time, the clock of `bpf_ktime_get_ns`.
+/// How long after a TCP connection's last socket closed its record waits for its last packets.
+/// The last close follows the last packet by microseconds (the closing ACK reaches the TC
+/// program before the peer's socket sees it), and each poll drains socket events before it
+/// reads the packet totals; the margin covers a packet still queued on another CPU. Short, so
+/// a closed connection's kernel entry is read once or twice, not once per poll for seconds.
+const CLOSE_LINGER: Nanos = 100_000_000;
+
 pub fn monotonic_now() -> Nanos {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -114,7 +121,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         source,
         AggregatorConfig {
             idle_timeout: args.idle_timeout_secs * 1_000_000_000,
-            close_linger: (2 * args.poll_interval_ms).max(500) * 1_000_000,
+            close_linger: CLOSE_LINGER,
             ..AggregatorConfig::default()
         },
         args.ignore_cidrs.clone(),
