@@ -54,7 +54,6 @@ pub enum AgentError {
     Kube(String),
 }
 
-/// Kernel monotonic time, the clock of `bpf_ktime_get_ns`.
 /// How long after a TCP connection's last socket closed its record waits for its last packets.
 /// The last close follows the last packet by microseconds (the closing ACK reaches the TC
 /// program before the peer's socket sees it), and each poll drains socket events before it
@@ -62,6 +61,7 @@ pub enum AgentError {
 /// a closed connection's kernel entry is read once or twice, not once per poll for seconds.
 const CLOSE_LINGER: Nanos = 100_000_000;
 
+/// Kernel monotonic time, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_now() -> Nanos {
     let mut ts = libc::timespec {
         tv_sec: 0,
