@@ -1,14 +1,17 @@
 //! Capture overhead, measured in one run on this machine (`cargo xtask bench capture`).
 //!
 //! Two namespace pods on a bridge; a client pod opens short TCP connections (1-byte request,
-//! 1-byte answer, close) to a server pod as fast as it can, with the agent off, on, and off
-//! again, and then paced at a fixed rate with the agent on. Reported:
-//! * the connection rate with the agent on over the mean of the two runs without it;
-//! * the agent's CPU seconds per 1,000 connections and its share of one core per 1,000
-//!   connections/s (from /proc/<pid>/stat), its peak RSS (VmHWM);
+//! 1-byte answer, close) to a server pod as fast as it can: without the agent, with the agent as
+//! deployed (default poll, no flow log), without it again, with a flow log, with the kernel
+//! programs only (agent stopped), and without once more; then paced at a fixed rate with the
+//! agent and its flow log. Reported:
+//! * the connection rates and their ratios to the mean of the first two runs without agent;
+//! * the agent's CPU per connection flat out, and in the paced run its CPU seconds per 1,000
+//!   connections and share of one core per 1,000 connections/s (/proc/<pid>/stat), its peak
+//!   RSS (VmHWM);
 //! * events and flows lost (kernel loss counters from the agent's shutdown line, and flow
 //!   records written vs. connections made);
-//! * the BPF programs' own run time per call (kernel.bpf_stats_enabled).
+//! * the BPF programs' own run time per call (kernel.bpf_stats_enabled, paced run only).
 //!
 //! Not a test: it needs root and prints figures. Environment: FLOWWATCH_BENCH_SECS (default 4),
 //! FLOWWATCH_BENCH_RATE (paced rate, default 2000/s).
