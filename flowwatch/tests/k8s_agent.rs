@@ -7,73 +7,23 @@
 mod k8s_common;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use k8s_common::*;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::agent::Agent;
 use support::apiserver::ApiServer;
 use support::netns::Node;
 use support::privileged;
+use support::traffic::{one_connection, wait_record};
 
 fn available() -> bool {
     privileged::require("k8s end to end with the agent", privileged::root())
         && privileged::require("k8s end to end with the agent", ApiServer::available())
-}
-
-/// One echo connection from `from` to `to` (run inside the pods' namespaces).
-fn one_connection(from: &support::netns::Pod, to: &support::netns::Pod, addr: SocketAddr) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = to.run(move || {
-        let listener = TcpListener::bind(addr).expect("bind");
-        tx.send(()).ok();
-        if let Ok((mut c, _)) = listener.accept() {
-            c.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            let mut buf = [0u8; 5];
-            if c.read_exact(&mut buf).is_ok() {
-                let _ = c.write_all(&buf);
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
-    let ok = from
-        .run(move || {
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-            c.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            c.write_all(b"hello").ok()?;
-            let mut buf = [0u8; 5];
-            c.read_exact(&mut buf).ok()
-        })
-        .join()
-        .unwrap();
-    assert!(ok.is_some(), "connection to {addr} failed");
-    server.join().unwrap();
-}
-
-/// The record of the connection to `dst` made after `since` records were present.
-fn wait_record(agent: &Agent, dst: SocketAddr, skip: usize) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let records: Vec<Value> = agent
-            .records()
-            .into_iter()
-            .filter(|r| r["dst"]["ip"] == dst.ip().to_string() && r["dst"]["port"] == dst.port())
-            .collect();
-        if records.len() > skip {
-            return records[skip].clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no flow record #{skip} to {dst}:\n{}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

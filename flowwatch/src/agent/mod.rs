@@ -186,7 +186,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 });
                 let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, &mut nat, now);
                 keep_going(write_records(&mut flow_log, &done, &classes, clock), "writing the flow log");
-                health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), &readiness);
+                health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), classifier.engine_ready(), &readiness);
                 metrics.expire(now);
             }
             changed = next_change(&mut changes) => {
@@ -279,6 +279,7 @@ impl Health {
         pipeline: &Pipeline<datapath::EbpfSource>,
         datapath: &Datapath,
         inventory: Option<&ClusterWatch>,
+        engine_ready: bool,
         readiness: &Readiness,
     ) {
         if let Ok(losses) = pipeline.source.losses() {
@@ -311,6 +312,11 @@ impl Health {
             metrics.set_watch_staleness(resource, stale);
         }
         match status.readiness() {
+            // Synced caches are not enough: flows are named and judged only once the index and
+            // the policy engine are built from them.
+            Ok(()) if !engine_ready => {
+                readiness.set_not_ready("kube caches synced; building the policy engine")
+            }
             Ok(()) => readiness.set_ready(),
             Err(reason) => readiness.set_not_ready(reason),
         }

@@ -137,6 +137,14 @@ impl Agent {
         (status, self.records())
     }
 
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     /// SIGKILL, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

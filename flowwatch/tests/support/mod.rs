@@ -7,3 +7,4 @@ pub mod apiserver;
 pub mod netns;
 pub mod privileged;
 pub mod prometheus;
+pub mod traffic;

@@ -1,0 +1,173 @@
+//! The real agent binary through a Kubernetes API server outage, with the shipped RBAC: not
+//! ready until its caches have synced and its policy engine is built; stale (metric and
+//! `/readyz`) while the API server is gone for 30 seconds, naming flows from the last known
+//! state all along; resynced and following changes when the API server returns; never exiting.
+
+mod k8s_common;
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_common::*;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::agent::Agent;
+use support::apiserver::ApiServer;
+use support::netns::Node;
+use support::privileged;
+use support::prometheus::http_get;
+use support::traffic::{one_connection, wait_record};
+
+const OUTAGE: Duration = Duration::from_secs(30);
+
+/// Polls `/readyz` until `want` (200 or 503) or the timeout; returns the body.
+fn wait_readyz(agent: &Agent, want: u16, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = http_get(&agent.listen, "/readyz", None).unwrap_or((0, String::new()));
+        if status == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz not {want} within {timeout:?} (last {status} {body:?}):\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metric(agent: &Agent, name: &str) -> Option<f64> {
+    let (_, text) = http_get(&agent.listen, "/metrics", None).ok()?;
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn assert_alive(agent: &mut Agent) {
+    assert!(agent.is_running(), "the agent exited:\n{}", agent.stderr());
+}
+
+#[test]
+fn the_agent_rides_out_an_api_server_outage() {
+    if !privileged::require("k8s outage with the agent", privileged::root())
+        || !privileged::require("k8s outage with the agent", ApiServer::available())
+    {
+        return;
+    }
+    let node = Node::new(2);
+    let (client_pod, server_pod) = (&node.pods[0], &node.pods[1]);
+    let dst = SocketAddr::from((server_pod.ipv4, 8080));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut api = rt.block_on(ApiServer::start());
+    let admin = rt.block_on(api.admin_client());
+    let (sa_ns, sa_name) = rt.block_on(apply_shipped_rbac(&admin));
+    let token = rt.block_on(api.service_account_token(&sa_ns, &sa_name));
+    let kubeconfig = api.kubeconfig_for_token("agent", &token);
+    rt.block_on(async {
+        create_namespace(&admin, "shop", json!({})).await;
+        create_node(&admin, "node-a", "192.168.77.10").await;
+        let client_ip = client_pod.ipv4.to_string();
+        create_pod(
+            &admin,
+            "shop",
+            "client",
+            json!({}),
+            None,
+            "node-a",
+            &client_ip,
+        )
+        .await;
+        let server_ip = server_pod.ipv4.to_string();
+        create_pod(
+            &admin,
+            "shop",
+            "web",
+            json!({"app": "web"}),
+            None,
+            "node-a",
+            &server_ip,
+        )
+        .await;
+    });
+
+    // 1. Started while the API server is down: running, serving metrics, not ready.
+    api.stop_apiserver();
+    // The only test of this target: no other thread reads the environment.
+    std::env::set_var("KUBECONFIG", &kubeconfig);
+    let glob = node.interface_glob();
+    let mut agent = Agent::start(&[
+        "--interfaces",
+        &glob,
+        "--kube=true",
+        "--label-allowlist",
+        "app",
+    ]);
+    let why = wait_readyz(&agent, 503, Duration::from_secs(5));
+    assert!(why.contains("not synced"), "{why}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, _) = http_get(&agent.listen, "/readyz", None).unwrap();
+    assert_eq!(status, 503, "ready without a cluster view");
+    assert_alive(&mut agent);
+
+    // 2. The API server comes up: caches sync, the engine is built, ready; flows are named.
+    rt.block_on(api.restart_apiserver());
+    wait_readyz(&agent, 200, Duration::from_secs(20));
+    assert!(
+        agent.stderr().contains("inventory updated"),
+        "ready before the engine was built"
+    );
+    assert_eq!(metric(&agent, "flowwatch_kube_stale"), Some(0.0));
+    one_connection(client_pod, server_pod, dst);
+    let r = wait_record(&agent, dst, 0);
+    assert_eq!(r["dst"]["name"], "web", "{r}");
+
+    // 3. 30 s without the API server: stale, not ready, still naming flows, never exiting.
+    api.stop_apiserver();
+    let stopped = Instant::now();
+    let why = wait_readyz(&agent, 503, Duration::from_secs(15));
+    assert!(why.contains("last known state"), "{why}");
+    assert_eq!(metric(&agent, "flowwatch_kube_stale"), Some(1.0));
+    let mut during = 0;
+    while stopped.elapsed() < OUTAGE {
+        assert_alive(&mut agent);
+        if stopped.elapsed() > Duration::from_secs(20) && during == 0 {
+            one_connection(client_pod, server_pod, dst);
+            let r = wait_record(&agent, dst, 1);
+            assert_eq!(
+                r["dst"]["name"], "web",
+                "the last known state names flows: {r}"
+            );
+            assert_eq!(r["dst"]["labels"], json!({"app": "web"}));
+            during += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (status, _) = http_get(&agent.listen, "/readyz", None).unwrap();
+    assert_eq!(status, 503, "still stale at the end of the outage");
+
+    // 4. Back: resynced, ready, and following a change made after the outage.
+    rt.block_on(api.restart_apiserver());
+    wait_readyz(&agent, 200, Duration::from_secs(20));
+    assert_eq!(metric(&agent, "flowwatch_kube_stale"), Some(0.0));
+    let admin = rt.block_on(api.admin_client());
+    let pods: Api<Pod> = Api::namespaced(admin, "shop");
+    rt.block_on(pods.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "web-v2"}}})),
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    one_connection(client_pod, server_pod, dst);
+    let r = wait_record(&agent, dst, 2);
+    assert_eq!(r["dst"]["labels"], json!({"app": "web-v2"}), "{r}");
+
+    let (status, _) = agent.stop();
+    assert!(status.success(), "agent exit: {status}\n{}", agent.stderr());
+    assert!(!agent.stderr().contains("panicked"), "{}", agent.stderr());
+}
