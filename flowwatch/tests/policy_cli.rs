@@ -359,29 +359,71 @@ fn binary_eval_matches_the_library_and_reads_stdin() {
         "{stderr}"
     );
 
+    let line = eval_stdin(
+        &fixture("cluster.json"),
+        &[],
+        "{\"src\": \"shop/frontend-7d9f-abcde\", \"dst\": \"shop/api-5c6b-xyz12\", \"port\": 8080}",
+    );
+    assert_eq!(line["verdict"], "allowed");
+}
+
+/// `flowwatch policy eval --snapshot <snapshot> <args>` with one flow line on stdin.
+fn eval_stdin(snapshot: &std::path::Path, args: &[&str], flow: &str) -> Value {
     let mut child = flowwatch()
-        .args([
-            "policy",
-            "eval",
-            "--ipblock-matches-pod-ips=false",
-            "--snapshot",
-        ])
-        .arg(fixture("cluster.json"))
+        .args(["policy", "eval"])
+        .args(args)
+        .arg("--snapshot")
+        .arg(snapshot)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"src\": \"shop/frontend-7d9f-abcde\", \"dst\": \"shop/api-5c6b-xyz12\", \"port\": 8080}\n")
-        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(flow.as_bytes()).unwrap();
+    stdin.write_all(b"\n").unwrap();
+    drop(stdin);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(line["verdict"], "allowed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn binary_honours_the_ipblock_option() {
+    // x/a admits only an ipBlock that covers y/b's pod IP: allowed when ipBlocks match pod
+    // addresses (the default), denied when they do not.
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &snapshot,
+        r#"apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: x, labels: {kubernetes.io/metadata.name: x}}}
+- {apiVersion: v1, kind: Namespace, metadata: {name: y, labels: {kubernetes.io/metadata.name: y}}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {namespace: x, name: a, labels: {pod: a}}
+  spec: {containers: [{name: c}]}
+  status: {podIP: 10.0.1.1}
+- apiVersion: v1
+  kind: Pod
+  metadata: {namespace: y, name: b, labels: {pod: b}}
+  spec: {containers: [{name: c}]}
+  status: {podIP: 10.0.2.2}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {namespace: x, name: from-cluster-cidr}
+  spec:
+    podSelector: {matchLabels: {pod: a}}
+    ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16}}]}]
+"#,
+    )
+    .unwrap();
+    let flow = r#"{"src": "y/b", "dst": "x/a", "port": 80}"#;
+    assert_eq!(eval_stdin(&snapshot, &[], flow)["verdict"], "allowed");
+    let off = ["--ipblock-matches-pod-ips=false"];
+    assert_eq!(eval_stdin(&snapshot, &off, flow)["verdict"], "denied");
 }
 
 #[test]
