@@ -42,7 +42,8 @@ impl Classifier {
 
     /// Takes a new inventory: updates the IP index (keeping its history) and rebuilds the
     /// policy engine (an immutable engine with an empty cache: no stale verdict survives a
-    /// change). Returns the objects the engine had to skip.
+    /// change). Returns the objects the index or the engine had to skip (or partly skip),
+    /// each object and field once.
     pub fn update(
         &mut self,
         inventory: &Inventory,
@@ -50,11 +51,20 @@ impl Classifier {
         generation: u64,
         now: Nanos,
     ) -> Vec<ObjectError> {
-        self.index.update(inventory, owners, now);
-        let (engine, errors) = PolicyEngine::build(inventory, self.policy_options);
+        let mut skipped = self.index.update(inventory, owners, now).errors;
+        let (engine, engine_errors) = PolicyEngine::build(inventory, self.policy_options);
         self.engine = Some(Arc::new(engine));
         self.generation = generation;
-        errors
+        // A pod with an unusable IP is skipped by both: report it once.
+        for e in engine_errors {
+            if !skipped
+                .iter()
+                .any(|s| s.object == e.object && s.field == e.field)
+            {
+                skipped.push(e);
+            }
+        }
+        skipped
     }
 
     /// Whether a cluster view has arrived (before it nothing can be classified).
@@ -195,6 +205,46 @@ mod tests {
             },
             5,
         )
+    }
+
+    #[test]
+    fn objects_the_index_or_the_engine_cannot_use_are_reported_once_each() {
+        let broken = SNAPSHOT.to_owned()
+            + r#"
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: shop, name: odd, labels: {app: odd}}
+spec: {nodeName: demo-node, containers: [{name: c}]}
+status: {podIP: 10.213.0.099}
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: shop, name: odd}
+spec: {clusterIP: 10.96.0.999, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: shop, name: broken}
+spec:
+  podSelector: {}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/99}}]}]
+"#;
+        let (inventory, errors) = crate::inventory::snapshot::parse(&broken, "demo").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut c = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
+        let skipped = c.update(&inventory, &OwnerIndex::default(), 1, 0);
+        let named: Vec<String> = skipped.iter().map(|e| e.object.clone()).collect();
+        assert_eq!(
+            named,
+            vec!["Pod shop/odd", "Service shop/odd", "NetworkPolicy shop/broken"],
+            "{skipped:?}"
+        );
+        // the rest works
+        let (web_to_db, _) = c
+            .classify(&flow("10.213.0.10:40000", "10.213.0.30:5432"), None)
+            .unwrap();
+        assert_eq!(web_to_db.edge.verdict, metrics::Verdict::Denied);
     }
 
     #[test]

@@ -196,9 +196,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     let view = watch.current();
                     let errors = classifier.update(&view.inventory, &view.owners, view.generation, monotonic_now());
                     for e in &errors {
-                        tracing::warn!(error = %e, "object skipped by the policy engine");
+                        tracing::warn!(object = %e.object, field = e.field.as_deref().unwrap_or(""), reason = %e.message, "object skipped");
                     }
-                    metrics.set_invalid_policies(errors.len() as u64);
+                    let policies = errors.iter().filter(|e| e.object.starts_with("NetworkPolicy ")).count();
+                    metrics.set_invalid_policies(policies as u64);
                     tracing::info!(generation = view.generation, pods = view.inventory.pods.len(), policies = view.inventory.network_policies.len(), "inventory updated");
                 }
             }
