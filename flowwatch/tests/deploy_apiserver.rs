@@ -2,8 +2,10 @@
 //! --dry-run=server --validate=strict`) against a real kube-apiserver: the plain manifests, the
 //! Prometheus Operator objects (against stand-in CRDs: the real ones are not vendored here), and
 //! the chart rendered with every option on. Also: Pod Security Admission flags the DaemonSet in a
-//! `baseline` namespace (why the chart's namespace must allow `privileged`), and a broken manifest
-//! is rejected (the dry run really validates).
+//! `baseline` namespace (why the chart's namespace must allow `privileged`), a broken manifest
+//! is rejected (the dry run really validates), and the README's install (create and label the
+//! namespace, then `helm install`) works, while `--create-namespace` with `namespace.create=true`
+//! collides.
 //!
 //! What the ServiceAccount may do ("can-i") is checked in `k8s_rbac.rs`.
 
@@ -178,6 +180,19 @@ impl Kubectl<'_> {
     }
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 fn objects(manifest: &str) -> usize {
     manifest.lines().filter(|l| l.starts_with("kind: ")).count()
 }
@@ -314,5 +329,56 @@ async fn every_rendered_manifest_passes_a_server_side_dry_run() {
     assert!(
         !ok && format!("{out}{err}").contains("hostNetworkz"),
         "a broken manifest passed:\n{out}{err}"
+    );
+
+    // The README's install, for real: into the namespace created and labelled above (`kubectl
+    // create namespace flowwatch`, `kubectl label ... enforce=privileged`), `helm install`.
+    let helm_run = |args: &[&str]| {
+        let out = Command::new(&helm)
+            .arg(format!("--kubeconfig={}", api.kubeconfig_path().display()))
+            .args(args)
+            .output()
+            .expect("run helm");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // The test API server is built without version stamps (it reports v0.0.0), which the chart's
+    // `kubeVersion` would refuse: install a copy of the chart without that line.
+    let chart = api.dir().join("chart");
+    copy_dir(&repo().join("deploy/helm/flowwatch"), &chart);
+    let chart_yaml = std::fs::read_to_string(chart.join("Chart.yaml")).unwrap();
+    assert!(chart_yaml.contains("\nkubeVersion:"), "{chart_yaml}");
+    let chart_yaml: String = chart_yaml
+        .lines()
+        .filter(|l| !l.starts_with("kubeVersion:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(chart.join("Chart.yaml"), chart_yaml).unwrap();
+    let chart = chart.to_str().unwrap();
+    let (ok, out) = helm_run(&["install", "flowwatch", chart, "--namespace", "flowwatch"]);
+    assert!(ok, "helm install as the README says failed:\n{out}");
+    assert!(!out.contains("PodSecurity"), "{out}");
+    k.ok(&["-n", "flowwatch", "get", "daemonset/flowwatch"], None);
+    // Why the README has the namespace made first rather than by the chart: with
+    // `--create-namespace`, the chart's Namespace collides with the one helm just created.
+    let (ok, out) = helm_run(&[
+        "install",
+        "other",
+        chart,
+        "--namespace",
+        "flowwatch-other",
+        "--create-namespace",
+        "--set",
+        "namespace.create=true,fullnameOverride=other",
+    ]);
+    assert!(
+        !ok && out.contains("already exists"),
+        "helm install --create-namespace with namespace.create=true:\n{out}"
     );
 }

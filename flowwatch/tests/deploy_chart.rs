@@ -1,6 +1,8 @@
 //! The Helm chart: `helm lint`, `helm template` with the defaults and with every option, what a
-//! cautious platform team checks in the DaemonSet, the values-to-env mapping, the embedded rules
-//! and dashboard, the README's coverage of values.yaml, and drift of the rendered manifests.
+//! cautious platform team checks in the DaemonSet (including its only hostPath, tracefs), the
+//! values-to-env mapping, render-time errors for values the agent would reject, the embedded
+//! rules and dashboard, the README's coverage of values.yaml, and drift of the rendered manifests
+//! (re-rendered here the way `cargo xtask render-manifests` does; the command itself is not run).
 //!
 //! helm is built from its Go module by `cargo xtask render-manifests` (xtask `ensure_helm`) into
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/helm-v3.22.0/helm`.
@@ -159,22 +161,51 @@ fn the_daemonset_is_what_a_cautious_platform_team_expects() {
             assert!(!c["resources"][k][r].is_null(), "resources.{k}.{r} missing");
         }
     }
-    // Host mounts: tracefs read-only, bpffs.
+    // Host paths: only the host's tracefs, which the agent reads (the tracepoint's id and format,
+    // datapath/preflight.rs) and does not mount itself (FLOWWATCH_MOUNT_TRACEFS=false): read-only,
+    // no mount propagation, and it must already exist on the node (`Directory`, not
+    // `DirectoryOrCreate`). The agent pins no BPF objects, so the host's bpffs is not mounted.
+    let volumes = spec["volumes"].as_sequence().unwrap();
+    let host_paths: Vec<(&str, &str, &str)> = volumes
+        .iter()
+        .filter(|v| !v["hostPath"].is_null())
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap(),
+                v["hostPath"]["path"].as_str().unwrap(),
+                v["hostPath"]["type"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        host_paths,
+        vec![("tracefs", "/sys/kernel/tracing", "Directory")]
+    );
+    // Every other volume is the /tmp emptyDir.
+    let others: Vec<&str> = volumes
+        .iter()
+        .filter(|v| v["hostPath"].is_null())
+        .map(|v| {
+            assert!(!v["emptyDir"].is_null(), "unexpected volume {v:?}");
+            v["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(others, vec!["tmp"]);
     let mounts: BTreeMap<&str, &Value> = c["volumeMounts"]
         .as_sequence()
         .unwrap()
         .iter()
         .map(|m| (m["mountPath"].as_str().unwrap(), m))
         .collect();
-    assert_eq!(mounts["/sys/kernel/tracing"]["readOnly"], Value::Bool(true));
-    assert!(mounts.contains_key("/sys/fs/bpf"));
-    let host_paths: Vec<&str> = spec["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v["hostPath"]["path"].as_str())
-        .collect();
-    assert_eq!(host_paths, vec!["/sys/kernel/tracing", "/sys/fs/bpf"]);
+    assert_eq!(
+        mounts.keys().copied().collect::<Vec<_>>(),
+        vec!["/sys/kernel/tracing", "/tmp"]
+    );
+    let tracefs = mounts["/sys/kernel/tracing"];
+    assert_eq!(tracefs["name"], "tracefs");
+    assert_eq!(tracefs["readOnly"], Value::Bool(true));
+    assert!(tracefs["mountPropagation"].is_null(), "{tracefs:?}");
+    assert!(!mounts.keys().any(|p| p.starts_with("/sys/fs/bpf")));
     // Rolling update without surge (host port).
     let us = &ds["spec"]["updateStrategy"];
     assert_eq!(us["type"], "RollingUpdate");
@@ -323,6 +354,45 @@ fn a_service_monitor_without_a_service_is_a_clear_error() {
         err.contains("serviceMonitor.enabled needs service.enabled"),
         "{err}"
     );
+}
+
+#[test]
+fn a_namespace_budget_above_the_family_budget_fails_rendering_naming_both_values() {
+    // The agent refuses this at startup (MetricsConfig::validate); the chart must not render a
+    // crash-looping DaemonSet. The default perNamespace (2000) is above a perFamily of 1000.
+    let helm = need_helm!("helm template");
+    for (set, per_namespace, per_family) in [
+        ("agent.seriesBudget.perFamily=1000", 2000, 1000),
+        (
+            "agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=501",
+            501,
+            500,
+        ),
+        ("agent.seriesBudget.perNamespace=20000", 20000, 10000),
+    ] {
+        let err = template(&helm, &["--set", set]).expect_err(set);
+        let want = format!(
+            "agent.seriesBudget.perNamespace ({per_namespace}) must not exceed agent.seriesBudget.perFamily ({per_family})"
+        );
+        assert!(
+            err.contains(&want),
+            "--set {set}: expected {want:?}:\n{err}"
+        );
+    }
+    // Equal budgets are accepted, as the agent accepts them.
+    let objs = docs(
+        &template(
+            &helm,
+            &[
+                "--set",
+                "agent.seriesBudget.perFamily=1000,agent.seriesBudget.perNamespace=1000",
+            ],
+        )
+        .unwrap(),
+    );
+    let e = env(&find(&objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(e["FLOWWATCH_SERIES_BUDGET"], "1000");
+    assert_eq!(e["FLOWWATCH_SERIES_BUDGET_PER_NAMESPACE"], "1000");
 }
 
 /// Every leaf key of values.yaml, as a dotted path.
@@ -482,6 +552,8 @@ fn bad_values_are_clear_errors_naming_the_field() {
             "/hostMounts/tracefs/path",
         ),
         ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
+        // The bpffs mount was removed (the agent pins nothing): a stale value is an error.
+        ("hostMounts.bpffs.enabled=true", "'bpffs' not allowed"),
         ("agnet.port=1", "'agnet' not allowed"),
     ] {
         let err = template(&helm, &["--set", set]).expect_err(set);

@@ -2,7 +2,10 @@
 //! dashboard to `deploy/prometheus` and `deploy/grafana`, and build helm (Go only for tooling).
 //!
 //! Never hand-edit the rendered files: change the chart and run `cargo xtask render-manifests`.
-//! `--check` renders into memory and fails when a committed file differs (the deploy tests run it).
+//! `--check` renders into memory and fails when a committed file differs. The deploy tests do not
+//! run this command: `flowwatch/tests/deploy_chart.rs` renders the two manifests itself with the
+//! same helm arguments and header and compares them, and `flowwatch/tests/deploy_rules.rs`
+//! compares the rule file and dashboard copies; keep those in step with [`rendered`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -13,7 +13,8 @@ use crate::{deploy, k8s, setup};
 pub fn run() -> Result<()> {
     setup::run()?;
     let bins = k8s::build_binaries().context("building etcd and kube-apiserver")?;
-    let helm = deploy::ensure_helm().context("building helm")?;
+    // The deploy tests find helm in its cache directory (deploy::helm_path).
+    deploy::ensure_helm().context("building helm")?;
 
     let mut failures = Vec::new();
     // flowwatch-ebpf only builds for the BPF target: it is linted there (build-std needs
@@ -63,7 +64,6 @@ pub fn run() -> Result<()> {
         .arg("--no-fail-fast")
         .env("FLOWWATCH_ETCD", &bins.etcd)
         .env("FLOWWATCH_KUBE_APISERVER", &bins.kube_apiserver)
-        .env("FLOWWATCH_HELM", &helm)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting cargo test")?;
