@@ -237,7 +237,11 @@ spec:
         let named: Vec<String> = skipped.iter().map(|e| e.object.clone()).collect();
         assert_eq!(
             named,
-            vec!["Pod shop/odd", "Service shop/odd", "NetworkPolicy shop/broken"],
+            vec![
+                "Pod shop/odd",
+                "Service shop/odd",
+                "NetworkPolicy shop/broken"
+            ],
             "{skipped:?}"
         );
         // the rest works

@@ -3,10 +3,11 @@
 //! CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, no_new_privs), watching four pods (network namespaces
 //! on a bridge) described by the demo snapshot, scraped by a real Prometheus during real TCP
 //! traffic. Asserts through Prometheus's API that the uncovered, allowed, drifting and blocked
-//! edges appear with their workloads and counts. Also: without any one of the three capabilities
-//! the agent refuses to start, naming the one missing.
+//! edges appear with their workloads and counts, that `promtool check metrics` accepts the real
+//! agent's exposition, and that its health families are there with sane values. Also: without
+//! any one of the three capabilities the agent refuses to start, naming the one missing.
 //!
-//! Needs root, `setpriv`, `unshare`, `nft` and `prometheus`.
+//! Needs root, `setpriv`, `unshare`, `nft`, `prometheus` and `promtool`.
 
 mod support;
 
@@ -36,6 +37,7 @@ fn available() -> bool {
         && require(what, command("unshare"))
         && require(what, command("nft"))
         && require(what, prometheus::available())
+        && require(what, command("promtool"))
 }
 
 /// The agent as the chart runs it; killed on drop.
@@ -190,6 +192,102 @@ fn connect(pod: &Pod, addr: SocketAddr, times: usize) -> usize {
     .unwrap()
 }
 
+/// The value of one series (`name{labels}` exactly as exposed) in a text exposition.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// Every series of one family (`name{...}` or `name`) with its value.
+fn series<'a>(body: &'a str, name: &str) -> Vec<(&'a str, f64)> {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            Some((s, v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The health families the agent exposes during the traffic, from its real datapath, policy
+/// engine and snapshot inventory.
+fn check_health(body: &str, agent: &ConfinedAgent) {
+    let get = |s: &str| {
+        sample(body, s).unwrap_or_else(|| {
+            panic!(
+                "no series {s} in the agent's exposition:\n{body}\n---\n{}",
+                agent.log()
+            )
+        })
+    };
+    let eq = |s: &str, want: f64| assert_eq!(get(s), want, "{s}\n{body}");
+    // Datapath.
+    eq("flowwatch_kernel_events_lost_total", 0.0);
+    eq("flowwatch_interfaces_attached", 4.0);
+    let fill = get("flowwatch_kernel_map_fill_ratio{map=\"flows\"}");
+    assert!((0.0..=1.0).contains(&fill), "flow map fill {fill}");
+    assert_eq!(
+        series(body, "flowwatch_kernel_map_fill_ratio").len(),
+        1,
+        "only the flow map has a fill ratio\n{body}"
+    );
+    // Policy engine: every connection of the test was evaluated, and timed.
+    eq("flowwatch_policies_invalid", 0.0);
+    let evaluations = get("flowwatch_policy_evaluation_duration_seconds_count");
+    assert!(
+        evaluations >= 4.0,
+        "policy evaluations timed: {evaluations}"
+    );
+    eq(
+        "flowwatch_policy_evaluation_duration_seconds_bucket{le=\"+Inf\"}",
+        evaluations,
+    );
+    let took = get("flowwatch_policy_evaluation_duration_seconds_sum");
+    assert!(
+        took > 0.0 && took / evaluations < 0.1,
+        "{evaluations} evaluations took {took} s"
+    );
+    assert!(get("flowwatch_scrape_duration_seconds_count") >= 1.0);
+    // Series budget: nothing folded, the four edges (at least) counted.
+    let dropped = series(body, "flowwatch_series_dropped_total");
+    assert_eq!(dropped.len(), 6, "{dropped:?}");
+    assert!(dropped.iter().all(|(_, v)| *v == 0.0), "{dropped:?}");
+    assert!(get("flowwatch_series{family=\"connections\"}") >= 4.0);
+    // Inventory (snapshot mode): loaded once, every kind synced, never stale.
+    let staleness = series(body, "flowwatch_watch_staleness_seconds");
+    assert_eq!(staleness.len(), 8, "{staleness:?}");
+    assert!(staleness.iter().all(|(_, v)| *v == 0.0), "{staleness:?}");
+    eq("flowwatch_kube_stale", 0.0);
+    let synced = series(body, "flowwatch_kube_cache_synced");
+    assert_eq!(synced.len(), 8, "{synced:?}");
+    assert!(synced.iter().all(|(_, v)| *v == 1.0), "{synced:?}");
+    eq("flowwatch_kube_objects{kind=\"Pod\"}", 4.0);
+    eq("flowwatch_snapshot_reload_errors_total", 0.0);
+    assert!(get("flowwatch_kube_views_total") >= 1.0);
+    assert!(get("flowwatch_kube_last_sync_timestamp_seconds") > 1.6e9);
+    let build = series(body, "flowwatch_build_info");
+    assert_eq!(
+        build,
+        vec![(
+            concat!(
+                "flowwatch_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"}"
+            ),
+            1.0
+        )]
+    );
+}
+
 #[test]
 fn prometheus_scrapes_the_confined_agent_during_real_traffic() {
     if !available() {
@@ -342,6 +440,10 @@ fn prometheus_scrapes_the_confined_agent_during_real_traffic() {
     // The agent's own health, from the real datapath.
     let r = prom.query("flowwatch_interfaces_attached").unwrap();
     assert_eq!(r[0].value, 4.0, "four pod interfaces attached");
+    // The real agent's exposition passes promtool's lint, and its health families are there
+    // with sane values.
+    let body = prometheus::promtool_check_metrics("the confined agent", &listen);
+    check_health(&body, &agent);
     // No label holds an address of the test's pods.
     let (_, series) = prom
         .get(&format!(

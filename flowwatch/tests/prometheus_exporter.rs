@@ -205,6 +205,27 @@ fn rule_exprs() -> Vec<(String, String)> {
     out
 }
 
+/// `expr` without its `or vector(0)` fallbacks: the left operand of each, which must return
+/// data by itself.
+fn without_vector_fallback(expr: &str) -> String {
+    let bare = expr.replace(" or vector(0)", "");
+    assert!(
+        !bare.contains("vector("),
+        "a fallback this test does not strip: {expr}"
+    );
+    bare
+}
+
+#[test]
+fn the_vector_fallback_is_stripped() {
+    assert_eq!(without_vector_fallback("count(x) or vector(0)"), "count(x)");
+    assert_eq!(
+        without_vector_fallback("1 - ((sum(a) or vector(0)) / sum(b))"),
+        "1 - ((sum(a)) / sum(b))"
+    );
+    assert_eq!(without_vector_fallback("sum(a)"), "sum(a)");
+}
+
 /// Every query of the dashboard, with Grafana's variables replaced as Grafana would.
 fn dashboard_exprs() -> Vec<(String, String)> {
     let path = repo().join("deploy/grafana/flowwatch-dashboard.json");
@@ -294,28 +315,7 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
 
     // promtool lints the text exposition of both agents.
     for (name, addr) in [("node-a", &node_a.addr), ("node-b", &node_b.addr)] {
-        let (_, body) = http_get(addr, "/metrics?format=prometheus", None).unwrap();
-        let mut child = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-            "promtool check metrics rejects {name}'s exposition:\n{}{}\n---\n{body}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        prometheus::promtool_check_metrics(name, addr);
     }
 
     let rules = repo().join("deploy/prometheus/flowwatch-rules.yaml");
@@ -519,19 +519,35 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         names.difference(&allowed).collect::<Vec<_>>()
     );
 
-    // Every PromQL expression of the dashboard and the rules parses and returns data.
+    // Every PromQL expression of the dashboard and the rules parses and returns data. A stat
+    // panel's `or vector(0)` fallback returns data whatever the metrics say, so each query is
+    // also run without its fallbacks: what the panel shows must come from the metrics.
     let mut failures = Vec::new();
+    let mut fallbacks = 0;
     for (what, expr) in dashboard_exprs().into_iter().chain(rule_exprs()) {
-        match prom.query(&expr) {
-            Ok(r) if r.is_empty() => failures.push(format!("{what}: no data for {expr}")),
-            Ok(r) if r.iter().all(|s| s.value.is_nan()) => {
-                failures.push(format!("{what}: only NaN for {expr}"))
+        let bare = without_vector_fallback(&expr);
+        if bare != expr {
+            fallbacks += 1;
+        }
+        for q in [expr.as_str(), bare.as_str()] {
+            match prom.query(q) {
+                Ok(r) if r.is_empty() => failures.push(format!("{what}: no data for {q}")),
+                Ok(r) if r.iter().all(|s| s.value.is_nan()) => {
+                    failures.push(format!("{what}: only NaN for {q}"))
+                }
+                Ok(_) => {}
+                Err(e) => failures.push(format!("{what}: {e} in {q}")),
             }
-            Ok(_) => {}
-            Err(e) => failures.push(format!("{what}: {e} in {expr}")),
+            if bare == expr {
+                break;
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        fallbacks, 4,
+        "dashboard queries with an `or vector(0)` fallback (the coverage ratio and three stats)"
+    );
 
     // The rules are loaded and healthy, and the scenario's alerts are active.
     let want = [

@@ -21,7 +21,7 @@ use crate::enrich::EnrichOptions;
 use crate::flowlog::{FlowRecord, WallClock};
 use crate::http::{self, HttpState, Readiness};
 use crate::k8s::{self, ClusterWatch};
-use crate::metrics::{KernelMap, Metrics, MetricsConfig, WatchedResource};
+use crate::metrics::{KernelMap, Metrics, MetricsConfig};
 use crate::model::Nanos;
 use crate::policy::PolicyOptions;
 use crate::source::FlowSource;
@@ -308,9 +308,8 @@ impl Health {
             return;
         };
         let status = watch.status();
-        let stale = status.stale_for().unwrap_or_default();
-        for resource in WATCHED {
-            metrics.set_watch_staleness(resource, stale);
+        for (kind, stale) in status.staleness() {
+            metrics.set_watch_staleness(kind.into(), stale);
         }
         match status.readiness() {
             // Synced caches are not enough: flows are named and judged only once the index and
@@ -323,15 +322,6 @@ impl Health {
         }
     }
 }
-
-const WATCHED: [WatchedResource; 6] = [
-    WatchedResource::Pods,
-    WatchedResource::Namespaces,
-    WatchedResource::NetworkPolicies,
-    WatchedResource::Services,
-    WatchedResource::EndpointSlices,
-    WatchedResource::Nodes,
-];
 
 fn spawn_signal_handler(cancel: CancellationToken) -> Result<(), AgentError> {
     use tokio::signal::unix::{signal, SignalKind};

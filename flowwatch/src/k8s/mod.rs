@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::enrich::OwnerIndex;
 use crate::inventory::Inventory;
+use crate::metrics::WatchedResource;
 use convert::Trim;
 use store::{Cache, Cached, Change, CompactPod};
 
@@ -83,6 +84,22 @@ impl Kind {
     ];
 }
 
+/// The `resource` label of `flowwatch_watch_staleness_seconds` for each watched kind.
+impl From<Kind> for WatchedResource {
+    fn from(kind: Kind) -> WatchedResource {
+        match kind {
+            Kind::Namespace => WatchedResource::Namespaces,
+            Kind::Node => WatchedResource::Nodes,
+            Kind::Pod => WatchedResource::Pods,
+            Kind::Service => WatchedResource::Services,
+            Kind::EndpointSlice => WatchedResource::EndpointSlices,
+            Kind::NetworkPolicy => WatchedResource::NetworkPolicies,
+            Kind::ReplicaSet => WatchedResource::ReplicaSets,
+            Kind::Job => WatchedResource::Jobs,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: Kind,
@@ -118,6 +135,8 @@ impl Default for WatchOptions {
 struct KindState {
     synced: AtomicBool,
     failing: AtomicBool,
+    /// When this kind's current run of failures started (None: its watch is current).
+    failing_since: Mutex<Option<Instant>>,
 }
 
 /// Sync state and its metrics, shared by the watchers, `/readyz` and `/metrics`.
@@ -212,6 +231,19 @@ impl SyncStatus {
     /// How long the current run of failures has lasted.
     pub fn stale_for(&self) -> Option<Duration> {
         lock(&self.stale_since).map(|t| t.elapsed())
+    }
+
+    /// How long this kind's watch has been failing (None: it is current). [`Self::stale_for`]
+    /// counts from the first failure of any kind in the current run, so it is at least the
+    /// longest of these.
+    pub fn stale_for_kind(&self, kind: Kind) -> Option<Duration> {
+        lock(&self.kinds[idx(kind)].failing_since).map(|t| t.elapsed())
+    }
+
+    /// Every watched kind with its own staleness (zero while its watch is current): the values
+    /// of `flowwatch_watch_staleness_seconds{resource}` (`WatchedResource::from(kind)`).
+    pub fn staleness(&self) -> [(Kind, Duration); 8] {
+        Kind::ALL.map(|k| (k, self.stale_for_kind(k).unwrap_or_default()))
     }
 
     /// Age of the last successful watch event or list.
@@ -311,11 +343,22 @@ impl SyncStatus {
             "Snapshot-file reloads that failed (the last good inventory stays in force)",
             self.reload_errors.clone(),
         );
+        // Every kind's series from the start (0 until it happens), so `increase()` and alerts
+        // see zeros rather than nothing, and an unsynced kind shows as 0.
+        for kind in Kind::ALL {
+            let labels = KindLabels { kind };
+            let _ = self.synced_gauge.get_or_create(&labels);
+            let _ = self.objects.get_or_create(&labels);
+            let _ = self.watch_errors.get_or_create(&labels);
+            let _ = self.relists.get_or_create(&labels);
+            let _ = self.rejected.get_or_create(&labels);
+        }
     }
 
     fn ok(&self, kind: Kind) {
         let k = &self.kinds[idx(kind)];
         k.failing.store(false, Ordering::Release);
+        *guard(&k.failing_since) = None;
         *guard(&self.last_ok) = Some(Instant::now());
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -341,7 +384,9 @@ impl SyncStatus {
     }
 
     fn failed(&self, kind: Kind) {
-        self.kinds[idx(kind)].failing.store(true, Ordering::Release);
+        let k = &self.kinds[idx(kind)];
+        k.failing.store(true, Ordering::Release);
+        guard(&k.failing_since).get_or_insert_with(Instant::now);
         self.watch_errors.get_or_create(&KindLabels { kind }).inc();
         let mut since = guard(&self.stale_since);
         if since.is_none() {
@@ -749,4 +794,46 @@ pub fn counts(view: &ClusterView) -> BTreeMap<&'static str, usize> {
         ("endpoint_slices", inv.endpoint_slices.len()),
         ("network_policies", inv.network_policies.len()),
     ])
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_has_its_own_staleness() {
+        let status = SyncStatus::default();
+        assert!(status.staleness().iter().all(|(_, d)| d.is_zero()));
+        status.failed(Kind::Pod);
+        std::thread::sleep(Duration::from_millis(20));
+        status.failed(Kind::Job);
+        status.failed(Kind::Pod); // a second failure does not restart the clock
+        let pods = status.stale_for_kind(Kind::Pod).unwrap();
+        let jobs = status.stale_for_kind(Kind::Job).unwrap();
+        assert!(
+            pods >= Duration::from_millis(20) && pods > jobs,
+            "{pods:?} {jobs:?}"
+        );
+        assert_eq!(status.stale_for_kind(Kind::Node), None);
+        status.ok(Kind::Pod);
+        assert_eq!(status.stale_for_kind(Kind::Pod), None);
+        assert!(status.is_stale(), "the Job watch still fails");
+        let by_kind = status.staleness();
+        assert_eq!(by_kind.map(|(k, _)| k), Kind::ALL);
+        for (kind, d) in by_kind {
+            assert_eq!(d.is_zero(), kind != Kind::Job, "{kind:?}: {d:?}");
+        }
+        status.ok(Kind::Job);
+        assert!(!status.is_stale() && status.stale_for().is_none());
+    }
+
+    #[test]
+    fn every_kind_maps_to_its_own_resource_label() {
+        let labels: std::collections::BTreeSet<&str> = Kind::ALL
+            .iter()
+            .map(|k| WatchedResource::from(*k).as_str())
+            .collect();
+        assert_eq!(labels.len(), Kind::ALL.len());
+        assert_eq!(labels.len(), WatchedResource::ALL.len());
+    }
 }

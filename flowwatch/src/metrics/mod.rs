@@ -4,7 +4,8 @@
 //! `register` method ([`EdgeFamilies`] for the flow edges, [`Health`] for the agent itself),
 //! typed label sets and enum label values ([`labels`]). No tokio, aya, kube or HTTP here: time
 //! comes in as `now` (monotonic nanoseconds, the same clock as [`crate::model::Nanos`]).
-//! `docs/metrics.md` is the user-facing description of every family.
+//! `docs/metrics.md` is the user-facing description of every family, these and the `kube_*`
+//! families of [`crate::k8s::SyncStatus::register`] (a unit test checks it lists them all).
 //!
 //! # Wiring (the stable API)
 //!
@@ -285,7 +286,8 @@ impl Health {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "kernel_events_lost",
-            "Kernel events lost because the ring buffer or the flow map was full",
+            "Flow events lost: the kernel ring buffer or flow map was full, or the agent refused \
+             new flows at its own bound on flows in flight",
             self.events_lost.clone(),
         );
         registry.register(
@@ -300,7 +302,8 @@ impl Health {
         );
         registry.register(
             "watch_staleness_seconds",
-            "Seconds since each Kubernetes watch last confirmed it is current",
+            "Seconds the Kubernetes watches have been failing (the agent runs on the last known \
+             state); 0 while every watch is current",
             self.watch_staleness.clone(),
         );
         registry.register(
@@ -554,7 +557,8 @@ impl Metrics {
         }
     }
 
-    /// Adds kernel events lost (ring buffer full, flow map full) since the last call.
+    /// Adds flow events lost since the last call: kernel ones (ring buffer full, flow map
+    /// full) and flows the agent itself refused (its bound on flows in flight).
     pub fn add_events_lost(&self, n: u64) {
         self.inner.health.events_lost.inc_by(n);
     }
@@ -579,7 +583,7 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// Sets how long ago a watch last confirmed it is current.
+    /// Sets how long a watch has been failing (zero while it is current).
     pub fn set_watch_staleness(&self, resource: WatchedResource, staleness: Duration) {
         self.inner
             .health

@@ -511,3 +511,102 @@ fn expire_scans_at_most_once_a_second() {
     assert_eq!(m.expire(12 * SEC), 1);
     assert!(samples(&reg, "flowwatch_connections_total").is_empty());
 }
+
+/// The families of the registry the agent serves: the catalogue plus the `kube_*` families of
+/// the inventory's sync status (registered in both kube and snapshot mode), by the name a
+/// scraper sees (counters with `_total`, the info family with `_info`), with their type.
+///
+/// An empty family is not encoded, so every family gets a series here first; the number of
+/// families encoded must equal the number registered (counted in the registry's `Debug`
+/// output, one `Descriptor` each), so a new family nobody fills here fails this test too.
+fn agent_families() -> std::collections::BTreeMap<String, String> {
+    let (m, mut registry) = new(MetricsConfig::default());
+    crate::k8s::SyncStatus::default().register(&mut registry);
+    let now = SEC;
+    let traffic = Counters {
+        fwd_packets: 1,
+        fwd_bytes: 60,
+        rev_packets: 1,
+        rev_bytes: 60,
+    };
+    for (v, outcome) in [
+        ([U, U, U], Outcome::Established),
+        ([D, A, D], Outcome::Established),
+        ([D, A, D], Outcome::Failed),
+    ] {
+        let e = edge(("shop", "frontend"), ("shop", "cart"), 8080, v);
+        m.record_flow(&e, Some(outcome), &traffic, now);
+    }
+    m.set_map_fill(KernelMap::Flows, 0.5);
+    m.set_watch_staleness(WatchedResource::Pods, Duration::ZERO);
+    let text = encode_prometheus_text(&registry).unwrap();
+    let families: std::collections::BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, ty) = l.split_once(' ').unwrap();
+            (name.to_string(), ty.to_string())
+        })
+        .collect();
+    let registered = format!("{registry:?}").matches("Descriptor {").count();
+    assert_eq!(
+        families.len(),
+        registered,
+        "{registered} families registered, {} encoded: give the new family a series in \
+         agent_families()\n{text}",
+        families.len()
+    );
+    families
+}
+
+/// Every `flowwatch_*` name written in `doc`.
+fn names_in(doc: &str) -> std::collections::BTreeSet<&str> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = doc;
+    while let Some(at) = rest.find("flowwatch_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        if end > "flowwatch_".len() {
+            out.insert(&tail[..end]);
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn docs_metrics_md_lists_every_family_the_agent_exposes_and_no_other() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let families = agent_families();
+    assert!(
+        families.len() >= 25 && families.contains_key("flowwatch_kube_watch_errors_total"),
+        "{families:?}"
+    );
+    // Listed: a table row whose first cell is the family's name.
+    let missing: Vec<&String> = families
+        .keys()
+        .filter(|name| !doc.contains(&format!("| `{name}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "families the agent exposes that docs/metrics.md does not list: {missing:?}"
+    );
+    // And every name the page writes is one of them (or a histogram's series).
+    let unknown: Vec<&str> = names_in(&doc)
+        .into_iter()
+        .filter(|n| {
+            !families.contains_key(*n)
+                && !["_bucket", "_count", "_sum"].iter().any(|s| {
+                    n.strip_suffix(s)
+                        .is_some_and(|f| families.get(f).is_some_and(|t| t == "histogram"))
+                })
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/metrics.md names families the agent does not expose: {unknown:?}"
+    );
+}

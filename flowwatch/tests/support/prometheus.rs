@@ -288,3 +288,33 @@ pub fn http_get_full(addr: &str, path: &str, accept: Option<&str>) -> Result<Res
         .collect();
     Ok((status, headers, body.to_string()))
 }
+
+/// Runs `promtool check metrics` on the text exposition (`/metrics?format=prometheus`) served at
+/// `addr`; panics with promtool's complaints and the exposition unless it is clean. Returns the
+/// exposition.
+pub fn promtool_check_metrics(name: &str, addr: &str) -> String {
+    let (status, body) = http_get(addr, "/metrics?format=prometheus", None)
+        .unwrap_or_else(|e| panic!("scraping {name} at {addr}: {e}"));
+    assert_eq!(status, 200, "{name}'s /metrics: {body}");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics rejects {name}'s exposition:\n{}{}\n---\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    body
+}
