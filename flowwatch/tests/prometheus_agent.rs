@@ -242,6 +242,7 @@ fn check_health(body: &str, agent: &ConfinedAgent) {
     );
     // Policy engine: every connection of the test was evaluated, and timed.
     eq("flowwatch_policies_invalid", 0.0);
+    eq("flowwatch_inventory_objects_skipped", 0.0);
     let evaluations = get("flowwatch_policy_evaluation_duration_seconds_count");
     assert!(
         evaluations >= 4.0,

@@ -200,6 +200,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     }
                     let policies = errors.iter().filter(|e| e.object.starts_with("NetworkPolicy ")).count();
                     metrics.set_invalid_policies(policies as u64);
+                    metrics.set_objects_skipped((errors.len() - policies) as u64);
                     tracing::info!(generation = view.generation, pods = view.inventory.pods.len(), policies = view.inventory.network_policies.len(), "inventory updated");
                 }
             }

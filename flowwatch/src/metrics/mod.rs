@@ -260,6 +260,7 @@ pub struct Health {
     interfaces_attached: Gauge,
     watch_staleness: Family<ResourceLabels, F64Gauge>,
     invalid_policies: Gauge,
+    objects_skipped: Gauge,
     series_dropped: Family<FamilyLabels, Counter>,
     series: Family<FamilyLabels, Gauge>,
     evaluation: Histogram,
@@ -274,6 +275,7 @@ impl Health {
             interfaces_attached: Gauge::default(),
             watch_staleness: Family::default(),
             invalid_policies: Gauge::default(),
+            objects_skipped: Gauge::default(),
             series_dropped: Family::default(),
             series: Family::default(),
             // 1 µs .. about 1 s
@@ -310,6 +312,11 @@ impl Health {
             "policies_invalid",
             "NetworkPolicies skipped because they are invalid",
             self.invalid_policies.clone(),
+        );
+        registry.register(
+            "inventory_objects_skipped",
+            "Pods, Services and Nodes with a field the agent cannot use (such as an address that does not parse), skipped",
+            self.objects_skipped.clone(),
         );
         registry.register(
             "series_dropped",
@@ -597,6 +604,15 @@ impl Metrics {
         self.inner
             .health
             .invalid_policies
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how many other inventory objects (pods, services, nodes) are currently skipped
+    /// because a field the agent needs cannot be used.
+    pub fn set_objects_skipped(&self, n: u64) {
+        self.inner
+            .health
+            .objects_skipped
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 

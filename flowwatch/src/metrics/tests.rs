@@ -308,6 +308,7 @@ fn health_setters_reach_the_exposition() {
         Duration::from_millis(2500),
     );
     m.set_invalid_policies(1);
+    m.set_objects_skipped(2);
     m.observe_evaluation(Duration::from_micros(2));
     m.observe_scrape(Duration::from_millis(3));
     let t = text(&reg);
@@ -317,6 +318,7 @@ fn health_setters_reach_the_exposition() {
         "flowwatch_interfaces_attached 3",
         "flowwatch_watch_staleness_seconds{resource=\"networkpolicies\"} 2.5",
         "flowwatch_policies_invalid 1",
+        "flowwatch_inventory_objects_skipped 2",
         "flowwatch_policy_evaluation_duration_seconds_count 1",
         "flowwatch_scrape_duration_seconds_count 1",
         "flowwatch_build_info{version=\"",

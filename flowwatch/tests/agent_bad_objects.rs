@@ -1,0 +1,113 @@
+//! The real agent with an inventory holding objects it cannot use (a pod whose IP does not
+//! parse, a Service with a bad ClusterIP, a NetworkPolicy with a bad CIDR): each is logged with
+//! its name and field and counted in the metrics, and the rest keeps working: a real connection
+//! between two good pods is named and judged.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::agent::Agent;
+use support::netns::Node;
+use support::privileged;
+use support::prometheus::http_get;
+use support::traffic::{one_connection, wait_record};
+
+fn metric(agent: &Agent, name: &str) -> Option<f64> {
+    let (_, text) = http_get(&agent.listen, "/metrics", None).ok()?;
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn unusable_objects_are_logged_and_counted_and_the_rest_works() {
+    if !privileged::root_test("agent with unusable objects") {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &snapshot,
+        format!(
+            r#"apiVersion: v1
+kind: List
+items:
+- {{apiVersion: v1, kind: Namespace, metadata: {{name: app, labels: {{kubernetes.io/metadata.name: app}}}}}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {{name: client, namespace: app, labels: {{app: client}}}}
+  spec: {{containers: [{{name: c, image: x}}]}}
+  status: {{podIP: {client_ip}}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {{name: server, namespace: app, labels: {{app: server}}}}
+  spec: {{containers: [{{name: s, image: x}}]}}
+  status: {{podIP: {server_ip}}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {{name: odd, namespace: app}}
+  spec: {{containers: [{{name: o, image: x}}]}}
+  status: {{podIP: 10.244.9.0010}}
+- apiVersion: v1
+  kind: Service
+  metadata: {{name: odd, namespace: app}}
+  spec: {{clusterIP: 10.96.0.999, ports: [{{port: 80}}]}}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {{name: broken, namespace: app}}
+  spec:
+    podSelector: {{}}
+    ingress: [{{from: [{{ipBlock: {{cidr: 10.0.0.0/99}}}}]}}]
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {{name: server-ingress, namespace: app}}
+  spec:
+    podSelector: {{matchLabels: {{app: server}}}}
+    ingress: [{{from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]}}]
+"#,
+            client_ip = client.ipv4,
+            server_ip = server.ipv4,
+        ),
+    )
+    .unwrap();
+    let glob = node.interface_glob();
+    let snapshot_arg = snapshot.display().to_string();
+    let mut agent = Agent::start(&["--interfaces", &glob, "--snapshot", &snapshot_arg]);
+    agent.wait_for_log("inventory updated", Duration::from_secs(10));
+
+    let log = agent.stderr();
+    for (object, field) in [
+        ("Pod app/odd", "status.podIP"),
+        ("Service app/odd", "spec.clusterIP"),
+        (
+            "NetworkPolicy app/broken",
+            "spec.ingress[0].from[0].ipBlock.cidr",
+        ),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("object skipped") && l.contains(object) && l.contains(field)),
+            "{object} {field} not logged:\n{log}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&agent, "flowwatch_inventory_objects_skipped") != Some(2.0) {
+        assert!(Instant::now() < deadline, "skipped objects not counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&agent, "flowwatch_policies_invalid"), Some(1.0));
+
+    let dst = SocketAddr::from((server.ipv4, 8080));
+    one_connection(client, server, dst);
+    let r = wait_record(&agent, dst, 0);
+    assert_eq!(r["src"]["name"], "client", "{r}");
+    assert_eq!(r["dst"]["name"], "server", "{r}");
+    assert_eq!(r["verdict"], "allowed", "{r}");
+    let (status, _) = agent.stop();
+    assert!(status.success(), "{}", agent.stderr());
+}
