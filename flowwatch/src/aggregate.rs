@@ -6,6 +6,8 @@
 //! the server's socket (both through the `inet_sock_set_state` tracepoint) and the wire (TC).
 //! They meet here, keyed by the 5-tuple oriented from the initiator.
 
+use std::collections::hash_map::Entry;
+
 use crate::model::{
     Counters, EventKind, Flow, FlowHashMap, FlowKey, Nanos, Observation, Outcome, Protocol, Role,
 };
@@ -228,15 +230,16 @@ impl Aggregator {
     }
 
     fn track(&mut self, key: FlowKey, at: Nanos) -> Option<&mut Tracked> {
-        if !self.flows.contains_key(&key) && self.flows.len() >= self.config.max_flows {
-            self.dropped_flows += 1;
-            return None;
+        // One hash lookup: this runs for every observation.
+        let full = self.flows.len() >= self.config.max_flows;
+        match self.flows.entry(key) {
+            Entry::Occupied(tracked) => Some(tracked.into_mut()),
+            Entry::Vacant(_) if full => {
+                self.dropped_flows += 1;
+                None
+            }
+            Entry::Vacant(slot) => Some(slot.insert(Tracked::new(key, at))),
         }
-        Some(
-            self.flows
-                .entry(key)
-                .or_insert_with(|| Tracked::new(key, at)),
-        )
     }
 
     /// Removes and returns the flows that are over at `now`.
