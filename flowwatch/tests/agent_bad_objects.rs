@@ -11,16 +11,7 @@ use std::time::{Duration, Instant};
 use support::agent::Agent;
 use support::netns::Node;
 use support::privileged;
-use support::prometheus::http_get;
 use support::traffic::{one_connection, wait_record};
-
-fn metric(agent: &Agent, name: &str) -> Option<f64> {
-    let (_, text) = http_get(&agent.listen, "/metrics", None).ok()?;
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
 
 #[test]
 fn unusable_objects_are_logged_and_counted_and_the_rest_works() {
@@ -96,11 +87,11 @@ items:
         );
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&agent, "flowwatch_inventory_objects_skipped") != Some(2.0) {
+    while agent.metric("flowwatch_inventory_objects_skipped") != Some(2.0) {
         assert!(Instant::now() < deadline, "skipped objects not counted");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(metric(&agent, "flowwatch_policies_invalid"), Some(1.0));
+    assert_eq!(agent.metric("flowwatch_policies_invalid"), Some(1.0));
 
     let dst = SocketAddr::from((server.ipv4, 8080));
     one_connection(client, server, dst);

@@ -39,18 +39,10 @@ fn wait_readyz(agent: &Agent, want: u16, timeout: Duration) -> String {
     }
 }
 
-fn metric(agent: &Agent, name: &str) -> Option<f64> {
-    let (_, text) = http_get(&agent.listen, "/metrics", None).ok()?;
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 /// The staleness gauges are set on the agent's poll: wait for the next one.
 fn wait_metric_zero(agent: &Agent, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(agent, name) != Some(0.0) {
+    while agent.metric(name) != Some(0.0) {
         assert!(Instant::now() < deadline, "{name} not back to 0");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -130,7 +122,7 @@ fn the_agent_rides_out_an_api_server_outage() {
         agent.stderr().contains("inventory updated"),
         "ready before the engine was built"
     );
-    assert_eq!(metric(&agent, "flowwatch_kube_stale"), Some(0.0));
+    assert_eq!(agent.metric("flowwatch_kube_stale"), Some(0.0));
     one_connection(client_pod, server_pod, dst);
     let r = wait_record(&agent, dst, 0);
     assert_eq!(r["dst"]["name"], "web", "{r}");
@@ -140,7 +132,7 @@ fn the_agent_rides_out_an_api_server_outage() {
     let stopped = Instant::now();
     let why = wait_readyz(&agent, 503, Duration::from_secs(15));
     assert!(why.contains("last known state"), "{why}");
-    assert_eq!(metric(&agent, "flowwatch_kube_stale"), Some(1.0));
+    assert_eq!(agent.metric("flowwatch_kube_stale"), Some(1.0));
     let pods_stale = r#"flowwatch_watch_staleness_seconds{resource="pods"}"#;
     let mut during = 0;
     while stopped.elapsed() < OUTAGE {
@@ -159,13 +151,13 @@ fn the_agent_rides_out_an_api_server_outage() {
     }
     let (status, _) = http_get(&agent.listen, "/readyz", None).unwrap();
     assert_eq!(status, 503, "still stale at the end of the outage");
-    let stale_for = metric(&agent, pods_stale).unwrap_or(0.0);
+    let stale_for = agent.metric(pods_stale).unwrap_or(0.0);
     assert!(stale_for >= 20.0, "pods watch stale for {stale_for} s");
 
     // 4. Back: resynced, ready, and following a change made after the outage.
     rt.block_on(api.restart_apiserver());
     wait_readyz(&agent, 200, Duration::from_secs(20));
-    assert_eq!(metric(&agent, "flowwatch_kube_stale"), Some(0.0));
+    assert_eq!(agent.metric("flowwatch_kube_stale"), Some(0.0));
     wait_metric_zero(&agent, pods_stale);
     let admin = rt.block_on(api.admin_client());
     let pods: Api<Pod> = Api::namespaced(admin, "shop");

@@ -137,6 +137,15 @@ impl Agent {
         (status, self.records())
     }
 
+    /// The value of one series (`name` or `name{labels}` as exposed) on the agent's /metrics.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = super::prometheus::http_get(&self.listen, "/metrics", None).ok()?;
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(series))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
     /// Whether the agent process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
