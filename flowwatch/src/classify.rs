@@ -286,6 +286,18 @@ spec:
             vec!["data/postgres-ingress"]
         );
 
+        // per direction: the job's own namespace allows its egress, postgres's ingress denies
+        let (report_to_db, _) = c
+            .classify(&flow("10.213.0.40:40000", "10.213.0.30:5432"), None)
+            .unwrap();
+        assert_eq!(report_to_db.edge.egress, metrics::Verdict::Allowed);
+        assert_eq!(report_to_db.edge.ingress, metrics::Verdict::Denied);
+        assert_eq!(report_to_db.edge.verdict, metrics::Verdict::Denied);
+        assert_eq!(
+            report_to_db.verdict.egress.policies(),
+            vec!["jobs/report-egress"]
+        );
+
         let (to_outside, _) = c
             .classify(&flow("10.213.0.10:40000", "198.51.100.7:443"), None)
             .unwrap();
