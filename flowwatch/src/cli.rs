@@ -37,6 +37,13 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_FLOWS_MAX_ENTRIES", default_value_t = flowwatch_common::DEFAULT_FLOWS_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub flows_max_entries: u32,
 
+    /// Size of the kernel ring buffer that carries socket events to the agent, in bytes: a power
+    /// of two from 64 KiB to 256 MiB. It is drained every 100 ms and holds 64 bytes per event
+    /// (about four per TCP connection); its pages are mapped into the agent (twice, so it
+    /// counts double in the agent's RSS).
+    #[arg(long, env = "FLOWWATCH_EVENTS_RING_BYTES", default_value_t = flowwatch_common::DEFAULT_EVENTS_BYTES, value_parser = parse_ring_bytes)]
+    pub events_ring_bytes: u32,
+
     /// Flows with an end in these networks are not reported (the node's own loopback by default).
     #[arg(
         long,
@@ -105,4 +112,31 @@ pub struct RunArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A ring buffer size: the kernel wants a power of two and a multiple of the page size.
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let bytes: u32 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number of bytes: {e}"))?;
+    if !bytes.is_power_of_two() || !(64 * 1024..=256 * 1024 * 1024).contains(&bytes) {
+        return Err(format!(
+            "{bytes} is not a power of two from 65536 (64 KiB) to 268435456 (256 MiB)"
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ring_bytes;
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_within_bounds() {
+        assert_eq!(parse_ring_bytes("65536"), Ok(65536));
+        assert_eq!(parse_ring_bytes("2097152"), Ok(2 * 1024 * 1024));
+        for bad in ["32768", "3000000", "536870912", "-1", "2M"] {
+            assert!(parse_ring_bytes(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -241,7 +241,7 @@ fn every_agent_setting_maps_to_its_env_var() {
             &helm,
             &[
                 "--set",
-                "agent.port=9999,agent.listenAddress=127.0.0.1,agent.interfaces={eth0,veth*},agent.flowLog=-,agent.pollIntervalMs=250,agent.idleTimeoutSecs=5,agent.flowsMaxEntries=131072,agent.ignoreCidrs={10.0.0.0/8},agent.labelAllowlist={app,team},agent.namedNetworks={corp-vpn=10.200.0.0/16},agent.ipblockMatchesPodIps=false,agent.kube=false,agent.logFormat=text,agent.logLevel=debug,agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=50,agent.seriesTtlSecs=60,tolerateAllTaints=true,extraCapabilities={SYS_RESOURCE}",
+                "agent.port=9999,agent.listenAddress=127.0.0.1,agent.interfaces={eth0,veth*},agent.flowLog=-,agent.pollIntervalMs=250,agent.idleTimeoutSecs=5,agent.flowsMaxEntries=131072,agent.eventsRingBytes=1048576,agent.ignoreCidrs={10.0.0.0/8},agent.labelAllowlist={app,team},agent.namedNetworks={corp-vpn=10.200.0.0/16},agent.ipblockMatchesPodIps=false,agent.kube=false,agent.logFormat=text,agent.logLevel=debug,agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=50,agent.seriesTtlSecs=60,tolerateAllTaints=true,extraCapabilities={SYS_RESOURCE}",
             ],
         )
         .unwrap(),
@@ -257,6 +257,7 @@ fn every_agent_setting_maps_to_its_env_var() {
         ("FLOWWATCH_POLL_INTERVAL_MS", "250"),
         ("FLOWWATCH_IDLE_TIMEOUT_SECS", "5"),
         ("FLOWWATCH_FLOWS_MAX_ENTRIES", "131072"),
+        ("FLOWWATCH_EVENTS_RING_BYTES", "1048576"),
         ("FLOWWATCH_IGNORE_CIDRS", "10.0.0.0/8"),
         ("FLOWWATCH_LABEL_ALLOWLIST", "app,team"),
         ("FLOWWATCH_NAMED_NETWORKS", "corp-vpn=10.200.0.0/16"),
@@ -545,6 +546,7 @@ fn bad_values_are_clear_errors_naming_the_field() {
         ),
         ("agent.logFormat=xml", "/agent/logFormat"),
         ("agent.pollIntervalMs=1", "/agent/pollIntervalMs"),
+        ("agent.eventsRingBytes=3000000", "/agent/eventsRingBytes"),
         ("image.digest=latest", "/image/digest"),
         ("extraCapabilities={sys_admin}", "/extraCapabilities/0"),
         (

@@ -106,6 +106,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let patterns = InterfacePatterns::new(args.interfaces.clone());
     let (mut datapath, source) = datapath::load(&DatapathOptions {
         flows_max_entries: args.flows_max_entries,
+        events_bytes: args.events_ring_bytes,
         mount_tracefs: args.mount_tracefs,
     })?;
     Datapath::require_interfaces(&patterns)?;

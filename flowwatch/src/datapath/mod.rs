@@ -54,6 +54,8 @@ pub enum DatapathError {
 pub struct DatapathOptions {
     /// Capacity of the kernel flow map.
     pub flows_max_entries: u32,
+    /// Size of the socket-event ring buffer in bytes (a power of two, page-aligned).
+    pub events_bytes: u32,
     /// Mount tracefs at /sys/kernel/tracing when it is missing.
     pub mount_tracefs: bool,
 }
@@ -62,6 +64,7 @@ impl Default for DatapathOptions {
     fn default() -> Self {
         DatapathOptions {
             flows_max_entries: common::DEFAULT_FLOWS_MAX_ENTRIES,
+            events_bytes: common::DEFAULT_EVENTS_BYTES,
             mount_tracefs: true,
         }
     }
@@ -91,6 +94,7 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
 
     let mut bpf = EbpfLoader::new()
         .map_max_entries(common::FLOWS_MAP, options.flows_max_entries)
+        .map_max_entries(common::EVENTS_MAP, options.events_bytes)
         .load(EBPF_OBJECT)
         .map_err(|e| DatapathError::Load(chain(&e)))?;
 
