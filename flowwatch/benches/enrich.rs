@@ -75,10 +75,94 @@ async fn parent(namespaces: usize) {
         namespaces * 2,
         t.elapsed()
     );
-    for run in 1..=3 {
+    // FLOWWATCH_BENCH_RUNS: how many runs of each measurement (default 3).
+    let runs: usize = std::env::var("FLOWWATCH_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for run in 1..=runs {
         let loaded = run_child(&kubeconfig, &[]);
         println!("loaded cluster, run {run}: {loaded}");
     }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("real agent: not measured (loading eBPF programs needs root)");
+        return;
+    }
+    println!(
+        "real agent without --kube: {}",
+        run_agent(&kubeconfig, false)
+    );
+    for run in 1..=runs {
+        println!(
+            "real agent, loaded cluster, run {run}: {}",
+            run_agent(&kubeconfig, true)
+        );
+    }
+}
+
+/// The real agent binary (`flowwatch run --kube=true`, eBPF programs loaded, HTTP server, flow
+/// pipeline) against the cluster: its time from start to `/readyz` 200 (programs attached,
+/// caches synced, index and policy engine built) and its RSS 6 s later. Without `kube`, the
+/// same agent with no inventory: the baseline.
+fn run_agent(kubeconfig: &std::path::Path, kube: bool) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let listen = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_flowwatch"))
+        .args(["run", "--interfaces", "fwbench-none*", "--listen", &listen])
+        .arg(format!("--kube={kube}"))
+        .env("KUBECONFIG", kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning flowwatch");
+    let mut ready = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        if readyz(&listen) == Some(200) {
+            ready = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap_or_default();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (rss, peak) = (kib("VmRSS:") / 1000.0, kib("VmHWM:") / 1000.0);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    match ready {
+        Some(t) => format!(
+            "ready in {:.2} s; RSS steady {rss:.1} MB, peak {peak:.1} MB",
+            t.as_secs_f64()
+        ),
+        None => format!("NOT READY within 60 s; RSS {rss:.1} MB, peak {peak:.1} MB"),
+    }
+}
+
+/// The status code of `GET /readyz`, if the agent answers.
+fn readyz(addr: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(
+        format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
 fn run_child(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> String {
