@@ -7,6 +7,7 @@
 //! IP index. The objects are the upstream `k8s-openapi` types, so both sources share one
 //! decoding of the Kubernetes schema.
 
+pub mod intern;
 pub mod snapshot;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};

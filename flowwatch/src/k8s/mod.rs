@@ -46,7 +46,7 @@ use crate::enrich::OwnerIndex;
 use crate::inventory::Inventory;
 use crate::metrics::WatchedResource;
 use convert::Trim;
-use store::{Cache, Cached, Change, CompactPod};
+use store::{Cache, Cached, Change, CompactPod, Json};
 
 /// What the agent knows of the cluster at one moment.
 #[derive(Clone, Debug, Default)]
@@ -410,9 +410,9 @@ struct Stores {
     namespaces: Arc<Cache<Namespace>>,
     nodes: Arc<Cache<Node>>,
     pods: Arc<Cache<CompactPod>>,
-    services: Arc<Cache<Service>>,
-    endpoint_slices: Arc<Cache<EndpointSlice>>,
-    network_policies: Arc<Cache<NetworkPolicy>>,
+    services: Arc<Cache<Json<Service>>>,
+    endpoint_slices: Arc<Cache<Json<EndpointSlice>>>,
+    network_policies: Arc<Cache<Json<NetworkPolicy>>>,
     replica_sets: Arc<Cache<ReplicaSet>>,
     jobs: Arc<Cache<Job>>,
 }
@@ -704,7 +704,7 @@ async fn run_kind<K>(
                 backoff = opts.min_backoff;
                 status.ok(kind);
             }
-            let keyed = |k: K| (store::key_of(k.metadata()), k.compact());
+            let keyed = |k: K| (store::key_of(k.metadata()), cache.compact(k));
             let change = match event {
                 Event::Init => {
                     init_count = 0;

@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 
 use super::hash::FastMap;
 use super::ports::{validate_port_name, NamedPort};
 use super::selector::Labels;
+use crate::inventory::intern::Interner;
 use crate::inventory::{Inventory, ObjectError};
 use crate::model::Protocol;
 
@@ -35,16 +37,18 @@ pub struct NodeInfo {
 #[derive(Debug)]
 pub struct PodInfo {
     pub ns: NsId,
-    pub name: String,
-    pub labels: Labels,
+    pub name: Box<str>,
+    /// Shared by the pods with the same labels (the pods of a Deployment): stored once.
+    pub labels: Arc<Labels>,
     pub node: Option<NodeId>,
     pub host_network: bool,
     /// `Succeeded`/`Failed`: no longer an endpoint; its address may belong to a new pod.
     pub terminated: bool,
     /// `status.podIPs` (or `status.podIP`), primary first.
     pub ips: Vec<IpAddr>,
-    /// Named container ports, sorted (part of the pod's identity for named-port resolution).
-    pub ports: Vec<NamedPort>,
+    /// Named container ports, sorted (part of the pod's identity for named-port resolution);
+    /// shared like the labels.
+    pub ports: Arc<[NamedPort]>,
 }
 
 /// What an address or a name designates.
@@ -68,6 +72,9 @@ pub struct Cluster {
     /// Per namespace: pod name -> pod.
     pods_by_name: Vec<HashMap<String, PodId>>,
     pub by_ip: FastMap<IpAddr, Endpoint>,
+    /// Only while building: one copy of each distinct label set and port list.
+    labels: Interner<Labels>,
+    ports: Interner<[NamedPort]>,
 }
 
 impl Cluster {
@@ -83,6 +90,8 @@ impl Cluster {
             c.add_pod(pod, i, errors);
         }
         c.index_addresses(errors);
+        c.labels = Interner::default();
+        c.ports = Interner::default();
         c
     }
 
@@ -305,13 +314,13 @@ impl Cluster {
         let id = self.pods.len() as PodId;
         self.pods.push(PodInfo {
             ns: ns_id,
-            name: name.to_string(),
-            labels: meta.labels.clone().unwrap_or_default(),
+            name: name.into(),
+            labels: self.labels.intern(meta.labels.clone().unwrap_or_default()),
             node,
             host_network,
             terminated,
             ips,
-            ports,
+            ports: self.ports.intern(ports),
         });
         self.pods_by_name[ns_id as usize].insert(name.to_string(), id);
     }

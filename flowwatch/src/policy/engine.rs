@@ -204,7 +204,7 @@ impl PolicyEngine {
         let mut identities = Vec::new();
         let mut pod_identity = Vec::with_capacity(cluster.pods.len());
         for (pod_id, pod) in cluster.pods.iter().enumerate() {
-            let key = (pod.ns, &pod.labels, pod.ports.as_slice());
+            let key = (pod.ns, &*pod.labels, &*pod.ports);
             let id = *interned.entry(key).or_insert_with(|| {
                 let mut identity = Identity {
                     pod: pod_id as PodId,
