@@ -22,48 +22,31 @@ fn unusable_objects_are_logged_and_counted_and_the_rest_works() {
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("cluster.yaml");
-    std::fs::write(
-        &snapshot,
-        format!(
-            r#"apiVersion: v1
-kind: List
-items:
-- {{apiVersion: v1, kind: Namespace, metadata: {{name: app, labels: {{kubernetes.io/metadata.name: app}}}}}}
-- apiVersion: v1
+    let unusable = r#"- apiVersion: v1
   kind: Pod
-  metadata: {{name: client, namespace: app, labels: {{app: client}}}}
-  spec: {{containers: [{{name: c, image: x}}]}}
-  status: {{podIP: {client_ip}}}
-- apiVersion: v1
-  kind: Pod
-  metadata: {{name: server, namespace: app, labels: {{app: server}}}}
-  spec: {{containers: [{{name: s, image: x}}]}}
-  status: {{podIP: {server_ip}}}
-- apiVersion: v1
-  kind: Pod
-  metadata: {{name: odd, namespace: app}}
-  spec: {{containers: [{{name: o, image: x}}]}}
-  status: {{podIP: 10.244.9.0010}}
+  metadata: {name: odd, namespace: app}
+  spec: {containers: [{name: o, image: x}]}
+  status: {podIP: 10.244.9.0010}
 - apiVersion: v1
   kind: Service
-  metadata: {{name: odd, namespace: app}}
-  spec: {{clusterIP: 10.96.0.999, ports: [{{port: 80}}]}}
+  metadata: {name: odd, namespace: app}
+  spec: {clusterIP: 10.96.0.999, ports: [{port: 80}]}
 - apiVersion: networking.k8s.io/v1
   kind: NetworkPolicy
-  metadata: {{name: broken, namespace: app}}
+  metadata: {name: broken, namespace: app}
   spec:
-    podSelector: {{}}
-    ingress: [{{from: [{{ipBlock: {{cidr: 10.0.0.0/99}}}}]}}]
+    podSelector: {}
+    ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/99}}]}]
 - apiVersion: networking.k8s.io/v1
   kind: NetworkPolicy
-  metadata: {{name: server-ingress, namespace: app}}
+  metadata: {name: server-ingress, namespace: app}
   spec:
-    podSelector: {{matchLabels: {{app: server}}}}
-    ingress: [{{from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]}}]
-"#,
-            client_ip = client.ipv4,
-            server_ip = server.ipv4,
-        ),
+    podSelector: {matchLabels: {app: server}}
+    ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]
+"#;
+    std::fs::write(
+        &snapshot,
+        support::snapshot::client_and_server(client, server, unusable),
     )
     .unwrap();
     let glob = node.interface_glob();

@@ -19,12 +19,20 @@ fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
-    let total = (20 + l4.len()) as u16;
-    let mut h = vec![0x45, 0];
+    ipv4_with_options(src, dst, proto, &[], l4)
+}
+
+/// IPv4 with `options` (a multiple of 4 bytes) after the fixed header: with options the L4
+/// header is not at the usual offset.
+fn ipv4_with_options(src: [u8; 4], dst: [u8; 4], proto: u8, options: &[u8], l4: &[u8]) -> Vec<u8> {
+    let header_len = 20 + options.len();
+    let total = (header_len + l4.len()) as u16;
+    let mut h = vec![0x40 | (header_len / 4) as u8, 0];
     h.extend_from_slice(&total.to_be_bytes());
     h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
     h.extend_from_slice(&src);
     h.extend_from_slice(&dst);
+    h.extend_from_slice(options);
     h.extend_from_slice(l4);
     ethernet(0x0800, &h)
 }
@@ -39,19 +47,8 @@ fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, l4: &[u8]) -> Vec<u8> {
     ethernet(0x86DD, &h)
 }
 
-/// IPv4 with a 4-byte options field (IHL 6): the L4 header is not at the usual offset.
-fn ipv4_with_options(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
-    let total = (24 + l4.len()) as u16;
-    let mut h = vec![0x46, 0];
-    h.extend_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-    h.extend_from_slice(&src);
-    h.extend_from_slice(&dst);
-    h.extend_from_slice(&[1, 1, 1, 1]); // four NOP options
-    h.extend_from_slice(l4);
-    ethernet(0x0800, &h)
-}
-
+/// Four NOP options: IHL 6.
+const NOPS: [u8; 4] = [1, 1, 1, 1];
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
@@ -198,9 +195,9 @@ fn tcp_orientation_and_header_lengths() {
         ipv4(a, b, 6, &tcp(80, 40000, ACK)),
         ipv4(b, a, 6, &tcp(40000, 80, ACK)),
         // c:50000 to d:443, every header with IPv4 options
-        ipv4_with_options(c, d, 6, &tcp(50000, 443, SYN)),
-        ipv4_with_options(d, c, 6, &tcp(443, 50000, SYN | ACK)),
-        ipv4_with_options(c, d, 6, &tcp(50000, 443, ACK)),
+        ipv4_with_options(c, d, 6, &NOPS, &tcp(50000, 443, SYN)),
+        ipv4_with_options(d, c, 6, &NOPS, &tcp(443, 50000, SYN | ACK)),
+        ipv4_with_options(c, d, 6, &NOPS, &tcp(50000, 443, ACK)),
         // first packet seen is d:8080's SYN-ACK to c:33000: c initiated
         ipv4(d, c, 6, &tcp(8080, 33000, SYN | ACK)),
         ipv4(c, d, 6, &tcp(33000, 8080, ACK)),

@@ -86,31 +86,19 @@ fn route_through_host(node: &Node) {
 }
 
 fn snapshot(client: &Pod, server: &Pod, cluster_ip: Ipv4Addr) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: List
-items:
-- {{apiVersion: v1, kind: Namespace, metadata: {{name: app, labels: {{kubernetes.io/metadata.name: app}}}}}}
-- apiVersion: v1
-  kind: Pod
-  metadata: {{name: client, namespace: app, labels: {{app: client}}}}
-  spec: {{containers: [{{name: c, image: x}}]}}
-  status: {{podIP: {client_ip}}}
-- apiVersion: v1
-  kind: Pod
-  metadata: {{name: server, namespace: app, labels: {{app: server}}}}
-  spec: {{containers: [{{name: s, image: x, ports: [{{name: http, containerPort: 8080}}]}}]}}
-  status: {{podIP: {server_ip}}}
-- apiVersion: v1
+    support::snapshot::client_and_server(
+        client,
+        server,
+        &format!(
+            r#"- apiVersion: v1
   kind: Service
   metadata: {{name: web, namespace: app}}
   spec:
     clusterIP: {cluster_ip}
     selector: {{app: server}}
     ports: [{{port: 80, targetPort: 8080, protocol: TCP}}]
-"#,
-        client_ip = client.ipv4,
-        server_ip = server.ipv4,
+"#
+        ),
     )
 }
 

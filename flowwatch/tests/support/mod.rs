@@ -7,4 +7,5 @@ pub mod apiserver;
 pub mod netns;
 pub mod privileged;
 pub mod prometheus;
+pub mod snapshot;
 pub mod traffic;
