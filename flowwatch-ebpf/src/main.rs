@@ -344,9 +344,12 @@ fn count(packet: &Packet, now: u64) {
         return add(c, reply_first, packet, now);
     }
 
-    // First packet of a flow: its sender initiated it, except a TCP SYN-ACK, whose sender is
-    // the responder (the agent started after the SYN went by).
-    if handshake == TCP_SYN | TCP_ACK {
+    // First packet of a flow: its sender initiated it (UDP, SCTP), except a TCP SYN-ACK,
+    // whose sender is the responder (the SYN went by before the agent started). Any other TCP
+    // packet is mid-stream (a connection older than the agent, or a late packet of one the agent
+    // already finished): the likelier orientation is the one its ports suggest.
+    let mid_stream_reply = packet.key.protocol == IPPROTO_TCP && reply_first;
+    if mid_stream_reply {
         create(reversed, false, packet, now)
     } else {
         create(packet.key, true, packet, now)

@@ -19,9 +19,14 @@ const SECOND: Nanos = 1_000_000_000;
 pub struct AggregatorConfig {
     /// A flow with no packet and no event for this long is over (UDP, SCTP, idle TCP).
     pub idle_timeout: Nanos,
-    /// A closed or failed TCP flow is reported this long after its last activity, so the
-    /// last packets (FIN/ACK, RST) are drained from the kernel first.
+    /// A closed or failed TCP flow whose end the agent saw whole (both sockets on this node,
+    /// FINs both ways, or a RST) is reported this long after its last activity, so its last
+    /// packet (the closing ACK) is drained from the kernel first.
     pub close_linger: Nanos,
+    /// A TCP flow whose only local socket closed first is reported this long after its last
+    /// activity: the peer, on another host, may still send its FIN, and a packet after the
+    /// kernel entry is freed would start a flow of its own.
+    pub peer_close_wait: Nanos,
     /// Bound on flows held at once; new flows beyond it are counted and not tracked.
     pub max_flows: usize,
 }
@@ -31,6 +36,7 @@ impl Default for AggregatorConfig {
         AggregatorConfig {
             idle_timeout: 30 * SECOND,
             close_linger: 2 * SECOND,
+            peer_close_wait: 2 * SECOND,
             max_flows: 262_144,
         }
     }
@@ -249,8 +255,13 @@ impl Aggregator {
         self.flows.retain(|_, tracked| {
             let flow = &tracked.flow;
             let quiet_since = flow.last_seen.max(tracked.ended_at.unwrap_or(0));
-            let reason = if tracked.ended_at.is_some()
-                && now.saturating_sub(quiet_since) >= config.close_linger
+            // A failed attempt has nothing more to come.
+            let linger = if flow.outcome == Outcome::Failed || end_seen_whole(flow) {
+                config.close_linger
+            } else {
+                config.peer_close_wait
+            };
+            let reason = if tracked.ended_at.is_some() && now.saturating_sub(quiet_since) >= linger
             {
                 Some(if flow.outcome == Outcome::Failed {
                     EndReason::Failed
@@ -300,12 +311,32 @@ impl Tracked {
 fn finish(mut flow: Flow, reason: EndReason) -> FinishedFlow {
     if flow.outcome == Outcome::Pending {
         flow.outcome = match flow.key.protocol {
+            // Neither a SYN nor a socket: the handshake happened before anything here looked.
+            Protocol::Tcp if is_midstream(&flow) => Outcome::Midstream,
             // A TCP attempt that never completed its handshake failed, whatever stopped it.
             Protocol::Tcp => Outcome::Failed,
             Protocol::Udp | Protocol::Sctp => Outcome::Unanswered,
         };
     }
     FinishedFlow { flow, reason }
+}
+
+/// A TCP flow the wire saw without a SYN either way and no socket of it on this node.
+fn is_midstream(flow: &Flow) -> bool {
+    use flowwatch_common::TCP_SYN;
+    (flow.fwd_tcp_flags | flow.rev_tcp_flags) & TCP_SYN == 0
+        && !flow.seen_at_client
+        && !flow.seen_at_server
+}
+
+/// Whether the agent saw the whole end of a TCP connection: both sockets closed on this node
+/// (the last close follows the last packet), FINs in both directions, or a RST. Otherwise the
+/// peer of a local socket that closed first may still be sending.
+fn end_seen_whole(flow: &Flow) -> bool {
+    use flowwatch_common::{TCP_FIN, TCP_RST};
+    let both_fins = flow.fwd_tcp_flags & flow.rev_tcp_flags & TCP_FIN != 0;
+    let reset = (flow.fwd_tcp_flags | flow.rev_tcp_flags) & TCP_RST != 0;
+    (flow.seen_at_client && flow.seen_at_server) || both_fins || reset
 }
 
 /// Outcome from the wire alone, for flows whose sockets the tracepoint did not see (a remote
@@ -375,8 +406,98 @@ mod tests {
         Aggregator::new(AggregatorConfig {
             idle_timeout: 30 * S,
             close_linger: 2 * S,
+            peer_close_wait: 5 * S,
             max_flows: 100,
         })
+    }
+
+    /// Totals with the TCP flags the wire saw in each direction.
+    fn totals_with_flags(
+        key: FlowKey,
+        fwd: u64,
+        rev: u64,
+        last: Nanos,
+        flags: (u8, u8),
+    ) -> Observation {
+        match totals(key, fwd, rev, last) {
+            Observation::Totals {
+                key,
+                counters,
+                first_seen,
+                last_seen,
+                ..
+            } => Observation::Totals {
+                key,
+                counters,
+                first_seen,
+                last_seen,
+                fwd_tcp_flags: flags.0,
+                rev_tcp_flags: flags.1,
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn a_local_socket_that_closed_first_waits_for_its_remote_peer() {
+        use flowwatch_common::{TCP_ACK, TCP_FIN, TCP_SYN};
+        // Client here, server on another host: the client closes first; its socket's last
+        // close comes when its FIN is acknowledged, before the server's FIN.
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S));
+        a.apply(totals_with_flags(
+            k,
+            4,
+            3,
+            S + 1,
+            (TCP_SYN | TCP_ACK | TCP_FIN, TCP_SYN | TCP_ACK),
+        ));
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S + 1));
+        assert!(
+            a.expire(S + 1 + 3 * S).is_empty(),
+            "past the close linger, but the peer has not closed: wait for it"
+        );
+        // the server's FIN and the client's last ACK
+        let fins = (TCP_SYN | TCP_ACK | TCP_FIN, TCP_SYN | TCP_ACK | TCP_FIN);
+        a.apply(totals_with_flags(k, 5, 4, S + 4, fins));
+        assert!(
+            a.expire(S + 4 + S).is_empty(),
+            "close linger from the last packet"
+        );
+        let done = a.expire(S + 4 + 2 * S);
+        assert_eq!(done.len(), 1);
+        let f = &done[0].flow;
+        assert_eq!((f.counters.fwd_packets, f.counters.rev_packets), (5, 4));
+        assert_eq!(f.outcome, Outcome::Established);
+
+        // A peer that never closes: reported after the peer wait, not kept forever.
+        let mut a = agg();
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S));
+        a.apply(totals_with_flags(
+            k,
+            3,
+            2,
+            S,
+            (TCP_SYN | TCP_ACK | TCP_FIN, TCP_SYN | TCP_ACK),
+        ));
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S));
+        assert!(a.expire(S + 4 * S).is_empty());
+        assert_eq!(a.expire(S + 5 * S).len(), 1);
+    }
+
+    #[test]
+    fn tcp_seen_only_mid_stream_is_not_a_new_connection() {
+        use flowwatch_common::{TCP_ACK, TCP_FIN};
+        // No SYN either way and no socket here: open before the agent started, or the last
+        // packets of a connection already reported.
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(totals_with_flags(k, 4, 3, S, (TCP_ACK, TCP_ACK | TCP_FIN)));
+        let done = a.expire(31 * S);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].flow.outcome, Outcome::Midstream);
+        assert_eq!(done[0].flow.counters.fwd_packets, 4, "its traffic is kept");
     }
 
     #[test]
@@ -421,7 +542,14 @@ mod tests {
     fn tcp_attempt_never_answered_is_failed_at_idle() {
         let k = key(Protocol::Tcp);
         let mut a = agg();
-        a.apply(totals(k, 3, 0, S));
+        // three SYNs seen on the wire, nothing back
+        a.apply(totals_with_flags(
+            k,
+            3,
+            0,
+            S,
+            (flowwatch_common::TCP_SYN, 0),
+        ));
         assert!(a.expire(30 * S).is_empty());
         let done = a.expire(31 * S);
         assert_eq!(done[0].reason, EndReason::Idle);

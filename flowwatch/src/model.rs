@@ -172,6 +172,10 @@ pub enum Outcome {
     Failed,
     /// UDP/SCTP that never got a packet back.
     Unanswered,
+    /// TCP seen only after its handshake, with no socket of it on this node: a connection
+    /// already open when the agent started, or the last packets of one whose record was already
+    /// finished. Its traffic counts; it is not counted as a new connection.
+    Midstream,
 }
 
 impl Outcome {
@@ -181,6 +185,7 @@ impl Outcome {
             Outcome::Established => "established",
             Outcome::Failed => "failed",
             Outcome::Unanswered => "unanswered",
+            Outcome::Midstream => "midstream",
         }
     }
 }

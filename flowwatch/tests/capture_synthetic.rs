@@ -173,8 +173,9 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
 
 /// The TC program's TCP paths: a SYN creates its flow directly (and a retransmitted one adds to
 /// it), packets are matched in both orientations whichever the program tries first (an
-/// initiator on a low port, a responder on a high one), a SYN-ACK seen first is a reply, and
-/// IPv4 headers with options are read through the slow path. Exact counts and flags per flow.
+/// initiator on a low port, a responder on a high one), a SYN-ACK seen first is a reply, a
+/// flow first seen mid-stream is oriented by its ports, and IPv4 headers with options are read
+/// through the slow path. Exact counts and flags per flow.
 #[test]
 fn tcp_orientation_and_header_lengths() {
     if !privileged::root_test("synthetic TCP frames") {
@@ -201,6 +202,9 @@ fn tcp_orientation_and_header_lengths() {
         // first packet seen is d:8080's SYN-ACK to c:33000: c initiated
         ipv4(d, c, 6, &tcp(8080, 33000, SYN | ACK)),
         ipv4(c, d, 6, &tcp(33000, 8080, ACK)),
+        // first packet seen is a mid-stream ACK from a:8443 to c:51000 (a connection older
+        // than the agent): oriented by its ports, c initiated
+        ipv4(a, c, 6, &tcp(8443, 51000, ACK)),
     ] {
         assert_eq!(dp.run_ingress_on(&frame).expect("test run"), TC_ACT_OK);
     }
@@ -249,6 +253,13 @@ fn tcp_orientation_and_header_lengths() {
                 1,
                 SYN | ACK,
                 SYN | ACK
+            ),
+            (
+                "TCP 10.251.0.3:51000 -> 10.251.0.1:8443".into(),
+                0,
+                1,
+                0,
+                ACK
             ),
         ]
     );

@@ -54,11 +54,13 @@ pub enum AgentError {
     Kube(String),
 }
 
-/// How long after a TCP connection's last socket closed its record waits for its last packets.
-/// The last close follows the last packet by microseconds (the closing ACK reaches the TC
-/// program before the peer's socket sees it), and each poll drains socket events before it
-/// reads the packet totals; the margin covers a packet still queued on another CPU. Short, so
-/// a closed connection's kernel entry is read once or twice, not once per poll for seconds.
+/// How long after a TCP connection's end, when the agent saw the whole end (both sockets here,
+/// FINs both ways, a RST), its record waits for its last packet. The last close follows the last
+/// packet by microseconds (the closing ACK reaches the TC program before the peer's socket sees
+/// it), and each poll drains socket events before it reads the packet totals; the margin covers
+/// a packet still queued on another CPU. Short, so a closed connection's kernel entry is read
+/// once or twice, not once per poll for seconds. (A local socket whose remote peer has not
+/// closed yet waits longer: `AggregatorConfig::peer_close_wait`.)
 const CLOSE_LINGER: Nanos = 100_000_000;
 
 /// Kernel monotonic time, the clock of `bpf_ktime_get_ns`.

@@ -141,10 +141,11 @@ label_enum! {
 }
 
 impl OutcomeLabel {
-    /// `None` for [`Outcome::Pending`]: not an outcome yet.
+    /// `None` for [`Outcome::Pending`] (not an outcome yet) and [`Outcome::Midstream`] (not
+    /// a new connection: only its traffic is counted).
     pub fn from_outcome(o: Outcome) -> Option<OutcomeLabel> {
         match o {
-            Outcome::Pending => None,
+            Outcome::Pending | Outcome::Midstream => None,
             Outcome::Established => Some(OutcomeLabel::Established),
             Outcome::Failed => Some(OutcomeLabel::Failed),
             Outcome::Unanswered => Some(OutcomeLabel::Unanswered),
