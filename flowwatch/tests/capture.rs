@@ -167,6 +167,59 @@ fn tcp_ipv6_connections() {
     tcp_scenario(true);
 }
 
+/// A connection opened before the agent started: the agent sees its later packets and its
+/// closes but no handshake, so the record is `midstream` (its traffic counts, it is not a new
+/// connection), oriented from the client's ephemeral port to the service port, and one record.
+#[test]
+fn a_connection_older_than_the_agent_is_midstream() {
+    if !privileged::root_test("tcp midstream") {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let (cip, sip): (IpAddr, IpAddr) = (client.ipv4.into(), server.ipv4.into());
+    let addr = SocketAddr::new(sip, 8080);
+    let srv = echo_server(server, addr, 1);
+    let (opened_tx, opened_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let conn = client.run(move || {
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4];
+        conn.write_all(b"ping").unwrap();
+        conn.read_exact(&mut buf).unwrap();
+        opened_tx.send(conn.local_addr().unwrap().port()).unwrap();
+        go_rx.recv_timeout(Duration::from_secs(30)).expect("go");
+        for _ in 0..5 {
+            conn.write_all(b"pong").unwrap();
+            conn.read_exact(&mut buf).unwrap();
+        }
+        // stay open over a poll, so the agent knows the flow when the sockets close
+        std::thread::sleep(Duration::from_millis(600));
+    });
+    let client_port = opened_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("opened");
+    let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
+    go_tx.send(()).unwrap();
+    conn.join().expect("client");
+    srv.join().expect("server");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, records) = agent.stop();
+    assert!(status.success(), "agent: {status}\n{}", agent.stderr());
+
+    let flows = between(&records, cip, sip);
+    assert_eq!(flows.len(), 1, "one record: {records:#?}");
+    let f = &flows[0];
+    assert_eq!(f["outcome"], "midstream", "{f}");
+    assert_eq!(f["end_reason"], "closed", "{f}");
+    assert_eq!(f["src"]["port"], client_port);
+    assert_eq!(f["dst"]["port"], 8080);
+    assert!(f["fwd"]["packets"].as_u64().unwrap() >= 5, "{f}");
+    assert!(f["rev"]["packets"].as_u64().unwrap() >= 5, "{f}");
+    assert!(between(&records, sip, cip).is_empty(), "{records:#?}");
+}
+
 #[test]
 fn udp_request_response_both_families() {
     if !privileged::root_test("udp") {
