@@ -194,8 +194,9 @@ fn a_connection_older_than_the_agent_is_midstream() {
             conn.write_all(b"pong").unwrap();
             conn.read_exact(&mut buf).unwrap();
         }
-        // stay open over a poll, so the agent knows the flow when the sockets close
-        std::thread::sleep(Duration::from_millis(600));
+        // stay open over a few of the agent's 200 ms polls, so it knows the flow when the
+        // sockets close (a close event for a flow it never saw is ignored)
+        std::thread::sleep(Duration::from_millis(1000));
     });
     let client_port = opened_rx
         .recv_timeout(Duration::from_secs(5))
