@@ -31,11 +31,12 @@ impl IpBlockMatcher {
                 field: field.clone(),
                 message,
             })?;
-            // The API server rejects an except range outside the block (it could never apply).
-            if !cidr_net.contains(&net) {
+            // The API server accepts only an except range strictly inside the block: one
+            // outside could never apply, and one equal to it would empty the block.
+            if !cidr_net.contains(&net) || net.prefix_len() <= cidr_net.prefix_len() {
                 return Err(IpBlockError {
                     field,
-                    message: format!("{e} is not within cidr {cidr}"),
+                    message: format!("{e} is not a strict subset of cidr {cidr}"),
                 });
             }
             nets.push(net);
@@ -65,6 +66,21 @@ mod tests {
     fn block(cidr: &str, except: &[&str]) -> IpBlockMatcher {
         let except: Vec<String> = except.iter().map(|s| s.to_string()).collect();
         IpBlockMatcher::compile(cidr, &except).unwrap()
+    }
+
+    #[test]
+    fn an_except_range_must_be_strictly_inside_the_block() {
+        for (cidr, except) in [
+            ("10.0.0.0/16", "10.1.0.0/24"),
+            ("10.0.0.0/16", "10.0.0.0/16"),
+            ("10.0.0.0/16", "10.0.0.0/8"),
+            ("fd00::/64", "fd00::/64"),
+        ] {
+            let err = IpBlockMatcher::compile(cidr, &[except.to_string()]).unwrap_err();
+            assert_eq!(err.field, "except[0]");
+            assert!(err.message.contains("strict subset"), "{err:?}");
+        }
+        assert!(IpBlockMatcher::compile("10.0.0.0/16", &["10.0.0.0/17".into()]).is_ok());
     }
 
     #[test]
@@ -99,11 +115,11 @@ mod tests {
     fn bad_cidrs_name_the_field() {
         let e = IpBlockMatcher::compile("10.0.0.0/33", &[]).unwrap_err();
         assert_eq!(e.field, "cidr");
-        let e = IpBlockMatcher::compile("10.0.0.0/8", &["10.0.0.0/8".into(), "nope".into()])
+        let e = IpBlockMatcher::compile("10.0.0.0/8", &["10.1.0.0/16".into(), "nope".into()])
             .unwrap_err();
         assert_eq!(e.field, "except[1]");
         let e = IpBlockMatcher::compile("10.0.0.0/8", &["11.0.0.0/16".into()]).unwrap_err();
         assert_eq!(e.field, "except[0]");
-        assert!(e.message.contains("not within"));
+        assert!(e.message.contains("not a strict subset"));
     }
 }
