@@ -39,15 +39,6 @@ fn wait_readyz(agent: &Agent, want: u16, timeout: Duration) -> String {
     }
 }
 
-/// The staleness gauges are set on the agent's poll: wait for the next one.
-fn wait_metric_zero(agent: &Agent, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.metric(name) != Some(0.0) {
-        assert!(Instant::now() < deadline, "{name} not back to 0");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn assert_alive(agent: &mut Agent) {
     assert!(agent.is_running(), "the agent exited:\n{}", agent.stderr());
 }
@@ -158,7 +149,8 @@ fn the_agent_rides_out_an_api_server_outage() {
     rt.block_on(api.restart_apiserver());
     wait_readyz(&agent, 200, Duration::from_secs(20));
     assert_eq!(agent.metric("flowwatch_kube_stale"), Some(0.0));
-    wait_metric_zero(&agent, pods_stale);
+    // the staleness gauges are set on the agent's poll: wait for the next one
+    agent.wait_metric(pods_stale, 0.0, Duration::from_secs(5));
     let admin = rt.block_on(api.admin_client());
     let pods: Api<Pod> = Api::namespaced(admin, "shop");
     rt.block_on(pods.patch(

@@ -308,25 +308,11 @@ mod tests {
         let mut reporter = Reporter::new(None);
 
         // The client's view (the Service address) and the backend's socket (the pod).
-        let client = "10.213.0.10:41000".parse().unwrap();
-        let mut to_service = Flow::new(
-            FlowKey {
-                src: client,
-                dst: "10.96.0.20:80".parse().unwrap(),
-                protocol: Protocol::Tcp,
-            },
-            1,
-        );
+        let client = "10.213.0.10:41000";
+        let mut to_service = tcp_flow(client, "10.96.0.20:80");
         to_service.outcome = Outcome::Established;
         to_service.counters.fwd_packets = 4;
-        let mut at_backend = Flow::new(
-            FlowKey {
-                src: client,
-                dst: "10.213.0.20:8080".parse().unwrap(),
-                protocol: Protocol::Tcp,
-            },
-            1,
-        );
+        let mut at_backend = tcp_flow(client, "10.213.0.20:8080");
         at_backend.outcome = Outcome::Established;
         let done = [
             FinishedFlow {

@@ -146,6 +146,23 @@ impl Agent {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Waits until `series` reads `value` (metrics the agent sets on its poll); panics after
+    /// `timeout` naming the series and its last value.
+    pub fn wait_metric(&self, series: &str, value: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.metric(series);
+            if got == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} not {value} within {timeout:?} (last {got:?})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Whether the agent process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
