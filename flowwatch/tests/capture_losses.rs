@@ -1,0 +1,201 @@
+//! Loss is counted, end to end: the kernel's flow map and its event ring buffer are made to
+//! overflow on purpose, with the real agent, and the exact number of lost flows and events must
+//! reach the agent's metric, its warning and its shutdown line, while what did fit is still
+//! reported.
+//!
+//! Needs root; outside CI these tests skip with one line, under CI=true they must run.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::agent::Agent;
+use support::netns::Node;
+use support::privileged;
+
+const LOST: &str = "flowwatch_kernel_events_lost_total";
+
+/// The smallest flow map the agent accepts (`--flows-max-entries`).
+const FLOW_MAP_ENTRIES: u64 = 1024;
+
+/// The smallest ring buffer the agent accepts (`--events-ring-bytes`), and what one event takes
+/// in it: the 56-byte `FlowEvent` after the kernel's 8-byte record header.
+const RING_BYTES: u64 = 65_536;
+const EVENT_BYTES: u64 = 64;
+
+/// Waits until the agent's loss counter reaches `least` and returns it.
+fn wait_lost_at_least(agent: &Agent, least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lost = agent.metric(LOST).unwrap_or(0.0) as u64;
+        if lost >= least {
+            return lost;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{LOST} is {lost}, not at least {least}:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
+    if !privileged::root_test("flow map overflow") {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    // UDP flows stay in the map until idle: none is freed while the test runs.
+    let mut agent = Agent::start(&[
+        "--interfaces",
+        &node.interface_glob(),
+        "--flows-max-entries",
+        &FLOW_MAP_ENTRIES.to_string(),
+        "--idle-timeout-secs",
+        "120",
+    ]);
+
+    // One datagram to each of 1,100 closed ports: 1,100 flows, one packet each (the server's
+    // ICMP port-unreachable answers are not tracked).
+    const FLOWS: u64 = 1_100;
+    let target = server.ipv4;
+    client
+        .run(move || {
+            let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for port in 0..FLOWS as u16 {
+                sock.send_to(b"x", (target, 20_000 + port)).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+
+    let expected_lost = FLOWS - FLOW_MAP_ENTRIES;
+    agent.wait_metric(LOST, expected_lost as f64, Duration::from_secs(10));
+    assert_eq!(
+        agent.metric("flowwatch_kernel_map_fill_ratio{map=\"flows\"}"),
+        Some(1.0)
+    );
+    assert!(
+        agent
+            .stderr()
+            .contains(&format!("flows_map_full={expected_lost}")),
+        "the agent warns with the cause:\n{}",
+        agent.stderr()
+    );
+
+    let (status, records) = agent.stop();
+    assert!(status.success());
+    let reported = records
+        .iter()
+        .filter(|r| r["protocol"] == "UDP" && r["dst"]["ip"] == target.to_string())
+        .count() as u64;
+    assert_eq!(
+        reported, FLOW_MAP_ENTRIES,
+        "every flow that fit is reported"
+    );
+    assert!(
+        agent
+            .stderr()
+            .contains(&format!("ringbuf_full=0 flows_map_full={expected_lost} ")),
+        "shutdown line:\n{}",
+        agent.stderr()
+    );
+}
+
+#[test]
+fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
+    if !privileged::root_test("ring buffer overflow") {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let addr = SocketAddr::new(server.ipv4.into(), 7000);
+    const CONNECTIONS: u64 = 400;
+
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let server_thread = server.run(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        bound_tx.send(()).unwrap();
+        for _ in 0..CONNECTIONS {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut b = [0u8; 1];
+            if conn.read_exact(&mut b).is_ok() {
+                let _ = conn.write_all(&b);
+            }
+        }
+    });
+    bound_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+
+    let mut agent = Agent::start(&[
+        "--interfaces",
+        &node.interface_glob(),
+        "--events-ring-bytes",
+        &RING_BYTES.to_string(),
+    ]);
+    // The agent drains every 100 ms and nothing has happened yet: the ring buffer is empty
+    // when the agent stops reading it.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+
+    // Each connection between two local pods is four events: established and closed at the
+    // client and at the server.
+    client
+        .run(move || {
+            for i in 0..CONNECTIONS {
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                c.write_all(&[i as u8]).unwrap();
+                let mut b = [0u8; 1];
+                c.read_exact(&mut b).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+    server_thread.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // the last closes (server TIME_WAIT)
+                                                    // SAFETY: as above.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+
+    // The kernel keeps the producer less than the ring's size ahead of the consumer, so this
+    // many events fit. The tracepoint sees every TCP socket of the node, and other processes
+    // of this shared machine may have added events of their own while the agent was stopped:
+    // at least our overflow is lost, and not more than we made, as long as they added fewer
+    // events than the ring holds (a handful, here).
+    let fit = (RING_BYTES - 1) / EVENT_BYTES;
+    let (least, most) = (4 * CONNECTIONS - fit, 4 * CONNECTIONS);
+    let lost = wait_lost_at_least(&agent, least);
+    assert!(
+        lost <= most,
+        "{lost} events lost, more than the {most} made"
+    );
+    assert!(
+        agent.stderr().contains(&format!("ringbuf_full={lost}")),
+        "the agent warns with the cause:\n{}",
+        agent.stderr()
+    );
+
+    // The agent goes on: a connection made now is reported as usual.
+    let after = SocketAddr::new(server.ipv4.into(), 7001);
+    support::traffic::one_connection(client, server, after);
+    let record = support::traffic::wait_record(&agent, after, 0);
+    assert_eq!(record["outcome"], "established", "{record}");
+    assert_eq!(
+        record["observed_at"],
+        serde_json::json!(["client", "server"])
+    );
+
+    let (status, _) = agent.stop();
+    assert!(status.success());
+    assert!(
+        agent
+            .stderr()
+            .contains(&format!("ringbuf_full={lost} flows_map_full=0 ")),
+        "shutdown line:\n{}",
+        agent.stderr()
+    );
+}
