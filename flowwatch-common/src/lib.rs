@@ -16,6 +16,10 @@ pub const STATS_MAP: &str = "STATS";
 /// Hash of the ifindexes the agent attached to; see [`MONITORED_MAP`] use in the TC program.
 pub const MONITORED_MAP: &str = "MONITORED";
 
+/// A read-only `u8` global of the object: non-zero makes every program return at once (for
+/// benchmarks that measure the hooks' own cost).
+pub const NULL_DATAPATH_GLOBAL: &str = "NULL_DATAPATH";
+
 /// Program names, as the agent looks them up in the object.
 pub const PROG_TCP_STATE: &str = "tcp_state";
 pub const PROG_TC_INGRESS: &str = "tc_ingress";

@@ -1,20 +1,23 @@
 //! Capture overhead, measured in one run on this machine (`cargo xtask bench capture`).
 //!
 //! Two namespace pods on a bridge; a client pod opens short TCP connections (1-byte request,
-//! 1-byte answer, close) to a server pod as fast as it can: without the agent, with the agent as
-//! deployed (default poll, no flow log), without it again, with a flow log, with the kernel
-//! programs only (agent stopped), and without once more; then paced at a fixed rate with the
-//! agent and its flow log. Reported:
-//! * the connection rates and their ratios to the mean of the first two runs without agent;
-//! * the agent's CPU per connection flat out, and in the paced run its CPU seconds per 1,000
-//!   connections and share of one core per 1,000 connections/s (/proc/<pid>/stat), its peak
-//!   RSS (VmHWM);
+//! 1-byte answer, close) to a server pod as fast as it can, in rounds that alternate without the
+//! agent and with it as deployed (default poll, no flow log); then with a flow log, with the
+//! kernel programs only (agent stopped), and with the hooks only (programs that return at once),
+//! each followed by a run without; then paced at a fixed rate with the agent and its flow log.
+//! Reported:
+//! * the connection rates; each round's ratio against the runs without on either side of it,
+//!   and their median and range;
+//! * the agent's CPU per connection flat out (user and system) and its context switches, and in
+//!   the paced run its CPU seconds per 1,000 connections and share of one core per 1,000
+//!   connections/s (/proc/<pid>/stat), its peak RSS (VmHWM);
 //! * events and flows lost (kernel loss counters from the agent's shutdown line, and flow
 //!   records written vs. connections made);
 //! * the BPF programs' own run time per call (kernel.bpf_stats_enabled, paced run only).
 //!
-//! Not a test: it needs root and prints figures. Environment: FLOWWATCH_BENCH_SECS (default 4),
-//! FLOWWATCH_BENCH_RATE (paced rate, default 2000/s).
+//! Not a test: it needs root and prints figures. Environment: FLOWWATCH_BENCH_SECS (seconds per
+//! run, default 4), FLOWWATCH_BENCH_ROUNDS (default 3), FLOWWATCH_BENCH_RATE (paced rate,
+//! default 2000/s).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -105,7 +108,8 @@ fn drive(pod: &Pod, addr: SocketAddr, duration: Duration, rate: u64) -> u64 {
     done.load(Ordering::Relaxed)
 }
 
-fn proc_cpu_seconds(pid: u32) -> f64 {
+/// The agent's CPU so far: (user, system) seconds, from /proc/<pid>/stat.
+fn proc_cpu_seconds(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name: utime is 14th, stime 15th overall.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -113,7 +117,61 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
+    (ticks(11) / hz, ticks(12) / hz)
+}
+
+/// Context switches of all the agent's threads so far (each one a wakeup or a preemption).
+fn context_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+    tasks
+        .flatten()
+        .map(|task| {
+            std::fs::read_to_string(task.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// What the agent cost during one flat-out run.
+#[derive(Default, Clone, Copy)]
+struct AgentCost {
+    connections: u64,
+    user: f64,
+    system: f64,
+    switches: u64,
+}
+
+impl AgentCost {
+    fn add(&mut self, other: AgentCost) {
+        self.connections += other.connections;
+        self.user += other.user;
+        self.system += other.system;
+        self.switches += other.switches;
+    }
+}
+
+/// Drives connections flat out for `secs` while `agent` runs; returns the count and its cost.
+fn flat_out_with(agent: &Agent, client: &Pod, addr: SocketAddr, secs: Duration) -> AgentCost {
+    let pid = agent.pid();
+    let ((user0, sys0), switches0) = (proc_cpu_seconds(pid), context_switches(pid));
+    let connections = drive(client, addr, secs, 0);
+    let ((user1, sys1), switches1) = (proc_cpu_seconds(pid), context_switches(pid));
+    AgentCost {
+        connections,
+        user: user1 - user0,
+        system: sys1 - sys0,
+        switches: switches1.saturating_sub(switches0),
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -172,35 +230,66 @@ fn main() {
     let glob = node.interface_glob();
     let agent_args = ["--interfaces", glob.as_str()];
     let rate = |n: u64| n as f64 / secs.as_secs_f64();
+    let without = || rate(drive(client, addr, secs, 0));
     drive(client, addr, Duration::from_millis(500), 0); // warm-up
 
-    // Flat out, alternating without and with the agent as the DaemonSet runs it (default 1 s
-    // poll, metrics only, no flow log).
-    let off1 = rate(drive(client, addr, secs, 0));
-    let mut agent = Agent::start_as_deployed(&agent_args);
-    let cpu_before = proc_cpu_seconds(agent.pid());
-    let on = drive(client, addr, secs, 0);
-    let on_cpu = proc_cpu_seconds(agent.pid()) - cpu_before;
-    let (_, _) = agent.stop();
-    let on_losses = kernel_losses(&agent);
-    let on = rate(on);
-    let off2 = rate(drive(client, addr, secs, 0));
-    let baseline = (off1 + off2) / 2.0;
+    // Flat out, alternating runs without the agent and with it as the DaemonSet runs it
+    // (default 1 s poll, metrics only, no flow log): each round's ratio is against the runs
+    // without on either side of it, which cancels most of this shared machine's drift.
+    let rounds = env_u64("FLOWWATCH_BENCH_ROUNDS", 3).max(1) as usize;
+    let mut offs = vec![without()];
+    let (mut ons, mut ratios, mut cost) = (Vec::new(), Vec::new(), AgentCost::default());
+    let mut on_losses = String::new();
+    for _ in 0..rounds {
+        let mut agent = Agent::start_as_deployed(&agent_args);
+        let run = flat_out_with(&agent, client, addr, secs);
+        agent.stop();
+        on_losses = kernel_losses(&agent);
+        cost.add(run);
+        ons.push(rate(run.connections));
+        offs.push(without());
+        let (before, after) = (offs[offs.len() - 2], offs[offs.len() - 1]);
+        ratios.push(rate(run.connections) / ((before + after) / 2.0));
+    }
+    let show = |v: &[f64], digits: usize| {
+        v.iter()
+            .map(|x| format!("{x:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     println!(
-        "capture: flat-out TCP connections/s without agent {off1:.0} and {off2:.0}, with agent {on:.0}"
+        "capture: flat-out TCP connections/s without agent: {}; with the agent as deployed: {}",
+        show(&offs, 0),
+        show(&ons, 0)
     );
-    println!("capture: ratio with/without = {:.3}", on / baseline);
+    let (lowest, highest) = (
+        ratios.iter().copied().fold(f64::MAX, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
     println!(
-        "capture: flat out, agent CPU {:.1} µs per connection; {on_losses}",
-        on_cpu / (on * secs.as_secs_f64()).max(1.0) * 1e6
+        "capture: ratio with/without = {:.3} (median of {rounds} rounds: {}; range {lowest:.3}-{highest:.3})",
+        median(&ratios),
+        show(&ratios, 3)
     );
-
-    // The same with a JSON flow log (one line per connection), and with the kernel programs
-    // only (the agent stopped with SIGSTOP once attached: what the datapath alone costs; its
-    // ring buffer fills and later events are dropped, which is cheaper than delivering them).
+    let per_conn = |seconds: f64| seconds / cost.connections.max(1) as f64 * 1e6;
+    println!(
+        "capture: flat out, agent CPU {:.2} µs per connection ({:.2} user + {:.2} system), {:.0} context switches/s; {on_losses}",
+        per_conn(cost.user + cost.system),
+        per_conn(cost.user),
+        per_conn(cost.system),
+        cost.switches as f64 / (secs.as_secs_f64() * rounds as f64),
+    );
+    // Three variants, each followed by a run without, to split the cost:
+    // * with a JSON flow log (one line per connection);
+    // * the kernel programs only: the agent is stopped with SIGSTOP once attached, what the
+    //   datapath alone costs (its ring buffer fills and later events are dropped, which is
+    //   cheaper than delivering them);
+    // * the hooks only: the programs attached but returning at once
+    //   (`--benchmark-null-datapath`), the floor any program on these hooks pays.
     let agent = Agent::start_as_deployed_with_flow_log(&agent_args);
     let with_log = rate(drive(client, addr, secs, 0));
     drop(agent);
+    let off_log = without();
     let large_map = [&agent_args[..], &["--flows-max-entries", "1048576"]].concat();
     let agent = Agent::start_as_deployed(&large_map);
     // SAFETY: signalling our own child.
@@ -208,11 +297,21 @@ fn main() {
     let kernel_only = rate(drive(client, addr, secs, 0));
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
     drop(agent);
-    let off3 = rate(drive(client, addr, secs, 0));
+    let off_kernel = without();
+    let null_args = [&agent_args[..], &["--benchmark-null-datapath"]].concat();
+    let agent = Agent::start_as_deployed(&null_args);
+    let hooks_only = rate(drive(client, addr, secs, 0));
+    drop(agent);
+    let off_hooks = without();
+    let last_off = offs[offs.len() - 1];
     println!(
-        "capture: with a flow log {with_log:.0}/s (ratio {:.3}); kernel programs only {kernel_only:.0}/s (ratio {:.3}); without agent {off3:.0}/s",
-        with_log / baseline,
-        kernel_only / baseline
+        "capture: with a flow log {with_log:.0}/s (ratio {:.3}); kernel programs only {kernel_only:.0}/s (ratio {:.3}); hooks only {hooks_only:.0}/s (ratio {:.3}); without agent {:.0}/s {:.0}/s {:.0}/s",
+        with_log / ((last_off + off_log) / 2.0),
+        kernel_only / ((off_log + off_kernel) / 2.0),
+        hooks_only / ((off_kernel + off_hooks) / 2.0),
+        off_log,
+        off_kernel,
+        off_hooks,
     );
 
     // BPF run-time accounting costs a little on every program run: only for the paced run.
@@ -230,7 +329,8 @@ fn main() {
     let cpu_before = proc_cpu_seconds(pid);
     let made = drive(client, addr, secs, paced);
     std::thread::sleep(Duration::from_millis(1500));
-    let cpu = proc_cpu_seconds(pid) - cpu_before;
+    let cpu_after = proc_cpu_seconds(pid);
+    let cpu = (cpu_after.0 + cpu_after.1) - (cpu_before.0 + cpu_before.1);
     let rss = peak_rss_kib(pid);
     let bpf_after = bpf_stats();
     let (_, records) = agent.stop();

@@ -53,6 +53,11 @@ pub struct RunArgs {
     )]
     pub ignore_cidrs: Vec<ipnet::IpNet>,
 
+    /// Benchmarks only: attach the kernel programs but make them return at once, to measure
+    /// what the hooks themselves cost (`cargo xtask bench capture`). Nothing is captured.
+    #[arg(long, hide = true, default_value_t = false)]
+    pub benchmark_null_datapath: bool,
+
     /// Mount tracefs at /sys/kernel/tracing if it is not mounted.
     #[arg(long, env = "FLOWWATCH_MOUNT_TRACEFS", default_value_t = true, action = clap::ArgAction::Set)]
     pub mount_tracefs: bool,

@@ -58,6 +58,8 @@ pub struct DatapathOptions {
     pub events_bytes: u32,
     /// Mount tracefs at /sys/kernel/tracing when it is missing.
     pub mount_tracefs: bool,
+    /// Benchmarks only: the programs attach but return at once (see `--benchmark-null-datapath`).
+    pub null_datapath: bool,
 }
 
 impl Default for DatapathOptions {
@@ -66,6 +68,7 @@ impl Default for DatapathOptions {
             flows_max_entries: common::DEFAULT_FLOWS_MAX_ENTRIES,
             events_bytes: common::DEFAULT_EVENTS_BYTES,
             mount_tracefs: true,
+            null_datapath: false,
         }
     }
 }
@@ -95,6 +98,11 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
     let mut bpf = EbpfLoader::new()
         .map_max_entries(common::FLOWS_MAP, options.flows_max_entries)
         .map_max_entries(common::EVENTS_MAP, options.events_bytes)
+        .override_global(
+            common::NULL_DATAPATH_GLOBAL,
+            &u8::from(options.null_datapath),
+            true,
+        )
         .load(EBPF_OBJECT)
         .map_err(|e| DatapathError::Load(chain(&e)))?;
 
