@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod frames;
 pub mod netns;
 pub mod privileged;
 pub mod prometheus;
