@@ -1,7 +1,8 @@
 //! The flow model: what one connection between two endpoints looks like to the agent (pure).
 //!
-//! Times are kernel monotonic nanoseconds (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), so the kernel's
-//! timestamps and the agent's `now` compare directly; the flow log converts them to wall-clock.
+//! Times are kernel monotonic nanoseconds (CLOCK_MONOTONIC: socket events precise, packets at
+//! tick resolution), so the kernel's timestamps and the agent's `now` compare directly; the flow
+//! log converts them to wall-clock.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -63,7 +63,7 @@ pub enum AgentError {
 /// closed yet waits longer: `AggregatorConfig::peer_close_wait`.)
 const CLOSE_LINGER: Nanos = 100_000_000;
 
-/// Kernel monotonic time, the clock of `bpf_ktime_get_ns`.
+/// Kernel monotonic time (CLOCK_MONOTONIC), the clock of the kernel programs' timestamps.
 pub fn monotonic_now() -> Nanos {
     let mut ts = libc::timespec {
         tv_sec: 0,
