@@ -13,7 +13,8 @@
 //!   connections/s (/proc/<pid>/stat), its peak RSS (VmHWM);
 //! * events and flows lost (kernel loss counters from the agent's shutdown line, and flow
 //!   records written vs. connections made);
-//! * the BPF programs' own run time per call (kernel.bpf_stats_enabled, paced run only).
+//! * the BPF programs' own run time per call (kernel.bpf_stats_enabled, switched on for the paced
+//!   run and one more flat-out run only).
 //!
 //! Not a test: it needs root and prints figures. Environment: FLOWWATCH_BENCH_SECS (seconds per
 //! run, default 4), FLOWWATCH_BENCH_ROUNDS (default 3), FLOWWATCH_BENCH_RATE (paced rate,
@@ -31,7 +32,36 @@ use std::time::{Duration, Instant};
 use support::agent::Agent;
 use support::netns::{Node, Pod};
 
-const THREADS: usize = 2;
+/// Client connections in flight, and as many server threads (FLOWWATCH_BENCH_THREADS).
+fn threads() -> usize {
+    env_u64("FLOWWATCH_BENCH_THREADS", 8).max(1) as usize
+}
+
+/// (idle, total) CPU ticks of the whole machine so far, from /proc/stat.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (idle, fields.iter().take(8).sum())
+}
+
+/// `drive` flat out, and the share of the machine's CPU time that stayed idle meanwhile: a
+/// load that leaves CPUs idle is bound by latency, not by CPU.
+fn drive_flat_out(pod: &Pod, addr: SocketAddr, duration: Duration) -> (u64, f64) {
+    let (idle0, total0) = cpu_ticks();
+    let done = drive(pod, addr, duration, 0);
+    let (idle1, total1) = cpu_ticks();
+    let idle = (idle1 - idle0) as f64 / (total1 - total0).max(1) as f64;
+    (done, idle)
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -55,7 +85,7 @@ fn start_server(
     listener_thread.join().unwrap();
     let listener = rx.recv().unwrap();
     listener.set_nonblocking(false).unwrap();
-    (0..THREADS)
+    (0..threads())
         .map(|_| {
             let l = listener.try_clone().unwrap();
             let stop = stop.clone();
@@ -76,12 +106,13 @@ fn start_server(
 /// as possible). Returns the number completed.
 fn drive(pod: &Pod, addr: SocketAddr, duration: Duration, rate: u64) -> u64 {
     let done = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..THREADS)
+    let threads = threads();
+    let handles: Vec<_> = (0..threads)
         .map(|t| {
             let done = done.clone();
             pod.run(move || {
                 let start = Instant::now();
-                let per_thread = rate as f64 / THREADS as f64;
+                let per_thread = rate as f64 / threads as f64;
                 let mut n = 0u64;
                 let mut buf = [0u8; 1];
                 while start.elapsed() < duration {
@@ -122,7 +153,9 @@ fn proc_cpu_seconds(pid: u32) -> (f64, f64) {
 
 /// Context switches of all the agent's threads so far (each one a wakeup or a preemption).
 fn context_switches(pid: u32) -> u64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
     tasks
         .flatten()
         .map(|task| {
@@ -143,6 +176,8 @@ struct AgentCost {
     user: f64,
     system: f64,
     switches: u64,
+    /// Idle share of the machine's CPU time during the run (summed over runs by `add`).
+    idle: f64,
 }
 
 impl AgentCost {
@@ -151,6 +186,7 @@ impl AgentCost {
         self.user += other.user;
         self.system += other.system;
         self.switches += other.switches;
+        self.idle += other.idle;
     }
 }
 
@@ -158,10 +194,11 @@ impl AgentCost {
 fn flat_out_with(agent: &Agent, client: &Pod, addr: SocketAddr, secs: Duration) -> AgentCost {
     let pid = agent.pid();
     let ((user0, sys0), switches0) = (proc_cpu_seconds(pid), context_switches(pid));
-    let connections = drive(client, addr, secs, 0);
+    let (connections, idle) = drive_flat_out(client, addr, secs);
     let ((user1, sys1), switches1) = (proc_cpu_seconds(pid), context_switches(pid));
     AgentCost {
         connections,
+        idle,
         user: user1 - user0,
         system: sys1 - sys0,
         switches: switches1.saturating_sub(switches0),
@@ -184,7 +221,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// (run_time_ns, run_cnt) of each flowwatch program, summed over loaded instances.
-fn bpf_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
+fn bpf_stats() -> BpfStats {
     let out = std::process::Command::new("bpftool")
         .args(["prog", "show", "-j"])
         .output()
@@ -201,6 +238,22 @@ fn bpf_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
         }
     }
     stats
+}
+
+type BpfStats = std::collections::BTreeMap<String, (u64, u64)>;
+
+fn print_bpf_runs(when: &str, before: &BpfStats, after: &BpfStats, connections: u64) {
+    for (name, (t1, c1)) in after {
+        let (t0, c0) = before.get(name).copied().unwrap_or((0, 0));
+        let calls = c1.saturating_sub(c0);
+        if calls > 0 {
+            println!(
+                "capture: bpf {when}: {name}: {calls} runs, {:.0} ns per run, {:.2} runs per connection",
+                (t1 - t0) as f64 / calls as f64,
+                calls as f64 / connections.max(1) as f64
+            );
+        }
+    }
 }
 
 /// The kernel loss counters from the agent's shutdown line.
@@ -230,7 +283,12 @@ fn main() {
     let glob = node.interface_glob();
     let agent_args = ["--interfaces", glob.as_str()];
     let rate = |n: u64| n as f64 / secs.as_secs_f64();
-    let without = || rate(drive(client, addr, secs, 0));
+    let idle_without = std::cell::Cell::new(0.0);
+    let without = || {
+        let (done, idle) = drive_flat_out(client, addr, secs);
+        idle_without.set(idle_without.get() + idle);
+        rate(done)
+    };
     drive(client, addr, Duration::from_millis(500), 0); // warm-up
 
     // Flat out, alternating runs without the agent and with it as the DaemonSet runs it
@@ -270,6 +328,12 @@ fn main() {
         "capture: ratio with/without = {:.3} (median of {rounds} rounds: {}; range {lowest:.3}-{highest:.3})",
         median(&ratios),
         show(&ratios, 3)
+    );
+    println!(
+        "capture: {} client threads; CPU idle {:.1}% without the agent, {:.1}% with it",
+        threads(),
+        idle_without.get() / offs.len() as f64 * 100.0,
+        cost.idle / rounds as f64 * 100.0
     );
     let per_conn = |seconds: f64| seconds / cost.connections.max(1) as f64 * 1e6;
     println!(
@@ -314,7 +378,7 @@ fn main() {
         off_hooks,
     );
 
-    // BPF run-time accounting costs a little on every program run: only for the paced run.
+    // BPF run-time accounting costs a little on every program run: only for the last two runs.
     let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
         .unwrap_or_else(|_| "0".into());
     let _ = std::process::Command::new("sysctl")
@@ -355,17 +419,17 @@ fn main() {
         "capture: connections without a record: {}",
         made.saturating_sub(ours)
     );
-    for (name, (t1, c1)) in &bpf_after {
-        let (t0, c0) = bpf_before.get(name).copied().unwrap_or((0, 0));
-        let calls = c1.saturating_sub(c0);
-        if calls > 0 {
-            println!(
-                "capture: bpf {name}: {calls} runs, {:.0} ns per run, {:.2} runs per connection",
-                (t1 - t0) as f64 / calls as f64,
-                calls as f64 / made.max(1) as f64
-            );
-        }
-    }
+    print_bpf_runs("paced", &bpf_before, &bpf_after, made);
+
+    // Flat out once more with the accounting on: what each program costs per run under full
+    // load (the accounting's own clock reads included, about 40 ns per run here). Not a ratio.
+    let agent = Agent::start_as_deployed(&agent_args);
+    let bpf_before = bpf_stats();
+    let made = drive(client, addr, secs, 0);
+    let bpf_after = bpf_stats();
+    drop(agent);
+    print_bpf_runs("flat out", &bpf_before, &bpf_after, made);
+
     let _ = std::process::Command::new("sysctl")
         .args([
             "-qw",
@@ -374,7 +438,7 @@ fn main() {
         .status();
     stop.store(true, Ordering::Relaxed);
     // Unblock the acceptors.
-    for _ in 0..THREADS {
+    for _ in 0..threads() {
         client
             .run(move || {
                 let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
