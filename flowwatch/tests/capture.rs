@@ -447,6 +447,46 @@ fn sigterm_detaches_cleanly() {
     assert!(!tcx_programs(&host_if).contains("tc_ingress"));
 }
 
+#[test]
+fn sigint_flushes_the_flow_log_on_stdout_and_detaches() {
+    if !privileged::root_test("sigint") {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let host_if = client.host_if.clone();
+    // An idle timeout far beyond the test: the flow is still in flight at SIGINT, so only the
+    // shutdown flush can write its record.
+    let mut agent = Agent::start_with_flow_log_on_stdout(&[
+        "--interfaces",
+        &node.interface_glob(),
+        "--idle-timeout-secs",
+        "600",
+    ]);
+    let target = SocketAddr::new(server.ipv4.into(), 5454);
+    client
+        .run(move || {
+            let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..3 {
+                sock.send_to(b"hello", target).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // a poll reads the flow map
+    assert!(agent.records().is_empty(), "nothing is over before the signal");
+
+    let (status, records) = agent.stop_with(libc::SIGINT);
+    assert!(status.success(), "{}", agent.stderr());
+    let flows = between(&records, client.ipv4.into(), server.ipv4.into());
+    assert_eq!(flows.len(), 1, "{records:#?}");
+    assert_eq!(flows[0]["protocol"], "UDP");
+    assert_eq!(flows[0]["dst"]["port"], 5454);
+    assert_eq!(flows[0]["fwd"]["packets"], 3);
+    assert!(agent.stderr().contains("SIGINT"), "{}", agent.stderr());
+    assert!(!tcx_programs(&host_if).contains("tc_ingress"));
+}
+
 /// Startup errors are one line naming what is missing, with a non-zero exit.
 fn assert_one_clear_line(status: std::process::ExitStatus, stderr: &str, expected: &str) {
     assert!(!status.success(), "should fail: {stderr}");

@@ -27,40 +27,64 @@ pub fn free_port() -> u16 {
         .expect("binding a loopback port")
 }
 
+/// Where the agent writes its flow log.
+enum FlowLog {
+    None,
+    File,
+    Stdout,
+}
+
 impl Agent {
     /// Starts `flowwatch run` with the flow log, a free listen port, a 200 ms poll (so tests
     /// see records quickly) and `args`, and waits until it says it is running (programs
     /// loaded, interfaces attached).
     pub fn start(args: &[&str]) -> Agent {
-        Agent::spawn(true, &[&["--poll-interval-ms", "200"], args].concat())
+        Agent::spawn(FlowLog::File, &[&["--poll-interval-ms", "200"], args].concat())
+    }
+
+    /// As `start`, with the flow log written to standard output (`--flow-log -`), which the
+    /// harness keeps in a file that `records()` reads.
+    pub fn start_with_flow_log_on_stdout(args: &[&str]) -> Agent {
+        Agent::spawn(
+            FlowLog::Stdout,
+            &[&["--poll-interval-ms", "200"], args].concat(),
+        )
     }
 
     /// Starts `flowwatch run` as the DaemonSet runs it: default poll, no flow log (metrics
     /// only), a free listen port and `args`. `records()` is empty for such an agent.
     pub fn start_as_deployed(args: &[&str]) -> Agent {
-        Agent::spawn(false, args)
+        Agent::spawn(FlowLog::None, args)
     }
 
     /// As deployed, plus the flow log.
     pub fn start_as_deployed_with_flow_log(args: &[&str]) -> Agent {
-        Agent::spawn(true, args)
+        Agent::spawn(FlowLog::File, args)
     }
 
-    fn spawn(with_flow_log: bool, args: &[&str]) -> Agent {
+    fn spawn(flow_log_to: FlowLog, args: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let flow_log = dir.path().join("flows.jsonl");
         let listen = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(binary());
         cmd.arg("run");
-        if with_flow_log {
-            cmd.arg("--flow-log").arg(&flow_log);
-        }
+        let stdout = match flow_log_to {
+            FlowLog::None => Stdio::null(),
+            FlowLog::File => {
+                cmd.arg("--flow-log").arg(&flow_log);
+                Stdio::null()
+            }
+            FlowLog::Stdout => {
+                cmd.args(["--flow-log", "-"]);
+                Stdio::from(std::fs::File::create(&flow_log).expect("stdout capture file"))
+            }
+        };
         let mut child = cmd
             .args(["--listen", &listen])
             .args(args)
             .env("FLOWWATCH_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning flowwatch");
@@ -120,9 +144,14 @@ impl Agent {
 
     /// SIGTERM, wait for exit, return the status and the flow records.
     pub fn stop(&mut self) -> (ExitStatus, Vec<serde_json::Value>) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// `signal` (SIGTERM or SIGINT), wait for exit, return the status and the flow records.
+    pub fn stop_with(&mut self, signal: libc::c_int) -> (ExitStatus, Vec<serde_json::Value>) {
         let mut child = self.child.take().expect("agent already stopped");
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -130,7 +159,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("agent did not stop on SIGTERM:\n{}", self.stderr());
+                panic!("agent did not stop on signal {signal}:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(50));
         };
