@@ -20,6 +20,10 @@ pub const MONITORED_MAP: &str = "MONITORED";
 /// benchmarks that measure the hooks' own cost).
 pub const NULL_DATAPATH_GLOBAL: &str = "NULL_DATAPATH";
 
+/// A read-only `u64` global of the object: the events ring buffer's fill, in bytes, from which
+/// an event wakes the agent's reader (half the ring, set at load).
+pub const EVENTS_WAKEUP_GLOBAL: &str = "EVENTS_WAKEUP_BYTES";
+
 /// Program names, as the agent looks them up in the object.
 pub const PROG_TCP_STATE: &str = "tcp_state";
 pub const PROG_TC_INGRESS: &str = "tc_ingress";

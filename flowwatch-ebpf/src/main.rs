@@ -15,7 +15,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP, TC_ACT_OK},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_OK},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -51,6 +51,13 @@ const EEXIST: i32 = 17;
 #[unsafe(no_mangle)]
 static NULL_DATAPATH: u8 = 0;
 
+/// Fill of the events ring buffer (bytes not yet read) from which an event wakes the agent's
+/// reader; set at load to half the ring's size. Below it events are submitted silently and the
+/// reader comes by on its timer, so a steady flow costs no wakeups; a burst that would fill the
+/// ring before the timer gets the reader at once.
+#[unsafe(no_mangle)]
+static EVENTS_WAKEUP_BYTES: u64 = DEFAULT_EVENTS_BYTES as u64 / 2;
+
 #[inline(always)]
 fn null_datapath() -> bool {
     // SAFETY: a plain read of a global; volatile so the compiler cannot fold the default.
@@ -78,9 +85,16 @@ fn emit(key: &FlowKey, kind: u8, role: u8, old_state: u8, new_state: u8, now: u6
                 new_state,
                 _pad: [0; 4],
             });
-            // The agent drains the ring buffer on a timer, not on wakeups: skip the
-            // notification and its irq_work on every event.
-            entry.submit(BPF_RB_NO_WAKEUP as u64);
+            // The agent's reader drains the ring buffer on a timer, not on wakeups: skip the
+            // notification and its irq_work on every event, unless the ring is filling up.
+            // SAFETY: a plain read of a read-only global.
+            let wakeup_at = unsafe { core::ptr::read_volatile(&EVENTS_WAKEUP_BYTES) };
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_at {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags as u64);
         }
         None => bump(STAT_RINGBUF_FULL),
     }

@@ -9,14 +9,27 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use flowwatch::datapath::{self, DatapathOptions};
+use flowwatch::model::{EventKind, Observation, Role};
+use flowwatch::source::FlowSource;
 use support::agent::Agent;
 use support::netns::Node;
 use support::privileged;
 
 const LOST: &str = "flowwatch_kernel_events_lost_total";
+
+/// Every kernel program of every test sees every TCP socket of the node: these tests count
+/// events exactly, so they run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The smallest flow map the agent accepts (`--flows-max-entries`).
 const FLOW_MAP_ENTRIES: u64 = 1024;
@@ -48,6 +61,7 @@ fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
     if !privileged::root_test("flow map overflow") {
         return;
     }
+    let _serial = one_at_a_time();
     let node = Node::new(2);
     let (client, server) = (&node.pods[0], &node.pods[1]);
     // UDP flows stay in the map until idle: none is freed while the test runs.
@@ -112,6 +126,7 @@ fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
     if !privileged::root_test("ring buffer overflow") {
         return;
     }
+    let _serial = one_at_a_time();
     let node = Node::new(2);
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let addr = SocketAddr::new(server.ipv4.into(), 7000);
@@ -198,4 +213,94 @@ fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
         "shutdown line:\n{}",
         agent.stderr()
     );
+}
+
+/// Makes `connections` echo connections (one byte each way) from `client` to `addr` on
+/// `server`, one after the other.
+fn echo_connections(
+    client: &support::netns::Pod,
+    server: &support::netns::Pod,
+    addr: SocketAddr,
+    connections: u64,
+) {
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let server_thread = server.run(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        bound_tx.send(()).unwrap();
+        for _ in 0..connections {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut b = [0u8; 1];
+            if conn.read_exact(&mut b).is_ok() {
+                let _ = conn.write_all(&b);
+            }
+        }
+    });
+    bound_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    client
+        .run(move || {
+            for i in 0..connections {
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                c.write_all(&[i as u8]).unwrap();
+                let mut b = [0u8; 1];
+                c.read_exact(&mut b).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+    server_thread.join().unwrap();
+}
+
+#[test]
+fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains() {
+    if !privileged::root_test("event reader") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    // The smallest ring (1,023 events), and more events than it holds, made while the caller
+    // (the agent's main loop, here the test) does not drain: the reader thread must have moved
+    // them out of the ring in time, so none is lost and all come out of one drain, in order.
+    let (_datapath, mut source) = datapath::load(&DatapathOptions {
+        events_bytes: RING_BYTES as u32,
+        ..DatapathOptions::default()
+    })
+    .expect("loading the datapath");
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let addr = SocketAddr::new(server.ipv4.into(), 7002);
+    const CONNECTIONS: u64 = 350;
+    const { assert!(4 * CONNECTIONS > (RING_BYTES - 1) / EVENT_BYTES) };
+    echo_connections(client, server, addr, CONNECTIONS);
+    std::thread::sleep(Duration::from_millis(300)); // the last closes (server TIME_WAIT)
+
+    let mut observations = Vec::new();
+    source.drain_events(&mut observations).unwrap();
+    assert_eq!(source.losses().unwrap().ringbuf_full, 0);
+    // Events of our connections: between the client pod and the server's port (a close is
+    // reported from the closing socket's side, so either orientation; the listener's own
+    // close at the end has no peer and is not ours).
+    let client_ip = std::net::IpAddr::from(client.ipv4);
+    let ours: Vec<(EventKind, Role)> = observations
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Event {
+                key, kind, role, ..
+            } if (key.dst == addr && key.src.ip() == client_ip)
+                || (key.src == addr && key.dst.ip() == client_ip) =>
+            {
+                Some((*kind, *role))
+            }
+            _ => None,
+        })
+        .collect();
+    let count =
+        |kind: EventKind, role: Role| ours.iter().filter(|&&e| e == (kind, role)).count() as u64;
+    assert_eq!(count(EventKind::TcpEstablished, Role::Client), CONNECTIONS);
+    assert_eq!(count(EventKind::TcpEstablished, Role::Server), CONNECTIONS);
+    assert_eq!(
+        ours.iter().filter(|e| e.0 == EventKind::TcpClosed).count() as u64,
+        2 * CONNECTIONS
+    );
+    // In order: the first event is an establishment, the last a close.
+    assert_eq!(ours.first().map(|e| e.0), Some(EventKind::TcpEstablished));
+    assert_eq!(ours.last().map(|e| e.0), Some(EventKind::TcpClosed));
 }

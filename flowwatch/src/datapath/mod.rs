@@ -8,6 +8,7 @@
 
 mod batch;
 pub mod conntrack;
+mod events;
 pub mod links;
 pub mod preflight;
 
@@ -21,6 +22,7 @@ use flowwatch_common as common;
 
 use crate::model::{FlowKey, KernelDataError, Observation};
 use crate::source::{FlowSource, KernelLosses};
+use events::EventReader;
 
 pub use links::{InterfacePatterns, LinkNotifications};
 
@@ -103,6 +105,11 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
             &u8::from(options.null_datapath),
             true,
         )
+        .override_global(
+            common::EVENTS_WAKEUP_GLOBAL,
+            &(u64::from(options.events_bytes) / 2),
+            true,
+        )
         .load(EBPF_OBJECT)
         .map_err(|e| DatapathError::Load(chain(&e)))?;
 
@@ -144,8 +151,17 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
     })?;
     let source = EbpfSource {
         flows: batch::FlowMapBatch::new(flows_fd, cpus),
-        events: RingBuf::try_from(take_map(&mut bpf, common::EVENTS_MAP)?)
-            .map_err(|e| map_error(common::EVENTS_MAP, e))?,
+        events: EventReader::start(
+            RingBuf::try_from(take_map(&mut bpf, common::EVENTS_MAP)?)
+                .map_err(|e| map_error(common::EVENTS_MAP, e))?,
+            // Twice the ring's size in queued records: with the ring, about three times
+            // what the kernel alone could hold while the main loop is busy.
+            2 * options.events_bytes as usize,
+        )
+        .map_err(|e| DatapathError::Map {
+            map: common::EVENTS_MAP,
+            message: format!("starting its reader thread: {e}"),
+        })?,
         stats: PerCpuArray::try_from(take_map(&mut bpf, common::STATS_MAP)?)
             .map_err(|e| map_error(common::STATS_MAP, e))?,
         capacity: options.flows_max_entries,
@@ -379,7 +395,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Reads the kernel's flow map, ring buffer and loss counters.
 pub struct EbpfSource {
     flows: batch::FlowMapBatch,
-    events: RingBuf<MapData>,
+    events: EventReader,
     stats: PerCpuArray<MapData, u64>,
     capacity: u32,
     /// Entries seen at the last `read_totals`, for the fill gauge.
@@ -392,15 +408,14 @@ impl FlowSource for EbpfSource {
     type Error = DatapathError;
 
     fn drain_events(&mut self, out: &mut Vec<Observation>) -> Result<(), DatapathError> {
-        while let Some(item) = self.events.next() {
-            match decode_event(&item) {
-                Ok(obs) => out.push(obs),
-                Err(e) => {
-                    self.undecodable += 1;
-                    tracing::debug!(error = %e, "undecodable event");
-                }
+        let undecodable = &mut self.undecodable;
+        self.events.drain(|record| match decode_event(record) {
+            Ok(obs) => out.push(obs),
+            Err(e) => {
+                *undecodable += 1;
+                tracing::debug!(error = %e, "undecodable event");
             }
-        }
+        });
         Ok(())
     }
 
