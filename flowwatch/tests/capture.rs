@@ -474,7 +474,10 @@ fn sigint_flushes_the_flow_log_on_stdout_and_detaches() {
         .join()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500)); // a poll reads the flow map
-    assert!(agent.records().is_empty(), "nothing is over before the signal");
+    assert!(
+        agent.records().is_empty(),
+        "nothing is over before the signal"
+    );
 
     let (status, records) = agent.stop_with(libc::SIGINT);
     assert!(status.success(), "{}", agent.stderr());

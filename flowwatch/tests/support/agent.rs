@@ -39,7 +39,10 @@ impl Agent {
     /// see records quickly) and `args`, and waits until it says it is running (programs
     /// loaded, interfaces attached).
     pub fn start(args: &[&str]) -> Agent {
-        Agent::spawn(FlowLog::File, &[&["--poll-interval-ms", "200"], args].concat())
+        Agent::spawn(
+            FlowLog::File,
+            &[&["--poll-interval-ms", "200"], args].concat(),
+        )
     }
 
     /// As `start`, with the flow log written to standard output (`--flow-log -`), which the
