@@ -38,9 +38,9 @@ pub struct RunArgs {
     pub flows_max_entries: u32,
 
     /// Size of the kernel ring buffer that carries socket events to the agent, in bytes: a power
-    /// of two from 64 KiB to 256 MiB. It is drained every 100 ms and holds 64 bytes per event
-    /// (about four per TCP connection); its pages are mapped into the agent (twice, so it
-    /// counts double in the agent's RSS).
+    /// of two from 64 KiB to 256 MiB. A reader thread empties it every 10 ms while events flow;
+    /// it holds 64 bytes per event (about four per TCP connection); its pages are mapped into
+    /// the agent (twice, so it counts double in the agent's RSS).
     #[arg(long, env = "FLOWWATCH_EVENTS_RING_BYTES", default_value_t = flowwatch_common::DEFAULT_EVENTS_BYTES, value_parser = parse_ring_bytes)]
     pub events_ring_bytes: u32,
 
