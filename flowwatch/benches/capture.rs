@@ -169,6 +169,9 @@ fn context_switches(pid: u32) -> u64 {
         .sum()
 }
 
+/// How long the agent is left to finish the last poll's work after a flat-out run.
+const SETTLE: Duration = Duration::from_millis(1500);
+
 /// What the agent cost during one flat-out run.
 #[derive(Default, Clone, Copy)]
 struct AgentCost {
@@ -195,6 +198,8 @@ fn flat_out_with(agent: &Agent, client: &Pod, addr: SocketAddr, secs: Duration) 
     let pid = agent.pid();
     let ((user0, sys0), switches0) = (proc_cpu_seconds(pid), context_switches(pid));
     let (connections, idle) = drive_flat_out(client, addr, secs);
+    // The agent is still reading the last second's flows: count that work too.
+    std::thread::sleep(SETTLE);
     let ((user1, sys1), switches1) = (proc_cpu_seconds(pid), context_switches(pid));
     AgentCost {
         connections,
@@ -208,7 +213,12 @@ fn flat_out_with(agent: &Agent, client: &Pod, addr: SocketAddr, secs: Duration) 
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -220,7 +230,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// (run_time_ns, run_cnt) of each flowwatch program, summed over loaded instances.
+/// (run_time_ns, run_cnt) of each flowwatch program, summed over loaded instances: run the
+/// benchmark with no other flowwatch agent on the machine.
 fn bpf_stats() -> BpfStats {
     let out = std::process::Command::new("bpftool")
         .args(["prog", "show", "-j"])
@@ -297,12 +308,12 @@ fn main() {
     let rounds = env_u64("FLOWWATCH_BENCH_ROUNDS", 3).max(1) as usize;
     let mut offs = vec![without()];
     let (mut ons, mut ratios, mut cost) = (Vec::new(), Vec::new(), AgentCost::default());
-    let mut on_losses = String::new();
+    let mut on_losses = Vec::new();
     for _ in 0..rounds {
         let mut agent = Agent::start_as_deployed(&agent_args);
         let run = flat_out_with(&agent, client, addr, secs);
         agent.stop();
-        on_losses = kernel_losses(&agent);
+        on_losses.push(kernel_losses(&agent));
         cost.add(run);
         ons.push(rate(run.connections));
         offs.push(without());
@@ -337,11 +348,12 @@ fn main() {
     );
     let per_conn = |seconds: f64| seconds / cost.connections.max(1) as f64 * 1e6;
     println!(
-        "capture: flat out, agent CPU {:.2} µs per connection ({:.2} user + {:.2} system), {:.0} context switches/s; {on_losses}",
+        "capture: flat out, agent CPU {:.2} µs per connection ({:.2} user + {:.2} system), {:.0} context switches/s; rounds' {}",
         per_conn(cost.user + cost.system),
         per_conn(cost.user),
         per_conn(cost.system),
-        cost.switches as f64 / (secs.as_secs_f64() * rounds as f64),
+        cost.switches as f64 / ((secs + SETTLE).as_secs_f64() * rounds as f64),
+        on_losses.join(" | "),
     );
     // Three variants, each followed by a run without, to split the cost:
     // * with a JSON flow log (one line per connection);

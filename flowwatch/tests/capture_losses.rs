@@ -83,6 +83,11 @@ fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
             let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
             for port in 0..FLOWS as u16 {
                 sock.send_to(b"x", (target, 20_000 + port)).unwrap();
+                if port % 100 == 99 {
+                    // Paced, so the receiving side's backlog never drops one before the
+                    // program has seen it.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
             }
         })
         .join()
@@ -132,48 +137,24 @@ fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
     let addr = SocketAddr::new(server.ipv4.into(), 7000);
     const CONNECTIONS: u64 = 400;
 
-    let (bound_tx, bound_rx) = mpsc::channel();
-    let server_thread = server.run(move || {
-        let listener = TcpListener::bind(addr).expect("bind");
-        bound_tx.send(()).unwrap();
-        for _ in 0..CONNECTIONS {
-            let (mut conn, _) = listener.accept().expect("accept");
-            let mut b = [0u8; 1];
-            if conn.read_exact(&mut b).is_ok() {
-                let _ = conn.write_all(&b);
-            }
-        }
-    });
-    bound_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-
     let mut agent = Agent::start(&[
         "--interfaces",
         &node.interface_glob(),
         "--events-ring-bytes",
         &RING_BYTES.to_string(),
     ]);
-    // The agent drains every 100 ms and nothing has happened yet: the ring buffer is empty
-    // when the agent stops reading it.
+    // The agent's reader empties the ring every 100 ms at most and nothing has happened yet:
+    // the ring buffer is empty when the agent stops reading it.
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
 
     // Each connection between two local pods is four events: established and closed at the
     // client and at the server.
-    client
-        .run(move || {
-            for i in 0..CONNECTIONS {
-                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-                c.write_all(&[i as u8]).unwrap();
-                let mut b = [0u8; 1];
-                c.read_exact(&mut b).unwrap();
-            }
-        })
-        .join()
-        .unwrap();
-    server_thread.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300)); // the last closes (server TIME_WAIT)
-                                                    // SAFETY: as above.
+    echo_connections(client, server, addr, CONNECTIONS);
+    // The last closes (the server's TIME_WAIT) have happened after this.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
 
     // The kernel keeps the producer less than the ring's size ahead of the consumer, so this
@@ -259,14 +240,14 @@ fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains()
     // The smallest ring (1,023 events), and more events than it holds, made while the caller
     // (the agent's main loop, here the test) does not drain: the reader thread must have moved
     // them out of the ring in time, so none is lost and all come out of one drain, in order.
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let addr = SocketAddr::new(server.ipv4.into(), 7002);
     let (_datapath, mut source) = datapath::load(&DatapathOptions {
         events_bytes: RING_BYTES as u32,
         ..DatapathOptions::default()
     })
     .expect("loading the datapath");
-    let node = Node::new(2);
-    let (client, server) = (&node.pods[0], &node.pods[1]);
-    let addr = SocketAddr::new(server.ipv4.into(), 7002);
     const CONNECTIONS: u64 = 350;
     const { assert!(4 * CONNECTIONS > (RING_BYTES - 1) / EVENT_BYTES) };
     echo_connections(client, server, addr, CONNECTIONS);
@@ -274,33 +255,42 @@ fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains()
 
     let mut observations = Vec::new();
     source.drain_events(&mut observations).unwrap();
-    assert_eq!(source.losses().unwrap().ringbuf_full, 0);
-    // Events of our connections: between the client pod and the server's port (a close is
-    // reported from the closing socket's side, so either orientation; the listener's own
-    // close at the end has no peer and is not ours).
+    // Events of our connections, by the client's port: between the client pod and the
+    // server's port (a close is reported from the closing socket's side, so either
+    // orientation; the listener's own close at the end has no peer and is not ours). Other
+    // processes' sockets are seen too, and may even overflow the ring on a busy machine; what
+    // is asserted is that none of ours was lost.
     let client_ip = std::net::IpAddr::from(client.ipv4);
-    let ours: Vec<(EventKind, Role)> = observations
-        .iter()
-        .filter_map(|o| match o {
-            Observation::Event {
-                key, kind, role, ..
-            } if (key.dst == addr && key.src.ip() == client_ip)
-                || (key.src == addr && key.dst.ip() == client_ip) =>
-            {
-                Some((*kind, *role))
-            }
-            _ => None,
-        })
-        .collect();
-    let count =
-        |kind: EventKind, role: Role| ours.iter().filter(|&&e| e == (kind, role)).count() as u64;
-    assert_eq!(count(EventKind::TcpEstablished, Role::Client), CONNECTIONS);
-    assert_eq!(count(EventKind::TcpEstablished, Role::Server), CONNECTIONS);
-    assert_eq!(
-        ours.iter().filter(|e| e.0 == EventKind::TcpClosed).count() as u64,
-        2 * CONNECTIONS
-    );
-    // In order: the first event is an establishment, the last a close.
-    assert_eq!(ours.first().map(|e| e.0), Some(EventKind::TcpEstablished));
-    assert_eq!(ours.last().map(|e| e.0), Some(EventKind::TcpClosed));
+    let mut by_connection: std::collections::BTreeMap<u16, Vec<(EventKind, Role)>> =
+        Default::default();
+    for o in &observations {
+        let Observation::Event {
+            key, kind, role, ..
+        } = o
+        else {
+            continue;
+        };
+        let client_port = if key.dst == addr && key.src.ip() == client_ip {
+            key.src.port()
+        } else if key.src == addr && key.dst.ip() == client_ip {
+            key.dst.port()
+        } else {
+            continue;
+        };
+        by_connection
+            .entry(client_port)
+            .or_default()
+            .push((*kind, *role));
+    }
+    assert_eq!(by_connection.len() as u64, CONNECTIONS);
+    for (port, events) in &by_connection {
+        // Both ends established, then both closed, in the order the kernel wrote them: a
+        // close that overtook its connection's establishment would make the agent lose it.
+        assert_eq!(events.len(), 4, "client port {port}: {events:?}");
+        assert!(
+            events[..2].iter().all(|e| e.0 == EventKind::TcpEstablished)
+                && events[2..].iter().all(|e| e.0 == EventKind::TcpClosed),
+            "client port {port}: {events:?}"
+        );
+    }
 }

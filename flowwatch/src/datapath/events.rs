@@ -6,12 +6,13 @@
 //! (about 0.4 s of 40,000 connections/s) overflowed while the main loop was busy with a poll.
 //! This reader moves records out of the ring into a queue the main loop takes, so the ring stays
 //! nearly empty however long a poll takes. It comes by every 10 ms while events flow (every
-//! 100 ms when none do), and at once when the kernel wakes it: an event that finds the ring half
-//! full is submitted with a wakeup, so a burst cannot fill the ring between two visits.
+//! 100 ms when none do), and at once when the kernel wakes it: every event submitted while the
+//! ring is at least half full comes with a wakeup, so a burst is unlikely to fill the ring
+//! between two visits (unless the reader itself is scheduled late, or the queue is full).
 //!
-//! The queue is bounded: when it holds `limit` bytes of records, the reader leaves further
-//! records in the ring, which then overflows as before. Overload is still counted in one place,
-//! the kernel's `ringbuf_full`, and the agent's memory stays bounded.
+//! The queue is bounded and allocated once (`limit` bytes): when it is full, the reader leaves
+//! further records in the ring, which then overflows as before. Overload is still counted in
+//! one place, the kernel's `ringbuf_full`, and the agent's memory stays bounded.
 //!
 //! Order matters (a socket's close must not overtake its establishment), so the reader moves a
 //! batch into the queue while it holds the ring, and [`EventReader::drain`] takes the queue and
@@ -29,8 +30,11 @@ use aya::maps::{MapData, RingBuf};
 const BUSY_INTERVAL: Duration = Duration::from_millis(10);
 const IDLE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Each queued record is its length (`u16`, native order) and its bytes.
+/// Each queued record is its length (`u16`, native order) and its bytes, at most
+/// `MAX_RECORD` of them: an event is 56 bytes, and a longer record is not one of ours (it is
+/// queued cut, and decoded or reported undecodable like any other).
 const LENGTH_PREFIX: usize = 2;
+const MAX_RECORD: usize = 64;
 
 struct Shared {
     ring: Mutex<RingBuf<MapData>>,
@@ -58,7 +62,8 @@ impl EventReader {
     pub fn start(ring: RingBuf<MapData>, limit: usize) -> std::io::Result<EventReader> {
         let shared = Arc::new(Shared {
             ring: Mutex::new(ring),
-            queue: Mutex::new(Vec::new()),
+            // Allocated once: the queue never holds more than `limit` bytes.
+            queue: Mutex::new(Vec::with_capacity(limit)),
             limit,
             stop: AtomicBool::new(false),
         });
@@ -114,7 +119,7 @@ impl Shared {
         let mut ring = lock(&self.ring);
         let mut queue = lock(&self.queue);
         let mut moved = 0;
-        while queue.len() < self.limit {
+        while queue.len() + LENGTH_PREFIX + MAX_RECORD <= self.limit {
             let Some(record) = ring.next() else {
                 return (moved, false);
             };
@@ -137,10 +142,9 @@ fn wait_readable(fd: RawFd, timeout: Duration) {
     unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
 }
 
-/// Appends one record to the queue. Records are one fixed-size event; a length that does not
-/// fit the prefix is not one of ours, and is queued cut (and then reported as undecodable).
+/// Appends one record to the queue, cut to `MAX_RECORD` bytes.
 fn push_record(queue: &mut Vec<u8>, record: &[u8]) {
-    let len = record.len().min(u16::MAX as usize);
+    let len = record.len().min(MAX_RECORD);
     queue.extend_from_slice(&(len as u16).to_ne_bytes());
     queue.extend_from_slice(&record[..len]);
 }
@@ -189,11 +193,11 @@ mod tests {
     }
 
     #[test]
-    fn a_record_too_long_for_its_prefix_comes_back_cut_and_the_rest_intact() {
-        let huge = vec![9u8; 70_000];
-        let out = round_trip(&[&huge, &[4, 5]]);
+    fn a_record_longer_than_an_event_comes_back_cut_and_the_rest_intact() {
+        let long = vec![9u8; 1_000];
+        let out = round_trip(&[&long, &[4, 5]]);
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].len(), u16::MAX as usize);
+        assert_eq!(out[0], vec![9u8; MAX_RECORD]);
         assert_eq!(out[1], vec![4, 5]);
     }
 }
