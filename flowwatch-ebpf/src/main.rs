@@ -247,10 +247,11 @@ fn try_count(ctx: &TcContext) -> Result<(), i64> {
         }
     };
     bump(STAT_PACKETS);
-    // Packet times are CLOCK_MONOTONIC at tick resolution (1-4 ms behind the socket events'
-    // precise clock at most): the coarse clock reads no clock source, which saves about 18 ns
-    // per packet here (`cargo xtask bench datapath`), a quarter of a known flow's cost. What
-    // packet times are for (first and last seen, idle and close timeouts) needs no more.
+    // Packet times are CLOCK_MONOTONIC at tick resolution (at most one tick, 1-10 ms by the
+    // kernel's HZ, behind the socket events' precise clock): the coarse clock reads no clock
+    // source, which saves about 18 ns per packet here (`cargo xtask bench datapath`), a quarter
+    // of a known flow's cost. What packet times are for (first and last seen, idle and close
+    // timeouts) needs no more.
     count(&packet, unsafe { bpf_ktime_get_coarse_ns() });
     Ok(())
 }
