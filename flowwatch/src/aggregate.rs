@@ -127,33 +127,25 @@ impl Aggregator {
                 fwd_tcp_flags,
                 rev_tcp_flags,
             } => {
-                // The wire's orientation may differ from the sockets' (the first packet the TC
-                // program saw was not the SYN): follow whichever the flow already has.
-                let kernel_key = key;
-                let (key, counters, fwd, rev) =
-                    if !self.flows.contains_key(&key) && self.flows.contains_key(&key.reversed()) {
-                        (
-                            key.reversed(),
-                            counters.reversed(),
-                            rev_tcp_flags,
-                            fwd_tcp_flags,
-                        )
-                    } else {
-                        (key, counters, fwd_tcp_flags, rev_tcp_flags)
-                    };
-                let Some(tracked) = self.track(key, first_seen) else {
-                    return;
+                let totals = WireTotals {
+                    kernel_key: key,
+                    counters,
+                    fwd_tcp_flags,
+                    rev_tcp_flags,
+                    last_seen,
                 };
-                tracked.last_totals = counters;
-                let flow = &mut tracked.flow;
-                flow.kernel_key = Some(kernel_key);
-                flow.counters = counters.saturating_sub(tracked.baseline);
-                flow.fwd_tcp_flags |= fwd;
-                flow.rev_tcp_flags |= rev;
-                if last_seen > flow.last_seen {
-                    flow.last_seen = last_seen;
+                // The wire's orientation may differ from the sockets' (the first packet the TC
+                // program saw was not the SYN): follow whichever the flow already has. One
+                // lookup when the flow is known as the kernel has it, as it mostly is.
+                if let Some(tracked) = self.flows.get_mut(&key) {
+                    return totals.apply_to(tracked);
                 }
-                infer_outcome_from_wire(flow);
+                if let Some(tracked) = self.flows.get_mut(&key.reversed()) {
+                    return totals.reversed().apply_to(tracked);
+                }
+                if let Some(tracked) = self.track(key, first_seen) {
+                    totals.apply_to(tracked);
+                }
             }
         }
     }
@@ -161,32 +153,27 @@ impl Aggregator {
     fn apply_event(&mut self, key: FlowKey, kind: EventKind, role: Role, at: Nanos) {
         if kind == EventKind::TcpClosed {
             // The closing socket's local->remote view: either orientation may be ours.
-            let key = if self.flows.contains_key(&key) {
-                key
-            } else {
-                key.reversed()
-            };
             if let Some(tracked) = self.flows.get_mut(&key) {
-                let flow = &mut tracked.flow;
-                flow.open_sockets = flow.open_sockets.saturating_sub(1);
-                flow.last_seen = flow.last_seen.max(at);
-                if flow.open_sockets == 0 {
-                    flow.closed = true;
-                    tracked.ended_at = Some(at);
-                }
+                return tracked.socket_closed(at);
+            }
+            if let Some(tracked) = self.flows.get_mut(&key.reversed()) {
+                tracked.socket_closed(at);
             }
             return;
         }
 
-        if role == Role::Client
+        // A client's attempt on a 5-tuple whose previous connection is over starts a new flow.
+        let new_attempt = role == Role::Client
             && matches!(
                 kind,
                 EventKind::TcpConnect | EventKind::TcpEstablished | EventKind::TcpFailed
-            )
-        {
-            self.retire_if_reused(key, at);
-        }
-        let Some(tracked) = self.track(key, at) else {
+            );
+        let tracked = if new_attempt {
+            self.track_attempt(key, at)
+        } else {
+            self.track(key, at)
+        };
+        let Some(tracked) = tracked else {
             return;
         };
         let flow = &mut tracked.flow;
@@ -213,33 +200,37 @@ impl Aggregator {
         }
     }
 
-    /// A new attempt on a 5-tuple whose previous connection is over starts a new flow; the old
-    /// one is reported, and the kernel totals it accumulated become the new flow's baseline.
-    fn retire_if_reused(&mut self, key: FlowKey, at: Nanos) {
-        let over = self
-            .flows
-            .get(&key)
-            .is_some_and(|t| t.ended_at.is_some() || t.flow.closed);
-        if over {
-            if let Some(old) = self.flows.remove(&key) {
-                let baseline = old.last_totals;
-                self.finished.push(FinishedFlow {
-                    flow: old.flow,
-                    reason: EndReason::Reused,
-                });
-                let mut fresh = Tracked::new(key, at);
-                fresh.baseline = baseline;
-                fresh.last_totals = baseline;
-                self.flows.insert(key, fresh);
-            }
-        }
+    /// The flow of `key`, added if new (and the bound allows). One hash lookup: this runs for
+    /// every observation.
+    fn track(&mut self, key: FlowKey, at: Nanos) -> Option<&mut Tracked> {
+        self.track_entry(key, at, false)
     }
 
-    fn track(&mut self, key: FlowKey, at: Nanos) -> Option<&mut Tracked> {
-        // One hash lookup: this runs for every observation.
+    /// `track` for a client's new attempt: on a 5-tuple whose previous connection is over, the
+    /// old flow is reported and a new one starts, with the kernel totals the old one
+    /// accumulated as its baseline.
+    fn track_attempt(&mut self, key: FlowKey, at: Nanos) -> Option<&mut Tracked> {
+        self.track_entry(key, at, true)
+    }
+
+    fn track_entry(&mut self, key: FlowKey, at: Nanos, attempt: bool) -> Option<&mut Tracked> {
         let full = self.flows.len() >= self.config.max_flows;
         match self.flows.entry(key) {
-            Entry::Occupied(tracked) => Some(tracked.into_mut()),
+            Entry::Occupied(mut slot) => {
+                let previous = slot.get();
+                if attempt && (previous.ended_at.is_some() || previous.flow.closed) {
+                    let baseline = previous.last_totals;
+                    let mut fresh = Tracked::new(key, at);
+                    fresh.baseline = baseline;
+                    fresh.last_totals = baseline;
+                    let old = slot.insert(fresh);
+                    self.finished.push(FinishedFlow {
+                        flow: old.flow,
+                        reason: EndReason::Reused,
+                    });
+                }
+                Some(slot.into_mut())
+            }
             Entry::Vacant(_) if full => {
                 self.dropped_flows += 1;
                 None
@@ -296,7 +287,52 @@ impl Aggregator {
     }
 }
 
+/// A flow-map entry's totals, oriented as the kernel keyed them.
+struct WireTotals {
+    kernel_key: FlowKey,
+    counters: Counters,
+    fwd_tcp_flags: u8,
+    rev_tcp_flags: u8,
+    last_seen: Nanos,
+}
+
+impl WireTotals {
+    /// The same totals seen from the other end (for a flow tracked in the other orientation).
+    fn reversed(self) -> WireTotals {
+        WireTotals {
+            counters: self.counters.reversed(),
+            fwd_tcp_flags: self.rev_tcp_flags,
+            rev_tcp_flags: self.fwd_tcp_flags,
+            ..self
+        }
+    }
+
+    fn apply_to(self, tracked: &mut Tracked) {
+        tracked.last_totals = self.counters;
+        let flow = &mut tracked.flow;
+        flow.kernel_key = Some(self.kernel_key);
+        flow.counters = self.counters.saturating_sub(tracked.baseline);
+        flow.fwd_tcp_flags |= self.fwd_tcp_flags;
+        flow.rev_tcp_flags |= self.rev_tcp_flags;
+        if self.last_seen > flow.last_seen {
+            flow.last_seen = self.last_seen;
+        }
+        infer_outcome_from_wire(flow);
+    }
+}
+
 impl Tracked {
+    /// One of the flow's local sockets closed at `at`.
+    fn socket_closed(&mut self, at: Nanos) {
+        let flow = &mut self.flow;
+        flow.open_sockets = flow.open_sockets.saturating_sub(1);
+        flow.last_seen = flow.last_seen.max(at);
+        if flow.open_sockets == 0 {
+            flow.closed = true;
+            self.ended_at = Some(at);
+        }
+    }
+
     fn new(key: FlowKey, at: Nanos) -> Tracked {
         Tracked {
             flow: Flow::new(key, at),
