@@ -490,6 +490,28 @@ fn sigint_flushes_the_flow_log_on_stdout_and_detaches() {
     assert!(!tcx_programs(&host_if).contains("tc_ingress"));
 }
 
+/// The capture benchmark's floor (`--benchmark-null-datapath`) is only a floor if the programs
+/// really do nothing: attached, and nothing seen.
+#[test]
+fn the_benchmark_null_datapath_attaches_and_sees_nothing() {
+    if !privileged::root_test("null datapath") {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let mut agent = Agent::start(&[
+        "--interfaces",
+        &node.interface_glob(),
+        "--benchmark-null-datapath",
+    ]);
+    assert!(tcx_programs(&client.host_if).contains("tc_ingress"));
+    support::traffic::one_connection(client, server, SocketAddr::new(server.ipv4.into(), 7100));
+    std::thread::sleep(Duration::from_millis(500)); // two polls
+    let (status, records) = agent.stop();
+    assert!(status.success(), "{}", agent.stderr());
+    assert!(records.is_empty(), "{records:#?}");
+}
+
 /// Startup errors are one line naming what is missing, with a non-zero exit.
 fn assert_one_clear_line(status: std::process::ExitStatus, stderr: &str, expected: &str) {
     assert!(!status.success(), "should fail: {stderr}");
