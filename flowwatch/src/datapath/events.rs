@@ -96,18 +96,13 @@ impl EventReader {
 
     /// Hands every record the kernel has written so far to `each`, oldest first.
     pub fn drain(&self, mut each: impl FnMut(&[u8])) {
+        // Same lock order as the reader (ring, then queue); it waits on the ring meanwhile.
         let mut ring = lock(&self.shared.ring);
-        let queued = std::mem::take(&mut *lock(&self.shared.queue));
-        for_each_record(&queued, &mut each);
+        let mut queue = lock(&self.shared.queue);
+        for_each_record(&queue, &mut each);
+        queue.clear(); // keeps its allocation for the next batches
         while let Some(record) = ring.next() {
             each(&record);
-        }
-        // Give the allocation back for the next batches (emptied, not freed).
-        let mut queue = lock(&self.shared.queue);
-        if queue.is_empty() && queue.capacity() < queued.capacity() {
-            let mut reuse = queued;
-            reuse.clear();
-            *queue = reuse;
         }
     }
 }
