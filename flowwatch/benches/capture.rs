@@ -1,10 +1,11 @@
 //! Capture overhead, measured in one run on this machine (`cargo xtask bench capture`).
 //!
 //! Two namespace pods on a bridge; a client pod opens short TCP connections (1-byte request,
-//! 1-byte answer, close) to a server pod as fast as it can, in rounds that alternate without the
-//! agent and with it as deployed (default poll, no flow log); then with a flow log, with the
-//! kernel programs only (agent stopped), and with the hooks only (programs that return at once),
-//! each followed by a run without; then paced at a fixed rate with the agent and its flow log.
+//! 1-byte answer, close) to a server pod as fast as it can, in rounds that alternate runs
+//! without the agent with runs of it as deployed (default poll, no flow log) and runs of the
+//! hooks only (every program attached but returning at once: the floor); then with a flow log
+//! and with the kernel programs only (agent stopped), each followed by a run without; then paced
+//! at a fixed rate with the agent and its flow log.
 //! Reported:
 //! * the connection rates; each round's ratio against the runs without on either side of it,
 //!   and their median and range;
@@ -210,6 +211,42 @@ fn flat_out_with(agent: &Agent, client: &Pod, addr: SocketAddr, secs: Duration) 
     }
 }
 
+/// The flat-out runs of one kind of agent, each with the rate without it around it.
+#[derive(Default)]
+struct Rounds {
+    rates: Vec<f64>,
+    ratios: Vec<f64>,
+    cost: AgentCost,
+}
+
+impl Rounds {
+    fn push(&mut self, rate: f64, rate_without_around: f64, cost: AgentCost) {
+        self.rates.push(rate);
+        self.ratios.push(rate / rate_without_around);
+        self.cost.add(cost);
+    }
+
+    /// "rates; ratio = median (of n rounds: each; range low-high)".
+    fn summary(&self, rounds: usize) -> String {
+        let lowest = self.ratios.iter().copied().fold(f64::MAX, f64::min);
+        let highest = self.ratios.iter().copied().fold(0.0, f64::max);
+        format!(
+            "{}/s; ratio with/without = {:.3} (median of {rounds} rounds: {}; range {lowest:.3}-{highest:.3})",
+            show(&self.rates, 0),
+            median(&self.ratios),
+            show(&self.ratios, 3)
+        )
+    }
+}
+
+fn show(values: &[f64], digits: usize) -> String {
+    values
+        .iter()
+        .map(|x| format!("{x:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -302,66 +339,75 @@ fn main() {
     };
     drive(client, addr, Duration::from_millis(500), 0); // warm-up
 
-    // Flat out, alternating runs without the agent and with it as the DaemonSet runs it
-    // (default 1 s poll, metrics only, no flow log): each round's ratio is against the runs
-    // without on either side of it, which cancels most of this shared machine's drift.
+    // Flat out, alternating runs without the agent with runs of it as the DaemonSet runs it
+    // (default 1 s poll, metrics only, no flow log) and runs of the hooks only (every program
+    // attached but returning at once, `--benchmark-null-datapath`: the floor any program on
+    // these hooks pays). Each run's ratio is against the runs without on either side of it,
+    // which cancels most of this shared machine's drift.
     let rounds = env_u64("FLOWWATCH_BENCH_ROUNDS", 3).max(1) as usize;
+    let null_args = [&agent_args[..], &["--benchmark-null-datapath"]].concat();
     let mut offs = vec![without()];
-    let (mut ons, mut ratios, mut cost) = (Vec::new(), Vec::new(), AgentCost::default());
-    let mut on_losses = Vec::new();
-    for _ in 0..rounds {
-        let mut agent = Agent::start_as_deployed(&agent_args);
+    // One flat-out run with an agent started with `args`, then one without: the run's cost,
+    // the mean rate without on either side of it, and the agent's kernel loss counters.
+    let mut with_then_without = |args: &[&str]| {
+        let mut agent = Agent::start_as_deployed(args);
         let run = flat_out_with(&agent, client, addr, secs);
         agent.stop();
-        on_losses.push(kernel_losses(&agent));
-        cost.add(run);
-        ons.push(rate(run.connections));
         offs.push(without());
-        let (before, after) = (offs[offs.len() - 2], offs[offs.len() - 1]);
-        ratios.push(rate(run.connections) / ((before + after) / 2.0));
-    }
-    let show = |v: &[f64], digits: usize| {
-        v.iter()
-            .map(|x| format!("{x:.digits$}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        let around = (offs[offs.len() - 2] + offs[offs.len() - 1]) / 2.0;
+        (run, around, kernel_losses(&agent))
     };
+    let (mut deployed, mut hooks_only) = (Rounds::default(), Rounds::default());
+    // The loss counters of each round, each distinct line once.
+    let mut deployed_losses: Vec<String> = Vec::new();
+    for _ in 0..rounds {
+        let (run, around, losses) = with_then_without(&agent_args);
+        deployed.push(rate(run.connections), around, run);
+        if !deployed_losses.contains(&losses) {
+            deployed_losses.push(losses);
+        }
+        let (run, around, _) = with_then_without(&null_args);
+        hooks_only.push(rate(run.connections), around, run);
+    }
     println!(
-        "capture: flat-out TCP connections/s without agent: {}; with the agent as deployed: {}",
-        show(&offs, 0),
-        show(&ons, 0)
-    );
-    let (lowest, highest) = (
-        ratios.iter().copied().fold(f64::MAX, f64::min),
-        ratios.iter().copied().fold(0.0, f64::max),
+        "capture: flat-out TCP connections/s without agent: {}",
+        show(&offs, 0)
     );
     println!(
-        "capture: ratio with/without = {:.3} (median of {rounds} rounds: {}; range {lowest:.3}-{highest:.3})",
-        median(&ratios),
-        show(&ratios, 3)
+        "capture: with the agent as deployed: {}",
+        deployed.summary(rounds)
     );
     println!(
-        "capture: {} client threads; CPU idle {:.1}% without the agent, {:.1}% with it",
+        "capture: with the hooks only (programs that return at once): {}",
+        hooks_only.summary(rounds)
+    );
+    println!(
+        "capture: {} client threads; CPU idle {:.1}% without the agent, {:.1}% with it as deployed",
         threads(),
         idle_without.get() / offs.len() as f64 * 100.0,
-        cost.idle / rounds as f64 * 100.0
+        deployed.cost.idle / rounds as f64 * 100.0
     );
+    let cost = deployed.cost;
     let per_conn = |seconds: f64| seconds / cost.connections.max(1) as f64 * 1e6;
     println!(
-        "capture: flat out, agent CPU {:.2} µs per connection ({:.2} user + {:.2} system), {:.0} context switches/s; rounds' {}",
+        "capture: flat out, agent CPU {:.2} µs per connection ({:.2} user + {:.2} system), {:.0} context switches/s; every round's {}",
         per_conn(cost.user + cost.system),
         per_conn(cost.user),
         per_conn(cost.system),
         cost.switches as f64 / ((secs + SETTLE).as_secs_f64() * rounds as f64),
-        on_losses.join(" | "),
+        deployed_losses.join(" | "),
     );
-    // Three variants, each followed by a run without, to split the cost:
+    println!(
+        "capture: hooks only, agent CPU {:.2} µs per connection",
+        (hooks_only.cost.user + hooks_only.cost.system) / hooks_only.cost.connections.max(1) as f64
+            * 1e6
+    );
+    // Two variants, each followed by a run without, to split the cost:
     // * with a JSON flow log (one line per connection);
     // * the kernel programs only: the agent is stopped with SIGSTOP once attached, what the
     //   datapath alone costs (its ring buffer fills and later events are dropped, which is
-    //   cheaper than delivering them);
-    // * the hooks only: the programs attached but returning at once
-    //   (`--benchmark-null-datapath`), the floor any program on these hooks pays.
+    //   cheaper than delivering them; its flow map, never emptied, grows instead).
+    let last_off = offs[offs.len() - 1];
     let agent = Agent::start_as_deployed_with_flow_log(&agent_args);
     let with_log = rate(drive(client, addr, secs, 0));
     drop(agent);
@@ -374,20 +420,10 @@ fn main() {
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
     drop(agent);
     let off_kernel = without();
-    let null_args = [&agent_args[..], &["--benchmark-null-datapath"]].concat();
-    let agent = Agent::start_as_deployed(&null_args);
-    let hooks_only = rate(drive(client, addr, secs, 0));
-    drop(agent);
-    let off_hooks = without();
-    let last_off = offs[offs.len() - 1];
     println!(
-        "capture: with a flow log {with_log:.0}/s (ratio {:.3}); kernel programs only {kernel_only:.0}/s (ratio {:.3}); hooks only {hooks_only:.0}/s (ratio {:.3}); without agent {:.0}/s {:.0}/s {:.0}/s",
+        "capture: with a flow log {with_log:.0}/s (ratio {:.3}); kernel programs only {kernel_only:.0}/s (ratio {:.3}); without agent {off_log:.0}/s {off_kernel:.0}/s",
         with_log / ((last_off + off_log) / 2.0),
         kernel_only / ((off_log + off_kernel) / 2.0),
-        hooks_only / ((off_kernel + off_hooks) / 2.0),
-        off_log,
-        off_kernel,
-        off_hooks,
     );
 
     // BPF run-time accounting costs a little on every program run: only for the last two runs.
