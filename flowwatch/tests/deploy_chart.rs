@@ -588,3 +588,65 @@ fn the_chart_sets_every_agent_setting_of_the_cli() {
         );
     }
 }
+
+/// The literal `FLOWWATCH_*` values of the rendered DaemonSet, each parsed by the agent's own
+/// command line (as the flag the variable stands for), so a value the agent would refuse at
+/// start fails here. FLOWWATCH_LOG is a tracing filter, not a flag.
+fn agent_refusals(objs: &[Value]) -> Vec<String> {
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Agent {
+        #[command(flatten)]
+        run: flowwatch::cli::RunArgs,
+    }
+    let flags: BTreeMap<String, String> = Agent::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let env = a.get_env()?.to_str()?.to_string();
+            Some((env, a.get_long()?.to_string()))
+        })
+        .collect();
+    let ds = find(objs, "DaemonSet");
+    let e = env(&ds["spec"]["template"]["spec"]["containers"][0]);
+    let mut refused = Vec::new();
+    let mut parsed = 0;
+    for (name, value) in &e {
+        let (Some(value), Some(flag)) = (value.as_str(), flags.get(name)) else {
+            continue;
+        };
+        let arg = format!("--{flag}={value}");
+        if let Err(err) = Agent::try_parse_from(["flowwatch", arg.as_str()]) {
+            refused.push(format!("{name}={value:?}: {}", err.kind()));
+        }
+        parsed += 1;
+    }
+    // Every literal setting but the log filter went through the parser.
+    let literal = e
+        .iter()
+        .filter(|(n, v)| v.is_string() && n.as_str() != "FLOWWATCH_LOG")
+        .count();
+    assert_eq!(parsed, literal, "{e:?}");
+    refused
+}
+
+#[test]
+fn the_agent_accepts_every_setting_the_chart_renders_by_default_and_with_large_numbers() {
+    let helm = need_helm!("helm template");
+    let defaults = docs(&template(&helm, &[]).unwrap());
+    assert_eq!(agent_refusals(&defaults), Vec::<String>::new(), "defaults");
+    // Numbers from a values file are YAML floats to helm: a million and more must still render
+    // as whole numbers (`--set` parses them as integers, so it cannot show this).
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("large.yaml");
+    std::fs::write(
+        &values,
+        "agent:\n  flowsMaxEntries: 4194304\n  eventsRingBytes: 16777216\n  pollIntervalMs: 1000\n  idleTimeoutSecs: 86400\n  seriesTtlSecs: 2000000\n  seriesBudget:\n    perFamily: 5000000\n    perNamespace: 1000000\n",
+    )
+    .unwrap();
+    let large = docs(&template(&helm, &["-f", values.to_str().unwrap()]).unwrap());
+    assert_eq!(agent_refusals(&large), Vec::<String>::new(), "large values");
+    let e = env(&find(&large, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(e["FLOWWATCH_FLOWS_MAX_ENTRIES"], "4194304");
+    assert_eq!(e["FLOWWATCH_SERIES_BUDGET"], "5000000");
+}
