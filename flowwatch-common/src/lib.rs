@@ -91,7 +91,8 @@ impl FlowKey {
 }
 
 /// Per-CPU packet and byte counters of one flow. `fwd` is initiator→responder.
-/// The agent sums the CPUs; timestamps are `bpf_ktime_get_ns` (monotonic since boot).
+/// The agent sums the CPUs; timestamps are `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, behind
+/// the precise clock by at most one tick: cheaper on every packet).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowCounters {

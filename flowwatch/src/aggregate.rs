@@ -86,6 +86,9 @@ pub struct Aggregator {
     finished: Vec<FinishedFlow>,
     /// New flows refused because `max_flows` was reached.
     pub dropped_flows: u64,
+    /// Kernel entries of refused flows, for the caller to free: left in the kernel map they
+    /// would be read (and refused) again every poll and hold a slot the kernel needs.
+    refused_kernel_keys: Vec<FlowKey>,
 }
 
 impl Aggregator {
@@ -95,6 +98,7 @@ impl Aggregator {
             flows: FlowHashMap::default(),
             finished: Vec::new(),
             dropped_flows: 0,
+            refused_kernel_keys: Vec::new(),
         }
     }
 
@@ -143,8 +147,9 @@ impl Aggregator {
                 if let Some(tracked) = self.flows.get_mut(&key.reversed()) {
                     return totals.reversed().apply_to(tracked);
                 }
-                if let Some(tracked) = self.track(key, first_seen) {
-                    totals.apply_to(tracked);
+                match self.track(key, first_seen) {
+                    Some(tracked) => totals.apply_to(tracked),
+                    None => self.refused_kernel_keys.push(key),
                 }
             }
         }
@@ -223,7 +228,11 @@ impl Aggregator {
                     let mut fresh = Tracked::new(key, at);
                     fresh.baseline = baseline;
                     fresh.last_totals = baseline;
-                    let old = slot.insert(fresh);
+                    let mut old = slot.insert(fresh);
+                    // The kernel entry goes on counting the new connection: the old record
+                    // must not free it when it is reported.
+                    let kernel_key = old.flow.kernel_key.take();
+                    slot.get_mut().flow.kernel_key = kernel_key;
                     self.finished.push(FinishedFlow {
                         flow: old.flow,
                         reason: EndReason::Reused,
@@ -237,6 +246,11 @@ impl Aggregator {
             }
             Entry::Vacant(slot) => Some(slot.insert(Tracked::new(key, at))),
         }
+    }
+
+    /// Takes the kernel keys of the totals refused since the last call (see `max_flows`).
+    pub fn take_refused_kernel_keys(&mut self) -> Vec<FlowKey> {
+        std::mem::take(&mut self.refused_kernel_keys)
     }
 
     /// Removes and returns the flows that are over at `now`.
@@ -655,11 +669,15 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].reason, EndReason::Reused);
         assert_eq!(done[0].flow.counters.fwd_packets, 5);
+        // The kernel entry now counts the new connection: reporting the old one must not free
+        // it, the new one will.
+        assert_eq!(done[0].flow.kernel_key(), None);
         let current = a.flows().next().unwrap();
         assert_eq!(
             (current.counters.fwd_packets, current.counters.rev_packets),
             (3, 2)
         );
+        assert_eq!(current.kernel_key(), Some(k));
     }
 
     #[test]
@@ -677,6 +695,11 @@ mod tests {
         }
         assert_eq!(a.len(), 2);
         assert_eq!(a.dropped_flows, 3);
+        // Their kernel entries are handed back to be freed, once each.
+        let refused = a.take_refused_kernel_keys();
+        let ports: Vec<u16> = refused.iter().map(|k| k.src.port()).collect();
+        assert_eq!(ports, vec![3, 4, 5]);
+        assert!(a.take_refused_kernel_keys().is_empty());
     }
 
     #[test]

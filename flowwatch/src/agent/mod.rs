@@ -184,10 +184,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = events_tick.tick() => keep_going(pipeline.pump_events(), "draining events"),
             _ = totals_tick.tick() => {
                 let now = monotonic_now();
-                let done = pipeline.pump_totals(now).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "reading flow totals");
-                    Vec::new()
-                });
+                let done = match pipeline.pump_totals(now) {
+                    Ok(ended) => flows_freed_or_logged(ended),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading flow totals");
+                        Vec::new()
+                    }
+                };
                 let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, &mut nat, now);
                 keep_going(write_records(&mut flow_log, &done, &classes, clock), "writing the flow log");
                 health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), classifier.engine_ready(), &readiness);
@@ -223,7 +226,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     readiness.set_not_ready("stopping");
     tracing::info!("stopping: flushing flows");
     let now = monotonic_now();
-    let done = pipeline.finish_all()?;
+    let done = flows_freed_or_logged(pipeline.finish_all()?);
     let classes = reporter.tick(
         std::iter::empty(),
         &done,
@@ -252,6 +255,13 @@ fn keep_going<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) {
     if let Err(e) = result {
         tracing::error!(error = %e, "{what}");
     }
+}
+
+/// The flows that ended; a failure to free their kernel entries is logged, not fatal (their
+/// entries are read again next poll and start flows of their own).
+fn flows_freed_or_logged<E: std::fmt::Display>(ended: pipeline::Ended<E>) -> Vec<FinishedFlow> {
+    keep_going(ended.freed, "freeing kernel flow entries");
+    ended.flows
 }
 
 /// Resolves when the inventory changed (true), or never without an inventory; false once the

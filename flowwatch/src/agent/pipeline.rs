@@ -39,26 +39,26 @@ impl<S: FlowSource> Pipeline<S> {
     }
 
     /// Applies events and current totals, then returns the flows that are over at `now` and
-    /// frees their kernel entries.
-    pub fn pump_totals(&mut self, now: Nanos) -> Result<Vec<FinishedFlow>, S::Error> {
+    /// frees their kernel entries (and those of flows refused at the bound).
+    pub fn pump_totals(&mut self, now: Nanos) -> Result<Ended<S::Error>, S::Error> {
         self.pump_events()?;
         self.scratch.clear();
         self.source.read_totals(&mut self.scratch)?;
         self.apply_scratch();
-        let done = self.aggregator.expire(now);
-        self.forget(&done)?;
-        Ok(done)
+        let flows = self.aggregator.expire(now);
+        let freed = self.forget(&flows);
+        Ok(Ended { flows, freed })
     }
 
     /// Everything still in flight, for shutdown: one last drain, then every flow.
-    pub fn finish_all(&mut self) -> Result<Vec<FinishedFlow>, S::Error> {
+    pub fn finish_all(&mut self) -> Result<Ended<S::Error>, S::Error> {
         self.pump_events()?;
         self.scratch.clear();
         self.source.read_totals(&mut self.scratch)?;
         self.apply_scratch();
-        let done = self.aggregator.drain_all();
-        self.forget(&done)?;
-        Ok(done)
+        let flows = self.aggregator.drain_all();
+        let freed = self.forget(&flows);
+        Ok(Ended { flows, freed })
     }
 
     fn apply_scratch(&mut self) {
@@ -73,12 +73,21 @@ impl<S: FlowSource> Pipeline<S> {
     }
 
     fn forget(&mut self, done: &[FinishedFlow]) -> Result<(), S::Error> {
-        if done.is_empty() {
+        let mut keys = self.aggregator.take_refused_kernel_keys();
+        keys.extend(done.iter().filter_map(|d| d.flow.kernel_key()));
+        if keys.is_empty() {
             return Ok(());
         }
-        let keys: Vec<FlowKey> = done.iter().filter_map(|d| d.flow.kernel_key()).collect();
         self.source.forget(&keys)
     }
+}
+
+/// Flows that are over, and whether their kernel entries were freed. A failure to free them
+/// must not lose the flows: they are reported all the same, and the caller logs the failure.
+#[derive(Debug)]
+pub struct Ended<E> {
+    pub flows: Vec<FinishedFlow>,
+    pub freed: Result<(), E>,
 }
 
 /// Networks whose flows are not reported, as integer prefixes: checked for every observation
@@ -209,13 +218,145 @@ mod tests {
             AggregatorConfig::default(),
             vec!["127.0.0.0/8".parse().unwrap()],
         );
-        assert!(p.pump_totals(S).unwrap().is_empty(), "lingering");
-        let done = p.pump_totals(10 * S).unwrap();
+        assert!(p.pump_totals(S).unwrap().flows.is_empty(), "lingering");
+        let done = p.pump_totals(10 * S).unwrap().flows;
         assert_eq!(done.len(), 1, "loopback flow ignored");
         assert_eq!(done[0].flow.key, k);
         assert_eq!(done[0].flow.outcome, Outcome::Failed);
         assert_eq!(done[0].reason, EndReason::Failed);
         assert_eq!(p.source.forgotten, vec![k]);
-        assert!(p.finish_all().unwrap().is_empty());
+        assert!(p.finish_all().unwrap().flows.is_empty());
+    }
+
+    fn tcp_totals(key: FlowKey, packets: u64, at: Nanos) -> Observation {
+        Observation::Totals {
+            key,
+            counters: Counters {
+                fwd_packets: packets,
+                fwd_bytes: packets * 60,
+                rev_packets: packets,
+                rev_bytes: packets * 60,
+            },
+            first_seen: S,
+            last_seen: at,
+            fwd_tcp_flags: 0,
+            rev_tcp_flags: 0,
+        }
+    }
+
+    fn client_event(key: FlowKey, kind: EventKind, at: Nanos) -> Observation {
+        Observation::Event {
+            key,
+            kind,
+            role: Role::Client,
+            at,
+        }
+    }
+
+    #[test]
+    fn a_reused_five_tuple_keeps_its_kernel_entry_for_the_new_connection() {
+        let k = key("10.0.0.1:40000", "10.0.0.2:80");
+        let mut p = Pipeline::new(FakeSource::default(), AggregatorConfig::default(), vec![]);
+        p.source.events.extend([
+            client_event(k, EventKind::TcpEstablished, S),
+            client_event(k, EventKind::TcpClosed, S),
+        ]);
+        p.source.totals = vec![tcp_totals(k, 5, S)];
+        assert!(p.pump_totals(S).unwrap().flows.is_empty(), "lingering");
+        // Before the first is reported, the same 5-tuple connects again; the kernel entry
+        // goes on counting (5 packets each way of the first, 3 of the second).
+        p.source
+            .events
+            .push(client_event(k, EventKind::TcpEstablished, 2 * S));
+        p.source.totals = vec![tcp_totals(k, 8, 2 * S)];
+        let ended = p.pump_totals(2 * S).unwrap();
+        assert_eq!(ended.flows.len(), 1);
+        assert_eq!(ended.flows[0].reason, EndReason::Reused);
+        assert_eq!(ended.flows[0].flow.counters.fwd_packets, 5);
+        assert!(
+            p.source.forgotten.is_empty(),
+            "the entry of the live connection was freed"
+        );
+        // The second connection's count comes from the same entry, less the first's.
+        p.source.totals = vec![tcp_totals(k, 9, 3 * S)];
+        p.source
+            .events
+            .push(client_event(k, EventKind::TcpClosed, 3 * S));
+        let ended = p.pump_totals(30 * S).unwrap();
+        assert_eq!(ended.flows.len(), 1);
+        assert_eq!(ended.flows[0].flow.counters.fwd_packets, 4);
+        assert_eq!(p.source.forgotten, vec![k], "freed once, by the last");
+    }
+
+    #[test]
+    fn flows_refused_at_the_bound_free_their_kernel_entries_and_count_once() {
+        let a = key("10.0.0.1:40000", "10.0.0.2:53");
+        let b = key("10.0.0.1:40001", "10.0.0.2:53");
+        let config = AggregatorConfig {
+            max_flows: 1,
+            ..AggregatorConfig::default()
+        };
+        let mut p = Pipeline::new(FakeSource::default(), config, vec![]);
+        p.source.totals = vec![tcp_totals(a, 1, S), tcp_totals(b, 1, S)];
+        p.pump_totals(S).unwrap().freed.unwrap();
+        assert_eq!(p.source.forgotten, vec![b]);
+        // Freed, it is not read (nor refused) again.
+        p.pump_totals(2 * S).unwrap().freed.unwrap();
+        assert_eq!(p.aggregator().dropped_flows, 1);
+        assert_eq!(p.source.forgotten, vec![b]);
+    }
+
+    /// A source whose kernel entries cannot be freed.
+    struct Unfreeable(FakeSource);
+
+    #[derive(Debug, PartialEq)]
+    struct MapError(&'static str);
+
+    impl std::fmt::Display for MapError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for MapError {}
+
+    impl FlowSource for Unfreeable {
+        type Error = MapError;
+
+        fn drain_events(&mut self, out: &mut Vec<Observation>) -> Result<(), MapError> {
+            self.0.drain_events(out).map_err(|e| match e {})
+        }
+
+        fn read_totals(&mut self, out: &mut Vec<Observation>) -> Result<(), MapError> {
+            self.0.read_totals(out).map_err(|e| match e {})
+        }
+
+        fn forget(&mut self, _: &[FlowKey]) -> Result<(), MapError> {
+            Err(MapError("batch delete: EINVAL"))
+        }
+
+        fn losses(&self) -> Result<crate::source::KernelLosses, MapError> {
+            Ok(self.0.losses)
+        }
+
+        fn flow_map_fill(&self) -> Result<f64, MapError> {
+            Ok(0.0)
+        }
+    }
+
+    #[test]
+    fn flows_are_reported_even_when_their_kernel_entries_cannot_be_freed() {
+        let k = key("10.0.0.1:40000", "10.0.0.2:80");
+        let mut source = FakeSource::default();
+        source.events.extend([
+            client_event(k, EventKind::TcpConnect, S),
+            client_event(k, EventKind::TcpFailed, S),
+        ]);
+        source.totals.push(tcp_totals(k, 1, S));
+        let mut p = Pipeline::new(Unfreeable(source), AggregatorConfig::default(), vec![]);
+        let ended = p.pump_totals(10 * S).unwrap();
+        assert_eq!(ended.flows.len(), 1);
+        assert_eq!(ended.flows[0].flow.outcome, Outcome::Failed);
+        assert_eq!(ended.freed, Err(MapError("batch delete: EINVAL")));
     }
 }

@@ -232,17 +232,26 @@ impl Datapath {
         self.monitored
             .insert(ifindex, 1, 0)
             .map_err(|e| map_error(common::MONITORED_MAP, e))?;
-        let ingress = program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS)?
-            .attach(name, TcAttachType::Ingress)
-            .map_err(attach_err)?;
-        let egress = match program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_EGRESS)?
-            .attach(name, TcAttachType::Egress)
+        // Unregister on any failure: a registered interface without its ingress program would
+        // make the egress programs of the other pods skip its packets, counted by no one.
+        let ingress = match program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS)
+            .and_then(|p| p.attach(name, TcAttachType::Ingress).map_err(attach_err))
+        {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = self.monitored.remove(&ifindex);
+                return Err(e);
+            }
+        };
+        let egress = match program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_EGRESS)
+            .and_then(|p| p.attach(name, TcAttachType::Egress).map_err(attach_err))
         {
             Ok(id) => id,
             Err(e) => {
                 let _ = program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS)
                     .map(|p| p.detach(ingress));
-                return Err(attach_err(e));
+                let _ = self.monitored.remove(&ifindex);
+                return Err(e);
             }
         };
         tracing::info!(interface = name, ifindex, "attached");
