@@ -233,6 +233,9 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 /// The parsed headers of one packet.
 struct Packet {
     key: FlowKey,
+    /// Segments on the wire: a GSO super-packet (which veths carry unsplit) is many.
+    segments: u64,
+    /// IP-layer bytes of all its segments, each with its own headers.
     ip_len: u64,
     tcp_flags: u8,
 }
@@ -305,6 +308,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
         _ => return Ok(None),
     };
     let mut tcp_flags = 0u8;
+    let mut l4_header_len = 8; // UDP; TCP's below, SCTP's common header
     match key.protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
             // TCP, UDP and SCTP all start with source and destination port. Nearly every
@@ -330,12 +334,34 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
             }
             key.src_port = u16::from_be(ports[0]);
             key.dst_port = u16::from_be(ports[1]);
+            if key.protocol == IPPROTO_SCTP {
+                l4_header_len = 12;
+            }
         }
         _ => return Ok(None),
     }
+    // SAFETY: reading a field of the context the kernel handed us.
+    let segments = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    if segments <= 1 {
+        return Ok(Some(Packet {
+            key,
+            segments: 1,
+            ip_len,
+            tcp_flags,
+        }));
+    }
+    // A super-packet: its IP length field may not hold its size (BIG TCP writes 0), the skb's
+    // does; every segment but the first adds its own IP and L4 headers.
+    if key.protocol == IPPROTO_TCP {
+        let data_offset: u8 = ctx.load(l4_offset + 12)?;
+        l4_header_len = ((data_offset >> 4) as usize) * 4;
+    }
+    let headers = (l4_offset - ETH_HDR_LEN + l4_header_len) as u64;
+    let skb_ip_len = (ctx.len() as u64).saturating_sub(ETH_HDR_LEN as u64);
     Ok(Some(Packet {
         key,
-        ip_len,
+        segments,
+        ip_len: skb_ip_len + (segments - 1) * headers,
         tcp_flags,
     }))
 }
@@ -346,11 +372,11 @@ fn add(counters: *mut FlowCounters, forward: bool, packet: &Packet, now: u64) {
     // slot while we run.
     let c = unsafe { &mut *counters };
     if forward {
-        c.fwd_packets += 1;
+        c.fwd_packets += packet.segments;
         c.fwd_bytes += packet.ip_len;
         c.fwd_tcp_flags |= packet.tcp_flags;
     } else {
-        c.rev_packets += 1;
+        c.rev_packets += packet.segments;
         c.rev_bytes += packet.ip_len;
         c.rev_tcp_flags |= packet.tcp_flags;
     }

@@ -159,6 +159,86 @@ fn tcp_ipv4_many_short_connections_and_one_long_one() {
     tcp_scenario(false);
 }
 
+/// A bulk transfer: the pods' stacks hand the veths super-packets of many segments (TSO/GSO),
+/// which the namespaces' counters count as segments, and so must flowwatch.
+#[test]
+fn a_bulk_transfer_counts_segments_and_their_headers() {
+    if !privileged::root_test("tcp bulk transfer") {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let (cip, sip): (IpAddr, IpAddr) = (client.ipv4.into(), server.ipv4.into());
+    let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
+    let (client_before, server_before) = (client.snmp(), server.snmp());
+
+    const PAYLOAD: u64 = 4 << 20;
+    let addr = SocketAddr::new(sip, 8081);
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let sink = server.run(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        bound_tx.send(()).unwrap();
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut received = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n as u64,
+            }
+        }
+        received
+    });
+    bound_rx.recv_timeout(Duration::from_secs(5)).expect("bound");
+    client
+        .run(move || {
+            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            let chunk = vec![7u8; 1 << 16];
+            for _ in 0..PAYLOAD / chunk.len() as u64 {
+                conn.write_all(&chunk).unwrap();
+            }
+        })
+        .join()
+        .expect("client");
+    assert_eq!(sink.join().expect("sink"), PAYLOAD);
+    std::thread::sleep(Duration::from_millis(1500));
+    let client_delta = client.snmp().minus(client_before);
+    let server_delta = server.snmp().minus(server_before);
+    let (status, records) = agent.stop();
+    assert!(status.success(), "agent: {status}\n{}", agent.stderr());
+
+    let flows = between(&records, cip, sip);
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    // The sender counts segments (OutSegs); the receiver counts what its stack took in, the
+    // super-packets GRO made (InSegs), so fewer. The answers are plain ACKs: equal both ends.
+    let sent = client_delta.tcp_out_segs + client_delta.tcp_retrans_segs;
+    assert_eq!(sum(&flows, "fwd", "packets"), sent, "client sent");
+    assert!(
+        server_delta.tcp_in_segs < sent,
+        "the server received {} super-packets",
+        server_delta.tcp_in_segs
+    );
+    assert_eq!(
+        sum(&flows, "rev", "packets"),
+        server_delta.tcp_out_segs + server_delta.tcp_retrans_segs,
+        "server sent"
+    );
+    assert_eq!(
+        sum(&flows, "rev", "packets"),
+        client_delta.tcp_in_segs,
+        "client received"
+    );
+    // Far more segments than the 64 KiB writes: the stacks did segment (else the test shows
+    // nothing). Each segment carries its own IP and TCP headers, 40 to 80 bytes.
+    let packets = sum(&flows, "fwd", "packets");
+    assert!(packets > 2 * PAYLOAD / (1 << 16), "{packets} segments");
+    let bytes = sum(&flows, "fwd", "bytes");
+    assert!(
+        (PAYLOAD + 40 * packets..=PAYLOAD + 80 * packets).contains(&bytes),
+        "{bytes} bytes for {PAYLOAD} bytes of payload in {packets} segments"
+    );
+}
+
 #[test]
 fn tcp_ipv6_connections() {
     if !privileged::root_test("tcp_ipv6") {
