@@ -189,7 +189,9 @@ fn a_bulk_transfer_counts_segments_and_their_headers() {
         }
         received
     });
-    bound_rx.recv_timeout(Duration::from_secs(5)).expect("bound");
+    bound_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("bound");
     client
         .run(move || {
             let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
