@@ -43,13 +43,17 @@ pub const IPPROTO_SCTP: u8 = 132;
 
 /// STATS index: an event was dropped because the ring buffer was full.
 pub const STAT_RINGBUF_FULL: u32 = 0;
-/// STATS index: a new flow could not be inserted because the flow map was full.
+/// STATS index: a packet was not counted because its flow was not in the flow map and could
+/// not be inserted (map full). Every packet of such a flow tries again and counts here.
 pub const STAT_FLOWS_MAP_FULL: u32 = 1;
 /// STATS index: a packet was too short for the headers it announced (not a loss of flows).
 pub const STAT_TRUNCATED: u32 = 2;
 /// STATS index: packets the TC programs counted (for overhead and sanity checks).
 pub const STAT_PACKETS: u32 = 3;
-pub const STATS_LEN: u32 = 4;
+/// STATS index: a packet of a tracked protocol that no flow can be given: a non-first IPv4
+/// fragment (no ports), or IPv6 whose first next header is an extension header (not walked).
+pub const STAT_UNATTRIBUTED: u32 = 4;
+pub const STATS_LEN: u32 = 5;
 
 /// TCP flag bits, as OR-ed into [`FlowCounters::fwd_tcp_flags`] / `rev_tcp_flags`.
 pub const TCP_FIN: u8 = 0x01;

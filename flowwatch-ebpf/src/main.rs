@@ -26,7 +26,8 @@ use flowwatch_common::{
     tcp_state, FlowCounters, FlowEvent, FlowKey, AF_INET, AF_INET6, DEFAULT_EVENTS_BYTES,
     DEFAULT_FLOWS_MAX_ENTRIES, EVENT_NEW_FLOW, EVENT_TCP_CLOSED, EVENT_TCP_ESTABLISHED,
     EVENT_TCP_FAILED, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ROLE_CLIENT, ROLE_SERVER, ROLE_WIRE,
-    STATS_LEN, STAT_FLOWS_MAP_FULL, STAT_PACKETS, STAT_RINGBUF_FULL, STAT_TRUNCATED, TCP_ACK,
+    STATS_LEN, STAT_FLOWS_MAP_FULL, STAT_PACKETS, STAT_RINGBUF_FULL, STAT_TRUNCATED,
+    STAT_UNATTRIBUTED, TCP_ACK,
     TCP_SYN,
 };
 
@@ -204,6 +205,11 @@ const ETH_HDR_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPV6_HDR_LEN: usize = 40;
+/// IPv6 extension headers that may precede a transport header (RFC 8200).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DESTINATION_OPTIONS: u8 = 60;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -287,16 +293,30 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
             let dst: [u8; 4] = read(ctx, ETH_HDR_LEN + 16)?;
             key.src_addr[..4].copy_from_slice(&src);
             key.dst_addr[..4].copy_from_slice(&dst);
-            if frag & 0x1fff != 0 || ihl < 20 {
+            if ihl < 20 {
+                return Ok(None);
+            }
+            if frag & 0x1fff != 0 {
                 // A non-first fragment carries no ports; it cannot be attributed to a flow.
+                if matches!(key.protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+                    bump(STAT_UNATTRIBUTED);
+                }
                 return Ok(None);
             }
             (ETH_HDR_LEN + ihl, total_len as u64)
         }
         ETH_P_IPV6 => {
             let payload_len = u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 4)?);
-            // Extension headers are not walked: flows behind them are not counted.
+            // Extension headers are not walked: packets behind them are counted as
+            // unattributed, not in a flow.
             key.protocol = read(ctx, ETH_HDR_LEN + 6)?;
+            if matches!(
+                key.protocol,
+                IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DESTINATION_OPTIONS
+            ) {
+                bump(STAT_UNATTRIBUTED);
+                return Ok(None);
+            }
             key.family = AF_INET6;
             key.src_addr = read(ctx, ETH_HDR_LEN + 8)?;
             key.dst_addr = read(ctx, ETH_HDR_LEN + 24)?;

@@ -8,10 +8,13 @@ use crate::model::{FlowKey, Observation};
 pub struct KernelLosses {
     /// Events dropped because the ring buffer was full.
     pub ringbuf_full: u64,
-    /// New flows not recorded because the flow map was full.
+    /// Packets not counted because their flow did not fit in the full flow map.
     pub flows_map_full: u64,
     /// Packets too short for the headers they announced.
     pub truncated_packets: u64,
+    /// Packets of a tracked protocol that no flow can be given (non-first IPv4 fragments,
+    /// IPv6 behind extension headers): traffic in no flow record.
+    pub unattributed_packets: u64,
     /// Packets counted by the TC programs.
     pub packets: u64,
 }

@@ -74,15 +74,19 @@ fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
         "120",
     ]);
 
-    // One datagram to each of 1,100 closed ports: 1,100 flows, one packet each (the server's
-    // ICMP port-unreachable answers are not tracked).
+    // Two datagrams to each of 1,100 closed ports: 1,100 flows, two packets each (the server's
+    // ICMP port-unreachable answers are not tracked). Every packet of a flow that does not fit
+    // is lost, and counted.
     const FLOWS: u64 = 1_100;
+    const PACKETS_PER_FLOW: u64 = 2;
     let target = server.ipv4;
     client
         .run(move || {
             let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
             for port in 0..FLOWS as u16 {
-                sock.send_to(b"x", (target, 20_000 + port)).unwrap();
+                for _ in 0..PACKETS_PER_FLOW {
+                    sock.send_to(b"x", (target, 20_000 + port)).unwrap();
+                }
                 if port % 100 == 99 {
                     // Paced, so the receiving side's backlog never drops one before the
                     // program has seen it.
@@ -93,7 +97,7 @@ fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
         .join()
         .unwrap();
 
-    let expected_lost = FLOWS - FLOW_MAP_ENTRIES;
+    let expected_lost = (FLOWS - FLOW_MAP_ENTRIES) * PACKETS_PER_FLOW;
     agent.wait_metric(LOST, expected_lost as f64, Duration::from_secs(10));
     assert_eq!(
         agent.metric("flowwatch_kernel_map_fill_ratio{map=\"flows\"}"),

@@ -44,6 +44,27 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
     }
     assert_eq!(source.losses().unwrap().truncated_packets - before, 2);
 
+    // No flow can be given a non-first IPv4 fragment (no ports) or an IPv6 packet behind
+    // extension headers (not walked): counted as unattributed, not dropped silently. A first
+    // fragment has its ports and counts in its flow; ICMP is not tracked, so not counted.
+    let before = source.losses().unwrap();
+    let mut later_fragment = ipv4(a4, b4, 17, &[0u8; 16]);
+    later_fragment[14 + 6..14 + 8].copy_from_slice(&0x00b9u16.to_be_bytes()); // offset 1480
+    let mut first_fragment = ipv4(a4, b4, 17, &support::frames::udp(7000, 53, &[0u8; 8]));
+    first_fragment[14 + 6..14 + 8].copy_from_slice(&0x2000u16.to_be_bytes()); // more fragments
+    let hop_by_hop = ipv6(a6, b6, 0, &[17, 0, 1, 4, 0, 0, 0, 0]);
+    let icmp_later_fragment = {
+        let mut f = ipv4(a4, b4, 1, &[0u8; 16]);
+        f[14 + 6..14 + 8].copy_from_slice(&0x00b9u16.to_be_bytes());
+        f
+    };
+    for frame in [later_fragment, first_fragment, hop_by_hop, icmp_later_fragment] {
+        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), TC_ACT_OK);
+    }
+    let after = source.losses().unwrap();
+    assert_eq!(after.unattributed_packets - before.unattributed_packets, 2);
+    assert_eq!(after.packets - before.packets, 1, "the first fragment");
+
     let mut totals = Vec::new();
     source.read_totals(&mut totals).unwrap();
     let sctp: Vec<_> = totals

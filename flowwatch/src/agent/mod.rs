@@ -238,12 +238,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     write_records(&mut flow_log, &done, &classes, clock)?;
     let losses = pipeline.source.losses()?;
     tracing::info!(
-        "kernel losses: ringbuf_full={} flows_map_full={} truncated_packets={} flows_dropped_by_agent={} undecodable={}",
+        "kernel losses: ringbuf_full={} flows_map_full={} truncated_packets={} flows_dropped_by_agent={} undecodable={} unattributed_packets={}",
         losses.ringbuf_full,
         losses.flows_map_full,
         losses.truncated_packets,
         pipeline.aggregator().dropped_flows,
-        pipeline.source.undecodable
+        pipeline.source.undecodable,
+        losses.unattributed_packets
     );
     datapath.detach_all();
     Ok(())

@@ -470,6 +470,7 @@ impl FlowSource for EbpfSource {
             ringbuf_full: sum(common::STAT_RINGBUF_FULL)?,
             flows_map_full: sum(common::STAT_FLOWS_MAP_FULL)?,
             truncated_packets: sum(common::STAT_TRUNCATED)?,
+            unattributed_packets: sum(common::STAT_UNATTRIBUTED)?,
             packets: sum(common::STAT_PACKETS)?,
         })
     }
