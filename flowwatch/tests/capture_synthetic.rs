@@ -58,7 +58,12 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
         f[14 + 6..14 + 8].copy_from_slice(&0x00b9u16.to_be_bytes());
         f
     };
-    for frame in [later_fragment, first_fragment, hop_by_hop, icmp_later_fragment] {
+    for frame in [
+        later_fragment,
+        first_fragment,
+        hop_by_hop,
+        icmp_later_fragment,
+    ] {
         assert_eq!(dp.run_ingress_on(&frame).expect("test run"), TC_ACT_OK);
     }
     let after = source.losses().unwrap();
