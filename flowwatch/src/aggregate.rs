@@ -75,6 +75,8 @@ struct Tracked {
     last_totals: Counters,
     /// When the last local socket closed or the attempt failed.
     ended_at: Option<Nanos>,
+    /// A socket of the flow reached ESTABLISHED (not just the wire's SYN-ACK).
+    socket_established: bool,
 }
 
 /// Merges observations into flows. See the module doc.
@@ -167,12 +169,17 @@ impl Aggregator {
             return;
         }
 
-        // A client's attempt on a 5-tuple whose previous connection is over starts a new flow.
-        let new_attempt = role == Role::Client
-            && matches!(
+        // A client's attempt on a 5-tuple whose previous connection is over starts a new flow;
+        // so does a server's establishment (the only sign of a new connection from a client
+        // on another node).
+        let new_attempt = match role {
+            Role::Client => matches!(
                 kind,
                 EventKind::TcpConnect | EventKind::TcpEstablished | EventKind::TcpFailed
-            );
+            ),
+            Role::Server => kind == EventKind::TcpEstablished,
+            Role::Wire | Role::Unknown => false,
+        };
         let tracked = if new_attempt {
             self.track_attempt(key, at)
         } else {
@@ -193,9 +200,12 @@ impl Aggregator {
             EventKind::TcpEstablished => {
                 flow.outcome = Outcome::Established;
                 flow.open_sockets = flow.open_sockets.saturating_add(1);
+                tracked.socket_established = true;
             }
             EventKind::TcpFailed => {
-                if flow.outcome != Outcome::Established {
+                // A socket's failure outweighs a SYN-ACK on the wire (dropped before it reached
+                // the client, or never acknowledged), not an established socket.
+                if !tracked.socket_established {
                     flow.outcome = Outcome::Failed;
                     flow.closed = true;
                     tracked.ended_at = Some(at);
@@ -353,6 +363,7 @@ impl Tracked {
             baseline: Counters::default(),
             last_totals: Counters::default(),
             ended_at: None,
+            socket_established: false,
         }
     }
 }
@@ -653,6 +664,43 @@ mod tests {
             rev_tcp_flags: flowwatch_common::TCP_SYN | flowwatch_common::TCP_ACK,
         });
         assert_eq!(a.flows().next().unwrap().outcome, Outcome::Established);
+    }
+
+    #[test]
+    fn a_client_socket_that_failed_outweighs_a_syn_ack_on_the_wire() {
+        // The server answered, but its SYN-ACK never reached the client's socket (a firewall
+        // in the client pod): the wire alone would call it established.
+        use flowwatch_common::{TCP_ACK, TCP_SYN};
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(totals_with_flags(k, 1, 1, S, (TCP_SYN, TCP_SYN | TCP_ACK)));
+        assert_eq!(a.flows().next().unwrap().outcome, Outcome::Established);
+        a.apply(ev(k, EventKind::TcpFailed, Role::Client, 2 * S));
+        let done = a.expire(10 * S);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].flow.outcome, Outcome::Failed);
+        assert_eq!(done[0].reason, EndReason::Failed);
+    }
+
+    #[test]
+    fn a_server_establishing_a_reused_five_tuple_starts_a_new_flow() {
+        // Only the server is local (the client is on another node): its socket's events are
+        // all there is.
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Server, S));
+        a.apply(totals(k, 5, 5, S));
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Server, S + 1));
+        a.apply(totals(k, 8, 7, S + 1));
+        let done = a.expire(S + 2);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].reason, EndReason::Reused);
+        assert_eq!(done[0].flow.counters.fwd_packets, 5);
+        let current = a.flows().next().unwrap();
+        assert_eq!(current.outcome, Outcome::Established);
+        assert!(!current.closed, "the new connection is open");
+        assert_eq!(current.counters.fwd_packets, 3);
     }
 
     #[test]
