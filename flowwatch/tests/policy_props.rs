@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use flowwatch::inventory::{snapshot, Inventory};
 use flowwatch::model::Protocol;
-use flowwatch::policy::{Peer, PolicyEngine, PolicyOptions, SideVerdict, Verdict};
+use flowwatch::policy::{Peer, PolicyEngine, PolicyOptions, SideReason, SideVerdict, Verdict};
 use flowwatch::policy_cli::eval_line;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{
@@ -327,8 +327,8 @@ impl Reference<'_> {
             Some(p)
         } else {
             match peer {
-                // By address a host-network pod is its node (several may share the address),
-                // so a named port cannot resolve on it.
+                // A host-network pod's traffic is its node's (by address several may share
+                // it), so a named port never resolves on it, by name or by address.
                 RefEnd::Pod(_, pp) if !self.w.is_host(pp) => Some(pp),
                 _ => None,
             }
@@ -785,17 +785,23 @@ proptest! {
                 }
             }
 
-            // By name (pods with their own network) gives the same as by address.
+            // By name gives the same as by address, host-network pods included. The one
+            // difference is the reason on a host-network pod's own side: by name the engine
+            // knows it is a host-network pod, by address it only sees its node.
             if let (RefEnd::Pod(sn, sp), RefEnd::Pod(dn, dp)) = (src, dst) {
-                if !world.is_host(sp) && !world.is_host(dp) {
-                    let by_name = engine.evaluate(
-                        &Peer::Pod { namespace: NS[sn].into(), name: PODS[sp].into() },
-                        &Peer::Pod { namespace: NS[dn].into(), name: PODS[dp].into() },
-                        port,
-                        proto,
-                    ).unwrap();
-                    prop_assert_eq!(by_name, got.clone());
+                let mut by_name = engine.evaluate(
+                    &Peer::Pod { namespace: NS[sn].into(), name: PODS[sp].into() },
+                    &Peer::Pod { namespace: NS[dn].into(), name: PODS[dp].into() },
+                    port,
+                    proto,
+                ).unwrap();
+                for (side, host) in [(&mut by_name.egress, world.is_host(sp)), (&mut by_name.ingress, world.is_host(dp))] {
+                    if host {
+                        prop_assert_eq!(side.reason, SideReason::HostNetwork);
+                        side.reason = SideReason::Node;
+                    }
                 }
+                prop_assert_eq!(by_name, got.clone(), "{:?} -> {:?} {}/{}", src, dst, port, proto);
             }
             // explain() never disagrees with evaluate().
             let x = engine.explain(&Peer::Ip(r.ip_of(src)), &Peer::Ip(r.ip_of(dst)), port, proto).unwrap();

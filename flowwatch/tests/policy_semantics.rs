@@ -192,8 +192,26 @@ fn not_in_and_does_not_exist_match_pods_without_the_key() {
         "p",
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchExpressions: [{key: tier, operator: NotIn, values: [db]}, {key: legacy, operator: DoesNotExist}]}}]}]}",
     )]);
-    // No pod has `tier` or `legacy`: every pod matches.
+    // No pod of the world has `tier` or `legacy`: every pod matches.
     assert_reach(&e, 80, Tcp, &Reach::all(true));
+    // A pod with an excluded value, or with the key that must not exist, does not match.
+    let extra = |name: &str, labels: &str, ip: &str| {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: y, name: {name}, labels: {labels}}}\nspec: {{nodeName: node-2, containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}}}\n")
+    };
+    let e = engine(&[
+        extra("db", "{tier: db}", "10.0.9.1"),
+        extra("web", "{tier: web}", "10.0.9.2"),
+        extra("old", "{legacy: 'yes'}", "10.0.9.3"),
+        np(
+            "x",
+            "p",
+            "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchExpressions: [{key: tier, operator: NotIn, values: [db]}, {key: legacy, operator: DoesNotExist}]}}]}]}",
+        ),
+    ]);
+    let to_a = |from: &str| side_verdicts(&e, from, "x/a", 80).1;
+    assert_eq!(to_a("y/db"), SideVerdict::Denied);
+    assert_eq!(to_a("y/web"), SideVerdict::Allowed);
+    assert_eq!(to_a("y/old"), SideVerdict::Denied);
 }
 
 #[test]
@@ -259,6 +277,31 @@ fn egress_named_ports_resolve_on_the_destination() {
     assert_eq!(from_p1(pod("x/a"), 53), SideVerdict::Denied);
     // An external destination has no named ports.
     assert_eq!(from_p1(Peer::Ip(ip("8.8.8.8")), 53), SideVerdict::Denied);
+}
+
+#[test]
+fn egress_named_ports_never_resolve_on_host_network_pods() {
+    // A host-network pod declaring the named port: its traffic is its node's, so the port
+    // name does not resolve on it, whether the pod is named by name or by its address.
+    let agent = format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: kube-system, name: exporter}}\nspec: {{nodeName: node-1, hostNetwork: true, containers: [{{name: c, ports: [{{name: metrics, containerPort: 9100}}]}}]}}\nstatus: {{podIP: {}}}\n",
+        node_ip("node-1")
+    );
+    let e = engine(&[
+        agent,
+        np(
+            "x",
+            "to-metrics",
+            "{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: metrics}]}]}",
+        ),
+    ]);
+    // x/b runs on node-2, so the own-node exemption does not apply.
+    let by_name = e
+        .evaluate(&pod("x/b"), &pod("kube-system/exporter"), 9100, Tcp)
+        .unwrap();
+    let by_ip = e.evaluate_ips(pod_ip("x", "b"), node_ip("node-1"), 9100, Tcp);
+    assert_eq!(by_name.egress.verdict, SideVerdict::Denied);
+    assert_eq!(by_ip.egress.verdict, SideVerdict::Denied);
 }
 
 // ---- nodes, host network, external ----
@@ -335,6 +378,59 @@ fn selectors_do_not_match_nodes_or_host_network_pods() {
     ]);
     let from_node = e.evaluate_ips(node_ip("node-2"), pod_ip("x", "a"), 80, Tcp);
     assert_eq!(from_node.verdict, Verdict::Denied);
+    // The host-network pod as the source, to x/b on another node (node-2): `namespaceSelector:
+    // {}` selects every pod with its own network, not it, by name or by its address.
+    let agent: Peer = "kube-system/agent-1".parse().unwrap();
+    let by_name = e.evaluate(&agent, &pod("x/b"), 80, Tcp).unwrap();
+    assert_eq!(by_name.ingress.verdict, SideVerdict::Denied);
+    let by_ip = e.evaluate_ips(node_ip("node-1"), pod_ip("x", "b"), 80, Tcp);
+    assert_eq!(by_ip.ingress.verdict, SideVerdict::Denied);
+}
+
+#[test]
+fn of_two_pods_listing_one_address_the_one_not_being_deleted_has_it() {
+    // A pod being deleted can still list an address its replacement already got.
+    let pod_at = |name: &str, deleting: bool| {
+        let deletion = if deleting {
+            ", deletionTimestamp: '2024-01-01T00:00:00Z'"
+        } else {
+            ""
+        };
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: w, name: {name}, labels: {{app: {name}}}{deletion}}}\nspec: {{nodeName: node-2, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.9.0.5}}\n")
+    };
+    let deny_new = np(
+        "w",
+        "deny-new",
+        "{podSelector: {matchLabels: {app: new}}, policyTypes: [Ingress]}",
+    );
+    // Either inventory order (the agent lists pods by name); `engine` also checks that no
+    // error is reported: this is an ordinary hand-over, not a conflict.
+    for pods in [["new", "old"], ["old", "new"]] {
+        let docs: Vec<String> = pods.iter().map(|p| pod_at(p, *p == "old")).collect();
+        let e = engine(&[docs[0].clone(), docs[1].clone(), deny_new.clone()]);
+        let v = e.evaluate_ips(pod_ip("x", "a"), ip("10.9.0.5"), 80, Tcp);
+        assert_eq!(v.ingress.verdict, SideVerdict::Denied, "{pods:?}");
+    }
+}
+
+#[test]
+fn finished_pods_hold_no_address() {
+    // A Succeeded/Failed pod keeps its podIP in its status, but the address is released: by
+    // address it is no longer that pod (external here, as no other pod has it).
+    let done = "---\napiVersion: v1\nkind: Pod\nmetadata: {namespace: w, name: done}\nspec: {nodeName: node-2, containers: [{name: c}]}\nstatus: {phase: Succeeded, podIP: 10.9.0.7}\n".to_string();
+    let e = engine(&[
+        done,
+        np("w", "deny-all", "{podSelector: {}, policyTypes: [Ingress]}"),
+    ]);
+    let v = e.evaluate_ips(pod_ip("x", "a"), ip("10.9.0.7"), 80, Tcp);
+    assert_eq!(
+        (v.ingress.verdict, v.ingress.reason),
+        (SideVerdict::NotApplicable, SideReason::External)
+    );
+    assert_eq!(e.namespace_of(&Peer::Ip(ip("10.9.0.7"))), None);
+    // By name it is still the pod (the policy selects it).
+    let by_name = e.evaluate(&pod("x/a"), &pod("w/done"), 80, Tcp).unwrap();
+    assert_eq!(by_name.ingress.verdict, SideVerdict::Denied);
 }
 
 #[test]

@@ -225,8 +225,8 @@ impl EndpointIndex {
         let start = if self.updated { now } else { 0 };
         self.updated = true;
 
-        // Current holders: ip -> (uid, pod)
-        let mut current: HashMap<IpAddr, (String, Arc<PodEndpoint>)> = HashMap::new();
+        // Current holders: ip -> (uid, pod, being deleted)
+        let mut current: HashMap<IpAddr, (String, Arc<PodEndpoint>, bool)> = HashMap::new();
         let mut host_pods: HashMap<String, Vec<HostPod>> = HashMap::new();
         for pod in &inv.pods {
             let finished = matches!(
@@ -261,8 +261,17 @@ impl EndpointIndex {
                 .uid
                 .clone()
                 .unwrap_or_else(|| format!("{}/{}", endpoint.namespace, endpoint.name));
+            let deleting = pod.metadata.deletion_timestamp.is_some();
             for ip in ips {
-                current.insert(ip, (uid.clone(), endpoint.clone()));
+                // Of two pods listing one address, a pod being deleted (whose replacement may
+                // already have its address) never takes it from one that is not; otherwise
+                // the later in inventory order holds it.
+                let keep = current
+                    .get(&ip)
+                    .is_some_and(|(_, _, held_by_deleting)| deleting && !held_by_deleting);
+                if !keep {
+                    current.insert(ip, (uid.clone(), endpoint.clone(), deleting));
+                }
             }
             report.pods += 1;
         }
@@ -270,14 +279,14 @@ impl EndpointIndex {
         // Close tenures that ended.
         for (ip, holders) in self.pod_ips.iter_mut() {
             if let Some(open) = holders.iter_mut().find(|h| h.to.is_none()) {
-                let still = current.get(ip).is_some_and(|(uid, _)| *uid == open.uid);
+                let still = current.get(ip).is_some_and(|(uid, ..)| *uid == open.uid);
                 if !still {
                     open.to = Some(now);
                 }
             }
         }
         // Open new tenures, refresh current ones (labels and workload may change).
-        for (ip, (uid, pod)) in current {
+        for (ip, (uid, pod, _)) in current {
             let holders = self.pod_ips.entry(ip).or_default();
             match holders.iter_mut().find(|h| h.to.is_none()) {
                 Some(open) if open.uid == uid => open.pod = pod,

@@ -459,3 +459,38 @@ fn bad_addresses_are_reported_by_object_and_field_and_the_rest_is_indexed() {
         Some("shop/good")
     );
 }
+
+#[test]
+fn of_two_pods_listing_one_ip_the_one_not_being_deleted_holds_it() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let mut old = pod("shop", "old", "uo", "10.0.0.5", "node-a");
+    old.metadata.deletion_timestamp = Some(Time(Default::default()));
+    let new = pod("shop", "new", "un", "10.0.0.5", "node-a");
+    // Either inventory order: the pod being deleted never takes the address from the other.
+    for pods in [
+        vec![new.clone(), old.clone()],
+        vec![old.clone(), new.clone()],
+    ] {
+        let (index, _) = EndpointIndex::build(
+            &inv(pods),
+            &OwnerIndex::default(),
+            &EnrichOptions::default(),
+            0,
+        );
+        assert_eq!(
+            pod_name(&index.resolve(addr("10.0.0.5:80"), Protocol::Tcp, 0)).as_deref(),
+            Some("shop/new")
+        );
+    }
+    // Alone, a pod being deleted still holds its address (it may still be serving).
+    let (index, _) = EndpointIndex::build(
+        &inv(vec![old]),
+        &OwnerIndex::default(),
+        &EnrichOptions::default(),
+        0,
+    );
+    assert_eq!(
+        pod_name(&index.resolve(addr("10.0.0.5:80"), Protocol::Tcp, 0)).as_deref(),
+        Some("shop/old")
+    );
+}

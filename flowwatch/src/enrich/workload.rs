@@ -99,12 +99,11 @@ fn owner_of(meta: &ObjectMeta) -> Option<(String, String)> {
     controller(meta.owner_references.as_deref()?).map(|o| (o.kind.clone(), o.name.clone()))
 }
 
-/// The controller owner, or else the first owner.
+/// The controller owner. Only it manages the object (Kubernetes allows one at most); other
+/// owners (`controller` false or unset) only tie its lifetime to theirs for garbage
+/// collection, so an object with none has no workload above it.
 fn controller(owners: &[OwnerReference]) -> Option<&OwnerReference> {
-    owners
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .or_else(|| owners.first())
+    owners.iter().find(|o| o.controller == Some(true))
 }
 
 /// The workload of a pod.
@@ -339,6 +338,32 @@ mod tests {
         assert_eq!(
             workload_of(&p, &OwnerIndex::default()),
             w(WorkloadKind::StatefulSet, "db")
+        );
+    }
+
+    #[test]
+    fn owners_that_are_not_the_controller_do_not_make_a_workload() {
+        let none = OwnerIndex::default();
+        // `controller: false`, or unset (it defaults to false), is not a controller.
+        let mut unset = owned("StatefulSet", "db", false);
+        unset.controller = None;
+        for owners in [vec![owned("StatefulSet", "db", false)], vec![unset]] {
+            assert_eq!(
+                workload_of(&pod(owners, &[]), &none),
+                w(WorkloadKind::Pod, "p")
+            );
+        }
+        // The same for the second hop: a ReplicaSet whose only owner is not its controller
+        // is a workload of its own.
+        let rs = ReplicaSet {
+            metadata: meta("web-abc", vec![owned("Deployment", "web", false)], &[]),
+            ..Default::default()
+        };
+        let owners = OwnerIndex::from_objects([&rs], []);
+        let p = pod(vec![owned("ReplicaSet", "web-abc", true)], &[]);
+        assert_eq!(
+            workload_of(&p, &owners),
+            w(WorkloadKind::ReplicaSet, "web-abc")
         );
     }
 }

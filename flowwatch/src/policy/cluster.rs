@@ -44,6 +44,9 @@ pub struct PodInfo {
     pub host_network: bool,
     /// `Succeeded`/`Failed`: no longer an endpoint; its address may belong to a new pod.
     pub terminated: bool,
+    /// Has a deletion timestamp: on its way out, so another pod listing the same address
+    /// (its replacement) is the one that has it.
+    pub deleting: bool,
     /// `status.podIPs` (or `status.podIP`), primary first.
     pub ips: Vec<IpAddr>,
     /// Named container ports, sorted (part of the pod's identity for named-port resolution);
@@ -319,6 +322,7 @@ impl Cluster {
             node,
             host_network,
             terminated,
+            deleting: meta.deletion_timestamp.is_some(),
             ips,
             ports: self.ports.intern(ports),
         });
@@ -326,7 +330,9 @@ impl Cluster {
     }
 
     /// Address index: node addresses first, then host-network pods (whose address is their
-    /// node's: they count as the node), then pods. A live pod wins over a terminated one.
+    /// node's: they count as the node), then pods. Terminated pods hold no address; of two
+    /// pods listing one address, one without a deletion timestamp wins over one being deleted,
+    /// else the later in inventory order (reported: two live pods cannot share an address).
     fn index_addresses(&mut self, errors: &mut Vec<ObjectError>) {
         let mut by_ip = FastMap::default();
         for (id, node) in self.nodes.iter().enumerate() {
@@ -352,6 +358,12 @@ impl Cluster {
             for ip in &pod.ips {
                 match by_ip.insert(*ip, Endpoint::Pod(id as PodId)) {
                     None => {}
+                    // A pod being deleted lists an address its replacement already has: an
+                    // ordinary hand-over, not a conflict; the replacement has it.
+                    Some(Endpoint::Pod(other)) if pod.deleting && !self.pod(other).deleting => {
+                        by_ip.insert(*ip, Endpoint::Pod(other));
+                    }
+                    Some(Endpoint::Pod(other)) if !pod.deleting && self.pod(other).deleting => {}
                     Some(Endpoint::Pod(other)) => {
                         errors.push(ObjectError {
                             object: format!("Pod {}", self.pod_label(id as PodId)),

@@ -548,6 +548,9 @@ impl PolicyEngine {
     }
 
     /// The named container ports of the flow's destination (where a named port resolves).
+    /// A host-network pod has none here: its traffic is its node's, and by address it cannot
+    /// be told apart from the node (or from other host-network pods of that node), so
+    /// resolving on it by name would make by-name and by-address verdicts differ.
     pub(crate) fn destination_ports(
         &self,
         dir: Direction,
@@ -556,9 +559,7 @@ impl PolicyEngine {
     ) -> &[NamedPort] {
         match (dir, peer.ep) {
             (Direction::Ingress, _) => &self.cluster.pod(subject).ports,
-            (Direction::Egress, Endpoint::Pod(p) | Endpoint::HostPod(p)) => {
-                &self.cluster.pod(p).ports
-            }
+            (Direction::Egress, Endpoint::Pod(p)) => &self.cluster.pod(p).ports,
             (Direction::Egress, _) => &[],
         }
     }
