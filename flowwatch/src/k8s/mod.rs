@@ -723,9 +723,19 @@ async fn run_kind<K>(
                     }
                     Some(Change::InitDone)
                 }
-                Event::Apply(obj) => decode_obj::<K>(kind, obj, &status)
-                    .map(keyed)
-                    .map(|(k, c)| Change::Apply(k, c)),
+                Event::Apply(obj) => {
+                    // An update that cannot be read (reported by decode_obj) removes the
+                    // object, as a relist would leave it out: keeping the previous version
+                    // would judge flows by an object that no longer exists as it was.
+                    let key = store::key_of(&obj.metadata);
+                    Some(match decode_obj::<K>(kind, obj, &status) {
+                        Some(decoded) => {
+                            let (k, c) = keyed(decoded);
+                            Change::Apply(k, c)
+                        }
+                        None => Change::Delete(key),
+                    })
+                }
                 Event::Delete(obj) => Some(Change::Delete(store::key_of(&obj.metadata))),
             };
             let Some(change) = change else { continue };
