@@ -163,7 +163,7 @@ fn edge_end(e: &enrich::Endpoint) -> metrics::Endpoint {
                 K::Job => M::Job,
                 K::CronJob => M::CronJob,
                 K::Pod => M::Pod,
-                K::Other => M::Other,
+                K::Other => M::Custom,
             };
             metrics::Endpoint::workload(p.namespace.as_str(), p.workload_name.as_str(), kind)
         }
@@ -304,5 +304,54 @@ spec:
         assert_eq!(to_outside.edge.dst, metrics::Endpoint::external());
         assert_eq!(to_outside.edge.ingress, metrics::Verdict::NotApplicable);
         assert_eq!(to_outside.edge.verdict, metrics::Verdict::Uncovered);
+    }
+
+    #[test]
+    fn pods_of_other_controllers_are_pods_not_the_overflow_bucket() {
+        // An Argo Rollout's pod: a controller flowwatch does not know.
+        let rollout = SNAPSHOT.to_owned()
+            + r#"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  namespace: jobs
+  name: canary-6f7d8-abcde
+  labels: {app: canary}
+  ownerReferences: [{apiVersion: argoproj.io/v1alpha1, kind: Rollout, name: canary, uid: u-1, controller: true}]
+spec: {nodeName: demo-node, containers: [{name: c}]}
+status: {podIP: 10.213.0.50}
+"#;
+        let (inventory, errors) = crate::inventory::snapshot::parse(&rollout, "demo").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut c = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
+        assert!(c
+            .update(&inventory, &OwnerIndex::default(), 1, 0)
+            .is_empty());
+        let (to_api, _) = c
+            .classify(&flow("10.213.0.50:40000", "10.213.0.20:8080"), None)
+            .unwrap();
+        assert_eq!(to_api.edge.src.workload.as_str(), "Rollout/canary");
+        assert_eq!(to_api.edge.verdict, metrics::Verdict::Uncovered);
+
+        // Its own kind value, not `other` (the overflow bucket), and counted as a pod: the
+        // uncovered edge across namespaces is in scope for the alerts.
+        let (m, registry) = metrics::Metrics::new(&metrics::MetricsConfig::default()).unwrap();
+        m.record_flow(
+            &to_api.edge,
+            Some(crate::model::Outcome::Established),
+            &crate::model::Counters::default(),
+            5,
+        );
+        let text = metrics::encode_prometheus_text(&registry).unwrap();
+        let uncovered = text
+            .lines()
+            .find(|l| l.starts_with("flowwatch_uncovered_connections_total{"))
+            .unwrap_or_else(|| panic!("no uncovered series: {text}"));
+        assert!(uncovered.contains("src_kind=\"custom\""), "{uncovered}");
+        assert!(
+            uncovered.contains("scope=\"cross_namespace\""),
+            "{uncovered}"
+        );
     }
 }

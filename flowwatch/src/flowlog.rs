@@ -1,15 +1,21 @@
 //! The machine-readable flow log: one JSON object per finished flow, one per line (pure:
 //! records are built from values; the agent decides where the lines go).
 //!
-//! A record, oriented from the initiator (`src`) to the responder (`dst`):
+//! A record, oriented from the initiator (`src`) to the responder (`dst`); every field is
+//! described in docs/configuration.md ("The flow log"), and a test keeps this example's fields
+//! those of a real record:
 //!
 //! ```json
-//! {"start":"2026-11-25T01:02:03.123Z","end":"2026-11-25T01:02:03.456Z","protocol":"TCP",
-//!  "src":{"ip":"10.244.1.5","port":41234,"namespace":"shop","pod":"web-7d9f","workload":...},
-//!  "dst":{"ip":"10.244.1.9","port":80,...},
+//! {"start":"2026-11-25T01:09:33.465Z","end":"2026-11-25T01:09:33.467Z","protocol":"TCP",
+//!  "src":{"ip":"10.213.0.10","port":48504,"kind":"pod","namespace":"shop","name":"web-5d8c7f9b4-x2x7q",
+//!         "workload_kind":"Deployment","workload_name":"web","node":"demo-node"},
+//!  "dst":{"ip":"10.213.0.30","port":5432,"kind":"pod","namespace":"data","name":"postgres-0",
+//!         "workload_kind":"StatefulSet","workload_name":"postgres","node":"demo-node"},
 //!  "outcome":"established","end_reason":"closed","observed_at":["client","server"],
-//!  "fwd":{"packets":6,"bytes":412},"rev":{"packets":4,"bytes":1480},
-//!  "verdict":"uncovered","ingress":{...},"egress":{...}}
+//!  "fwd":{"packets":6,"bytes":322},"rev":{"packets":4,"bytes":221},"node":"node-a",
+//!  "verdict":"denied",
+//!  "ingress":{"verdict":"denied","policies":[],"rules":[],"reason":"no_rule_matched"},
+//!  "egress":{"verdict":"uncovered","policies":[],"rules":[],"reason":"not_selected"}}
 //! ```
 //!
 //! `fwd` counts initiator->responder, `rev` the answer; bytes are IP-layer bytes. Enrichment and
@@ -212,5 +218,63 @@ mod tests {
         assert_eq!(v["fwd"], serde_json::json!({"packets": 6, "bytes": 412}));
         assert_eq!(v["rev"], serde_json::json!({"packets": 4, "bytes": 1480}));
         assert!(v.get("verdict").is_none());
+    }
+
+    /// The keys of a JSON object and, one level down, of its object members (`src.kind`).
+    fn shape(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+        let mut keys = std::collections::BTreeSet::new();
+        for (k, inner) in v.as_object().into_iter().flatten() {
+            keys.insert(k.clone());
+            for inner_key in inner.as_object().into_iter().flat_map(|o| o.keys()) {
+                keys.insert(format!("{k}.{inner_key}"));
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn the_module_doc_example_has_the_fields_of_a_real_record() {
+        let source = include_str!("flowlog.rs");
+        let example: String = source
+            .lines()
+            .skip_while(|l| *l != "//! ```json")
+            .skip(1)
+            .take_while(|l| *l != "//! ```")
+            .map(|l| l.trim_start_matches("//!"))
+            .collect();
+        let example: serde_json::Value = serde_json::from_str(&example)
+            .unwrap_or_else(|e| panic!("the module doc example is not JSON: {e}\n{example}"));
+
+        // web -> postgres in the demo cluster, as the agent on a node logs it.
+        let (inventory, _) = crate::inventory::snapshot::parse(
+            include_str!("../../deploy/demo/snapshot.yaml"),
+            "demo",
+        )
+        .unwrap();
+        let mut classifier = crate::classify::Classifier::new(
+            crate::enrich::EnrichOptions::default(),
+            crate::policy::PolicyOptions::default(),
+        );
+        classifier.update(&inventory, &crate::enrich::OwnerIndex::default(), 1, 0);
+        let mut flow = Flow::new(
+            FlowKey {
+                src: "10.213.0.10:48504".parse().unwrap(),
+                dst: "10.213.0.30:5432".parse().unwrap(),
+                protocol: Protocol::Tcp,
+            },
+            1,
+        );
+        flow.outcome = Outcome::Established;
+        let (class, _) = classifier.classify(&flow, None).unwrap();
+        let finished = FinishedFlow {
+            flow,
+            reason: EndReason::Closed,
+        };
+        let mut record =
+            FlowRecord::new(&finished, WallClock::new(UNIX_EPOCH, 0)).classified(&class);
+        record.node = Some("node-a".into());
+        let real: serde_json::Value = serde_json::from_str(&record.to_json_line()).unwrap();
+
+        assert_eq!(shape(&example), shape(&real), "{real}");
     }
 }

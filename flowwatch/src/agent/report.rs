@@ -27,7 +27,7 @@ struct Reported {
     /// The backend half of a connection to a Service (see [`Siblings`]): the Service half counts
     /// the connection; this half only adds its traffic.
     backend_half: bool,
-    /// The initiator is a pod of another node, whose agent counts this connection.
+    /// Another node's agent counts this connection (see [`counted_on_other_node`]).
     counted_elsewhere: bool,
 }
 
@@ -125,7 +125,7 @@ impl Reporter {
             entry.counted_elsewhere = entry
                 .class
                 .as_ref()
-                .is_some_and(|c| initiator_on_other_node(c, self.node.as_deref()));
+                .is_some_and(|c| counted_on_other_node(c, self.node.as_deref()));
         }
         let class = entry.class.clone()?;
         if entry.counted_elsewhere {
@@ -145,13 +145,28 @@ impl Reporter {
     }
 }
 
-fn initiator_on_other_node(class: &Classification, node: Option<&str>) -> bool {
-    match (&class.src, node) {
-        (crate::enrich::Endpoint::Pod(pod), Some(here)) => {
-            pod.node.as_deref().is_some_and(|n| n != here)
-        }
-        _ => false,
-    }
+/// Whether another node's agent counts this connection: the initiator's node when the
+/// initiator is a pod (host-network pods included), else the responder's node when the
+/// responder is a pod. Both agents see a connection between two nodes; without this rule
+/// `sum` over instances would count it twice.
+fn counted_on_other_node(class: &Classification, node: Option<&str>) -> bool {
+    use crate::enrich::Endpoint;
+    let Some(here) = node else {
+        return false;
+    };
+    let counting_pod = match &class.src {
+        Endpoint::Pod(pod) | Endpoint::HostNetworkPod(pod) => Some(pod),
+        // A node, an external address or an unknown one: the responder (a Service's
+        // backend included) is the pod whose node counts.
+        _ => match &class.dst {
+            Endpoint::HostNetworkPod(pod) => Some(pod),
+            dst => dst.pod(),
+        },
+    };
+    // A pod whose node is unknown, or no pod at either end: count it here rather than nowhere.
+    counting_pod
+        .and_then(|pod| pod.node.as_deref())
+        .is_some_and(|n| n != here)
 }
 
 struct Ctx<'a> {
@@ -367,39 +382,95 @@ mod tests {
         );
     }
 
+    /// The demo cluster (all on demo-node) plus a second node with a pod, and a host-network
+    /// pod on demo-node.
+    fn two_node_classifier() -> Classifier {
+        let extra = r#"
+---
+apiVersion: v1
+kind: Node
+metadata: {name: other-node}
+status: {addresses: [{type: InternalIP, address: 10.213.1.254}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  namespace: data
+  name: cache-0
+  ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: cache, uid: u-cache, controller: true}]
+spec: {nodeName: other-node, containers: [{name: c, ports: [{containerPort: 6379}]}]}
+status: {podIP: 10.213.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  namespace: data
+  name: probe-x1
+  ownerReferences: [{apiVersion: apps/v1, kind: DaemonSet, name: probe, uid: u-probe, controller: true}]
+spec: {nodeName: demo-node, hostNetwork: true, containers: [{name: c, ports: [{containerPort: 9100}]}]}
+status: {podIP: 10.213.0.254}
+"#;
+        let snapshot = include_str!("../../../deploy/demo/snapshot.yaml").to_owned() + extra;
+        let (inventory, errors) = crate::inventory::snapshot::parse(&snapshot, "demo").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
+        classifier.update(&inventory, &OwnerIndex::default(), 1, 0);
+        classifier
+    }
+
     #[test]
-    fn a_connection_from_a_pod_of_another_node_is_counted_there_not_here() {
-        let classifier = demo_classifier();
-        let mut flow = tcp_flow("10.213.0.10:40000", "10.213.0.30:5432");
-        flow.outcome = Outcome::Established;
-        flow.counters.fwd_packets = 3;
-        let done = [FinishedFlow {
-            flow,
-            reason: EndReason::Closed,
-        }];
-        // The demo's pods all run on demo-node.
-        for (node, counted) in [
-            (Some("demo-node"), true),
-            (Some("other-node"), false),
-            (None, true),
-        ] {
-            let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
-            let mut reporter = Reporter::new(node.map(String::from));
-            let classes = reporter.tick(
-                std::iter::empty(),
-                &done,
-                &classifier,
-                &metrics,
-                &mut |_| None,
-                10,
-            );
-            assert!(classes[0].is_some(), "the flow log keeps it either way");
-            let text = encode_prometheus_text(&registry).unwrap();
-            assert_eq!(
-                text.contains("flowwatch_connections_total{"),
-                counted,
-                "agent on {node:?}"
-            );
+    fn a_connection_is_counted_by_the_initiator_pods_node_else_by_the_responders() {
+        let classifier = two_node_classifier();
+        // (initiator, responder, whether the agent on demo-node / on other-node / without a
+        // node name counts it): every connection is counted by exactly one node.
+        let cases = [
+            // pod of demo-node -> pod of demo-node: its node only
+            ("10.213.0.10:40000", "10.213.0.30:5432", [true, false, true]),
+            // pod of demo-node -> pod of other-node: the initiator's node
+            ("10.213.0.10:40000", "10.213.1.10:6379", [true, false, true]),
+            // host-network pod of demo-node (recognised by a port it declares) -> pod of
+            // other-node: a pod initiator, so its node
+            ("10.213.0.254:9100", "10.213.1.10:6379", [true, false, true]),
+            // demo-node itself -> pod of other-node: not a pod, so the responder's node
+            (
+                "10.213.0.254:40000",
+                "10.213.1.10:6379",
+                [false, true, true],
+            ),
+            // outside the cluster -> pod of demo-node: the responder's node
+            ("198.51.100.7:40000", "10.213.0.10:80", [true, false, true]),
+        ];
+        for (src, dst, counted) in cases {
+            let mut flow = tcp_flow(src, dst);
+            flow.outcome = Outcome::Established;
+            flow.counters.fwd_packets = 3;
+            let done = [FinishedFlow {
+                flow,
+                reason: EndReason::Closed,
+            }];
+            for (node, counted) in [Some("demo-node"), Some("other-node"), None]
+                .into_iter()
+                .zip(counted)
+            {
+                let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
+                let mut reporter = Reporter::new(node.map(String::from));
+                let classes = reporter.tick(
+                    std::iter::empty(),
+                    &done,
+                    &classifier,
+                    &metrics,
+                    &mut |_| None,
+                    10,
+                );
+                assert!(classes[0].is_some(), "the flow log keeps it either way");
+                let text = encode_prometheus_text(&registry).unwrap();
+                assert_eq!(
+                    text.contains("flowwatch_connections_total{"),
+                    counted,
+                    "{src} -> {dst} on the agent of {node:?}: {:?}",
+                    classes[0].as_ref().map(|c| (&c.src, &c.dst))
+                );
+            }
         }
     }
 }

@@ -118,6 +118,10 @@ label_enum! {
         CronJob => "cronjob",
         /// A pod without a controller (named by the pod).
         Pod => "pod",
+        /// A pod of a controller flowwatch does not know, such as an Argo Rollout or another
+        /// custom resource (named `Kind/name`). A pod like the others; not `other`, which
+        /// is the overflow bucket only.
+        Custom => "custom",
         /// A node or a host-network pod (the node's address).
         Node => "node",
         /// An address outside the cluster.
@@ -279,7 +283,8 @@ impl Endpoint {
     pub fn unknown() -> Endpoint {
         Endpoint::workload("", "unknown", WorkloadKind::Unknown)
     }
-    /// Whether this end is a pod (has a namespace).
+    /// Whether this end is a pod (has a namespace). `Other` is the overflow bucket: whatever
+    /// it folded, it names no pod.
     pub fn is_pod(&self) -> bool {
         !matches!(
             self.kind,
