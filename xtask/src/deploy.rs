@@ -72,7 +72,7 @@ pub fn ensure_helm() -> Result<PathBuf> {
          -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor={minor}"
     );
     eprintln!("building helm {HELM_VERSION} with go (first time only; a few minutes)...");
-    let status = Command::new("go")
+    let status = crate::setup::go()?
         .args(["install", "-ldflags", &ldflags])
         .arg(format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"))
         .env("GOBIN", &staging)

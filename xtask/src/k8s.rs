@@ -13,8 +13,9 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
+
+use crate::setup;
 
 /// Paths of the built binaries.
 pub struct K8sBinaries {
@@ -95,7 +96,7 @@ fn go_build(module: &Path, pkg: &str, out: &Path) -> Result<()> {
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     eprintln!("k8s-bins: building {pkg} (first run only; several minutes on 2 cores)");
     let started = Instant::now();
-    let status = Command::new("go")
+    let status = setup::go()?
         .args(["build", "-trimpath", "-o"])
         .arg(&tmp)
         .arg(pkg)

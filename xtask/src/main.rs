@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing need (apt packages, bpf-linker, rust-src); idempotent.
+    /// Install what building and testing need (apt packages, bpf-linker, rust-src, rustfmt,
+    /// clippy) and check for Go; idempotent.
     Setup,
     /// Build (once, cached by version) the etcd and kube-apiserver binaries the tests start.
     K8sBins,
@@ -77,7 +78,7 @@ fn demo() -> anyhow::Result<()> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::for_tests(),
         Command::K8sBins => k8s::build_binaries().map(|_| ()),
         Command::RenderManifests { check } => deploy::render_manifests(check),
         Command::Demo => demo(),

@@ -22,11 +22,19 @@ const APT_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// What building the agent and its eBPF programs needs (the demo, the benches).
 pub fn run() -> Result<()> {
     apt_packages()?;
-    rust_src()?;
+    rust_components()?;
     bpf_linker()?;
-    go_present()?;
+    Ok(())
+}
+
+/// `run`, and Go for the test infrastructure (etcd, kube-apiserver and helm are built from
+/// their Go modules; the product never uses Go).
+pub fn for_tests() -> Result<()> {
+    run()?;
+    go()?;
     Ok(())
 }
 
@@ -69,14 +77,24 @@ fn apt_packages() -> Result<()> {
     )
 }
 
-fn rust_src() -> Result<()> {
+/// rust-src (the eBPF crate builds core from source), and rustfmt and clippy (the test
+/// command checks formatting and lints), which a minimal rustup profile leaves out.
+fn rust_components() -> Result<()> {
     let installed = quiet_output(Command::new("rustup").args(["component", "list", "--installed"]))
         .unwrap_or_default();
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+    let missing: Vec<&str> = ["rust-src", "rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: adding rust-src (the eBPF crate builds core from source)");
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "stable"]))
+    eprintln!("setup: adding {}", missing.join(" "));
+    run_cmd(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", "stable"])
+            .args(&missing),
+    )
 }
 
 fn bpf_linker() -> Result<()> {
@@ -99,9 +117,16 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-fn go_present() -> Result<()> {
-    if quiet_output(Command::new("go").arg("version")).is_none() {
-        bail!("`go` is not on PATH: the test infrastructure (etcd, kube-apiserver, helm) is built from Go modules");
+/// A `go` command: the one on PATH, else the official tarball's /usr/local/go/bin/go (where it
+/// lives on these machines, not always on a non-login shell's PATH).
+pub fn go() -> Result<Command> {
+    for candidate in ["go", "/usr/local/go/bin/go"] {
+        if quiet_output(Command::new(candidate).arg("version")).is_some() {
+            return Ok(Command::new(candidate));
+        }
     }
-    Ok(())
+    bail!(
+        "Go (1.21 or newer) is neither on PATH nor in /usr/local/go: the test infrastructure \
+         (etcd, kube-apiserver, helm) is built from Go modules"
+    )
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use crate::{deploy, k8s, setup};
 
 pub fn run() -> Result<()> {
-    setup::run()?;
+    setup::for_tests()?;
     let bins = k8s::build_binaries().context("building etcd and kube-apiserver")?;
     // The deploy tests find helm in its cache directory (deploy::helm_path).
     deploy::ensure_helm().context("building helm")?;
