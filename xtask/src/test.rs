@@ -69,8 +69,23 @@ pub fn run() -> Result<()> {
         .env("FLOWWATCH_ETCD", &bins.etcd)
         .env("FLOWWATCH_KUBE_APISERVER", &bins.kube_apiserver)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .context("starting cargo test")?;
+    // Cargo names every test binary that failed on stderr, including one that crashed (a
+    // signal, an abort) and so printed no `test result:` line for the totals to count.
+    let failed_binaries = child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || {
+            let mut failed = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Some(rest) = line.split("to rerun pass `").nth(1) {
+                    failed.push(rest.trim_end_matches('`').to_string());
+                }
+            }
+            failed
+        })
+    });
     let mut totals = Totals::default();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -79,14 +94,27 @@ pub fn run() -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-
+    let failed_binaries = failed_binaries
+        .and_then(|reader| reader.join().ok())
+        .unwrap_or_default();
     let skipped: Vec<String> = std::fs::read_to_string(&skip_log)
         .map(|log| log.lines().map(str::to_string).collect())
         .unwrap_or_default();
     let _ = std::fs::remove_file(&skip_log);
+
+    // The details first, the total last: the run ends with it.
     println!();
     for reason in &skipped {
         println!("SKIPPED: {reason}");
+    }
+    for name in &totals.failed_names {
+        println!("FAILED: {name}");
+    }
+    for name in &failures {
+        println!("FAILED CHECK: {name}");
+    }
+    for binary in &failed_binaries {
+        println!("FAILED TEST BINARY: {binary}");
     }
     println!(
         "TOTAL: {} tests run, {} failed, {} ignored, {} skipped (passed without running their checks), in {} test binaries",
@@ -96,20 +124,15 @@ pub fn run() -> Result<()> {
         skipped.len(),
         totals.binaries
     );
-    for name in &totals.failed_names {
-        println!("FAILED: {name}");
-    }
-    for name in &failures {
-        println!("FAILED CHECK: {name}");
-    }
     if !status.success() && totals.failed == 0 {
         bail!("cargo test failed before running every test ({status}): see the build output above");
     }
-    if totals.failed > 0 || !failures.is_empty() {
+    if totals.failed > 0 || !failures.is_empty() || !failed_binaries.is_empty() {
         bail!(
-            "{} tests failed, {} checks failed",
+            "{} tests failed, {} checks failed, {} test binaries failed",
             totals.failed,
-            failures.len()
+            failures.len(),
+            failed_binaries.len()
         );
     }
     Ok(())
