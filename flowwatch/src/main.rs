@@ -26,7 +26,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version on stdout, exit 0. A usage error exits 1, not clap's 2: the policy
+        // tools promise 2 for a snapshot that cannot be read, and scripts must tell the two
+        // apart.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+    };
     match cli.command {
         Command::Run(args) => run_agent(*args),
         Command::Policy(cmd) => flowwatch::policy_cli::run(cmd),

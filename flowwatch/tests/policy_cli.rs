@@ -454,6 +454,26 @@ fn binary_fails_only_when_the_snapshot_cannot_be_read() {
 }
 
 #[test]
+fn bad_arguments_exit_1_not_the_unreadable_snapshot_code() {
+    for args in [
+        &["policy", "eval", "--no-such-flag"][..],
+        &["policy", "eval", "--ipblock-matches-pod-ips=maybe"],
+        &["run", "--poll-interval-ms", "0"],
+    ] {
+        let out = flowwatch().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("error:"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let help = flowwatch().args(["policy", "--help"]).output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("eval"));
+}
+
+#[test]
 fn binary_explain_and_coverage() {
     let explain = flowwatch()
         .args(["policy", "explain", "--snapshot"])
