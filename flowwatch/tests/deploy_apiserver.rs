@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::apiserver::ApiServer;
-use support::privileged::{command, require};
+use support::privileged::require;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -124,13 +124,14 @@ spec:
 
 struct Kubectl<'a> {
     api: &'a ApiServer,
+    binary: PathBuf,
 }
 
 impl Kubectl<'_> {
     /// Runs kubectl with `args`, feeding `stdin`; returns (success, stdout, stderr).
     fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         use std::io::Write;
-        let mut child = Command::new("kubectl")
+        let mut child = Command::new(&self.binary)
             .arg(format!(
                 "--kubeconfig={}",
                 self.api.kubeconfig_path().display()
@@ -202,9 +203,13 @@ async fn every_rendered_manifest_passes_a_server_side_dry_run() {
     if !require("server-side dry run", ApiServer::available()) {
         return;
     }
-    if !require("server-side dry run", command("kubectl")) {
-        return;
-    }
+    let kubectl = match support::apiserver::kubectl() {
+        Ok(k) => k,
+        Err(e) => {
+            require("server-side dry run", Err(e));
+            return;
+        }
+    };
     let helm = match helm() {
         Ok(h) => h,
         Err(e) => {
@@ -213,7 +218,10 @@ async fn every_rendered_manifest_passes_a_server_side_dry_run() {
         }
     };
     let api = ApiServer::start().await;
-    let k = Kubectl { api: &api };
+    let k = Kubectl {
+        api: &api,
+        binary: kubectl,
+    };
 
     k.ok(
         &["apply", "--server-side", "-f", "-"],

@@ -1,15 +1,16 @@
-//! The real Kubernetes control plane of the tests: etcd and kube-apiserver built from their
-//! published Go modules, cached by version.
+//! The real Kubernetes control plane of the tests: etcd and kube-apiserver (and kubectl, for
+//! the manifests' server-side dry run) built from their published Go modules, cached by version.
 //!
 //! The Go wrapper module lives in `testinfra/kube/` (test infrastructure only; the product has no
 //! Go). Its `go.mod` requires `k8s.io/kubernetes` and replaces each `k8s.io/<staging>` module
 //! with the matching published `v0.X.Y`; etcd comes from the `go.etcd.io/etcd/server/v3` version
 //! that kube-apiserver itself pins. The binaries go to
-//! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/k8s-<version>/{etcd,kube-apiserver}`; a present
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/k8s-<version>/{etcd,kube-apiserver,kubectl}`; a present
 //! binary is never rebuilt, so only the first run pays (several minutes on 2 cores).
 //!
 //! The test harness (`flowwatch/tests/support/apiserver.rs`) finds the same paths from the same
-//! `go.mod`, or takes `FLOWWATCH_ETCD` / `FLOWWATCH_KUBE_APISERVER` when they are set.
+//! `go.mod`, or takes `FLOWWATCH_ETCD` / `FLOWWATCH_KUBE_APISERVER` / `FLOWWATCH_KUBECTL` when
+//! they are set.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -21,11 +22,13 @@ use crate::setup;
 pub struct K8sBinaries {
     pub etcd: PathBuf,
     pub kube_apiserver: PathBuf,
+    pub kubectl: PathBuf,
 }
 
 /// The Go packages whose `main` builds each binary.
 const ETCD_PKG: &str = "go.etcd.io/etcd/server/v3";
 const APISERVER_PKG: &str = "k8s.io/kubernetes/cmd/kube-apiserver";
+const KUBECTL_PKG: &str = "k8s.io/kubernetes/cmd/kubectl";
 
 /// The wrapper module's directory.
 pub fn module_dir() -> PathBuf {
@@ -76,10 +79,12 @@ pub fn build_binaries() -> Result<K8sBinaries> {
     let bins = K8sBinaries {
         etcd: dir.join("etcd"),
         kube_apiserver: dir.join("kube-apiserver"),
+        kubectl: dir.join("kubectl"),
     };
     for (path, pkg) in [
         (&bins.etcd, ETCD_PKG),
         (&bins.kube_apiserver, APISERVER_PKG),
+        (&bins.kubectl, KUBECTL_PKG),
     ] {
         if path.is_file() {
             eprintln!("k8s-bins: {} (cached)", path.display());

@@ -68,6 +68,7 @@ pub fn run() -> Result<()> {
         .env("FLOWWATCH_SKIP_LOG", &skip_log)
         .env("FLOWWATCH_ETCD", &bins.etcd)
         .env("FLOWWATCH_KUBE_APISERVER", &bins.kube_apiserver)
+        .env("FLOWWATCH_KUBECTL", &bins.kubectl)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -417,6 +417,23 @@ pub fn binaries() -> Result<Binaries, String> {
     })
 }
 
+/// kubectl, built with the control plane (same version): from `FLOWWATCH_KUBECTL`, else from
+/// the cache that `cargo xtask k8s-bins` fills.
+pub fn kubectl() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("FLOWWATCH_KUBECTL").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => cache_dir()?.join("kubectl"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found (run `cargo xtask k8s-bins`, or set FLOWWATCH_KUBECTL)",
+            path.display()
+        ))
+    }
+}
+
 fn cache_dir() -> Result<PathBuf, String> {
     let go_mod_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testinfra/kube/go.mod");
     let go_mod = std::fs::read_to_string(&go_mod_path)
