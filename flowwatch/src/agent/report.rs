@@ -62,12 +62,18 @@ impl Reporter {
         nat: &mut dyn FnMut(&FlowKey) -> Option<SocketAddr>,
         now: Nanos,
     ) -> Vec<Option<Arc<Classification>>> {
+        // A live flow whose 5-tuple also ended this poll is a new connection on a reused
+        // 5-tuple: it is classified and counted anew, once the old one is settled.
+        let ended: std::collections::HashSet<FlowKey> =
+            finished.iter().map(|d| d.flow.key).collect();
         // Only flows still to classify need a twin: pairing the whole flow table on every poll
         // would be per-flow work that changes nothing for flows already classified.
         let unclassified = live
             .clone()
             .chain(finished.iter().map(|d| &d.flow))
-            .filter(|f| self.flows.get(&f.key).is_none_or(|r| r.class.is_none()));
+            .filter(|f| {
+                ended.contains(&f.key) || self.flows.get(&f.key).is_none_or(|r| r.class.is_none())
+            });
         let siblings = Siblings::of(unclassified);
         let mut ctx = Ctx {
             classifier,
@@ -76,18 +82,21 @@ impl Reporter {
             nat,
             now,
         };
-        for flow in live {
-            let outcome = (flow.outcome == Outcome::Established).then_some(Outcome::Established);
-            self.record(flow, outcome, &mut ctx);
-        }
-        finished
+        // The flows that ended first: their entries must be gone before a new connection on
+        // the same 5-tuple (live below) is counted, or it would take the old one's entry.
+        let classes = finished
             .iter()
             .map(|done| {
                 let class = self.record(&done.flow, Some(done.flow.outcome), &mut ctx);
                 self.flows.remove(&done.flow.key);
                 class
             })
-            .collect()
+            .collect();
+        for flow in live {
+            let outcome = (flow.outcome == Outcome::Established).then_some(Outcome::Established);
+            self.record(flow, outcome, &mut ctx);
+        }
+        classes
     }
 
     fn record(
@@ -314,6 +323,55 @@ mod tests {
             Some(5.0),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_new_connection_on_a_reused_five_tuple_is_counted_with_its_own_traffic() {
+        let classifier = demo_classifier();
+        let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
+        let mut reporter = Reporter::new(None);
+        let mut old = tcp_flow("10.213.0.10:40000", "10.213.0.30:5432");
+        old.outcome = Outcome::Established;
+        old.counters.fwd_packets = 5;
+        let tick = |reporter: &mut Reporter, live: &[&Flow], done: &[FinishedFlow], now| {
+            reporter.tick(
+                live.iter().copied(),
+                done,
+                &classifier,
+                &metrics,
+                &mut |_| None,
+                now,
+            );
+        };
+        tick(&mut reporter, &[&old], &[], 10);
+        // The same 5-tuple connects again before the old record is reported (the aggregator
+        // reports the old one as reused and starts the new one from zero).
+        old.counters.fwd_packets = 6;
+        let mut new = tcp_flow("10.213.0.10:40000", "10.213.0.30:5432");
+        new.outcome = Outcome::Established;
+        new.counters.fwd_packets = 3;
+        let done = [FinishedFlow {
+            flow: old,
+            reason: EndReason::Reused,
+        }];
+        tick(&mut reporter, &[&new], &done, 20);
+        let text = encode_prometheus_text(&registry).unwrap();
+        let edge = "src_workload=\"web\"";
+        assert_eq!(
+            sample(&text, "flowwatch_connections_total", edge),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "flowwatch_flow_packets_total",
+                "direction=\"forward\""
+            ),
+            Some(9.0),
+            "{text}"
+        );
+        assert_eq!(reporter.len(), 1, "the new connection is followed");
     }
 
     #[test]
