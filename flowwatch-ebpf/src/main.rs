@@ -209,6 +209,19 @@ const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DESTINATION_OPTIONS: u8 = 60;
+/// How many extension headers are followed before giving up (bounded for the verifier).
+const IPV6_EXTENSION_HEADERS_WALKED: usize = 4;
+
+fn is_tracked(protocol: u8) -> bool {
+    matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
+}
+
+fn is_ipv6_extension(protocol: u8) -> bool {
+    matches!(
+        protocol,
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DESTINATION_OPTIONS
+    )
+}
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -297,7 +310,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
             }
             if frag & 0x1fff != 0 {
                 // A non-first fragment carries no ports; it cannot be attributed to a flow.
-                if matches!(key.protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+                if is_tracked(key.protocol) {
                     bump(STAT_UNATTRIBUTED);
                 }
                 return Ok(None);
@@ -306,23 +319,42 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
         }
         ETH_P_IPV6 => {
             let payload_len = u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 4)?);
-            // Extension headers are not walked: packets behind them are counted as
-            // unattributed, not in a flow.
             key.protocol = read(ctx, ETH_HDR_LEN + 6)?;
-            if matches!(
-                key.protocol,
-                IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DESTINATION_OPTIONS
-            ) {
-                bump(STAT_UNATTRIBUTED);
-                return Ok(None);
-            }
             key.family = AF_INET6;
             key.src_addr = read(ctx, ETH_HDR_LEN + 8)?;
             key.dst_addr = read(ctx, ETH_HDR_LEN + 24)?;
-            (
-                ETH_HDR_LEN + IPV6_HDR_LEN,
-                IPV6_HDR_LEN as u64 + payload_len as u64,
-            )
+            let ip_len = IPV6_HDR_LEN as u64 + payload_len as u64;
+            let mut l4_offset = ETH_HDR_LEN + IPV6_HDR_LEN;
+            // Extension headers (MLD's hop-by-hop, routing, destination options, fragments):
+            // walked, a few deep, to the transport header. A fragment after the first has no
+            // ports, and a chain deeper than the walk is not followed: neither can be given a
+            // flow, so they are counted as unattributed when they carry TCP, UDP or SCTP.
+            for _ in 0..IPV6_EXTENSION_HEADERS_WALKED {
+                match key.protocol {
+                    IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
+                        let header: [u8; 2] = ctx.load(l4_offset)?;
+                        key.protocol = header[0];
+                        l4_offset += (header[1] as usize + 1) * 8;
+                    }
+                    IPV6_FRAGMENT => {
+                        let header: [u8; 4] = ctx.load(l4_offset)?;
+                        key.protocol = header[0];
+                        if u16::from_be_bytes([header[2], header[3]]) & 0xfff8 != 0 {
+                            if is_tracked(key.protocol) {
+                                bump(STAT_UNATTRIBUTED);
+                            }
+                            return Ok(None);
+                        }
+                        l4_offset += 8;
+                    }
+                    _ => break,
+                }
+            }
+            if is_ipv6_extension(key.protocol) {
+                bump(STAT_UNATTRIBUTED);
+                return Ok(None);
+            }
+            (l4_offset, ip_len)
         }
         _ => return Ok(None),
     };

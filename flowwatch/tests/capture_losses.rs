@@ -1,7 +1,8 @@
 //! Loss is counted, end to end: the kernel's flow map and its event ring buffer are made to
 //! overflow on purpose, with the real agent, and the exact number of lost flows and events must
 //! reach the agent's metric, its warning and its shutdown line, while what did fit is still
-//! reported.
+//! reported. Also traffic no flow can be given (IP fragments after the first) is counted, not
+//! silently left out.
 //!
 //! Needs root; outside CI these tests skip with one line, under CI=true they must run.
 
@@ -297,4 +298,45 @@ fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains()
             "client port {port}: {events:?}"
         );
     }
+}
+
+#[test]
+fn fragments_after_the_first_are_counted_as_unattributed_and_the_flow_keeps_the_first() {
+    if !privileged::root_test("IP fragments") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
+    // 3,000 bytes over a 1,500-byte MTU: three IPv4 fragments each, only the first with ports.
+    const DATAGRAMS: u64 = 5;
+    let target = server.ipv4;
+    client
+        .run(move || {
+            let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..DATAGRAMS {
+                sock.send_to(&[1u8; 3000], (target, 7777)).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .join()
+        .unwrap();
+    let series = "flowwatch_kernel_packets_unattributed_total";
+    agent.wait_metric(series, (DATAGRAMS * 2) as f64, Duration::from_secs(10));
+    let (status, records) = agent.stop();
+    assert!(status.success());
+    let flows: Vec<_> = records
+        .iter()
+        .filter(|r| r["protocol"] == "UDP" && r["dst"]["ip"] == target.to_string())
+        .collect();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0]["fwd"]["packets"], DATAGRAMS, "{}", flows[0]);
+    assert!(
+        agent
+            .stderr()
+            .contains(&format!("unattributed_packets={}", DATAGRAMS * 2)),
+        "shutdown line:\n{}",
+        agent.stderr()
+    );
 }

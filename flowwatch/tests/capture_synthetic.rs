@@ -44,15 +44,27 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
     }
     assert_eq!(source.losses().unwrap().truncated_packets - before, 2);
 
-    // No flow can be given a non-first IPv4 fragment (no ports) or an IPv6 packet behind
-    // extension headers (not walked): counted as unattributed, not dropped silently. A first
-    // fragment has its ports and counts in its flow; ICMP is not tracked, so not counted.
+    // No flow can be given a fragment after the first (no ports): IPv4, or IPv6 behind a
+    // fragment header. Counted as unattributed, not dropped silently. A first fragment has its
+    // ports and counts in its flow, as does UDP behind a hop-by-hop header (the walk finds it);
+    // ICMP is not tracked, so neither counted nor unattributed (MLD is ICMPv6 behind
+    // hop-by-hop: every pod sends it).
     let before = source.losses().unwrap();
-    let mut later_fragment = ipv4(a4, b4, 17, &[0u8; 16]);
-    later_fragment[14 + 6..14 + 8].copy_from_slice(&0x00b9u16.to_be_bytes()); // offset 1480
+    let later_fragment = {
+        let mut f = ipv4(a4, b4, 17, &[0u8; 16]);
+        f[14 + 6..14 + 8].copy_from_slice(&0x00b9u16.to_be_bytes()); // offset 1480
+        f
+    };
     let mut first_fragment = ipv4(a4, b4, 17, &support::frames::udp(7000, 53, &[0u8; 8]));
     first_fragment[14 + 6..14 + 8].copy_from_slice(&0x2000u16.to_be_bytes()); // more fragments
-    let hop_by_hop = ipv6(a6, b6, 0, &[17, 0, 1, 4, 0, 0, 0, 0]);
+    let udp_behind_hop_by_hop = {
+        let mut l4 = vec![17, 0, 1, 4, 0, 0, 0, 0]; // next UDP, 8 bytes, PadN
+        l4.extend(support::frames::udp(7001, 53, &[0u8; 8]));
+        ipv6(a6, b6, 0, &l4)
+    };
+    // Fragment header: next UDP, offset 185 (1480 bytes), identification 1.
+    let v6_later_fragment = ipv6(a6, b6, 44, &[17, 0, 0x05, 0xc8, 0, 0, 0, 1, 0, 0, 0, 0]);
+    let mld = ipv6(a6, b6, 0, &[58, 0, 5, 2, 0, 0, 1, 0, 143, 0, 0, 0]);
     let icmp_later_fragment = {
         let mut f = ipv4(a4, b4, 1, &[0u8; 16]);
         f[14 + 6..14 + 8].copy_from_slice(&0x00b9u16.to_be_bytes());
@@ -61,14 +73,21 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
     for frame in [
         later_fragment,
         first_fragment,
-        hop_by_hop,
+        udp_behind_hop_by_hop,
+        v6_later_fragment,
+        mld,
         icmp_later_fragment,
     ] {
         assert_eq!(dp.run_ingress_on(&frame).expect("test run"), TC_ACT_OK);
     }
     let after = source.losses().unwrap();
     assert_eq!(after.unattributed_packets - before.unattributed_packets, 2);
-    assert_eq!(after.packets - before.packets, 1, "the first fragment");
+    assert_eq!(after.truncated_packets, before.truncated_packets);
+    assert_eq!(
+        after.packets - before.packets,
+        2,
+        "the first fragment and the UDP behind hop-by-hop"
+    );
 
     let mut totals = Vec::new();
     source.read_totals(&mut totals).unwrap();

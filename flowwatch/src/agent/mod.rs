@@ -287,6 +287,7 @@ async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) ->
 #[derive(Default)]
 struct Health {
     lost_reported: u64,
+    unattributed_reported: u64,
 }
 
 impl Health {
@@ -313,6 +314,12 @@ impl Health {
                 );
                 metrics.add_events_lost(lost - self.lost_reported);
                 self.lost_reported = lost;
+            }
+            if losses.unattributed_packets > self.unattributed_reported {
+                metrics.add_packets_unattributed(
+                    losses.unattributed_packets - self.unattributed_reported,
+                );
+                self.unattributed_reported = losses.unattributed_packets;
             }
         }
         if let Ok(fill) = pipeline.source.flow_map_fill() {

@@ -256,6 +256,7 @@ impl EdgeFamilies {
 /// The agent's own health.
 pub struct Health {
     events_lost: Counter,
+    packets_unattributed: Counter,
     map_fill: Family<MapLabels, F64Gauge>,
     interfaces_attached: Gauge,
     watch_staleness: Family<ResourceLabels, F64Gauge>,
@@ -271,6 +272,7 @@ impl Health {
     fn new() -> Self {
         Health {
             events_lost: Counter::default(),
+            packets_unattributed: Counter::default(),
             map_fill: Family::default(),
             interfaces_attached: Gauge::default(),
             watch_staleness: Family::default(),
@@ -291,6 +293,12 @@ impl Health {
             "Flow events lost: the kernel ring buffer or flow map was full, or the agent refused \
              new flows at its own bound on flows in flight",
             self.events_lost.clone(),
+        );
+        registry.register(
+            "kernel_packets_unattributed",
+            "Packets of a tracked protocol no flow could be given (non-first IPv4 fragments, \
+             IPv6 behind extension headers): traffic in no flow",
+            self.packets_unattributed.clone(),
         );
         registry.register(
             "kernel_map_fill_ratio",
@@ -568,6 +576,11 @@ impl Metrics {
     /// full) and flows the agent itself refused (its bound on flows in flight).
     pub fn add_events_lost(&self, n: u64) {
         self.inner.health.events_lost.inc_by(n);
+    }
+
+    /// Adds packets the kernel could not give a flow since the last call.
+    pub fn add_packets_unattributed(&self, n: u64) {
+        self.inner.health.packets_unattributed.inc_by(n);
     }
 
     /// Sets a kernel map's fill ratio (clamped to 0..=1; NaN is ignored).

@@ -300,6 +300,7 @@ fn health_setters_reach_the_exposition() {
     let (m, reg) = new(MetricsConfig::default());
     m.add_events_lost(5);
     m.add_events_lost(2);
+    m.add_packets_unattributed(4);
     m.set_map_fill(KernelMap::Flows, 1.7);
     m.set_map_fill(KernelMap::Events, f64::NAN);
     m.set_interfaces_attached(3);
@@ -314,6 +315,7 @@ fn health_setters_reach_the_exposition() {
     let t = text(&reg);
     for want in [
         "flowwatch_kernel_events_lost_total 7",
+        "flowwatch_kernel_packets_unattributed_total 4",
         "flowwatch_kernel_map_fill_ratio{map=\"flows\"} 1.0",
         "flowwatch_interfaces_attached 3",
         "flowwatch_watch_staleness_seconds{resource=\"networkpolicies\"} 2.5",
