@@ -632,11 +632,15 @@ fn no_privileges_is_one_clear_error() {
     {
         return;
     }
+    // Still uid 0 (so the binary is reachable wherever the clone is, e.g. under a 0700 /root),
+    // but with no capabilities: an empty bounding set leaves root none at exec, and
+    // no_new_privs keeps it so.
     let (status, stderr) = agent::run_to_exit(std::process::Command::new("setpriv").args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
+        "--bounding-set=-all",
         "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--no-new-privs",
+        "--",
         agent::binary(),
         "run",
         "--listen",

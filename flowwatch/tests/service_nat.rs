@@ -15,20 +15,16 @@ use std::time::Duration;
 use support::agent::Agent;
 use support::netns::{sh, Node, Pod};
 use support::privileged;
+use support::traffic::accept_within;
 
-/// Restores `net.ipv4.ip_forward` and removes the NAT rule, also on failure.
+/// The DNAT rule as kube-proxy writes it, removed again on drop, also on failure. Unique to
+/// the test: its ClusterIP derives from the server node's unique subnet.
 struct HostNat {
-    forward_before: String,
     rule: Vec<String>,
 }
 
 impl HostNat {
     fn install(cluster_ip: Ipv4Addr, backend: SocketAddr) -> HostNat {
-        let forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
-            .unwrap_or_else(|_| "0".into())
-            .trim()
-            .to_string();
-        sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let rule: Vec<String> = [
             "PREROUTING",
             "-d",
@@ -48,10 +44,7 @@ impl HostNat {
         let mut add = vec!["iptables", "-t", "nat", "-A"];
         add.extend(rule.iter().map(String::as_str));
         sh(&add);
-        HostNat {
-            forward_before,
-            rule,
-        }
+        HostNat { rule }
     }
 }
 
@@ -60,16 +53,16 @@ impl Drop for HostNat {
         let mut del = vec!["-t".to_string(), "nat".into(), "-D".into()];
         del.extend(self.rule.iter().cloned());
         let _ = Command::new("iptables").args(&del).output();
-        let _ = Command::new("sysctl")
-            .args([
-                "-qw",
-                &format!("net.ipv4.ip_forward={}", self.forward_before),
-            ])
-            .output();
     }
 }
 
-/// Gives the node's bridge the .254 address of its pods' subnet and routes the pods through it.
+/// Gives the node's bridge the .254 address of its pods' subnet, routes the pods through it,
+/// and lets the host forward what arrives on the bridge.
+///
+/// Forwarding is switched on for this bridge only (`net.ipv4.conf.<bridge>.forwarding`, which
+/// decides for packets coming in on it), never through the machine-wide `net.ipv4.ip_forward`:
+/// nothing global to save and restore, which tests running at the same time (in this process
+/// or another) would race on, and the setting goes with the bridge.
 fn route_through_host(node: &Node) {
     let pod = &node.pods[0];
     let o = pod.ipv4.octets();
@@ -81,6 +74,11 @@ fn route_through_host(node: &Node) {
         &format!("{gateway}/24"),
         "dev",
         &node.bridge,
+    ]);
+    sh(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv4.conf.{}.forwarding=1", node.bridge),
     ]);
     pod.ip(&["route", "add", "default", "via", &gateway.to_string()]);
 }
@@ -163,7 +161,7 @@ fn scenario(backend_elsewhere: bool) {
     let srv = server.run(move || {
         let l = TcpListener::bind(backend).unwrap();
         tx.send(()).unwrap();
-        let (mut c, _) = l.accept().unwrap();
+        let mut c = accept_within(&l, Duration::from_secs(10)).expect("accept at the backend");
         let mut buf = [0u8; 5];
         c.read_exact(&mut buf).unwrap();
         c.write_all(&buf).unwrap();
@@ -176,6 +174,7 @@ fn scenario(backend_elsewhere: bool) {
                 Duration::from_secs(3),
             )
             .expect("connect to the ClusterIP");
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             c.write_all(b"hello").unwrap();
             let mut buf = [0u8; 5];
             c.read_exact(&mut buf).unwrap();

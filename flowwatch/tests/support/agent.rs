@@ -1,6 +1,7 @@
 //! The real agent binary, run as a child process with a flow log in a temp dir.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,48 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding a loopback port")
+}
+
+/// How long a SIGKILLed agent may take to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes the child get SIGKILL when the thread that spawns it (the test) dies, so an agent
+/// never outlives a killed test run.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe; they only touch the child itself.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect: the signal will not come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the test process is gone"));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit; `None` if it did not.
+fn wait_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL and reap, bounded; `false` if the process could not be reaped in time.
+fn kill_and_reap(child: &mut Child) -> bool {
+    let _ = child.kill();
+    wait_within(child, REAP_TIMEOUT).is_some()
 }
 
 /// Where the agent writes its flow log.
@@ -82,7 +125,7 @@ impl Agent {
                 Stdio::from(std::fs::File::create(&flow_log).expect("stdout capture file"))
             }
         };
-        let mut child = cmd
+        let mut child = die_with_parent(&mut cmd)
             .args(["--listen", &listen])
             .args(args)
             .env("FLOWWATCH_LOG", "info")
@@ -155,16 +198,12 @@ impl Agent {
         let mut child = self.child.take().expect("agent already stopped");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("agent did not stop on signal {signal}:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(status) = wait_within(&mut child, Duration::from_secs(20)) else {
+            let reaped = kill_and_reap(&mut child);
+            panic!(
+                "agent did not stop on signal {signal} (SIGKILLed, reaped: {reaped}):\n{}",
+                self.stderr()
+            );
         };
         (status, self.records())
     }
@@ -206,8 +245,12 @@ impl Agent {
     /// SIGKILL, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            if !kill_and_reap(&mut child) {
+                eprintln!(
+                    "agent {} not reaped {REAP_TIMEOUT:?} after SIGKILL",
+                    child.id()
+                );
+            }
         }
     }
 
@@ -228,13 +271,35 @@ impl Drop for Agent {
 }
 
 /// Runs the agent binary to completion (for startup errors) and returns (status, stderr).
+/// Panics, after killing it, if it is still running after 30 s.
 pub fn run_to_exit(cmd: &mut Command) -> (ExitStatus, String) {
-    let out = cmd
+    let timeout = Duration::from_secs(30);
+    let mut child = die_with_parent(cmd)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("spawning flowwatch");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut pipe = child.stderr.take().expect("stderr");
+    // Read on a thread: the pipe would otherwise fill up, and read_to_string alone could block
+    // on a grandchild holding it open.
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    let Some(status) = wait_within(&mut child, timeout) else {
+        let reaped = kill_and_reap(&mut child);
+        panic!("{cmd:?} still running after {timeout:?} (SIGKILLed, reaped: {reaped})");
+    };
+    // The reader ends when the last writer closes the pipe; wait for that, bounded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        reader.is_finished(),
+        "{cmd:?} exited ({status}) but its stderr stayed open"
+    );
+    (status, reader.join().unwrap())
 }

@@ -1,18 +1,27 @@
 //! Pods on one machine, as a CNI makes them: each pod is a network namespace whose `eth0` is
 //! one end of a veth pair; the host end joins a per-test bridge in the root namespace.
 //!
-//! Names and subnets are unique per test (process id + counter), so tests run in parallel.
+//! Every node owns a slot, a number that no other live node on the machine has, in whatever
+//! process: the slot is an exclusive `flock` on a file in a machine-wide directory, which the
+//! kernel releases when the owner dies. A node's names (`fw{tag}...`) and subnets derive from
+//! its slot, so tests run in parallel, also alongside other test processes. Objects named after
+//! a slot that nobody holds are leftovers of a killed process: whoever takes the slot removes
+//! them first, and nothing of a live process is touched.
+//!
 //! Everything is removed on drop, also when the test panics: veths first (a namespace frees
 //! them asynchronously, and a quick re-run would trip over leftovers), then namespaces, then the
 //! bridge.
 
 use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Slots map to IPv4 subnets `10.{100 + slot / 256}.{slot % 256}.0/24`, clear of the 10.0-10.10,
+/// 10.96 (ClusterIPs) and 10.2xx addresses tests use as fake cluster addresses.
+const SLOTS: u32 = 100 * 256;
 
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(args: &[&str]) -> Output {
@@ -31,10 +40,14 @@ pub fn sh(args: &[&str]) -> Output {
 
 /// A node with a bridge and pods.
 pub struct Node {
-    /// Short unique tag; every interface name of this node starts with `fw{tag}`.
+    /// Short unique tag (4 hex digits, the slot); the node's bridge is `fw{tag}br`, its pods'
+    /// host interfaces `fw{tag}h{i}` and namespaces `fw{tag}p{i}`. Tests may add interfaces
+    /// `fw{tag}h{i}` / `fw{tag}x{i}`: drop removes those too.
     pub tag: String,
     pub bridge: String,
     pub pods: Vec<Pod>,
+    /// The slot's lock, held as long as the node lives (released after the cleanup in drop).
+    _slot: File,
 }
 
 /// One pod: a network namespace with an address on the node's bridge.
@@ -49,22 +62,24 @@ pub struct Pod {
 impl Node {
     /// Creates a bridge and `pods` pods on it, each with an IPv4 and an IPv6 address.
     pub fn new(pods: usize) -> Node {
-        let n = (std::process::id() % 4096) * 16 + COUNTER.fetch_add(1, Ordering::SeqCst) % 16;
-        let tag = format!("{n:05x}");
+        let (n, lock) = claim_slot();
+        let tag = format!("{n:04x}");
         let bridge = format!("fw{tag}br");
-        let (a, b) = (100 + (n / 256) % 100, n % 256);
+        let (a, b) = (100 + n / 256, n % 256);
         let mut node = Node {
             tag: tag.clone(),
             bridge: bridge.clone(),
             pods: Vec::new(),
+            _slot: lock,
         };
-        // A leftover from a killed earlier run with the same tag would make `add` fail.
-        node.remove_leftovers(pods);
+        // Whatever carries this slot's names now was left by a process that died holding it.
+        node.remove_all();
         sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
         sh(&["ip", "link", "set", &bridge, "up"]);
         for i in 0..pods {
             let netns = format!("fw{tag}p{i}");
             let host_if = format!("fw{tag}h{i}");
+            assert!(host_if.len() <= 15, "interface name {host_if} too long");
             let ipv4 = Ipv4Addr::new(10, a as u8, b as u8, i as u8 + 1);
             let ipv6: Ipv6Addr = format!("fd77:{n:x}::{:x}", i + 1).parse().unwrap();
             sh(&["ip", "netns", "add", &netns]);
@@ -93,36 +108,95 @@ impl Node {
         format!("fw{}h*", self.tag)
     }
 
-    fn remove_leftovers(&self, pods: usize) {
-        for i in 0..pods.max(8) {
+    /// Whether `name` is one of this node's: `fw{tag}` then `br`, or `h`/`x`/`p` and a number.
+    /// (Names of other slots, and the 5-digit tags of older harness versions, never match.)
+    fn owns(&self, name: &str) -> bool {
+        let Some(rest) = name.strip_prefix(&format!("fw{}", self.tag)) else {
+            return false;
+        };
+        rest == "br"
+            || rest
+                .strip_prefix(['h', 'x', 'p'])
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|c| c.is_ascii_digit()))
+    }
+
+    /// Removes every interface and namespace carrying this node's names: veths first, then
+    /// namespaces, then the bridge. Only called while holding the slot, so nothing here can
+    /// belong to another live node.
+    fn remove_all(&self) {
+        let links: Vec<String> = Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+            // "7: fw0a1bh0@if2: <BROADCAST,..." -> "fw0a1bh0"
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name).to_string())
+            .filter(|name| self.owns(name))
+            .collect();
+        let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| self.owns(name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for link in links.iter().filter(|l| **l != self.bridge) {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
+        }
+        for netns in &namespaces {
+            let _ = Command::new("ip").args(["netns", "del", netns]).output();
+        }
+        if links.contains(&self.bridge) {
             let _ = Command::new("ip")
-                .args(["link", "del", &format!("fw{}h{i}", self.tag)])
-                .output();
-            let _ = Command::new("ip")
-                .args(["netns", "del", &format!("fw{}p{i}", self.tag)])
+                .args(["link", "del", &self.bridge])
                 .output();
         }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
     }
+}
+
+/// Where the slot locks live: machine-wide (not per user or per clone), so every test process
+/// on the machine sees the same slots.
+fn slot_dir() -> PathBuf {
+    let dir = if std::path::Path::new("/run/lock").is_dir() {
+        PathBuf::from("/run/lock/flowwatch-test-nodes")
+    } else {
+        std::env::temp_dir().join("flowwatch-test-nodes")
+    };
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+/// Takes a free slot: an exclusive, non-blocking `flock` on its file. Starts at a random slot,
+/// so concurrent processes rarely probe the same ones; every slot is tried at most once.
+fn claim_slot() -> (u32, File) {
+    let dir = slot_dir();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let start = (h.finish() % u64::from(SLOTS)) as u32;
+    for k in 0..SLOTS {
+        let n = (start + k) % SLOTS;
+        let path = dir.join(format!("{n:04x}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        // SAFETY: a valid fd; the lock belongs to this open file description, which the Node
+        // keeps (O_CLOEXEC: children do not inherit it).
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (n, file);
+        }
+    }
+    panic!("all {SLOTS} test node slots in {} are taken", dir.display());
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for pod in &self.pods {
-            let _ = Command::new("ip")
-                .args(["link", "del", &pod.host_if])
-                .output();
-        }
-        for pod in &self.pods {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &pod.netns])
-                .output();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
+        // Also what a test added under this node's names; the slot's lock goes after this.
+        self.remove_all();
     }
 }
 

@@ -15,8 +15,7 @@ pub fn one_connection(from: &Pod, to: &Pod, addr: SocketAddr) {
     let server = to.run(move || {
         let listener = TcpListener::bind(addr).expect("bind");
         tx.send(()).ok();
-        if let Ok((mut c, _)) = listener.accept() {
-            c.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        if let Ok(mut c) = accept_within(&listener, Duration::from_secs(5)) {
             let mut buf = [0u8; 5];
             if c.read_exact(&mut buf).is_ok() {
                 let _ = c.write_all(&buf);
@@ -36,6 +35,33 @@ pub fn one_connection(from: &Pod, to: &Pod, addr: SocketAddr) {
         .unwrap();
     assert!(ok.is_some(), "connection to {addr} failed");
     server.join().unwrap();
+}
+
+/// Accepts one connection, giving up after `timeout` (a client that failed never comes). The
+/// connection is blocking, with `timeout` as its read and write timeouts.
+pub fn accept_within(listener: &TcpListener, timeout: Duration) -> std::io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    listener.set_nonblocking(true)?;
+    let accepted = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {timeout:?}"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+    accepted.set_nonblocking(false)?;
+    accepted.set_read_timeout(Some(timeout))?;
+    accepted.set_write_timeout(Some(timeout))?;
+    Ok(accepted)
 }
 
 /// The flow record of the connection to `dst` made after `skip` records to it were written.
