@@ -48,10 +48,12 @@ pub const STAT_RINGBUF_FULL: u32 = 0;
 pub const STAT_FLOWS_MAP_FULL: u32 = 1;
 /// STATS index: a packet was too short for the headers it announced (not a loss of flows).
 pub const STAT_TRUNCATED: u32 = 2;
-/// STATS index: packets the TC programs counted (for overhead and sanity checks).
+/// STATS index: packets (skbs: a GSO super-packet is one) the TC programs counted, for overhead
+/// and sanity checks; flows count segments.
 pub const STAT_PACKETS: u32 = 3;
-/// STATS index: a packet of a tracked protocol that no flow can be given: a non-first IPv4
-/// fragment (no ports), or IPv6 whose first next header is an extension header (not walked).
+/// STATS index: a packet that no flow can be given: a fragment after the first (IPv4, or IPv6
+/// behind a fragment header) of TCP, UDP or SCTP, which has no ports; or IPv6 whose extension
+/// headers the TC program does not walk through (deeper than four, or a rare kind).
 pub const STAT_UNATTRIBUTED: u32 = 4;
 pub const STATS_LEN: u32 = 5;
 

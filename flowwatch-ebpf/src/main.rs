@@ -209,6 +209,7 @@ const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DESTINATION_OPTIONS: u8 = 60;
+const IPV6_AUTHENTICATION: u8 = 51;
 /// How many extension headers are followed before giving up (bounded for the verifier).
 const IPV6_EXTENSION_HEADERS_WALKED: usize = 4;
 
@@ -216,11 +217,21 @@ fn is_tracked(protocol: u8) -> bool {
     matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
 }
 
+/// The extension headers the walk follows.
 fn is_ipv6_extension(protocol: u8) -> bool {
     matches!(
         protocol,
-        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DESTINATION_OPTIONS
+        IPV6_HOP_BY_HOP
+            | IPV6_ROUTING
+            | IPV6_FRAGMENT
+            | IPV6_DESTINATION_OPTIONS
+            | IPV6_AUTHENTICATION
     )
+}
+
+/// Extension headers the walk does not follow (Mobility, HIP, Shim6: RFC 7045's list).
+fn is_rare_ipv6_extension(protocol: u8) -> bool {
+    matches!(protocol, 135 | 139 | 140)
 }
 
 #[classifier]
@@ -261,7 +272,9 @@ struct Packet {
 fn try_count(ctx: &TcContext) -> Result<(), i64> {
     let packet = match parse(ctx) {
         Ok(Some(packet)) => packet,
-        Ok(None) => return Ok(()), // not a protocol we track (ARP, ICMP, ...)
+        // Not a protocol we track (ARP, ICMP, ...), or a packet no flow can be given (counted
+        // as unattributed by parse).
+        Ok(None) => return Ok(()),
         Err(e) => {
             bump(STAT_TRUNCATED);
             return Err(e);
@@ -325,16 +338,22 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
             key.dst_addr = read(ctx, ETH_HDR_LEN + 24)?;
             let ip_len = IPV6_HDR_LEN as u64 + payload_len as u64;
             let mut l4_offset = ETH_HDR_LEN + IPV6_HDR_LEN;
-            // Extension headers (MLD's hop-by-hop, routing, destination options, fragments):
-            // walked, a few deep, to the transport header. A fragment after the first has no
-            // ports, and a chain deeper than the walk is not followed: neither can be given a
-            // flow, so they are counted as unattributed when they carry TCP, UDP or SCTP.
+            // Extension headers (MLD's hop-by-hop, routing, destination options, fragment,
+            // authentication): walked, a few deep, to the transport header. A fragment after
+            // the first has no ports: counted as unattributed when it carries TCP, UDP or SCTP.
+            // A chain deeper than the walk, or a rare extension header the walk does not know
+            // (Mobility, HIP, Shim6), hides what it carries: counted as unattributed too.
             for _ in 0..IPV6_EXTENSION_HEADERS_WALKED {
                 match key.protocol {
                     IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
                         let header: [u8; 2] = ctx.load(l4_offset)?;
                         key.protocol = header[0];
                         l4_offset += (header[1] as usize + 1) * 8;
+                    }
+                    IPV6_AUTHENTICATION => {
+                        let header: [u8; 2] = ctx.load(l4_offset)?;
+                        key.protocol = header[0];
+                        l4_offset += (header[1] as usize + 2) * 4;
                     }
                     IPV6_FRAGMENT => {
                         let header: [u8; 4] = ctx.load(l4_offset)?;
@@ -350,7 +369,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
                     _ => break,
                 }
             }
-            if is_ipv6_extension(key.protocol) {
+            if is_ipv6_extension(key.protocol) || is_rare_ipv6_extension(key.protocol) {
                 bump(STAT_UNATTRIBUTED);
                 return Ok(None);
             }

@@ -77,6 +77,16 @@ struct Tracked {
     ended_at: Option<Nanos>,
     /// A socket of the flow reached ESTABLISHED (not just the wire's SYN-ACK).
     socket_established: bool,
+    /// The server's socket reached ESTABLISHED.
+    server_established: bool,
+}
+
+/// Whether an event may start a new connection on its 5-tuple (see `track_entry`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    None,
+    Client,
+    Server,
 }
 
 /// Merges observations into flows. See the module doc.
@@ -86,7 +96,9 @@ pub struct Aggregator {
     flows: FlowHashMap<FlowKey, Tracked>,
     /// Flows finished by something other than `expire` (5-tuple reuse), reported next expire.
     finished: Vec<FinishedFlow>,
-    /// New flows refused because `max_flows` was reached.
+    /// Observations of new flows refused because `max_flows` was reached: a kernel entry read
+    /// (then freed) or an event. A refused flow that goes on sending is refused again each
+    /// time its entry reappears, so this counts what was lost, not distinct flows.
     pub dropped_flows: u64,
     /// Kernel entries of refused flows, for the caller to free: left in the kernel map they
     /// would be read (and refused) again every poll and hold a slot the kernel needs.
@@ -170,21 +182,19 @@ impl Aggregator {
         }
 
         // A client's attempt on a 5-tuple whose previous connection is over starts a new flow;
-        // so does a server's establishment (the only sign of a new connection from a client
-        // on another node).
-        let new_attempt = match role {
-            Role::Client => matches!(
-                kind,
-                EventKind::TcpConnect | EventKind::TcpEstablished | EventKind::TcpFailed
-            ),
-            Role::Server => kind == EventKind::TcpEstablished,
-            Role::Wire | Role::Unknown => false,
+        // so does a server's establishment where the previous connection had one already (the
+        // only sign of a new connection from a client on another node). A server that has not
+        // established yet belongs to the flow its client opened, even if the client closed
+        // first (an abort can overtake the server's last handshake step).
+        let attempt = match (role, kind) {
+            (
+                Role::Client,
+                EventKind::TcpConnect | EventKind::TcpEstablished | EventKind::TcpFailed,
+            ) => Attempt::Client,
+            (Role::Server, EventKind::TcpEstablished) => Attempt::Server,
+            _ => Attempt::None,
         };
-        let tracked = if new_attempt {
-            self.track_attempt(key, at)
-        } else {
-            self.track(key, at)
-        };
+        let tracked = self.track_entry(key, at, attempt);
         let Some(tracked) = tracked else {
             return;
         };
@@ -201,6 +211,7 @@ impl Aggregator {
                 flow.outcome = Outcome::Established;
                 flow.open_sockets = flow.open_sockets.saturating_add(1);
                 tracked.socket_established = true;
+                tracked.server_established |= role == Role::Server;
             }
             EventKind::TcpFailed => {
                 // A socket's failure outweighs a SYN-ACK on the wire (dropped before it reached
@@ -218,22 +229,24 @@ impl Aggregator {
     /// The flow of `key`, added if new (and the bound allows). One hash lookup: this runs for
     /// every observation.
     fn track(&mut self, key: FlowKey, at: Nanos) -> Option<&mut Tracked> {
-        self.track_entry(key, at, false)
+        self.track_entry(key, at, Attempt::None)
     }
 
-    /// `track` for a client's new attempt: on a 5-tuple whose previous connection is over, the
-    /// old flow is reported and a new one starts, with the kernel totals the old one
+    /// `track`, where an event that starts a connection on a 5-tuple whose previous connection
+    /// is over reports the old flow and starts a new one, with the kernel totals the old one
     /// accumulated as its baseline.
-    fn track_attempt(&mut self, key: FlowKey, at: Nanos) -> Option<&mut Tracked> {
-        self.track_entry(key, at, true)
-    }
-
-    fn track_entry(&mut self, key: FlowKey, at: Nanos, attempt: bool) -> Option<&mut Tracked> {
+    fn track_entry(&mut self, key: FlowKey, at: Nanos, attempt: Attempt) -> Option<&mut Tracked> {
         let full = self.flows.len() >= self.config.max_flows;
         match self.flows.entry(key) {
             Entry::Occupied(mut slot) => {
                 let previous = slot.get();
-                if attempt && (previous.ended_at.is_some() || previous.flow.closed) {
+                let over = previous.ended_at.is_some() || previous.flow.closed;
+                let new_connection = match attempt {
+                    Attempt::Client => over,
+                    Attempt::Server => over && previous.server_established,
+                    Attempt::None => false,
+                };
+                if new_connection {
                     let baseline = previous.last_totals;
                     let mut fresh = Tracked::new(key, at);
                     fresh.baseline = baseline;
@@ -364,6 +377,7 @@ impl Tracked {
             last_totals: Counters::default(),
             ended_at: None,
             socket_established: false,
+            server_established: false,
         }
     }
 }
@@ -701,6 +715,22 @@ mod tests {
         assert_eq!(current.outcome, Outcome::Established);
         assert!(!current.closed, "the new connection is open");
         assert_eq!(current.counters.fwd_packets, 3);
+    }
+
+    #[test]
+    fn a_server_establishing_after_its_client_aborted_joins_the_clients_flow() {
+        // Both ends on this node: the client aborts (RST) right after its handshake, and its
+        // close is emitted before the server processes the final ACK.
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S));
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Server, S + 1));
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S + 2));
+        let done = a.expire(10 * S);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].reason, EndReason::Closed);
+        assert!(done[0].flow.seen_at_client && done[0].flow.seen_at_server);
     }
 
     #[test]

@@ -12,8 +12,8 @@ pub struct KernelLosses {
     pub flows_map_full: u64,
     /// Packets too short for the headers they announced.
     pub truncated_packets: u64,
-    /// Packets of a tracked protocol that no flow can be given (non-first IPv4 fragments,
-    /// IPv6 behind extension headers): traffic in no flow record.
+    /// Packets that no flow can be given (fragments after the first, IPv6 behind extension
+    /// headers the program does not walk): traffic in no flow record.
     pub unattributed_packets: u64,
     /// Packets counted by the TC programs.
     pub packets: u64,

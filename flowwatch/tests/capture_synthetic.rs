@@ -88,6 +88,17 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
         2,
         "the first fragment and the UDP behind hop-by-hop"
     );
+    // And the walk found the right ports: a flow 7001 -> 53 over IPv6.
+    let mut walked = Vec::new();
+    source.read_totals(&mut walked).unwrap();
+    assert!(
+        walked
+            .iter()
+            .any(|o| matches!(o, Observation::Totals { key, counters, .. }
+            if key.src.port() == 7001 && key.dst.port() == 53 && key.src.is_ipv6()
+                && counters.fwd_packets == 1)),
+        "{walked:?}"
+    );
 
     let mut totals = Vec::new();
     source.read_totals(&mut totals).unwrap();

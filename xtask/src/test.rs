@@ -125,16 +125,22 @@ pub fn run() -> Result<()> {
         skipped.len(),
         totals.binaries
     );
-    if !status.success() && totals.failed == 0 {
-        bail!("cargo test failed before running every test ({status}): see the build output above");
-    }
-    if totals.failed > 0 || !failures.is_empty() || !failed_binaries.is_empty() {
+    if totals.failed > 0 || !failures.is_empty() {
         bail!(
-            "{} tests failed, {} checks failed, {} test binaries failed",
+            "{} tests failed, {} checks failed (test binaries with failures: {})",
             totals.failed,
             failures.len(),
             failed_binaries.len()
         );
+    }
+    if !failed_binaries.is_empty() {
+        bail!(
+            "{} test binaries failed without a failing test: they crashed (see their output above)",
+            failed_binaries.len()
+        );
+    }
+    if !status.success() {
+        bail!("cargo test failed before running every test ({status}): see the build output above");
     }
     Ok(())
 }

@@ -289,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn flows_refused_at_the_bound_free_their_kernel_entries_and_count_once() {
+    fn flows_refused_at_the_bound_free_their_kernel_entries_each_counted_once() {
         let a = key("10.0.0.1:40000", "10.0.0.2:53");
         let b = key("10.0.0.1:40001", "10.0.0.2:53");
         let config = AggregatorConfig {
@@ -300,7 +300,8 @@ mod tests {
         p.source.totals = vec![tcp_totals(a, 1, S), tcp_totals(b, 1, S)];
         p.pump_totals(S).unwrap().freed.unwrap();
         assert_eq!(p.source.forgotten, vec![b]);
-        // Freed, it is not read (nor refused) again.
+        // Freed, the same entry is not read (nor counted) again; were the flow to send more,
+        // its new entry would be refused, and counted, in its turn.
         p.pump_totals(2 * S).unwrap().freed.unwrap();
         assert_eq!(p.aggregator().dropped_flows, 1);
         assert_eq!(p.source.forgotten, vec![b]);

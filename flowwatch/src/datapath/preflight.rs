@@ -46,7 +46,7 @@ fn missing_capabilities(effective: u64) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "missing {} (run as root, or grant them to the container)",
+            "missing {} (run as root with them, or add them to the container's capabilities)",
             missing.join(", ")
         ))
     }

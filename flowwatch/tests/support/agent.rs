@@ -32,7 +32,8 @@ pub fn free_port() -> u16 {
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Makes the child get SIGKILL when the thread that spawns it (the test) dies, so an agent
-/// never outlives a killed test run.
+/// never outlives a killed test run. The signal follows the spawning *thread*: start agents
+/// from the test's own thread, not from a helper thread that ends before the test does.
 fn die_with_parent(cmd: &mut Command) -> &mut Command {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: prctl and getppid are async-signal-safe; they only touch the child itself.
