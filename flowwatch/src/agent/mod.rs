@@ -226,7 +226,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     readiness.set_not_ready("stopping");
     tracing::info!("stopping: flushing flows");
     let now = monotonic_now();
-    let done = flows_freed_or_logged(pipeline.finish_all()?);
+    let (ended, last_read) = pipeline.finish_all();
+    keep_going(last_read, "reading the flows in flight at shutdown");
+    let done = flows_freed_or_logged(ended);
     let classes = reporter.tick(
         std::iter::empty(),
         &done,

@@ -50,15 +50,19 @@ impl<S: FlowSource> Pipeline<S> {
         Ok(Ended { flows, freed })
     }
 
-    /// Everything still in flight, for shutdown: one last drain, then every flow.
-    pub fn finish_all(&mut self) -> Result<Ended<S::Error>, S::Error> {
-        self.pump_events()?;
-        self.scratch.clear();
-        self.source.read_totals(&mut self.scratch)?;
-        self.apply_scratch();
+    /// Everything still in flight, for shutdown: one last drain, then every flow. A failed
+    /// last read (returned beside) loses only what it would have added: the flows held are
+    /// reported all the same.
+    pub fn finish_all(&mut self) -> (Ended<S::Error>, Result<(), S::Error>) {
+        let last_read = self.pump_events().and_then(|()| {
+            self.scratch.clear();
+            let read = self.source.read_totals(&mut self.scratch);
+            self.apply_scratch();
+            read
+        });
         let flows = self.aggregator.drain_all();
         let freed = self.forget(&flows);
-        Ok(Ended { flows, freed })
+        (Ended { flows, freed }, last_read)
     }
 
     fn apply_scratch(&mut self) {
@@ -225,7 +229,9 @@ mod tests {
         assert_eq!(done[0].flow.outcome, Outcome::Failed);
         assert_eq!(done[0].reason, EndReason::Failed);
         assert_eq!(p.source.forgotten, vec![k]);
-        assert!(p.finish_all().unwrap().flows.is_empty());
+        let (ended, last_read) = p.finish_all();
+        assert!(ended.flows.is_empty());
+        assert!(last_read.is_ok());
     }
 
     fn tcp_totals(key: FlowKey, packets: u64, at: Nanos) -> Observation {
@@ -343,6 +349,52 @@ mod tests {
         fn flow_map_fill(&self) -> Result<f64, MapError> {
             Ok(0.0)
         }
+    }
+
+    /// A source whose flow map cannot be read.
+    struct Unreadable(FakeSource);
+
+    impl FlowSource for Unreadable {
+        type Error = MapError;
+
+        fn drain_events(&mut self, out: &mut Vec<Observation>) -> Result<(), MapError> {
+            self.0.drain_events(out).map_err(|e| match e {})
+        }
+
+        fn read_totals(&mut self, _: &mut Vec<Observation>) -> Result<(), MapError> {
+            Err(MapError("batch lookup: EFAULT"))
+        }
+
+        fn forget(&mut self, keys: &[FlowKey]) -> Result<(), MapError> {
+            self.0.forget(keys).map_err(|e| match e {})
+        }
+
+        fn losses(&self) -> Result<crate::source::KernelLosses, MapError> {
+            Ok(self.0.losses)
+        }
+
+        fn flow_map_fill(&self) -> Result<f64, MapError> {
+            Ok(0.0)
+        }
+    }
+
+    #[test]
+    fn shutdown_reports_the_flows_held_even_when_the_last_read_fails() {
+        let k = key("10.0.0.1:40000", "10.0.0.2:80");
+        let mut p = Pipeline::new(
+            Unreadable(FakeSource::default()),
+            AggregatorConfig::default(),
+            vec![],
+        );
+        p.source
+            .0
+            .events
+            .push(client_event(k, EventKind::TcpEstablished, S));
+        p.pump_events().unwrap();
+        let (ended, last_read) = p.finish_all();
+        assert_eq!(ended.flows.len(), 1);
+        assert_eq!(ended.flows[0].reason, EndReason::Shutdown);
+        assert_eq!(last_read, Err(MapError("batch lookup: EFAULT")));
     }
 
     #[test]

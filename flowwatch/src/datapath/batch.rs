@@ -61,7 +61,17 @@ impl FlowMapBatch {
                 ..Default::default()
             };
             let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            let got = (attr.count as usize).min(CHUNK);
+            // `count` is the number of entries copied only on success or ENOENT; other errors
+            // may return before the kernel rewrites it (it would still say CHUNK).
+            let copied = match &result {
+                Ok(()) => true,
+                Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+            };
+            let got = if copied {
+                (attr.count as usize).min(CHUNK)
+            } else {
+                0
+            };
             for i in 0..got {
                 f(
                     &self.keys[i],
@@ -92,12 +102,14 @@ impl FlowMapBatch {
                 ..Default::default()
             };
             let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
-            let done = (attr.count as usize).min(rest.len());
-            deleted += done;
             match result {
-                Ok(()) => return Ok(deleted),
+                Ok(()) => return Ok(deleted + (attr.count as usize).min(rest.len())),
                 // The key after the deleted ones is gone already (the kernel stops there).
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => rest = &rest[done + 1..],
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    let done = (attr.count as usize).min(rest.len());
+                    deleted += done;
+                    rest = rest.get(done + 1..).unwrap_or_default();
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 
 use crate::model::{FlowKey, Protocol};
 
@@ -39,19 +40,61 @@ impl Conntrack {
     pub fn open() -> io::Result<Conntrack> {
         let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
+        // The kernel answers a GET at once; never wait for long if it does not.
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt reads a timeval of the size given, from a live local.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Conntrack { socket, seq: 0 })
     }
 
     /// The translated destination of `flow` (initiator -> original destination), if the node's
     /// NAT changed it; `None` when there is no entry or no translation.
     pub fn translated_destination(&mut self, flow: &FlowKey) -> io::Result<Option<SocketAddr>> {
+        let mut buf = vec![0u8; 8192];
+        // A reply left over from an earlier request (its receive failed or timed out) must not
+        // be taken for this one's: drop what is queued, then match the sequence number.
+        while self
+            .socket
+            .recv(&mut &mut buf[..], libc::MSG_DONTWAIT)
+            .is_ok()
+        {}
         self.seq = self.seq.wrapping_add(1);
         let request = encode_get(flow, self.seq);
         self.socket.send(&request, 0)?;
-        let mut buf = vec![0u8; 8192];
-        let n = self.socket.recv(&mut &mut buf[..], 0)?;
-        Ok(decode_reply(&buf[..n.min(buf.len())]).filter(|reply_src| *reply_src != flow.dst))
+        for _ in 0..REPLIES_READ {
+            let n = self.socket.recv(&mut &mut buf[..], 0)?;
+            let reply = &buf[..n.min(buf.len())];
+            if message_seq(reply) == Some(self.seq) {
+                return Ok(decode_reply(reply).filter(|reply_src| *reply_src != flow.dst));
+            }
+        }
+        Err(io::Error::other(format!(
+            "conntrack: no reply with sequence number {} among {REPLIES_READ} messages",
+            self.seq
+        )))
     }
+}
+
+/// How many messages a lookup reads before giving up on its reply.
+const REPLIES_READ: usize = 8;
+
+/// The sequence number of a netlink message (its header's `nlmsg_seq`).
+fn message_seq(msg: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(msg.get(8..12)?.try_into().ok()?))
 }
 
 fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
@@ -238,5 +281,16 @@ mod tests {
         for cut in 0..full.len() {
             let _ = decode_reply(&full[..cut]);
         }
+    }
+
+    #[test]
+    fn a_reply_is_matched_to_its_request_by_sequence_number() {
+        let flow = FlowKey {
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.96.0.10:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        assert_eq!(message_seq(&encode_get(&flow, 77)), Some(77));
+        assert_eq!(message_seq(&[0u8; 11]), None);
     }
 }

@@ -99,22 +99,31 @@ impl LinkNotifications {
         Ok(LinkNotifications { socket })
     }
 
-    /// Reads and discards pending notifications; true if there were any (or the socket
-    /// overflowed, which also means "look again").
+    /// Reads and discards pending notifications until none is left; true if there were any
+    /// (or the socket overflowed, which also means "look again"). Reading on after an error
+    /// matters: the caller waits for the socket to become readable again, which a queue left
+    /// non-empty would not signal.
     pub fn drain(&self) -> bool {
         let mut any = false;
         let mut buf = vec![0u8; 16 * 1024];
-        loop {
+        // Bounded: a socket that keeps failing (not ENOBUFS, which clears once reported) must
+        // not spin; a rescan recovers whatever was missed.
+        for _ in 0..DRAIN_MAX_READS {
             match self.socket.recv(&mut &mut buf[..], 0) {
                 Ok(0) => return any,
                 Ok(_) => any = true,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return any,
-                // ENOBUFS: notifications were lost; a rescan recovers.
-                Err(_) => return true,
+                // ENOBUFS: notifications were lost; a rescan recovers. Keep reading.
+                Err(_) => any = true,
             }
         }
+        any
     }
 }
+
+/// At most this many reads per drain (a node adding thousands of links at once is caught by
+/// the rescan that a `true` triggers).
+const DRAIN_MAX_READS: usize = 4096;
 
 impl AsRawFd for LinkNotifications {
     fn as_raw_fd(&self) -> RawFd {
