@@ -119,6 +119,9 @@ impl<L: HasEdge, M: Default + TypedMetric> BudgetedFamily<L, M> {
             None
         };
         let Some(fold) = fold else {
+            // A slot freed mid-window (by `expire`) may admit a candidate of this window: it
+            // is no longer one, or the next `rebalance` would admit it a second time.
+            self.candidates.remove(&labels);
             update(&self.family.get_or_create(&labels));
             self.admit(labels, now, 1);
             return Admission::New;
@@ -162,6 +165,10 @@ impl<L: HasEdge, M: Default + TypedMetric> BudgetedFamily<L, M> {
             admitted.sort_by_key(|(_, hits)| *hits);
             let mut evicted: HashSet<usize> = HashSet::new();
             for (candidate, hits) in candidates {
+                // Admitting an admitted series again would count it twice against the budget.
+                if self.live.contains_key(&candidate) {
+                    continue;
+                }
                 let ns = candidate.edge().src_namespace.clone();
                 let ns_full = self.ns_count(&ns) >= self.max_per_namespace;
                 if self.own < self.max_series && !ns_full {

@@ -241,15 +241,14 @@ impl EdgeFamilies {
             + self.packets.rebalance(now)
     }
 
-    /// Once per window: expiry and re-ranking. Returns whether any series changed.
-    fn maintain(&mut self, now: Nanos, ttl: Nanos, window: Nanos) -> bool {
+    /// Once per window: expiry and re-ranking.
+    fn maintain(&mut self, now: Nanos, ttl: Nanos, window: Nanos) {
         if now < self.last_sweep.saturating_add(window) {
-            return false;
+            return;
         }
         self.last_sweep = now;
-        let expired = self.expire(now.saturating_sub(ttl));
-        let promoted = self.rebalance(now);
-        expired + promoted > 0
+        self.expire(now.saturating_sub(ttl));
+        self.rebalance(now);
     }
 }
 
@@ -429,11 +428,13 @@ impl Metrics {
         let outcome = decided.and_then(OutcomeLabel::from_outcome);
         let mut fam = self.edges();
         let mut dropped = [0u64; 6];
-        let mut grew = false;
-        let mut note = |family: FamilyName, a: Admission| match a {
-            Admission::Folded => dropped[family as usize] += 1,
-            Admission::New => grew = true,
-            Admission::Own => {}
+        // A fold can create an overflow bucket, and a sweep can remove series: compare the
+        // counts rather than inferring them from the admissions.
+        let series_before = fam.lens();
+        let mut note = |family: FamilyName, a: Admission| {
+            if a == Admission::Folded {
+                dropped[family as usize] += 1;
+            }
         };
         let base = edge.edge_labels();
         let scope = edge.scope();
@@ -517,8 +518,8 @@ impl Metrics {
             });
             note(FamilyName::Packets, a);
         }
-        let swept = fam.maintain(now, self.inner.ttl, self.inner.sweep_every);
-        if grew || swept {
+        fam.maintain(now, self.inner.ttl, self.inner.sweep_every);
+        if fam.lens() != series_before {
             self.publish_series(&fam);
         }
         drop(fam);

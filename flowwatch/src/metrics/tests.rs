@@ -445,14 +445,20 @@ fn a_candidate_needs_clearly_more_activity_to_displace() {
     let none = Counters::default();
     let [held, challenger] =
         ["held", "challenger"].map(|w| edge(("a", w), ("b", "y"), 80, [A, A, A]));
-    for _ in 0..5 {
-        m.record_flow(&held, Some(Outcome::Established), &none, SEC);
-        m.record_flow(&challenger, Some(Outcome::Established), &none, SEC);
-    }
-    m.record_flow(&challenger, Some(Outcome::Established), &none, SEC);
-    // 6 updates against 5: not more than twice, no churn.
-    m.expire(8 * SEC);
-    let c = samples(&reg, "flowwatch_connections_total");
+    // One window (ttl 60 s: windows of 6 s) of `held` with 5 updates and `challenger` with
+    // `n`, then the re-ranking.
+    let window = |n: u64, at: Nanos| {
+        for _ in 0..5 {
+            m.record_flow(&held, Some(Outcome::Established), &none, at);
+        }
+        for _ in 0..n {
+            m.record_flow(&challenger, Some(Outcome::Established), &none, at);
+        }
+        m.expire(at + 7 * SEC);
+        samples(&reg, "flowwatch_connections_total")
+    };
+    // 10 updates against 5: exactly twice is not more than twice, no churn.
+    let c = window(10, SEC);
     assert!(
         c.iter().any(|l| l.contains("src_workload=\"held\"")),
         "{c:#?}"
@@ -460,6 +466,85 @@ fn a_candidate_needs_clearly_more_activity_to_displace() {
     assert!(
         c.iter().all(|l| !l.contains("src_workload=\"challenger\"")),
         "{c:#?}"
+    );
+    // 11 against 5: more than twice, `challenger` takes the place (and starts at zero).
+    let c = window(11, 9 * SEC);
+    assert!(
+        c.iter().all(|l| !l.contains("src_workload=\"held\"")),
+        "{c:#?}"
+    );
+    assert!(
+        c.iter()
+            .any(|l| l.contains("src_workload=\"challenger\"") && l.ends_with(" 0")),
+        "{c:#?}"
+    );
+}
+
+#[test]
+fn an_edge_admitted_mid_window_is_not_promoted_again() {
+    // ttl 60 s: windows of 6 s. `expire` frees slots on every call, re-ranks once a window.
+    let (m, reg) = new(MetricsConfig {
+        max_series_per_family: 2,
+        max_series_per_namespace: 2,
+        series_ttl: Duration::from_secs(60),
+    });
+    let none = Counters::default();
+    let rec = |w: &str, at: Nanos| {
+        let e = edge(("a", w), ("b", "y"), 80, [A, A, A]);
+        m.record_flow(&e, Some(Outcome::Established), &none, at);
+    };
+    rec("idle", SEC);
+    rec("kept", SEC);
+    // At 58 s `kept` is updated and the window starts (re-ranking at 64 s).
+    rec("kept", 58 * SEC);
+    // The budget is full: `late` folds twice, a candidate worth promoting.
+    rec("late", 59 * SEC);
+    rec("late", 59 * SEC);
+    // Mid-window, `idle` expires and frees a slot, which `late` takes at its next update.
+    assert_eq!(m.expire(61 * SEC + SEC / 2), 1);
+    rec("late", 62 * SEC);
+    // The re-ranking must not admit `late` a second time (nor evict `kept` for it).
+    m.expire(64 * SEC);
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert!(
+        c.iter()
+            .any(|l| l.contains("src_workload=\"late\"") && l.ends_with(" 1")),
+        "{c:#?}"
+    );
+    assert!(
+        c.iter().any(|l| l.contains("src_workload=\"kept\"")),
+        "{c:#?}"
+    );
+    // Once everything has expired, the whole budget is free again: no slot leaked.
+    m.expire(200 * SEC);
+    assert!(samples(&reg, "flowwatch_connections_total").is_empty());
+    rec("fresh1", 201 * SEC);
+    rec("fresh2", 201 * SEC);
+    let c = samples(&reg, "flowwatch_connections_total");
+    assert_eq!(c.len(), 2, "{c:#?}");
+    assert!(
+        c.iter().all(|l| !l.contains("src_workload=\"other\"")),
+        "{c:#?}"
+    );
+}
+
+#[test]
+fn a_fold_that_creates_an_overflow_bucket_is_counted_at_once() {
+    let (m, reg) = new(MetricsConfig {
+        max_series_per_family: 100,
+        max_series_per_namespace: 1,
+        ..Default::default()
+    });
+    for w in ["first", "second"] {
+        let e = edge(("noisy", w), ("b", "y"), 80, [A, A, A]);
+        m.record_flow(&e, Some(Outcome::Established), &Counters::default(), SEC);
+    }
+    // The last update folded into a new bucket: `first` and `noisy`'s other bucket.
+    let s = samples(&reg, "flowwatch_series");
+    assert!(
+        s.iter()
+            .any(|l| l == "flowwatch_series{family=\"connections\"} 2"),
+        "{s:#?}"
     );
 }
 
