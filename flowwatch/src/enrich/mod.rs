@@ -175,7 +175,10 @@ pub struct EndpointIndex {
     pod_ips: HashMap<IpAddr, Vec<Holder>>,
     node_ips: HashMap<IpAddr, String>,
     host_pods: HashMap<String, Vec<HostPod>>,
-    service_ips: HashMap<IpAddr, Arc<ServiceInfo>>,
+    /// Every Service holding each address, in inventory order: a load-balancer or external IP
+    /// can be shared by Services that differ by port (MetalLB's allow-shared-ip, k3s
+    /// ServiceLB), so the port of a flow picks among them.
+    service_ips: HashMap<IpAddr, Vec<Arc<ServiceInfo>>>,
 }
 
 /// What an update saw.
@@ -367,8 +370,8 @@ impl EndpointIndex {
                 None => Endpoint::Node { name: node.clone() },
             };
         }
-        if let Some(svc) = self.service_ips.get(&ip) {
-            return service_endpoint(svc, addr.port(), protocol, None);
+        if let Some((svc, port_name)) = self.service_at(ip, addr.port(), protocol) {
+            return service_endpoint(svc, port_name, None);
         }
         self.external(ip)
     }
@@ -385,15 +388,34 @@ impl EndpointIndex {
         at: Nanos,
     ) -> Endpoint {
         let ip = original_dst.ip().to_canonical();
-        match self.service_ips.get(&ip) {
-            Some(svc) if self.pod_at(ip, at).is_none() => {
+        match self.service_at(ip, original_dst.port(), protocol) {
+            Some((svc, port_name)) if self.pod_at(ip, at).is_none() => {
                 let backend = translated_dst
                     .filter(|t| t.ip().to_canonical() != ip)
                     .map(|t| Box::new(self.resolve(t, protocol, at)));
-                service_endpoint(svc, original_dst.port(), protocol, backend)
+                service_endpoint(svc, port_name, backend)
             }
             _ => self.resolve(original_dst, protocol, at),
         }
+    }
+
+    /// The Service at `ip` that declares `port` and `protocol`, with the port's name; when
+    /// several Services share the address and none declares the port, the first in inventory
+    /// order, without a port name (the address is still known to be a Service's).
+    fn service_at(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<(&ServiceInfo, Option<String>)> {
+        let services = self.service_ips.get(&ip)?;
+        let declared = services.iter().find_map(|svc| {
+            svc.ports
+                .iter()
+                .find(|(p, proto, _)| *p == port && *proto == protocol)
+                .map(|(_, _, name)| (svc.as_ref(), name.clone()))
+        });
+        declared.or_else(|| services.first().map(|svc| (svc.as_ref(), None)))
     }
 
     /// Classifies an address outside the cluster's known pods, nodes and services.
@@ -441,15 +463,9 @@ pub struct IndexStats {
 
 fn service_endpoint(
     svc: &ServiceInfo,
-    port: u16,
-    protocol: Protocol,
+    port_name: Option<String>,
     backend: Option<Box<Endpoint>>,
 ) -> Endpoint {
-    let port_name = svc
-        .ports
-        .iter()
-        .find(|(p, proto, _)| *p == port && *proto == protocol)
-        .and_then(|(_, _, name)| name.clone());
     Endpoint::Service {
         namespace: svc.namespace.clone(),
         name: svc.name.clone(),
@@ -567,8 +583,8 @@ fn node_ips(inv: &Inventory, errors: &mut Vec<ObjectError>) -> HashMap<IpAddr, S
 fn service_ips(
     inv: &Inventory,
     errors: &mut Vec<ObjectError>,
-) -> HashMap<IpAddr, Arc<ServiceInfo>> {
-    let mut out = HashMap::new();
+) -> HashMap<IpAddr, Vec<Arc<ServiceInfo>>> {
+    let mut out: HashMap<IpAddr, Vec<Arc<ServiceInfo>>> = HashMap::new();
     for svc in &inv.services {
         let Some(spec) = svc.spec.as_ref() else {
             continue;
@@ -624,7 +640,12 @@ fn service_ips(
             }
             let obj = || object("Service", Some(&ns), Some(&name));
             if let Some(ip) = parse_ip(&ip, obj, field, errors) {
-                out.insert(ip, info.clone());
+                let holders = out.entry(ip).or_default();
+                // Once per Service, even if it lists the address twice (say, in externalIPs
+                // and as a load-balancer ingress): one candidate, not two.
+                if !holders.iter().any(|h| Arc::ptr_eq(h, &info)) {
+                    holders.push(info.clone());
+                }
             }
         }
     }

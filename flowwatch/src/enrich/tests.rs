@@ -494,3 +494,115 @@ fn of_two_pods_listing_one_ip_the_one_not_being_deleted_holds_it() {
         Some("shop/old")
     );
 }
+
+/// A Service `service(..)` that also holds `lb_ip` as a load-balancer ingress address.
+fn load_balancer(
+    ns: &str,
+    name: &str,
+    cluster_ip: &str,
+    lb_ip: &str,
+    ports: &[(i32, &str, &str)],
+) -> Service {
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+    let mut svc = service(ns, name, cluster_ip, 0, "");
+    svc.spec.as_mut().unwrap().ports = Some(
+        ports
+            .iter()
+            .map(|(port, proto, port_name)| ServicePort {
+                name: Some((*port_name).into()),
+                port: *port,
+                protocol: Some((*proto).into()),
+                ..Default::default()
+            })
+            .collect(),
+    );
+    svc.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some(lb_ip.into()),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
+    svc
+}
+
+fn service_and_port(e: &Endpoint) -> (String, Option<String>) {
+    match e {
+        Endpoint::Service {
+            namespace,
+            name,
+            port,
+            ..
+        } => (format!("{namespace}/{name}"), port.clone()),
+        other => panic!("expected a service, got {other:?}"),
+    }
+}
+
+#[test]
+fn services_sharing_a_load_balancer_ip_are_told_apart_by_port_and_protocol() {
+    // MetalLB's allow-shared-ip and k3s ServiceLB give one address to several Services, each
+    // with its own ports (DNS over TCP and UDP on port 53 is the classic case).
+    let mut inventory = inv(Vec::new());
+    inventory.services = vec![
+        load_balancer(
+            "edge",
+            "dns-tcp",
+            "10.96.0.30",
+            "203.0.113.7",
+            &[(53, "TCP", "dns-tcp")],
+        ),
+        load_balancer(
+            "edge",
+            "dns-udp",
+            "10.96.0.31",
+            "203.0.113.7",
+            &[(53, "UDP", "dns")],
+        ),
+        load_balancer(
+            "edge",
+            "web",
+            "10.96.0.32",
+            "203.0.113.7",
+            &[(443, "TCP", "https")],
+        ),
+    ];
+    let (index, report) = EndpointIndex::build(
+        &inventory,
+        &OwnerIndex::default(),
+        &EnrichOptions::default(),
+        0,
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let at = |a: &str, proto| service_and_port(&index.resolve(addr(a), proto, 0));
+    assert_eq!(
+        at("203.0.113.7:443", Protocol::Tcp),
+        ("edge/web".into(), Some("https".into()))
+    );
+    assert_eq!(
+        at("203.0.113.7:53", Protocol::Tcp),
+        ("edge/dns-tcp".into(), Some("dns-tcp".into()))
+    );
+    assert_eq!(
+        at("203.0.113.7:53", Protocol::Udp),
+        ("edge/dns-udp".into(), Some("dns".into()))
+    );
+    // the same with a translated destination known
+    let e = index.resolve_service(addr("203.0.113.7:443"), None, Protocol::Tcp, 0);
+    assert_eq!(
+        service_and_port(&e),
+        ("edge/web".into(), Some("https".into()))
+    );
+    // a port no Service declares: the address is still a Service's (the first in inventory
+    // order), without a port name
+    assert_eq!(
+        at("203.0.113.7:8080", Protocol::Tcp),
+        ("edge/dns-tcp".into(), None)
+    );
+    assert_eq!(
+        index.stats().service_ips,
+        4,
+        "three ClusterIPs and one shared address"
+    );
+}

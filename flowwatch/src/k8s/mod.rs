@@ -2,17 +2,18 @@
 //!
 //! [`ClusterWatch::start`] runs one watcher per kind (Namespaces, Nodes, Pods, Services,
 //! EndpointSlices, NetworkPolicies, and the metadata of ReplicaSets and Jobs for workload
-//! resolution), each into a kube-rs reflector store. Objects arrive as `DynamicObject`s and are
-//! decoded one by one ([`convert`]), so an object the agent cannot decode is logged, counted
-//! and skipped while the rest keeps working; what is stored is trimmed to the fields the agent
-//! reads. After changes (debounced) the stores are copied into a new [`ClusterView`]
-//! (`Arc<Inventory>` + [`OwnerIndex`]) published on a `tokio::sync::watch` channel; the first
-//! view is published once every kind has listed.
+//! resolution, watched metadata-only), each into a kube-rs reflector store. Objects arrive as
+//! `DynamicObject`s and are decoded one by one ([`convert`]), so an object the agent cannot
+//! decode is logged, counted and skipped while the rest keeps working; what is stored is
+//! trimmed to the fields the agent reads. After changes (debounced) the stores are copied into
+//! a new [`ClusterView`] (`Arc<Inventory>` + [`OwnerIndex`]) published on a `tokio::sync::watch`
+//! channel; the first view is published once every kind has listed.
 //!
 //! Failures: a watch that fails (API server gone, 410 Gone, ...) is restarted with a relist
 //! after a capped exponential backoff; until the relist completes the store keeps the last
-//! known state (the reflector swaps the new list in atomically at its end). [`SyncStatus`]
-//! says whether everything has synced, whether any watch is failing (stale) and since when.
+//! known state (the reflector swaps the new list in atomically at its end), and a failed kind
+//! stays failing until then. [`SyncStatus`] says whether everything has synced, whether any
+//! watch is failing (stale) and since when.
 
 pub mod convert;
 pub mod source;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::Job;
@@ -31,7 +33,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::watcher::{self, watcher, Event};
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher::{self, metadata_watcher, watcher, Event};
 use kube::Client;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -223,7 +226,8 @@ impl SyncStatus {
         self.kinds.iter().all(|k| k.synced.load(Ordering::Acquire))
     }
 
-    /// Some watch is failing: the agent runs on the last known state.
+    /// Some watch is failing, or relisting after a failure and not yet swapped in: the agent
+    /// runs on the last known state.
     pub fn is_stale(&self) -> bool {
         self.kinds.iter().any(|k| k.failing.load(Ordering::Acquire))
     }
@@ -246,17 +250,19 @@ impl SyncStatus {
         Kind::ALL.map(|k| (k, self.stale_for_kind(k).unwrap_or_default()))
     }
 
-    /// Age of the last successful watch event or list.
+    /// Age of the last watch event or completed list the caches took in.
     pub fn last_ok_age(&self) -> Option<Duration> {
         lock(&self.last_ok).map(|t| t.elapsed())
     }
 
     /// Watch restarts that relisted (after a 410 Gone or an outage), all kinds.
     pub fn relists(&self) -> u64 {
-        Kind::ALL
-            .iter()
-            .map(|k| self.relists.get_or_create(&KindLabels { kind: *k }).get())
-            .sum()
+        Kind::ALL.iter().map(|k| self.relists_for_kind(*k)).sum()
+    }
+
+    /// Watch restarts of this kind that relisted.
+    pub fn relists_for_kind(&self, kind: Kind) -> u64 {
+        self.relists.get_or_create(&KindLabels { kind }).get()
     }
 
     /// Objects that could not be decoded, all kinds.
@@ -669,10 +675,12 @@ async fn run_kind<K>(
         cfg = cfg.timeout(t);
     }
     let mut backoff = opts.min_backoff;
+    // A 410 Gone was met since the last complete list (see `Failure::Expired`).
+    let mut expired_since_listed = false;
     let mut lists = 0u64;
     let mut init_count = 0usize;
     loop {
-        let mut stream = watcher(api.clone(), cfg.clone()).boxed();
+        let mut stream = watch_stream(kind, api.clone(), cfg.clone());
         loop {
             let item = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -680,29 +688,34 @@ async fn run_kind<K>(
             };
             let event = match item {
                 None => break,
-                Some(Err(watcher::Error::WatchError(e))) if e.code == 410 => {
-                    // The watch expired (410 Gone): the watcher relists by itself; the store
-                    // keeps the last state until the relist completes. Not a failure.
-                    tracing::info!(?kind, "watch expired (410 Gone); relisting");
-                    continue;
-                }
-                Some(Err(watcher::Error::WatchStartFailed(kube::Error::Api(e))))
-                    if e.code == 410 =>
-                {
-                    tracing::info!(?kind, "watch expired (410 Gone) at start; relisting");
-                    break;
-                }
-                Some(Err(e)) => {
-                    status.failed(kind);
-                    tracing::warn!(?kind, error = %e, "watch failed; keeping the last known state and retrying");
-                    break;
-                }
+                Some(Err(e)) => match failure(&e) {
+                    Failure::WatchExpired => {
+                        // The watcher relists by itself; the store keeps the last state until
+                        // the relist completes. Not a failure.
+                        tracing::info!(?kind, "watch expired (410 Gone); relisting");
+                        continue;
+                    }
+                    Failure::Expired if !expired_since_listed => {
+                        expired_since_listed = true;
+                        tracing::info!(?kind, error = %e, "watch or list expired (410 Gone); relisting");
+                        break;
+                    }
+                    Failure::Expired | Failure::Failed => {
+                        // An expiry again before a list completed counts too: the list cannot
+                        // finish within the server's compaction window, so the kind would
+                        // stay on old state without ever being reported stale.
+                        status.failed(kind);
+                        tracing::warn!(?kind, error = %e, "watch failed; keeping the last known state and retrying");
+                        break;
+                    }
+                },
                 Some(Ok(event)) => event,
             };
-            // `Init` is emitted before the list request: it proves no contact with the server.
+            // Any other event means the server answered, so the next retry need not wait long.
+            // (`Init` is emitted before the list request: it proves no contact.) Whether the
+            // kind is current again is decided once the cache has the event (`apply_change`).
             if !matches!(event, Event::Init) {
                 backoff = opts.min_backoff;
-                status.ok(kind);
             }
             let keyed = |k: K| (store::key_of(k.metadata()), cache.compact(k));
             let change = match event {
@@ -716,6 +729,7 @@ async fn run_kind<K>(
                     c.map(|(k, c)| Change::InitApply(k, c))
                 }
                 Event::InitDone => {
+                    expired_since_listed = false;
                     lists += 1;
                     if lists > 1 {
                         status.relists.get_or_create(&KindLabels { kind }).inc();
@@ -739,14 +753,7 @@ async fn run_kind<K>(
                 Event::Delete(obj) => Some(Change::Delete(store::key_of(&obj.metadata))),
             };
             let Some(change) = change else { continue };
-            let notify = matches!(change, Change::Apply(..) | Change::Delete(_));
-            let done = matches!(change, Change::InitDone);
-            cache.apply(change);
-            if done {
-                status.synced(kind, cache.len());
-                changed.notify_one();
-            } else if notify {
-                status.set_objects(kind, cache.len());
+            if apply_change(kind, &cache, change, &status) {
                 changed.notify_one();
             }
         }
@@ -756,6 +763,90 @@ async fn run_kind<K>(
         }
         backoff = (backoff * 2).min(opts.max_backoff);
     }
+}
+
+/// A kind's watcher, as untyped objects. ReplicaSets and Jobs are watched for their metadata
+/// only (PartialObjectMetadata, with the same list and watch verbs): the agent reads nothing
+/// else of them, and a ReplicaSet's body carries its whole pod template.
+fn watch_stream(
+    kind: Kind,
+    api: Api<DynamicObject>,
+    cfg: watcher::Config,
+) -> BoxStream<'static, watcher::Result<Event<DynamicObject>>> {
+    if matches!(kind, Kind::ReplicaSet | Kind::Job) {
+        metadata_watcher(api, cfg)
+            .map(|r| r.map(meta_event))
+            .boxed()
+    } else {
+        watcher(api, cfg).boxed()
+    }
+}
+
+/// A metadata-only event as an object with an empty body (all `decode_obj` needs of these
+/// kinds).
+fn meta_event(event: Event<PartialObjectMeta<DynamicObject>>) -> Event<DynamicObject> {
+    let obj = |m: PartialObjectMeta<DynamicObject>| DynamicObject {
+        types: m.types,
+        metadata: m.metadata,
+        data: serde_json::Value::Null,
+    };
+    match event {
+        Event::Apply(m) => Event::Apply(obj(m)),
+        Event::Delete(m) => Event::Delete(obj(m)),
+        Event::Init => Event::Init,
+        Event::InitApply(m) => Event::InitApply(obj(m)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+/// What a failed watcher step means for the kind.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The open watch expired (410 Gone: the server compacted past its resource version): the
+    /// watcher relists by itself.
+    WatchExpired,
+    /// A watch expired as it started, or a paged list's continue token expired (its pages
+    /// outlived the compaction window): start over with a relist. The server answered; it is
+    /// not failing.
+    Expired,
+    /// Anything else (server gone, connection reset, forbidden, ...): the watch is failing.
+    Failed,
+}
+
+fn failure(e: &watcher::Error) -> Failure {
+    match e {
+        watcher::Error::WatchError(e) if e.code == 410 => Failure::WatchExpired,
+        watcher::Error::WatchStartFailed(kube::Error::Api(e))
+        | watcher::Error::InitialListFailed(kube::Error::Api(e))
+            if e.code == 410 =>
+        {
+            Failure::Expired
+        }
+        _ => Failure::Failed,
+    }
+}
+
+/// Applies one change to a kind's cache and records it in `status`. True when the cache's
+/// contents changed (a new view is due).
+///
+/// Only a change the cache has taken in makes the kind current again. The objects of a relist
+/// are buffered until `InitDone`, so while it runs the agent still serves the pre-outage state:
+/// calling the kind current at its first object would report ready and zero staleness too
+/// early, and a relist that keeps failing after its first page would restart the staleness
+/// clock at every retry, so the staleness alert would never fire.
+fn apply_change<C>(kind: Kind, cache: &Cache<C>, change: Change<C>, status: &SyncStatus) -> bool {
+    let listed = matches!(change, Change::InitDone);
+    let changed = matches!(change, Change::Apply(..) | Change::Delete(_));
+    cache.apply(change);
+    if listed {
+        status.synced(kind, cache.len());
+    } else if changed {
+        status.set_objects(kind, cache.len());
+    } else {
+        return false; // Init, InitApply: a relist under way
+    }
+    status.ok(kind);
+    true
 }
 
 fn decode_obj<K>(kind: Kind, obj: DynamicObject, status: &SyncStatus) -> Option<K>
@@ -835,6 +926,78 @@ mod status_tests {
         }
         status.ok(Kind::Job);
         assert!(!status.is_stale() && status.stale_for().is_none());
+    }
+
+    #[test]
+    fn a_relist_makes_the_kind_current_only_once_it_is_swapped_in() {
+        let status = SyncStatus::default();
+        let cache: Cache<u32> = Cache::default();
+        let key = |n: &str| (Some("shop".to_owned()), n.to_owned());
+        for c in [
+            Change::Init,
+            Change::InitApply(key("old"), 1),
+            Change::InitDone,
+        ] {
+            apply_change(Kind::Pod, &cache, c, &status);
+        }
+        // an outage, then a relist that fails after its first page
+        status.failed(Kind::Pod);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!apply_change(Kind::Pod, &cache, Change::Init, &status));
+        let page = Change::InitApply(key("new"), 2);
+        assert!(!apply_change(Kind::Pod, &cache, page, &status));
+        assert!(status.is_stale(), "the cache still holds the old list");
+        assert!(!status.is_synced());
+        let stale = status.stale_for_kind(Kind::Pod);
+        assert!(
+            stale.is_some_and(|d| d >= Duration::from_millis(20)),
+            "the staleness clock keeps running: {stale:?}"
+        );
+        status.failed(Kind::Pod); // the relist's second page fails; the clock is not restarted
+        assert!(status.stale_for().unwrap() >= Duration::from_millis(20));
+        // the retry completes
+        for c in [Change::Init, Change::InitApply(key("new"), 2)] {
+            apply_change(Kind::Pod, &cache, c, &status);
+        }
+        assert!(status.is_stale());
+        assert!(apply_change(Kind::Pod, &cache, Change::InitDone, &status));
+        assert!(!status.is_stale() && status.stale_for_kind(Kind::Pod).is_none());
+        assert!(status.last_ok_age().is_some());
+        // events of a current watch keep it current
+        status.failed(Kind::Pod);
+        assert!(apply_change(
+            Kind::Pod,
+            &cache,
+            Change::Delete(key("new")),
+            &status
+        ));
+        assert!(!status.is_stale());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_410_on_a_watch_or_a_list_page_is_an_expiry_not_a_failure() {
+        let api = |code: u16| kube::core::ErrorResponse {
+            status: "Failure".into(),
+            message: "too old resource version".into(),
+            reason: "Expired".into(),
+            code,
+        };
+        use watcher::Error as E;
+        assert_eq!(failure(&E::WatchError(api(410))), Failure::WatchExpired);
+        let at_start = E::WatchStartFailed(kube::Error::Api(api(410)));
+        assert_eq!(failure(&at_start), Failure::Expired);
+        // a later page of a list whose continue token expired
+        let next_page = E::InitialListFailed(kube::Error::Api(api(410)));
+        assert_eq!(failure(&next_page), Failure::Expired);
+        for e in [
+            E::InitialListFailed(kube::Error::Api(api(503))),
+            E::WatchStartFailed(kube::Error::Api(api(403))),
+            E::WatchError(api(500)),
+            E::NoResourceVersion,
+        ] {
+            assert_eq!(failure(&e), Failure::Failed, "{e}");
+        }
     }
 
     #[test]
