@@ -12,7 +12,7 @@
 //!  "dst":{"ip":"10.213.0.30","port":5432,"kind":"pod","namespace":"data","name":"postgres-0",
 //!         "workload_kind":"StatefulSet","workload_name":"postgres","node":"demo-node"},
 //!  "outcome":"established","end_reason":"closed","observed_at":["client","server"],
-//!  "fwd":{"packets":6,"bytes":322},"rev":{"packets":4,"bytes":221},"node":"node-a",
+//!  "fwd":{"packets":6,"bytes":322},"rev":{"packets":4,"bytes":221},"node":"demo-node",
 //!  "verdict":"denied",
 //!  "ingress":{"verdict":"denied","policies":[],"rules":[],"reason":"no_rule_matched"},
 //!  "egress":{"verdict":"uncovered","policies":[],"rules":[],"reason":"not_selected"}}
@@ -218,6 +218,35 @@ mod tests {
         assert_eq!(v["fwd"], serde_json::json!({"packets": 6, "bytes": 412}));
         assert_eq!(v["rev"], serde_json::json!({"packets": 4, "bytes": 1480}));
         assert!(v.get("verdict").is_none());
+    }
+
+    #[test]
+    fn a_service_end_keeps_its_numeric_port_beside_the_port_name() {
+        let key = FlowKey {
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.96.0.10:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        let clock = WallClock::new(UNIX_EPOCH, 0);
+        let mut record = FlowRecord::new(
+            &FinishedFlow {
+                flow: Flow::new(key, 0),
+                reason: EndReason::Closed,
+            },
+            clock,
+        );
+        record.dst.identity = as_object(&crate::enrich::Endpoint::Service {
+            namespace: "shop".into(),
+            name: "web".into(),
+            port: Some("http".into()),
+            backend: None,
+        });
+        let line = record.to_json_line();
+        assert_eq!(line.matches("\"port\":").count(), 2, "one per end: {line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["dst"]["port"], 80);
+        assert_eq!(v["dst"]["port_name"], "http");
+        assert_eq!(v["dst"]["kind"], "service");
     }
 
     /// The keys of a JSON object and, one level down, of its object members (`src.kind`).

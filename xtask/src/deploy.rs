@@ -79,7 +79,7 @@ pub fn ensure_helm() -> Result<PathBuf> {
         .env("CGO_ENABLED", "0")
         .current_dir(&staging)
         .status()
-        .context("running `go install` (is Go installed? run `cargo xtask setup`)")?;
+        .context("running `go install` (Go 1.21 or newer is needed to build helm; `cargo xtask setup` checks for it)")?;
     if !status.success() {
         let _ = std::fs::remove_dir_all(&staging);
         bail!("`go install helm.sh/helm/v3/cmd/helm@{HELM_VERSION}` failed ({status})");

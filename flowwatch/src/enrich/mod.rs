@@ -118,7 +118,9 @@ pub enum Endpoint {
     Service {
         namespace: String,
         name: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        /// The Service port's name. Serialized as `port_name`: in a flow record this object
+        /// is merged into one that has the numeric `port` already.
+        #[serde(rename = "port_name", skip_serializing_if = "Option::is_none")]
         port: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         backend: Option<Box<Endpoint>>,

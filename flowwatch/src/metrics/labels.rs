@@ -92,7 +92,7 @@ macro_rules! label_enum {
 }
 
 label_enum! {
-    /// A policy verdict, overall or for one side (see ARCHITECTURE.md, "Verdict model").
+    /// A policy verdict, overall or for one side (see docs/policy.md, "Verdicts").
     Verdict {
         /// Governed by at least one policy, and allowed.
         Allowed => "allowed",
