@@ -15,7 +15,9 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_OK},
+    bindings::{
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
+    },
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -234,14 +236,19 @@ fn is_rare_ipv6_extension(protocol: u8) -> bool {
     matches!(protocol, 135 | 139 | 140)
 }
 
+/// The programs' verdict: "next" (TCX_NEXT, TC_ACT_UNSPEC), never "pass". Under tcx, pass ends
+/// the chain: the programs after flowwatch's and every legacy TC filter of the interface (a
+/// CNI's policy enforcement among them) would be skipped. flowwatch only observes.
+const OBSERVE_ONLY: i32 = TC_ACT_UNSPEC;
+
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     // Host-side ingress of a pod veth: the packet is leaving the pod. Always counted.
     if null_datapath() {
-        return TC_ACT_OK;
+        return OBSERVE_ONLY;
     }
     let _ = try_count(&ctx);
-    TC_ACT_OK
+    OBSERVE_ONLY
 }
 
 #[classifier]
@@ -249,14 +256,14 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     // Host-side egress of a pod veth: the packet is entering the pod. Skip it if it came from
     // another monitored pod interface, where tc_ingress already counted it.
     if null_datapath() {
-        return TC_ACT_OK;
+        return OBSERVE_ONLY;
     }
     // SAFETY: reading a field of the context the kernel handed us.
     let came_from = unsafe { (*ctx.skb.skb).ingress_ifindex };
     if came_from == 0 || MONITORED.get_ptr(came_from).is_none() {
         let _ = try_count(&ctx);
     }
-    TC_ACT_OK
+    OBSERVE_ONLY
 }
 
 /// The parsed headers of one packet.

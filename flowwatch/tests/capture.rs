@@ -466,6 +466,104 @@ fn tcx_programs(dev: &str) -> String {
     names.join(",")
 }
 
+/// Attaches, at the end of `dev`'s tcx ingress chain, a program that drops every packet (what a
+/// CNI enforcing a deny-all would do): two instructions loaded and linked with bpf(2), so the
+/// test needs no second eBPF object. Detached when the returned link is dropped.
+fn drop_everything_after(dev: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const TC_ACT_SHOT: u8 = 2;
+    let bpf = |cmd: libc::c_long, attr: &mut [u8; 128]| -> i32 {
+        // SAFETY: attr is a zero-padded bpf_attr of the size passed; its pointers reference
+        // live buffers for the whole call.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+        assert!(rc >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+        rc as i32
+    };
+    // r0 = TC_ACT_SHOT; exit
+    let insns: [u8; 16] = [
+        0xb7,
+        0,
+        0,
+        0,
+        TC_ACT_SHOT,
+        0,
+        0,
+        0,
+        0x95,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let license = b"GPL\0";
+    let mut load = [0u8; 128];
+    load[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+    load[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    load[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    load[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: a new fd the kernel just returned, owned here.
+    let prog = unsafe { OwnedFd::from_raw_fd(bpf(BPF_PROG_LOAD, &mut load)) };
+    let name = std::ffi::CString::new(dev).expect("interface name");
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(ifindex, 0, "no interface {dev}");
+    let mut link = [0u8; 128];
+    link[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+    link[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    link[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
+    // SAFETY: as above.
+    unsafe { OwnedFd::from_raw_fd(bpf(BPF_LINK_CREATE, &mut link)) }
+}
+
+/// flowwatch only observes: its programs answer "next", so what a CNI attached to the same
+/// interface decides still happens. Here a CNI's program, attached after flowwatch's, drops
+/// everything the client pod sends: the drop must still take effect, and flowwatch must still
+/// have seen the attempt.
+#[test]
+fn a_cni_filter_behind_flowwatch_still_runs() {
+    if !privileged::root_test("tc chain") {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
+    assert!(
+        tcx_programs(&client.host_if).starts_with("tc_ingress"),
+        "flowwatch first in the chain: {}",
+        tcx_programs(&client.host_if)
+    );
+    let _cni = drop_everything_after(&client.host_if);
+    // The listener stays open (in the server pod's namespace) while the client tries: without
+    // the drop, the kernel would complete the handshake into its backlog.
+    let addr = SocketAddr::new(server.ipv4.into(), 8090);
+    let _listener = server
+        .run(move || TcpListener::bind(addr))
+        .join()
+        .expect("server pod")
+        .expect("bind");
+    let connected = client
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).is_ok())
+        .join()
+        .expect("client");
+    assert!(
+        !connected,
+        "the CNI's drop was skipped: flowwatch ended the TC chain"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, records) = agent.stop();
+    assert!(status.success());
+    let attempts = between(&records, client.ipv4.into(), server.ipv4.into());
+    assert_eq!(attempts.len(), 1, "{attempts:#?}");
+    assert_eq!(attempts[0]["outcome"], "failed", "{}", attempts[0]);
+}
+
 #[test]
 fn interfaces_are_followed_and_nothing_stays_attached_after_sigkill() {
     if !privileged::root_test("interface lifecycle") {

@@ -10,7 +10,8 @@ use flowwatch::source::FlowSource;
 use support::frames::{ipv4, ipv4_with_options, ipv6, sctp, tcp, ACK, NOPS, SYN};
 use support::privileged;
 
-const TC_ACT_OK: u32 = 0;
+/// The programs only observe: they answer "next" (TC_ACT_UNSPEC, -1), never "pass".
+const NEXT: u32 = -1i32 as u32;
 
 #[test]
 fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
@@ -34,13 +35,13 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
         ipv6(a6, b6, 132, &sctp(6000, 2905, 1)),
         ipv6(b6, a6, 132, &sctp(2905, 6000, 2)),
     ] {
-        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), TC_ACT_OK);
+        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), NEXT);
     }
     let before = source.losses().unwrap().truncated_packets;
     // Malformed: IPv4 and IPv6 announcing SCTP whose header is cut after two bytes. The
     // program must let them pass and count them as truncated.
     for frame in [ipv4(a4, b4, 132, &[0, 1]), ipv6(a6, b6, 132, &[0, 1])] {
-        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), TC_ACT_OK);
+        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), NEXT);
     }
     assert_eq!(source.losses().unwrap().truncated_packets - before, 2);
 
@@ -78,7 +79,7 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
         mld,
         icmp_later_fragment,
     ] {
-        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), TC_ACT_OK);
+        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), NEXT);
     }
     let after = source.losses().unwrap();
     assert_eq!(after.unattributed_packets - before.unattributed_packets, 2);
@@ -201,7 +202,7 @@ fn tcp_orientation_and_header_lengths() {
         // than the agent): oriented by its ports, c initiated
         ipv4(a, c, 6, &tcp(8443, 51000, ACK)),
     ] {
-        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), TC_ACT_OK);
+        assert_eq!(dp.run_ingress_on(&frame).expect("test run"), NEXT);
     }
     let mut totals = Vec::new();
     source.read_totals(&mut totals).unwrap();

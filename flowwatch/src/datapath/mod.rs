@@ -15,7 +15,8 @@ pub mod preflight;
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::tc::SchedClassifierLinkId;
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use flowwatch_common as common;
@@ -235,8 +236,10 @@ impl Datapath {
         // Unregister on any failure: a registered interface without its ingress program would
         // make the egress programs of the other pods skip its packets, counted by no one.
         let ingress = match program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS)
-            .and_then(|p| p.attach(name, TcAttachType::Ingress).map_err(attach_err))
-        {
+            .and_then(|p| {
+                p.attach_with_options(name, TcAttachType::Ingress, first_in_chain())
+                    .map_err(attach_err)
+            }) {
             Ok(id) => id,
             Err(e) => {
                 let _ = self.monitored.remove(&ifindex);
@@ -244,8 +247,10 @@ impl Datapath {
             }
         };
         let egress = match program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_EGRESS)
-            .and_then(|p| p.attach(name, TcAttachType::Egress).map_err(attach_err))
-        {
+            .and_then(|p| {
+                p.attach_with_options(name, TcAttachType::Egress, first_in_chain())
+                    .map_err(attach_err)
+            }) {
             Ok(id) => id,
             Err(e) => {
                 let _ = program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS)
@@ -361,6 +366,13 @@ impl Datapath {
             self.detach(&name);
         }
     }
+}
+
+/// tcx position of the packet programs: first, so they see every packet before a CNI's
+/// programs drop (the attempts a policy blocks) or redirect it (past later programs). They
+/// answer "next", so everything after them still runs.
+fn first_in_chain() -> TcAttachOptions {
+    TcAttachOptions::TcxOrder(LinkOrder::first())
 }
 
 fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
