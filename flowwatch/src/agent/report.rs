@@ -25,8 +25,11 @@ struct Reported {
     counters: Counters,
     outcome_counted: bool,
     /// The backend half of a connection to a Service (see [`Siblings`]): the Service half counts
-    /// the connection; this half only adds its traffic.
+    /// the connection; this half, its traffic.
     backend_half: bool,
+    /// The Service half of a connection whose backend half is on this node too: that half
+    /// counts the traffic, this one the connection (see `record`).
+    twin_counts_traffic: bool,
     /// Another node's agent counts this connection (see [`counted_on_other_node`]).
     counted_elsewhere: bool,
 }
@@ -110,11 +113,14 @@ impl Reporter {
             counters: Counters::default(),
             outcome_counted: false,
             backend_half: false,
+            twin_counts_traffic: false,
             counted_elsewhere: false,
         });
         if entry.class.is_none() {
             // Until the first cluster view arrives there is nothing to classify with.
             let (mut translated, backend_half) = ctx.siblings.nat_view(flow, ctx.classifier);
+            // A backend found among this node's flows, not through conntrack: its half is here.
+            entry.twin_counts_traffic = translated.is_some();
             if translated.is_none()
                 && !backend_half
                 && ctx.classifier.engine_ready()
@@ -140,9 +146,17 @@ impl Reporter {
         if entry.counted_elsewhere {
             return Some(class);
         }
-        let delta = flow.counters.saturating_sub(entry.counters);
-        // The backend half adds its traffic (the replies the wire saw at the backend) to the
-        // same edge, but the connection itself is counted once, by the Service half.
+        // A connection through the node's NAT with both ends here is two flows on one edge, and
+        // the node's routing shows each packet to both (the request leaves the client as a
+        // Service flow and enters the backend as a backend flow; so, routed, do the replies).
+        // Each is counted once: the connection by the Service half, the traffic by the backend
+        // half, which sees both directions whatever the CNI (replies bridged straight to the
+        // client skip the Service half's egress count).
+        let delta = if entry.twin_counts_traffic {
+            Counters::default()
+        } else {
+            flow.counters.saturating_sub(entry.counters)
+        };
         let outcome = outcome.filter(|_| !entry.outcome_counted && !entry.backend_half);
         if outcome.is_some() || delta != Counters::default() {
             ctx.metrics
