@@ -41,7 +41,8 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_SCTP: u8 = 132;
 
-/// STATS index: an event was dropped because the ring buffer was full.
+/// STATS index: an event of the TC programs (a new UDP/SCTP flow) was dropped because the ring
+/// buffer was full.
 pub const STAT_RINGBUF_FULL: u32 = 0;
 /// STATS index: a packet was not counted because its flow was not in the flow map and could
 /// not be inserted (map full). Every packet of such a flow tries again and counts here.
@@ -55,7 +56,11 @@ pub const STAT_PACKETS: u32 = 3;
 /// behind a fragment header) of TCP, UDP or SCTP, which has no ports; or IPv6 whose extension
 /// headers the TC program does not walk through (deeper than four, or a rare kind).
 pub const STAT_UNATTRIBUTED: u32 = 4;
-pub const STATS_LEN: u32 = 5;
+/// STATS index: a socket event (tracepoint) was dropped because the ring buffer was full. Apart
+/// from the TC programs' slot because the tracepoint runs in process context, where a TC
+/// program in a softirq can interrupt it on the same CPU: one slot would lose increments.
+pub const STAT_RINGBUF_FULL_SOCKET: u32 = 5;
+pub const STATS_LEN: u32 = 6;
 
 /// TCP flag bits, as OR-ed into [`FlowCounters::fwd_tcp_flags`] / `rev_tcp_flags`.
 pub const TCP_FIN: u8 = 0x01;
@@ -149,6 +154,7 @@ pub mod tcp_state {
     pub const SYN_SENT: i32 = 2;
     pub const SYN_RECV: i32 = 3;
     pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
 }
 
 #[cfg(feature = "user")]

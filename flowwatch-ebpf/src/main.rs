@@ -28,8 +28,8 @@ use flowwatch_common::{
     tcp_state, FlowCounters, FlowEvent, FlowKey, AF_INET, AF_INET6, DEFAULT_EVENTS_BYTES,
     DEFAULT_FLOWS_MAX_ENTRIES, EVENT_NEW_FLOW, EVENT_TCP_CLOSED, EVENT_TCP_ESTABLISHED,
     EVENT_TCP_FAILED, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ROLE_CLIENT, ROLE_SERVER, ROLE_WIRE,
-    STATS_LEN, STAT_FLOWS_MAP_FULL, STAT_PACKETS, STAT_RINGBUF_FULL, STAT_TRUNCATED,
-    STAT_UNATTRIBUTED, TCP_ACK, TCP_SYN,
+    STATS_LEN, STAT_FLOWS_MAP_FULL, STAT_PACKETS, STAT_RINGBUF_FULL, STAT_RINGBUF_FULL_SOCKET,
+    STAT_TRUNCATED, STAT_UNATTRIBUTED, TCP_ACK, TCP_SYN,
 };
 
 #[map(name = "FLOWS")]
@@ -69,13 +69,16 @@ fn null_datapath() -> bool {
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(counter) = STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.
+        // SAFETY: per-CPU slot. A slot is bumped from one context only (TC programs in
+        // softirq, the tracepoint in process context: see STAT_RINGBUF_FULL_SOCKET), so no
+        // program interrupts another's increment of the same slot.
         unsafe { *counter += 1 };
     }
 }
 
+/// Emits an event; when the ring is full, bumps `full_slot` (the caller's context's slot).
 #[inline(always)]
-fn emit(key: &FlowKey, kind: u8, role: u8, old_state: u8, new_state: u8, now: u64) {
+fn emit(key: &FlowKey, kind: u8, role: u8, old_state: u8, new_state: u8, now: u64, full_slot: u32) {
     match EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
             entry.write(FlowEvent {
@@ -98,7 +101,7 @@ fn emit(key: &FlowKey, kind: u8, role: u8, old_state: u8, new_state: u8, now: u6
             };
             entry.submit(flags as u64);
         }
-        None => bump(STAT_RINGBUF_FULL),
+        None => bump(full_slot),
     }
 }
 
@@ -160,6 +163,8 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => (EVENT_TCP_ESTABLISHED, ROLE_SERVER),
         (tcp_state::SYN_SENT, tcp_state::CLOSE) => (EVENT_TCP_FAILED, ROLE_CLIENT),
         (tcp_state::SYN_RECV, tcp_state::CLOSE) => (EVENT_TCP_FAILED, ROLE_SERVER),
+        // A listener closing is no connection (its event would carry no peer).
+        (tcp_state::LISTEN, tcp_state::CLOSE) => return Ok(()),
         // Which end closes first says nothing about who initiated: the agent matches both
         // orientations for CLOSED events (role 0).
         (_, tcp_state::CLOSE) => (EVENT_TCP_CLOSED, 0),
@@ -192,9 +197,17 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
         local
     };
     // Tracepoint programs may not read the coarse clock (it is not NMI-safe): the precise one.
-    emit(&key, kind, role, old as u8, new as u8, unsafe {
-        bpf_ktime_get_ns()
-    });
+    // SAFETY: a helper call without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(
+        &key,
+        kind,
+        role,
+        old as u8,
+        new as u8,
+        now,
+        STAT_RINGBUF_FULL_SOCKET,
+    );
     Ok(())
 }
 
@@ -510,7 +523,15 @@ fn create(key: FlowKey, forward: bool, packet: &Packet, now: u64) {
             // TCP attempts are reported by the socket tracepoint; the ring buffer carries new
             // flows only for the protocols that have no such hook.
             if key.protocol != IPPROTO_TCP {
-                emit(&key, EVENT_NEW_FLOW, ROLE_WIRE, 0, 0, now);
+                emit(
+                    &key,
+                    EVENT_NEW_FLOW,
+                    ROLE_WIRE,
+                    0,
+                    0,
+                    now,
+                    STAT_RINGBUF_FULL,
+                );
             }
         }
         Err(e) if e == -EEXIST => {

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 /// Default pod-interface patterns: the host-side veth names of common CNIs (bridge/ptp plugins,
-/// Calico, Cilium, AWS VPC CNI, GKE, Azure, Weave, Flannel's cni0 ports).
-pub const DEFAULT_INTERFACES: &str = "veth*,cali*,lxc*,eni*,gke*,azv*,vethwe*";
+/// Calico, Cilium, AWS VPC CNI, GKE, Azure, Weave, Flannel's cni0 ports), less Weave's own
+/// bridge-to-datapath veth pair, which carries every pod's traffic a second time.
+pub const DEFAULT_INTERFACES: &str =
+    "veth*,cali*,lxc*,eni*,gke*,azv*,!vethwe-bridge,!vethwe-datapath";
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, RawFd};
 
-/// Interface name patterns: exact names or globs with `*` (e.g. `veth*`, `cali*`).
+/// Interface name patterns: exact names or globs with `*` (e.g. `veth*`, `cali*`); a pattern
+/// starting with `!` excludes what it matches (`!vethwe-bridge`: a CNI's own veth, not a pod's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InterfacePatterns(Vec<String>);
 
@@ -25,14 +26,17 @@ impl InterfacePatterns {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.0.iter().any(|p| glob_match(p, name))
+        let (excluded, included): (Vec<&String>, Vec<&String>) =
+            self.0.iter().partition(|p| p.starts_with('!'));
+        included.iter().any(|p| glob_match(p, name))
+            && !excluded.iter().any(|p| glob_match(&p[1..], name))
     }
 
     /// Patterns without a wildcard name one interface each, which must exist at startup.
     pub fn exact_names(&self) -> impl Iterator<Item = &str> {
         self.0
             .iter()
-            .filter(|p| !p.contains('*'))
+            .filter(|p| !p.contains('*') && !p.starts_with('!'))
             .map(String::as_str)
     }
 }
@@ -154,6 +158,37 @@ mod tests {
         let p = InterfacePatterns::new(["veth*", "eth1", ""]);
         assert!(p.matches("vethabc") && p.matches("eth1") && !p.matches("eth0"));
         assert_eq!(p.exact_names().collect::<Vec<_>>(), vec!["eth1"]);
+    }
+
+    #[test]
+    fn the_defaults_take_pod_veths_and_leave_cni_infrastructure_alone() {
+        let p = InterfacePatterns::new(crate::cli::DEFAULT_INTERFACES.split(','));
+        for pod in [
+            "veth1a2b3c",
+            "cali12ab",
+            "lxc9f00",
+            "eni77",
+            "gke1",
+            "azv2",
+            "vethwepl42",
+        ] {
+            assert!(p.matches(pod), "{pod}");
+        }
+        // Weave's bridge-to-datapath pair carries every pod's traffic a second time.
+        for infra in [
+            "vethwe-bridge",
+            "vethwe-datapath",
+            "eth0",
+            "cni0",
+            "cilium_host",
+        ] {
+            assert!(!p.matches(infra), "{infra}");
+        }
+        assert_eq!(
+            p.exact_names().count(),
+            0,
+            "exclusions are not names to wait for"
+        );
     }
 
     #[test]

@@ -479,7 +479,7 @@ impl FlowSource for EbpfSource {
             Ok(values.iter().sum())
         };
         Ok(KernelLosses {
-            ringbuf_full: sum(common::STAT_RINGBUF_FULL)?,
+            ringbuf_full: sum(common::STAT_RINGBUF_FULL)? + sum(common::STAT_RINGBUF_FULL_SOCKET)?,
             flows_map_full: sum(common::STAT_FLOWS_MAP_FULL)?,
             truncated_packets: sum(common::STAT_TRUNCATED)?,
             unattributed_packets: sum(common::STAT_UNATTRIBUTED)?,
