@@ -4,8 +4,9 @@
 //! prints and need no agent and no cluster. The cores are functions over readers and writers
 //! ([`eval_flows`], [`write_coverage`]); [`run`] only wires files, stdin/stdout and exit codes.
 //!
-//! Exit codes: 0 success (including flow lines answered with an `error`), 1 bad arguments or
-//! an unknown pod in `explain`, 2 a snapshot that cannot be read, 3 an output write failure.
+//! Exit codes: 0 success (including flow lines answered with an `error`), 1 bad arguments, an
+//! unreadable `--flows` or an unknown pod in `explain`, 2 a snapshot that cannot be read, 3 an
+//! output write failure.
 
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
@@ -117,17 +118,24 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
         PolicyCommand::Eval(args) => {
             let out = BufWriter::with_capacity(1 << 16, stdout.lock());
             let flows = args.flows.filter(|p| p.as_os_str() != "-");
-            match flows {
-                None => eval_flows(&engine, io::stdin().lock(), out).map(|_| ()),
+            let name = flows
+                .as_ref()
+                .map_or("stdin".into(), |p| p.display().to_string());
+            let evaluated = match flows {
+                None => eval_flows(&engine, io::stdin().lock(), out),
                 Some(path) => match std::fs::File::open(&path) {
-                    Ok(f) => {
-                        eval_flows(&engine, BufReader::with_capacity(1 << 16, f), out).map(|_| ())
-                    }
-                    Err(e) => {
-                        eprintln!("error: cannot read flows {}: {e}", path.display());
-                        return ExitCode::from(1);
-                    }
+                    Ok(f) => eval_flows(&engine, BufReader::with_capacity(1 << 16, f), out),
+                    Err(e) => Err(EvalError::Read(e)),
                 },
+            };
+            match evaluated {
+                Ok(_) => Ok(()),
+                // Unreadable input is the caller's to fix (e.g. a directory): exit 1, not 3.
+                Err(EvalError::Read(e)) => {
+                    eprintln!("error: cannot read flows {name}: {e}");
+                    return ExitCode::from(1);
+                }
+                Err(EvalError::Write(e)) => Err(e),
             }
         }
         PolicyCommand::Explain(args) => {
@@ -208,6 +216,15 @@ fn build_engine(
     )
 }
 
+/// Why an `eval` run stopped: the flows could not be read, or the output not written.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("reading flows: {0}")]
+    Read(#[source] io::Error),
+    #[error("writing output: {0}")]
+    Write(#[source] io::Error),
+}
+
 /// What an `eval` run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EvalSummary {
@@ -224,7 +241,7 @@ pub fn eval(
     input: impl BufRead,
     output: impl Write,
     options: PolicyOptions,
-) -> io::Result<(EvalSummary, Vec<ObjectError>)> {
+) -> Result<(EvalSummary, Vec<ObjectError>), EvalError> {
     let (engine, errors) = PolicyEngine::build(inventory, options);
     Ok((eval_flows(&engine, input, output)?, errors))
 }
@@ -236,13 +253,13 @@ pub fn eval_flows(
     engine: &PolicyEngine,
     mut input: impl BufRead,
     mut output: impl Write,
-) -> io::Result<EvalSummary> {
+) -> Result<EvalSummary, EvalError> {
     let mut summary = EvalSummary::default();
     let mut buf = Vec::with_capacity(256);
     let mut line_no = 0u64;
     loop {
         buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
+        if input.read_until(b'\n', &mut buf).map_err(EvalError::Read)? == 0 {
             break;
         }
         line_no += 1;
@@ -256,12 +273,17 @@ pub fn eval_flows(
         } else {
             summary.evaluated += 1;
         }
-        serde_json::to_writer(&mut output, &answer)?;
-        output.write_all(b"\n")?;
+        serde_json::to_writer(&mut output, &answer)
+            .map_err(io::Error::from)
+            .and_then(|()| output.write_all(b"\n"))
+            .map_err(EvalError::Write)?;
     }
-    output.flush()?;
+    output.flush().map_err(EvalError::Write)?;
     Ok(summary)
 }
+
+/// The fields `eval` writes; input fields of these names are replaced, not passed through.
+const ANSWER_FIELDS: [&str; 4] = ["verdict", "ingress", "egress", "error"];
 
 /// Answers one flow line (never fails: problems become an `error` field).
 pub fn eval_line(engine: &PolicyEngine, line: &str, line_no: u64) -> Map<String, Value> {
@@ -270,6 +292,10 @@ pub fn eval_line(engine: &PolicyEngine, line: &str, line_no: u64) -> Map<String,
         Ok(_) => return error_only(line_no, "expected a JSON object"),
         Err(e) => return error_only(line_no, &format!("invalid JSON: {e}")),
     };
+    // Input that is an earlier answer fed back in must not keep a stale verdict or error.
+    for field in ANSWER_FIELDS {
+        obj.remove(field);
+    }
     match flow_of(&obj) {
         Err(message) => {
             obj.insert("error".into(), Value::String(message));

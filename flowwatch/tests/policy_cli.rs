@@ -517,3 +517,179 @@ fn binary_explain_and_coverage() {
         json!(["shop/cache-ingress"])
     );
 }
+
+// ---- regressions ----
+
+/// A namespace `x` with pods `a` and `b`, plus `extra` (YAML documents).
+fn small_snapshot(extra: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: x}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{namespace: x, name: a, labels: {{pod: a}}}}
+status: {{podIP: 10.0.1.1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{namespace: x, name: b, labels: {{pod: b}}}}
+status: {{podIP: 10.0.1.2}}
+{extra}"#
+    )
+}
+
+#[test]
+fn a_policy_that_does_not_decode_is_reported_as_skipped_everywhere() {
+    // `endPort: "high"` is not even a number: the loader cannot decode the policy, yet it
+    // must be reported like a policy that decodes but is invalid.
+    let text = small_snapshot(
+        r#"---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: bad}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+  - ports: [{port: 80, endPort: "high"}]
+"#,
+    );
+    let (inv, errors) = snapshot::parse(&text, "s.yaml").unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].object, "NetworkPolicy x/bad");
+    assert_eq!(
+        errors[0].field.as_deref(),
+        Some("spec.ingress[0].ports[0].endPort")
+    );
+    let (engine, build_errors) = PolicyEngine::build(&inv, PolicyOptions::default());
+    assert_eq!(build_errors, vec![], "reported once, by the loader");
+    assert_eq!(engine.skipped_policies().collect::<Vec<_>>(), vec!["x/bad"]);
+    assert_eq!(engine.coverage().skipped_policies, vec!["x/bad"]);
+
+    let out = run_eval(&engine, r#"{"src": "x/b", "dst": "x/a", "port": 80}"#);
+    assert_eq!(out[0]["ingress"]["skipped_policies"], json!(["x/bad"]));
+    // It declared only ingress, so the egress side does not mention it.
+    assert!(
+        out[0]["egress"].get("skipped_policies").is_none(),
+        "{}",
+        out[0]
+    );
+
+    let x = engine
+        .explain(
+            &"x/b".parse().unwrap(),
+            &"x/a".parse().unwrap(),
+            80,
+            flowwatch::model::Protocol::Tcp,
+        )
+        .unwrap();
+    assert!(
+        x.to_string()
+            .contains("warning: policy x/bad is invalid and was skipped"),
+        "{x}"
+    );
+}
+
+#[test]
+fn an_undecodable_policy_with_unreadable_types_counts_for_both_directions() {
+    let text = small_snapshot(
+        r#"---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: bad}
+spec: {podSelector: {}, policyTypes: "Egress"}
+"#,
+    );
+    let (inv, errors) = snapshot::parse(&text, "s.yaml").unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (engine, _) = PolicyEngine::build(&inv, PolicyOptions::default());
+    let out = run_eval(&engine, r#"{"src": "x/b", "dst": "x/a", "port": 80}"#);
+    assert_eq!(out[0]["ingress"]["skipped_policies"], json!(["x/bad"]));
+    assert_eq!(out[0]["egress"]["skipped_policies"], json!(["x/bad"]));
+}
+
+#[test]
+fn eval_replaces_the_fields_it_writes() {
+    let engine = fixture_engine("cluster.yaml");
+    // An earlier answer fed back in, now naming an unknown pod: no stale verdict survives.
+    let stale = r#"{"src": "shop/ghost", "dst": "shop/db-0", "port": 5432, "verdict": "allowed", "ingress": {"verdict": "allowed"}, "egress": {"verdict": "allowed"}, "id": 7}"#;
+    // An earlier error answer fed back in, now valid: no stale error survives.
+    let fixed = r#"{"src": "shop/frontend-7d9f-abcde", "dst": "shop/api-5c6b-xyz12", "port": 8080, "error": "old"}"#;
+    let out = run_eval(&engine, &format!("{stale}\n{fixed}\n"));
+    assert!(out[0]["error"].is_string(), "{}", out[0]);
+    for field in ["verdict", "ingress", "egress"] {
+        assert!(out[0].get(field).is_none(), "{field} kept: {}", out[0]);
+    }
+    assert_eq!(out[0]["id"], 7, "other fields pass through");
+    assert_eq!(out[1]["verdict"], "allowed");
+    assert!(out[1].get("error").is_none(), "{}", out[1]);
+
+    let mut sink = Vec::new();
+    let summary = eval_flows(&engine, format!("{stale}\n{fixed}\n").as_bytes(), &mut sink).unwrap();
+    assert_eq!((summary.evaluated, summary.errors), (1, 1));
+}
+
+#[test]
+fn binary_unreadable_flows_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = flowwatch()
+        .args(["policy", "eval", "--snapshot"])
+        .arg(fixture("cluster.yaml"))
+        .arg("--flows")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot read flows"), "{stderr}");
+    assert!(
+        stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_policy_in_two_snapshot_files_is_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = r#"---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: allow-b}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: bad}
+spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/40}}]}]}
+"#;
+    let first = dir.path().join("first.yaml");
+    let second = dir.path().join("second.yaml");
+    std::fs::write(&first, small_snapshot(policy)).unwrap();
+    std::fs::write(&second, policy).unwrap();
+    let (inv, errors) = snapshot::load_files(&[&first, &second]).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let (engine, errors) = PolicyEngine::build(&inv, PolicyOptions::default());
+    let duplicates: Vec<String> = errors
+        .iter()
+        .filter(|e| e.message.contains("listed twice"))
+        .map(|e| e.object.clone())
+        .collect();
+    assert_eq!(
+        duplicates,
+        vec!["NetworkPolicy x/allow-b", "NetworkPolicy x/bad"],
+        "{errors:?}"
+    );
+    assert_eq!(engine.skipped_policies().collect::<Vec<_>>(), vec!["x/bad"]);
+    let c = engine.coverage();
+    let x = c.namespaces.iter().find(|n| n.namespace == "x").unwrap();
+    assert_eq!(x.policies, 1);
+    let out = run_eval(&engine, r#"{"src": "x/b", "dst": "x/a", "port": 80}"#);
+    assert_eq!(
+        out[0]["ingress"]["rules"],
+        json!([{"policy": "x/allow-b", "rule": 0}])
+    );
+}

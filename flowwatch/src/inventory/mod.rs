@@ -25,6 +25,20 @@ pub struct Inventory {
     pub network_policies: Vec<NetworkPolicy>,
 }
 
+/// Marks a placeholder in [`Inventory::network_policies`] for a NetworkPolicy that did not
+/// decode: it holds only the namespace, name and policy types read from the raw object, so the
+/// policy engine reports the policy as skipped (its decode error was already reported by the
+/// loader). An annotation key with a space: the API server rejects it, so no real object has it.
+pub const UNDECODABLE_POLICY_ANNOTATION: &str = "flowwatch.io/undecodable policy";
+
+/// Whether `np` is a placeholder for a NetworkPolicy that did not decode.
+pub fn is_undecodable_policy(np: &NetworkPolicy) -> bool {
+    np.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(UNDECODABLE_POLICY_ANNOTATION))
+}
+
 /// An object that could not be used, named so a user can find and fix it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ObjectError {

@@ -2,12 +2,20 @@
 //!
 //! Accepted shapes: a `kind: List` (or `PodList`, ...) with `items`, multi-document YAML, a
 //! single object, or the same as JSON. Objects of kinds flowwatch does not use are ignored.
-//! An object that does not decode is reported (kind, namespace/name, field path) and left out;
-//! only text that is not YAML/JSON at all, or an unreadable file, fails the whole snapshot.
+//! An object that does not decode, or YAML that has no JSON equivalent (a custom tag, a key
+//! that is not a scalar), is reported (kind, namespace/name, field path) and left out; a
+//! NetworkPolicy is kept as a placeholder so the engine reports it as skipped (see
+//! [`super::UNDECODABLE_POLICY_ANNOTATION`]). Only text that is not YAML/JSON at all, or an
+//! unreadable file, fails the whole snapshot.
 
 use std::path::Path;
 
-use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::{
+    DeserializeOwned, DeserializeSeed, Deserializer, EnumAccess, IgnoredAny, MapAccess, SeqAccess,
+    VariantAccess, Visitor,
+};
 use serde_json::Value;
 
 use super::{Inventory, ObjectError};
@@ -154,28 +162,58 @@ impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut fields = serde_json::Map::new();
         let mut was_list = false;
-        while let Some(key) = map.next_key::<String>()? {
+        // Items of a list whose `kind` was not read yet and that lack their own `kind`:
+        // sorted output (`jq -S`, PyYAML) prints `items` before `kind: PodList`.
+        let mut held = Vec::new();
+        let mut not_json = None;
+        while let Some(key) = map.next_key_seed(Lenient)? {
+            let key = match key.and_then(into_key) {
+                Ok(key) => key,
+                Err(e) => {
+                    map.next_value::<IgnoredAny>()?;
+                    not_json.get_or_insert(e);
+                    continue;
+                }
+            };
             let kind = fields.get("kind").and_then(Value::as_str);
             // `items` of a list (kubectl prints `items` before `kind`; the API server after).
             if key == "items" && kind.is_none_or(|k| k.ends_with("List")) {
                 was_list = true;
-                // A typed list (`PodList`) names the kind its items may omit.
-                let item_kind = kind
-                    .and_then(|k| k.strip_suffix("List"))
-                    .filter(|k| !k.is_empty())
-                    .map(str::to_string);
-                map.next_value_seed(ItemsSeed {
+                held = map.next_value_seed(ItemsSeed {
                     sink: &mut *self.sink,
-                    item_kind,
+                    item_kind: kind.and_then(list_item_kind).map(str::to_string),
+                    hold_kindless: kind.is_none(),
                 })?;
             } else {
-                let value = map.next_value::<Value>()?;
-                fields.insert(key, value);
+                match map.next_value_seed(Lenient)? {
+                    Ok(value) => {
+                        fields.insert(key, value);
+                    }
+                    Err(mut e) => {
+                        if let Some(partial) = e.partial.take() {
+                            fields.insert(key.clone(), Value::Object(partial));
+                        }
+                        not_json.get_or_insert(e.within(&key));
+                    }
+                }
             }
         }
-        if !was_list {
-            let origin = self.sink.origin.to_string();
-            self.sink.add_object(Value::Object(fields), None, &origin);
+        let origin = self.sink.origin.to_string();
+        let item_kind = fields
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(list_item_kind)
+            .map(str::to_string);
+        match not_json {
+            Some(mut e) => {
+                e.partial = Some(fields);
+                self.sink.not_json(e, None, &origin);
+            }
+            None if !was_list => self.sink.add_object(Value::Object(fields), None, &origin),
+            None => {}
+        }
+        for (position, item) in held {
+            self.sink.add_object(item, item_kind.as_deref(), &position);
         }
         Ok(())
     }
@@ -184,8 +222,10 @@ impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
         ItemsSeed {
             sink: self.sink,
             item_kind: None,
+            hold_kindless: false,
         }
         .visit_seq(seq)
+        .map(|_| ())
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
@@ -222,77 +262,254 @@ impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
     }
 }
 
-/// The `items` of a list, decoded and added one at a time.
+/// The kind a typed list (`PodList`) gives the items that omit theirs.
+fn list_item_kind(list_kind: &str) -> Option<&str> {
+    list_kind.strip_suffix("List").filter(|k| !k.is_empty())
+}
+
+/// Items held for later: (position, item).
+type Held = Vec<(String, Value)>;
+
+/// The `items` of a list, decoded and added one at a time; with `hold_kindless`, items
+/// without a `kind` are returned instead, to be added once the list's kind is known.
 struct ItemsSeed<'s, 'a> {
     sink: &'s mut Sink<'a>,
     item_kind: Option<String>,
+    hold_kindless: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for ItemsSeed<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    type Value = Held;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Held, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for ItemsSeed<'_, '_> {
-    type Value = ();
+    type Value = Held;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a list of Kubernetes objects")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Held, A::Error> {
+        let mut held = Vec::new();
         let mut i = 0usize;
-        while let Some(item) = seq.next_element::<Value>()? {
+        while let Some(item) = seq.next_element_seed(Lenient)? {
             let position = format!("{} item {i}", self.sink.origin);
-            self.sink
-                .add_object(item, self.item_kind.as_deref(), &position);
             i += 1;
+            match item {
+                Ok(item)
+                    if self.hold_kindless && item.get("kind").is_none() && item.is_object() =>
+                {
+                    held.push((position, item));
+                }
+                Ok(item) => self
+                    .sink
+                    .add_object(item, self.item_kind.as_deref(), &position),
+                Err(e) => self.sink.not_json(e, self.item_kind.as_deref(), &position),
+            }
         }
-        Ok(())
+        Ok(held)
     }
 
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(()) // `items: null`, an empty list as some tools print it
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Held, E> {
+        Ok(Vec::new()) // `items: null`, an empty list as some tools print it
     }
 
-    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_none<E: serde::de::Error>(self) -> Result<Held, E> {
+        Ok(Vec::new())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
-        self.sink.items_not_a_list("an object");
-        Ok(())
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Held, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(self.sink.items_not_a_list("an object"))
     }
 
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
-        self.sink.items_not_a_list("a boolean");
-        Ok(())
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Held, E> {
+        Ok(self.sink.items_not_a_list("a boolean"))
     }
 
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
-        self.sink.items_not_a_list("a number");
-        Ok(())
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Held, E> {
+        Ok(self.sink.items_not_a_list("a number"))
     }
 
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
-        self.sink.items_not_a_list("a number");
-        Ok(())
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Held, E> {
+        Ok(self.sink.items_not_a_list("a number"))
     }
 
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
-        self.sink.items_not_a_list("a number");
-        Ok(())
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Held, E> {
+        Ok(self.sink.items_not_a_list("a number"))
     }
 
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
-        self.sink.items_not_a_list("a string");
-        Ok(())
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Held, E> {
+        Ok(self.sink.items_not_a_list("a string"))
+    }
+}
+
+/// Why a YAML value has no JSON equivalent, and where in its object.
+struct NotJson {
+    /// Field path segments, innermost first (`key` or `[index]`).
+    path: Vec<String>,
+    message: String,
+    /// The fields of the object it is in that did decode (to name the object).
+    partial: Option<serde_json::Map<String, Value>>,
+}
+
+impl NotJson {
+    fn new(message: String) -> NotJson {
+        NotJson {
+            path: Vec::new(),
+            message,
+            partial: None,
+        }
+    }
+
+    fn within(mut self, key: &str) -> NotJson {
+        self.path.push(key.to_string());
+        self
+    }
+
+    fn into_error(self, object: String) -> ObjectError {
+        let mut field = String::new();
+        for segment in self.path.iter().rev() {
+            if !field.is_empty() && !segment.starts_with('[') {
+                field.push('.');
+            }
+            field.push_str(segment);
+        }
+        ObjectError {
+            object,
+            field: (!field.is_empty()).then_some(field),
+            message: self.message,
+        }
+    }
+}
+
+fn into_key(key: Value) -> Result<String, NotJson> {
+    match key {
+        Value::String(s) => Ok(s),
+        Value::Bool(_) | Value::Number(_) => Ok(key.to_string()),
+        other => Err(NotJson::new(format!(
+            "a key must be a string, found {}",
+            type_name(&other)
+        ))),
+    }
+}
+
+/// Decodes a JSON value like `serde_json::Value` does, but YAML that has no JSON equivalent
+/// (a custom tag, a key that is a list or a map) becomes a `NotJson` for the object holding
+/// it after being read through: the parser stays in step, so only that object is lost, not
+/// the whole file.
+struct Lenient;
+
+type Decoded = Result<Value, NotJson>;
+
+impl<'de> DeserializeSeed<'de> for Lenient {
+    type Value = Decoded;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Decoded, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Lenient {
+    type Value = Decoded;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Decoded, E> {
+        Ok(Ok(Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Decoded, E> {
+        Ok(Ok(Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Decoded, E> {
+        Ok(Ok(Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Decoded, E> {
+        Ok(Ok(Value::from(v))) // NaN and infinities become null, as in serde_json
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Decoded, E> {
+        Ok(Ok(Value::String(v.to_string())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Decoded, E> {
+        Ok(Ok(Value::String(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Decoded, E> {
+        Ok(Ok(Value::Null))
+    }
+
+    fn visit_none<E>(self) -> Result<Decoded, E> {
+        Ok(Ok(Value::Null))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Decoded, D::Error> {
+        Lenient.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Decoded, A::Error> {
+        let mut items = Vec::new();
+        let mut bad = None;
+        while let Some(item) = seq.next_element_seed(Lenient)? {
+            match item {
+                Ok(v) => items.push(v),
+                Err(mut e) => {
+                    e.partial = None; // names what is inside the list, not its holder
+                    bad.get_or_insert(e.within(&format!("[{}]", items.len())));
+                }
+            }
+        }
+        Ok(bad.map_or(Ok(Value::Array(items)), Err))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Decoded, A::Error> {
+        let mut fields = serde_json::Map::new();
+        let mut bad = None;
+        while let Some(key) = map.next_key_seed(Lenient)? {
+            match key.and_then(into_key) {
+                Ok(key) => match map.next_value_seed(Lenient)? {
+                    Ok(v) => {
+                        fields.insert(key, v);
+                    }
+                    Err(mut e) => {
+                        // Keep what decoded of a nested object: `metadata` names the object.
+                        if let Some(partial) = e.partial.take() {
+                            fields.insert(key.clone(), Value::Object(partial));
+                        }
+                        bad.get_or_insert(e.within(&key));
+                    }
+                },
+                Err(e) => {
+                    map.next_value::<IgnoredAny>()?;
+                    bad.get_or_insert(e);
+                }
+            }
+        }
+        Ok(match bad {
+            None => Ok(Value::Object(fields)),
+            Some(mut e) => {
+                e.partial = Some(fields);
+                Err(e)
+            }
+        })
+    }
+
+    /// A YAML tag (`!foo x`): serde_yaml presents it as an enum variant.
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Decoded, A::Error> {
+        let (tag, content) = data.variant::<String>()?;
+        content.newtype_variant::<IgnoredAny>()?;
+        Ok(Err(NotJson::new(format!(
+            "YAML tag !{} is not supported",
+            tag.trim_start_matches('!')
+        ))))
     }
 }
 
@@ -307,6 +524,27 @@ impl Sink<'_> {
         );
     }
 
+    /// Reports an object that is not JSON, named by what of it decoded. A NetworkPolicy is
+    /// kept as a placeholder, as when it does not decode (see [`undecodable_policy`]).
+    fn not_json(&mut self, mut e: NotJson, default_kind: Option<&str>, position: &str) {
+        let fields = e.partial.take().unwrap_or_default();
+        let kind = fields.get("kind").and_then(Value::as_str).or(default_kind);
+        let object = match kind {
+            Some(kind) => object_name(kind, &fields, position),
+            None => position.to_string(),
+        };
+        if kind == Some("NetworkPolicy") {
+            let mut placeholder = undecodable_policy(&fields);
+            // What did not decode may be its policy types: count both directions.
+            placeholder.spec = Some(NetworkPolicySpec {
+                policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+                ..Default::default()
+            });
+            self.inventory.network_policies.push(placeholder);
+        }
+        self.errors.push(e.into_error(object));
+    }
+
     fn not_an_object(&mut self, found: &str) {
         self.errors.push(ObjectError {
             object: format!("document in {}", self.origin),
@@ -315,12 +553,13 @@ impl Sink<'_> {
         });
     }
 
-    fn items_not_a_list(&mut self, found: &str) {
+    fn items_not_a_list(&mut self, found: &str) -> Held {
         self.errors.push(ObjectError {
             object: format!("List in {}", self.origin),
             field: Some("items".into()),
             message: format!("expected a list, found {found}"),
         });
+        Vec::new()
     }
 }
 
@@ -364,12 +603,18 @@ fn add_object(
     };
     let object = object_name(&kind, map, position);
     match kind.as_str() {
-        "Namespace" => push(&mut inventory.namespaces, item, object, errors),
-        "Node" => push(&mut inventory.nodes, item, object, errors),
-        "Pod" => push(&mut inventory.pods, item, object, errors),
-        "Service" => push(&mut inventory.services, item, object, errors),
-        "EndpointSlice" => push(&mut inventory.endpoint_slices, item, object, errors),
-        "NetworkPolicy" => push(&mut inventory.network_policies, item, object, errors),
+        "Namespace" => _ = push(&mut inventory.namespaces, item, object, errors),
+        "Node" => _ = push(&mut inventory.nodes, item, object, errors),
+        "Pod" => _ = push(&mut inventory.pods, item, object, errors),
+        "Service" => _ = push(&mut inventory.services, item, object, errors),
+        "EndpointSlice" => _ = push(&mut inventory.endpoint_slices, item, object, errors),
+        "NetworkPolicy" => {
+            // Read before `item` is consumed: what the engine needs to report it as skipped.
+            let placeholder = undecodable_policy(map);
+            if !push(&mut inventory.network_policies, item, object, errors) {
+                inventory.network_policies.push(placeholder);
+            }
+        }
         _ => {} // other kinds are not used
     }
 }
@@ -385,14 +630,18 @@ fn object_name(kind: &str, map: &serde_json::Map<String, Value>, position: &str)
     }
 }
 
+/// Decodes `item` into `into`, or reports it; false when it did not decode.
 fn push<T: DeserializeOwned>(
     into: &mut Vec<T>,
     item: Value,
     object: String,
     errors: &mut Vec<ObjectError>,
-) {
+) -> bool {
     match serde_path_to_error::deserialize::<_, T>(item) {
-        Ok(obj) => into.push(obj),
+        Ok(obj) => {
+            into.push(obj);
+            true
+        }
         Err(e) => {
             let path = e.path().to_string();
             errors.push(ObjectError {
@@ -400,7 +649,68 @@ fn push<T: DeserializeOwned>(
                 field: (path != ".").then_some(path),
                 message: e.into_inner().to_string(),
             });
+            false
         }
+    }
+}
+
+/// The placeholder of a NetworkPolicy that does not decode (see
+/// [`super::UNDECODABLE_POLICY_ANNOTATION`]): its namespace, name and the directions it
+/// declares, read leniently from the raw object. Directions that cannot be read count as
+/// declared, so a verdict it might have changed is flagged rather than silently trusted.
+fn undecodable_policy(map: &serde_json::Map<String, Value>) -> NetworkPolicy {
+    let meta = |f: &str| {
+        map.get("metadata")
+            .and_then(|m| m.get(f))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let spec = map.get("spec").filter(|s| !s.is_null());
+    let non_empty = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true, // unreadable
+    };
+    // Mirrors `policy::compile::declared_directions` (the defaulting of policyTypes).
+    let (ingress, egress) = match spec {
+        None => (true, false),
+        Some(Value::Object(spec)) => match spec.get("policyTypes") {
+            None | Some(Value::Null) => (true, non_empty(spec.get("egress"))),
+            Some(Value::Array(types)) if types.is_empty() => (true, non_empty(spec.get("egress"))),
+            Some(Value::Array(types)) => {
+                let has = |t: &str| types.iter().any(|v| v.as_str() == Some(t));
+                // An unknown or unreadable type: the policy is invalid either way; assume both.
+                let unknown = types
+                    .iter()
+                    .any(|v| !matches!(v.as_str(), Some("Ingress" | "Egress")));
+                (unknown || has("Ingress"), unknown || has("Egress"))
+            }
+            Some(_) => (true, true),
+        },
+        Some(_) => (true, true),
+    };
+    let types = [("Ingress", ingress), ("Egress", egress)]
+        .into_iter()
+        .filter(|(_, declared)| *declared)
+        .map(|(t, _)| t.to_string())
+        .collect();
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            namespace: meta("namespace"),
+            name: meta("name"),
+            annotations: Some(
+                [(
+                    super::UNDECODABLE_POLICY_ANNOTATION.to_string(),
+                    String::new(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            policy_types: Some(types),
+            ..Default::default()
+        }),
     }
 }
 
@@ -499,7 +809,11 @@ items:
 "#;
         let (inv, errors) = parse(text, "s.yaml").unwrap();
         assert_eq!(inv.pods.len(), 1);
-        assert!(inv.network_policies.is_empty());
+        // Kept only as a placeholder, so the engine can report it as skipped.
+        assert_eq!(inv.network_policies.len(), 1);
+        assert!(crate::inventory::is_undecodable_policy(
+            &inv.network_policies[0]
+        ));
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert_eq!(errors[0].object, "NetworkPolicy x/bad");
         assert_eq!(
@@ -564,6 +878,110 @@ items:
         assert!(inv.pods.is_empty());
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field.as_deref(), Some("items"));
+    }
+
+    #[test]
+    fn typed_lists_with_sorted_keys_keep_their_items() {
+        // `jq -S` and PyYAML sort keys: `items` comes before `kind`.
+        let json = r#"{"apiVersion":"v1","items":[{"metadata":{"name":"a","namespace":"x"}},{"kind":"Namespace","metadata":{"name":"x"}}],"kind":"PodList"}"#;
+        let yaml = "apiVersion: v1\nitems:\n- metadata: {name: a, namespace: x}\n- kind: Namespace\n  metadata: {name: x}\nkind: PodList\n";
+        for (text, origin) in [(json, "sorted.json"), (yaml, "sorted.yaml")] {
+            let (inv, errors) = parse(text, origin).unwrap();
+            assert!(errors.is_empty(), "{origin}: {errors:?}");
+            assert_eq!(inv.pods.len(), 1, "{origin}");
+            assert_eq!(inv.namespaces.len(), 1, "{origin}");
+        }
+        // Without any kind, an item is still reported as such.
+        let (inv, errors) = parse(r#"{"items":[{"metadata":{"name":"a"}}]}"#, "k.json").unwrap();
+        assert!(inv.pods.is_empty());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].object, "k.json item 0");
+        assert_eq!(errors[0].field.as_deref(), Some("kind"));
+    }
+
+    #[test]
+    fn yaml_that_is_not_json_fails_only_its_object() {
+        let text = r#"
+kind: List
+items:
+- kind: Pod
+  apiVersion: v1
+  metadata: {namespace: x, name: tagged, labels: {a: !foo x}}
+- kind: Pod
+  apiVersion: v1
+  metadata: {namespace: x, name: odd-key, labels: {[a, b]: c}}
+- kind: Pod
+  apiVersion: v1
+  metadata: {namespace: x, name: good}
+"#;
+        let (inv, errors) = parse(text, "t.yaml").unwrap();
+        let names: Vec<_> = inv.pods.iter().map(|p| p.metadata.name.clone()).collect();
+        assert_eq!(names, vec![Some("good".to_string())]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[0].object, "Pod x/tagged");
+        assert_eq!(errors[0].field.as_deref(), Some("metadata.labels.a"));
+        assert!(errors[0].message.contains("!foo"), "{errors:?}");
+        assert_eq!(errors[1].object, "Pod x/odd-key");
+        assert_eq!(errors[1].field.as_deref(), Some("metadata.labels"));
+        // A whole document that is one such object.
+        let (inv, errors) = parse(
+            "kind: Namespace\nmetadata: {name: !foo x}\n---\nkind: Namespace\nmetadata: {name: y}\n",
+            "d.yaml",
+        )
+        .unwrap();
+        assert_eq!(inv.namespaces.len(), 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].object, "Namespace at d.yaml");
+        assert_eq!(errors[0].field.as_deref(), Some("metadata.name"));
+        // A policy that is not JSON is kept as a placeholder, like one that does not decode.
+        let (inv, errors) = parse(
+            "kind: NetworkPolicy\nmetadata: {namespace: x, name: p}\nspec: {podSelector: !foo {}}\n",
+            "np.yaml",
+        )
+        .unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].object, "NetworkPolicy x/p");
+        assert_eq!(errors[0].field.as_deref(), Some("spec.podSelector"));
+        assert_eq!(inv.network_policies.len(), 1);
+        assert!(crate::inventory::is_undecodable_policy(
+            &inv.network_policies[0]
+        ));
+    }
+
+    #[test]
+    fn an_undecodable_policy_is_kept_as_a_placeholder() {
+        let text = r#"
+kind: List
+items:
+- kind: NetworkPolicy
+  apiVersion: networking.k8s.io/v1
+  metadata: {namespace: x, name: out}
+  spec: {podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: 80, endPort: "high"}]}]}
+- kind: NetworkPolicy
+  apiVersion: networking.k8s.io/v1
+  metadata: {namespace: x, name: no-types}
+  spec: {podSelector: {}, ingress: "oops"}
+"#;
+        let (inv, errors) = parse(text, "p.yaml").unwrap();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let directions: Vec<_> = inv
+            .network_policies
+            .iter()
+            .map(|p| {
+                assert!(crate::inventory::is_undecodable_policy(p));
+                (
+                    p.metadata.name.clone().unwrap(),
+                    p.spec.as_ref().and_then(|s| s.policy_types.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            directions,
+            vec![
+                ("out".to_string(), Some(vec!["Egress".to_string()])),
+                ("no-types".to_string(), Some(vec!["Ingress".to_string()])),
+            ]
+        );
     }
 
     #[test]

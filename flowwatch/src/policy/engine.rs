@@ -2,7 +2,7 @@
 //! sets of identities, and the per-side evaluation behind a cache of what each identity
 //! allows on each port.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -17,7 +17,7 @@ use super::ports::NamedPort;
 use super::selector::{Labels, Selector};
 use super::verdict::{FlowVerdict, RuleRef, SideReason, SideResult, SideVerdict, Verdict};
 use super::{Peer, PolicyError, PolicyOptions};
-use crate::inventory::{Inventory, ObjectError};
+use crate::inventory::{is_undecodable_policy, Inventory, ObjectError};
 use crate::model::Protocol;
 
 pub(crate) type PolicyId = u32;
@@ -173,20 +173,42 @@ impl PolicyEngine {
         let mut policies = Vec::with_capacity(inventory.network_policies.len());
         let mut skipped = Vec::new();
         let mut next_peer_id = 0;
+        let mut seen = HashSet::new();
         for (i, np) in inventory.network_policies.iter().enumerate() {
-            match compile_policy(np, i, &mut next_peer_id) {
-                Ok(p) => policies.push(p),
-                Err(e) => {
-                    let ns = np.metadata.namespace.clone().unwrap_or_default();
-                    let name = np.metadata.name.clone().unwrap_or_default();
+            let ns = np.metadata.namespace.as_deref().unwrap_or_default();
+            let name = np.metadata.name.as_deref().unwrap_or_default();
+            // Merged snapshot files can list a policy twice; applied twice, its rules would
+            // be listed twice. Unnamed policies are rejected by `compile_policy` below.
+            if !ns.is_empty() && !name.is_empty() && !seen.insert((ns, name)) {
+                errors.push(ObjectError {
+                    object: format!("NetworkPolicy {ns}/{name}"),
+                    field: None,
+                    message: "listed twice; the first one is used".into(),
+                });
+                continue;
+            }
+            // The loader already reported why it did not decode: only record it as skipped.
+            let compiled = if is_undecodable_policy(np) {
+                None
+            } else {
+                match compile_policy(np, i, &mut next_peer_id) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                }
+            };
+            match compiled {
+                Some(p) => policies.push(p),
+                None => {
                     let (ingress, egress) = declared_directions(np);
                     skipped.push(SkippedPolicy {
                         key: format!("{ns}/{name}"),
-                        namespace: ns,
+                        namespace: ns.to_string(),
                         ingress,
                         egress,
                     });
-                    errors.push(e);
                 }
             }
         }
