@@ -312,14 +312,25 @@ impl Aggregator {
         done
     }
 
-    /// Removes and returns every flow (the agent is stopping).
+    /// Removes and returns every flow (the agent is stopping). A flow still undecided stays
+    /// `Pending`: a handshake in progress or a datagram not answered *yet* is cut short by the
+    /// stop, not failed, and must not count as a failed (or blocked) attempt.
     pub fn drain_all(&mut self) -> Vec<FinishedFlow> {
         let mut done = std::mem::take(&mut self.finished);
-        done.extend(
-            self.flows
-                .drain()
-                .map(|(_, t)| finish(t.flow, EndReason::Shutdown)),
-        );
+        done.extend(self.flows.drain().map(|(_, t)| {
+            let mut flow = t.flow;
+            // Midstream is what the flow was, not an undecided outcome.
+            if flow.outcome == Outcome::Pending
+                && flow.key.protocol == Protocol::Tcp
+                && is_midstream(&flow)
+            {
+                flow.outcome = Outcome::Midstream;
+            }
+            FinishedFlow {
+                flow,
+                reason: EndReason::Shutdown,
+            }
+        }));
         done
     }
 }
@@ -731,6 +742,22 @@ mod tests {
         assert_eq!(done.len(), 1, "{done:?}");
         assert_eq!(done[0].reason, EndReason::Closed);
         assert!(done[0].flow.seen_at_client && done[0].flow.seen_at_server);
+    }
+
+    #[test]
+    fn flows_undecided_at_shutdown_stay_pending_not_failed() {
+        use flowwatch_common::TCP_SYN;
+        let mut a = agg();
+        let tcp = key(Protocol::Tcp);
+        a.apply(ev(tcp, EventKind::TcpConnect, Role::Client, S));
+        a.apply(totals_with_flags(tcp, 1, 0, S, (TCP_SYN, 0)));
+        a.apply(totals(key(Protocol::Udp), 1, 0, S));
+        let done = a.drain_all();
+        assert_eq!(done.len(), 2);
+        for d in &done {
+            assert_eq!(d.reason, EndReason::Shutdown);
+            assert_eq!(d.flow.outcome, Outcome::Pending, "{:?}", d.flow.key);
+        }
     }
 
     #[test]

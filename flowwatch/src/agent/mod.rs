@@ -1,6 +1,7 @@
 //! The agent runtime: wires the datapath, the pipeline, the flow log and (when configured) the
 //! inventory, policy verdicts and metrics, and runs until SIGTERM/SIGINT.
 
+mod backlog;
 pub mod pipeline;
 pub mod report;
 
@@ -99,10 +100,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             addr: args.listen,
             source,
         })?;
+    // The HTTP server outlives the signal: while the agent flushes, /readyz answers "503
+    // stopping" and /metrics serves the flush's counts. It stops when `run` returns.
+    let http_stop = CancellationToken::new();
+    let _stop_http_on_return = http_stop.clone().drop_guard();
     tokio::spawn(http::serve(
         listener,
         HttpState::new(Arc::new(registry), metrics.clone(), readiness.clone()),
-        cancel.clone(),
+        http_stop,
     ));
 
     let patterns = InterfacePatterns::new(args.interfaces.clone());
@@ -141,6 +146,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
     );
     let mut reporter = Reporter::new(args.node_name.clone());
+    let mut backlog = backlog::Backlog::default();
     let mut changes = inventory.as_ref().map(|w| w.changes());
     let mut health = Health::default();
     let mut conntrack = match datapath::conntrack::Conntrack::open() {
@@ -191,6 +197,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                         Vec::new()
                     }
                 };
+                // With an inventory coming, flows that end before it wait for it.
+                let waiting_for_view = inventory.is_some() && !classifier.engine_ready();
+                if !waiting_for_view && !backlog.is_empty() {
+                    tracing::info!(flows = backlog.len(), "reporting the flows that ended before the cluster view");
+                }
+                let done = backlog.pass(done, waiting_for_view);
                 let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, &mut nat, now);
                 keep_going(write_records(&mut flow_log, &done, &classes, clock), "writing the flow log");
                 health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), classifier.engine_ready(), &readiness);
@@ -228,7 +240,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let now = monotonic_now();
     let (ended, last_read) = pipeline.finish_all();
     keep_going(last_read, "reading the flows in flight at shutdown");
-    let done = flows_freed_or_logged(ended);
+    // Whatever still waits for a view goes out now, named if the view came.
+    let done = backlog.pass(flows_freed_or_logged(ended), false);
     let classes = reporter.tick(
         std::iter::empty(),
         &done,
