@@ -67,12 +67,18 @@ impl Readiness {
     }
 }
 
+/// Scrapes encoded at once, at most. Each encodes the whole registry on a blocking thread; a
+/// Prometheus pair needs two; beyond a few, a client hammering the port would take the node's
+/// CPU and memory, so it is turned away (503) instead.
+pub const CONCURRENT_SCRAPES: usize = 4;
+
 /// What the HTTP edge serves.
 #[derive(Clone)]
 pub struct HttpState {
     registry: Arc<Registry>,
     metrics: Metrics,
     readiness: Readiness,
+    scrapes: Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpState {
@@ -81,6 +87,7 @@ impl HttpState {
             registry,
             metrics,
             readiness,
+            scrapes: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SCRAPES)),
         }
     }
 }
@@ -132,7 +139,15 @@ async fn metrics_handler(State(state): State<HttpState>, uri: Uri, headers: Head
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let format = negotiate(accept.as_deref(), uri.query());
+    let Ok(permit) = state.scrapes.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many scrapes at once (at most {CONCURRENT_SCRAPES})\n"),
+        )
+            .into_response();
+    };
     let encoded = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let start = Instant::now();
         let body = match format {
             Format::OpenMetrics => encode_openmetrics(&state.registry),
@@ -239,6 +254,29 @@ mod tests {
         assert_eq!(
             negotiate(None, Some("a=b&format=openmetrics")),
             Format::OpenMetrics
+        );
+    }
+
+    #[tokio::test]
+    async fn scrapes_beyond_the_limit_are_turned_away_and_the_next_is_served() {
+        let (metrics, registry) =
+            crate::metrics::Metrics::new(&crate::metrics::MetricsConfig::default()).unwrap();
+        let state = HttpState::new(Arc::new(registry), metrics, Readiness::new());
+        let uri: Uri = "/metrics".parse().unwrap();
+        let busy = state
+            .scrapes
+            .clone()
+            .try_acquire_many_owned(CONCURRENT_SCRAPES as u32)
+            .unwrap();
+        let refused = metrics_handler(State(state.clone()), uri.clone(), HeaderMap::new()).await;
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(busy);
+        let served = metrics_handler(State(state.clone()), uri, HeaderMap::new()).await;
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(
+            state.scrapes.available_permits(),
+            CONCURRENT_SCRAPES,
+            "every permit is given back"
         );
     }
 
