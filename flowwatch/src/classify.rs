@@ -17,7 +17,8 @@ use crate::policy::{FlowVerdict, PolicyEngine, PolicyOptions, SideVerdict, Verdi
 pub struct Classification {
     pub src: enrich::Endpoint,
     pub dst: enrich::Endpoint,
-    pub verdict: FlowVerdict,
+    /// `None`: not judged (a Service destination whose backend is unknown, see `classify`).
+    pub verdict: Option<FlowVerdict>,
     pub edge: metrics::FlowEdge,
 }
 
@@ -86,7 +87,9 @@ impl Classifier {
     /// `translated_dst` is where the node's NAT sent a connection to a Service address (for
     /// kube-proxy's DNAT: the backend pod's address and port); the destination is then the
     /// Service with that backend, and the policies are evaluated against the backend, as a
-    /// CNI enforces them after the translation.
+    /// CNI enforces them after the translation. Without it, a connection to a Service address
+    /// is not judged: policies select the backend pods and name their target ports, so the
+    /// Service address and port would make any egress-isolated client look denied.
     pub fn classify(
         &self,
         flow: &Flow,
@@ -103,22 +106,38 @@ impl Classifier {
             None => self.index.resolve(key.dst, key.protocol, at),
         };
         let evaluated_dst = translated_dst.unwrap_or(key.dst);
+        let backend_unknown =
+            translated_dst.is_none() && matches!(dst, enrich::Endpoint::Service { .. });
         let started = Instant::now();
-        let verdict = engine.evaluate_ips(
-            key.src.ip(),
-            evaluated_dst.ip(),
-            evaluated_dst.port(),
-            key.protocol,
-        );
+        let verdict = (!backend_unknown).then(|| {
+            engine.evaluate_ips(
+                key.src.ip(),
+                evaluated_dst.ip(),
+                evaluated_dst.port(),
+                key.protocol,
+            )
+        });
         let took = started.elapsed();
+        let (overall_verdict, egress, ingress) = match &verdict {
+            Some(v) => (
+                overall(v.verdict),
+                side(v.egress.verdict),
+                side(v.ingress.verdict),
+            ),
+            None => (
+                metrics::Verdict::Unknown,
+                metrics::Verdict::Unknown,
+                metrics::Verdict::Unknown,
+            ),
+        };
         let edge = metrics::FlowEdge {
             src: edge_end(&src),
             dst: edge_end(&dst),
             dst_port: evaluated_dst.port(),
             protocol: key.protocol,
-            verdict: overall(verdict.verdict),
-            egress: side(verdict.egress.verdict),
-            ingress: side(verdict.ingress.verdict),
+            verdict: overall_verdict,
+            egress,
+            ingress,
         };
         Some((
             Classification {
@@ -282,7 +301,7 @@ spec:
             .unwrap();
         assert_eq!(api_to_db.edge.verdict, metrics::Verdict::Allowed);
         assert_eq!(
-            api_to_db.verdict.ingress.policies(),
+            api_to_db.verdict.as_ref().unwrap().ingress.policies(),
             vec!["data/postgres-ingress"]
         );
 
@@ -294,7 +313,7 @@ spec:
         assert_eq!(report_to_db.edge.ingress, metrics::Verdict::Denied);
         assert_eq!(report_to_db.edge.verdict, metrics::Verdict::Denied);
         assert_eq!(
-            report_to_db.verdict.egress.policies(),
+            report_to_db.verdict.as_ref().unwrap().egress.policies(),
             vec!["jobs/report-egress"]
         );
 
@@ -304,6 +323,36 @@ spec:
         assert_eq!(to_outside.edge.dst, metrics::Endpoint::external());
         assert_eq!(to_outside.edge.ingress, metrics::Verdict::NotApplicable);
         assert_eq!(to_outside.edge.verdict, metrics::Verdict::Uncovered);
+    }
+
+    #[test]
+    fn a_service_connection_whose_backend_is_unknown_is_not_judged() {
+        // jobs/report is egress-isolated in the demo (its policy names pods): judged against
+        // the Service address, its connection would look denied, and count as drift.
+        let c = classifier();
+        let judged_by_address = c.engine.as_ref().unwrap().evaluate_ips(
+            "10.213.0.40".parse().unwrap(),
+            "10.96.0.20".parse().unwrap(),
+            80,
+            Protocol::Tcp,
+        );
+        assert_eq!(judged_by_address.verdict, Verdict::Denied, "the trap");
+        let (to_service, _) = c
+            .classify(&flow("10.213.0.40:40000", "10.96.0.20:80"), None)
+            .unwrap();
+        assert!(matches!(to_service.dst, enrich::Endpoint::Service { .. }));
+        assert!(to_service.verdict.is_none());
+        assert_eq!(to_service.edge.verdict, metrics::Verdict::Unknown);
+        assert_eq!(to_service.edge.egress, metrics::Verdict::Unknown);
+        // With the backend known, judged against it.
+        let (to_backend, _) = c
+            .classify(
+                &flow("10.213.0.40:40000", "10.96.0.20:80"),
+                Some("10.213.0.20:8080".parse().unwrap()),
+            )
+            .unwrap();
+        assert!(to_backend.verdict.is_some());
+        assert_ne!(to_backend.edge.verdict, metrics::Verdict::Unknown);
     }
 
     #[test]

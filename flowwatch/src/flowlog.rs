@@ -139,7 +139,13 @@ impl FlowRecord {
     pub fn classified(mut self, class: &Classification) -> FlowRecord {
         self.src.identity = as_object(&class.src);
         self.dst.identity = as_object(&class.dst);
-        let v = &class.verdict;
+        let Some(v) = &class.verdict else {
+            // Not judged (a Service whose backend is unknown): say so rather than guess.
+            let mut policy = serde_json::Map::new();
+            policy.insert("verdict".into(), "unknown".into());
+            self.policy = Some(policy);
+            return self;
+        };
         let side = |s: &SideResult| {
             serde_json::json!({
                 "verdict": s.verdict.as_str(),
@@ -247,6 +253,55 @@ mod tests {
         assert_eq!(v["dst"]["port"], 80);
         assert_eq!(v["dst"]["port_name"], "http");
         assert_eq!(v["dst"]["kind"], "service");
+    }
+
+    #[test]
+    fn an_unjudged_flow_says_unknown_and_nothing_more() {
+        let (metrics_edge_src, metrics_edge_dst) = (
+            crate::metrics::Endpoint::external(),
+            crate::metrics::Endpoint::external(),
+        );
+        let class = crate::classify::Classification {
+            src: crate::enrich::Endpoint::External {
+                class: crate::enrich::ExternalClass::Private,
+                network: None,
+            },
+            dst: crate::enrich::Endpoint::Service {
+                namespace: "shop".into(),
+                name: "api".into(),
+                port: None,
+                backend: None,
+            },
+            verdict: None,
+            edge: crate::metrics::FlowEdge {
+                src: metrics_edge_src,
+                dst: metrics_edge_dst,
+                dst_port: 80,
+                protocol: Protocol::Tcp,
+                verdict: crate::metrics::Verdict::Unknown,
+                egress: crate::metrics::Verdict::Unknown,
+                ingress: crate::metrics::Verdict::Unknown,
+            },
+        };
+        let key = FlowKey {
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.96.0.20:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        let record = FlowRecord::new(
+            &FinishedFlow {
+                flow: Flow::new(key, 0),
+                reason: EndReason::Closed,
+            },
+            WallClock::new(UNIX_EPOCH, 0),
+        )
+        .classified(&class);
+        let v: serde_json::Value = serde_json::from_str(&record.to_json_line()).unwrap();
+        assert_eq!(v["verdict"], "unknown");
+        assert!(
+            v.get("ingress").is_none() && v.get("egress").is_none(),
+            "{v}"
+        );
     }
 
     /// The keys of a JSON object and, one level down, of its object members (`src.kind`).

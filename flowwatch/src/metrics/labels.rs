@@ -102,6 +102,9 @@ label_enum! {
         Uncovered => "uncovered",
         /// The endpoint of this side is not a pod (node, host network, external address).
         NotApplicable => "not_applicable",
+        /// Not judged: the destination is a Service whose backend the agent could not learn
+        /// (policies apply to the backend pod, not to the Service address).
+        Unknown => "unknown",
     }
 }
 
