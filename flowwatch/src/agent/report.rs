@@ -25,11 +25,11 @@ struct Reported {
     counters: Counters,
     outcome_counted: bool,
     /// The backend half of a connection to a Service (see [`Siblings`]): the Service half counts
-    /// the connection; this half, its traffic.
+    /// the connection; this half, the replies (see `record`).
     backend_half: bool,
-    /// The Service half of a connection whose backend half is on this node too: that half
-    /// counts the traffic, this one the connection (see `record`).
-    twin_counts_traffic: bool,
+    /// The Service half of a connection whose backend half is on this node too: this half
+    /// counts the connection and the requests, that one the replies (see `record`).
+    has_backend_half: bool,
     /// Another node's agent counts this connection (see [`counted_on_other_node`]).
     counted_elsewhere: bool,
 }
@@ -113,14 +113,14 @@ impl Reporter {
             counters: Counters::default(),
             outcome_counted: false,
             backend_half: false,
-            twin_counts_traffic: false,
+            has_backend_half: false,
             counted_elsewhere: false,
         });
         if entry.class.is_none() {
             // Until the first cluster view arrives there is nothing to classify with.
             let (mut translated, backend_half) = ctx.siblings.nat_view(flow, ctx.classifier);
             // A backend found among this node's flows, not through conntrack: its half is here.
-            entry.twin_counts_traffic = translated.is_some();
+            entry.has_backend_half = translated.is_some();
             if translated.is_none()
                 && !backend_half
                 && ctx.classifier.engine_ready()
@@ -146,17 +146,20 @@ impl Reporter {
         if entry.counted_elsewhere {
             return Some(class);
         }
-        // A connection through the node's NAT with both ends here is two flows on one edge, and
-        // the node's routing shows each packet to both (the request leaves the client as a
-        // Service flow and enters the backend as a backend flow; so, routed, do the replies).
-        // Each is counted once: the connection by the Service half, the traffic by the backend
-        // half, which sees both directions whatever the CNI (replies bridged straight to the
-        // client skip the Service half's egress count).
-        let delta = if entry.twin_counts_traffic {
-            Counters::default()
-        } else {
-            flow.counters.saturating_sub(entry.counters)
-        };
+        // A connection through the node's NAT with both ends here is two flows on one edge.
+        // Where a packet enters a pod it may be counted again, depending on the CNI (routed
+        // through a bridge, the host receives it anew and the egress program cannot tell it
+        // was counted; routed point-to-point or bridged, it can). Where a packet leaves a pod
+        // it is always counted, once: so each direction comes from the half that saw it
+        // leave, the requests from the Service half (the client's interface), the replies
+        // from the backend half (the backend's).
+        let mut delta = flow.counters.saturating_sub(entry.counters);
+        if entry.has_backend_half {
+            (delta.rev_packets, delta.rev_bytes) = (0, 0);
+        }
+        if entry.backend_half {
+            (delta.fwd_packets, delta.fwd_bytes) = (0, 0);
+        }
         let outcome = outcome.filter(|_| !entry.outcome_counted && !entry.backend_half);
         if outcome.is_some() || delta != Counters::default() {
             ctx.metrics
