@@ -57,8 +57,10 @@ pub const STAT_PACKETS: u32 = 3;
 /// headers the TC program does not walk through (deeper than four, or a rare kind).
 pub const STAT_UNATTRIBUTED: u32 = 4;
 /// STATS index: a socket event (tracepoint) was dropped because the ring buffer was full. Apart
-/// from the TC programs' slot because the tracepoint runs in process context, where a TC
-/// program in a softirq can interrupt it on the same CPU: one slot would lose increments.
+/// from the TC programs' slot because the tracepoint also fires in process context (connect,
+/// close), where a TC program in a softirq can interrupt it on the same CPU: one slot would
+/// lose increments. (A tracepoint program never runs inside another, and TC never inside the
+/// tracepoint, so each slot has one writer at a time per CPU.)
 pub const STAT_RINGBUF_FULL_SOCKET: u32 = 5;
 pub const STATS_LEN: u32 = 6;
 

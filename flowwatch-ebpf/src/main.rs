@@ -69,9 +69,9 @@ fn null_datapath() -> bool {
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(counter) = STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot. A slot is bumped from one context only (TC programs in
-        // softirq, the tracepoint in process context: see STAT_RINGBUF_FULL_SOCKET), so no
-        // program interrupts another's increment of the same slot.
+        // SAFETY: per-CPU slot. The TC programs and the tracepoint bump different slots (see
+        // STAT_RINGBUF_FULL_SOCKET), and neither nests inside itself on a CPU, so no program
+        // interrupts another's increment of the same slot.
         unsafe { *counter += 1 };
     }
 }

@@ -466,8 +466,9 @@ fn tcx_programs(dev: &str) -> String {
     names.join(",")
 }
 
-/// Attaches, at the end of `dev`'s tcx ingress chain, a program that drops every packet (what a
-/// CNI enforcing a deny-all would do): two instructions loaded and linked with bpf(2), so the
+/// Attaches, at the end of `dev`'s tcx ingress chain, a program named `cni_drop` that drops
+/// every IPv4 packet (what a CNI enforcing a deny-all would do; ARP goes on, so the client still
+/// finds the server and sends its SYNs): six instructions loaded and linked with bpf(2), so the
 /// test needs no second eBPF object. Detached when the returned link is dropped.
 fn drop_everything_after(dev: &str) -> std::os::fd::OwnedFd {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -483,32 +484,23 @@ fn drop_everything_after(dev: &str) -> std::os::fd::OwnedFd {
         assert!(rc >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
         rc as i32
     };
-    // r0 = TC_ACT_SHOT; exit
-    let insns: [u8; 16] = [
-        0xb7,
-        0,
-        0,
-        0,
-        TC_ACT_SHOT,
-        0,
-        0,
-        0,
-        0x95,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
+    #[rustfmt::skip]
+    let insns: [u8; 48] = [
+        0x61, 0x12, 16, 0, 0, 0, 0, 0,         // r2 = skb->protocol (u32 at offset 16)
+        0x55, 0x02, 2, 0, 0x08, 0, 0, 0,       // if r2 != htons(ETH_P_IP) goto +2
+        0xb7, 0, 0, 0, TC_ACT_SHOT, 0, 0, 0,   // r0 = TC_ACT_SHOT
+        0x95, 0, 0, 0, 0, 0, 0, 0,             // exit
+        0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, // r0 = -1 (next)
+        0x95, 0, 0, 0, 0, 0, 0, 0,             // exit
     ];
     let license = b"GPL\0";
     let mut load = [0u8; 128];
     load[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
-    load[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    load[4..8].copy_from_slice(&((insns.len() / 8) as u32).to_ne_bytes());
     load[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     load[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: a new fd the kernel just returned, owned here.
+    load[48..56].copy_from_slice(b"cni_drop"); // prog_name
+                                               // SAFETY: a new fd the kernel just returned, owned here.
     let prog = unsafe { OwnedFd::from_raw_fd(bpf(BPF_PROG_LOAD, &mut load)) };
     let name = std::ffi::CString::new(dev).expect("interface name");
     // SAFETY: a valid NUL-terminated name.
@@ -533,13 +525,14 @@ fn a_cni_filter_behind_flowwatch_still_runs() {
     }
     let node = Node::new(2);
     let (client, server) = (&node.pods[0], &node.pods[1]);
+    // The CNI was there first; flowwatch still goes before it, to see what it drops.
+    let _cni = drop_everything_after(&client.host_if);
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     assert!(
-        tcx_programs(&client.host_if).starts_with("tc_ingress"),
+        tcx_programs(&client.host_if).starts_with("tc_ingress,cni_drop"),
         "flowwatch first in the chain: {}",
         tcx_programs(&client.host_if)
     );
-    let _cni = drop_everything_after(&client.host_if);
     // The listener stays open (in the server pod's namespace) while the client tries: without
     // the drop, the kernel would complete the handshake into its backlog.
     let addr = SocketAddr::new(server.ipv4.into(), 8090);
@@ -562,6 +555,13 @@ fn a_cni_filter_behind_flowwatch_still_runs() {
     let attempts = between(&records, client.ipv4.into(), server.ipv4.into());
     assert_eq!(attempts.len(), 1, "{attempts:#?}");
     assert_eq!(attempts[0]["outcome"], "failed", "{}", attempts[0]);
+    // Seen on the wire, not only by the socket: the SYNs the CNI then dropped.
+    assert!(
+        attempts[0]["fwd"]["packets"].as_u64() >= Some(1),
+        "{}\n{records:#?}\n{}",
+        attempts[0],
+        agent.stderr()
+    );
 }
 
 #[test]
