@@ -202,7 +202,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 if !waiting_for_view && !backlog.is_empty() {
                     tracing::info!(flows = backlog.len(), "reporting the flows that ended before the cluster view");
                 }
-                let done = backlog.pass(done, waiting_for_view);
+                let done = backlog.pass(done, waiting_for_view, now);
                 let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, &mut nat, now);
                 keep_going(write_records(&mut flow_log, &done, &classes, clock), "writing the flow log");
                 health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), classifier.engine_ready(), &readiness);
@@ -241,7 +241,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let (ended, last_read) = pipeline.finish_all();
     keep_going(last_read, "reading the flows in flight at shutdown");
     // Whatever still waits for a view goes out now, named if the view came.
-    let done = backlog.pass(flows_freed_or_logged(ended), false);
+    let done = backlog.pass(flows_freed_or_logged(ended), false, now);
     let classes = reporter.tick(
         std::iter::empty(),
         &done,
