@@ -651,6 +651,40 @@ fn binary_unreadable_flows_exit_1() {
 }
 
 #[test]
+fn a_good_copy_of_a_policy_wins_over_an_earlier_copy_that_did_not_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |end_port: &str| {
+        format!(
+            r#"---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{namespace: x, name: allow-b}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}], ports: [{{port: 80, endPort: {end_port}}}]}}]
+"#
+        )
+    };
+    let first = dir.path().join("first.yaml");
+    let second = dir.path().join("second.yaml");
+    std::fs::write(&first, small_snapshot(&policy("\"high\""))).unwrap();
+    std::fs::write(&second, policy("90")).unwrap();
+    let (inv, _) = snapshot::load_files(&[&first, &second]).unwrap();
+    let (engine, _) = PolicyEngine::build(&inv, PolicyOptions::default());
+    assert_eq!(
+        engine.skipped_policies().count(),
+        0,
+        "the good copy is used"
+    );
+    let out = run_eval(&engine, r#"{"src": "x/b", "dst": "x/a", "port": 85}"#);
+    assert_eq!(
+        out[0]["ingress"]["rules"],
+        json!([{"policy": "x/allow-b", "rule": 0}]),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_policy_in_two_snapshot_files_is_applied_once() {
     let dir = tempfile::tempdir().unwrap();
     let policy = r#"---

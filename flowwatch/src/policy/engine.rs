@@ -2,7 +2,7 @@
 //! sets of identities, and the per-side evaluation behind a cache of what each identity
 //! allows on each port.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -173,17 +173,36 @@ impl PolicyEngine {
         let mut policies = Vec::with_capacity(inventory.network_policies.len());
         let mut skipped = Vec::new();
         let mut next_peer_id = 0;
-        let mut seen = HashSet::new();
+        // Merged snapshot files can list a policy twice; applied twice, its rules would be
+        // listed twice. The first copy that decoded is used (a copy that did not decode is only
+        // a placeholder: another file may have the policy whole); else the first.
+        let mut chosen: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, np) in inventory.network_policies.iter().enumerate() {
+            let key = (
+                np.metadata.namespace.as_deref().unwrap_or_default(),
+                np.metadata.name.as_deref().unwrap_or_default(),
+            );
+            match chosen.entry(key) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(i);
+                }
+                std::collections::hash_map::Entry::Occupied(mut slot) => {
+                    let kept = &inventory.network_policies[*slot.get()];
+                    if is_undecodable_policy(kept) && !is_undecodable_policy(np) {
+                        slot.insert(i);
+                    }
+                }
+            }
+        }
         for (i, np) in inventory.network_policies.iter().enumerate() {
             let ns = np.metadata.namespace.as_deref().unwrap_or_default();
             let name = np.metadata.name.as_deref().unwrap_or_default();
-            // Merged snapshot files can list a policy twice; applied twice, its rules would
-            // be listed twice. Unnamed policies are rejected by `compile_policy` below.
-            if !ns.is_empty() && !name.is_empty() && !seen.insert((ns, name)) {
+            // Unnamed policies are rejected by `compile_policy` below.
+            if !ns.is_empty() && !name.is_empty() && chosen.get(&(ns, name)) != Some(&i) {
                 errors.push(ObjectError {
                     object: format!("NetworkPolicy {ns}/{name}"),
                     field: None,
-                    message: "listed twice; the first one is used".into(),
+                    message: "listed twice; one copy is used (the first that could be read)".into(),
                 });
                 continue;
             }
