@@ -724,6 +724,25 @@ fn missing_interface_is_one_clear_error() {
 }
 
 #[test]
+fn interface_patterns_that_attach_nothing_are_one_clear_error() {
+    if !privileged::root_test("interface patterns") {
+        return;
+    }
+    let (status, stderr) = agent::run_to_exit(std::process::Command::new(agent::binary()).args([
+        "run",
+        "--interfaces",
+        "!veth*",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert_one_clear_line(
+        status,
+        &stderr,
+        "--interfaces: no pattern to attach to: every one is an exclusion",
+    );
+}
+
+#[test]
 fn no_privileges_is_one_clear_error() {
     if !privileged::root_test("no privileges")
         || !privileged::require("no privileges", privileged::command("setpriv"))

@@ -32,6 +32,18 @@ impl InterfacePatterns {
             && !excluded.iter().any(|p| glob_match(&p[1..], name))
     }
 
+    /// Patterns that could never attach anything, said plainly: only exclusions, or a name
+    /// that is also excluded.
+    pub fn check(&self) -> Result<(), String> {
+        if self.0.iter().all(|p| p.starts_with('!')) {
+            return Err("no pattern to attach to: every one is an exclusion ('!...')".into());
+        }
+        match self.exact_names().find(|name| !self.matches(name)) {
+            Some(name) => Err(format!("{name:?} is named and also excluded")),
+            None => Ok(()),
+        }
+    }
+
     /// Patterns without a wildcard name one interface each, which must exist at startup.
     pub fn exact_names(&self) -> impl Iterator<Item = &str> {
         self.0
@@ -189,6 +201,20 @@ mod tests {
             0,
             "exclusions are not names to wait for"
         );
+        assert_eq!(p.check(), Ok(()));
+    }
+
+    #[test]
+    fn patterns_that_can_attach_nothing_are_refused() {
+        assert!(InterfacePatterns::new(["!veth*"])
+            .check()
+            .unwrap_err()
+            .contains("every one is an exclusion"));
+        assert_eq!(
+            InterfacePatterns::new(["eth1", "!eth*"]).check(),
+            Err("\"eth1\" is named and also excluded".to_string())
+        );
+        assert_eq!(InterfacePatterns::new(["eth1", "!eth2"]).check(), Ok(()));
     }
 
     #[test]

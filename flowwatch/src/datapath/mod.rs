@@ -40,6 +40,8 @@ pub enum DatapathError {
     KernelFeature(String),
     #[error("network interface {0:?} does not exist")]
     NoSuchInterface(String),
+    #[error("--interfaces: {0}")]
+    Patterns(String),
     #[error("loading the eBPF programs: {0}")]
     Load(String),
     #[error("attaching {what}: {message}")]
@@ -212,6 +214,7 @@ impl Datapath {
 
     /// Fails with [`DatapathError::NoSuchInterface`] for an exact name that is not present.
     pub fn require_interfaces(patterns: &InterfacePatterns) -> Result<(), DatapathError> {
+        patterns.check().map_err(DatapathError::Patterns)?;
         let present = links::list_interfaces().map_err(DatapathError::Interfaces)?;
         match patterns.exact_names().find(|n| !present.contains_key(*n)) {
             Some(missing) => Err(DatapathError::NoSuchInterface(missing.to_string())),
