@@ -427,7 +427,8 @@ fn end_seen_whole(flow: &Flow) -> bool {
 
 /// Outcome from the wire alone, for flows whose sockets the tracepoint did not see (a remote
 /// client, or events lost): UDP/SCTP are answered when anything came back; TCP is established
-/// by a SYN-ACK and refused by a RST answering the SYN.
+/// by the whole handshake, a SYN-ACK and the initiator's ACK after it (a SYN-ACK alone may never
+/// have reached the client), and refused by a RST answering the SYN.
 fn infer_outcome_from_wire(flow: &mut Flow) {
     use flowwatch_common::{TCP_ACK, TCP_SYN};
     match flow.key.protocol {
@@ -440,7 +441,9 @@ fn infer_outcome_from_wire(flow: &mut Flow) {
             if flow.outcome != Outcome::Pending {
                 return;
             }
-            if flow.rev_tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) {
+            if flow.rev_tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK)
+                && flow.fwd_tcp_flags & TCP_ACK != 0
+            {
                 flow.outcome = Outcome::Established;
             }
             // A refused attempt (RST answering the SYN) is settled by the client's socket
@@ -677,17 +680,19 @@ mod tests {
     }
 
     #[test]
-    fn wire_syn_ack_establishes_without_socket_events() {
+    fn the_wire_alone_establishes_a_tcp_flow_on_the_whole_handshake() {
+        use flowwatch_common::{TCP_ACK, TCP_SYN};
         let k = key(Protocol::Tcp);
         let mut a = agg();
-        a.apply(Observation::Totals {
-            key: k,
-            counters: Counters::default(),
-            first_seen: S,
-            last_seen: S,
-            fwd_tcp_flags: flowwatch_common::TCP_SYN,
-            rev_tcp_flags: flowwatch_common::TCP_SYN | flowwatch_common::TCP_ACK,
-        });
+        a.apply(totals_with_flags(k, 1, 1, S, (TCP_SYN, TCP_SYN | TCP_ACK)));
+        assert_eq!(a.flows().next().unwrap().outcome, Outcome::Pending);
+        a.apply(totals_with_flags(
+            k,
+            2,
+            1,
+            S,
+            (TCP_SYN | TCP_ACK, TCP_SYN | TCP_ACK),
+        ));
         assert_eq!(a.flows().next().unwrap().outcome, Outcome::Established);
     }
 
@@ -699,7 +704,11 @@ mod tests {
         let k = key(Protocol::Tcp);
         let mut a = agg();
         a.apply(totals_with_flags(k, 1, 1, S, (TCP_SYN, TCP_SYN | TCP_ACK)));
-        assert_eq!(a.flows().next().unwrap().outcome, Outcome::Established);
+        assert_eq!(
+            a.flows().next().unwrap().outcome,
+            Outcome::Pending,
+            "a SYN-ACK without the initiator's ACK is no handshake"
+        );
         a.apply(ev(k, EventKind::TcpFailed, Role::Client, 2 * S));
         let done = a.expire(10 * S);
         assert_eq!(done.len(), 1);

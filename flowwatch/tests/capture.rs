@@ -654,9 +654,11 @@ fn sigint_flushes_the_flow_log_on_stdout_and_detaches() {
         .join()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500)); // a poll reads the flow map
+    let early = agent.records();
     assert!(
-        agent.records().is_empty(),
-        "nothing is over before the signal"
+        early.is_empty(),
+        "nothing is over before the signal: {early:#?}\n{}",
+        agent.stderr()
     );
 
     let (status, records) = agent.stop_with(libc::SIGINT);
