@@ -185,17 +185,8 @@ impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
                     hold_kindless: kind.is_none(),
                 })?;
             } else {
-                match map.next_value_seed(Lenient)? {
-                    Ok(value) => {
-                        fields.insert(key, value);
-                    }
-                    Err(mut e) => {
-                        if let Some(partial) = e.partial.take() {
-                            fields.insert(key.clone(), Value::Object(partial));
-                        }
-                        not_json.get_or_insert(e.within(&key));
-                    }
-                }
+                let value = map.next_value_seed(Lenient)?;
+                keep_field(&mut fields, key, value, &mut not_json);
             }
         }
         let origin = self.sink.origin.to_string();
@@ -405,6 +396,28 @@ struct Lenient;
 
 type Decoded = Result<Value, NotJson>;
 
+/// Puts a decoded field into `fields`; for one that did not decode, keeps what did of it (a
+/// nested object's `metadata` still names the object) and records the first problem, with its
+/// path, in `bad`.
+fn keep_field(
+    fields: &mut serde_json::Map<String, Value>,
+    key: String,
+    value: Decoded,
+    bad: &mut Option<NotJson>,
+) {
+    match value {
+        Ok(value) => {
+            fields.insert(key, value);
+        }
+        Err(mut e) => {
+            if let Some(partial) = e.partial.take() {
+                fields.insert(key.clone(), Value::Object(partial));
+            }
+            bad.get_or_insert(e.within(&key));
+        }
+    }
+}
+
 impl<'de> DeserializeSeed<'de> for Lenient {
     type Value = Decoded;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Decoded, D::Error> {
@@ -475,18 +488,10 @@ impl<'de> Visitor<'de> for Lenient {
         let mut bad = None;
         while let Some(key) = map.next_key_seed(Lenient)? {
             match key.and_then(into_key) {
-                Ok(key) => match map.next_value_seed(Lenient)? {
-                    Ok(v) => {
-                        fields.insert(key, v);
-                    }
-                    Err(mut e) => {
-                        // Keep what decoded of a nested object: `metadata` names the object.
-                        if let Some(partial) = e.partial.take() {
-                            fields.insert(key.clone(), Value::Object(partial));
-                        }
-                        bad.get_or_insert(e.within(&key));
-                    }
-                },
+                Ok(key) => {
+                    let value = map.next_value_seed(Lenient)?;
+                    keep_field(&mut fields, key, value, &mut bad);
+                }
                 Err(e) => {
                     map.next_value::<IgnoredAny>()?;
                     bad.get_or_insert(e);
