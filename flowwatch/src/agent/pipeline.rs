@@ -313,9 +313,6 @@ mod tests {
         assert_eq!(p.source.forgotten, vec![b]);
     }
 
-    /// A source whose kernel entries cannot be freed.
-    struct Unfreeable(FakeSource);
-
     #[derive(Debug, PartialEq)]
     struct MapError(&'static str);
 
@@ -327,50 +324,37 @@ mod tests {
 
     impl std::error::Error for MapError {}
 
-    impl FlowSource for Unfreeable {
+    /// A [`FakeSource`] whose flow map cannot be read, or whose entries cannot be freed.
+    #[derive(Default)]
+    struct Faulty {
+        inner: FakeSource,
+        unreadable: bool,
+        unfreeable: bool,
+    }
+
+    impl FlowSource for Faulty {
         type Error = MapError;
 
         fn drain_events(&mut self, out: &mut Vec<Observation>) -> Result<(), MapError> {
-            self.0.drain_events(out).map_err(|e| match e {})
+            self.inner.drain_events(out).map_err(|e| match e {})
         }
 
         fn read_totals(&mut self, out: &mut Vec<Observation>) -> Result<(), MapError> {
-            self.0.read_totals(out).map_err(|e| match e {})
-        }
-
-        fn forget(&mut self, _: &[FlowKey]) -> Result<(), MapError> {
-            Err(MapError("batch delete: EINVAL"))
-        }
-
-        fn losses(&self) -> Result<crate::source::KernelLosses, MapError> {
-            Ok(self.0.losses)
-        }
-
-        fn flow_map_fill(&self) -> Result<f64, MapError> {
-            Ok(0.0)
-        }
-    }
-
-    /// A source whose flow map cannot be read.
-    struct Unreadable(FakeSource);
-
-    impl FlowSource for Unreadable {
-        type Error = MapError;
-
-        fn drain_events(&mut self, out: &mut Vec<Observation>) -> Result<(), MapError> {
-            self.0.drain_events(out).map_err(|e| match e {})
-        }
-
-        fn read_totals(&mut self, _: &mut Vec<Observation>) -> Result<(), MapError> {
-            Err(MapError("batch lookup: EFAULT"))
+            if self.unreadable {
+                return Err(MapError("batch lookup: EFAULT"));
+            }
+            self.inner.read_totals(out).map_err(|e| match e {})
         }
 
         fn forget(&mut self, keys: &[FlowKey]) -> Result<(), MapError> {
-            self.0.forget(keys).map_err(|e| match e {})
+            if self.unfreeable {
+                return Err(MapError("batch delete: EINVAL"));
+            }
+            self.inner.forget(keys).map_err(|e| match e {})
         }
 
         fn losses(&self) -> Result<crate::source::KernelLosses, MapError> {
-            Ok(self.0.losses)
+            Ok(self.inner.losses)
         }
 
         fn flow_map_fill(&self) -> Result<f64, MapError> {
@@ -381,13 +365,13 @@ mod tests {
     #[test]
     fn shutdown_reports_the_flows_held_even_when_the_last_read_fails() {
         let k = key("10.0.0.1:40000", "10.0.0.2:80");
-        let mut p = Pipeline::new(
-            Unreadable(FakeSource::default()),
-            AggregatorConfig::default(),
-            vec![],
-        );
+        let unreadable = Faulty {
+            unreadable: true,
+            ..Faulty::default()
+        };
+        let mut p = Pipeline::new(unreadable, AggregatorConfig::default(), vec![]);
         p.source
-            .0
+            .inner
             .events
             .push(client_event(k, EventKind::TcpEstablished, S));
         p.pump_events().unwrap();
@@ -406,7 +390,12 @@ mod tests {
             client_event(k, EventKind::TcpFailed, S),
         ]);
         source.totals.push(tcp_totals(k, 1, S));
-        let mut p = Pipeline::new(Unfreeable(source), AggregatorConfig::default(), vec![]);
+        let unfreeable = Faulty {
+            inner: source,
+            unfreeable: true,
+            ..Faulty::default()
+        };
+        let mut p = Pipeline::new(unfreeable, AggregatorConfig::default(), vec![]);
         let ended = p.pump_totals(10 * S).unwrap();
         assert_eq!(ended.flows.len(), 1);
         assert_eq!(ended.flows[0].flow.outcome, Outcome::Failed);
