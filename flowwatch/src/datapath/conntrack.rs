@@ -66,12 +66,8 @@ impl Conntrack {
     pub fn translated_destination(&mut self, flow: &FlowKey) -> io::Result<Option<SocketAddr>> {
         let mut buf = vec![0u8; 8192];
         // A reply left over from an earlier request (its receive failed or timed out) must not
-        // be taken for this one's: drop what is queued, then match the sequence number.
-        while self
-            .socket
-            .recv(&mut &mut buf[..], libc::MSG_DONTWAIT)
-            .is_ok()
-        {}
+        // be taken for this one's: replies are matched by sequence number, and stale ones read
+        // past (no extra syscall per lookup to empty the queue first).
         self.seq = self.seq.wrapping_add(1);
         let request = encode_get(flow, self.seq);
         self.socket.send(&request, 0)?;
@@ -89,7 +85,8 @@ impl Conntrack {
     }
 }
 
-/// How many messages a lookup reads before giving up on its reply.
+/// How many messages a lookup reads before giving up on its reply (each earlier lookup whose
+/// receive failed leaves at most one stale reply; a give-up still reads past this many).
 const REPLIES_READ: usize = 8;
 
 /// The sequence number of a netlink message (its header's `nlmsg_seq`).
