@@ -1,7 +1,8 @@
 //! The real agent binary through a Kubernetes API server outage, with the shipped RBAC: not
-//! ready until its caches have synced and its policy engine is built; stale (metric and
-//! `/readyz`) while the API server is gone for 30 seconds, naming flows from the last known
-//! state all along; resynced and following changes when the API server returns; never exiting.
+//! ready until its caches have synced and its policy engine is built (flows that ended before
+//! that wait for it, then are named and judged); stale (metric and `/readyz`) while the API
+//! server is gone for 30 seconds, naming flows from the last known state all along; resynced
+//! and following changes when the API server returns; never exiting.
 
 mod k8s_common;
 mod support;
@@ -105,8 +106,24 @@ fn the_agent_rides_out_an_api_server_outage() {
     let (status, _) = http_get(&agent.listen, "/readyz", None).unwrap();
     assert_eq!(status, 503, "ready without a cluster view");
     assert_alive(&mut agent);
+    // A connection before any cluster view: nothing could name or judge it yet, so it waits
+    // for the view instead of being logged bare.
+    one_connection(client_pod, server_pod, dst);
+    std::thread::sleep(Duration::from_secs(1)); // several polls
+    let early = agent
+        .records()
+        .into_iter()
+        .filter(|r| r["dst"]["port"] == dst.port() && r["dst"]["ip"] == dst.ip().to_string())
+        .count();
+    assert_eq!(
+        early,
+        0,
+        "reported before the cluster view:\n{}",
+        agent.stderr()
+    );
 
-    // 2. The API server comes up: caches sync, the engine is built, ready; flows are named.
+    // 2. The API server comes up: caches sync, the engine is built, ready; the waiting flow
+    // and the new ones are named and judged.
     rt.block_on(api.restart_apiserver());
     wait_readyz(&agent, 200, Duration::from_secs(20));
     assert!(
@@ -114,8 +131,15 @@ fn the_agent_rides_out_an_api_server_outage() {
         "ready before the engine was built"
     );
     assert_eq!(agent.metric("flowwatch_kube_stale"), Some(0.0));
-    one_connection(client_pod, server_pod, dst);
     let r = wait_record(&agent, dst, 0);
+    assert_eq!(
+        r["dst"]["name"], "web",
+        "the flow that waited for the view: {r}"
+    );
+    assert_eq!(r["src"]["name"], "client", "{r}");
+    assert_eq!(r["verdict"], "uncovered", "{r}");
+    one_connection(client_pod, server_pod, dst);
+    let r = wait_record(&agent, dst, 1);
     assert_eq!(r["dst"]["name"], "web", "{r}");
 
     // 3. 30 s without the API server: stale, not ready, still naming flows, never exiting.
@@ -130,7 +154,7 @@ fn the_agent_rides_out_an_api_server_outage() {
         assert_alive(&mut agent);
         if stopped.elapsed() > Duration::from_secs(20) && during == 0 {
             one_connection(client_pod, server_pod, dst);
-            let r = wait_record(&agent, dst, 1);
+            let r = wait_record(&agent, dst, 2);
             assert_eq!(
                 r["dst"]["name"], "web",
                 "the last known state names flows: {r}"
@@ -161,7 +185,7 @@ fn the_agent_rides_out_an_api_server_outage() {
     .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     one_connection(client_pod, server_pod, dst);
-    let r = wait_record(&agent, dst, 2);
+    let r = wait_record(&agent, dst, 3);
     assert_eq!(r["dst"]["labels"], json!({"app": "web-v2"}), "{r}");
 
     let (status, _) = agent.stop();
