@@ -337,6 +337,15 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         |r| r.first().is_some_and(|s| s.value >= 3.0),
     );
     phase2(&node_a.metrics, &node_b.metrics, &s);
+    // Every target scrapes at its own offset in the interval: the assertions below read all
+    // of them (the text job, node-b), so each must have been scraped since phase 2.
+    let phase2_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    prom.wait_for("min(timestamp(up))", Duration::from_secs(30), |r| {
+        r.first().is_some_and(|s| s.value > phase2_at)
+    });
     let sel = format!("job=\"flowwatch\",instance=\"{a}\"");
     prom.wait_for(
         &format!(
