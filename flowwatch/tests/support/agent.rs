@@ -72,6 +72,7 @@ fn kill_and_reap(child: &mut Child) -> bool {
 }
 
 /// Where the agent writes its flow log.
+#[derive(Clone, Copy)]
 enum FlowLog {
     None,
     File,
@@ -109,7 +110,50 @@ impl Agent {
         Agent::spawn(FlowLog::File, args)
     }
 
+    /// Starts the agent and waits until it runs. The listen port is free when chosen but may
+    /// be taken by another test before the agent binds it: then the agent is started again on
+    /// another port (a few times at most).
     fn spawn(flow_log_to: FlowLog, args: &[&str]) -> Agent {
+        for _ in 0..3 {
+            let mut agent = Agent::spawn_once(flow_log_to, args);
+            if agent.wait_running().is_ok() {
+                return agent;
+            }
+            let port_taken = agent
+                .stderr()
+                .contains(&format!("listening on {}", agent.listen))
+                && agent.stderr().contains("Address already in use");
+            if !port_taken {
+                agent.wait_for_log("flowwatch running", Duration::ZERO); // panics with the log
+            }
+            eprintln!("agent: {} was taken meanwhile; another port", agent.listen);
+        }
+        panic!("the agent found its listen port taken three times");
+    }
+
+    /// `Ok` once the agent says it runs; `Err` if it exited before (its log tells why).
+    fn wait_running(&mut self) -> Result<(), ()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.stderr().contains("flowwatch running") {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                std::thread::sleep(Duration::from_millis(100)); // the rest of its stderr
+                return Err(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not start within 30 s:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn spawn_once(flow_log_to: FlowLog, args: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let flow_log = dir.path().join("flows.jsonl");
         let listen = format!("127.0.0.1:{}", free_port());
@@ -145,15 +189,13 @@ impl Agent {
                 s.push('\n');
             }
         });
-        let mut agent = Agent {
+        Agent {
             child: Some(child),
             dir,
             flow_log,
             listen,
             stderr,
-        };
-        agent.wait_for_log("flowwatch running", Duration::from_secs(30));
-        agent
+        }
     }
 
     /// Waits until stderr contains `needle`; panics with the log on timeout or exit.
@@ -257,7 +299,10 @@ impl Agent {
 
     pub fn records(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.flow_log).unwrap_or_default();
-        text.lines()
+        // Only whole lines: a poll may be writing the last one while it is read.
+        let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        whole
+            .lines()
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("bad flow log line {l:?}: {e}"))
             })
