@@ -9,7 +9,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::agent::{self, Agent};
@@ -270,6 +270,7 @@ fn a_connection_older_than_the_agent_is_midstream() {
     let srv = echo_server(server, addr, 1);
     let (opened_tx, opened_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (close_tx, close_rx) = mpsc::channel::<()>();
     let conn = client.run(move || {
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
         conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -282,15 +283,31 @@ fn a_connection_older_than_the_agent_is_midstream() {
             conn.write_all(b"pong").unwrap();
             conn.read_exact(&mut buf).unwrap();
         }
-        // stay open over a few of the agent's 200 ms polls, so it knows the flow when the
-        // sockets close (a close event for a flow it never saw is ignored)
-        std::thread::sleep(Duration::from_millis(1000));
+        // Open until the agent has read the flow from its map, so it knows the flow when the
+        // sockets close (a close event for a flow it never saw is ignored).
+        close_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("close");
     });
     let client_port = opened_rx
         .recv_timeout(Duration::from_secs(5))
         .expect("opened");
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     go_tx.send(()).unwrap();
+    // The fill ratio is set on the poll that read the map: once it is above 0, the flow is
+    // known; one more poll (200 ms) for the entry that landed just after that read.
+    let fill = "flowwatch_kernel_map_fill_ratio{map=\"flows\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.metric(fill).unwrap_or(0.0) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{fill} still 0:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    close_tx.send(()).unwrap();
     conn.join().expect("client");
     srv.join().expect("server");
     std::thread::sleep(Duration::from_millis(1500));

@@ -183,7 +183,20 @@ fn scenario(backend_elsewhere: bool) {
         .join()
         .unwrap();
     srv.join().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Scraped once the connection is reported (its last packets read, so its metrics final),
+    // and two more polls for the backend's half to settle with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.records().iter().any(|r| {
+        r["src"]["ip"] == client.ipv4.to_string() && r["dst"]["ip"] == cluster_ip.to_string()
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record to the ClusterIP within 10 s:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let client_delta = client.snmp().minus(client_before);
     let (_, metrics) =
         support::prometheus::http_get(&agent.listen, "/metrics", None).expect("scrape");
