@@ -307,7 +307,7 @@ fn a_connection_older_than_the_agent_is_midstream() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(400));
-    close_tx.send(()).unwrap();
+    let _ = close_tx.send(()); // a client that failed already says why at its join
     conn.join().expect("client");
     srv.join().expect("server");
     std::thread::sleep(Duration::from_millis(1500));
