@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::agent::Agent;
 use support::netns::{sh, Node, Pod};
 use support::privileged;
-use support::traffic::accept_within;
+use support::traffic::{accept_within, wait_record};
 
 /// The DNAT rule as kube-proxy writes it, removed again on drop, also on failure. Unique to
 /// the test: its ClusterIP derives from the server node's unique subnet.
@@ -185,17 +185,7 @@ fn scenario(backend_elsewhere: bool) {
     srv.join().unwrap();
     // Scraped once the connection is reported (its last packets read, so its metrics final),
     // and two more polls for the backend's half to settle with it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !agent.records().iter().any(|r| {
-        r["src"]["ip"] == client.ipv4.to_string() && r["dst"]["ip"] == cluster_ip.to_string()
-    }) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no record to the ClusterIP within 10 s:\n{}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_record(&agent, SocketAddr::from((cluster_ip, 80)), 0);
     std::thread::sleep(Duration::from_millis(500));
     let client_delta = client.snmp().minus(client_before);
     let (_, metrics) =
