@@ -736,21 +736,25 @@ fn assert_one_clear_line(status: std::process::ExitStatus, stderr: &str, expecte
     );
 }
 
+/// The agent given `--interfaces pattern` stops at startup with one error line, `expected`.
+fn interfaces_are_one_clear_error(pattern: &str, expected: &str) {
+    let (status, stderr) = agent::run_to_exit(std::process::Command::new(agent::binary()).args([
+        "run",
+        "--interfaces",
+        pattern,
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert_one_clear_line(status, &stderr, expected);
+}
+
 #[test]
 fn missing_interface_is_one_clear_error() {
     if !privileged::root_test("missing interface") {
         return;
     }
-    let (status, stderr) = agent::run_to_exit(std::process::Command::new(agent::binary()).args([
-        "run",
-        "--interfaces",
+    interfaces_are_one_clear_error(
         "fwnosuch0",
-        "--listen",
-        "127.0.0.1:0",
-    ]));
-    assert_one_clear_line(
-        status,
-        &stderr,
         "network interface \"fwnosuch0\" does not exist",
     );
 }
@@ -760,16 +764,8 @@ fn interface_patterns_that_attach_nothing_are_one_clear_error() {
     if !privileged::root_test("interface patterns") {
         return;
     }
-    let (status, stderr) = agent::run_to_exit(std::process::Command::new(agent::binary()).args([
-        "run",
-        "--interfaces",
+    interfaces_are_one_clear_error(
         "!veth*",
-        "--listen",
-        "127.0.0.1:0",
-    ]));
-    assert_one_clear_line(
-        status,
-        &stderr,
         "--interfaces: no pattern to attach to: every one is an exclusion",
     );
 }

@@ -64,15 +64,20 @@ pub fn accept_within(listener: &TcpListener, timeout: Duration) -> std::io::Resu
     Ok(accepted)
 }
 
+/// The agent's records so far of connections to `dst`.
+pub fn records_to(agent: &Agent, dst: SocketAddr) -> Vec<Value> {
+    agent
+        .records()
+        .into_iter()
+        .filter(|r| r["dst"]["ip"] == dst.ip().to_string() && r["dst"]["port"] == dst.port())
+        .collect()
+}
+
 /// The flow record of the connection to `dst` made after `skip` records to it were written.
 pub fn wait_record(agent: &Agent, dst: SocketAddr, skip: usize) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let records: Vec<Value> = agent
-            .records()
-            .into_iter()
-            .filter(|r| r["dst"]["ip"] == dst.ip().to_string() && r["dst"]["port"] == dst.port())
-            .collect();
+        let records = records_to(agent, dst);
         if records.len() > skip {
             return records[skip].clone();
         }
