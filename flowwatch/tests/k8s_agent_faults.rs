@@ -19,21 +19,23 @@ use support::apiserver::ApiServer;
 use support::netns::Node;
 use support::privileged;
 use support::prometheus::http_get;
-use support::traffic::{one_connection, wait_record};
+use support::traffic::{one_connection, records_to, wait_record};
 
 const OUTAGE: Duration = Duration::from_secs(30);
 
-/// Polls `/readyz` until `want` (200 or 503) or the timeout; returns the body.
-fn wait_readyz(agent: &Agent, want: u16, timeout: Duration) -> String {
+/// Polls `/readyz` until it answers `want` (200 or 503) with a body containing `saying`, or
+/// the timeout; returns the body. (Before its first poll the agent says "starting": a reason
+/// the test waits past, not one it asserts on.)
+fn wait_readyz(agent: &Agent, want: u16, saying: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         let (status, body) = http_get(&agent.listen, "/readyz", None).unwrap_or((0, String::new()));
-        if status == want {
+        if status == want && body.contains(saying) {
             return body;
         }
         assert!(
             Instant::now() < deadline,
-            "/readyz not {want} within {timeout:?} (last {status} {body:?}):\n{}",
+            "/readyz not {want} {saying:?} within {timeout:?} (last {status} {body:?}):\n{}",
             agent.stderr()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -100,7 +102,7 @@ fn the_agent_rides_out_an_api_server_outage() {
         "--label-allowlist",
         "app",
     ]);
-    let why = wait_readyz(&agent, 503, Duration::from_secs(5));
+    let why = wait_readyz(&agent, 503, "not synced", Duration::from_secs(5));
     assert!(why.contains("not synced"), "{why}");
     std::thread::sleep(Duration::from_secs(2));
     let (status, _) = http_get(&agent.listen, "/readyz", None).unwrap();
@@ -110,11 +112,7 @@ fn the_agent_rides_out_an_api_server_outage() {
     // for the view instead of being logged bare.
     one_connection(client_pod, server_pod, dst);
     std::thread::sleep(Duration::from_secs(1)); // several polls
-    let early = agent
-        .records()
-        .into_iter()
-        .filter(|r| r["dst"]["port"] == dst.port() && r["dst"]["ip"] == dst.ip().to_string())
-        .count();
+    let early = records_to(&agent, dst).len();
     assert_eq!(
         early,
         0,
@@ -125,7 +123,7 @@ fn the_agent_rides_out_an_api_server_outage() {
     // 2. The API server comes up: caches sync, the engine is built, ready; the waiting flow
     // and the new ones are named and judged.
     rt.block_on(api.restart_apiserver());
-    wait_readyz(&agent, 200, Duration::from_secs(20));
+    wait_readyz(&agent, 200, "", Duration::from_secs(20));
     assert!(
         agent.stderr().contains("inventory updated"),
         "ready before the engine was built"
@@ -145,7 +143,7 @@ fn the_agent_rides_out_an_api_server_outage() {
     // 3. 30 s without the API server: stale, not ready, still naming flows, never exiting.
     api.stop_apiserver();
     let stopped = Instant::now();
-    let why = wait_readyz(&agent, 503, Duration::from_secs(15));
+    let why = wait_readyz(&agent, 503, "last known state", Duration::from_secs(15));
     assert!(why.contains("last known state"), "{why}");
     assert_eq!(agent.metric("flowwatch_kube_stale"), Some(1.0));
     let pods_stale = r#"flowwatch_watch_staleness_seconds{resource="pods"}"#;
@@ -171,7 +169,7 @@ fn the_agent_rides_out_an_api_server_outage() {
 
     // 4. Back: resynced, ready, and following a change made after the outage.
     rt.block_on(api.restart_apiserver());
-    wait_readyz(&agent, 200, Duration::from_secs(20));
+    wait_readyz(&agent, 200, "", Duration::from_secs(20));
     assert_eq!(agent.metric("flowwatch_kube_stale"), Some(0.0));
     // the staleness gauges are set on the agent's poll: wait for the next one
     agent.wait_metric(pods_stale, 0.0, Duration::from_secs(5));
