@@ -17,7 +17,8 @@ use serde_json::{json, Map, Value};
 use crate::inventory::{snapshot, Inventory, ObjectError};
 use crate::model::Protocol;
 use crate::policy::{
-    Coverage, Direction, Peer, PolicyEngine, PolicyOptions, SideResult, SideVerdict,
+    Coverage, DecidedBy, Direction, Peer, PolicyEngine, PolicyOptions, RuleId, SideResult,
+    SideVerdict,
 };
 
 /// `flowwatch policy <eval|explain|coverage>`.
@@ -376,6 +377,10 @@ fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer, dir: Dire
         ),
     );
     m.insert("reason".into(), Value::from(side.reason.as_str()));
+    m.insert("tier".into(), Value::from(side.tier.as_str()));
+    if let Some(by) = &side.decided_by {
+        m.insert("decided_by".into(), decided_by_json(by));
+    }
     // Only when the snapshot had invalid policies (a name lookup per side otherwise).
     if side.verdict != SideVerdict::NotApplicable && engine.skipped_policies().next().is_some() {
         if let Some(ns) = engine.namespace_of(subject) {
@@ -386,6 +391,17 @@ fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer, dir: Dire
         }
     }
     Value::Object(m)
+}
+
+/// `{"kind", "name", "rule", "action"}`; `rule` is the rule's name, else its index, and
+/// `null` for a NetworkPolicy denial (no rule makes it).
+fn decided_by_json(by: &DecidedBy) -> Value {
+    let rule = match &by.rule {
+        Some(RuleId::Name(n)) => Value::from(&**n),
+        Some(RuleId::Index(i)) => Value::from(*i),
+        None => Value::Null,
+    };
+    json!({"kind": by.kind.as_str(), "name": &*by.name, "rule": rule, "action": by.action.as_str()})
 }
 
 /// Writes the coverage report as text or JSON.

@@ -7,6 +7,7 @@
 //! IP index. The objects are the upstream `k8s-openapi` types, so both sources share one
 //! decoding of the Kubernetes schema.
 
+pub mod cluster_policy;
 pub mod intern;
 pub mod snapshot;
 
@@ -23,6 +24,8 @@ pub struct Inventory {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy.
+    pub cluster_policies: cluster_policy::ClusterPolicies,
 }
 
 /// Marks a placeholder in [`Inventory::network_policies`] for a NetworkPolicy that did not

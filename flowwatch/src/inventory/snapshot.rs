@@ -105,6 +105,7 @@ pub fn add_text(
     inventory.services.extend(parsed.services);
     inventory.endpoint_slices.extend(parsed.endpoint_slices);
     inventory.network_policies.extend(parsed.network_policies);
+    inventory.cluster_policies.extend(parsed.cluster_policies);
     errors.extend(parse_errors);
     Ok(())
 }
@@ -547,6 +548,16 @@ impl Sink<'_> {
             });
             self.inventory.network_policies.push(placeholder);
         }
+        if let Some(kind) = kind.filter(|k| super::cluster_policy::is_cluster_policy_kind(k, None))
+        {
+            let name = fields.get("metadata").and_then(|m| m.get("name"));
+            let name = name.and_then(Value::as_str).unwrap_or_default();
+            let undecodable = (kind.to_string(), name.to_string());
+            self.inventory
+                .cluster_policies
+                .undecodable
+                .push(undecodable);
+        }
         self.errors.push(e.into_error(object));
     }
 
@@ -619,6 +630,19 @@ fn add_object(
             if !push(&mut inventory.network_policies, item, object, errors) {
                 inventory.network_policies.push(placeholder);
             }
+        }
+        kind if super::cluster_policy::is_cluster_policy_kind(
+            kind,
+            map.get("apiVersion").and_then(Value::as_str),
+        ) =>
+        {
+            super::cluster_policy::add_object(
+                &mut inventory.cluster_policies,
+                kind,
+                item,
+                object,
+                errors,
+            )
         }
         _ => {} // other kinds are not used
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::compile::{CompiledPolicy, Direction, PeerMatcher};
 use super::ipblock::IpBlockMatcher;
 use super::ports::{NamedPort, PortSpec};
-use super::verdict::RuleRef;
+use super::verdict::{Action, DecidedBy, PolicyKind, RuleId, RuleRef};
 use crate::model::Protocol;
 
 /// A fixed-size set of small integers (pod identities).
@@ -53,6 +53,8 @@ pub struct AllowRule {
     pub named_ports: Option<Box<[Arc<str>]>>,
     /// `[this rule]`, shared by every flow this rule alone allows.
     pub single: Arc<[RuleRef]>,
+    /// This rule as the side's `decided_by` (when it is the first allowing rule).
+    pub decided: Arc<DecidedBy>,
 }
 
 impl AllowRule {
@@ -137,6 +139,12 @@ impl Allowances {
                         policy: policy.key.clone(),
                         rule: index,
                     }]),
+                    decided: Arc::new(DecidedBy {
+                        kind: PolicyKind::NetworkPolicy,
+                        name: policy.key.clone(),
+                        rule: Some(RuleId::Index(index)),
+                        action: Action::Accept,
+                    }),
                 });
             }
         }

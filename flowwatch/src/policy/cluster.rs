@@ -31,7 +31,13 @@ pub struct NamespaceInfo {
 #[derive(Debug)]
 pub struct NodeInfo {
     pub name: String,
+    /// `InternalIP` addresses: what the node is by address.
     pub addresses: Vec<IpAddr>,
+    /// `ExternalIP` addresses: not the node by address (traffic to them is external to the
+    /// NetworkPolicy engine), but a cluster policy's `nodes` peer matches them too.
+    pub external_addresses: Vec<IpAddr>,
+    /// For the `nodes` peers of cluster policies.
+    pub labels: Labels,
 }
 
 #[derive(Debug)]
@@ -173,6 +179,8 @@ impl Cluster {
         self.nodes.push(NodeInfo {
             name: name.to_string(),
             addresses: Vec::new(),
+            external_addresses: Vec::new(),
+            labels: Labels::new(),
         });
         self.node_by_name.insert(name.to_string(), id);
         id
@@ -188,6 +196,7 @@ impl Cluster {
             return;
         };
         let id = self.ensure_node(name);
+        self.nodes[id as usize].labels = node.metadata.labels.clone().unwrap_or_default();
         let addresses = node
             .status
             .as_ref()
@@ -196,6 +205,15 @@ impl Cluster {
             .flatten()
             .enumerate();
         for (i, a) in addresses {
+            if a.type_ == "ExternalIP" {
+                // Only for `nodes` peers; an unreadable one is left out silently, as before.
+                if let Ok(ip) = a.address.trim().parse::<IpAddr>() {
+                    self.nodes[id as usize]
+                        .external_addresses
+                        .push(ip.to_canonical());
+                }
+                continue;
+            }
             if a.type_ != "InternalIP" {
                 continue;
             }

@@ -15,7 +15,13 @@ use super::compile::{
 use super::hash::FastMap;
 use super::ports::NamedPort;
 use super::selector::{Labels, Selector};
-use super::verdict::{FlowVerdict, RuleRef, SideReason, SideResult, SideVerdict, Verdict};
+use super::tier_index::TierIndex;
+use super::tier_walk::Walks;
+use super::tiered::ClusterTier;
+use super::verdict::{
+    Action, DecidedBy, FlowVerdict, PolicyKind, RuleRef, SideReason, SideResult, SideVerdict, Tier,
+    Verdict,
+};
 use super::{Peer, PolicyError, PolicyOptions};
 use crate::inventory::{is_undecodable_policy, Inventory, ObjectError};
 use crate::model::Protocol;
@@ -105,11 +111,20 @@ impl Matched {
     }
 }
 
+/// What is cached for one key: the NetworkPolicy allowance and the walks of both cluster tiers.
+#[derive(Clone, Copy, Debug)]
+struct Slots {
+    np: u32,
+    admin: u32,
+    baseline: u32,
+}
+
 /// Allowances computed so far, and the rule lists of flows several rules allow at once.
 #[derive(Debug, Default)]
 struct Cache {
-    index: FastMap<AllowKey, u32>,
+    index: FastMap<AllowKey, Slots>,
     entries: Allowances,
+    walks: Walks,
     /// (entry, bit mask of its allowing rules) -> the rules
     combos: FastMap<(u32, u64), Arc<[RuleRef]>>,
 }
@@ -155,6 +170,10 @@ pub struct PolicyEngine {
     /// Per pod peer (`PeerMatcher::Pods::id`): the identities it selects (peers with the same
     /// selectors share one set).
     pod_sets: Vec<Arc<BitSet>>,
+    /// Per policy: its `decided_by` when it isolates a pod and no rule allows the flow.
+    np_deny: Vec<Arc<DecidedBy>>,
+    /// The cluster-scoped policies (Admin and Baseline tiers).
+    pub(crate) tiers: TierIndex,
     cache: Mutex<Cache>,
     empty: Arc<[RuleRef]>,
 }
@@ -270,6 +289,23 @@ impl PolicyEngine {
         }
         drop(interned);
         let pod_sets = pod_peer_sets(&cluster, &policies, &policy_ns, &identities, next_peer_id);
+        let np_deny = policies
+            .iter()
+            .map(|p| {
+                Arc::new(DecidedBy {
+                    kind: PolicyKind::NetworkPolicy,
+                    name: p.key.clone(),
+                    rule: None,
+                    action: Action::Deny,
+                })
+            })
+            .collect();
+        let tiers = TierIndex::build(
+            &cluster,
+            &identities,
+            &inventory.cluster_policies,
+            &mut errors,
+        );
 
         let engine = PolicyEngine {
             options,
@@ -280,6 +316,8 @@ impl PolicyEngine {
             identities,
             pod_identity,
             pod_sets,
+            np_deny,
+            tiers,
             cache: Mutex::new(Cache::default()),
             empty: Arc::from(Vec::new()),
         };
@@ -467,11 +505,36 @@ impl PolicyEngine {
             verdict,
             reason,
             allowed_by: rules.unwrap_or_else(|| self.empty.clone()),
+            tier: match verdict {
+                SideVerdict::Uncovered | SideVerdict::NotApplicable => Tier::None,
+                SideVerdict::Allowed | SideVerdict::Denied => Tier::NetworkPolicy,
+            },
+            decided_by: None,
+        }
+    }
+
+    fn decided(
+        &self,
+        verdict: SideVerdict,
+        reason: SideReason,
+        tier: Tier,
+        by: Arc<DecidedBy>,
+        rules: Option<Arc<[RuleRef]>>,
+    ) -> SideResult {
+        SideResult {
+            verdict,
+            reason,
+            allowed_by: rules.unwrap_or_else(|| self.empty.clone()),
+            tier,
+            decided_by: Some(by),
         }
     }
 
     /// The verdict of one side: `subject` is the pod the policies are evaluated on (the
-    /// source for egress, the destination for ingress), `peer` the other end.
+    /// source for egress, the destination for ingress), `peer` the other end. The tiers in
+    /// order: Admin (first matching rule decides; `Pass` leaves the tier), NetworkPolicy (a
+    /// selected pod is decided there), Baseline (same walk; `Pass` ends it), else nothing.
+    #[allow(clippy::too_many_arguments)]
     fn side(
         &self,
         cache: &mut Cache,
@@ -483,11 +546,19 @@ impl PolicyEngine {
     ) -> SideResult {
         let identity = self.pod_identity[subject as usize];
         let selecting = self.identities[identity as usize].selecting(dir);
-        if selecting.is_empty() {
-            return self.result(SideVerdict::Uncovered, SideReason::NotSelected, None);
-        }
+        let tiers = &self.tiers.selection[identity as usize];
+        // Loopback and own-node traffic: cluster policies do not apply (the API exempts a pod
+        // reaching its own address; own-node traffic keeps the NetworkPolicy convention), and
+        // NetworkPolicies always allow it.
         if let Some(reason) = self.always_allowed(subject, peer) {
+            if selecting.is_empty() {
+                return self.result(SideVerdict::Uncovered, SideReason::NotSelected, None);
+            }
             return self.result(SideVerdict::Allowed, reason, None);
+        }
+        let no_cluster = tiers.is_empty(dir);
+        if selecting.is_empty() && no_cluster {
+            return self.result(SideVerdict::Uncovered, SideReason::NotSelected, None);
         }
         let key = AllowKey {
             dir,
@@ -495,41 +566,126 @@ impl PolicyEngine {
             port,
             protocol,
         };
-        let entry = self.allowance(cache, key, subject);
+        let slots = self.allowance(cache, key, subject);
         let dst_ports = self.destination_ports(dir, subject, peer);
-        let matched = self.matching_rules(&cache.entries, entry, peer, port, protocol, dst_ports);
-        if matched.is_empty() {
-            return self.result(SideVerdict::Denied, SideReason::NoRuleMatched, None);
+        let mut passed = false;
+        if !no_cluster {
+            let walk = cache.walks.rules_of(slots.admin);
+            if let Some(w) = self.first_match(walk, dir, peer, port, protocol, dst_ports) {
+                match w.decided.action {
+                    Action::Accept => {
+                        return self.decided(
+                            SideVerdict::Allowed,
+                            SideReason::ClusterRule,
+                            Tier::Admin,
+                            w.decided.clone(),
+                            None,
+                        )
+                    }
+                    Action::Deny => {
+                        return self.decided(
+                            SideVerdict::Denied,
+                            SideReason::ClusterRule,
+                            Tier::Admin,
+                            w.decided.clone(),
+                            None,
+                        )
+                    }
+                    Action::Pass => passed = true,
+                }
+            }
         }
-        let allowed_by = cache.rule_list(entry, matched);
-        self.result(
-            SideVerdict::Allowed,
-            SideReason::RuleMatched,
-            Some(allowed_by),
-        )
+        if !selecting.is_empty() {
+            let matched =
+                self.matching_rules(&cache.entries, slots.np, peer, port, protocol, dst_ports);
+            if matched.is_empty() {
+                let by = self.np_deny[selecting[0] as usize].clone();
+                return self.decided(
+                    SideVerdict::Denied,
+                    SideReason::NoRuleMatched,
+                    Tier::NetworkPolicy,
+                    by,
+                    None,
+                );
+            }
+            let first = matched.positions().next().unwrap_or_default();
+            let by = cache.entries.rules_of(slots.np)[first].decided.clone();
+            let allowed_by = cache.rule_list(slots.np, matched);
+            return self.decided(
+                SideVerdict::Allowed,
+                SideReason::RuleMatched,
+                Tier::NetworkPolicy,
+                by,
+                Some(allowed_by),
+            );
+        }
+        if !no_cluster {
+            let walk = cache.walks.rules_of(slots.baseline);
+            if let Some(w) = self.first_match(walk, dir, peer, port, protocol, dst_ports) {
+                let verdict = match w.decided.action {
+                    Action::Accept => SideVerdict::Allowed,
+                    Action::Deny => SideVerdict::Denied,
+                    Action::Pass => {
+                        return self.result(SideVerdict::Uncovered, SideReason::Passed, None)
+                    }
+                };
+                return self.decided(
+                    verdict,
+                    SideReason::ClusterRule,
+                    Tier::Baseline,
+                    w.decided.clone(),
+                    None,
+                );
+            }
+        }
+        let reason = if passed {
+            SideReason::Passed
+        } else {
+            SideReason::NoRuleDecided
+        };
+        self.result(SideVerdict::Uncovered, reason, None)
     }
 
-    /// The cached allowance of `key`, compiled from the policies selecting the identity on
-    /// first use.
-    fn allowance(&self, cache: &mut Cache, key: AllowKey, subject: PodId) -> u32 {
+    /// The cached allowance and tier walks of `key`, compiled from the policies selecting the
+    /// identity on first use.
+    fn allowance(&self, cache: &mut Cache, key: AllowKey, subject: PodId) -> Slots {
         if let Some(e) = cache.index.get(&key) {
             return *e;
         }
         if cache.entries.len() >= CACHE_CAPACITY
-            || cache.entries.rules.len() >= CACHE_RULES_CAPACITY
+            || cache.entries.rules.len() + cache.walks.rule_count() >= CACHE_RULES_CAPACITY
         {
             *cache = Cache::default();
         }
         let selecting = self.identities[key.identity as usize].selecting(key.dir);
-        let e = cache.entries.add(
+        let ports = &self.cluster.pod(subject).ports;
+        let np = cache.entries.add(
             selecting.iter().map(|p| &self.policies[*p as usize]),
             key.dir,
             key.port,
             key.protocol,
-            &self.cluster.pod(subject).ports,
+            ports,
         );
-        cache.index.insert(key, e);
-        e
+        let tiers = &self.tiers.selection[key.identity as usize];
+        let mut walk = |tier| {
+            cache.walks.add(
+                self,
+                tiers.of(tier, key.dir),
+                key.dir,
+                key.port,
+                key.protocol,
+                ports,
+            )
+        };
+        let admin = walk(ClusterTier::Admin);
+        let baseline = walk(ClusterTier::Baseline);
+        let slots = Slots {
+            np,
+            admin,
+            baseline,
+        };
+        cache.index.insert(key, slots);
+        slots
     }
 
     /// Which rules of an allowance let the flow's peer through.

@@ -57,6 +57,9 @@ mod hash;
 mod ipblock;
 mod ports;
 mod selector;
+mod tier_index;
+mod tier_walk;
+pub mod tiered;
 mod verdict;
 
 use std::net::IpAddr;
@@ -68,7 +71,10 @@ pub use explain::{
     Explanation, PeerOutcome, PolicyExplanation, PortOutcome, RuleExplanation, SideExplanation,
 };
 pub use selector::{Labels, Selector};
-pub use verdict::{FlowVerdict, RuleRef, SideReason, SideResult, SideVerdict, Verdict};
+pub use verdict::{
+    Action, DecidedBy, FlowVerdict, PolicyKind, RuleId, RuleRef, SideReason, SideResult,
+    SideVerdict, Tier, Verdict,
+};
 
 /// Implementation-defined choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use super::tiered::{Action, PolicyKind, RuleId, Tier};
+
 /// The overall verdict of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,6 +95,13 @@ pub enum SideReason {
     RuleMatched,
     /// The pod is isolated and no rule allows the flow.
     NoRuleMatched,
+    /// A rule of a cluster policy (Admin or Baseline tier) decided (see `decided_by`).
+    ClusterRule,
+    /// A `Pass` rule left the cluster tiers and no later tier decided.
+    Passed,
+    /// Cluster policies select the pod, none of their rules matched, and no NetworkPolicy
+    /// selects it: nothing decided.
+    NoRuleDecided,
 }
 
 impl SideReason {
@@ -106,6 +115,9 @@ impl SideReason {
             SideReason::OwnNode => "own_node",
             SideReason::RuleMatched => "rule_matched",
             SideReason::NoRuleMatched => "no_rule_matched",
+            SideReason::ClusterRule => "cluster_rule",
+            SideReason::Passed => "passed",
+            SideReason::NoRuleDecided => "no_rule_decided",
         }
     }
 }
@@ -127,13 +139,33 @@ pub(crate) fn serialize_arc_str<S: serde::Serializer>(
     s.serialize_str(v)
 }
 
+/// The rule that decided a side: its policy (`namespace/name` for a NetworkPolicy, the name
+/// for a cluster-scoped one), the rule (its name, else its index; none for a NetworkPolicy
+/// denial, which no rule makes) and the action (`Accept`, `Deny` or `Pass`, whatever the API
+/// version calls it: v1alpha1 `Allow` is `Accept`; a NetworkPolicy rule that allows is `Accept`,
+/// an isolation with no allowing rule is `Deny`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct DecidedBy {
+    pub kind: PolicyKind,
+    #[serde(serialize_with = "serialize_arc_str")]
+    pub name: Arc<str>,
+    pub rule: Option<RuleId>,
+    pub action: Action,
+}
+
 /// The result for one side of a flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SideResult {
     pub verdict: SideVerdict,
     pub reason: SideReason,
-    /// Every rule that allows the flow, in policy order (shared: cheap to clone).
+    /// Every NetworkPolicy rule that allows the flow, in policy order (shared: cheap to
+    /// clone); empty when another tier decided.
     pub allowed_by: Arc<[RuleRef]>,
+    /// The tier that decided (`None` when none did: `uncovered` or `not_applicable`).
+    pub tier: Tier,
+    /// The rule that decided, when one did (absent for `loopback`/`own_node`, which no rule
+    /// decides).
+    pub decided_by: Option<Arc<DecidedBy>>,
 }
 
 impl SideResult {
@@ -207,6 +239,8 @@ mod tests {
             verdict: SideVerdict::Allowed,
             reason: SideReason::RuleMatched,
             allowed_by: vec![p("x/a", 0), p("x/a", 2), p("x/b", 0)].into(),
+            tier: Tier::NetworkPolicy,
+            decided_by: None,
         };
         assert_eq!(side.policies(), vec!["x/a", "x/b"]);
     }
