@@ -727,3 +727,132 @@ spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/40}}]}]}
         json!([{"policy": "x/allow-b", "rule": 0}])
     );
 }
+
+// ---- cluster-scoped policies (tiers) ----
+
+#[test]
+fn the_tier_example_of_the_docs_is_what_the_binary_prints() {
+    let docs = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/policy.md"),
+    )
+    .unwrap();
+    let flows = [
+        r#"{"src": "shop/api-5c6b-xyz12", "dst": "shop/db-0", "port": 5432}"#,
+        r#"{"src": "default/debug", "dst": "shop/api-5c6b-xyz12", "port": 8080}"#,
+        r#"{"src": "shop/frontend-7d9f-abcde", "dst": "shop/api-5c6b-xyz12", "port": 8080}"#,
+    ];
+    let mut child = flowwatch()
+        .args(["policy", "eval", "--snapshot"])
+        .arg(fixture("tiers.yaml"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for f in flows {
+        assert!(docs.contains(&format!("'{f}'")), "the docs list {f}");
+        writeln!(stdin, "{f}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "the fixture is valid"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert!(docs.contains(line), "docs/policy.md lacks the line\n{line}");
+    }
+    let answers: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Pass, then the NetworkPolicy of db-0.
+    assert_eq!(answers[0]["ingress"]["tier"], "networkpolicy");
+    assert_eq!(answers[0]["egress"]["reason"], "passed");
+    // Another tenant: the Admin Deny.
+    assert_eq!(
+        answers[1]["ingress"]["decided_by"],
+        json!({"kind": "ClusterNetworkPolicy", "name": "tenant-isolation", "rule": "deny-other-tenants", "action": "Deny"})
+    );
+    // Same tenant, no NetworkPolicy: the Baseline.
+    assert_eq!(answers[2]["ingress"]["tier"], "baseline");
+    assert_eq!(answers[2]["verdict"], "denied");
+}
+
+#[test]
+fn explain_walks_the_tiers() {
+    let (inv, errors) = snapshot::load_files(&[fixture("tiers.yaml")]).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let (e, errors) = PolicyEngine::build(&inv, PolicyOptions::default());
+    assert!(errors.is_empty(), "{errors:?}");
+    let x = e
+        .explain(
+            &"shop/frontend-7d9f-abcde".parse().unwrap(),
+            &"shop/api-5c6b-xyz12".parse().unwrap(),
+            8080,
+            flowwatch::model::Protocol::Tcp,
+        )
+        .unwrap();
+    let text = x.to_string();
+    for needle in [
+        "ingress (on shop/api-5c6b-xyz12): denied (decided by the baseline tier: ClusterNetworkPolicy baseline-deny rule \"deny-all\", Deny)",
+        "admin tier: ClusterNetworkPolicy tenant-isolation (priority 10) selects shop/api-5c6b-xyz12 for ingress",
+        "rule \"pass-same-tenant\" (Pass): from[0] matches; any port -> PASS: leaves the admin tier",
+        "rule \"deny-other-tenants\" (Deny): from[0] matches; any port -> not reached",
+        "networkpolicy tier: no NetworkPolicy selects shop/api-5c6b-xyz12 for ingress",
+        "rule \"deny-all\" (Deny): from[0] matches; any port -> DENY: decides",
+        "egress (on shop/frontend-7d9f-abcde): uncovered (no tier decided)",
+        "a Pass rule left the cluster tiers and no later tier decided",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let json = serde_json::to_value(&x).unwrap();
+    assert_eq!(json["ingress"]["tier"], "baseline");
+    assert_eq!(
+        json["ingress"]["admin"][0]["rules"][0]["outcome"],
+        "decided"
+    );
+    assert_eq!(
+        json["ingress"]["admin"][0]["rules"][1]["outcome"],
+        "not_reached"
+    );
+    assert_eq!(
+        json["ingress"]["baseline"][0]["rules"][0]["outcome"],
+        "decided"
+    );
+
+    // Another tenant: the Admin Deny decides and the Baseline is not reached.
+    let denied = e
+        .explain(
+            &"default/debug".parse().unwrap(),
+            &"shop/db-0".parse().unwrap(),
+            5432,
+            flowwatch::model::Protocol::Tcp,
+        )
+        .unwrap();
+    let json = serde_json::to_value(&denied).unwrap();
+    assert_eq!(json["ingress"]["tier"], "admin");
+    assert_eq!(
+        json["ingress"]["admin"][0]["rules"][0]["outcome"],
+        "no_match"
+    );
+    assert_eq!(
+        json["ingress"]["admin"][0]["rules"][1]["outcome"],
+        "decided"
+    );
+    assert_eq!(
+        json["ingress"]["baseline"][0]["rules"][0]["outcome"],
+        "not_reached"
+    );
+    let text = denied.to_string();
+    assert!(
+        text.contains("(the NetworkPolicy tier above was not reached: the admin tier decided)"),
+        "{text}"
+    );
+}
