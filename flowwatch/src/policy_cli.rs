@@ -447,6 +447,62 @@ pub fn write_coverage(c: &Coverage, format: OutputFormat, out: &mut dyn Write) -
         out,
         "Invalid policies (skipped)",
         c.skipped_policies.iter().cloned(),
+    )?;
+    // Cluster-scoped policies: only when the snapshot has some (the report stays as it was
+    // for NetworkPolicy-only clusters).
+    let any_cluster = c.namespaces.iter().any(|n| !n.cluster_policies.is_empty())
+        || !c.cluster_policies_selecting_no_pod.is_empty()
+        || !c.skipped_cluster_policies.is_empty();
+    if !any_cluster {
+        return Ok(());
+    }
+    section(
+        out,
+        "Cluster policies selecting pods of each namespace",
+        c.namespaces
+            .iter()
+            .filter(|n| !n.cluster_policies.is_empty())
+            .map(|n| format!("{}: {}", n.namespace, n.cluster_policies.join(", ")))
+            .collect::<Vec<_>>()
+            .into_iter(),
+    )?;
+    let tiers = |t: &[crate::policy::Tier]| -> String {
+        if t.is_empty() {
+            "none".into()
+        } else {
+            t.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    };
+    section(
+        out,
+        "Tiers selecting each workload (pods with the same labels)",
+        c.workloads
+            .iter()
+            .map(|w| {
+                let more = match w.pods.len() {
+                    1 => String::new(),
+                    n => format!(" (+{} more)", n - 1),
+                };
+                format!(
+                    "{}/{}{more}: ingress {}; egress {}",
+                    w.namespace,
+                    w.pods[0],
+                    tiers(&w.ingress),
+                    tiers(&w.egress)
+                )
+            })
+            .collect::<Vec<_>>()
+            .into_iter(),
+    )?;
+    section(
+        out,
+        "Cluster policies that select no pod",
+        c.cluster_policies_selecting_no_pod.iter().cloned(),
+    )?;
+    section(
+        out,
+        "Invalid cluster policies (skipped)",
+        c.skipped_cluster_policies.iter().cloned(),
     )
 }
 

@@ -856,3 +856,55 @@ fn explain_walks_the_tiers() {
         "{text}"
     );
 }
+
+#[test]
+fn coverage_says_which_tiers_select_each_namespace_and_workload() {
+    let (inv, _) = snapshot::load_files(&[fixture("tiers.yaml")]).unwrap();
+    let (e, _) = PolicyEngine::build(&inv, PolicyOptions::default());
+    let c = e.coverage();
+    let shop = c.namespaces.iter().find(|n| n.namespace == "shop").unwrap();
+    assert_eq!(
+        shop.cluster_policies,
+        vec![
+            "ClusterNetworkPolicy tenant-isolation",
+            "ClusterNetworkPolicy baseline-deny"
+        ]
+    );
+    let default = c
+        .namespaces
+        .iter()
+        .find(|n| n.namespace == "default")
+        .unwrap();
+    assert!(default.cluster_policies.is_empty());
+    let db = c.workloads.iter().find(|w| w.pods == ["db-0"]).unwrap();
+    use flowwatch::policy::Tier;
+    assert_eq!(
+        db.ingress,
+        vec![Tier::Admin, Tier::NetworkPolicy, Tier::Baseline]
+    );
+    assert_eq!(db.egress, vec![Tier::Admin]);
+    let debug = c.workloads.iter().find(|w| w.pods == ["debug"]).unwrap();
+    assert!(debug.ingress.is_empty() && debug.egress.is_empty());
+    let mut text = Vec::new();
+    write_coverage(&c, OutputFormat::Text, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    for needle in [
+        "shop: ClusterNetworkPolicy tenant-isolation, ClusterNetworkPolicy baseline-deny",
+        "shop/db-0: ingress admin, networkpolicy, baseline; egress admin",
+        "default/debug: ingress none; egress none",
+        "Cluster policies that select no pod (0):",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // A NetworkPolicy-only snapshot keeps the report as it was.
+    let mut plain = Vec::new();
+    write_coverage(
+        &fixture_engine("cluster.yaml").coverage(),
+        OutputFormat::Text,
+        &mut plain,
+    )
+    .unwrap();
+    assert!(!String::from_utf8(plain)
+        .unwrap()
+        .contains("Cluster policies"));
+}

@@ -4,6 +4,8 @@ use serde::Serialize;
 
 use super::compile::Direction;
 use super::engine::PolicyEngine;
+use super::tiered::ClusterTier;
+use super::verdict::Tier;
 
 /// Per namespace: how many (valid) policies it has and whether it has a default deny.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -15,6 +17,22 @@ pub struct NamespaceCoverage {
     /// unconditionally (a rule without peers and without ports).
     pub ingress_default_deny: bool,
     pub egress_default_deny: bool,
+    /// Cluster-scoped policies selecting at least one live pod of the namespace
+    /// (`Kind name`), in evaluation order.
+    pub cluster_policies: Vec<String>,
+}
+
+/// Pods that policies cannot tell apart (same namespace, labels and named ports: usually the
+/// replicas of one workload) and the tiers that select them per direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkloadCoverage {
+    pub namespace: String,
+    /// Live pods with their own network, sorted.
+    pub pods: Vec<String>,
+    /// Tiers with a policy selecting these pods for ingress (`admin`, `networkpolicy`,
+    /// `baseline`), in evaluation order; empty: nothing governs their ingress.
+    pub ingress: Vec<Tier>,
+    pub egress: Vec<Tier>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -27,6 +45,12 @@ pub struct Coverage {
     pub policies_selecting_no_pod: Vec<String>,
     /// Invalid policies, left out of everything above.
     pub skipped_policies: Vec<String>,
+    /// Per workload: the tiers selecting it.
+    pub workloads: Vec<WorkloadCoverage>,
+    /// Valid cluster-scoped policies whose subject selects no live pod (`Kind name`).
+    pub cluster_policies_selecting_no_pod: Vec<String>,
+    /// Invalid cluster-scoped policies (`Kind name`), left out of everything above.
+    pub skipped_cluster_policies: Vec<String>,
 }
 
 impl Coverage {
@@ -63,6 +87,7 @@ impl PolicyEngine {
                 policies: 0,
                 ingress_default_deny: false,
                 egress_default_deny: false,
+                cluster_policies: Vec::new(),
             })
             .collect();
         for ns in &self.policy_ns {
@@ -93,13 +118,50 @@ impl PolicyEngine {
         }
 
         let mut selected_some = vec![false; self.policies.len()];
+        let mut tier_selected_some = vec![false; self.tiers.policies.len()];
+        let mut ns_tier: Vec<Vec<bool>> =
+            vec![vec![false; self.tiers.policies.len()]; cluster.namespaces.len()];
+        let mut workloads: Vec<Option<WorkloadCoverage>> = Vec::new();
+        workloads.resize_with(self.identities.len(), || None);
         let mut pods_without_ingress_policy = Vec::new();
         let mut pods_without_egress_policy = Vec::new();
         for (id, pod) in cluster.pods.iter().enumerate() {
             if pod.terminated || pod.host_network {
                 continue;
             }
-            let identity = &self.identities[self.pod_identity[id] as usize];
+            let identity_id = self.pod_identity[id] as usize;
+            let identity = &self.identities[identity_id];
+            let tiers = &self.tiers.selection[identity_id];
+            let workload = workloads[identity_id].get_or_insert_with(|| {
+                let tiers_of = |dir| {
+                    let mut t = Vec::new();
+                    if !tiers.of(ClusterTier::Admin, dir).is_empty() {
+                        t.push(Tier::Admin);
+                    }
+                    if !identity.selecting(dir).is_empty() {
+                        t.push(Tier::NetworkPolicy);
+                    }
+                    if !tiers.of(ClusterTier::Baseline, dir).is_empty() {
+                        t.push(Tier::Baseline);
+                    }
+                    t
+                };
+                WorkloadCoverage {
+                    namespace: cluster.namespaces[pod.ns as usize].name.clone(),
+                    pods: Vec::new(),
+                    ingress: tiers_of(Direction::Ingress),
+                    egress: tiers_of(Direction::Egress),
+                }
+            });
+            workload.pods.push(pod.name.to_string());
+            for tier in [ClusterTier::Admin, ClusterTier::Baseline] {
+                for dir in [Direction::Ingress, Direction::Egress] {
+                    for &pid in tiers.of(tier, dir) {
+                        tier_selected_some[pid as usize] = true;
+                        ns_tier[pod.ns as usize][pid as usize] = true;
+                    }
+                }
+            }
             for &pid in identity.ingress.iter().chain(identity.egress.iter()) {
                 selected_some[pid as usize] = true;
             }
@@ -121,6 +183,29 @@ impl PolicyEngine {
             .map(|(p, _)| p.key.to_string())
             .collect();
 
+        for (ns, selected) in namespaces.iter_mut().zip(&ns_tier) {
+            ns.cluster_policies = self
+                .tiers
+                .policies
+                .iter()
+                .zip(selected)
+                .filter(|(_, s)| **s)
+                .map(|(p, _)| format!("{} {}", p.kind.as_str(), p.name))
+                .collect();
+        }
+        let cluster_policies_selecting_no_pod = self
+            .tiers
+            .policies
+            .iter()
+            .zip(&tier_selected_some)
+            .filter(|(_, s)| !**s)
+            .map(|(p, _)| format!("{} {}", p.kind.as_str(), p.name))
+            .collect();
+        let mut workloads: Vec<WorkloadCoverage> = workloads.into_iter().flatten().collect();
+        for w in &mut workloads {
+            w.pods.sort();
+        }
+        workloads.sort_by(|a, b| (&a.namespace, &a.pods).cmp(&(&b.namespace, &b.pods)));
         namespaces.sort_by(|a, b| a.namespace.cmp(&b.namespace));
         pods_without_ingress_policy.sort();
         pods_without_egress_policy.sort();
@@ -131,6 +216,9 @@ impl PolicyEngine {
             pods_without_egress_policy,
             policies_selecting_no_pod,
             skipped_policies: self.skipped_policies().map(str::to_string).collect(),
+            workloads,
+            cluster_policies_selecting_no_pod,
+            skipped_cluster_policies: self.tiers.skipped.iter().map(|s| s.label.clone()).collect(),
         }
     }
 }

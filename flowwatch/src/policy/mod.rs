@@ -65,10 +65,11 @@ mod verdict;
 use std::net::IpAddr;
 
 pub use compile::Direction;
-pub use coverage::{Coverage, NamespaceCoverage};
+pub use coverage::{Coverage, NamespaceCoverage, WorkloadCoverage};
 pub use engine::PolicyEngine;
 pub use explain::{
-    Explanation, PeerOutcome, PolicyExplanation, PortOutcome, RuleExplanation, SideExplanation,
+    ClusterPolicyExplanation, ClusterRuleExplanation, Explanation, PeerOutcome, PolicyExplanation,
+    PortOutcome, RuleExplanation, SideExplanation, WalkOutcome,
 };
 pub use selector::{Labels, Selector};
 pub use verdict::{

@@ -637,12 +637,21 @@ fn compile_peer(
         }
         let mut nets = Vec::with_capacity(networks.len());
         for (i, n) in networks.iter().enumerate() {
-            let net = n.trim().parse::<IpNet>().map_err(|_| {
-                (
-                    format!("{path}.networks[{i}]"),
-                    format!("invalid CIDR {n:?}"),
-                )
-            })?;
+            let field = format!("{path}.networks[{i}]");
+            let net = match n.trim().parse::<IpNet>() {
+                Ok(net) => net,
+                // A bare address: the API server wants a prefix; read it as the one address.
+                Err(_) => match n.trim().parse::<std::net::IpAddr>() {
+                    Ok(ip) => {
+                        ctx.warn(
+                            field,
+                            format!("{n:?} has no prefix length (the API server requires one): read as that one address"),
+                        );
+                        IpNet::from(ip.to_canonical())
+                    }
+                    Err(_) => return Err((field, format!("invalid CIDR {n:?}"))),
+                },
+            };
             nets.push(net);
         }
         return Ok(TierPeer::Networks(nets));
