@@ -1,5 +1,6 @@
-//! Policy engine benchmarks on a synthetic cluster: 10,000 pods in 500 namespaces and 2,000
-//! NetworkPolicies (see `synthetic_cluster`), one core.
+//! Policy engine benchmarks on a synthetic cluster: 10,000 pods in 500 namespaces, 2,000
+//! NetworkPolicies and 200 cluster-scoped policies (Admin and Baseline ClusterNetworkPolicies,
+//! AdminNetworkPolicies, the BaselineAdminNetworkPolicy; see `synthetic_cluster`), one core.
 //!
 //! * `cargo bench -p flowwatch --bench policy`: criterion groups `policy_build` (index
 //!   build), `policy_evaluate` (flows by address with a warm cache, a cold cache, and pods by
@@ -100,7 +101,8 @@ fn synthetic_cluster() -> serde_json::Value {
     }
     for n in 0..NODES {
         items.push(
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{n}")},
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{n}"),
+                "labels": {"kubernetes.io/os": "linux", "role": if n < 3 { "control-plane" } else { "worker" }}},
             "status": {"addresses": [{"type": "InternalIP", "address": node_ip(n).to_string()}]}}),
         );
     }
@@ -150,7 +152,77 @@ fn synthetic_cluster() -> serde_json::Value {
             {"to": [{"namespaceSelector": {"matchLabels": {"monitoring": "true"}}}], "ports": [{"port": 9090}]},
             {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.250.0.0/16"]}}], "ports": [{"port": 8080}]}]})));
     }
+    items.extend(cluster_policies());
     json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+/// 200 cluster-scoped policies: per team (20), an Admin tenant policy (monitoring accepted,
+/// own team passed, others denied; DNS accepted, own team passed, control-plane nodes denied,
+/// the internet denied past a pass of pod CIDRs) and a Baseline one (deny ingress from other
+/// teams); per team and env (60) an AdminNetworkPolicy guarding databases (port range,
+/// named port); 59 more Admin ClusterNetworkPolicies per namespace group with equal
+/// priorities; and the BaselineAdminNetworkPolicy `default`.
+fn cluster_policies() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let cnp = |name: String, tier: &str, priority: u32, spec: serde_json::Value| {
+        let mut spec = spec;
+        spec["tier"] = json!(tier);
+        spec["priority"] = json!(priority);
+        json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name}, "spec": spec})
+    };
+    let mut out = Vec::new();
+    for t in 0..20 {
+        let team = format!("t{t}");
+        out.push(cnp(format!("tenant-{team}"), "Admin", 100 + t, json!({
+            "subject": {"namespaces": {"matchLabels": {"team": team}}},
+            "ingress": [
+                {"name": "accept-monitoring", "action": "Accept",
+                 "from": [{"namespaces": {"matchLabels": {"monitoring": "true"}}}],
+                 "protocols": [{"tcp": {"destinationPort": {"number": 9090}}}]},
+                {"name": "pass-team", "action": "Pass", "from": [{"namespaces": {"matchLabels": {"team": team}}}]},
+                {"name": "deny-others", "action": "Deny", "from": [{"namespaces": {}}]}],
+            "egress": [
+                {"name": "accept-dns", "action": "Accept",
+                 "to": [{"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}, "podSelector": {}}}],
+                 "protocols": [{"udp": {"destinationPort": {"number": 53}}}, {"tcp": {"destinationPort": {"number": 53}}}]},
+                {"name": "pass-team", "action": "Pass", "to": [{"namespaces": {"matchLabels": {"team": team}}}]},
+                {"name": "deny-control-plane", "action": "Deny", "to": [{"nodes": {"matchLabels": {"role": "control-plane"}}}]},
+                {"name": "pass-pods", "action": "Pass", "to": [{"networks": ["10.1.0.0/16"]}]},
+                {"name": "deny-internet", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}]})));
+        out.push(cnp(format!("baseline-{team}"), "Baseline", t, json!({
+            "subject": {"namespaces": {"matchLabels": {"team": team}}},
+            "ingress": [{"name": "deny-other-teams", "action": "Deny",
+                         "from": [{"namespaces": {"matchExpressions": [{"key": "team", "operator": "NotIn", "values": [team]}]}}]}]})));
+        for env in ["prod", "staging", "dev"] {
+            out.push(json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                "metadata": {"name": format!("db-guard-{team}-{env}")},
+                "spec": {"priority": 50 + t, "subject": {"pods": {
+                    "namespaceSelector": {"matchLabels": {"team": team, "env": env}},
+                    "podSelector": {"matchLabels": {"tier": "db"}}}},
+                "ingress": [
+                    {"name": "allow-api", "action": "Allow",
+                     "from": [{"pods": {"namespaceSelector": {"matchLabels": {"team": team}}, "podSelector": {"matchLabels": {"tier": "api"}}}}],
+                     "ports": [{"portRange": {"start": 5432, "end": 5440}}, {"namedPort": "db"}]},
+                    {"name": "deny-rest", "action": "Deny", "from": [{"namespaces": {}}],
+                     "ports": [{"portNumber": {"port": 5432}}]}]}}));
+        }
+    }
+    for g in 0..59 {
+        // Namespace groups by name; a quarter share a priority (ties resolved by name).
+        let names: Vec<String> = (0..8)
+            .map(|i| format!("ns-{:03}", (g * 8 + i) % NAMESPACES))
+            .collect();
+        out.push(cnp(format!("group-{g:02}"), "Admin", 500 + (g / 4) as u32, json!({
+            "subject": {"namespaces": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": names}]}},
+            "ingress": [{"name": "accept-web-from-anywhere", "action": "Accept", "from": [{"namespaces": {}}],
+                         "protocols": [{"destinationNamedPort": "http"}]}]})));
+    }
+    out.push(json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+        "metadata": {"name": "default"},
+        "spec": {"subject": {"namespaces": {}},
+            "egress": [{"name": "deny-internet", "action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}}));
+    out
 }
 
 fn inventory() -> Inventory {
@@ -159,6 +231,7 @@ fn inventory() -> Inventory {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(inv.pods.len(), NAMESPACES * APPS_PER_NS * REPLICAS);
     assert_eq!(inv.network_policies.len(), NAMESPACES * 4);
+    assert_eq!(inv.cluster_policies.len(), 200);
     inv
 }
 
@@ -289,8 +362,9 @@ fn report() {
     let inv = inventory();
     let with_inventory = LIVE.load(Ordering::Relaxed);
     let (start, build_cpu) = (Instant::now(), thread_cpu());
-    let (engine, _) = PolicyEngine::build(&inv, PolicyOptions::default());
+    let (engine, errors) = PolicyEngine::build(&inv, PolicyOptions::default());
     let build = start.elapsed();
+    assert!(errors.is_empty(), "{errors:?}");
     let build_cpu = thread_cpu() - build_cpu;
     let with_engine = LIVE.load(Ordering::Relaxed);
     let batch = flows(1_000_000, 42);
@@ -313,7 +387,7 @@ fn report() {
     let (wall, cpu) = (wall.elapsed().as_secs_f64(), thread_cpu() - cpu);
     let n = 3.0 * batch.len() as f64;
     println!(
-        "inventory (10,000 pods, 2,000 policies): {:.1} MiB",
+        "inventory (10,000 pods, 2,000 NetworkPolicies, 200 cluster policies): {:.1} MiB",
         mib(with_inventory - before)
     );
     println!(
@@ -335,6 +409,17 @@ fn report() {
         cpu / n * 1e9,
         n / wall / 1e6
     );
+    // What decided the sides, so the figures are known to exercise every tier.
+    let mut tiers = std::collections::BTreeMap::new();
+    for (s, d, p, proto) in batch.iter().take(100_000) {
+        let v = engine.evaluate_ips(*s, *d, *p, *proto);
+        for side in [&v.ingress, &v.egress] {
+            *tiers
+                .entry(format!("{}/{}", side.verdict, side.tier))
+                .or_insert(0usize) += 1;
+        }
+    }
+    println!("sides of the first 100,000 flows by verdict/tier: {tiers:?}");
     if let Some(kib) = peak_rss_kib() {
         println!("process peak RSS: {:.1} MiB", kib as f64 / 1024.0);
     }

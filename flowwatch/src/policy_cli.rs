@@ -382,9 +382,16 @@ fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer, dir: Dire
         m.insert("decided_by".into(), decided_by_json(by));
     }
     // Only when the snapshot had invalid policies (a name lookup per side otherwise).
-    if side.verdict != SideVerdict::NotApplicable && engine.skipped_policies().next().is_some() {
+    if side.verdict != SideVerdict::NotApplicable
+        && (engine.skipped_policies().next().is_some()
+            || engine.skipped_cluster_policies().next().is_some())
+    {
         if let Some(ns) = engine.namespace_of(subject) {
-            let skipped: Vec<&str> = engine.skipped_policies_in(ns, dir).collect();
+            // Invalid cluster-scoped policies may have selected any pod: listed on every side.
+            let skipped: Vec<&str> = engine
+                .skipped_policies_in(ns, dir)
+                .chain(engine.skipped_cluster_policies())
+                .collect();
             if !skipped.is_empty() {
                 m.insert("skipped_policies".into(), json!(skipped));
             }

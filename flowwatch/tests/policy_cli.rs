@@ -908,3 +908,133 @@ fn coverage_says_which_tiers_select_each_namespace_and_workload() {
         .unwrap()
         .contains("Cluster policies"));
 }
+
+#[test]
+fn cluster_policies_read_the_same_from_a_list_json_and_multi_document_yaml() {
+    let text = std::fs::read_to_string(fixture("tiers.yaml")).unwrap();
+    let list: Value = serde_yaml::from_str(&text).unwrap();
+    // JSON (kubectl -o json), and multi-document YAML of the same items.
+    let json_text = serde_json::to_string_pretty(&list).unwrap();
+    let docs: String = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| format!("---\n{}", serde_yaml::to_string(item).unwrap()))
+        .collect();
+    let flows = "{\"src\": \"default/debug\", \"dst\": \"shop/api-5c6b-xyz12\", \"port\": 8080}\n\
+                 {\"src\": \"shop/frontend-7d9f-abcde\", \"dst\": \"shop/api-5c6b-xyz12\", \"port\": 8080}\n\
+                 {\"src\": \"shop/api-5c6b-xyz12\", \"dst\": \"shop/db-0\", \"port\": 5432}\n";
+    let answers = |t: &str| {
+        let (inv, errors) = snapshot::parse(t, "test").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(inv.cluster_policies.cluster_network_policies.len(), 2);
+        let (e, errors) = PolicyEngine::build(&inv, PolicyOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        run_eval(&e, flows)
+    };
+    let from_list = answers(&text);
+    assert_eq!(from_list[0]["ingress"]["tier"], "admin");
+    assert_eq!(answers(&json_text), from_list);
+    assert_eq!(answers(&docs), from_list);
+}
+
+#[test]
+fn invalid_cluster_policies_are_reported_skipped_and_listed() {
+    let extra = r#"---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: bad-cidr}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+  - {action: Deny, to: [{networks: [10.0.0.0/40]}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: not-a-number}
+spec: {priority: high, subject: {namespaces: {}}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: good}
+spec:
+  tier: Admin
+  priority: 2
+  subject: {namespaces: {}}
+  ingress:
+  - {action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {pod: a}}}}]}
+---
+apiVersion: example.com/v1
+kind: ClusterNetworkPolicy
+metadata: {name: another-groups-kind}
+spec: {whatever: 1}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.yaml");
+    std::fs::write(&path, small_snapshot(extra)).unwrap();
+    let out = flowwatch()
+        .args(["policy", "eval", "--snapshot"])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"src\": \"x/a\", \"dst\": \"x/b\", \"port\": 80}\n{\"src\": \"x/b\", \"dst\": \"x/a\", \"port\": 80}\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "warning: skipped ClusterNetworkPolicy bad-cidr: spec.egress[0].to[0].networks[0]: invalid CIDR \"10.0.0.0/40\"",
+        "warning: skipped AdminNetworkPolicy not-a-number: spec.priority:",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The valid policy still decides; the invalid ones are named on every pod side.
+    assert_eq!(lines[0]["ingress"]["tier"], "admin");
+    assert_eq!(lines[0]["verdict"], "denied");
+    assert_eq!(lines[1]["verdict"], "uncovered");
+    assert_eq!(
+        lines[1]["egress"]["skipped_policies"],
+        json!([
+            "ClusterNetworkPolicy bad-cidr",
+            "AdminNetworkPolicy not-a-number"
+        ])
+    );
+    let (inv, _) = snapshot::load_files(&[&path]).unwrap();
+    let (e, _) = PolicyEngine::build(&inv, PolicyOptions::default());
+    let c = e.coverage();
+    assert_eq!(
+        c.skipped_cluster_policies,
+        vec![
+            "ClusterNetworkPolicy bad-cidr",
+            "AdminNetworkPolicy not-a-number"
+        ]
+    );
+    let text = e
+        .explain(
+            &"x/a".parse().unwrap(),
+            &"x/b".parse().unwrap(),
+            80,
+            flowwatch::model::Protocol::Tcp,
+        )
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("warning: ClusterNetworkPolicy bad-cidr is invalid and was skipped"),
+        "{text}"
+    );
+}

@@ -360,6 +360,11 @@ impl PolicyEngine {
         self.skipped.iter().map(|s| s.key.as_str())
     }
 
+    /// Cluster-scoped policies that were rejected as invalid or did not decode (`Kind name`).
+    pub fn skipped_cluster_policies(&self) -> impl Iterator<Item = &str> {
+        self.tiers.skipped.iter().map(|s| s.label.as_str())
+    }
+
     /// The skipped policies of one namespace that declare direction `dir`: a verdict of that
     /// direction about a pod of the namespace may differ from what the cluster enforces if the
     /// policy was meant to select it.
