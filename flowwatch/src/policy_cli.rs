@@ -44,6 +44,10 @@ pub struct SnapshotArgs {
     /// false: as Cilium behaves).
     #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set)]
     pub ipblock_matches_pod_ips: bool,
+    /// Declare CNI-specific policy objects in the snapshot (CiliumNetworkPolicy, Calico and
+    /// Antrea policies) irrelevant: verdicts are then not marked `cni_policy_present`.
+    #[arg(long)]
+    pub ignore_cni_policies: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -196,25 +200,37 @@ pub fn load_engine(
     warnings: &mut dyn Write,
 ) -> Result<PolicyEngine, snapshot::SnapshotError> {
     let (inventory, mut errors) = snapshot::load_files(&args.snapshots)?;
-    let (engine, build_errors) = build_engine(&inventory, args.ipblock_matches_pod_ips);
+    let (engine, build_errors) = build_engine(
+        &inventory,
+        PolicyOptions {
+            ipblock_matches_pod_ips: args.ipblock_matches_pod_ips,
+            cni_policies_relevant: !args.ignore_cni_policies,
+        },
+    );
     errors.extend(build_errors);
     for e in &errors {
         // Best effort: warnings must not stop the evaluation.
         let _ = writeln!(warnings, "warning: skipped {e}");
     }
+    let cni = engine.cni_policy_counts();
+    if !cni.is_empty() {
+        let kinds: Vec<String> = cni.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let what = if args.ignore_cni_policies {
+            "declared irrelevant (--ignore-cni-policies)"
+        } else {
+            "the sides of the pods they may select are marked cni_policy_present"
+        };
+        let _ = writeln!(
+            warnings,
+            "note: CNI-specific policies are not evaluated ({}); {what}",
+            kinds.join(", ")
+        );
+    }
     Ok(engine)
 }
 
-fn build_engine(
-    inventory: &Inventory,
-    ipblock_matches_pod_ips: bool,
-) -> (PolicyEngine, Vec<ObjectError>) {
-    PolicyEngine::build(
-        inventory,
-        PolicyOptions {
-            ipblock_matches_pod_ips,
-        },
-    )
+fn build_engine(inventory: &Inventory, options: PolicyOptions) -> (PolicyEngine, Vec<ObjectError>) {
+    PolicyEngine::build(inventory, options)
 }
 
 /// Why an `eval` run stopped: the flows could not be read, or the output not written.
@@ -378,6 +394,9 @@ fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer, dir: Dire
     );
     m.insert("reason".into(), Value::from(side.reason.as_str()));
     m.insert("tier".into(), Value::from(side.tier.as_str()));
+    if side.cni_policy_present {
+        m.insert("cni_policy_present".into(), Value::Bool(true));
+    }
     if let Some(by) = &side.decided_by {
         m.insert("decided_by".into(), decided_by_json(by));
     }
@@ -455,6 +474,17 @@ pub fn write_coverage(c: &Coverage, format: OutputFormat, out: &mut dyn Write) -
         "Invalid policies (skipped)",
         c.skipped_policies.iter().cloned(),
     )?;
+    if !c.cni_policies.is_empty() {
+        section(
+            out,
+            "CNI-specific policies (not evaluated)",
+            c.cni_policies
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        )?;
+    }
     // Cluster-scoped policies: only when the snapshot has some (the report stays as it was
     // for NetworkPolicy-only clusters).
     let any_cluster = c.namespaces.iter().any(|n| !n.cluster_policies.is_empty())

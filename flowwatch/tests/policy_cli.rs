@@ -197,6 +197,7 @@ fn eval_over_an_inventory_honours_the_ipblock_option() {
             &mut out,
             PolicyOptions {
                 ipblock_matches_pod_ips,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -1037,4 +1038,118 @@ spec: {whatever: 1}
         text.contains("warning: ClusterNetworkPolicy bad-cidr is invalid and was skipped"),
         "{text}"
     );
+}
+
+#[test]
+fn cni_specific_policies_are_counted_and_mark_the_sides_they_may_affect() {
+    // A CiliumNetworkPolicy in x and a Calico NetworkPolicy (same kind name as the core one,
+    // another group) in y; x/a is also selected by a core NetworkPolicy.
+    let extra = r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {namespace: x, name: l7}
+spec: {endpointSelector: {}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {namespace: y, name: calico}
+spec: {selector: all(), types: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: a-ingress}
+spec: {podSelector: {matchLabels: {pod: a}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: z}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: z, name: c}
+status: {podIP: 10.0.3.1}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.yaml");
+    std::fs::write(&path, small_snapshot(extra)).unwrap();
+    let run = |args: &[&str]| {
+        let mut child = flowwatch()
+            .args(["policy", "eval", "--snapshot"])
+            .arg(&path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"{\"src\": \"x/b\", \"dst\": \"x/a\", \"port\": 80}\n{\"src\": \"z/c\", \"dst\": \"x/b\", \"port\": 80}\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let lines: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines, String::from_utf8(out.stderr).unwrap())
+    };
+    let (lines, stderr) = run(&[]);
+    assert_eq!(
+        stderr,
+        "note: CNI-specific policies are not evaluated (1 CiliumNetworkPolicy, 1 projectcalico.org/NetworkPolicy); the sides of the pods they may select are marked cni_policy_present\n"
+    );
+    // x/a: denied by the core NetworkPolicy, but the Cilium policy of x may say otherwise.
+    assert_eq!(lines[0]["verdict"], "denied");
+    assert_eq!(lines[0]["ingress"]["cni_policy_present"], true);
+    assert_eq!(lines[0]["ingress"]["reason"], "no_rule_matched");
+    // x/b's sides are uncovered by the core kinds: unknown rather than uncovered.
+    assert_eq!(lines[0]["egress"]["verdict"], "uncovered");
+    assert_eq!(lines[0]["egress"]["reason"], "cni_policy_present");
+    // z has no CNI policy: plain uncovered.
+    assert_eq!(lines[1]["egress"]["reason"], "not_selected");
+    assert!(lines[1]["egress"].get("cni_policy_present").is_none());
+    assert_eq!(lines[1]["ingress"]["reason"], "cni_policy_present");
+
+    // Declared irrelevant: no marks.
+    let (lines, stderr) = run(&["--ignore-cni-policies"]);
+    assert!(stderr.contains("declared irrelevant"), "{stderr}");
+    assert_eq!(lines[0]["egress"]["reason"], "not_selected");
+    assert!(lines[0]["ingress"].get("cni_policy_present").is_none());
+
+    // The Calico policy was not read as a core NetworkPolicy; coverage counts both by kind.
+    let (inv, errors) = snapshot::load_files(&[&path]).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(inv.network_policies.len(), 1);
+    let (e, _) = PolicyEngine::build(&inv, PolicyOptions::default());
+    let c = e.coverage();
+    assert_eq!(
+        c.cni_policies,
+        [
+            ("CiliumNetworkPolicy".to_string(), 1),
+            ("projectcalico.org/NetworkPolicy".to_string(), 1)
+        ]
+        .into_iter()
+        .collect()
+    );
+    let mut text = Vec::new();
+    write_coverage(&c, OutputFormat::Text, &mut text).unwrap();
+    assert!(String::from_utf8(text)
+        .unwrap()
+        .contains("CNI-specific policies (not evaluated) (2):\n  CiliumNetworkPolicy: 1\n"));
+
+    // A cluster-wide CNI kind may select pods of every namespace.
+    std::fs::write(
+        &path,
+        small_snapshot(
+            "---\napiVersion: crd.antrea.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: acnp}\nspec: {priority: 5}\n---\napiVersion: v1\nkind: Pod\nmetadata: {namespace: z, name: c}\nstatus: {podIP: 10.0.3.1}\n",
+        ),
+    )
+    .unwrap();
+    let (lines, _) = run(&[]);
+    assert_eq!(lines[1]["egress"]["reason"], "cni_policy_present");
+    assert_eq!(lines[1]["ingress"]["reason"], "cni_policy_present");
 }

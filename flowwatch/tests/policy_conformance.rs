@@ -591,6 +591,7 @@ fn egress_to_a_server_in_a_cidr_block() {
         &[policy],
         flowwatch::policy::PolicyOptions {
             ipblock_matches_pod_ips: false,
+            ..Default::default()
         },
     );
     assert_reach(&cilium, 80, Tcp, &Reach::all(true).set("x/a", "*/*", false));

@@ -748,7 +748,7 @@ proptest! {
         ipblock_matches_pod_ips in any::<bool>(),
     ) {
         let inv = world.inventory();
-        let options = PolicyOptions { ipblock_matches_pod_ips };
+        let options = PolicyOptions { ipblock_matches_pod_ips, ..Default::default() };
         let (engine, errors) = PolicyEngine::build(&inv, options);
         let skipped: Vec<String> = errors.iter().map(|e| e.object.clone()).collect();
         // Every corrupted policy is rejected, and nothing else is.

@@ -480,6 +480,7 @@ fn ipblock_matching_pod_addresses_is_a_choice() {
         &[policy],
         PolicyOptions {
             ipblock_matches_pod_ips: false,
+            ..Default::default()
         },
     );
     assert_eq!(

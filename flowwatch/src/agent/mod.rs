@@ -143,6 +143,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
         PolicyOptions {
             ipblock_matches_pod_ips: args.ipblock_matches_pod_ips,
+            ..PolicyOptions::default()
         },
     );
     let mut reporter = Reporter::new(args.node_name.clone());

@@ -27,6 +27,71 @@ pub struct ClusterPolicies {
     /// Objects of these kinds that did not decode (already reported by the loader), by kind
     /// and name: the engine lists them as skipped.
     pub undecodable: Vec<(String, String)>,
+    /// CNI-specific policy objects (Cilium, Calico, Antrea): not evaluated, but they may allow
+    /// or deny what the evaluated kinds say.
+    pub cni_policies: Vec<CniPolicy>,
+}
+
+/// A CNI-specific policy object, by kind and place only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CniPolicy {
+    /// `Kind` as the CNI names it, prefixed by its API group when the bare kind is ambiguous
+    /// (`projectcalico.org/NetworkPolicy`, `crd.antrea.io/ClusterNetworkPolicy`).
+    pub kind: String,
+    /// `None` for a cluster-wide kind (it may select pods of any namespace).
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// The CNI-specific policy kinds flowwatch recognises: (API group, kind, namespaced).
+/// Staged (not enforced) Calico kinds are left out: they change no traffic.
+pub const CNI_POLICY_KINDS: [(&str, &str, bool); 8] = [
+    ("cilium.io", "CiliumNetworkPolicy", true),
+    ("cilium.io", "CiliumClusterwideNetworkPolicy", false),
+    ("projectcalico.org", "NetworkPolicy", true),
+    ("projectcalico.org", "GlobalNetworkPolicy", false),
+    ("crd.projectcalico.org", "NetworkPolicy", true),
+    ("crd.projectcalico.org", "GlobalNetworkPolicy", false),
+    ("crd.antrea.io", "NetworkPolicy", true),
+    ("crd.antrea.io", "ClusterNetworkPolicy", false),
+];
+
+/// The entry of [`CNI_POLICY_KINDS`] an object is, by its `kind` and `apiVersion`.
+pub fn cni_policy_kind(
+    kind: &str,
+    api_version: Option<&str>,
+) -> Option<&'static (&'static str, &'static str, bool)> {
+    let group = api_version?.split('/').next()?;
+    CNI_POLICY_KINDS
+        .iter()
+        .find(|(g, k, _)| *g == group && *k == kind)
+}
+
+/// Records a CNI-specific policy object (only its kind, namespace and name are read).
+pub fn add_cni_object(into: &mut ClusterPolicies, kind: &str, api_version: &str, item: &Value) {
+    let Some((group, kind, namespaced)) = cni_policy_kind(kind, Some(api_version)) else {
+        return;
+    };
+    let meta = |f: &str| {
+        item.get("metadata")
+            .and_then(|m| m.get(f))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let ambiguous = matches!(*kind, "NetworkPolicy" | "ClusterNetworkPolicy");
+    into.cni_policies.push(CniPolicy {
+        kind: if ambiguous {
+            format!("{group}/{kind}")
+        } else {
+            kind.to_string()
+        },
+        namespace: if *namespaced {
+            Some(meta("namespace").unwrap_or_default())
+        } else {
+            None
+        },
+        name: meta("name").unwrap_or_default(),
+    });
 }
 
 impl ClusterPolicies {
@@ -38,6 +103,7 @@ impl ClusterPolicies {
         self.baseline_admin_network_policies
             .extend(other.baseline_admin_network_policies);
         self.undecodable.extend(other.undecodable);
+        self.cni_policies.extend(other.cni_policies);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -45,6 +111,7 @@ impl ClusterPolicies {
             && self.admin_network_policies.is_empty()
             && self.baseline_admin_network_policies.is_empty()
             && self.undecodable.is_empty()
+            && self.cni_policies.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -318,6 +385,44 @@ mod tests {
             Some("example.com/v1")
         ));
         assert!(!is_cluster_policy_kind("NetworkPolicy", None));
+    }
+
+    #[test]
+    fn cni_kinds_are_recognised_by_group_and_kind() {
+        assert!(cni_policy_kind("CiliumNetworkPolicy", Some("cilium.io/v2")).is_some());
+        assert!(cni_policy_kind("NetworkPolicy", Some("projectcalico.org/v3")).is_some());
+        assert!(cni_policy_kind("ClusterNetworkPolicy", Some("crd.antrea.io/v1beta1")).is_some());
+        assert!(cni_policy_kind("NetworkPolicy", Some("networking.k8s.io/v1")).is_none());
+        assert!(cni_policy_kind("NetworkPolicy", None).is_none());
+        assert!(cni_policy_kind("StagedNetworkPolicy", Some("projectcalico.org/v3")).is_none());
+        let mut into = ClusterPolicies::default();
+        add_cni_object(
+            &mut into,
+            "NetworkPolicy",
+            "crd.antrea.io/v1beta1",
+            &json!({"metadata": {"namespace": "x", "name": "p"}}),
+        );
+        add_cni_object(
+            &mut into,
+            "CiliumClusterwideNetworkPolicy",
+            "cilium.io/v2",
+            &json!({"metadata": {"name": "c"}}),
+        );
+        assert_eq!(
+            into.cni_policies,
+            vec![
+                CniPolicy {
+                    kind: "crd.antrea.io/NetworkPolicy".into(),
+                    namespace: Some("x".into()),
+                    name: "p".into()
+                },
+                CniPolicy {
+                    kind: "CiliumClusterwideNetworkPolicy".into(),
+                    namespace: None,
+                    name: "c".into()
+                }
+            ]
+        );
     }
 
     #[test]

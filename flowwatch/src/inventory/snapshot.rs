@@ -618,6 +618,15 @@ fn add_object(
         }
     };
     let object = object_name(&kind, map, position);
+    let api_version = map.get("apiVersion").and_then(Value::as_str);
+    if let Some(api_version) = api_version
+        .filter(|v| super::cluster_policy::cni_policy_kind(&kind, Some(v)).is_some())
+        .map(str::to_string)
+    {
+        // A CNI's own kind (Calico's and Antrea's share the name NetworkPolicy): counted only.
+        let cni = &mut inventory.cluster_policies;
+        return super::cluster_policy::add_cni_object(cni, &kind, &api_version, &item);
+    }
     match kind.as_str() {
         "Namespace" => _ = push(&mut inventory.namespaces, item, object, errors),
         "Node" => _ = push(&mut inventory.nodes, item, object, errors),

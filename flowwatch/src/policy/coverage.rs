@@ -51,6 +51,8 @@ pub struct Coverage {
     pub cluster_policies_selecting_no_pod: Vec<String>,
     /// Invalid cluster-scoped policies (`Kind name`), left out of everything above.
     pub skipped_cluster_policies: Vec<String>,
+    /// CNI-specific policy objects (not evaluated), counted by kind.
+    pub cni_policies: std::collections::BTreeMap<String, usize>,
 }
 
 impl Coverage {
@@ -219,6 +221,7 @@ impl PolicyEngine {
             workloads,
             cluster_policies_selecting_no_pod,
             skipped_cluster_policies: self.tiers.skipped.iter().map(|s| s.label.clone()).collect(),
+            cni_policies: self.cni_policy_counts().clone(),
         }
     }
 }

@@ -15,7 +15,7 @@ use super::compile::{
 use super::hash::FastMap;
 use super::ports::NamedPort;
 use super::selector::{Labels, Selector};
-use super::tier_index::TierIndex;
+use super::tier_index::{CniIndex, TierIndex};
 use super::tier_walk::Walks;
 use super::tiered::ClusterTier;
 use super::verdict::{
@@ -174,6 +174,8 @@ pub struct PolicyEngine {
     np_deny: Vec<Arc<DecidedBy>>,
     /// The cluster-scoped policies (Admin and Baseline tiers).
     pub(crate) tiers: TierIndex,
+    /// Where CNI-specific policies may apply.
+    pub(crate) cni: CniIndex,
     cache: Mutex<Cache>,
     empty: Arc<[RuleRef]>,
 }
@@ -300,6 +302,7 @@ impl PolicyEngine {
                 })
             })
             .collect();
+        let cni = CniIndex::build(&cluster, &inventory.cluster_policies, options);
         let tiers = TierIndex::build(
             &cluster,
             &identities,
@@ -318,6 +321,7 @@ impl PolicyEngine {
             pod_sets,
             np_deny,
             tiers,
+            cni,
             cache: Mutex::new(Cache::default()),
             empty: Arc::from(Vec::new()),
         };
@@ -477,11 +481,17 @@ impl PolicyEngine {
     ) -> FlowVerdict {
         let mut cache = self.lock_cache();
         let egress = match src.ep {
-            Endpoint::Pod(p) => self.side(&mut cache, Direction::Egress, p, dst, port, protocol),
+            Endpoint::Pod(p) => self.cni_mark(
+                p,
+                self.side(&mut cache, Direction::Egress, p, dst, port, protocol),
+            ),
             other => self.not_applicable(other),
         };
         let ingress = match dst.ep {
-            Endpoint::Pod(p) => self.side(&mut cache, Direction::Ingress, p, src, port, protocol),
+            Endpoint::Pod(p) => self.cni_mark(
+                p,
+                self.side(&mut cache, Direction::Ingress, p, src, port, protocol),
+            ),
             other => self.not_applicable(other),
         };
         FlowVerdict {
@@ -489,6 +499,24 @@ impl PolicyEngine {
             ingress,
             egress,
         }
+    }
+
+    /// Marks a side whose pod CNI-specific policies may select (unless declared irrelevant):
+    /// flagged, and an `uncovered` side gets the reason `cni_policy_present`.
+    #[inline]
+    fn cni_mark(&self, pod: PodId, mut side: SideResult) -> SideResult {
+        if self.cni.affects(self.cluster.pod(pod).ns) {
+            side.cni_policy_present = true;
+            if side.verdict == SideVerdict::Uncovered {
+                side.reason = SideReason::CniPolicyPresent;
+            }
+        }
+        side
+    }
+
+    /// CNI-specific policy objects of the inventory, counted by kind.
+    pub fn cni_policy_counts(&self) -> &std::collections::BTreeMap<String, usize> {
+        &self.cni.counts
     }
 
     fn not_applicable(&self, ep: Endpoint) -> SideResult {
@@ -515,6 +543,7 @@ impl PolicyEngine {
                 SideVerdict::Allowed | SideVerdict::Denied => Tier::NetworkPolicy,
             },
             decided_by: None,
+            cni_policy_present: false,
         }
     }
 
@@ -532,6 +561,7 @@ impl PolicyEngine {
             allowed_by: rules.unwrap_or_else(|| self.empty.clone()),
             tier,
             decided_by: Some(by),
+            cni_policy_present: false,
         }
     }
 

@@ -113,6 +113,8 @@ pub struct SideExplanation {
     pub skipped_policies: Vec<String>,
     /// Invalid cluster-scoped policies (any of them may have selected the pod).
     pub skipped_cluster_policies: Vec<String>,
+    /// CNI-specific policies (not evaluated) may select the pod.
+    pub cni_policy_present: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -198,6 +200,7 @@ impl PolicyEngine {
             baseline: Vec::new(),
             skipped_policies: Vec::new(),
             skipped_cluster_policies: Vec::new(),
+            cni_policy_present: result.cni_policy_present,
         };
         let Endpoint::Pod(pod) = subject.ep else {
             return side;
@@ -459,6 +462,12 @@ fn write_side(f: &mut fmt::Formatter<'_>, side: &SideExplanation) -> fmt::Result
         writeln!(
             f,
             "  warning: policy {s} is invalid and was skipped; it may have selected {pod}"
+        )?;
+    }
+    if side.cni_policy_present {
+        writeln!(
+            f,
+            "  note: CNI-specific policies (not evaluated) may select {pod}: the cluster may decide otherwise"
         )?;
     }
     for s in &side.skipped_cluster_policies {

@@ -83,12 +83,17 @@ pub struct PolicyOptions {
     /// Whether `ipBlock` peers match pod addresses. `true` (the default) is what the upstream
     /// e2e suite expects; `false` is how Cilium behaves (ipBlock only for non-pod addresses).
     pub ipblock_matches_pod_ips: bool,
+    /// Whether CNI-specific policy objects (Cilium, Calico, Antrea) in the inventory may
+    /// change verdicts: `true` (the default) marks the sides they may affect
+    /// (`cni_policy_present`); `false` declares them irrelevant.
+    pub cni_policies_relevant: bool,
 }
 
 impl Default for PolicyOptions {
     fn default() -> Self {
         PolicyOptions {
             ipblock_matches_pod_ips: true,
+            cni_policies_relevant: true,
         }
     }
 }

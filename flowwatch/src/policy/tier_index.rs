@@ -148,6 +148,48 @@ impl TierIndex {
     }
 }
 
+/// Where CNI-specific policy objects may apply: every namespace when a cluster-wide one
+/// exists, else the namespaces of the namespaced ones; nowhere when declared irrelevant.
+#[derive(Debug, Default)]
+pub(crate) struct CniIndex {
+    pub counts: std::collections::BTreeMap<String, usize>,
+    everywhere: bool,
+    namespaces: Vec<bool>,
+}
+
+impl CniIndex {
+    pub fn build(
+        cluster: &Cluster,
+        objects: &ClusterPolicies,
+        options: super::PolicyOptions,
+    ) -> CniIndex {
+        let mut index = CniIndex::default();
+        for p in &objects.cni_policies {
+            *index.counts.entry(p.kind.clone()).or_default() += 1;
+        }
+        if !options.cni_policies_relevant {
+            return index;
+        }
+        index.namespaces = vec![false; cluster.namespaces.len()];
+        for p in &objects.cni_policies {
+            match &p.namespace {
+                None => index.everywhere = true,
+                Some(ns) => {
+                    if let Some(id) = cluster.namespace_id(ns) {
+                        index.namespaces[id as usize] = true;
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    #[inline]
+    pub fn affects(&self, ns: NsId) -> bool {
+        self.everywhere || self.namespaces.get(ns as usize).copied().unwrap_or(false)
+    }
+}
+
 /// Identities per namespace.
 fn by_namespace(cluster: &Cluster, identities: &[Identity]) -> Vec<Vec<IdentityId>> {
     let mut by_ns: Vec<Vec<IdentityId>> = vec![Vec::new(); cluster.namespaces.len()];

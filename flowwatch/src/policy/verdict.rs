@@ -102,6 +102,9 @@ pub enum SideReason {
     /// Cluster policies select the pod, none of their rules matched, and no NetworkPolicy
     /// selects it: nothing decided.
     NoRuleDecided,
+    /// Nothing flowwatch evaluates decided, but CNI-specific policies (which it does not
+    /// evaluate) may select the pod: the verdict is unknown rather than uncovered.
+    CniPolicyPresent,
 }
 
 impl SideReason {
@@ -118,6 +121,7 @@ impl SideReason {
             SideReason::ClusterRule => "cluster_rule",
             SideReason::Passed => "passed",
             SideReason::NoRuleDecided => "no_rule_decided",
+            SideReason::CniPolicyPresent => "cni_policy_present",
         }
     }
 }
@@ -166,6 +170,9 @@ pub struct SideResult {
     /// The rule that decided, when one did (absent for `loopback`/`own_node`, which no rule
     /// decides).
     pub decided_by: Option<Arc<DecidedBy>>,
+    /// CNI-specific policies (not evaluated) may select this side's pod and change the
+    /// verdict (see `PolicyOptions::cni_policies_relevant`).
+    pub cni_policy_present: bool,
 }
 
 impl SideResult {
@@ -241,6 +248,7 @@ mod tests {
             allowed_by: vec![p("x/a", 0), p("x/a", 2), p("x/b", 0)].into(),
             tier: Tier::NetworkPolicy,
             decided_by: None,
+            cni_policy_present: false,
         };
         assert_eq!(side.policies(), vec!["x/a", "x/b"]);
     }
