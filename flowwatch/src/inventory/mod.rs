@@ -8,6 +8,8 @@
 //! decoding of the Kubernetes schema.
 
 pub mod intern;
+pub mod label_rules;
+pub mod limits;
 pub mod snapshot;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
