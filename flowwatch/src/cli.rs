@@ -1,6 +1,8 @@
 //! Command-line and environment settings of `flowwatch run`. Every flag has a `FLOWWATCH_*`
 //! environment variable, which is how the Helm chart configures the agent.
 
+pub mod values;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -16,15 +18,16 @@ pub const DEFAULT_INTERFACES: &str =
 pub struct RunArgs {
     /// Pod interfaces to attach to: comma-separated names or globs (`*`). Exact names must
     /// exist at startup; globs follow interfaces as they come and go.
-    #[arg(long, env = "FLOWWATCH_INTERFACES", default_value = DEFAULT_INTERFACES, value_delimiter = ',')]
+    #[arg(long, env = "FLOWWATCH_INTERFACES", default_value = DEFAULT_INTERFACES, value_delimiter = ',', value_parser = values::parse_interface_pattern)]
     pub interfaces: Vec<String>,
 
     /// Write the flow log (one JSON object per finished flow) here; `-` for stdout.
     #[arg(long, env = "FLOWWATCH_FLOW_LOG")]
     pub flow_log: Option<PathBuf>,
 
-    /// Address of the HTTP server (/metrics, /healthz, /readyz).
-    #[arg(long, env = "FLOWWATCH_LISTEN", default_value = "0.0.0.0:9810")]
+    /// Address of the HTTP server (/metrics, /healthz, /readyz): `address:port`, or
+    /// `host:port` with a name resolved at startup.
+    #[arg(long, env = "FLOWWATCH_LISTEN", default_value = "0.0.0.0:9810", value_parser = values::parse_listen)]
     pub listen: SocketAddr,
 
     /// How often the kernel flow map is read, in milliseconds.
@@ -46,12 +49,14 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_EVENTS_RING_BYTES", default_value_t = flowwatch_common::DEFAULT_EVENTS_BYTES, value_parser = parse_ring_bytes)]
     pub events_ring_bytes: u32,
 
-    /// Flows with an end in these networks are not reported (the node's own loopback by default).
+    /// Flows with an end in these networks are not reported (the node's own loopback by
+    /// default): `address/prefix`, or a bare address for one host.
     #[arg(
         long,
         env = "FLOWWATCH_IGNORE_CIDRS",
         default_value = "127.0.0.0/8,::1/128",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = values::parse_cidr
     )]
     pub ignore_cidrs: Vec<ipnet::IpNet>,
 
@@ -91,27 +96,29 @@ pub struct RunArgs {
     pub named_networks: Vec<crate::enrich::NamedNetwork>,
 
     /// Most series one edge metric family keeps; the rest fold into an `other` bucket.
-    #[arg(long, env = "FLOWWATCH_SERIES_BUDGET", default_value_t = 10_000)]
+    #[arg(long, env = "FLOWWATCH_SERIES_BUDGET", default_value_t = 10_000, value_parser = values::parse_series_budget)]
     pub series_budget: usize,
 
     /// Most series one source namespace may hold in one edge family.
     #[arg(
         long,
         env = "FLOWWATCH_SERIES_BUDGET_PER_NAMESPACE",
-        default_value_t = 2_000
+        default_value_t = 2_000,
+        value_parser = values::parse_series_budget
     )]
     pub series_budget_per_namespace: usize,
 
-    /// Edge series not updated for this many seconds are removed.
-    #[arg(long, env = "FLOWWATCH_SERIES_TTL_SECS", default_value_t = 900)]
+    /// Edge series not updated for this many seconds are removed (1 to 2592000, 30 days).
+    #[arg(long, env = "FLOWWATCH_SERIES_TTL_SECS", default_value_t = 900, value_parser = values::parse_series_ttl_secs)]
     pub series_ttl_secs: u64,
 
     /// Log format.
     #[arg(long, env = "FLOWWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Stop after this many seconds (demos and tests); runs until SIGTERM/SIGINT otherwise.
-    #[arg(long, env = "FLOWWATCH_EXIT_AFTER_SECS")]
+    /// Stop after this many seconds (demos and tests; at least 1); runs until SIGTERM/SIGINT
+    /// otherwise.
+    #[arg(long, env = "FLOWWATCH_EXIT_AFTER_SECS", value_parser = values::parse_exit_after_secs)]
     pub exit_after_secs: Option<u64>,
 }
 

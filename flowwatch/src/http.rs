@@ -18,9 +18,17 @@
 //!
 //! `/metrics?format=openmetrics` or `?format=prometheus` overrides the negotiation (useful for
 //! scrapers that cannot set `Accept`, and for testing both formats with one Prometheus).
+//!
+//! No client can exhaust the agent through this port: the exposition is encoded once per burst
+//! of scrapes and shared ([`ExpositionCache`]), the bytes held by slow clients are bounded, and
+//! the connections are bounded in number and in time ([`HttpLimits`]), so `/healthz` and
+//! `/readyz` answer while the metrics side is flooded.
+
+mod exposition_cache;
+mod guarded_io;
+mod server;
 
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -30,11 +38,12 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::exposition::{
-    encode_openmetrics, encode_prometheus_text, OPENMETRICS_CONTENT_TYPE,
-    PROMETHEUS_TEXT_CONTENT_TYPE,
-};
+use crate::metrics::exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 use crate::metrics::Metrics;
+pub use exposition_cache::{
+    bytes_in_flight_budget, ExpositionCache, ENCODINGS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT,
+};
+pub use server::{raise_fd_limit, HttpLimits, READ_BUFFER_BYTES};
 
 /// The agent's readiness, shared between the agent (which sets it) and `/readyz`.
 #[derive(Clone, Debug)]
@@ -67,28 +76,24 @@ impl Readiness {
     }
 }
 
-/// Scrapes encoded at once, at most. Each encodes the whole registry on a blocking thread; a
-/// Prometheus pair needs two; beyond a few, a client hammering the port would take the node's
-/// CPU and memory, so it is turned away (503) instead.
-pub const CONCURRENT_SCRAPES: usize = 4;
-
 /// What the HTTP edge serves.
 #[derive(Clone)]
 pub struct HttpState {
-    registry: Arc<Registry>,
-    metrics: Metrics,
+    exposition: Arc<ExpositionCache>,
     readiness: Readiness,
-    scrapes: Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpState {
     pub fn new(registry: Arc<Registry>, metrics: Metrics, readiness: Readiness) -> HttpState {
         HttpState {
-            registry,
-            metrics,
+            exposition: Arc::new(ExpositionCache::new(registry, metrics)),
             readiness,
-            scrapes: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SCRAPES)),
         }
+    }
+
+    /// The shared encodings of the exposition (how many were made, how many bytes are alive).
+    pub fn exposition(&self) -> &ExpositionCache {
+        &self.exposition
     }
 }
 
@@ -134,42 +139,16 @@ pub fn negotiate(accept: Option<&str>, query: Option<&str>) -> Format {
 }
 
 async fn metrics_handler(State(state): State<HttpState>, uri: Uri, headers: HeaderMap) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let format = negotiate(accept.as_deref(), uri.query());
-    let Ok(permit) = state.scrapes.clone().try_acquire_owned() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("too many scrapes at once (at most {CONCURRENT_SCRAPES})\n"),
-        )
-            .into_response();
-    };
-    let encoded = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let start = Instant::now();
-        let body = match format {
-            Format::OpenMetrics => encode_openmetrics(&state.registry),
-            Format::PrometheusText => encode_prometheus_text(&state.registry),
-        };
-        state.metrics.observe_scrape(start.elapsed());
-        body
-    })
-    .await;
-    match encoded {
-        Ok(Ok(body)) => {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = negotiate(accept, uri.query());
+    match state.exposition.get(format).await {
+        Ok(body) => {
             let ct = match format {
                 Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
                 Format::PrometheusText => PROMETHEUS_TEXT_CONTENT_TYPE,
             };
             ([(header::CONTENT_TYPE, ct)], body).into_response()
         }
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics failed: {e}\n"),
-        )
-            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding metrics failed: {e}\n"),
@@ -202,15 +181,24 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` is cancelled, then finishes in-flight requests and returns.
+/// Serves until `shutdown` is cancelled, then finishes in-flight requests and returns; within
+/// the default [`HttpLimits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_with_limits(listener, state, HttpLimits::default(), shutdown).await
+}
+
+/// As [`serve`], within `limits`.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    server::serve_router(listener, router(state), limits, shutdown).await
 }
 
 #[cfg(test)]
@@ -258,26 +246,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn scrapes_beyond_the_limit_are_turned_away_and_the_next_is_served() {
+    async fn each_scrape_gets_an_encoding_made_after_it_arrived() {
         let (metrics, registry) =
             crate::metrics::Metrics::new(&crate::metrics::MetricsConfig::default()).unwrap();
         let state = HttpState::new(Arc::new(registry), metrics, Readiness::new());
         let uri: Uri = "/metrics".parse().unwrap();
-        let busy = state
-            .scrapes
-            .clone()
-            .try_acquire_many_owned(CONCURRENT_SCRAPES as u32)
-            .unwrap();
-        let refused = metrics_handler(State(state.clone()), uri.clone(), HeaderMap::new()).await;
-        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-        drop(busy);
-        let served = metrics_handler(State(state.clone()), uri, HeaderMap::new()).await;
-        assert_eq!(served.status(), StatusCode::OK);
-        assert_eq!(
-            state.scrapes.available_permits(),
-            CONCURRENT_SCRAPES,
-            "every permit is given back"
-        );
+        for n in 1..=3 {
+            let r = metrics_handler(State(state.clone()), uri.clone(), HeaderMap::new()).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(
+                state.exposition().encodings(),
+                n,
+                "one scrape after another"
+            );
+        }
     }
 
     #[test]

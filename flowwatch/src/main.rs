@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use flowwatch::cli::{LogFormat, RunArgs};
 
@@ -34,6 +35,18 @@ fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
             return ExitCode::SUCCESS;
+        }
+        // A bad value gets one line: what is wrong and what would be right (the parsers in
+        // `flowwatch::cli::values` say both), without clap's usage footer.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue
+            ) =>
+        {
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: invalid value"));
+            return ExitCode::from(1);
         }
         Err(e) => {
             let _ = e.print();

@@ -8,6 +8,8 @@
 //! unreadable `--flows` or an unknown pod in `explain`, 2 a snapshot that cannot be read, 3 an
 //! output write failure.
 
+pub mod lines;
+
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -275,8 +277,13 @@ pub fn eval_flows(
     let mut buf = Vec::with_capacity(256);
     let mut line_no = 0u64;
     loop {
-        buf.clear();
-        if input.read_until(b'\n', &mut buf).map_err(EvalError::Read)? == 0 {
+        let read = lines::read_line_bounded(
+            &mut input,
+            &mut buf,
+            lines::MAX_FLOW_LINE_BYTES,
+            line_no + 1,
+        );
+        if read.map_err(EvalError::Read)? == 0 {
             break;
         }
         line_no += 1;

@@ -121,3 +121,135 @@ async fn snapshot_files_are_reloaded_when_they_change() {
     })
     .await;
 }
+
+async fn wait_reload_errors(w: &ClusterWatch, n: u64, what: &str) {
+    let want = format!("flowwatch_snapshot_reload_errors_total {n}");
+    let start = std::time::Instant::now();
+    while reload_errors(w) != want {
+        assert!(
+            start.elapsed() < FOLLOW * 2,
+            "{what}: reload failure not counted ({})",
+            reload_errors(w)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 17: an empty file, a bare YAML string, a directory with no snapshot file: each is a
+/// failed reload (counted; the last good inventory stays), never an empty cluster. An
+/// intentionally empty cluster is said with an empty `kind: List`.
+#[tokio::test]
+async fn what_is_not_a_cluster_dump_never_replaces_the_last_good_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = dir.path().join("snapshots");
+    std::fs::create_dir(&snapshots).unwrap();
+    let pods = snapshots.join("pods.yaml");
+    std::fs::write(&pods, pods_yaml(&[("web-1", "web", "10.244.0.5")])).unwrap();
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let w = ClusterWatch::snapshot_files(
+        vec![snapshots.clone()],
+        Duration::from_millis(100),
+        snapshot_loader(),
+        cancel.clone(),
+    );
+    assert!(w.wait_synced(Duration::from_secs(5)).await);
+    eventually(&w, FOLLOW, "first load", |v| {
+        pod_in(v, "shop", "web-1").is_some()
+    })
+    .await;
+    let generation = w.current().generation;
+
+    type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let broken: [Breakage; 4] = [
+        (
+            "an empty file",
+            Box::new(|| std::fs::write(&pods, "").unwrap()),
+        ),
+        (
+            "a bare YAML string",
+            Box::new(|| std::fs::write(&pods, "just a string\n").unwrap()),
+        ),
+        (
+            "a document without a kind",
+            Box::new(|| std::fs::write(&pods, "metadata: {name: x}\n").unwrap()),
+        ),
+        (
+            "a directory with no snapshot file",
+            Box::new(|| {
+                std::fs::remove_file(&pods).unwrap();
+                std::fs::write(snapshots.join("README.txt"), "moved").unwrap();
+            }),
+        ),
+    ];
+    for (n, (what, break_it)) in broken.iter().enumerate() {
+        break_it();
+        wait_reload_errors(&w, n as u64 + 1, what).await;
+        assert_eq!(
+            w.current().generation,
+            generation,
+            "{what} replaced the view"
+        );
+        assert!(pod_in(&w.current(), "shop", "web-1").is_some(), "{what}");
+    }
+
+    // An empty List is an empty cluster, on purpose.
+    std::fs::write(&pods, "apiVersion: v1\nkind: List\nitems: []\n").unwrap();
+    eventually(&w, FOLLOW * 2, "an intentionally empty cluster", |v| {
+        v.generation > generation && v.inventory.pods.is_empty()
+    })
+    .await;
+    assert_eq!(
+        reload_errors(&w),
+        "flowwatch_snapshot_reload_errors_total 4"
+    );
+}
+
+/// A file that a writer is still writing (non-atomically, in pieces) is not loaded half-way:
+/// the change is loaded once it has settled.
+#[tokio::test]
+async fn a_file_written_in_pieces_is_loaded_once_complete() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods.yaml");
+    std::fs::write(&pods, pods_yaml(&[("web-1", "web", "10.244.0.5")])).unwrap();
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let w = ClusterWatch::snapshot_files(
+        vec![pods.clone()],
+        Duration::from_millis(100),
+        snapshot_loader(),
+        cancel.clone(),
+    );
+    assert!(w.wait_synced(Duration::from_secs(5)).await);
+    eventually(&w, FOLLOW, "first load", |v| {
+        pod_in(v, "shop", "web-1").is_some()
+    })
+    .await;
+    let generation = w.current().generation;
+    // Three pods, written as `kubectl get ... > file` does: truncate, then chunks with pauses
+    // shorter than a poll. Each prefix that ends at an item boundary is valid YAML with fewer
+    // pods; none of them may be loaded.
+    let full = pods_yaml(&[
+        ("web-1", "web", "10.244.0.5"),
+        ("web-2", "web", "10.244.0.6"),
+        ("web-3", "web", "10.244.0.7"),
+    ]);
+    let mut f = std::fs::File::create(&pods).unwrap();
+    for chunk in full.as_bytes().chunks(full.len() / 6 + 1) {
+        f.write_all(chunk).unwrap();
+        f.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let v = w.current();
+        assert!(
+            v.generation == generation || v.inventory.pods.len() == 3,
+            "a partial file was loaded: {} pods",
+            v.inventory.pods.len()
+        );
+    }
+    drop(f);
+    eventually(&w, FOLLOW, "the complete file", |v| {
+        v.inventory.pods.len() == 3
+    })
+    .await;
+}

@@ -79,6 +79,11 @@ pub fn monotonic_now() -> Nanos {
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone())?;
+    // The soft descriptor limit (often 1024) is what a flood of connections ran out of first;
+    // the HTTP edge caps its connections at half of what this gives.
+    if let Err(e) = http::raise_fd_limit() {
+        tracing::warn!(error = %e, "raising the open-file limit");
+    }
 
     // The HTTP server starts first, so /healthz answers (and /readyz says why not) while the
     // programs load and the caches fill.

@@ -9,6 +9,8 @@
 
 pub mod cluster_policy;
 pub mod intern;
+pub mod label_rules;
+pub mod limits;
 pub mod snapshot;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};

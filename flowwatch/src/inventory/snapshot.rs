@@ -41,10 +41,11 @@ pub fn load_files<P: AsRef<Path>>(
     let mut errors = Vec::new();
     for path in paths {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text =
+            super::limits::read_to_string_bounded(path).map_err(|source| SnapshotError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         add_text(
             &mut inventory,
             &mut errors,
@@ -63,22 +64,28 @@ pub fn parse(text: &str, origin: &str) -> Result<(Inventory, Vec<ObjectError>), 
     Ok((inventory, errors))
 }
 
-/// Adds the objects of one snapshot text to `inventory`.
+/// Adds the objects of one snapshot text to `inventory`. Returns how many Kubernetes documents
+/// (objects or lists with a `kind`) the text held, used or not: zero means it was not a
+/// cluster dump at all (see `crate::k8s::snapshot_reload`).
 pub fn add_text(
     inventory: &mut Inventory,
     errors: &mut Vec<ObjectError>,
     text: &str,
     origin: &str,
-) -> Result<(), SnapshotError> {
+) -> Result<usize, SnapshotError> {
     let syntax = |message: String| SnapshotError::Syntax {
         origin: origin.to_string(),
         message,
     };
+    // Depth and number bounds, in linear time, before any parser (see `super::limits`).
+    let bounded = super::limits::bound(text).map_err(syntax)?;
+    let text: &str = &bounded;
     // Parse into a scratch inventory: a syntax error half-way must not leave half a file.
     let mut sink = Sink {
         inventory: Inventory::default(),
         errors: Vec::new(),
         origin,
+        documents: 0,
     };
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
     let parsed = if trimmed.starts_with('{') || trimmed.starts_with('[') {
@@ -88,7 +95,9 @@ pub fn add_text(
         json_documents(trimmed, &mut sink).or_else(|json_error| {
             sink.inventory = Inventory::default();
             sink.errors.clear();
-            yaml_documents(text, &mut sink).map_err(|_| json_error)
+            sink.documents = 0;
+            yaml_documents(text, &mut sink)
+                .map_err(|yaml_error| super::limits::syntax_error(trimmed, json_error, yaml_error))
         })
     } else {
         yaml_documents(text, &mut sink)
@@ -97,6 +106,7 @@ pub fn add_text(
     let Sink {
         inventory: parsed,
         errors: parse_errors,
+        documents,
         ..
     } = sink;
     inventory.namespaces.extend(parsed.namespaces);
@@ -107,7 +117,7 @@ pub fn add_text(
     inventory.network_policies.extend(parsed.network_policies);
     inventory.cluster_policies.extend(parsed.cluster_policies);
     errors.extend(parse_errors);
-    Ok(())
+    Ok(documents)
 }
 
 /// Where decoded objects go, one at a time: the items of a list are decoded one by one
@@ -117,6 +127,8 @@ struct Sink<'a> {
     inventory: Inventory,
     errors: Vec<ObjectError>,
     origin: &'a str,
+    /// Objects and lists with a `kind` seen.
+    documents: usize,
 }
 
 fn json_documents(text: &str, sink: &mut Sink) -> Result<(), String> {
@@ -189,6 +201,9 @@ impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
                 let value = map.next_value_seed(Lenient)?;
                 keep_field(&mut fields, key, value, &mut not_json);
             }
+        }
+        if fields.get("kind").is_some_and(Value::is_string) {
+            self.sink.documents += 1;
         }
         let origin = self.sink.origin.to_string();
         let item_kind = fields
@@ -450,10 +465,16 @@ impl<'de> Visitor<'de> for Lenient {
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Decoded, E> {
+        if let Some(reason) = super::limits::marker_reason(v) {
+            return Ok(Err(NotJson::new(reason.to_string())));
+        }
         Ok(Ok(Value::String(v.to_string())))
     }
 
     fn visit_string<E>(self, v: String) -> Result<Decoded, E> {
+        if let Some(reason) = super::limits::marker_reason(&v) {
+            return Ok(Err(NotJson::new(reason.to_string())));
+        }
         Ok(Ok(Value::String(v)))
     }
 
@@ -521,6 +542,9 @@ impl<'de> Visitor<'de> for Lenient {
 
 impl Sink<'_> {
     fn add_object(&mut self, item: Value, default_kind: Option<&str>, position: &str) {
+        if default_kind.is_some() || item.get("kind").is_some_and(Value::is_string) {
+            self.documents += 1;
+        }
         add_object(
             &mut self.inventory,
             &mut self.errors,
@@ -626,6 +650,17 @@ fn add_object(
         // A CNI's own kind (Calico's and Antrea's share the name NetworkPolicy): counted only.
         let cni = &mut inventory.cluster_policies;
         return super::cluster_policy::add_cni_object(cni, &kind, &api_version, &item);
+    }
+    if let Err((field, message)) = super::label_rules::check_object(&kind, map) {
+        if kind == "NetworkPolicy" {
+            inventory.network_policies.push(undecodable_policy(map));
+        }
+        errors.push(ObjectError {
+            object,
+            field: Some(field),
+            message,
+        });
+        return;
     }
     match kind.as_str() {
         "Namespace" => _ = push(&mut inventory.namespaces, item, object, errors),

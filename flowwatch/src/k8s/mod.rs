@@ -16,6 +16,7 @@
 //! watch is failing (stale) and since when.
 
 pub mod convert;
+pub mod snapshot_reload;
 pub mod source;
 pub mod store;
 

@@ -4,7 +4,9 @@
 //!
 //! Both give the same handle: a `watch` channel of [`ClusterView`]s and a [`SyncStatus`].
 //! In snapshot mode the status is synced after the first successful load; a reload that fails
-//! (a file being edited, bad YAML) is logged and the last good inventory stays in force.
+//! (a file being edited, bad YAML, an empty file, a directory with no snapshot file: see
+//! [`super::snapshot_reload`]) is counted, logged with the path and the reason, and the last
+//! good inventory stays in force.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Backing, ClusterView, ClusterWatch, Kind, SyncStatus, WatchOptions};
 use crate::inventory::Inventory;
 
-/// The loader of snapshot files (in the agent: `crate::inventory::snapshot`'s loader).
+/// The loader of snapshot files, given the configured paths (files or directories); in the
+/// agent: [`snapshot_loader`].
 pub type Loader = dyn Fn(&[PathBuf]) -> Result<Inventory, String> + Send + Sync;
 
 /// Either source, behind one type.
@@ -34,7 +37,8 @@ impl ClusterWatch {
 
     /// Loads `paths` (files, or directories whose `*.yaml`, `*.yml` and `*.json` files are
     /// read) with `load`, then checks their modification times and sizes every `poll` and
-    /// reloads when any changed, appeared or disappeared.
+    /// reloads when any changed, appeared or disappeared, once that change has settled (the
+    /// same for a poll, or older than [`super::snapshot_reload::SETTLE`]).
     pub fn snapshot_files(
         paths: Vec<PathBuf>,
         poll: Duration,
@@ -62,12 +66,11 @@ impl ClusterWatch {
     }
 }
 
-/// The agent's loader: [`crate::inventory::snapshot::load_files`]; objects it cannot use are
-/// logged (named, with their field) and skipped, the rest is loaded.
+/// The agent's loader: [`super::snapshot_reload::load`], all or nothing; objects it cannot use
+/// are logged (named, with their field) and skipped, the rest is loaded.
 pub fn snapshot_loader() -> Arc<Loader> {
     Arc::new(|paths: &[PathBuf]| {
-        let (inventory, errors) =
-            crate::inventory::snapshot::load_files(paths).map_err(|e| e.to_string())?;
+        let (inventory, errors) = super::snapshot_reload::load(paths)?;
         for e in &errors {
             tracing::warn!(error = %e, "snapshot object skipped");
         }
@@ -133,11 +136,19 @@ pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn is_snapshot_file(p: &Path) -> bool {
-    p.is_file()
-        && matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        )
+    super::snapshot_reload::is_snapshot_file(p)
+}
+
+/// Whether every file of `stamp` was last modified at least [`super::snapshot_reload::SETTLE`]
+/// ago (a writer that is not done would have touched it more recently).
+fn settled(stamp: &Stamp) -> bool {
+    let now = SystemTime::now();
+    stamp.iter().all(|(_, s)| match s {
+        Some((mtime, _)) => now
+            .duration_since(*mtime)
+            .is_ok_and(|age| age >= super::snapshot_reload::SETTLE),
+        None => true,
+    })
 }
 
 fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
@@ -155,13 +166,20 @@ async fn poll_files(
     cancel: CancellationToken,
 ) {
     let mut last: Option<Stamp> = None;
+    // A change seen at the previous poll, loaded once it is still the same at this one.
+    let mut pending: Option<Stamp> = None;
     let mut generation = 0u64;
     loop {
         let now = stamp(&paths);
-        if last.as_ref() != Some(&now) {
-            let files = expand(&paths);
+        let changed = last.as_ref() != Some(&now);
+        let settled = pending.as_ref() == Some(&now) || settled(&now);
+        if changed && !settled {
+            pending = Some(now);
+        } else if changed {
+            pending = None;
+            let configured = paths.clone();
             let loader = load.clone();
-            let result = tokio::task::spawn_blocking(move || loader(&files))
+            let result = tokio::task::spawn_blocking(move || loader(&configured))
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot loader panicked: {e}")));
             match result {
@@ -194,7 +212,7 @@ async fn poll_files(
                 }
                 Err(e) => {
                     status.reload_errors.inc();
-                    tracing::warn!(error = %e, "snapshot reload failed; keeping the last good inventory");
+                    tracing::warn!(reason = %e, "snapshot reload failed; keeping the last good inventory");
                 }
             }
             last = Some(now);

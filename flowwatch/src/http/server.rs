@@ -1,0 +1,334 @@
+//! The accept loop and the life of one client connection, bounded so that no client can take
+//! the agent's memory or file descriptors:
+//!
+//! - at most [`HttpLimits::max_connections`] are open; a new connection beyond it closes the
+//!   one that has made no progress (no byte read or written) for the longest, so held or
+//!   trickling connections cannot lock out the kubelet's probes or Prometheus;
+//! - request headers must arrive within [`HttpLimits::header_read_timeout`], which is also how
+//!   long a kept-alive connection may wait idle for its next request;
+//! - a response the client stops reading is abandoned after
+//!   [`HttpLimits::write_stall_timeout`] without progress, and its connection closed;
+//! - the per-connection read buffer is bounded ([`READ_BUFFER_BYTES`]).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::guarded_io::GuardedIo;
+
+/// hyper's read buffer per connection (its minimum is 8 KiB): a request line and headers of
+/// any real client fit; larger headers are refused (431) instead of buffered.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The bounds of the HTTP edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Most connections open at once (also capped to half the file-descriptor limit).
+    pub max_connections: usize,
+    /// Time for a request's headers to arrive, and for an idle kept-alive connection to send
+    /// its next request.
+    pub header_read_timeout: Duration,
+    /// Time a response may wait for the client to read before the connection is dropped.
+    pub write_stall_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl HttpLimits {
+    /// The connection cap under the process's file-descriptor limit: at most half of it, so the
+    /// agent keeps descriptors for its own work (eBPF links, maps, netlink, the flow log).
+    pub fn effective_max_connections(&self) -> usize {
+        let soft = nofile_limit().unwrap_or(1024);
+        let by_fds = usize::try_from(soft / 2).unwrap_or(usize::MAX).max(8);
+        self.max_connections.clamp(1, by_fds)
+    }
+}
+
+fn nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some(lim.rlim_cur)
+}
+
+/// Raises the soft file-descriptor limit to the hard one (the soft default, 1024, is what a
+/// flood of connections exhausted first). Returns the new soft limit.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to an rlimit; setrlimit only lowers or raises within the hard limit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// One open connection, as the accept loop sees it.
+pub(super) struct ConnEntry {
+    id: u64,
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last byte read or written.
+    last_progress_ms: AtomicU64,
+    evict: CancellationToken,
+}
+
+impl ConnEntry {
+    pub(super) fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_progress_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// The open connections; evicts the stalest when full.
+struct Connections {
+    epoch: Instant,
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<ConnEntry>>>,
+    /// Wakes the shutdown once the last connection is gone.
+    emptied: tokio::sync::Notify,
+}
+
+impl Connections {
+    fn new() -> Connections {
+        Connections {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+            emptied: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnEntry>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new connection, first closing the stalest ones while `max` are open.
+    /// Returns the entry and how many were evicted.
+    fn admit(&self, max: usize) -> (Arc<ConnEntry>, usize) {
+        let entry = Arc::new(ConnEntry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            epoch: self.epoch,
+            last_progress_ms: AtomicU64::new(0),
+            evict: CancellationToken::new(),
+        });
+        entry.touch();
+        let mut live = self.live();
+        let mut evicted = 0;
+        while live.len() >= max {
+            let Some(stalest) = live
+                .values()
+                .min_by_key(|e| e.last_progress_ms.load(Ordering::Relaxed))
+                .map(|e| e.id)
+            else {
+                break;
+            };
+            if let Some(e) = live.remove(&stalest) {
+                e.evict.cancel();
+                evicted += 1;
+            }
+        }
+        live.insert(entry.id, entry.clone());
+        (entry, evicted)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut live = self.live();
+        live.remove(&id);
+        if live.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live().is_empty()
+    }
+}
+
+/// Whether an `accept` error concerns only the connection being accepted (try the next one at
+/// once) rather than the process (out of descriptors or memory: back off a little).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` is cancelled; then lets the
+/// requests in flight finish (idle connections close at once) and returns.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let max_connections = limits.effective_max_connections();
+    let conns = Arc::new(Connections::new());
+    let mut accept_errors_logged = 0u32;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of descriptors (another part of the agent holds them): retry shortly
+                // rather than spin; logged a few times, not once per attempt.
+                if accept_errors_logged < 10 {
+                    accept_errors_logged += 1;
+                    tracing::warn!(error = %e, "accepting an HTTP connection");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (entry, evicted) = conns.admit(max_connections);
+        if evicted > 0 {
+            tracing::debug!(
+                evicted,
+                max_connections,
+                "HTTP connections at the limit: closed the stalest"
+            );
+        }
+        tokio::spawn(serve_connection(
+            stream,
+            router.clone(),
+            entry,
+            conns.clone(),
+            limits,
+            shutdown.clone(),
+        ));
+    }
+    // Graceful end: each connection task saw `shutdown` too; wait until they are gone
+    // (bounded: a stalled write ends within the stall timeout, an idle wait at once).
+    let drained = async {
+        while !conns.is_empty() {
+            let notified = conns.emptied.notified();
+            if conns.is_empty() {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    };
+    let bound = limits.write_stall_timeout + limits.header_read_timeout;
+    let _ = tokio::time::timeout(bound, drained).await;
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    router: Router,
+    entry: Arc<ConnEntry>,
+    conns: Arc<Connections>,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let io = TokioIo::new(GuardedIo::new(
+        stream,
+        entry.clone(),
+        limits.write_stall_timeout,
+    ));
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let router = router.clone();
+        async move {
+            let res = router.oneshot(req.map(axum::body::Body::new)).await;
+            Ok::<_, Infallible>(res.unwrap_or_else(|never| match never {}))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(READ_BUFFER_BYTES)
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        // Evicted: dropping the connection closes the socket at once.
+        _ = entry.evict.cancelled() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = entry.evict.cancelled() => {}
+            }
+        }
+    }
+    conns.remove(entry.id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_table_evicts_the_connection_idle_longest() {
+        let conns = Connections::new();
+        let (a, _) = conns.admit(2);
+        let (b, _) = conns.admit(2);
+        a.last_progress_ms.store(500, Ordering::Relaxed);
+        b.last_progress_ms.store(100, Ordering::Relaxed);
+        let (c, evicted) = conns.admit(2);
+        assert_eq!(evicted, 1);
+        assert!(b.evict.is_cancelled(), "b made no progress for longest");
+        assert!(!a.evict.is_cancelled());
+        assert!(!c.evict.is_cancelled());
+        assert_eq!(conns.live().len(), 2);
+        conns.remove(a.id);
+        conns.remove(c.id);
+        assert!(conns.is_empty());
+    }
+
+    #[test]
+    fn the_connection_cap_stays_under_the_descriptor_limit() {
+        let limits = HttpLimits {
+            max_connections: usize::MAX,
+            ..HttpLimits::default()
+        };
+        let soft = nofile_limit().unwrap();
+        assert!(limits.effective_max_connections() as u64 <= (soft / 2).max(8));
+        assert_eq!(
+            HttpLimits {
+                max_connections: 3,
+                ..HttpLimits::default()
+            }
+            .effective_max_connections(),
+            3
+        );
+    }
+}
