@@ -8,7 +8,10 @@
 //! decoding of the Kubernetes schema.
 
 pub mod intern;
+pub mod overlay;
 pub mod snapshot;
+pub mod sources;
+pub mod workloads;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -23,6 +26,9 @@ pub struct Inventory {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// Workloads (Deployment, StatefulSet, ...) as the pods that stand for them, see
+    /// [`workloads`]. Only the offline CLI uses them (it adds them to `pods`).
+    pub workloads: Vec<Pod>,
 }
 
 /// Marks a placeholder in [`Inventory::network_policies`] for a NetworkPolicy that did not

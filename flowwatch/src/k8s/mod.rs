@@ -432,6 +432,7 @@ impl Stores {
             services: self.services.map(Service::expand),
             endpoint_slices: self.endpoint_slices.map(EndpointSlice::expand),
             network_policies: self.network_policies.map(NetworkPolicy::expand),
+            workloads: Vec::new(),
         };
         let rs = self.replica_sets.map(ReplicaSet::expand);
         let jobs = self.jobs.map(Job::expand);

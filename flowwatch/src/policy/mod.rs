@@ -55,6 +55,7 @@ mod engine;
 mod explain;
 mod hash;
 mod ipblock;
+mod lookup;
 mod ports;
 mod selector;
 mod verdict;
@@ -67,6 +68,8 @@ pub use engine::PolicyEngine;
 pub use explain::{
     Explanation, PeerOutcome, PolicyExplanation, PortOutcome, RuleExplanation, SideExplanation,
 };
+pub use lookup::{PodRef, RulePort};
+pub use ports::validate_port_name;
 pub use selector::{Labels, Selector};
 pub use verdict::{FlowVerdict, RuleRef, SideReason, SideResult, SideVerdict, Verdict};
 
