@@ -235,7 +235,8 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
         }
         PolicyCommand::Coverage(args) => {
             let coverage = engine.coverage();
-            let written = write_coverage(&coverage, args.output, &mut stdout.lock());
+            let written =
+                write_coverage_by_workload(&coverage, &resolver, args.output, &mut stdout.lock());
             if written.is_ok() && args.fail_on_gaps && has_gaps(&coverage) {
                 return ExitCode::from(4);
             }
@@ -600,6 +601,34 @@ fn write_eval_table(answers: &[u8], markdown: bool, out: &mut dyn Write) -> io::
         ],
         &rows,
     )
+}
+
+/// The coverage report with replicas named by their workload (`shop/deployment/web (3
+/// pods)`): in text and Markdown the pod lists are folded; JSON keeps the pod lists and adds
+/// `workloads_without_ingress_policy` / `workloads_without_egress_policy`.
+pub fn write_coverage_by_workload(
+    c: &Coverage,
+    resolver: &Resolver,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let ingress = resolver.by_workload(&c.pods_without_ingress_policy);
+    let egress = resolver.by_workload(&c.pods_without_egress_policy);
+    if format == OutputFormat::Json {
+        let mut v = serde_json::to_value(c).map_err(io::Error::from)?;
+        if let Value::Object(m) = &mut v {
+            m.insert("workloads_without_ingress_policy".into(), json!(ingress));
+            m.insert("workloads_without_egress_policy".into(), json!(egress));
+        }
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        return writeln!(out);
+    }
+    let folded = Coverage {
+        pods_without_ingress_policy: ingress,
+        pods_without_egress_policy: egress,
+        ..c.clone()
+    };
+    write_coverage(&folded, format, out)
 }
 
 /// Writes the coverage report as text, JSON or Markdown.

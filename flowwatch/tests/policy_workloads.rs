@@ -270,3 +270,63 @@ fn an_unreadable_manifest_in_a_folder_fails_the_snapshot() {
         "{out:?}"
     );
 }
+
+#[test]
+fn coverage_names_workloads_rather_than_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = |name: &str| {
+        format!(
+            "- kind: Pod\n  metadata:\n    namespace: shop\n    name: web-5d8c7f9b4-{name}\n    \
+             labels: {{app: web, pod-template-hash: 5d8c7f9b4}}\n    ownerReferences: [{{apiVersion: apps/v1, \
+             kind: ReplicaSet, name: web-5d8c7f9b4, uid: u1, controller: true}}]\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        format!(
+            "kind: List\nitems:\n{}{}{}- kind: Pod\n  metadata: {{namespace: shop, name: debug}}\n\
+             - kind: StatefulSet\n  metadata: {{namespace: data, name: db}}\n  spec: {{template: {{metadata: {{labels: {{app: db}}}}}}}}\n",
+            replica("aaaaa"),
+            replica("bbbbb"),
+            replica("ccccc"),
+        ),
+    )
+    .unwrap();
+    let run = |format: &str| {
+        let out = flowwatch()
+            .args(["policy", "coverage", "-o", format, "--snapshot"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run("table");
+    assert!(
+        text.contains(
+            "Pods selected by no ingress policy (3):\n  data/statefulset/db\n  shop/debug\n  shop/deployment/web (3 pods)\n"
+        ),
+        "{text}"
+    );
+    let json: Value = serde_json::from_str(&run("json")).unwrap();
+    assert_eq!(
+        json["pods_without_ingress_policy"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        json["workloads_without_egress_policy"],
+        serde_json::json!([
+            "data/statefulset/db",
+            "shop/debug",
+            "shop/deployment/web (3 pods)"
+        ])
+    );
+    let md = run("md");
+    assert!(
+        md.contains("### Pods selected by no egress policy (3)\n\n- `data/statefulset/db`\n"),
+        "{md}"
+    );
+}

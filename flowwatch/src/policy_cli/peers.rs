@@ -21,6 +21,9 @@ pub struct Resolver {
     workloads: HashMap<(String, String, String), String>,
     /// (namespace, name) -> the workloads or pods of that name, as `ns/kind/name`.
     by_name: HashMap<(String, String), BTreeSet<String>>,
+    /// `namespace/pod` -> `namespace/kind/name` of the workload that runs it (pods with a
+    /// known controller only).
+    owner_of: HashMap<String, String>,
 }
 
 impl Resolver {
@@ -65,6 +68,8 @@ impl Resolver {
         owned.sort_by_key(|o| o.0);
         for (_, ns, kind, workload, pod) in owned {
             self.add(ns, kind, &workload, pod);
+            self.owner_of
+                .insert(format!("{ns}/{pod}"), format!("{ns}/{kind}/{workload}"));
         }
         self
     }
@@ -76,6 +81,29 @@ impl Resolver {
             .entry((ns.to_string(), name.to_string()))
             .or_default()
             .insert(format!("{ns}/{kind}/{name}"));
+    }
+
+    /// Pods (`namespace/pod`) by their workload, replicas folded: `ns/kind/name (N pods)`
+    /// for a workload with several listed, else the name (a stand-in's `ns/kind/name` is its
+    /// own), in order.
+    pub fn by_workload(&self, pods: &[String]) -> Vec<String> {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for pod in pods {
+            let name = self.owner_of.get(pod).map_or(pod.as_str(), String::as_str);
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name, 1)),
+            }
+        }
+        let mut out: Vec<String> = counts
+            .into_iter()
+            .map(|(name, n)| match n {
+                1 => name.to_string(),
+                n => format!("{name} ({n} pods)"),
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// The pod standing for a workload (`kind` as the CLI names it: `deployment`, `pod`, ...).
