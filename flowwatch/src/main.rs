@@ -21,9 +21,16 @@ struct Cli {
 enum Command {
     /// Run the agent: capture flows on this node, enrich them, export metrics.
     Run(Box<RunArgs>),
-    /// Offline NetworkPolicy tools over `kubectl get ... -o yaml` snapshots.
+    /// Offline NetworkPolicy tools over `kubectl get ... -o yaml` snapshots and manifests.
     #[command(subcommand)]
     Policy(flowwatch::policy_cli::PolicyCommand),
+    /// Print shell completions (`flowwatch completions bash > /etc/bash_completion.d/flowwatch`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the version, the commit it was built from and the eBPF object's SHA-256.
+    Version,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +63,29 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_agent(*args),
         Command::Policy(cmd) => flowwatch::policy_cli::run(cmd),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into a buffer first: the generator panics on a write error (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "flowwatch", &mut script);
+            match std::io::stdout().lock().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: writing output: {e}");
+                    ExitCode::from(3)
+                }
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Command::Version => {
+            println!("flowwatch {}", env!("CARGO_PKG_VERSION"));
+            println!("commit: {}", env!("FLOWWATCH_GIT_COMMIT"));
+            println!(
+                "ebpf object: sha256:{}",
+                flowwatch::datapath::object_sha256()
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 

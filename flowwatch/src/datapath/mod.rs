@@ -30,6 +30,16 @@ pub use links::{InterfacePatterns, LinkNotifications};
 /// The compiled kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowwatch"));
 
+/// The SHA-256 of the embedded kernel object, in hex: which eBPF programs this binary loads
+/// (`flowwatch version`).
+pub fn object_sha256() -> String {
+    ring::digest::digest(&ring::digest::SHA256, EBPF_OBJECT)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("insufficient privileges: {0}")]

@@ -11,7 +11,10 @@ pub mod cluster_policy;
 pub mod intern;
 pub mod label_rules;
 pub mod limits;
+pub mod overlay;
 pub mod snapshot;
+pub mod sources;
+pub mod workloads;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -28,6 +31,9 @@ pub struct Inventory {
     pub network_policies: Vec<NetworkPolicy>,
     /// ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy.
     pub cluster_policies: cluster_policy::ClusterPolicies,
+    /// Workloads (Deployment, StatefulSet, ...) as the pods that stand for them, see
+    /// [`workloads`]. Only the offline CLI uses them (it adds them to `pods`).
+    pub workloads: Vec<Pod>,
 }
 
 /// Marks a placeholder in [`Inventory::network_policies`] for a NetworkPolicy that did not

@@ -116,6 +116,7 @@ pub fn add_text(
     inventory.endpoint_slices.extend(parsed.endpoint_slices);
     inventory.network_policies.extend(parsed.network_policies);
     inventory.cluster_policies.extend(parsed.cluster_policies);
+    inventory.workloads.extend(parsed.workloads);
     errors.extend(parse_errors);
     Ok(documents)
 }
@@ -688,6 +689,12 @@ fn add_object(
                 errors,
             )
         }
+        kind if super::workloads::is_workload_kind(kind) => {
+            match super::workloads::stand_in(kind, map) {
+                Ok(pod) => inventory.workloads.push(pod),
+                Err(e) => errors.push(e),
+            }
+        }
         _ => {} // other kinds are not used
     }
 }
@@ -820,6 +827,10 @@ items:
   status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}]}
 - apiVersion: apps/v1
   kind: Deployment
+  metadata: {namespace: x, name: web}
+  spec: {template: {metadata: {labels: {app: web}}}}
+- apiVersion: v1
+  kind: ConfigMap
   metadata: {namespace: x, name: ignored}
 - apiVersion: networking.k8s.io/v1
   kind: NetworkPolicy
@@ -833,6 +844,12 @@ items:
         assert_eq!(errors, vec![]);
         assert_eq!(inv.namespaces.len(), 1);
         assert_eq!(inv.pods.len(), 1);
+        // A workload is kept apart, as the pod that stands for its replicas.
+        assert_eq!(inv.workloads.len(), 1);
+        assert_eq!(
+            inv.workloads[0].metadata.name.as_deref(),
+            Some("deployment/web")
+        );
         assert_eq!(inv.network_policies.len(), 1);
         let pod = &inv.pods[0];
         assert_eq!(pod.metadata.name.as_deref(), Some("a"));

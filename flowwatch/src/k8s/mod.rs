@@ -434,6 +434,7 @@ impl Stores {
             endpoint_slices: self.endpoint_slices.map(EndpointSlice::expand),
             network_policies: self.network_policies.map(NetworkPolicy::expand),
             cluster_policies: Default::default(),
+            workloads: Vec::new(),
         };
         let rs = self.replica_sets.map(ReplicaSet::expand);
         let jobs = self.jobs.map(Job::expand);

@@ -55,6 +55,7 @@ mod engine;
 mod explain;
 mod hash;
 mod ipblock;
+mod lookup;
 mod ports;
 mod selector;
 mod tier_index;
@@ -71,6 +72,8 @@ pub use explain::{
     ClusterPolicyExplanation, ClusterRuleExplanation, Explanation, PeerOutcome, PolicyExplanation,
     PortOutcome, RuleExplanation, SideExplanation, WalkOutcome,
 };
+pub use lookup::{PodRef, RulePort};
+pub use ports::validate_port_name;
 pub use selector::{Labels, Selector};
 pub use verdict::{
     Action, DecidedBy, FlowVerdict, PolicyKind, RuleId, RuleRef, SideReason, SideResult,

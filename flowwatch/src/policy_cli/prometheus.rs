@@ -1,0 +1,112 @@
+//! Reads the agents' edge series from Prometheus's HTTP query API (a thin edge: one HTTP/1.0
+//! GET over a TCP connection, the answer decoded by `whatif::Edges::add_prometheus_answer`).
+//! Plain `http://` only; for a TLS-fronted Prometheus, use a port-forward.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::whatif::{prometheus_edges_query, Edges};
+
+/// How long connecting and each read or write may take.
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest answer read (edge series of a large cluster fit many times over).
+const MAX_BODY: u64 = 1 << 30;
+
+/// Queries `url` (`http://host:port[/prefix]`) for the edges of the last `range` (a PromQL
+/// duration) and adds them to `edges`.
+pub fn read_edges(url: &str, range: &str, edges: &mut Edges) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!(
+            "--prometheus {url:?}: only http:// URLs are supported (use a port-forward for https)"
+        )
+    })?;
+    let (authority, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return Err(format!("--prometheus {url:?}: no host"));
+    }
+    let target = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let query = prometheus_edges_query(range);
+    let path = format!("{prefix}/api/v1/query?query={}", urlencode(&query));
+    let body = get(&target, authority, &path).map_err(|e| format!("{url}: {e}"))?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: the answer is not JSON: {e}"))?;
+    edges.add_prometheus_answer(&answer)
+}
+
+fn get(target: &str, host: &str, path: &str) -> Result<Vec<u8>, String> {
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolving {target}: no address"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connecting: {e}"))?;
+    let io = |e: std::io::Error| format!("reading the answer: {e}");
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    // HTTP/1.0: the body ends when the connection closes, never chunked.
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: flowwatch\r\n\r\n"
+    )
+    .map_err(|e| format!("sending the query: {e}"))?;
+    let mut raw = Vec::new();
+    stream.take(MAX_BODY).read_to_end(&mut raw).map_err(io)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("an answer without HTTP headers")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {:?}", head.lines().next()))?;
+    let body = raw[split + 4..].to_vec();
+    // Prometheus explains a bad query in a JSON body (400/422): let the caller read it.
+    if status != 200 && !head.to_ascii_lowercase().contains("application/json") {
+        return Err(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    Ok(body)
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_urls_are_read() {
+        let mut edges = Edges::default();
+        let e = read_edges("https://prom:9090", "1h", &mut edges).unwrap_err();
+        assert!(e.contains("only http://"), "{e}");
+        assert_eq!(urlencode("a b[7d]"), "a%20b%5B7d%5D");
+    }
+}

@@ -1,0 +1,427 @@
+//! `flowwatch policy whatif`: judges the traffic a cluster really had (the agents' flow logs,
+//! or the edge series in Prometheus) against the current policies and a proposed change, and
+//! says which edges the change would break, newly allow or newly cover.
+//!
+//! The pure parts (edges, changes) are in [`crate::whatif`]; this module reads the inputs,
+//! builds both engines and writes the report.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::{json, Map, Value};
+
+use super::table::{write_table, Format};
+use super::{prometheus, Resolver, SnapshotArgs};
+use crate::inventory::overlay::{self, ObjectRef};
+use crate::inventory::{sources, Inventory, ObjectError};
+use crate::policy::{Explanation, Peer, PolicyEngine, SideExplanation};
+use crate::whatif::{parse_duration, Change, EdgeCount, EdgeEnd, EdgeKey, Edges};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WhatifArgs {
+    /// The current state (files or folders, as for every `policy` command).
+    #[command(flatten)]
+    pub snapshot: SnapshotArgs,
+    /// The proposed objects (files or folders): each adds to, or replaces, the current object
+    /// of the same kind, namespace and name.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub proposed: Vec<PathBuf>,
+    /// Objects the change deletes: `KIND/NAMESPACE/NAME` (e.g. `NetworkPolicy/shop/web`).
+    #[arg(long, value_name = "KIND/NS/NAME", num_args = 1..)]
+    pub delete: Vec<ObjectRef>,
+    /// The agents' flow log files, as written (`-` for stdin); any number, from any nodes.
+    #[arg(
+        long,
+        value_name = "FLOWLOG",
+        num_args = 1..,
+        required_unless_present = "prometheus",
+        conflicts_with = "prometheus"
+    )]
+    pub flows: Vec<PathBuf>,
+    /// Read the edges from Prometheus instead (`http://host:port`): the agents'
+    /// `flowwatch_connections_total` series.
+    #[arg(long, value_name = "URL", requires = "since")]
+    pub prometheus: Option<String>,
+    /// How far back to read Prometheus, e.g. `7d`, `12h`.
+    #[arg(long, value_name = "DURATION", requires = "prometheus", value_parser = parse_since)]
+    pub since: Option<String>,
+    /// `table` (the default on a terminal), `json` (one object per edge, per line; the
+    /// default otherwise) or `md`.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<Format>,
+    /// Exit with status 4 when an edge has one of these changes (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "would_break")]
+    pub fail_on: Vec<Change>,
+    /// In tables, list unchanged edges too (JSON lists every edge).
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Checks a `--since` duration and gives it back as PromQL writes it (`7d`).
+fn parse_since(s: &str) -> Result<String, String> {
+    let secs = parse_duration(s)?.as_secs();
+    Ok(format!("{secs}s"))
+}
+
+/// One observed edge, judged before and after.
+#[derive(Debug)]
+pub struct Judged {
+    pub key: EdgeKey,
+    pub count: EdgeCount,
+    pub change: Change,
+    pub before: Result<Explanation, String>,
+    pub after: Result<Explanation, String>,
+}
+
+/// The current and proposed engines.
+pub struct States {
+    pub before: (PolicyEngine, Resolver),
+    pub after: (PolicyEngine, Resolver),
+}
+
+/// Builds the proposed inventory: `proposed` over `current`, less `delete`. Deleting an
+/// object that is not there is an error (a typo would otherwise change nothing silently).
+pub fn proposed_inventory(
+    current: &Inventory,
+    proposed: Inventory,
+    delete: &[ObjectRef],
+) -> Result<Inventory, String> {
+    let mut after = current.clone();
+    overlay::overlay(&mut after, proposed);
+    for object in delete {
+        if !overlay::delete(&mut after, object) {
+            return Err(format!(
+                "--delete {object}: no such object in the current or proposed state"
+            ));
+        }
+    }
+    Ok(after)
+}
+
+/// Judges every edge on both states.
+pub fn judge(states: &States, edges: &Edges) -> Vec<Judged> {
+    let mut out: Vec<Judged> = edges
+        .edges
+        .iter()
+        .map(|(key, count)| {
+            let before = explain(&states.before, key);
+            let after = explain(&states.after, key);
+            let change = match (&before, &after) {
+                (Ok(b), Ok(a)) => Change::of(b.flow.verdict, a.flow.verdict),
+                _ => Change::Unresolved,
+            };
+            Judged {
+                key: key.clone(),
+                count: *count,
+                change,
+                before,
+                after,
+            }
+        })
+        .collect();
+    // The changes first, the worst first; then by edge.
+    out.sort_by(|a, b| a.change.cmp(&b.change).then_with(|| a.key.cmp(&b.key)));
+    out
+}
+
+fn explain(
+    (engine, resolver): &(PolicyEngine, Resolver),
+    key: &EdgeKey,
+) -> Result<Explanation, String> {
+    let peer = |end: &EdgeEnd| -> Result<Peer, String> {
+        match end {
+            EdgeEnd::Address(ip) => Ok(Peer::Ip(*ip)),
+            EdgeEnd::Workload {
+                namespace,
+                kind,
+                name,
+            } => resolver
+                .workload(namespace, kind, name)
+                .ok_or_else(|| format!("no {kind} {namespace}/{name}")),
+        }
+    };
+    let src = peer(&key.src)?;
+    let dst = peer(&key.dst)?;
+    engine
+        .explain(&src, &dst, key.port, key.protocol)
+        .map_err(|e| e.to_string())
+}
+
+/// One side of a verdict: its verdict and reason, the rules that allow it, and the
+/// policies that select the pod (which isolate it when none allows).
+fn side_json(side: &SideExplanation) -> Value {
+    let rules: Vec<Value> = side
+        .policies
+        .iter()
+        .flat_map(|p| {
+            p.rules
+                .iter()
+                .filter(|r| r.allows())
+                .map(move |r| json!({"policy": &*p.policy, "rule": r.index}))
+        })
+        .collect();
+    let selected_by: Vec<&str> = side.policies.iter().map(|p| &*p.policy).collect();
+    json!({
+        "verdict": side.verdict.as_str(),
+        "reason": side.reason,
+        "rules": rules,
+        "selected_by": selected_by,
+    })
+}
+
+fn verdict_json(v: &Result<Explanation, String>) -> Value {
+    match v {
+        Ok(e) => json!({
+            "verdict": e.verdict,
+            "egress": side_json(&e.egress),
+            "ingress": side_json(&e.ingress),
+        }),
+        Err(error) => json!({"error": error}),
+    }
+}
+
+/// The JSON object of one edge.
+pub fn edge_json(j: &Judged) -> Value {
+    let mut m = Map::new();
+    m.insert("src".into(), Value::String(j.key.src.to_string()));
+    m.insert("dst".into(), Value::String(j.key.dst.to_string()));
+    m.insert("port".into(), Value::from(j.key.port));
+    m.insert("protocol".into(), Value::from(j.key.protocol.as_str()));
+    m.insert("connections".into(), Value::from(j.count.connections));
+    m.insert("established".into(), Value::from(j.count.established));
+    m.insert("change".into(), Value::from(j.change.as_str()));
+    m.insert("before".into(), verdict_json(&j.before));
+    m.insert("after".into(), verdict_json(&j.after));
+    Value::Object(m)
+}
+
+/// `allowed (egress shop/web[0]; ingress shop/api[0])`, `denied (ingress: data/default-deny,
+/// data/postgres-ingress allow nothing here)`, `uncovered`.
+fn verdict_text(v: &Result<Explanation, String>) -> String {
+    let e = match v {
+        Ok(e) => e,
+        Err(error) => return format!("error: {error}"),
+    };
+    let mut parts = Vec::new();
+    for (name, side) in [("egress", &e.egress), ("ingress", &e.ingress)] {
+        let allowing: Vec<String> = side
+            .policies
+            .iter()
+            .flat_map(|p| {
+                p.rules
+                    .iter()
+                    .filter(|r| r.allows())
+                    .map(move |r| format!("{}[{}]", p.policy, r.index))
+            })
+            .collect();
+        match side.verdict.as_str() {
+            "allowed" if !allowing.is_empty() => {
+                parts.push(format!("{name} {}", allowing.join(", ")))
+            }
+            "allowed" => parts.push(format!("{name} {}", side.reason)),
+            "denied" => {
+                let selecting: Vec<&str> = side.policies.iter().map(|p| &*p.policy).collect();
+                parts.push(format!("{name} denied by {}", selecting.join(", ")));
+            }
+            _ => {}
+        }
+    }
+    if parts.is_empty() {
+        e.verdict.to_string()
+    } else {
+        format!("{} ({})", e.verdict, parts.join("; "))
+    }
+}
+
+/// Writes the report; `format` is `Table`, `Json` or `Md`.
+pub fn write_report(
+    judged: &[Judged],
+    edges: &Edges,
+    format: Format,
+    all: bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    if format == Format::Json {
+        for j in judged {
+            serde_json::to_writer(&mut *out, &edge_json(j))?;
+            writeln!(out)?;
+        }
+        return out.flush();
+    }
+    let rows: Vec<Vec<String>> = judged
+        .iter()
+        .filter(|j| all || j.change != Change::Unchanged)
+        .map(|j| {
+            vec![
+                j.change.to_string(),
+                j.key.src.to_string(),
+                j.key.dst.to_string(),
+                format!("{}/{}", j.key.port, j.key.protocol),
+                j.count.connections.to_string(),
+                verdict_text(&j.before),
+                verdict_text(&j.after),
+            ]
+        })
+        .collect();
+    let header = [
+        "CHANGE",
+        "SOURCE",
+        "DESTINATION",
+        "PORT",
+        "CONNECTIONS",
+        "BEFORE",
+        "AFTER",
+    ];
+    if !rows.is_empty() {
+        write_table(out, format == Format::Md, &header, &rows)?;
+        writeln!(out)?;
+    }
+    let mut counts: Vec<(Change, usize)> = Vec::new();
+    for j in judged {
+        match counts.iter_mut().find(|(c, _)| *c == j.change) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((j.change, 1)),
+        }
+    }
+    let summary: Vec<String> = counts.iter().map(|(c, n)| format!("{n} {c}")).collect();
+    let skipped: u64 = edges.skipped.values().sum();
+    writeln!(
+        out,
+        "{} observed edges: {}{}",
+        judged.len(),
+        if summary.is_empty() {
+            "none".to_string()
+        } else {
+            summary.join(", ")
+        },
+        if skipped > 0 {
+            format!(" ({skipped} connections not judged, see stderr)")
+        } else {
+            String::new()
+        }
+    )?;
+    out.flush()
+}
+
+/// Reads the flow logs (`-`: stdin).
+fn read_flow_logs(paths: &[PathBuf], edges: &mut Edges) -> Result<(), String> {
+    for path in paths {
+        let name = path.display().to_string();
+        let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+            Box::new(io::stdin().lock())
+        } else {
+            let f = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+            Box::new(BufReader::with_capacity(1 << 16, f))
+        };
+        read_flow_log(reader, &name, edges).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Adds the records of one flow log.
+pub fn read_flow_log(mut reader: impl BufRead, origin: &str, edges: &mut Edges) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut line_no = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        edges.add_flow_log_line(&String::from_utf8_lossy(&buf), origin, line_no);
+    }
+}
+
+fn warn_all(errors: &[ObjectError], already: &[String], label: &str) -> Vec<String> {
+    let mut shown = Vec::new();
+    for e in errors {
+        let text = e.to_string();
+        if !already.contains(&text) && !shown.contains(&text) {
+            eprintln!("warning: {label}skipped {text}");
+            shown.push(text);
+        }
+    }
+    shown
+}
+
+/// Runs `policy whatif`.
+pub fn run(args: WhatifArgs) -> ExitCode {
+    if args.proposed.is_empty() && args.delete.is_empty() {
+        eprintln!("error: nothing proposed: give --proposed PATH and/or --delete KIND/NS/NAME");
+        return ExitCode::from(1);
+    }
+    let ipblock = args.snapshot.options();
+    let (current, current_errors) = match sources::load(&args.snapshot.snapshots) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: cannot read snapshot: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (proposed, proposed_errors) = match sources::load(&args.proposed) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: cannot read proposed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let after = match proposed_inventory(&current, proposed, &args.delete) {
+        Ok(after) => after,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Each problem once: the proposed state shares most objects with the current one.
+    let (engine, resolver, build_errors) = super::build(&current, ipblock);
+    let mut shown = warn_all(&current_errors, &[], "");
+    shown.extend(warn_all(&build_errors, &shown, ""));
+    let before = (engine, resolver);
+    let (engine, resolver, build_errors) = super::build(&after, ipblock);
+    shown.extend(warn_all(&proposed_errors, &shown, "proposed: "));
+    warn_all(&build_errors, &shown, "proposed: ");
+    let states = States {
+        before,
+        after: (engine, resolver),
+    };
+
+    let mut edges = Edges::default();
+    let read = match (&args.prometheus, &args.since) {
+        (Some(url), Some(since)) => prometheus::read_edges(url, since, &mut edges),
+        _ => read_flow_logs(&args.flows, &mut edges),
+    };
+    if let Err(e) = read {
+        eprintln!("error: cannot read the observed traffic: {e}");
+        return ExitCode::from(1);
+    }
+    for line in &edges.bad_lines {
+        eprintln!("warning: not a flow record: {line}");
+    }
+    if edges.bad_line_count > edges.bad_lines.len() as u64 {
+        eprintln!(
+            "warning: {} more lines were not flow records",
+            edges.bad_line_count - edges.bad_lines.len() as u64
+        );
+    }
+    for (why, n) in &edges.skipped {
+        eprintln!("note: {n} connections not judged: {}", why.as_str());
+    }
+
+    let judged = judge(&states, &edges);
+    let format = Format::or_default(args.output, Format::Json);
+    let written = write_report(&judged, &edges, format, args.all, &mut io::stdout().lock());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            eprintln!("error: writing output: {e}");
+            return ExitCode::from(3);
+        }
+    }
+    if judged.iter().any(|j| args.fail_on.contains(&j.change)) {
+        ExitCode::from(4)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
