@@ -721,7 +721,7 @@ pub fn write_coverage(c: &Coverage, format: OutputFormat, out: &mut dyn Write) -
     part(
         out,
         "Invalid policies (skipped)",
-        c.skipped_policies.iter().cloned().collect(),
+        c.skipped_policies.to_vec(),
     )?;
     if !c.cni_policies.is_empty() {
         part(
@@ -780,15 +780,12 @@ pub fn write_coverage(c: &Coverage, format: OutputFormat, out: &mut dyn Write) -
     part(
         out,
         "Cluster policies that select no pod",
-        c.cluster_policies_selecting_no_pod
-            .iter()
-            .cloned()
-            .collect(),
+        c.cluster_policies_selecting_no_pod.to_vec(),
     )?;
     part(
         out,
         "Invalid cluster policies (skipped)",
-        c.skipped_cluster_policies.iter().cloned().collect(),
+        c.skipped_cluster_policies.to_vec(),
     )
 }
 

@@ -261,7 +261,9 @@ fn pod_sets(
     count: u32,
 ) -> Vec<Arc<BitSet>> {
     let by_ns = by_namespace(cluster, identities);
-    let mut sets = vec![Arc::new(BitSet::default()); count as usize];
+    // Every peer without pods of its own shares one empty set until it gets its own.
+    let empty = Arc::new(BitSet::default());
+    let mut sets = vec![empty; count as usize];
     let mut computed: HashMap<(&Selector, &Selector), Arc<BitSet>> = HashMap::new();
     let peers = policies
         .iter()
