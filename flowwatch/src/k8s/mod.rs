@@ -10,11 +10,13 @@
 //! channel; the first view is published once every kind has listed.
 //!
 //! Failures: a watch that fails (API server gone, 410 Gone, ...) is restarted with a relist
-//! after a capped exponential backoff; until the relist completes the store keeps the last
+//! after a capped exponential backoff with jitter ([`backoff`], so agents that lost the API
+//! server together do not come back in lockstep); until the relist completes the store keeps the last
 //! known state (the reflector swaps the new list in atomically at its end), and a failed kind
 //! stays failing until then. [`SyncStatus`] says whether everything has synced, whether any
 //! watch is failing (stale) and since when.
 
+pub mod backoff;
 pub mod convert;
 pub mod source;
 pub mod store;
@@ -117,7 +119,8 @@ pub struct WatchOptions {
     pub watch_timeout_secs: Option<u32>,
     /// Page size of the initial lists.
     pub page_size: u32,
-    /// First and largest pause before a failed watch is restarted.
+    /// Base of the first and of the largest pause before a failed watch is restarted; each
+    /// pause is jittered up to twice its base ([`backoff::Backoff`]).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -674,7 +677,11 @@ async fn run_kind<K>(
     if let Some(t) = opts.watch_timeout_secs {
         cfg = cfg.timeout(t);
     }
-    let mut backoff = opts.min_backoff;
+    let mut backoff = backoff::Backoff::new(
+        opts.min_backoff,
+        opts.max_backoff,
+        backoff::Backoff::seed(kind as u64),
+    );
     // A 410 Gone was met since the last complete list (see `Failure::Expired`).
     let mut expired_since_listed = false;
     let mut lists = 0u64;
@@ -715,7 +722,7 @@ async fn run_kind<K>(
             // (`Init` is emitted before the list request: it proves no contact.) Whether the
             // kind is current again is decided once the cache has the event (`apply_change`).
             if !matches!(event, Event::Init) {
-                backoff = opts.min_backoff;
+                backoff.reset();
             }
             let keyed = |k: K| (store::key_of(k.metadata()), cache.compact(k));
             let change = match event {
@@ -759,9 +766,8 @@ async fn run_kind<K>(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_pause()) => {}
         }
-        backoff = (backoff * 2).min(opts.max_backoff);
     }
 }
 
