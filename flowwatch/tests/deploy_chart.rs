@@ -297,13 +297,16 @@ fn prometheus_operator_objects_and_the_dashboard_embed_the_shipped_files() {
         )
         .unwrap(),
     );
-    let rules: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("files/rules.yaml")).unwrap())
-            .unwrap();
+    // The PrometheusRule holds the groups of the plain rule file (both rendered from the same
+    // values; deploy_rules.rs checks the file against the chart).
+    let rules: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/prometheus/flowwatch-rules.yaml")).unwrap(),
+    )
+    .unwrap();
     let pr = find(&objs, "PrometheusRule");
     assert_eq!(
         pr["spec"]["groups"], rules["groups"],
-        "PrometheusRule differs from files/rules.yaml"
+        "PrometheusRule differs from deploy/prometheus/flowwatch-rules.yaml"
     );
     let sm = find(&objs, "ServiceMonitor");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");

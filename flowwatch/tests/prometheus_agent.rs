@@ -456,6 +456,24 @@ fn prometheus_scrapes_the_confined_agent_during_real_traffic() {
         !series.contains(&format!("10.{a}.{b}.")),
         "a pod IP leaked into a label: {series}"
     );
-    // The drift alert of the shipped rules is active for the real drift.
-    prom.wait_for("ALERTS{alertname=\"FlowwatchEnforcementDrift\",src_workload=\"web\",dst_workload=\"postgres\"}", Duration::from_secs(20), |r| !r.is_empty());
+    // The drift alert of the shipped rules is active for the real drift, one alert for the
+    // namespace pair, with the edge in its per-edge recording rule.
+    prom.wait_for(
+        "ALERTS{alertname=\"FlowwatchEnforcementDrift\",src_namespace=\"shop\",dst_namespace=\"data\"}",
+        Duration::from_secs(20),
+        |r| !r.is_empty(),
+    );
+    let r = prom
+        .query("flowwatch:edge_enforcement_drift_connections:alerting{src_namespace=\"shop\",dst_namespace=\"data\"}")
+        .unwrap();
+    assert_eq!(
+        r.iter()
+            .map(|s| (
+                s.label("src_workload"),
+                s.label("dst_workload"),
+                s.label("dst_port")
+            ))
+            .collect::<Vec<_>>(),
+        vec![("web", "postgres", "5432")]
+    );
 }

@@ -4,8 +4,12 @@
 //! Two agents ("node-a" with traffic, "node-b" unhealthy with a tiny series budget) and one dead
 //! target are scraped every second: node-a twice, once negotiating OpenMetrics and once forced to
 //! the Prometheus text format. The assertions go through Prometheus's HTTP API: the series and
-//! their labels and values, every PromQL expression of the dashboard and the alert rules (parses
-//! and returns data), the alerts that must be active, and `promtool check metrics`.
+//! their labels and values, every PromQL expression of the dashboard and of the chart's rules
+//! (parses and returns data), the alerts that must be active, and `promtool check metrics`.
+//!
+//! The rules are the chart's, rendered by helm with its default values except two lookbacks the
+//! test cannot wait for ([`SHORT_LOOKBACKS`]): with the defaults the new-edge and spike rules
+//! wait a day and an hour after being loaded before they can fire.
 
 mod support;
 
@@ -193,10 +197,13 @@ fn phase2(a: &Metrics, b: &Metrics, s: &Scenario) {
 /// The alert that fires when no agent is scraped at all: quiet in this scenario.
 const ABSENT_ALERT: &str = "FlowwatchAgentAbsent";
 
-/// Every `expr` of the rule file.
-fn rule_exprs() -> Vec<(String, String)> {
-    let path = repo().join("deploy/prometheus/flowwatch-rules.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
+/// The chart's values changed for this test: the new-edge rule's lookback and the spike rule's
+/// baseline, each also how long the rules must have been loaded before they fire.
+const SHORT_LOOKBACKS: &str = "prometheusRule.alerts.newEdge.lookback=5s,prometheusRule.alerts.newEdge.window=1m,prometheusRule.alerts.blockedAttemptsSpike.baselineWindow=5s";
+
+/// Every `expr` of a rule file.
+fn rule_exprs(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let mut out = Vec::new();
     for group in doc["groups"].as_sequence().expect("groups") {
@@ -321,13 +328,26 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         prometheus::promtool_check_metrics(name, addr);
     }
 
-    let rules = repo().join("deploy/prometheus/flowwatch-rules.yaml");
+    let helm = match support::helm::helm() {
+        Ok(h) => h,
+        Err(e) => {
+            require("prometheus exporter test (the chart's rules)", Err(e));
+            return;
+        }
+    };
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("flowwatch-rules.yaml");
+    std::fs::write(
+        &rules,
+        support::helm::rules(&helm, &["--set", SHORT_LOOKBACKS]).unwrap(),
+    )
+    .unwrap();
     let prom = Prometheus::start(
         &[
             Job::new("flowwatch", &[&node_a.addr, &node_b.addr, &dead]),
             Job::new("flowwatch-text", &[&node_a.addr]).param("format", "prometheus"),
         ],
-        &[rules],
+        std::slice::from_ref(&rules),
     );
     let a = node_a.addr.as_str();
     // Three scrapes of phase 1 before phase 2, so rate() and increase() see the change.
@@ -534,9 +554,23 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     // Every PromQL expression of the dashboard and the rules parses and returns data. A stat
     // panel's `or vector(0)` fallback returns data whatever the metrics say, so each query is
     // also run without its fallbacks: what the panel shows must come from the metrics.
+    // The recording rules lag the scrapes by up to an evaluation interval: wait until the rule
+    // group has been evaluated after the last scrape of every target, and (the new-edge and
+    // spike rules fire only then) for as long as their shortened lookbacks.
+    let scraped = prom.query("max(timestamp(up))").unwrap()[0].value;
+    prom.wait_for(
+        "timestamp(flowwatch:rules_loaded)",
+        Duration::from_secs(30),
+        |r| r.first().is_some_and(|s| s.value > scraped),
+    );
+    prom.wait_for(
+        "present_over_time(flowwatch:rules_loaded[5m] offset 5s)",
+        Duration::from_secs(30),
+        |r| !r.is_empty(),
+    );
     let mut failures = Vec::new();
     let mut fallbacks = 0;
-    let (absent, present): (Vec<_>, Vec<_>) = rule_exprs()
+    let (absent, present): (Vec<_>, Vec<_>) = rule_exprs(&rules)
         .into_iter()
         .partition(|(name, _)| name == ABSENT_ALERT);
     // The alert for no agent at all has data only when no flowwatch job has targets: none
@@ -552,7 +586,12 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     );
     assert_eq!(prom.query(&no_job).map(|r| r.len()), Ok(1), "{no_job}");
     for (what, expr) in dashboard_exprs().into_iter().chain(present) {
-        let bare = without_vector_fallback(&expr);
+        // `flowwatch:rules_loaded` is `vector(1)` by design (no fallback to strip).
+        let bare = if expr.trim() == "vector(1)" {
+            expr.clone()
+        } else {
+            without_vector_fallback(&expr)
+        };
         if bare != expr {
             fallbacks += 1;
         }
@@ -594,13 +633,20 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let rules = prom.rules();
-        let all: Vec<&serde_json::Value> = rules["data"]["groups"]
+        let (all, records): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = rules["data"]
+            ["groups"]
             .as_array()
             .unwrap()
             .iter()
             .flat_map(|g| g["rules"].as_array().unwrap().iter())
-            .collect();
+            .partition(|r| r["type"] == "alerting");
         assert_eq!(all.len(), want.len() + quiet.len(), "rules loaded: {all:?}");
+        assert!(records.len() >= 8, "recording rules loaded: {records:?}");
+        let broken: Vec<_> = records
+            .iter()
+            .filter(|r| r["health"] != "ok" && r["health"] != "unknown")
+            .collect();
+        assert!(broken.is_empty(), "{broken:?}");
         let unhealthy: Vec<_> = all
             .iter()
             .filter(|r| r["health"] != "ok" && r["health"] != "unknown")
