@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use flowwatch::http::{self, HttpState, Readiness};
 use flowwatch::metrics::{
-    Endpoint, FlowEdge, KernelMap, Metrics, MetricsConfig, Verdict, WatchedResource, WorkloadKind,
+    Endpoint, FlowEdge, KernelMap, LossReason, Metrics, MetricsConfig, Verdict, WatchedResource,
+    WorkloadKind,
 };
 use flowwatch::model::{Counters, Outcome, Protocol};
 use support::privileged::{command, require};
@@ -161,7 +162,7 @@ fn phase1(a: &Metrics, b: &Metrics, s: &Scenario) {
     b.set_map_fill(KernelMap::Flows, 0.95);
     b.set_watch_staleness(WatchedResource::NetworkPolicies, Duration::from_secs(600));
     b.set_invalid_policies(2);
-    b.add_events_lost(0);
+    b.add_events_lost(LossReason::RingbufFull, 0);
 }
 
 fn phase2(a: &Metrics, b: &Metrics, s: &Scenario) {
@@ -191,7 +192,7 @@ fn phase2(a: &Metrics, b: &Metrics, s: &Scenario) {
     connections(b, &s.frontend_ledger, Outcome::Established, 1, now);
     connections(b, &s.cart_redis, Outcome::Established, 1, now);
     connections(b, &s.monitoring_cart, Outcome::Established, 1, now);
-    b.add_events_lost(50);
+    b.add_events_lost(LossReason::RingbufFull, 50);
 }
 
 /// The alert that fires when no agent is scraped at all: quiet in this scenario.
@@ -500,10 +501,13 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
             "flowwatch_watch_staleness_seconds{{instance=\"{b}\"}}"
         ))
         .unwrap();
-    assert_eq!(
-        (r[0].label("resource"), r[0].value),
-        ("networkpolicies", 600.0)
-    );
+    assert_eq!((r[0].label("kind"), r[0].value), ("NetworkPolicy", 600.0));
+    let r = prom
+        .query(&format!(
+            "flowwatch_kernel_events_lost_total{{instance=\"{b}\",reason=\"ringbuf_full\"}}"
+        ))
+        .unwrap();
+    assert_eq!(r[0].value, 50.0);
 
     // Labels name workloads: no IPs, pods or ports other than the destination port.
     let (_, body) = prom
@@ -539,9 +543,12 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         "direction",
         "family",
         "map",
-        "resource",
+        "kind",
+        "reason",
         "le",
         "version",
+        "commit",
+        "ebpf_object_sha256",
     ]
     .into_iter()
     .collect();

@@ -22,7 +22,7 @@ use crate::enrich::EnrichOptions;
 use crate::flowlog::{FlowRecord, WallClock};
 use crate::http::{self, HttpState, Readiness};
 use crate::k8s::{self, ClusterWatch};
-use crate::metrics::{KernelMap, Metrics, MetricsConfig};
+use crate::metrics::{KernelMap, LossReason, Metrics, MetricsConfig};
 use crate::model::Nanos;
 use crate::policy::PolicyOptions;
 use crate::source::FlowSource;
@@ -86,6 +86,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         max_series_per_family: args.series_budget,
         max_series_per_namespace: args.series_budget_per_namespace,
         series_ttl: Duration::from_secs(args.series_ttl_secs),
+        build: crate::metrics::BuildInfo {
+            ebpf_object_sha256: datapath::ebpf_object_sha256(),
+            ..Default::default()
+        },
     })?;
     let inventory = k8s::source::from_settings(args.snapshots.clone(), args.kube, cancel.clone())
         .await
@@ -301,7 +305,8 @@ async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) ->
 /// The agent's own health, pushed to the metrics and to /readyz on every poll.
 #[derive(Default)]
 struct Health {
-    lost_reported: u64,
+    /// What was already added to the loss counter, per reason (`LossReason::ALL` order).
+    lost_reported: [u64; 3],
     unattributed_reported: u64,
 }
 
@@ -319,16 +324,24 @@ impl Health {
             // Lost in the kernel (ring buffer or flow map full) or refused by the agent's own
             // bound on flows in flight: all of it is traffic nobody will see.
             let dropped = pipeline.aggregator().dropped_flows;
-            let lost = losses.ringbuf_full + losses.flows_map_full + dropped;
-            if lost > self.lost_reported {
+            let totals = [losses.ringbuf_full, losses.flows_map_full, dropped];
+            if totals.iter().zip(&self.lost_reported).any(|(t, r)| t > r) {
                 tracing::warn!(
                     ringbuf_full = losses.ringbuf_full,
                     flows_map_full = losses.flows_map_full,
                     flows_dropped_by_agent = dropped,
                     "flow events lost"
                 );
-                metrics.add_events_lost(lost - self.lost_reported);
-                self.lost_reported = lost;
+            }
+            for ((reason, total), reported) in LossReason::ALL
+                .iter()
+                .zip(totals)
+                .zip(self.lost_reported.iter_mut())
+            {
+                if total > *reported {
+                    metrics.add_events_lost(*reason, total - *reported);
+                    *reported = total;
+                }
             }
             if losses.unattributed_packets > self.unattributed_reported {
                 metrics.add_packets_unattributed(

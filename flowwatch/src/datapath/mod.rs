@@ -30,6 +30,16 @@ pub use links::{InterfacePatterns, LinkNotifications};
 /// The compiled kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowwatch"));
 
+/// SHA-256 (lower-case hex) of the embedded eBPF object, for `flowwatch_build_info`: which
+/// kernel programs a node runs, whatever the version string says.
+pub fn ebpf_object_sha256() -> String {
+    ring::digest::digest(&ring::digest::SHA256, EBPF_OBJECT)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("insufficient privileges: {0}")]
@@ -513,6 +523,17 @@ fn decode_event(bytes: &[u8]) -> Result<Observation, KernelDataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ebpf_object_hash_is_the_sha256_of_the_embedded_object() {
+        let hash = ebpf_object_sha256();
+        assert_eq!(hash.len(), 64);
+        assert!(hash
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(hash, ebpf_object_sha256());
+        assert!(!EBPF_OBJECT.is_empty());
+    }
 
     #[test]
     fn short_records_are_errors() {

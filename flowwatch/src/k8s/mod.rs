@@ -89,7 +89,8 @@ impl Kind {
     ];
 }
 
-/// The `resource` label of `flowwatch_watch_staleness_seconds` for each watched kind.
+/// The `kind` label of `flowwatch_watch_staleness_seconds` for each watched kind (the same
+/// value as the `kind` label of the `flowwatch_kube_*` families).
 impl From<Kind> for WatchedResource {
     fn from(kind: Kind) -> WatchedResource {
         match kind {
@@ -248,7 +249,7 @@ impl SyncStatus {
     }
 
     /// Every watched kind with its own staleness (zero while its watch is current): the values
-    /// of `flowwatch_watch_staleness_seconds{resource}` (`WatchedResource::from(kind)`).
+    /// of `flowwatch_watch_staleness_seconds{kind}` (`WatchedResource::from(kind)`).
     pub fn staleness(&self) -> [(Kind, Duration); 8] {
         Kind::ALL.map(|k| (k, self.stale_for_kind(k).unwrap_or_default()))
     }
@@ -317,9 +318,10 @@ impl SyncStatus {
             "1 while a watch of the API server is failing and the agent runs on the last known state",
             self.stale_gauge.clone(),
         );
-        registry.register(
-            "kube_last_sync_timestamp_seconds",
+        registry.register_with_unit(
+            "kube_last_sync_timestamp",
             "Unix time of the last successful watch event or list",
+            prometheus_client::registry::Unit::Seconds,
             self.last_ok_ts.clone(),
         );
         registry.register(
@@ -1007,12 +1009,28 @@ mod status_tests {
     }
 
     #[test]
-    fn every_kind_maps_to_its_own_resource_label() {
+    fn every_kind_has_the_same_kind_label_value_in_every_family() {
         let labels: std::collections::BTreeSet<&str> = Kind::ALL
             .iter()
             .map(|k| WatchedResource::from(*k).as_str())
             .collect();
         assert_eq!(labels.len(), Kind::ALL.len());
         assert_eq!(labels.len(), WatchedResource::ALL.len());
+        // The kube_* families' `kind` value of each kind is the staleness family's.
+        let status = SyncStatus::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        status.register(&mut registry);
+        for kind in Kind::ALL {
+            status.objects.get_or_create(&KindLabels { kind }).set(1);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for kind in Kind::ALL {
+            let want = format!(
+                "kube_objects{{kind=\"{}\"}} 1",
+                WatchedResource::from(kind).as_str()
+            );
+            assert!(text.contains(&want), "{want} not in\n{text}");
+        }
     }
 }
