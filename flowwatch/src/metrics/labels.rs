@@ -242,6 +242,19 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why flow-log records were dropped (the `reason` label of
+    /// `flowwatch_flow_log_records_dropped_total`).
+    FlowLogDropReason {
+        /// The disk (or quota) is full.
+        NoSpace => "no_space",
+        /// Another write error.
+        IoError => "io_error",
+        /// The log file could not be (re)opened or rotated (its directory is gone, permissions).
+        OpenFailed => "open_failed",
+    }
+}
+
+label_enum! {
     /// The edge families the series budget governs (the `family` label of the budget metrics).
     FamilyName {
         Connections => "connections",
@@ -469,6 +482,12 @@ pub struct ResourceLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct LossLabels {
     pub reason: LossReason,
+}
+
+/// `{reason}` of the flow log
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FlowLogDropLabels {
+    pub reason: FlowLogDropReason,
 }
 
 /// `{version, commit, ebpf_object_sha256}`

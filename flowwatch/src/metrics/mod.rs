@@ -73,14 +73,14 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use exposition::{encode_openmetrics, encode_prometheus_text};
 pub use labels::{
-    Direction, Endpoint, FamilyName, FlowEdge, KernelMap, LossReason, Name, OutcomeLabel, Port,
-    ProtocolLabel, Scope, Verdict, WatchedResource, WorkloadKind,
+    Direction, Endpoint, FamilyName, FlowEdge, FlowLogDropReason, KernelMap, LossReason, Name,
+    OutcomeLabel, Port, ProtocolLabel, Scope, Verdict, WatchedResource, WorkloadKind,
 };
 
 use budget::{Admission, BudgetedFamily};
 use labels::{
-    BlockedLabels, BuildLabels, ConnectionLabels, DriftLabels, FamilyLabels, LossLabels, MapLabels,
-    ResourceLabels, TrafficLabels, UncoveredLabels,
+    BlockedLabels, BuildLabels, ConnectionLabels, DriftLabels, FamilyLabels, FlowLogDropLabels,
+    LossLabels, MapLabels, ResourceLabels, TrafficLabels, UncoveredLabels,
 };
 
 use crate::model::{Counters, Nanos, Outcome};
@@ -293,6 +293,10 @@ pub struct Health {
     evaluation: Histogram,
     scrape: Histogram,
     build: BuildInfo,
+    flow_log_records: Counter,
+    flow_log_dropped: Family<FlowLogDropLabels, Counter>,
+    flow_log_rotations: Counter,
+    flow_log_reopens: Counter,
 }
 
 impl Health {
@@ -312,6 +316,10 @@ impl Health {
             // 1 ms .. about 4 s
             scrape: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
             build,
+            flow_log_records: Counter::default(),
+            flow_log_dropped: Family::default(),
+            flow_log_rotations: Counter::default(),
+            flow_log_reopens: Counter::default(),
         }
     }
 
@@ -389,6 +397,33 @@ impl Health {
                 ebpf_object_sha256: self.build.ebpf_object_sha256.clone(),
             }),
         );
+        registry.register(
+            "flow_log_records",
+            "Records written to the flow log",
+            self.flow_log_records.clone(),
+        );
+        registry.register(
+            "flow_log_records_dropped",
+            "Flow-log records that could not be written, by reason (no_space, io_error, \
+             open_failed); the agent goes on",
+            self.flow_log_dropped.clone(),
+        );
+        registry.register(
+            "flow_log_rotations",
+            "Size-based rotations of the flow log file",
+            self.flow_log_rotations.clone(),
+        );
+        registry.register(
+            "flow_log_reopens",
+            "Times the flow log file was reopened because something else renamed or removed it \
+             (logrotate)",
+            self.flow_log_reopens.clone(),
+        );
+        for reason in FlowLogDropReason::ALL {
+            let _ = self
+                .flow_log_dropped
+                .get_or_create(&FlowLogDropLabels { reason: *reason });
+        }
         for reason in LossReason::ALL {
             // Present from the start, so `increase()` sees the first loss.
             let _ = self
@@ -626,6 +661,29 @@ impl Metrics {
                 .events_lost
                 .get_or_create(&LossLabels { reason })
                 .inc_by(n);
+        }
+    }
+
+    /// Counts one batch of the flow log: records written and dropped (with why), rotations,
+    /// and whether the file was reopened.
+    pub fn record_flow_log(
+        &self,
+        written: u64,
+        dropped: u64,
+        reason: Option<FlowLogDropReason>,
+        rotations: u64,
+        reopened: bool,
+    ) {
+        let h = &self.inner.health;
+        h.flow_log_records.inc_by(written);
+        if let (true, Some(reason)) = (dropped > 0, reason) {
+            h.flow_log_dropped
+                .get_or_create(&FlowLogDropLabels { reason })
+                .inc_by(dropped);
+        }
+        h.flow_log_rotations.inc_by(rotations);
+        if reopened {
+            h.flow_log_reopens.inc();
         }
     }
 
