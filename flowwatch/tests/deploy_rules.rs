@@ -342,55 +342,247 @@ fn no_rule_reads_an_hour_or_more_of_raw_series() {
     );
 }
 
-#[test]
-fn the_dashboard_is_well_formed() {
-    let path = repo().join("deploy/grafana/flowwatch-dashboard.json");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(
-        text,
-        std::fs::read_to_string(repo().join("deploy/helm/flowwatch/files/dashboard.json")).unwrap(),
-        "deploy/grafana drifted from the chart's files/dashboard.json: run `cargo xtask render-manifests`"
-    );
-    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(d["uid"], "flowwatch-overview");
-    let panels = d["panels"].as_array().unwrap();
-    let mut ids = BTreeSet::new();
-    let mut kinds = BTreeSet::new();
-    for p in panels {
-        assert!(
-            ids.insert(p["id"].as_u64().unwrap()),
-            "duplicate panel id in {p}"
-        );
-        kinds.insert(p["type"].as_str().unwrap().to_string());
-        let g = &p["gridPos"];
-        assert!(
-            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
-            "panel wider than the grid: {}",
-            p["title"]
-        );
-        if p["type"] != "row" {
-            assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
-            let targets = p["targets"].as_array().unwrap();
-            assert!(!targets.is_empty(), "{}", p["title"]);
-            for t in targets {
-                assert!(t["expr"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("flowwatch_") || e.contains("up{")));
-            }
+/// The dashboards: (file name under deploy/grafana, uid).
+const DASHBOARDS: [(&str, &str); 2] = [
+    ("flowwatch-dashboard.json", "flowwatch-overview"),
+    ("flowwatch-workload-dashboard.json", "flowwatch-workload"),
+];
+
+/// Grafana unit ids the dashboards may use (a typo or a wrong unit such as `reqps` for a
+/// connection rate fails here).
+const KNOWN_UNITS: [&str; 8] = [
+    "short",
+    "percentunit",
+    "cps",
+    "Bps",
+    "bytes",
+    "pps",
+    "s",
+    "none",
+];
+
+/// Every `$name`, `${name}` and `${name:format}` in `text`, less Grafana's built-ins.
+fn variables_in(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        rest = &rest[i + 1..];
+        let braced = rest.starts_with('{');
+        let body = if braced { &rest[1..] } else { rest };
+        let name: String = body
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() && !name.starts_with("__") && name.parse::<u32>().is_err() {
+            out.insert(name);
         }
     }
-    for kind in ["stat", "table", "timeseries", "nodeGraph"] {
-        assert!(kinds.contains(kind), "no {kind} panel");
-    }
-    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
-    for want in [
-        "Connections governed by a policy",
-        "Top uncovered edges",
-        "Enforcement drift edges",
-        "Blocked attempts",
-        "Workload edges by verdict",
-        "Kernel events lost",
-    ] {
-        assert!(titles.contains(&want), "missing panel {want}");
+    out
+}
+
+#[test]
+fn the_variable_scanner_finds_every_form_and_skips_builtins() {
+    let got = variables_in(
+        "x{a=~\"$cluster\"}[$__rate_interval] ${workload} ${node:queryparam} \"$1\" ${__data.fields.x}",
+    );
+    let want: BTreeSet<String> = ["cluster", "node", "workload"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn the_dashboards_are_well_formed_linked_and_lint_clean() {
+    let runbooks = std::fs::read_to_string(repo().join("docs/runbooks.md")).unwrap();
+    let uids: BTreeSet<&str> = DASHBOARDS.iter().map(|(_, u)| *u).collect();
+    for (file, uid) in DASHBOARDS {
+        let path = repo().join("deploy/grafana").join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let chart_copy = file.trim_start_matches("flowwatch-");
+        assert_eq!(
+            text,
+            std::fs::read_to_string(repo().join("deploy/helm/flowwatch/files").join(chart_copy))
+                .unwrap(),
+            "deploy/grafana/{file} drifted from the chart's files/{chart_copy}: run `cargo xtask render-manifests`"
+        );
+        let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(d["uid"], uid);
+        // Variables: each defined once; each used by a panel, a link or another variable;
+        // nothing uses an undefined one.
+        let vars: Vec<&serde_json::Value> =
+            d["templating"]["list"].as_array().unwrap().iter().collect();
+        let defined: BTreeSet<String> = vars
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            defined.len(),
+            vars.len(),
+            "{file}: a variable defined twice"
+        );
+        for want in ["datasource", "cluster", "node"] {
+            assert!(defined.contains(want), "{file}: no {want} variable");
+        }
+        let panels = d["panels"].as_array().unwrap();
+        let mut used = BTreeSet::new();
+        let mut referenced = BTreeSet::new();
+        for v in &vars {
+            let deps = variables_in(v["definition"].as_str().unwrap_or(""));
+            used.extend(deps.iter().cloned());
+            referenced.extend(deps);
+        }
+        let mut ids = BTreeSet::new();
+        let mut kinds = BTreeSet::new();
+        let mut runbook_links = 0;
+        for p in panels {
+            let title = p["title"].as_str().unwrap();
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{file}: duplicate panel id {title}"
+            );
+            kinds.insert(p["type"].as_str().unwrap().to_string());
+            let g = &p["gridPos"];
+            assert!(
+                g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
+                "{file}: {title} wider than the grid"
+            );
+            if p["type"] == "row" {
+                continue;
+            }
+            assert!(
+                p["description"].as_str().is_some_and(|s| !s.is_empty()),
+                "{file}: {title} has no description"
+            );
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{file}: {title}");
+            used.insert("datasource".to_string());
+            let unit = p["fieldConfig"]["defaults"]["unit"].as_str();
+            assert!(
+                unit.is_some_and(|u| KNOWN_UNITS.contains(&u)),
+                "{file}: {title} has unit {unit:?}, not one of {KNOWN_UNITS:?}"
+            );
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{file}: {title}");
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap();
+                assert!(
+                    expr.contains("flowwatch_") || expr.contains("up{"),
+                    "{file}: {title}: {expr}"
+                );
+                // Every selector is scoped by the cluster and node variables.
+                for v in ["$cluster", "$node"] {
+                    assert!(expr.contains(v), "{file}: {title} ignores {v}: {expr}");
+                }
+                let vs = variables_in(expr);
+                used.extend(vs.iter().cloned());
+                referenced.extend(vs);
+            }
+            // A rate of connections is not a request rate.
+            if title.contains("onnection") && unit != Some("percentunit") && unit != Some("short") {
+                assert_eq!(unit, Some("cps"), "{file}: {title}");
+            }
+            for link in p["links"].as_array().into_iter().flatten() {
+                let url = link["url"].as_str().unwrap();
+                let anchor = url
+                    .strip_prefix(
+                        "https://github.com/flowwatch/flowwatch/blob/main/docs/runbooks.md#",
+                    )
+                    .unwrap_or_else(|| {
+                        panic!("{file}: {title}: a panel link that is no runbook: {url}")
+                    });
+                assert!(
+                    runbooks.contains(&format!(
+                        "\n## {}\n",
+                        link["title"]
+                            .as_str()
+                            .unwrap()
+                            .trim_start_matches("Runbook: ")
+                    )) && link["title"]
+                        .as_str()
+                        .unwrap()
+                        .to_lowercase()
+                        .ends_with(anchor),
+                    "{file}: {title}: runbook link {url} has no section"
+                );
+                runbook_links += 1;
+            }
+            // Data links (drill-down) name an existing dashboard and defined variables.
+            for o in p["fieldConfig"]["overrides"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                for prop in o["properties"].as_array().unwrap() {
+                    for link in prop["value"].as_array().into_iter().flatten() {
+                        let url = link["url"].as_str().unwrap();
+                        let target = url
+                            .strip_prefix("/d/")
+                            .and_then(|u| u.split('/').next())
+                            .unwrap();
+                        assert!(uids.contains(target), "{file}: {title}: link to {url}");
+                        let vs = variables_in(url);
+                        used.extend(vs.iter().cloned());
+                        referenced.extend(vs);
+                    }
+                }
+            }
+        }
+        assert!(runbook_links >= 3, "{file}: panels link their runbooks");
+        let undefined: Vec<_> = referenced.difference(&defined).collect();
+        assert!(
+            undefined.is_empty(),
+            "{file}: undefined variables {undefined:?}"
+        );
+        let dangling: Vec<_> = defined.difference(&used).collect();
+        assert!(
+            dangling.is_empty(),
+            "{file}: variables nothing uses {dangling:?}"
+        );
+        // Dashboard links: the other dashboard (keeping time and variables) and the runbooks.
+        let links = d["links"].as_array().unwrap();
+        let other = links
+            .iter()
+            .filter_map(|l| l["url"].as_str()?.strip_prefix("/d/"))
+            .map(|u| u.split('/').next().unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(other.len(), 1, "{file}: {links:?}");
+        assert!(
+            uids.contains(other[0]) && other[0] != uid,
+            "{file}: {other:?}"
+        );
+        assert!(links.iter().any(|l| l["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("docs/runbooks.md"))));
+        assert!(links
+            .iter()
+            .filter(|l| l["url"].as_str().is_some_and(|u| u.starts_with("/d/")))
+            .all(|l| l["keepTime"] == true && l["includeVars"] == true));
+        if uid == "flowwatch-overview" {
+            for kind in ["stat", "table", "timeseries", "nodeGraph"] {
+                assert!(kinds.contains(kind), "no {kind} panel");
+            }
+            for want in ["src_namespace", "dst_namespace"] {
+                assert!(defined.contains(want), "{file}: no {want} variable");
+            }
+            let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+            for want in [
+                "Connections governed by a policy",
+                "Uncovered share by source namespace",
+                "Top uncovered edges",
+                "Enforcement drift edges",
+                "Blocked attempts",
+                "New edges (vs. a day ago)",
+                "Workload edges by verdict",
+                "Flow data lost",
+                "Flow log records dropped",
+                "Agent builds",
+            ] {
+                assert!(titles.contains(&want), "missing panel {want}");
+            }
+        } else {
+            for want in ["namespace", "workload"] {
+                assert!(defined.contains(want), "{file}: no {want} variable");
+            }
+        }
     }
 }

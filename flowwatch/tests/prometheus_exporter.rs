@@ -237,29 +237,45 @@ fn the_vector_fallback_is_stripped() {
     assert_eq!(without_vector_fallback("sum(a)"), "sum(a)");
 }
 
-/// Every query of the dashboard, with Grafana's variables replaced as Grafana would.
+/// Every query of both dashboards, with Grafana's variables replaced as Grafana would with
+/// "All" selected (the workload drill-down's single-value variables by a regex of everything).
 fn dashboard_exprs() -> Vec<(String, String)> {
-    let path = repo().join("deploy/grafana/flowwatch-dashboard.json");
-    let dash: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut out = Vec::new();
-    for panel in dash["panels"].as_array().unwrap() {
-        for t in panel["targets"].as_array().into_iter().flatten() {
-            let expr = t["expr"].as_str().unwrap();
-            let expr = expr
-                .replace("$__rate_interval", "1m")
-                .replace("$__range", "5m")
-                .replace("$namespace", ".*");
-            assert!(
-                !expr.contains('$') || expr.contains("\"$1\""),
-                "unsubstituted variable in {expr}"
-            );
-            let title = format!(
-                "{} [{}]",
-                panel["title"].as_str().unwrap(),
-                t["refId"].as_str().unwrap()
-            );
-            out.push((title, expr));
+    for file in [
+        "flowwatch-dashboard.json",
+        "flowwatch-workload-dashboard.json",
+    ] {
+        let path = repo().join("deploy/grafana").join(file);
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for panel in dash["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                let mut expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "5m");
+                for var in [
+                    "$cluster",
+                    "$src_namespace",
+                    "$dst_namespace",
+                    "$namespace",
+                    "$workload",
+                    "$node",
+                ] {
+                    expr = expr.replace(var, ".*");
+                }
+                assert!(
+                    !expr.contains('$') || expr.contains("\"$1\""),
+                    "unsubstituted variable in {expr}"
+                );
+                let title = format!(
+                    "{file}: {} [{}]",
+                    panel["title"].as_str().unwrap(),
+                    t["refId"].as_str().unwrap()
+                );
+                out.push((title, expr));
+            }
         }
     }
     out
@@ -618,8 +634,9 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(
-        fallbacks, 4,
-        "dashboard queries with an `or vector(0)` fallback (the coverage ratio and three stats)"
+        fallbacks, 8,
+        "dashboard queries with an `or vector(0)` fallback (the overview's five stats, the \
+         drill-down's two coverage ratios and its drift count)"
     );
 
     // The rules are loaded and healthy, and the scenario's alerts are active.

@@ -191,6 +191,10 @@ pub fn rendered() -> Result<Vec<(PathBuf, String)>> {
             PathBuf::from("deploy/grafana/flowwatch-dashboard.json"),
             read("deploy/helm/flowwatch/files/dashboard.json")?,
         ),
+        (
+            PathBuf::from("deploy/grafana/flowwatch-workload-dashboard.json"),
+            read("deploy/helm/flowwatch/files/workload-dashboard.json")?,
+        ),
     ])
 }
 
