@@ -25,6 +25,18 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_FLOW_LOG")]
     pub flow_log: Option<PathBuf>,
 
+    /// Rotate the flow log file before it grows past this many bytes; 0 never rotates.
+    #[arg(
+        long,
+        env = "FLOWWATCH_FLOW_LOG_MAX_BYTES",
+        default_value_t = 104_857_600
+    )]
+    pub flow_log_max_bytes: u64,
+
+    /// Rotated flow log files kept (`<path>.1` newest .. `<path>.N` oldest); 0 keeps none.
+    #[arg(long, env = "FLOWWATCH_FLOW_LOG_MAX_FILES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub flow_log_max_files: u32,
+
     /// Address of the HTTP server (/metrics, /healthz, /readyz): `address:port`, or
     /// `host:port` with a name resolved at startup.
     #[arg(long, env = "FLOWWATCH_LISTEN", default_value = "0.0.0.0:9810", value_parser = values::parse_listen)]

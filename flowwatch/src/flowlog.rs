@@ -2,11 +2,12 @@
 //! records are built from values; the agent decides where the lines go).
 //!
 //! A record, oriented from the initiator (`src`) to the responder (`dst`); every field is
-//! described in docs/configuration.md ("The flow log"), and a test keeps this example's fields
-//! those of a real record:
+//! described in docs/configuration.md ("The flow log") and, machine-readably, in the JSON Schema
+//! docs/flow-record.schema.json (tests validate real records against it). A test keeps this
+//! example's fields those of a real record:
 //!
 //! ```json
-//! {"start":"2026-11-25T01:09:33.465Z","end":"2026-11-25T01:09:33.467Z","protocol":"TCP",
+//! {"schema_version":1,"start":"2026-11-25T01:09:33.465Z","end":"2026-11-25T01:09:33.467Z","protocol":"TCP",
 //!  "src":{"ip":"10.213.0.10","port":48504,"kind":"pod","namespace":"shop","name":"web-5d8c7f9b4-x2x7q",
 //!         "workload_kind":"Deployment","workload_name":"web","node":"demo-node"},
 //!  "dst":{"ip":"10.213.0.30","port":5432,"kind":"pod","namespace":"data","name":"postgres-0",
@@ -20,6 +21,12 @@
 //!
 //! `fwd` counts initiator->responder, `rev` the answer; bytes are IP-layer bytes. Enrichment and
 //! verdict fields appear when the agent has an inventory.
+//!
+//! `schema_version` ([`SCHEMA_VERSION`]) changes when a field is removed, renamed or changes
+//! meaning; new optional fields keep it. Where the lines go (stdout, or a file rotated by size
+//! and reopened after logrotate) is [`writer`].
+
+pub mod writer;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -71,9 +78,14 @@ pub struct Traffic {
     pub bytes: u64,
 }
 
+/// The version of the record's schema (docs/flow-record.schema.json), in every record.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// One line of the flow log.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct FlowRecord {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
     pub start: String,
     pub end: String,
     pub protocol: Protocol,
@@ -105,6 +117,7 @@ impl FlowRecord {
             observed_at.push("server");
         }
         FlowRecord {
+            schema_version: SCHEMA_VERSION,
             start: clock.to_rfc3339(f.first_seen),
             end: clock.to_rfc3339(f.last_seen),
             protocol: f.key.protocol,
@@ -211,7 +224,9 @@ mod tests {
             },
             clock,
         );
-        let v: serde_json::Value = serde_json::from_str(&record.to_json_line()).unwrap();
+        let line = record.to_json_line();
+        assert!(line.starts_with("{\"schema_version\":1,"), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["start"], "2023-11-14T22:13:20.000Z");
         assert_eq!(v["end"], "2023-11-14T22:13:22.500Z");
         assert_eq!(v["protocol"], "TCP");

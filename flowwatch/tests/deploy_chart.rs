@@ -297,13 +297,16 @@ fn prometheus_operator_objects_and_the_dashboard_embed_the_shipped_files() {
         )
         .unwrap(),
     );
-    let rules: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("files/rules.yaml")).unwrap())
-            .unwrap();
+    // The PrometheusRule holds the groups of the plain rule file (both rendered from the same
+    // values; deploy_rules.rs checks the file against the chart).
+    let rules: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/prometheus/flowwatch-rules.yaml")).unwrap(),
+    )
+    .unwrap();
     let pr = find(&objs, "PrometheusRule");
     assert_eq!(
         pr["spec"]["groups"], rules["groups"],
-        "PrometheusRule differs from files/rules.yaml"
+        "PrometheusRule differs from deploy/prometheus/flowwatch-rules.yaml"
     );
     let sm = find(&objs, "ServiceMonitor");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
@@ -321,13 +324,19 @@ fn prometheus_operator_objects_and_the_dashboard_embed_the_shipped_files() {
         .iter()
         .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1")
         .expect("dashboard ConfigMap with grafana_dashboard=\"1\"");
-    let embedded: serde_json::Value =
-        serde_json::from_str(cm["data"]["flowwatch-dashboard.json"].as_str().unwrap()).unwrap();
-    let file: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(chart().join("files/dashboard.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(embedded, file);
+    for (key, file) in [
+        ("flowwatch-dashboard.json", "files/dashboard.json"),
+        (
+            "flowwatch-workload-dashboard.json",
+            "files/workload-dashboard.json",
+        ),
+    ] {
+        let embedded: serde_json::Value =
+            serde_json::from_str(cm["data"][key].as_str().unwrap()).unwrap();
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(chart().join(file)).unwrap()).unwrap();
+        assert_eq!(embedded, file, "{key}");
+    }
     // Off by default: no CRD-dependent objects.
     let defaults = docs(&template(&helm, &[]).unwrap());
     for kind in [

@@ -146,7 +146,7 @@ fn the_agent_rides_out_an_api_server_outage() {
     let why = wait_readyz(&agent, 503, "last known state", Duration::from_secs(15));
     assert!(why.contains("last known state"), "{why}");
     assert_eq!(agent.metric("flowwatch_kube_stale"), Some(1.0));
-    let pods_stale = r#"flowwatch_watch_staleness_seconds{resource="pods"}"#;
+    let pods_stale = r#"flowwatch_watch_staleness_seconds{kind="Pod"}"#;
     let mut during = 0;
     while stopped.elapsed() < OUTAGE {
         assert_alive(&mut agent);

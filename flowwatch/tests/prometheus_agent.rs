@@ -231,7 +231,12 @@ fn check_health(body: &str, agent: &ConfinedAgent) {
     };
     let eq = |s: &str, want: f64| assert_eq!(get(s), want, "{s}\n{body}");
     // Datapath.
-    eq("flowwatch_kernel_events_lost_total", 0.0);
+    for reason in ["ringbuf_full", "flow_map_full", "agent_flow_limit"] {
+        eq(
+            &format!("flowwatch_kernel_events_lost_total{{reason=\"{reason}\"}}"),
+            0.0,
+        );
+    }
     eq("flowwatch_interfaces_attached", 4.0);
     let fill = get("flowwatch_kernel_map_fill_ratio{map=\"flows\"}");
     assert!((0.0..=1.0).contains(&fill), "flow map fill {fill}");
@@ -275,17 +280,19 @@ fn check_health(body: &str, agent: &ConfinedAgent) {
     eq("flowwatch_snapshot_reload_errors_total", 0.0);
     assert!(get("flowwatch_kube_views_total") >= 1.0);
     assert!(get("flowwatch_kube_last_sync_timestamp_seconds") > 1.6e9);
+    // The build: version, the commit built from, and the hash of the eBPF object it loaded.
     let build = series(body, "flowwatch_build_info");
-    assert_eq!(
-        build,
-        vec![(
-            concat!(
-                "flowwatch_build_info{version=\"",
-                env!("CARGO_PKG_VERSION"),
-                "\"}"
-            ),
-            1.0
-        )]
+    let want = format!(
+        "flowwatch_build_info{{version=\"{}\",commit=\"{}\",ebpf_object_sha256=\"{}\"}}",
+        env!("CARGO_PKG_VERSION"),
+        env!("FLOWWATCH_GIT_COMMIT"),
+        flowwatch::datapath::ebpf_object_sha256()
+    );
+    assert_eq!(build, vec![(want.as_str(), 1.0)]);
+    assert_ne!(
+        env!("FLOWWATCH_GIT_COMMIT"),
+        "unknown",
+        "built in a git checkout"
     );
 }
 
@@ -456,6 +463,24 @@ fn prometheus_scrapes_the_confined_agent_during_real_traffic() {
         !series.contains(&format!("10.{a}.{b}.")),
         "a pod IP leaked into a label: {series}"
     );
-    // The drift alert of the shipped rules is active for the real drift.
-    prom.wait_for("ALERTS{alertname=\"FlowwatchEnforcementDrift\",src_workload=\"web\",dst_workload=\"postgres\"}", Duration::from_secs(20), |r| !r.is_empty());
+    // The drift alert of the shipped rules is active for the real drift, one alert for the
+    // namespace pair, with the edge in its per-edge recording rule.
+    prom.wait_for(
+        "ALERTS{alertname=\"FlowwatchEnforcementDrift\",src_namespace=\"shop\",dst_namespace=\"data\"}",
+        Duration::from_secs(20),
+        |r| !r.is_empty(),
+    );
+    let r = prom
+        .query("flowwatch:edge_enforcement_drift_connections:alerting{src_namespace=\"shop\",dst_namespace=\"data\"}")
+        .unwrap();
+    assert_eq!(
+        r.iter()
+            .map(|s| (
+                s.label("src_workload"),
+                s.label("dst_workload"),
+                s.label("dst_port")
+            ))
+            .collect::<Vec<_>>(),
+        vec![("web", "postgres", "5432")]
+    );
 }

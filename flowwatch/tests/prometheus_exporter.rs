@@ -4,8 +4,12 @@
 //! Two agents ("node-a" with traffic, "node-b" unhealthy with a tiny series budget) and one dead
 //! target are scraped every second: node-a twice, once negotiating OpenMetrics and once forced to
 //! the Prometheus text format. The assertions go through Prometheus's HTTP API: the series and
-//! their labels and values, every PromQL expression of the dashboard and the alert rules (parses
-//! and returns data), the alerts that must be active, and `promtool check metrics`.
+//! their labels and values, every PromQL expression of the dashboard and of the chart's rules
+//! (parses and returns data), the alerts that must be active, and `promtool check metrics`.
+//!
+//! The rules are the chart's, rendered by helm with its default values except two lookbacks the
+//! test cannot wait for ([`SHORT_LOOKBACKS`]): with the defaults the new-edge and spike rules
+//! wait a day and an hour after being loaded before they can fire.
 
 mod support;
 
@@ -16,7 +20,8 @@ use std::time::Duration;
 
 use flowwatch::http::{self, HttpState, Readiness};
 use flowwatch::metrics::{
-    Endpoint, FlowEdge, KernelMap, Metrics, MetricsConfig, Verdict, WatchedResource, WorkloadKind,
+    Endpoint, FlowEdge, KernelMap, LossReason, Metrics, MetricsConfig, Verdict, WatchedResource,
+    WorkloadKind,
 };
 use flowwatch::model::{Counters, Outcome, Protocol};
 use support::privileged::{command, require};
@@ -157,7 +162,7 @@ fn phase1(a: &Metrics, b: &Metrics, s: &Scenario) {
     b.set_map_fill(KernelMap::Flows, 0.95);
     b.set_watch_staleness(WatchedResource::NetworkPolicies, Duration::from_secs(600));
     b.set_invalid_policies(2);
-    b.add_events_lost(0);
+    b.add_events_lost(LossReason::RingbufFull, 0);
 }
 
 fn phase2(a: &Metrics, b: &Metrics, s: &Scenario) {
@@ -187,16 +192,19 @@ fn phase2(a: &Metrics, b: &Metrics, s: &Scenario) {
     connections(b, &s.frontend_ledger, Outcome::Established, 1, now);
     connections(b, &s.cart_redis, Outcome::Established, 1, now);
     connections(b, &s.monitoring_cart, Outcome::Established, 1, now);
-    b.add_events_lost(50);
+    b.add_events_lost(LossReason::RingbufFull, 50);
 }
 
 /// The alert that fires when no agent is scraped at all: quiet in this scenario.
 const ABSENT_ALERT: &str = "FlowwatchAgentAbsent";
 
-/// Every `expr` of the rule file.
-fn rule_exprs() -> Vec<(String, String)> {
-    let path = repo().join("deploy/prometheus/flowwatch-rules.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
+/// The chart's values changed for this test: the new-edge rule's lookback and the spike rule's
+/// baseline, each also how long the rules must have been loaded before they fire.
+const SHORT_LOOKBACKS: &str = "prometheusRule.alerts.newEdge.lookback=5s,prometheusRule.alerts.newEdge.window=1m,prometheusRule.alerts.blockedAttemptsSpike.baselineWindow=5s";
+
+/// Every `expr` of a rule file.
+fn rule_exprs(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let mut out = Vec::new();
     for group in doc["groups"].as_sequence().expect("groups") {
@@ -229,29 +237,45 @@ fn the_vector_fallback_is_stripped() {
     assert_eq!(without_vector_fallback("sum(a)"), "sum(a)");
 }
 
-/// Every query of the dashboard, with Grafana's variables replaced as Grafana would.
+/// Every query of both dashboards, with Grafana's variables replaced as Grafana would with
+/// "All" selected (the workload drill-down's single-value variables by a regex of everything).
 fn dashboard_exprs() -> Vec<(String, String)> {
-    let path = repo().join("deploy/grafana/flowwatch-dashboard.json");
-    let dash: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut out = Vec::new();
-    for panel in dash["panels"].as_array().unwrap() {
-        for t in panel["targets"].as_array().into_iter().flatten() {
-            let expr = t["expr"].as_str().unwrap();
-            let expr = expr
-                .replace("$__rate_interval", "1m")
-                .replace("$__range", "5m")
-                .replace("$namespace", ".*");
-            assert!(
-                !expr.contains('$') || expr.contains("\"$1\""),
-                "unsubstituted variable in {expr}"
-            );
-            let title = format!(
-                "{} [{}]",
-                panel["title"].as_str().unwrap(),
-                t["refId"].as_str().unwrap()
-            );
-            out.push((title, expr));
+    for file in [
+        "flowwatch-dashboard.json",
+        "flowwatch-workload-dashboard.json",
+    ] {
+        let path = repo().join("deploy/grafana").join(file);
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for panel in dash["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                let mut expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "5m");
+                for var in [
+                    "$cluster",
+                    "$src_namespace",
+                    "$dst_namespace",
+                    "$namespace",
+                    "$workload",
+                    "$node",
+                ] {
+                    expr = expr.replace(var, ".*");
+                }
+                assert!(
+                    !expr.contains('$') || expr.contains("\"$1\""),
+                    "unsubstituted variable in {expr}"
+                );
+                let title = format!(
+                    "{file}: {} [{}]",
+                    panel["title"].as_str().unwrap(),
+                    t["refId"].as_str().unwrap()
+                );
+                out.push((title, expr));
+            }
         }
     }
     out
@@ -321,13 +345,26 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         prometheus::promtool_check_metrics(name, addr);
     }
 
-    let rules = repo().join("deploy/prometheus/flowwatch-rules.yaml");
+    let helm = match support::helm::helm() {
+        Ok(h) => h,
+        Err(e) => {
+            require("prometheus exporter test (the chart's rules)", Err(e));
+            return;
+        }
+    };
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("flowwatch-rules.yaml");
+    std::fs::write(
+        &rules,
+        support::helm::rules(&helm, &["--set", SHORT_LOOKBACKS]).unwrap(),
+    )
+    .unwrap();
     let prom = Prometheus::start(
         &[
             Job::new("flowwatch", &[&node_a.addr, &node_b.addr, &dead]),
             Job::new("flowwatch-text", &[&node_a.addr]).param("format", "prometheus"),
         ],
-        &[rules],
+        std::slice::from_ref(&rules),
     );
     let a = node_a.addr.as_str();
     // Three scrapes of phase 1 before phase 2, so rate() and increase() see the change.
@@ -480,10 +517,13 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
             "flowwatch_watch_staleness_seconds{{instance=\"{b}\"}}"
         ))
         .unwrap();
-    assert_eq!(
-        (r[0].label("resource"), r[0].value),
-        ("networkpolicies", 600.0)
-    );
+    assert_eq!((r[0].label("kind"), r[0].value), ("NetworkPolicy", 600.0));
+    let r = prom
+        .query(&format!(
+            "flowwatch_kernel_events_lost_total{{instance=\"{b}\",reason=\"ringbuf_full\"}}"
+        ))
+        .unwrap();
+    assert_eq!(r[0].value, 50.0);
 
     // Labels name workloads: no IPs, pods or ports other than the destination port.
     let (_, body) = prom
@@ -519,9 +559,12 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         "direction",
         "family",
         "map",
-        "resource",
+        "kind",
+        "reason",
         "le",
         "version",
+        "commit",
+        "ebpf_object_sha256",
     ]
     .into_iter()
     .collect();
@@ -534,9 +577,23 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     // Every PromQL expression of the dashboard and the rules parses and returns data. A stat
     // panel's `or vector(0)` fallback returns data whatever the metrics say, so each query is
     // also run without its fallbacks: what the panel shows must come from the metrics.
+    // The recording rules lag the scrapes by up to an evaluation interval: wait until the rule
+    // group has been evaluated after the last scrape of every target, and (the new-edge and
+    // spike rules fire only then) for as long as their shortened lookbacks.
+    let scraped = prom.query("max(timestamp(up))").unwrap()[0].value;
+    prom.wait_for(
+        "timestamp(flowwatch:rules_loaded)",
+        Duration::from_secs(30),
+        |r| r.first().is_some_and(|s| s.value > scraped),
+    );
+    prom.wait_for(
+        "present_over_time(flowwatch:rules_loaded[5m] offset 5s)",
+        Duration::from_secs(30),
+        |r| !r.is_empty(),
+    );
     let mut failures = Vec::new();
     let mut fallbacks = 0;
-    let (absent, present): (Vec<_>, Vec<_>) = rule_exprs()
+    let (absent, present): (Vec<_>, Vec<_>) = rule_exprs(&rules)
         .into_iter()
         .partition(|(name, _)| name == ABSENT_ALERT);
     // The alert for no agent at all has data only when no flowwatch job has targets: none
@@ -552,7 +609,12 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     );
     assert_eq!(prom.query(&no_job).map(|r| r.len()), Ok(1), "{no_job}");
     for (what, expr) in dashboard_exprs().into_iter().chain(present) {
-        let bare = without_vector_fallback(&expr);
+        // `flowwatch:rules_loaded` is `vector(1)` by design (no fallback to strip).
+        let bare = if expr.trim() == "vector(1)" {
+            expr.clone()
+        } else {
+            without_vector_fallback(&expr)
+        };
         if bare != expr {
             fallbacks += 1;
         }
@@ -572,8 +634,9 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(
-        fallbacks, 4,
-        "dashboard queries with an `or vector(0)` fallback (the coverage ratio and three stats)"
+        fallbacks, 8,
+        "dashboard queries with an `or vector(0)` fallback (the overview's five stats, the \
+         drill-down's two coverage ratios and its drift count)"
     );
 
     // The rules are loaded and healthy, and the scenario's alerts are active.
@@ -594,13 +657,20 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let rules = prom.rules();
-        let all: Vec<&serde_json::Value> = rules["data"]["groups"]
+        let (all, records): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = rules["data"]
+            ["groups"]
             .as_array()
             .unwrap()
             .iter()
             .flat_map(|g| g["rules"].as_array().unwrap().iter())
-            .collect();
+            .partition(|r| r["type"] == "alerting");
         assert_eq!(all.len(), want.len() + quiet.len(), "rules loaded: {all:?}");
+        assert!(records.len() >= 8, "recording rules loaded: {records:?}");
+        let broken: Vec<_> = records
+            .iter()
+            .filter(|r| r["health"] != "ok" && r["health"] != "unknown")
+            .collect();
+        assert!(broken.is_empty(), "{broken:?}");
         let unhealthy: Vec<_> = all
             .iter()
             .filter(|r| r["health"] != "ok" && r["health"] != "unknown")

@@ -1,11 +1,13 @@
-//! Deploy assets: render `deploy/manifests` from the Helm chart, copy the chart's rule file and
-//! dashboard to `deploy/prometheus` and `deploy/grafana`, and build helm (Go only for tooling).
+//! Deploy assets: render `deploy/manifests` and the rule file `deploy/prometheus/flowwatch-rules.yaml`
+//! from the Helm chart, copy its dashboard to `deploy/grafana`, and build helm (Go only for
+//! tooling).
 //!
 //! Never hand-edit the rendered files: change the chart and run `cargo xtask render-manifests`.
 //! `--check` renders into memory and fails when a committed file differs. The deploy tests do not
 //! run this command: `flowwatch/tests/deploy_chart.rs` renders the two manifests itself with the
 //! same helm arguments and header and compares them, and `flowwatch/tests/deploy_rules.rs`
-//! compares the rule file and dashboard copies; keep those in step with [`rendered`].
+//! renders the rule file the same way ([`rules_from_prometheus_rule`]) and compares it and the
+//! dashboard copy; keep those in step with [`rendered`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -115,6 +117,48 @@ fn helm_template(helm: &Path, args: &[&str]) -> Result<String> {
     String::from_utf8(out.stdout).context("helm output is not UTF-8")
 }
 
+/// Header of the rendered rule file.
+pub const RULES_HEADER: &str = "\
+# flowwatch alert and recording rules (a Prometheus rule file), rendered from the Helm chart's
+# prometheusRule values (defaults) by `cargo xtask render-manifests`. Do not edit: change the
+# chart (templates/_rules.tpl), or render your own tuned file with
+# `cargo xtask render-rules -f my-values.yaml`. Runbooks: docs/runbooks.md. Unit tests:
+# flowwatch-rules.test.yaml (these defaults), flowwatch-rules-tuned.test.yaml (tuned values).
+";
+
+/// The rule file of a rendered PrometheusRule (`helm template --show-only
+/// templates/prometheusrule.yaml`): its `spec`, dedented, after [`RULES_HEADER`].
+pub fn rules_from_prometheus_rule(rendered: &str) -> Result<String> {
+    let (_, spec) = rendered
+        .split_once("\nspec:\n")
+        .context("the rendered PrometheusRule has no spec")?;
+    let mut out = String::from(RULES_HEADER);
+    for line in spec.lines() {
+        let line = line.strip_prefix("  ").unwrap_or(line);
+        // The template's own comments describe the chart, not this file.
+        if line.starts_with('#') {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The chart's rules as a Prometheus rule file, with the default values and then `args`
+/// (`-f values.yaml`, `--set ...`).
+pub fn render_rules(args: &[&str]) -> Result<String> {
+    let helm = ensure_helm()?;
+    let mut all = vec![
+        "--set",
+        "prometheusRule.enabled=true",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ];
+    all.extend_from_slice(args);
+    rules_from_prometheus_rule(&helm_template(&helm, &all)?)
+}
+
 /// Every generated file (path relative to the repository root) and its content.
 pub fn rendered() -> Result<Vec<(PathBuf, String)>> {
     let helm = ensure_helm()?;
@@ -141,11 +185,15 @@ pub fn rendered() -> Result<Vec<(PathBuf, String)>> {
         ),
         (
             PathBuf::from("deploy/prometheus/flowwatch-rules.yaml"),
-            read("deploy/helm/flowwatch/files/rules.yaml")?,
+            render_rules(&[])?,
         ),
         (
             PathBuf::from("deploy/grafana/flowwatch-dashboard.json"),
             read("deploy/helm/flowwatch/files/dashboard.json")?,
+        ),
+        (
+            PathBuf::from("deploy/grafana/flowwatch-workload-dashboard.json"),
+            read("deploy/helm/flowwatch/files/workload-dashboard.json")?,
         ),
     ])
 }
@@ -182,6 +230,16 @@ pub fn render_manifests(check: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rule_file_is_the_spec_of_the_prometheus_rule_dedented() {
+        let rendered = "---\n# Source: x\napiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: x\nspec:\n  # chart comment\n  groups:\n    - name: a\n      rules: []\n";
+        assert_eq!(
+            rules_from_prometheus_rule(rendered).unwrap(),
+            format!("{RULES_HEADER}groups:\n  - name: a\n    rules: []\n")
+        );
+        assert!(rules_from_prometheus_rule("kind: ConfigMap\n").is_err());
+    }
 
     #[test]
     fn helm_lives_in_the_versioned_cache_dir() {

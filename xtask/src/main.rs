@@ -23,11 +23,22 @@ enum Command {
     Setup,
     /// Build (once, cached by version) the etcd and kube-apiserver binaries the tests start.
     K8sBins,
-    /// Render deploy/manifests from the Helm chart (and copy its rules and dashboard).
+    /// Render deploy/manifests and deploy/prometheus/flowwatch-rules.yaml from the Helm chart
+    /// (and copy its dashboard).
     RenderManifests {
         /// Fail if a committed file differs instead of writing it.
         #[arg(long)]
         check: bool,
+    },
+    /// Print the chart's alert and recording rules as a Prometheus rule file, tuned by values
+    /// files (`-f`) and `--set` (for a Prometheus without the operator).
+    RenderRules {
+        /// Values files, in order (`-f my-values.yaml`).
+        #[arg(short = 'f', long = "values")]
+        values: Vec<String>,
+        /// `key=value` settings, as `helm --set`.
+        #[arg(long)]
+        set: Vec<String>,
     },
     /// The main job: demo pods, the agent on them with the demo cluster's snapshot, some
     /// traffic, and what the agent saw (flow records, verdicts, metrics). Needs root.
@@ -81,6 +92,16 @@ fn main() {
         Command::Setup => setup::for_tests(),
         Command::K8sBins => k8s::build_binaries().map(|_| ()),
         Command::RenderManifests { check } => deploy::render_manifests(check),
+        Command::RenderRules { values, set } => {
+            let mut args = Vec::new();
+            for v in &values {
+                args.extend(["-f", v.as_str()]);
+            }
+            for s in &set {
+                args.extend(["--set", s.as_str()]);
+            }
+            deploy::render_rules(&args).map(|rules| print!("{rules}"))
+        }
         Command::Demo => demo(),
         Command::Test => test::run(),
         Command::Bench { name } => bench(&name),

@@ -5,7 +5,8 @@ use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
 
 /// Debian packages: LLVM 22 for bpf-linker, the tools the tests drive (nft, iptables, ip,
-/// unshare/setpriv), Prometheus and promtool, bpftool for inspection.
+/// unshare/setpriv), Prometheus and promtool, bpftool for inspection, and python3-jsonschema
+/// (the flow log's JSON Schema is checked against real records with an independent validator).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -18,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "prometheus",
     "bpftool",
+    "python3-jsonschema",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -5,7 +5,6 @@ mod backlog;
 pub mod pipeline;
 pub mod report;
 
-use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::unix::AsyncFd;
@@ -19,10 +18,11 @@ use crate::classify::{Classification, Classifier};
 use crate::cli::RunArgs;
 use crate::datapath::{self, Datapath, DatapathError, DatapathOptions, InterfacePatterns};
 use crate::enrich::EnrichOptions;
+use crate::flowlog::writer::{FlowLogWriter, Rotation};
 use crate::flowlog::{FlowRecord, WallClock};
 use crate::http::{self, HttpState, Readiness};
 use crate::k8s::{self, ClusterWatch};
-use crate::metrics::{KernelMap, Metrics, MetricsConfig};
+use crate::metrics::{KernelMap, LossReason, Metrics, MetricsConfig};
 use crate::model::Nanos;
 use crate::policy::PolicyOptions;
 use crate::source::FlowSource;
@@ -91,6 +91,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         max_series_per_family: args.series_budget,
         max_series_per_namespace: args.series_budget_per_namespace,
         series_ttl: Duration::from_secs(args.series_ttl_secs),
+        build: crate::metrics::BuildInfo {
+            ebpf_object_sha256: datapath::object_sha256(),
+            ..Default::default()
+        },
     })?;
     let inventory = k8s::source::from_settings(args.snapshots.clone(), args.kube, cancel.clone())
         .await
@@ -129,7 +133,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         .map_err(|e| AgentError::LinkWatch(e.into()))?;
     datapath.reconcile(&patterns)?;
 
-    let mut flow_log = open_flow_log(args.flow_log.as_deref(), args.node_name.clone())?;
+    let mut flow_log = open_flow_log(
+        args.flow_log.as_deref(),
+        args.node_name.clone(),
+        Rotation {
+            max_bytes: args.flow_log_max_bytes,
+            max_files: args.flow_log_max_files,
+        },
+    )?;
     let clock = WallClock::new(SystemTime::now(), monotonic_now());
     let mut pipeline = Pipeline::new(
         source,
@@ -210,7 +221,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
                 let done = backlog.pass(done, waiting_for_view, now);
                 let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, &mut nat, now);
-                keep_going(write_records(&mut flow_log, &done, &classes, clock), "writing the flow log");
+                write_records(&mut flow_log, &done, &classes, clock, &metrics);
                 health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), classifier.engine_ready(), &readiness);
                 metrics.expire(now);
             }
@@ -256,7 +267,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         &mut nat,
         now,
     );
-    write_records(&mut flow_log, &done, &classes, clock)?;
+    // A full disk at shutdown is counted and logged like any other drop: the agent still
+    // stops cleanly.
+    write_records(&mut flow_log, &done, &classes, clock, &metrics);
+    flow_log.summary();
     let losses = pipeline.source.losses()?;
     tracing::info!(
         "kernel losses: ringbuf_full={} flows_map_full={} truncated_packets={} flows_dropped_by_agent={} undecodable={} unattributed_packets={}",
@@ -307,7 +321,8 @@ async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) ->
 /// The agent's own health, pushed to the metrics and to /readyz on every poll.
 #[derive(Default)]
 struct Health {
-    lost_reported: u64,
+    /// What was already added to the loss counter, per reason (`LossReason::ALL` order).
+    lost_reported: [u64; 3],
     unattributed_reported: u64,
 }
 
@@ -325,16 +340,24 @@ impl Health {
             // Lost in the kernel (ring buffer or flow map full) or refused by the agent's own
             // bound on flows in flight: all of it is traffic nobody will see.
             let dropped = pipeline.aggregator().dropped_flows;
-            let lost = losses.ringbuf_full + losses.flows_map_full + dropped;
-            if lost > self.lost_reported {
+            let totals = [losses.ringbuf_full, losses.flows_map_full, dropped];
+            if totals.iter().zip(&self.lost_reported).any(|(t, r)| t > r) {
                 tracing::warn!(
                     ringbuf_full = losses.ringbuf_full,
                     flows_map_full = losses.flows_map_full,
                     flows_dropped_by_agent = dropped,
                     "flow events lost"
                 );
-                metrics.add_events_lost(lost - self.lost_reported);
-                self.lost_reported = lost;
+            }
+            for ((reason, total), reported) in LossReason::ALL
+                .iter()
+                .zip(totals)
+                .zip(self.lost_reported.iter_mut())
+            {
+                if total > *reported {
+                    metrics.add_events_lost(*reason, total - *reported);
+                    *reported = total;
+                }
             }
             if losses.unattributed_packets > self.unattributed_reported {
                 metrics.add_packets_unattributed(
@@ -381,54 +404,72 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// The flow log and what became of its records.
 struct FlowLog {
     path: String,
     node: Option<String>,
-    out: Option<Box<dyn Write + Send>>,
+    out: Option<FlowLogWriter>,
+    written: u64,
+    dropped: u64,
+    /// Set while writes fail, so a full disk logs once when it starts and once when it ends.
+    failing: Option<crate::metrics::FlowLogDropReason>,
+}
+
+impl FlowLog {
+    fn summary(&self) {
+        if self.out.is_some() {
+            tracing::info!(
+                path = %self.path,
+                written = self.written,
+                dropped = self.dropped,
+                "flow log closed"
+            );
+        }
+    }
 }
 
 fn open_flow_log(
     path: Option<&std::path::Path>,
     node: Option<String>,
+    rotation: Rotation,
 ) -> Result<FlowLog, AgentError> {
-    let Some(path) = path else {
-        return Ok(FlowLog {
-            path: String::new(),
-            node,
-            out: None,
-        });
-    };
-    let name = path.display().to_string();
-    let out: Box<dyn Write + Send> = if name == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| AgentError::FlowLog {
-                path: name.clone(),
-                source,
-            })?;
-        Box::new(std::io::BufWriter::new(file))
+    let name = path.map(|p| p.display().to_string()).unwrap_or_default();
+    let out = match path {
+        None => None,
+        Some(_) if name == "-" => Some(FlowLogWriter::stdout()),
+        Some(p) => {
+            Some(
+                FlowLogWriter::file(p, rotation).map_err(|source| AgentError::FlowLog {
+                    path: name.clone(),
+                    source,
+                })?,
+            )
+        }
     };
     Ok(FlowLog {
         path: name,
         node,
-        out: Some(out),
+        out,
+        written: 0,
+        dropped: 0,
+        failing: None,
     })
 }
 
+/// Writes the records of the flows that ended. Never an error: what cannot be written is
+/// counted (`flowwatch_flow_log_records_dropped_total{reason}`) and logged, and the agent goes
+/// on observing.
 fn write_records(
     log: &mut FlowLog,
     done: &[FinishedFlow],
     classes: &[Option<Arc<Classification>>],
     clock: WallClock,
-) -> Result<(), AgentError> {
+    metrics: &Metrics,
+) {
     let Some(out) = log.out.as_mut() else {
-        return Ok(());
+        return;
     };
-    let mut lines = String::new();
+    let mut lines = Vec::with_capacity(done.len());
     for (finished, class) in done.iter().zip(classes) {
         let mut record = FlowRecord::new(finished, clock);
         record.node.clone_from(&log.node);
@@ -436,13 +477,26 @@ fn write_records(
             Some(class) => record.classified(class),
             None => record,
         };
-        lines.push_str(&record.to_json_line());
-        lines.push('\n');
+        let mut line = record.to_json_line();
+        line.push('\n');
+        lines.push(line);
     }
-    let io = |source| AgentError::FlowLog {
-        path: log.path.clone(),
-        source,
-    };
-    out.write_all(lines.as_bytes()).map_err(io)?;
-    out.flush().map_err(io)
+    let w = out.write(&lines);
+    metrics.record_flow_log(w.records, w.dropped, w.reason, w.rotations, w.reopened);
+    log.written += w.records;
+    log.dropped += w.dropped;
+    if w.reopened {
+        tracing::info!(path = %log.path, "flow log reopened (renamed or removed by something else)");
+    }
+    match (w.reason, log.failing) {
+        (Some(reason), None) => {
+            tracing::error!(path = %log.path, reason = %reason, dropped = w.dropped, "flow log records dropped; counting them until writes succeed again");
+            log.failing = Some(reason);
+        }
+        (None, Some(_)) if w.records > 0 => {
+            tracing::info!(path = %log.path, dropped_total = log.dropped, "flow log writable again");
+            log.failing = None;
+        }
+        _ => {}
+    }
 }

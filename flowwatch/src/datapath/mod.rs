@@ -525,6 +525,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_ebpf_object_hash_is_the_sha256_of_the_embedded_object() {
+        let hash = object_sha256();
+        assert_eq!(hash.len(), 64);
+        assert!(hash
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(hash, object_sha256());
+        assert!(!EBPF_OBJECT.is_empty());
+    }
+
+    #[test]
     fn short_records_are_errors() {
         assert_eq!(
             decode_event(&[0u8; 10]),

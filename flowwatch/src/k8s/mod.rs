@@ -10,11 +10,13 @@
 //! channel; the first view is published once every kind has listed.
 //!
 //! Failures: a watch that fails (API server gone, 410 Gone, ...) is restarted with a relist
-//! after a capped exponential backoff; until the relist completes the store keeps the last
+//! after a capped exponential backoff with jitter ([`backoff`], so agents that lost the API
+//! server together do not come back in lockstep); until the relist completes the store keeps the last
 //! known state (the reflector swaps the new list in atomically at its end), and a failed kind
 //! stays failing until then. [`SyncStatus`] says whether everything has synced, whether any
 //! watch is failing (stale) and since when.
 
+pub mod backoff;
 pub mod convert;
 pub mod snapshot_reload;
 pub mod source;
@@ -88,7 +90,8 @@ impl Kind {
     ];
 }
 
-/// The `resource` label of `flowwatch_watch_staleness_seconds` for each watched kind.
+/// The `kind` label of `flowwatch_watch_staleness_seconds` for each watched kind (the same
+/// value as the `kind` label of the `flowwatch_kube_*` families).
 impl From<Kind> for WatchedResource {
     fn from(kind: Kind) -> WatchedResource {
         match kind {
@@ -118,7 +121,8 @@ pub struct WatchOptions {
     pub watch_timeout_secs: Option<u32>,
     /// Page size of the initial lists.
     pub page_size: u32,
-    /// First and largest pause before a failed watch is restarted.
+    /// Base of the first and of the largest pause before a failed watch is restarted; each
+    /// pause is jittered up to twice its base ([`backoff::Backoff`]).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -246,7 +250,7 @@ impl SyncStatus {
     }
 
     /// Every watched kind with its own staleness (zero while its watch is current): the values
-    /// of `flowwatch_watch_staleness_seconds{resource}` (`WatchedResource::from(kind)`).
+    /// of `flowwatch_watch_staleness_seconds{kind}` (`WatchedResource::from(kind)`).
     pub fn staleness(&self) -> [(Kind, Duration); 8] {
         Kind::ALL.map(|k| (k, self.stale_for_kind(k).unwrap_or_default()))
     }
@@ -315,9 +319,10 @@ impl SyncStatus {
             "1 while a watch of the API server is failing and the agent runs on the last known state",
             self.stale_gauge.clone(),
         );
-        registry.register(
-            "kube_last_sync_timestamp_seconds",
+        registry.register_with_unit(
+            "kube_last_sync_timestamp",
             "Unix time of the last successful watch event or list",
+            prometheus_client::registry::Unit::Seconds,
             self.last_ok_ts.clone(),
         );
         registry.register(
@@ -677,7 +682,11 @@ async fn run_kind<K>(
     if let Some(t) = opts.watch_timeout_secs {
         cfg = cfg.timeout(t);
     }
-    let mut backoff = opts.min_backoff;
+    let mut backoff = backoff::Backoff::new(
+        opts.min_backoff,
+        opts.max_backoff,
+        backoff::Backoff::seed(kind as u64),
+    );
     // A 410 Gone was met since the last complete list (see `Failure::Expired`).
     let mut expired_since_listed = false;
     let mut lists = 0u64;
@@ -718,7 +727,7 @@ async fn run_kind<K>(
             // (`Init` is emitted before the list request: it proves no contact.) Whether the
             // kind is current again is decided once the cache has the event (`apply_change`).
             if !matches!(event, Event::Init) {
-                backoff = opts.min_backoff;
+                backoff.reset();
             }
             let keyed = |k: K| (store::key_of(k.metadata()), cache.compact(k));
             let change = match event {
@@ -762,9 +771,8 @@ async fn run_kind<K>(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_pause()) => {}
         }
-        backoff = (backoff * 2).min(opts.max_backoff);
     }
 }
 
@@ -1004,12 +1012,28 @@ mod status_tests {
     }
 
     #[test]
-    fn every_kind_maps_to_its_own_resource_label() {
+    fn every_kind_has_the_same_kind_label_value_in_every_family() {
         let labels: std::collections::BTreeSet<&str> = Kind::ALL
             .iter()
             .map(|k| WatchedResource::from(*k).as_str())
             .collect();
         assert_eq!(labels.len(), Kind::ALL.len());
         assert_eq!(labels.len(), WatchedResource::ALL.len());
+        // The kube_* families' `kind` value of each kind is the staleness family's.
+        let status = SyncStatus::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        status.register(&mut registry);
+        for kind in Kind::ALL {
+            status.objects.get_or_create(&KindLabels { kind }).set(1);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for kind in Kind::ALL {
+            let want = format!(
+                "kube_objects{{kind=\"{}\"}} 1",
+                WatchedResource::from(kind).as_str()
+            );
+            assert!(text.contains(&want), "{want} not in\n{text}");
+        }
     }
 }

@@ -211,16 +211,46 @@ label_enum! {
 }
 
 label_enum! {
-    /// The Kubernetes resources the agent watches.
+    /// The Kubernetes kinds the agent watches: the `kind` label of
+    /// `flowwatch_watch_staleness_seconds`, with the same values as the `kind` label of the
+    /// `flowwatch_kube_*` families (one label name and one spelling per dimension).
     WatchedResource {
-        Pods => "pods",
-        Namespaces => "namespaces",
-        NetworkPolicies => "networkpolicies",
-        Services => "services",
-        EndpointSlices => "endpointslices",
-        Nodes => "nodes",
-        ReplicaSets => "replicasets",
-        Jobs => "jobs",
+        Pods => "Pod",
+        Namespaces => "Namespace",
+        NetworkPolicies => "NetworkPolicy",
+        Services => "Service",
+        EndpointSlices => "EndpointSlice",
+        Nodes => "Node",
+        ReplicaSets => "ReplicaSet",
+        Jobs => "Job",
+    }
+}
+
+label_enum! {
+    /// Why flow data was lost (the `reason` label of `flowwatch_kernel_events_lost_total`):
+    /// each reason counts in its own unit.
+    LossReason {
+        /// Events (socket state changes, new UDP/SCTP flows) the kernel ring buffer had no room
+        /// for (STATS slots RINGBUF_FULL and RINGBUF_FULL_SOCKET).
+        RingbufFull => "ringbuf_full",
+        /// Packets of flows that were not in the kernel flow map and could not be inserted
+        /// (STATS slot FLOWS_MAP_FULL): every packet of such a flow counts.
+        FlowMapFull => "flow_map_full",
+        /// Flow entries the agent refused at its own bound on flows in flight.
+        AgentFlowLimit => "agent_flow_limit",
+    }
+}
+
+label_enum! {
+    /// Why flow-log records were dropped (the `reason` label of
+    /// `flowwatch_flow_log_records_dropped_total`).
+    FlowLogDropReason {
+        /// The disk (or quota) is full.
+        NoSpace => "no_space",
+        /// Another write error.
+        IoError => "io_error",
+        /// The log file could not be (re)opened or rotated (its directory is gone, permissions).
+        OpenFailed => "open_failed",
     }
 }
 
@@ -442,14 +472,28 @@ pub struct MapLabels {
     pub map: KernelMap,
 }
 
-/// `{resource}`
+/// `{kind}`
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResourceLabels {
-    pub resource: WatchedResource,
+    pub kind: WatchedResource,
 }
 
-/// `{version}`
+/// `{reason}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LossLabels {
+    pub reason: LossReason,
+}
+
+/// `{reason}` of the flow log
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FlowLogDropLabels {
+    pub reason: FlowLogDropReason,
+}
+
+/// `{version, commit, ebpf_object_sha256}`
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct BuildLabels {
-    pub version: &'static str,
+    pub version: String,
+    pub commit: String,
+    pub ebpf_object_sha256: String,
 }

@@ -32,7 +32,7 @@
 //! let delta = Counters { fwd_packets: 3, fwd_bytes: 180, rev_packets: 2, rev_bytes: 1200 };
 //! metrics.record_flow(&edge, None, &delta, now);
 //! // Health, whenever known:
-//! metrics.add_events_lost(0);
+//! metrics.add_events_lost(flowwatch::metrics::LossReason::RingbufFull, 0);
 //! metrics.set_map_fill(KernelMap::Flows, 0.12);
 //! metrics.set_interfaces_attached(4);
 //! metrics.set_watch_staleness(WatchedResource::Pods, std::time::Duration::from_secs(2));
@@ -69,24 +69,47 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 pub use exposition::{encode_openmetrics, encode_prometheus_text};
 pub use labels::{
-    Direction, Endpoint, FamilyName, FlowEdge, KernelMap, Name, OutcomeLabel, Port, ProtocolLabel,
-    Scope, Verdict, WatchedResource, WorkloadKind,
+    Direction, Endpoint, FamilyName, FlowEdge, FlowLogDropReason, KernelMap, LossReason, Name,
+    OutcomeLabel, Port, ProtocolLabel, Scope, Verdict, WatchedResource, WorkloadKind,
 };
 
 use budget::{Admission, BudgetedFamily};
 use labels::{
-    BlockedLabels, BuildLabels, ConnectionLabels, DriftLabels, FamilyLabels, MapLabels,
-    ResourceLabels, TrafficLabels, UncoveredLabels,
+    BlockedLabels, BuildLabels, ConnectionLabels, DriftLabels, FamilyLabels, FlowLogDropLabels,
+    LossLabels, MapLabels, ResourceLabels, TrafficLabels, UncoveredLabels,
 };
 
 use crate::model::{Counters, Nanos, Outcome};
 
 /// The metric prefix of every family.
 pub const PREFIX: &str = "flowwatch";
+
+/// What `flowwatch_build_info` says about the running agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// The crate version.
+    pub version: String,
+    /// The git commit the agent was built from (`FLOWWATCH_GIT_COMMIT` at build time, set by
+    /// build.rs), `unknown` outside a git checkout.
+    pub commit: String,
+    /// SHA-256 (hex) of the eBPF object the agent loads, `unknown` where none is known (the
+    /// agent sets it from the object it embeds).
+    pub ebpf_object_sha256: String,
+}
+
+impl Default for BuildInfo {
+    fn default() -> Self {
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            commit: env!("FLOWWATCH_GIT_COMMIT").to_string(),
+            ebpf_object_sha256: "unknown".to_string(),
+        }
+    }
+}
 
 /// Settings of the metric catalogue (the agent's `--series-budget*` / `--series-ttl` flags).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +120,8 @@ pub struct MetricsConfig {
     pub max_series_per_namespace: usize,
     /// Series not updated for this long are removed.
     pub series_ttl: Duration,
+    /// The labels of `flowwatch_build_info`.
+    pub build: BuildInfo,
 }
 
 impl Default for MetricsConfig {
@@ -105,6 +130,7 @@ impl Default for MetricsConfig {
             max_series_per_family: 10_000,
             max_series_per_namespace: 2_000,
             series_ttl: Duration::from_secs(15 * 60),
+            build: BuildInfo::default(),
         }
     }
 }
@@ -200,9 +226,10 @@ impl EdgeFamilies {
              policies intend, verdict=allowed where something else is broken",
             self.blocked.family.clone(),
         );
-        registry.register(
-            "flow_bytes",
+        registry.register_with_unit(
+            "flow",
             "Bytes at the IP layer by edge and direction (forward: initiator to responder)",
+            Unit::Bytes,
             self.bytes.family.clone(),
         );
         registry.register(
@@ -254,7 +281,7 @@ impl EdgeFamilies {
 
 /// The agent's own health.
 pub struct Health {
-    events_lost: Counter,
+    events_lost: Family<LossLabels, Counter>,
     packets_unattributed: Counter,
     map_fill: Family<MapLabels, F64Gauge>,
     interfaces_attached: Gauge,
@@ -265,12 +292,17 @@ pub struct Health {
     series: Family<FamilyLabels, Gauge>,
     evaluation: Histogram,
     scrape: Histogram,
+    build: BuildInfo,
+    flow_log_records: Counter,
+    flow_log_dropped: Family<FlowLogDropLabels, Counter>,
+    flow_log_rotations: Counter,
+    flow_log_reopens: Counter,
 }
 
 impl Health {
-    fn new() -> Self {
+    fn new(build: BuildInfo) -> Self {
         Health {
-            events_lost: Counter::default(),
+            events_lost: Family::default(),
             packets_unattributed: Counter::default(),
             map_fill: Family::default(),
             interfaces_attached: Gauge::default(),
@@ -283,14 +315,20 @@ impl Health {
             evaluation: Histogram::new(exponential_buckets(1e-6, 4.0, 11)),
             // 1 ms .. about 4 s
             scrape: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
+            build,
+            flow_log_records: Counter::default(),
+            flow_log_dropped: Family::default(),
+            flow_log_rotations: Counter::default(),
+            flow_log_reopens: Counter::default(),
         }
     }
 
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "kernel_events_lost",
-            "Flow events lost: the kernel ring buffer or flow map was full, or the agent refused \
-             new flows at its own bound on flows in flight",
+            "Flow data lost, by reason, each in its own unit: ringbuf_full (events the kernel \
+             ring buffer had no room for), flow_map_full (packets of flows the full kernel flow \
+             map could not hold), agent_flow_limit (flows the agent refused at its own bound)",
             self.events_lost.clone(),
         );
         registry.register(
@@ -299,9 +337,10 @@ impl Health {
              IPv6 behind extension headers): traffic in no flow",
             self.packets_unattributed.clone(),
         );
-        registry.register(
-            "kernel_map_fill_ratio",
+        registry.register_with_unit(
+            "kernel_map_fill",
             "Fill ratio (0..1) of the kernel maps",
+            Unit::Other("ratio".into()),
             self.map_fill.clone(),
         );
         registry.register(
@@ -309,10 +348,11 @@ impl Health {
             "Network interfaces the capture programs are attached to",
             self.interfaces_attached.clone(),
         );
-        registry.register(
-            "watch_staleness_seconds",
+        registry.register_with_unit(
+            "watch_staleness",
             "Seconds the Kubernetes watches have been failing (the agent runs on the last known \
              state); 0 while every watch is current",
+            Unit::Seconds,
             self.watch_staleness.clone(),
         );
         registry.register(
@@ -335,23 +375,61 @@ impl Health {
             "Series each edge family currently exports (overflow buckets included)",
             self.series.clone(),
         );
-        registry.register(
-            "policy_evaluation_duration_seconds",
+        registry.register_with_unit(
+            "policy_evaluation_duration",
             "Time to evaluate one flow against the NetworkPolicies",
+            Unit::Seconds,
             self.evaluation.clone(),
         );
-        registry.register(
-            "scrape_duration_seconds",
+        registry.register_with_unit(
+            "scrape_duration",
             "Time to encode the /metrics exposition",
+            Unit::Seconds,
             self.scrape.clone(),
         );
         registry.register(
             "build",
-            "The agent's version",
+            "The agent's version, the git commit it was built from, and the SHA-256 of the eBPF \
+             object it loads",
             Info::new(BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
+                version: self.build.version.clone(),
+                commit: self.build.commit.clone(),
+                ebpf_object_sha256: self.build.ebpf_object_sha256.clone(),
             }),
         );
+        registry.register(
+            "flow_log_records",
+            "Records written to the flow log",
+            self.flow_log_records.clone(),
+        );
+        registry.register(
+            "flow_log_records_dropped",
+            "Flow-log records that could not be written, by reason (no_space, io_error, \
+             open_failed); the agent goes on",
+            self.flow_log_dropped.clone(),
+        );
+        registry.register(
+            "flow_log_rotations",
+            "Size-based rotations of the flow log file",
+            self.flow_log_rotations.clone(),
+        );
+        registry.register(
+            "flow_log_reopens",
+            "Times the flow log file was reopened because something else renamed or removed it \
+             (logrotate)",
+            self.flow_log_reopens.clone(),
+        );
+        for reason in FlowLogDropReason::ALL {
+            let _ = self
+                .flow_log_dropped
+                .get_or_create(&FlowLogDropLabels { reason: *reason });
+        }
+        for reason in LossReason::ALL {
+            // Present from the start, so `increase()` sees the first loss.
+            let _ = self
+                .events_lost
+                .get_or_create(&LossLabels { reason: *reason });
+        }
         for family in FamilyName::ALL {
             // Present from the start, so `rate()` and alerts see zeros rather than nothing.
             let _ = self
@@ -391,7 +469,7 @@ impl Metrics {
         config.validate()?;
         let mut registry = Registry::with_prefix(PREFIX);
         let edges = EdgeFamilies::new(config);
-        let health = Health::new();
+        let health = Health::new(config.build.clone());
         edges.register(&mut registry);
         health.register(&mut registry);
         let ttl = nanos(config.series_ttl);
@@ -573,10 +651,40 @@ impl Metrics {
         }
     }
 
-    /// Adds flow events lost since the last call: kernel ones (ring buffer full, flow map
-    /// full) and flows the agent itself refused (its bound on flows in flight).
-    pub fn add_events_lost(&self, n: u64) {
-        self.inner.health.events_lost.inc_by(n);
+    /// Adds flow data lost since the last call for one reason: events the kernel ring buffer
+    /// dropped, packets of flows the kernel flow map could not hold, flows the agent itself
+    /// refused (its bound on flows in flight).
+    pub fn add_events_lost(&self, reason: LossReason, n: u64) {
+        if n > 0 {
+            self.inner
+                .health
+                .events_lost
+                .get_or_create(&LossLabels { reason })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts one batch of the flow log: records written and dropped (with why), rotations,
+    /// and whether the file was reopened.
+    pub fn record_flow_log(
+        &self,
+        written: u64,
+        dropped: u64,
+        reason: Option<FlowLogDropReason>,
+        rotations: u64,
+        reopened: bool,
+    ) {
+        let h = &self.inner.health;
+        h.flow_log_records.inc_by(written);
+        if let (true, Some(reason)) = (dropped > 0, reason) {
+            h.flow_log_dropped
+                .get_or_create(&FlowLogDropLabels { reason })
+                .inc_by(dropped);
+        }
+        h.flow_log_rotations.inc_by(rotations);
+        if reopened {
+            h.flow_log_reopens.inc();
+        }
     }
 
     /// Adds packets the kernel could not give a flow since the last call.
@@ -605,11 +713,11 @@ impl Metrics {
     }
 
     /// Sets how long a watch has been failing (zero while it is current).
-    pub fn set_watch_staleness(&self, resource: WatchedResource, staleness: Duration) {
+    pub fn set_watch_staleness(&self, kind: WatchedResource, staleness: Duration) {
         self.inner
             .health
             .watch_staleness
-            .get_or_create(&ResourceLabels { resource })
+            .get_or_create(&ResourceLabels { kind })
             .set(staleness.as_secs_f64());
     }
 

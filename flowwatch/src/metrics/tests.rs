@@ -231,6 +231,7 @@ fn idle_series_expire_and_free_their_budget() {
         max_series_per_family: 1,
         max_series_per_namespace: 1,
         series_ttl: ttl,
+        ..Default::default()
     });
     let old = edge(("a", "gone"), ("b", "y"), 80, [A, A, A]);
     let newer = edge(("a", "fresh"), ("b", "y"), 80, [A, A, A]);
@@ -298,8 +299,9 @@ fn label_values_are_escaped() {
 #[test]
 fn health_setters_reach_the_exposition() {
     let (m, reg) = new(MetricsConfig::default());
-    m.add_events_lost(5);
-    m.add_events_lost(2);
+    m.add_events_lost(LossReason::RingbufFull, 5);
+    m.add_events_lost(LossReason::RingbufFull, 2);
+    m.add_events_lost(LossReason::AgentFlowLimit, 1);
     m.add_packets_unattributed(4);
     m.set_map_fill(KernelMap::Flows, 1.7);
     m.set_map_fill(KernelMap::Events, f64::NAN);
@@ -314,16 +316,24 @@ fn health_setters_reach_the_exposition() {
     m.observe_scrape(Duration::from_millis(3));
     let t = text(&reg);
     for want in [
-        "flowwatch_kernel_events_lost_total 7",
+        "flowwatch_kernel_events_lost_total{reason=\"ringbuf_full\"} 7",
+        "flowwatch_kernel_events_lost_total{reason=\"flow_map_full\"} 0",
+        "flowwatch_kernel_events_lost_total{reason=\"agent_flow_limit\"} 1",
         "flowwatch_kernel_packets_unattributed_total 4",
         "flowwatch_kernel_map_fill_ratio{map=\"flows\"} 1.0",
         "flowwatch_interfaces_attached 3",
-        "flowwatch_watch_staleness_seconds{resource=\"networkpolicies\"} 2.5",
+        "flowwatch_watch_staleness_seconds{kind=\"NetworkPolicy\"} 2.5",
         "flowwatch_policies_invalid 1",
         "flowwatch_inventory_objects_skipped 2",
         "flowwatch_policy_evaluation_duration_seconds_count 1",
         "flowwatch_scrape_duration_seconds_count 1",
-        "flowwatch_build_info{version=\"",
+        concat!(
+            "flowwatch_build_info{version=\"",
+            env!("CARGO_PKG_VERSION"),
+            "\",commit=\"",
+            env!("FLOWWATCH_GIT_COMMIT"),
+            "\",ebpf_object_sha256=\"unknown\"} 1"
+        ),
         "flowwatch_series_dropped_total{family=\"flow_bytes\"} 0",
     ] {
         assert!(t.contains(want), "missing {want:?} in\n{t}");
@@ -371,6 +381,53 @@ fn bad_config_is_an_error_naming_the_field() {
 }
 
 #[test]
+fn openmetrics_names_the_units_and_build_info_carries_the_given_build() {
+    let (m, reg) = new(MetricsConfig {
+        build: BuildInfo {
+            version: "9.9.9".into(),
+            commit: "abc123".into(),
+            ebpf_object_sha256: "00ff".into(),
+        },
+        ..Default::default()
+    });
+    // Empty families are not encoded: give each one a series.
+    let traffic = Counters {
+        fwd_packets: 1,
+        fwd_bytes: 60,
+        rev_packets: 0,
+        rev_bytes: 0,
+    };
+    m.record_flow(
+        &edge(("a", "x"), ("b", "y"), 80, [A, A, A]),
+        None,
+        &traffic,
+        SEC,
+    );
+    m.set_map_fill(KernelMap::Flows, 0.5);
+    m.set_watch_staleness(WatchedResource::Pods, Duration::ZERO);
+    let om = encode_openmetrics(&reg).unwrap();
+    for (family, unit) in [
+        ("flowwatch_flow_bytes", "bytes"),
+        ("flowwatch_kernel_map_fill_ratio", "ratio"),
+        ("flowwatch_watch_staleness_seconds", "seconds"),
+        ("flowwatch_policy_evaluation_duration_seconds", "seconds"),
+        ("flowwatch_scrape_duration_seconds", "seconds"),
+    ] {
+        assert!(
+            om.contains(&format!("# UNIT {family} {unit}\n")),
+            "no unit {unit} for {family}:\n{om}"
+        );
+    }
+    // Only where the name ends with a unit.
+    assert_eq!(om.matches("# UNIT ").count(), 5, "{om}");
+    assert!(om.contains(
+        "flowwatch_build_info{version=\"9.9.9\",commit=\"abc123\",ebpf_object_sha256=\"00ff\"} 1"
+    ));
+    // The Prometheus text format has no UNIT lines.
+    assert!(!encode_prometheus_text(&reg).unwrap().contains("# UNIT"));
+}
+
+#[test]
 fn both_formats_describe_counters_correctly() {
     let (m, reg) = new(MetricsConfig::default());
     m.record_flow(
@@ -395,6 +452,7 @@ fn the_budget_keeps_the_most_active_edges() {
         max_series_per_family: 2,
         max_series_per_namespace: 2,
         series_ttl: Duration::from_secs(60),
+        ..Default::default()
     });
     let none = Counters::default();
     let [quiet, busy, late] =
@@ -441,6 +499,7 @@ fn a_candidate_needs_clearly_more_activity_to_displace() {
         max_series_per_family: 1,
         max_series_per_namespace: 1,
         series_ttl: Duration::from_secs(60),
+        ..Default::default()
     });
     let none = Counters::default();
     let [held, challenger] =
@@ -487,6 +546,7 @@ fn an_edge_admitted_mid_window_is_not_promoted_again() {
         max_series_per_family: 2,
         max_series_per_namespace: 2,
         series_ttl: Duration::from_secs(60),
+        ..Default::default()
     });
     let none = Counters::default();
     let rec = |w: &str, at: Nanos| {
@@ -554,6 +614,7 @@ fn a_full_namespace_only_displaces_its_own_edges() {
         max_series_per_family: 10,
         max_series_per_namespace: 1,
         series_ttl: Duration::from_secs(60),
+        ..Default::default()
     });
     let none = Counters::default();
     let other_ns = edge(("quiet-ns", "idle"), ("b", "y"), 80, [A, A, A]);

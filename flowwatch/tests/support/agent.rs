@@ -105,6 +105,17 @@ impl Agent {
         Agent::spawn(FlowLog::None, args)
     }
 
+    /// As `start`, with the flow log at `path` (a file system the test prepared).
+    pub fn start_with_flow_log_at(path: &std::path::Path, args: &[&str]) -> Agent {
+        let p = path.to_str().expect("a UTF-8 path");
+        let mut agent = Agent::spawn(
+            FlowLog::None,
+            &[&["--poll-interval-ms", "200", "--flow-log", p], args].concat(),
+        );
+        agent.flow_log = path.to_path_buf();
+        agent
+    }
+
     /// As deployed, plus the flow log.
     pub fn start_as_deployed_with_flow_log(args: &[&str]) -> Agent {
         Agent::spawn(FlowLog::File, args)

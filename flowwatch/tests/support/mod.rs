@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod apiserver;
 pub mod frames;
+pub mod helm;
+pub mod jsonschema;
 pub mod netns;
 pub mod privileged;
 pub mod prometheus;
