@@ -15,8 +15,9 @@
 //!  "outcome":"established","end_reason":"closed","observed_at":["client","server"],
 //!  "fwd":{"packets":6,"bytes":322},"rev":{"packets":4,"bytes":221},"node":"demo-node",
 //!  "verdict":"denied",
-//!  "ingress":{"verdict":"denied","policies":[],"rules":[],"reason":"no_rule_matched"},
-//!  "egress":{"verdict":"uncovered","policies":[],"rules":[],"reason":"not_selected"}}
+//!  "ingress":{"verdict":"denied","policies":[],"rules":[],"reason":"no_rule_matched","tier":"networkpolicy",
+//!             "decided_by":{"kind":"NetworkPolicy","name":"data/default-deny","rule":null,"action":"Deny"}},
+//!  "egress":{"verdict":"uncovered","policies":[],"rules":[],"reason":"not_selected","tier":"none"}}
 //! ```
 //!
 //! `fwd` counts initiator->responder, `rev` the answer; bytes are IP-layer bytes. Enrichment and
@@ -160,12 +161,21 @@ impl FlowRecord {
             return self;
         };
         let side = |s: &SideResult| {
-            serde_json::json!({
+            let mut side = serde_json::json!({
                 "verdict": s.verdict.as_str(),
                 "policies": s.policies(),
                 "rules": &*s.allowed_by,
                 "reason": s.reason.as_str(),
-            })
+                "tier": s.tier.as_str(),
+            });
+            // As in `flowwatch policy eval`: only when a rule decided / CNI policies may apply.
+            if let Some(by) = &s.decided_by {
+                side["decided_by"] = serde_json::to_value(&**by).unwrap_or_default();
+            }
+            if s.cni_policy_present {
+                side["cni_policy_present"] = true.into();
+            }
+            side
         };
         let mut policy = serde_json::Map::new();
         policy.insert("verdict".into(), v.verdict.as_str().into());

@@ -1,4 +1,9 @@
-//! The NetworkPolicy engine: per-direction verdicts with reasons (pure, no I/O).
+//! The policy engine: per-direction verdicts with reasons and the deciding tier (pure, no I/O).
+//!
+//! Cluster-scoped policies of the network-policy-api project (`ClusterNetworkPolicy` v1alpha2,
+//! `AdminNetworkPolicy`/`BaselineAdminNetworkPolicy` v1alpha1, one model in [`tiered`]) are
+//! walked around the NetworkPolicies: Admin tier, NetworkPolicy tier, Baseline tier (see
+//! `docs/policy.md`, "Cluster-scoped policies").
 //!
 //! `networking.k8s.io/v1` NetworkPolicy as the Kubernetes API documents it: label selectors
 //! (`matchLabels`, `matchExpressions`), `namespaceSelector` AND `podSelector` in one peer, OR
@@ -35,7 +40,8 @@
 //! - [`PolicyEngine::explain`] (every selecting policy and rule, and why each matched or not)
 //! - [`PolicyEngine::coverage`] (unprotected namespaces and pods, policies selecting nothing)
 //! - [`FlowVerdict`] `{ verdict: Verdict, ingress: SideResult, egress: SideResult }`;
-//!   [`SideResult`] `{ verdict: SideVerdict, reason: SideReason, allowed_by: Arc<[RuleRef]> }`;
+//!   [`SideResult`] `{ verdict: SideVerdict, reason: SideReason, allowed_by: Arc<[RuleRef]>,
+//!   tier: Tier, decided_by: Option<Arc<DecidedBy>>, cni_policy_present: bool }`;
 //!   [`RuleRef`] `{ policy: "namespace/name", rule: index in spec.ingress / spec.egress }`.
 //!   The enums are `Copy` and have `as_str()`: `allowed|denied|uncovered|not_applicable`.
 //!
