@@ -151,7 +151,7 @@ fn main() {
             (
                 (20 - failures.len(), 20),
                 format!(
-                "{opened} opened; all {closed} dropped by the write stall timeout within {:.0} s",
+                "{opened} opened; {closed} of them dropped (write stall timeout) within {:.0} s",
                 start.elapsed().as_secs_f64()
             ),
             )
@@ -170,7 +170,7 @@ fn main() {
         (
             (20 - failures.len(), 20),
             format!(
-                "{opened} opened; {closed_at_once} closed at once (cap), all {closed} within {:.0} s",
+                "{opened} opened; {closed_at_once} closed when checked right after opening, {closed} within {:.0} s",
                 start.elapsed().as_secs_f64()
             ),
         )

@@ -280,3 +280,16 @@ fn a_snapshot_of_a_pathological_megabyte_fails_policy_eval_fast() {
         assert!(start.elapsed() < Duration::from_secs(5), "{what}");
     }
 }
+
+#[test]
+fn a_snapshot_from_dev_zero_is_a_clean_error() {
+    let start = std::time::Instant::now();
+    let (code, _, stderr) = eval(Path::new("/dev/zero"), "/dev/null");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero") && stderr.contains("NUL byte"),
+        "{stderr}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+}

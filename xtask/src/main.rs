@@ -3,6 +3,7 @@
 //! Each area owns a module; `main` only dispatches.
 
 mod deploy;
+mod fuzz;
 mod k8s;
 mod setup;
 mod test;
@@ -49,6 +50,18 @@ enum Command {
     Bench {
         /// Which benchmark.
         name: String,
+    },
+    /// Fuzz every parser (cargo fuzz; not in CI): each target for `--secs` from its seeds.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Run each seed of the corpus once instead (a quick check).
+        #[arg(long)]
+        seeds_only: bool,
     },
 }
 
@@ -105,6 +118,11 @@ fn main() {
         Command::Demo => demo(),
         Command::Test => test::run(),
         Command::Bench { name } => bench(&name),
+        Command::Fuzz {
+            secs,
+            target,
+            seeds_only,
+        } => fuzz::run(secs, target.as_deref(), seeds_only),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -520,6 +520,23 @@ fn decode_event(bytes: &[u8]) -> Result<Observation, KernelDataError> {
     Observation::from_kernel_event(&event)
 }
 
+/// The decoders of kernel data, for the fuzz targets (`fuzz/`, feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A ring-buffer record, as the agent decodes it.
+    pub fn decode_event(
+        bytes: &[u8],
+    ) -> Result<crate::model::Observation, crate::model::KernelDataError> {
+        super::decode_event(bytes)
+    }
+
+    /// A conntrack netlink reply, as the agent decodes it.
+    pub fn decode_conntrack_reply(bytes: &[u8]) -> Option<std::net::SocketAddr> {
+        super::conntrack::decode_reply(bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

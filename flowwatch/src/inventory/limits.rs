@@ -30,12 +30,31 @@ pub const MAX_NESTING: usize = 64;
 /// Largest snapshot file read (a `kubectl get pods -A -o yaml` of 100,000 pods is about 500 MB).
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
-/// Reads a snapshot file, refusing one larger than [`MAX_SNAPSHOT_BYTES`] (and endless ones:
-/// `/dev/zero`) without reading more than that.
+/// Reads a snapshot file, refusing one larger than [`MAX_SNAPSHOT_BYTES`] without reading more
+/// than that, and binary data (a NUL byte, which neither YAML nor JSON text holds: `/dev/zero`)
+/// at its first block.
 pub fn read_to_string_bounded(path: &Path) -> std::io::Result<String> {
-    let file = std::fs::File::open(path)?;
+    let mut file = std::fs::File::open(path)?.take(MAX_SNAPSHOT_BYTES + 1);
     let mut bytes = Vec::new();
-    file.take(MAX_SNAPSHOT_BYTES + 1).read_to_end(&mut bytes)?;
+    let mut block = vec![0u8; 64 * 1024];
+    loop {
+        let n = match file.read(&mut block) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(at) = block[..n].iter().position(|b| *b == 0) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "binary data (a NUL byte at offset {}): not YAML or JSON text",
+                    bytes.len() + at
+                ),
+            ));
+        }
+        bytes.extend_from_slice(&block[..n]);
+    }
     if bytes.len() as u64 > MAX_SNAPSHOT_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -421,6 +440,12 @@ mod tests {
         assert_eq!(e, "YAML: yaml says");
         let e = syntax_error("[{\"kind\": 1,}]", "json says".into(), "yaml says".into());
         assert_eq!(e, "JSON: json says");
+    }
+
+    #[test]
+    fn binary_files_are_refused_at_their_first_block() {
+        let e = read_to_string_bounded(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("NUL byte at offset 0"), "{e}");
     }
 
     #[test]
