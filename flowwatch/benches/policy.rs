@@ -12,6 +12,9 @@
 //! * `cargo bench -p flowwatch --bench policy -- --generate DIR [--flows N]`: writes
 //!   `DIR/snapshot.yaml` (a `kind: List`, as kubectl prints it) and `DIR/flows.jsonl`
 //!   (N flow lines, default 1,000,000) for timing `flowwatch policy eval` end to end.
+//! * `cargo bench -p flowwatch --bench policy -- --generate-whatif DIR [--flows N]`: the same
+//!   cluster with Deployment owners, a proposed change and N flow-log records, for timing
+//!   `flowwatch policy whatif` end to end (docs/benchmarks.md, "Policy what-if").
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -462,8 +465,101 @@ fn generate(dir: &std::path::Path, n: usize) -> std::io::Result<()> {
     out.flush()
 }
 
+/// `--generate-whatif DIR`: a what-if over recorded traffic at the same scale. Writes
+/// `DIR/snapshot.json` (the synthetic cluster, its pods owned by Deployments `app-0`..`app-4`
+/// through ReplicaSets, as kubectl prints them), `DIR/proposed.yaml` (in every tenth
+/// namespace, `backend-ingress` no longer admits the api tier: the api -> db edges break) and
+/// `DIR/flowlog.jsonl` (N records in the agent's flow-log format: web -> api, api -> db,
+/// api -> cache, worker -> api in each namespace, a tenth of them to the api of ns-000, and the
+/// internet -> web; one node logs each connection).
+fn generate_whatif(dir: &std::path::Path, n: usize) -> std::io::Result<()> {
+    use serde_json::json;
+    std::fs::create_dir_all(dir)?;
+    let mut cluster = synthetic_cluster();
+    for item in cluster["items"].as_array_mut().into_iter().flatten() {
+        if item["kind"] == "Pod" {
+            let app = item["metadata"]["labels"]["app"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let hash = item["metadata"]["labels"]["pod-template-hash"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            item["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": format!("{app}-{hash}"), "uid": format!("rs-{app}"), "controller": true}]);
+        }
+    }
+    std::fs::write(dir.join("snapshot.json"), serde_json::to_vec(&cluster)?)?;
+    let mut proposed = String::new();
+    for ns in (0..NAMESPACES).step_by(10) {
+        proposed.push_str(&format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: ns-{ns:03}, name: backend-ingress}}\n\
+             spec:\n  podSelector: {{matchExpressions: [{{key: tier, operator: In, values: [api, db]}}]}}\n  \
+             ingress:\n  - from: [{{podSelector: {{matchLabels: {{tier: web}}}}}}]\n    ports: [{{port: http}}, {{port: 5432, endPort: 5440}}]\n"
+        ));
+    }
+    std::fs::write(dir.join("proposed.yaml"), proposed)?;
+    let per_ns = APPS_PER_NS * REPLICAS;
+    let end = |i: usize, port: u16| {
+        let (ns, app, replica) = (i / per_ns, i % per_ns / REPLICAS, i % REPLICAS);
+        let (namespace, name) = pod_name(ns, app, replica);
+        format!(
+            r#"{{"ip":"{}","port":{port},"kind":"pod","namespace":"{namespace}","name":"{name}","workload_kind":"Deployment","workload_name":"app-{app}","node":"node-{}"}}"#,
+            pod_ip(i),
+            i % NODES
+        )
+    };
+    let pod = |ns: usize, app: usize, replica: usize| ns * per_ns + app * REPLICAS + replica;
+    let mut rng = Rng(42);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("flowlog.jsonl"))?);
+    for i in 0..n {
+        let ns = rng.below(NAMESPACES);
+        let (r1, r2) = (rng.below(REPLICAS), rng.below(REPLICAS));
+        // (source app, destination app, port); app 0 web, 1 api, 2 db, 3 cache, 4 worker.
+        let (from, to, port) =
+            [(0, 1, 8080), (1, 2, 5432), (1, 3, 8080), (4, 1, 8080)][rng.below(4)];
+        let dst_ns = if rng.below(10) == 0 { 0 } else { ns };
+        let src = if rng.below(20) == 0 {
+            format!(
+                r#"{{"ip":"203.0.113.{}","port":{},"kind":"external","class":"public"}}"#,
+                rng.below(256),
+                30000 + i % 30000
+            )
+        } else {
+            end(pod(ns, from, r1), 30000 + (i % 30000) as u16)
+        };
+        let dst = end(pod(dst_ns, to, r2), port);
+        let outcome = if rng.below(50) == 0 {
+            "failed"
+        } else {
+            "established"
+        };
+        writeln!(
+            out,
+            r#"{{"start":"2026-11-25T01:09:33.465Z","end":"2026-11-25T01:09:33.467Z","protocol":"TCP","src":{src},"dst":{dst},"outcome":"{outcome}","end_reason":"closed","observed_at":["client"],"fwd":{{"packets":6,"bytes":322}},"rev":{{"packets":4,"bytes":221}},"node":"node-{}","verdict":"allowed","ingress":{{"verdict":"allowed","policies":[],"rules":[],"reason":"rule_matched"}},"egress":{{"verdict":"allowed","policies":[],"rules":[],"reason":"rule_matched"}}}}"#,
+            pod(ns, from, r1) % NODES
+        )?;
+    }
+    out.flush()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--generate-whatif") {
+        let dir = args.get(i + 1).expect("--generate-whatif DIR");
+        let n = args
+            .iter()
+            .position(|a| a == "--flows")
+            .and_then(|j| args.get(j + 1))
+            .map(|s| s.parse().expect("--flows N"))
+            .unwrap_or(1_000_000);
+        generate_whatif(std::path::Path::new(dir), n).expect("write the generated files");
+        println!(
+            "wrote {dir}/snapshot.json, {dir}/proposed.yaml and {dir}/flowlog.jsonl ({n} records)"
+        );
+        return;
+    }
     if args.iter().any(|a| a == "--report") {
         report();
         return;

@@ -7,6 +7,7 @@
 //! address for an end that is not a pod. Each edge is judged before and after the change and
 //! its [`Change`] classified.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -134,12 +135,7 @@ impl Edges {
         if line.trim().is_empty() {
             return;
         }
-        let record = match serde_json::from_str::<Value>(line) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return self.bad_line(origin, line_no, "not a JSON object"),
-            Err(e) => return self.bad_line(origin, line_no, &format!("invalid JSON: {e}")),
-        };
-        match edge_of_record(&record) {
+        match edge_of_line(line) {
             Ok(Recorded::Edge(key, established)) => self.add(key, 1, u64::from(established)),
             Ok(Recorded::Skipped(why)) => self.skip(why, 1),
             Err(why) => self.bad_line(origin, line_no, &why),
@@ -155,23 +151,65 @@ pub enum Recorded {
     Skipped(Skip),
 }
 
-/// The edge of one flow-log record (the format of `docs/configuration.md`).
-pub fn edge_of_record(record: &Value) -> Result<Recorded, String> {
-    let str_field = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).map(str::to_string);
-    let outcome = str_field(record, "outcome").ok_or("missing \"outcome\"")?;
-    let established = match outcome.as_str() {
+/// A flow-log record as far as what-if reads it, borrowed from its line (a million records
+/// are read without building a document tree for each; other fields are skipped).
+#[derive(serde::Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    outcome: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    protocol: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    node: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    src: Option<RecordEnd<'a>>,
+    #[serde(borrow)]
+    dst: Option<RecordEnd<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RecordEnd<'a> {
+    #[serde(borrow)]
+    ip: Option<Cow<'a, str>>,
+    port: Option<u64>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    workload_kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    workload_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    node: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    backend: Option<Box<RecordEnd<'a>>>,
+}
+
+/// The edge of one flow-log line (the record format of `docs/configuration.md`).
+pub fn edge_of_line(line: &str) -> Result<Recorded, String> {
+    let record: Record = serde_json::from_str(line).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            format!("invalid JSON: {e}")
+        } else {
+            format!("not a flow record: {e}")
+        }
+    })?;
+    let established = match record.outcome.as_deref().ok_or("missing \"outcome\"")? {
         "established" => true,
         "failed" | "unanswered" => false,
         "midstream" | "pending" => return Ok(Recorded::Skipped(Skip::NotAConnection)),
         other => return Err(format!("unknown outcome {other:?}")),
     };
-    let protocol = str_field(record, "protocol")
+    let protocol = record
+        .protocol
+        .as_deref()
         .ok_or("missing \"protocol\"")?
         .parse::<Protocol>()?;
-    let src = record.get("src").ok_or("missing \"src\"")?;
-    let dst = record.get("dst").ok_or("missing \"dst\"")?;
+    let src = record.src.as_ref().ok_or("missing \"src\"")?;
+    let dst = record.dst.as_ref().ok_or("missing \"dst\"")?;
     // Both nodes of a cross-node connection log it; count the copy the metrics count.
-    if let Some(node) = record.get("node").and_then(Value::as_str) {
+    if let Some(node) = record.node.as_deref() {
         if let Some(counting) = pod_node(src).or_else(|| pod_node(dst)) {
             if counting != node {
                 return Ok(Recorded::Skipped(Skip::OtherNodesCopy));
@@ -179,11 +217,10 @@ pub fn edge_of_record(record: &Value) -> Result<Recorded, String> {
         }
     }
     let port = dst
-        .get("port")
-        .and_then(Value::as_u64)
+        .port
         .and_then(|p| u16::try_from(p).ok())
         .ok_or("dst.port: missing or not a port")?;
-    let end = |e: &Value, side: &str| -> Result<Result<EdgeEnd, Skip>, String> {
+    let end = |e: &RecordEnd, side: &str| -> Result<Result<EdgeEnd, Skip>, String> {
         end_of(e).map_err(|why| format!("{side}: {why}"))
     };
     let src = match end(src, "src")? {
@@ -206,34 +243,35 @@ pub fn edge_of_record(record: &Value) -> Result<Recorded, String> {
 }
 
 /// The node of a record's end when it is a pod (host-network pods included).
-fn pod_node(end: &Value) -> Option<&str> {
-    let kind = end.get("kind").and_then(Value::as_str);
-    if matches!(kind, Some("pod" | "host_network_pod")) {
-        end.get("node").and_then(Value::as_str)
-    } else {
-        None
+fn pod_node<'r>(end: &'r RecordEnd) -> Option<&'r str> {
+    match end.kind.as_deref() {
+        Some("pod" | "host_network_pod") => end.node.as_deref(),
+        _ => None,
     }
 }
 
 /// One end of a record: a pod's workload, a Service's backend, or an address.
-fn end_of(end: &Value) -> Result<Result<EdgeEnd, Skip>, String> {
-    let field = |f: &str| end.get(f).and_then(Value::as_str);
-    match field("kind") {
+fn end_of(end: &RecordEnd) -> Result<Result<EdgeEnd, Skip>, String> {
+    match end.kind.as_deref() {
         Some("pod") => Ok(workload_end(
-            field("namespace").ok_or("pod without namespace")?,
-            field("workload_kind").ok_or("pod without workload_kind")?,
-            field("workload_name").ok_or("pod without workload_name")?,
+            end.namespace.as_deref().ok_or("pod without namespace")?,
+            end.workload_kind
+                .as_deref()
+                .ok_or("pod without workload_kind")?,
+            end.workload_name
+                .as_deref()
+                .ok_or("pod without workload_name")?,
         )),
-        Some("service") => match end.get("backend") {
-            Some(backend) if backend.get("kind").and_then(Value::as_str) == Some("pod") => {
-                end_of(backend)
-            }
+        Some("service") => match &end.backend {
+            Some(backend) if backend.kind.as_deref() == Some("pod") => end_of(backend),
             Some(_) | None => Ok(Err(Skip::UnknownBackend)),
         },
         // Node, host-network pod, external, or a record written without an inventory: the
         // address is what policies judge it by.
         _ => {
-            let ip = field("ip")
+            let ip = end
+                .ip
+                .as_deref()
                 .ok_or("missing ip")?
                 .parse::<IpAddr>()
                 .map_err(|e| format!("ip: {e}"))?;
@@ -548,12 +586,15 @@ mod tests {
                          "workload_name": "postgres", "node": "n1"}});
         let web = pod("shop", "web-a", "Deployment", "web", "n1", 40000);
         let r = record(web.clone(), svc, "established", "n1");
-        assert_eq!(edge_of_record(&r), Ok(Recorded::Edge(web_to_db(), true)));
+        assert_eq!(
+            edge_of_line(&r.to_string()),
+            Ok(Recorded::Edge(web_to_db(), true))
+        );
         let no_backend = json!({"ip": "10.96.0.20", "port": 5432, "kind": "service",
                                 "namespace": "data", "name": "postgres"});
         let r = record(web.clone(), no_backend, "failed", "n1");
         assert_eq!(
-            edge_of_record(&r),
+            edge_of_line(&r.to_string()),
             Ok(Recorded::Skipped(Skip::UnknownBackend))
         );
         let r = record(
@@ -563,7 +604,7 @@ mod tests {
             "n1",
         );
         assert_eq!(
-            edge_of_record(&r),
+            edge_of_line(&r.to_string()),
             Ok(Recorded::Skipped(Skip::UnnamedWorkload))
         );
         let r = record(
@@ -573,7 +614,7 @@ mod tests {
             "n1",
         );
         assert_eq!(
-            edge_of_record(&r),
+            edge_of_line(&r.to_string()),
             Ok(Recorded::Skipped(Skip::NotAConnection))
         );
 

@@ -424,3 +424,44 @@ fn diff_lists_every_workload_pair_and_port_range_that_changes() {
         "0 reachability changes: 0 would_break, 0 newly_allowed\n"
     );
 }
+
+#[test]
+fn unreadable_traffic_is_an_error_naming_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port(); // released: nothing listens there
+    let run = |traffic: &[&str]| {
+        flowwatch()
+            .args(["policy", "whatif", "--snapshot"])
+            .arg(example("repo"))
+            .arg("--proposed")
+            .arg(example("change"))
+            .args(traffic)
+            .output()
+            .unwrap()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let out = run(&["--prometheus", &url, "--since", "1h"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read the observed traffic"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&url), "{stderr}");
+    let out = run(&["--flows", "/nonexistent/flowwatch.log"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/flowwatch.log"));
+    // --since without --prometheus, or both sources: usage errors.
+    assert_eq!(
+        run(&["--since", "1h", "--flows", "x"]).status.code(),
+        Some(1)
+    );
+    let out = run(&["--prometheus", &url, "--since", "7x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown unit"),
+        "{out:?}"
+    );
+}
