@@ -348,6 +348,8 @@ impl Reference<'_> {
 
     /// The cluster tier walk: `Some(Some(action))` decided, `Some(None)` passed, `None` no
     /// rule matched.
+    // The model spells out every input of one side's walk, as the engine's caller would.
+    #[allow(clippy::too_many_arguments)]
     fn walk(
         &self,
         admin: bool,

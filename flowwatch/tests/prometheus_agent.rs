@@ -286,7 +286,7 @@ fn check_health(body: &str, agent: &ConfinedAgent) {
         "flowwatch_build_info{{version=\"{}\",commit=\"{}\",ebpf_object_sha256=\"{}\"}}",
         env!("CARGO_PKG_VERSION"),
         env!("FLOWWATCH_GIT_COMMIT"),
-        flowwatch::datapath::ebpf_object_sha256()
+        flowwatch::datapath::object_sha256()
     );
     assert_eq!(build, vec![(want.as_str(), 1.0)]);
     assert_ne!(
