@@ -2,6 +2,7 @@
 //!
 //! Each area owns a module; `main` only dispatches.
 
+mod cluster;
 mod deploy;
 mod k8s;
 mod setup;
@@ -21,8 +22,16 @@ enum Command {
     /// Install what building and testing need (apt packages, bpf-linker, rust-src, rustfmt,
     /// clippy) and check for Go; idempotent.
     Setup,
-    /// Build (once, cached by version) the etcd and kube-apiserver binaries the tests start.
+    /// Build (once, cached by version) the Kubernetes binaries the tests start: etcd,
+    /// kube-apiserver, kubectl, and the node's kubelet, kube-proxy, controller-manager,
+    /// scheduler, agnhost, CNI plugins and kube-router.
     K8sBins,
+    /// A real single-node cluster for use by hand, in a network namespace of its own (needs
+    /// root): `up` starts it and prints its kubeconfig, `down` removes every trace of it.
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
     /// Render deploy/manifests from the Helm chart (and copy its rules and dashboard).
     RenderManifests {
         /// Fail if a committed file differs instead of writing it.
@@ -79,7 +88,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::for_tests(),
-        Command::K8sBins => k8s::build_binaries().map(|_| ()),
+        Command::K8sBins => k8s::build_binaries().and_then(|_| k8s::build_node_binaries()),
+        Command::Cluster { action } => cluster::run(action),
         Command::RenderManifests { check } => deploy::render_manifests(check),
         Command::Demo => demo(),
         Command::Test => test::run(),
