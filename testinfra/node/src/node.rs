@@ -507,8 +507,8 @@ impl Node {
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
-                "kubectl apply failed: {}\n{manifest}",
-                String::from_utf8_lossy(&out.stderr)
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

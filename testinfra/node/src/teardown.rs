@@ -85,7 +85,9 @@ fn read_record(dir: &Path) -> Result<Record> {
         match key {
             "name" => r.name = value.to_string(),
             "owner" => {
-                r.owner = (|| Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?)))()
+                let pid = words.next().and_then(|w| w.parse().ok());
+                let start = words.next().and_then(|w| w.parse().ok());
+                r.owner = pid.zip(start);
             }
             "netns" => r.netns = Some(PathBuf::from(value)),
             "netns_inode" => r.netns_inode = value.parse().ok(),
