@@ -211,6 +211,8 @@ fn scenario(node: &Node, work: &std::path::Path) {
     );
     compare_edges(node, &agent_pod, &before, &results, "kube-router");
 
+    a_cluster_ip_connection_is_named_to_its_backend(node, &agent_pod);
+
     // What else a real node shows (for docs/capture.md): the edges outside the matrix.
     let mut others: Vec<String> = scrape(node, &agent_pod)
         .iter()
@@ -285,12 +287,18 @@ fn install_the_chart(node: &Node, work: &std::path::Path) {
     // helm's --wait accepts a DaemonSet with maxUnavailable pods not ready (1 here): wait for
     // the rollout as kubectl sees it.
     node.kubectl(&[
-        "rollout", "status", "daemonset/flowwatch", "-n", "flowwatch", "--timeout=120s",
+        "rollout",
+        "status",
+        "daemonset/flowwatch",
+        "-n",
+        "flowwatch",
+        "--timeout=120s",
     ])
     .unwrap_or_else(|e| {
         panic!(
             "{e:#}\n{}",
-            node.kubectl(&["describe", "pods", "-n", "flowwatch"]).unwrap_or_default()
+            node.kubectl(&["describe", "pods", "-n", "flowwatch"])
+                .unwrap_or_default()
         )
     });
     eprintln!("helm install, agent Ready: {:.1?}", started.elapsed());
@@ -797,4 +805,115 @@ fn compare_edges(
         want.len(),
         diffs.join("\n")
     );
+}
+
+/// One connection from x/a to a ClusterIP Service (port 8080) whose only backend is z/b:80,
+/// through kube-proxy's iptables DNAT: the agent counts it once, on the edge x/a -> z/b port
+/// 80 (the backend's port), judged as that edge (uncovered), and never as a Service address.
+fn a_cluster_ip_connection_is_named_to_its_backend(node: &Node, agent_pod: &str) {
+    node.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc-b\n  namespace: \"z\"\nspec:\n  selector: {pod: \"b\"}\n  ports:\n  - {protocol: TCP, port: 8080, targetPort: 80}\n",
+    )
+    .expect("service");
+    let ip = node
+        .kubectl(&[
+            "get",
+            "service",
+            "svc-b",
+            "-n",
+            "z",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("cluster ip");
+    // kube-proxy has programmed the Service's backend, and the agent knows the Service and its
+    // EndpointSlice, before the one connection.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut save = Command::new("iptables-save");
+        enter(
+            &mut save,
+            Join {
+                mnt: None,
+                ..node.join()
+            },
+        );
+        let rules = flowwatch_testnode::sys::run(&mut save).unwrap_or_default();
+        let programmed = rules
+            .lines()
+            .any(|l| l.contains("KUBE-SEP") && l.contains("z/svc-b") && l.contains("DNAT"));
+        let known = scrape(node, agent_pod).iter().any(|s| {
+            s.name == "flowwatch_kube_objects"
+                && s.label("kind") == "EndpointSlice"
+                && s.value >= 1.0
+        });
+        if programmed && known {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kube-proxy did not program svc-b within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let before = scrape(node, agent_pod);
+    node.kubectl(&[
+        "exec",
+        "-n",
+        "x",
+        "a",
+        "--",
+        "/agnhost",
+        "connect",
+        &format!("{ip}:8080"),
+        "--timeout=2s",
+    ])
+    .unwrap_or_else(|e| panic!("x/a -> svc-b {ip}:8080: {e:#}"));
+    let edge = Probe {
+        from: PodRef { ns: "x", pod: "a" },
+        to: PodRef { ns: "z", pod: "b" },
+        port: 80,
+        protocol: "TCP",
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let after = scrape(node, agent_pod);
+        let got = counted(&before, &after);
+        let from_x_a: f64 = after
+            .iter()
+            .filter(|s| {
+                s.name == "flowwatch_connections_total"
+                    && s.label("src_namespace") == "x"
+                    && s.label("src_workload") == "a"
+            })
+            .map(|s| s.value)
+            .sum::<f64>()
+            - before
+                .iter()
+                .filter(|s| {
+                    s.name == "flowwatch_connections_total"
+                        && s.label("src_namespace") == "x"
+                        && s.label("src_workload") == "a"
+                })
+                .map(|s| s.value)
+                .sum::<f64>();
+        if from_x_a >= 1.0 || Instant::now() > deadline {
+            assert_eq!(from_x_a, 1.0, "x/a's connections since the Service probe");
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let conn = got.get(&(edge, "flowwatch_connections_total"));
+    let want: BTreeMap<String, f64> = [(
+        "egress_verdict=uncovered,ingress_verdict=uncovered,outcome=established,verdict=uncovered"
+            .to_string(),
+        1.0,
+    )]
+    .into();
+    assert_eq!(
+        conn,
+        Some(&want),
+        "the Service connection on the backend's edge: {got:?}"
+    );
+    eprintln!("ClusterIP {ip}:8080 counted once on x/a -> z/b:80");
 }
