@@ -1,20 +1,27 @@
-//! The real Kubernetes control plane of the tests: etcd and kube-apiserver (and kubectl, for
-//! the manifests' server-side dry run) built from their published Go modules, cached by version.
+//! The real Kubernetes of the tests, built from published Go modules and cached by version:
+//! etcd, kube-apiserver and kubectl for the control-plane tests; kubelet, kube-proxy,
+//! kube-controller-manager, kube-scheduler, agnhost, the CNI reference plugins and kube-router
+//! for the node of `testinfra/node` (`cargo xtask cluster`, `flowwatch/tests/node.rs`).
 //!
 //! The Go wrapper module lives in `testinfra/kube/` (test infrastructure only; the product has no
 //! Go). Its `go.mod` requires `k8s.io/kubernetes` and replaces each `k8s.io/<staging>` module
 //! with the matching published `v0.X.Y`; etcd comes from the `go.etcd.io/etcd/server/v3` version
-//! that kube-apiserver itself pins. The binaries go to
-//! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/k8s-<version>/{etcd,kube-apiserver,kubectl}`; a present
-//! binary is never rebuilt, so only the first run pays (several minutes on 2 cores).
+//! that kube-apiserver itself pins. The Kubernetes commands are linked with their version stamped
+//! in (`-X k8s.io/component-base/version.gitVersion=...`), as the project's own build does. The
+//! binaries go to `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/k8s-<version>/`, the CNI plugins to
+//! `cni-plugins-<version>/`, kube-router to `kube-router-<version>/`; a present binary is not
+//! rebuilt, so only the first run pays (about 15 minutes on 2 busy cores for all of them).
 //!
-//! The test harness (`flowwatch/tests/support/apiserver.rs`) finds the same paths from the same
-//! `go.mod`, or takes `FLOWWATCH_ETCD` / `FLOWWATCH_KUBE_APISERVER` / `FLOWWATCH_KUBECTL` when
-//! they are set.
+//! The test harnesses (`flowwatch/tests/support/apiserver.rs`, `testinfra/node`) find the same
+//! paths from the same `go.mod`, or take `FLOWWATCH_ETCD` / `FLOWWATCH_KUBE_APISERVER` /
+//! `FLOWWATCH_KUBECTL` when they are set.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
+
+use flowwatch_testnode::bins;
 
 use crate::setup;
 
@@ -25,10 +32,10 @@ pub struct K8sBinaries {
     pub kubectl: PathBuf,
 }
 
-/// The Go packages whose `main` builds each binary.
+/// The Go package whose `main` builds etcd.
 const ETCD_PKG: &str = "go.etcd.io/etcd/server/v3";
-const APISERVER_PKG: &str = "k8s.io/kubernetes/cmd/kube-apiserver";
-const KUBECTL_PKG: &str = "k8s.io/kubernetes/cmd/kubectl";
+/// The e2e suite's test server/client, for the node's pods (static: it runs in a scratch image).
+const AGNHOST_PKG: &str = "k8s.io/kubernetes/test/images/agnhost";
 
 /// The wrapper module's directory.
 pub fn module_dir() -> PathBuf {
@@ -40,34 +47,18 @@ pub fn module_dir() -> PathBuf {
 
 /// The `k8s.io/kubernetes` version the wrapper module requires, e.g. `v1.34.4`.
 pub fn kubernetes_version(go_mod: &str) -> Result<String> {
-    go_mod
-        .lines()
-        .map(str::trim)
-        .filter_map(|l| l.strip_prefix("require "))
-        .chain(go_mod.lines().map(str::trim))
-        .find_map(|l| {
-            let mut parts = l.split_whitespace();
-            (parts.next() == Some("k8s.io/kubernetes"))
-                .then(|| parts.next().map(str::to_owned))
-                .flatten()
-        })
-        .filter(|v| v.starts_with('v'))
+    bins::kubernetes_version_of(go_mod)
         .context("testinfra/kube/go.mod: no `require k8s.io/kubernetes vX.Y.Z` line")
 }
 
 /// `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/k8s-<version>`.
 pub fn cache_dir(version: &str) -> Result<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(
-            std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?,
-        )
-        .join(".cache"),
-    };
-    Ok(base.join("flowwatch").join(format!("k8s-{version}")))
+    bins::kubernetes_dir(version)
 }
 
-/// Builds etcd and kube-apiserver unless the cache already has them; returns their paths.
+/// Builds etcd, kube-apiserver and kubectl unless the cache already has them; returns their
+/// paths. The Kubernetes binaries carry their version (`--version`); one that does not (built
+/// before the version was stamped) is rebuilt, which only relinks.
 pub fn build_binaries() -> Result<K8sBinaries> {
     let module = module_dir();
     let go_mod_path = module.join("go.mod");
@@ -81,30 +72,120 @@ pub fn build_binaries() -> Result<K8sBinaries> {
         kube_apiserver: dir.join("kube-apiserver"),
         kubectl: dir.join("kubectl"),
     };
-    for (path, pkg) in [
-        (&bins.etcd, ETCD_PKG),
-        (&bins.kube_apiserver, APISERVER_PKG),
-        (&bins.kubectl, KUBECTL_PKG),
-    ] {
-        if path.is_file() {
-            eprintln!("k8s-bins: {} (cached)", path.display());
-            continue;
-        }
-        go_build(&module, pkg, path)?;
+    if bins.etcd.is_file() {
+        eprintln!("k8s-bins: {} (cached)", bins.etcd.display());
+    } else {
+        go_build(&module, ETCD_PKG, &bins.etcd, &[], "")?;
+    }
+    for name in ["kube-apiserver", "kubectl"] {
+        kubernetes_command(&module, &version, &dir, name)?;
     }
     Ok(bins)
 }
 
+/// Everything the node of `flowwatch-testnode` runs that is built from Go: the rest of the
+/// Kubernetes commands (kubelet, kube-proxy, controller-manager, scheduler), agnhost, the CNI
+/// reference plugins and kube-router. Several minutes on 2 cores the first time, cached by
+/// version afterwards.
+pub fn build_node_binaries() -> Result<()> {
+    let module = module_dir();
+    let version = bins::kubernetes_version()?;
+    let dir = cache_dir(&version)?;
+    std::fs::create_dir_all(&dir)?;
+    for name in bins::KUBERNETES_COMMANDS {
+        kubernetes_command(&module, &version, &dir, name)?;
+    }
+    let agnhost = dir.join("agnhost");
+    if !agnhost.is_file() {
+        go_build(&module, AGNHOST_PKG, &agnhost, &[("CGO_ENABLED", "0")], "")?;
+    }
+    let cni = bins::cni_dir()?;
+    if bins::CNI_PLUGINS
+        .iter()
+        .any(|(name, _)| !cni.join(name).is_file())
+    {
+        let pkgs: Vec<String> = bins::CNI_PLUGINS
+            .iter()
+            .map(|(_, pkg)| {
+                format!(
+                    "github.com/containernetworking/plugins/{pkg}@{}",
+                    bins::CNI_PLUGINS_VERSION
+                )
+            })
+            .collect();
+        go_install(&pkgs, &cni, &[("CGO_ENABLED", "0")])?;
+    }
+    let router = bins::kube_router_path()?;
+    if !router.is_file() {
+        go_install(
+            &[format!(
+                "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@{}",
+                bins::KUBE_ROUTER_VERSION
+            )],
+            router.parent().context("kube-router dir")?,
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+/// One `k8s.io/kubernetes/cmd/<name>`, built with its version stamped in, unless a binary that
+/// reports that version is cached.
+fn kubernetes_command(module: &Path, version: &str, dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    if path.is_file() {
+        if reports_version(&path, name, version) {
+            eprintln!("k8s-bins: {} (cached)", path.display());
+            return Ok(());
+        }
+        eprintln!(
+            "k8s-bins: {} does not report {version}: building it again",
+            path.display()
+        );
+    }
+    go_build(
+        module,
+        &format!("k8s.io/kubernetes/cmd/{name}"),
+        &path,
+        &[],
+        &bins::version_ldflags(version),
+    )
+}
+
+fn reports_version(path: &Path, name: &str, version: &str) -> bool {
+    let mut cmd = Command::new(path);
+    if name == "kubectl" {
+        cmd.args(["version", "--client"]);
+    } else {
+        cmd.arg("--version");
+    }
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+        .unwrap_or(false)
+}
+
 /// `go build -o <out> <pkg>` in the wrapper module, through a temporary name so an interrupted
 /// build never leaves a half-written binary that a later run would take as cached.
-fn go_build(module: &Path, pkg: &str, out: &Path) -> Result<()> {
+fn go_build(
+    module: &Path,
+    pkg: &str,
+    out: &Path,
+    env: &[(&str, &str)],
+    ldflags: &str,
+) -> Result<()> {
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-    eprintln!("k8s-bins: building {pkg} (first run only; several minutes on 2 cores)");
+    eprintln!("k8s-bins: building {pkg} (first run only; minutes on 2 cores)");
     let started = Instant::now();
-    let status = setup::go()?
-        .args(["build", "-trimpath", "-o"])
+    let mut cmd = setup::go()?;
+    cmd.args(["build", "-trimpath"]);
+    if !ldflags.is_empty() {
+        cmd.args(["-ldflags", ldflags]);
+    }
+    let status = cmd
+        .arg("-o")
         .arg(&tmp)
         .arg(pkg)
+        .envs(env.iter().copied())
         .current_dir(module)
         .status()
         .context("running `go` (is Go installed and on PATH? `cargo xtask setup`)")?;
@@ -117,6 +198,41 @@ fn go_build(module: &Path, pkg: &str, out: &Path) -> Result<()> {
     eprintln!(
         "k8s-bins: built {} in {:.0?}",
         out.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// `go install <pkg>@<version>...` into `dir`, through a staging folder renamed into place.
+fn go_install(pkgs: &[String], dir: &Path, env: &[(&str, &str)]) -> Result<()> {
+    let parent = dir.parent().context("install dir has a parent")?;
+    std::fs::create_dir_all(parent)?;
+    let staging = parent.join(format!(
+        "{}.tmp{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("bin"),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&staging)?;
+    eprintln!("k8s-bins: installing {} (first run only)", pkgs.join(" "));
+    let started = Instant::now();
+    let status = setup::go()?
+        .args(["install", "-trimpath"])
+        .args(pkgs)
+        .env("GOBIN", &staging)
+        .envs(env.iter().copied())
+        .current_dir(&staging)
+        .status()
+        .context("running `go install`")?;
+    if !status.success() {
+        let _ = std::fs::remove_dir_all(&staging);
+        bail!("go install {} failed ({status})", pkgs.join(" "));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&staging, dir)
+        .with_context(|| format!("moving {} to {}", staging.display(), dir.display()))?;
+    eprintln!(
+        "k8s-bins: installed into {} in {:.0?}",
+        dir.display(),
         started.elapsed()
     );
     Ok(())

@@ -2,6 +2,7 @@
 //!
 //! Each area owns a module; `main` only dispatches.
 
+mod cluster;
 mod deploy;
 mod fuzz;
 mod k8s;
@@ -22,8 +23,16 @@ enum Command {
     /// Install what building and testing need (apt packages, bpf-linker, rust-src, rustfmt,
     /// clippy) and check for Go; idempotent.
     Setup,
-    /// Build (once, cached by version) the etcd and kube-apiserver binaries the tests start.
+    /// Build (once, cached by version) the Kubernetes binaries the tests start: etcd,
+    /// kube-apiserver, kubectl, and the node's kubelet, kube-proxy, controller-manager,
+    /// scheduler, agnhost, CNI plugins and kube-router.
     K8sBins,
+    /// A real single-node cluster for use by hand, in a network namespace of its own (needs
+    /// root): `up` starts it and prints its kubeconfig, `down` removes every trace of it.
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
     /// Render deploy/manifests and deploy/prometheus/flowwatch-rules.yaml from the Helm chart
     /// (and copy its dashboard).
     RenderManifests {
@@ -103,7 +112,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::for_tests(),
-        Command::K8sBins => k8s::build_binaries().map(|_| ()),
+        Command::K8sBins => k8s::build_binaries().and_then(|_| k8s::build_node_binaries()),
+        Command::Cluster { action } => cluster::run(action),
         Command::RenderManifests { check } => deploy::render_manifests(check),
         Command::RenderRules { values, set } => {
             let mut args = Vec::new();

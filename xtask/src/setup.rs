@@ -58,8 +58,10 @@ fn quiet_output(cmd: &mut Command) -> Option<String> {
 }
 
 fn apt_packages() -> Result<()> {
+    // The tests' Kubernetes node (containerd, runc, buildah, ...) comes from Debian too.
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
+        .chain(flowwatch_testnode::bins::DEBIAN_PACKAGES)
         .copied()
         .filter(|pkg| {
             quiet_output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))

@@ -15,6 +15,19 @@ pub fn run() -> Result<()> {
     let bins = k8s::build_binaries().context("building etcd and kube-apiserver")?;
     // The deploy tests find helm in its cache directory (deploy::helm_path).
     deploy::ensure_helm().context("building helm")?;
+    // The real node of tests/node.rs: its Go-built binaries (cached), and the release agent its
+    // image carries (built from deploy/Containerfile with the prebuilt binary).
+    k8s::build_node_binaries().context("building the node's binaries")?;
+    eprintln!("==> cargo build --release -p flowwatch --bin flowwatch (the image's agent)");
+    setup::run_cmd(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "flowwatch",
+        "--bin",
+        "flowwatch",
+    ]))?;
 
     let mut failures = Vec::new();
     // flowwatch-ebpf only builds for the BPF target: it is linted there (build-std needs
