@@ -22,7 +22,8 @@ enum Command {
     /// Install what building and testing need (apt packages, bpf-linker, rust-src, rustfmt,
     /// clippy) and check for Go; idempotent.
     Setup,
-    /// Build (once, cached by version) the etcd and kube-apiserver binaries the tests start.
+    /// Build (once, cached by version) the etcd, kube-apiserver, kubectl and netpol-analyzer
+    /// binaries the tests run.
     K8sBins,
     /// Render deploy/manifests and deploy/prometheus/flowwatch-rules.yaml from the Helm chart
     /// (and copy its dashboard).
