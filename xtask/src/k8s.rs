@@ -12,6 +12,10 @@
 //! `cni-plugins-<version>/`, kube-router to `kube-router-<version>/`; a present binary is not
 //! rebuilt, so only the first run pays (about 15 minutes on 2 busy cores for all of them).
 //!
+//! np-guard netpol-analyzer (the reference `flowwatch/tests/policy_npguard.rs` compares the
+//! offline policy CLI with) is built the same way from `testinfra/netpol-analyzer/`, into
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/netpol-analyzer-<version>/k8snetpolicy`.
+//!
 //! The test harnesses (`flowwatch/tests/support/apiserver.rs`, `testinfra/node`) find the same
 //! paths from the same `go.mod`, or take `FLOWWATCH_ETCD` / `FLOWWATCH_KUBE_APISERVER` /
 //! `FLOWWATCH_KUBECTL` when they are set.
@@ -30,6 +34,8 @@ pub struct K8sBinaries {
     pub etcd: PathBuf,
     pub kube_apiserver: PathBuf,
     pub kubectl: PathBuf,
+    /// np-guard netpol-analyzer's `k8snetpolicy` (the policy agreement test's reference).
+    pub netpol_analyzer: PathBuf,
 }
 
 /// The Go package whose `main` builds etcd.
@@ -56,6 +62,22 @@ pub fn cache_dir(version: &str) -> Result<PathBuf> {
     bins::kubernetes_dir(version)
 }
 
+/// The version a `go.mod` requires of `module` (a `require` line or a line of a block).
+fn required_version(go_mod: &str, module: &str) -> Option<String> {
+    go_mod
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("require "))
+        .chain(go_mod.lines().map(str::trim))
+        .find_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some(module))
+                .then(|| parts.next().map(str::to_owned))
+                .flatten()
+        })
+        .filter(|v| v.starts_with('v'))
+}
+
 /// Builds etcd, kube-apiserver and kubectl unless the cache already has them; returns their
 /// paths. The Kubernetes binaries carry their version (`--version`); one that does not (built
 /// before the version was stamped) is rebuilt, which only relinks.
@@ -67,10 +89,12 @@ pub fn build_binaries() -> Result<K8sBinaries> {
     let version = kubernetes_version(&go_mod)?;
     let dir = cache_dir(&version)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let netpol_analyzer = build_netpol_analyzer()?;
     let bins = K8sBinaries {
         etcd: dir.join("etcd"),
         kube_apiserver: dir.join("kube-apiserver"),
         kubectl: dir.join("kubectl"),
+        netpol_analyzer,
     };
     if bins.etcd.is_file() {
         eprintln!("k8s-bins: {} (cached)", bins.etcd.display());
@@ -164,6 +188,49 @@ fn reports_version(path: &Path, name: &str, version: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The np-guard netpol-analyzer module's directory (the reference of
+/// `flowwatch/tests/policy_npguard.rs`).
+pub fn netpol_analyzer_module_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("testinfra")
+        .join("netpol-analyzer")
+}
+
+/// The Go package whose `main` is netpol-analyzer's `k8snetpolicy` command.
+const NETPOL_ANALYZER_PKG: &str = "github.com/np-guard/netpol-analyzer/cmd/netpolicy";
+
+/// The `github.com/np-guard/netpol-analyzer` version its wrapper module requires.
+pub fn netpol_analyzer_version(go_mod: &str) -> Result<String> {
+    required_version(go_mod, "github.com/np-guard/netpol-analyzer")
+        .context("testinfra/netpol-analyzer/go.mod: no `require github.com/np-guard/netpol-analyzer vX.Y.Z` line")
+}
+
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/netpol-analyzer-<version>/k8snetpolicy`.
+pub fn netpol_analyzer_path(version: &str) -> Result<PathBuf> {
+    Ok(bins::cache_root()?
+        .join(format!("netpol-analyzer-{version}"))
+        .join("k8snetpolicy"))
+}
+
+/// Builds netpol-analyzer's `k8snetpolicy` unless the cache already has it; returns its path.
+pub fn build_netpol_analyzer() -> Result<PathBuf> {
+    let module = netpol_analyzer_module_dir();
+    let go_mod_path = module.join("go.mod");
+    let go_mod = std::fs::read_to_string(&go_mod_path)
+        .with_context(|| format!("reading {}", go_mod_path.display()))?;
+    let path = netpol_analyzer_path(&netpol_analyzer_version(&go_mod)?)?;
+    if path.is_file() {
+        eprintln!("k8s-bins: {} (cached)", path.display());
+        return Ok(path);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    go_build(&module, NETPOL_ANALYZER_PKG, &path, &[], "")?;
+    Ok(path)
+}
+
 /// `go build -o <out> <pkg>` in the wrapper module, through a temporary name so an interrupted
 /// build never leaves a half-written binary that a later run would take as cached.
 fn go_build(
@@ -249,6 +316,16 @@ mod tests {
         let block = "module x\nrequire (\n\tk8s.io/kubernetes v1.34.2\n)\n";
         assert_eq!(kubernetes_version(block).unwrap(), "v1.34.2");
         assert!(kubernetes_version("module x\n").is_err());
+    }
+
+    #[test]
+    fn reads_the_netpol_analyzer_version_from_go_mod() {
+        let go_mod =
+            "module x\n\ngo 1.23.0\n\nrequire github.com/np-guard/netpol-analyzer v1.4.2\n";
+        assert_eq!(netpol_analyzer_version(go_mod).unwrap(), "v1.4.2");
+        let committed =
+            std::fs::read_to_string(netpol_analyzer_module_dir().join("go.mod")).unwrap();
+        assert_eq!(netpol_analyzer_version(&committed).unwrap(), "v1.4.2");
     }
 
     #[test]

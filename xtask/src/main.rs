@@ -23,8 +23,8 @@ enum Command {
     /// Install what building and testing need (apt packages, bpf-linker, rust-src, rustfmt,
     /// clippy) and check for Go; idempotent.
     Setup,
-    /// Build (once, cached by version) the Kubernetes binaries the tests start: etcd,
-    /// kube-apiserver, kubectl, and the node's kubelet, kube-proxy, controller-manager,
+    /// Build (once, cached by version) the binaries the tests run: etcd, kube-apiserver,
+    /// kubectl, netpol-analyzer, and the node's kubelet, kube-proxy, controller-manager,
     /// scheduler, agnhost, CNI plugins and kube-router.
     K8sBins,
     /// A real single-node cluster for use by hand, in a network namespace of its own (needs

@@ -82,6 +82,7 @@ pub fn run() -> Result<()> {
         .env("FLOWWATCH_ETCD", &bins.etcd)
         .env("FLOWWATCH_KUBE_APISERVER", &bins.kube_apiserver)
         .env("FLOWWATCH_KUBECTL", &bins.kubectl)
+        .env("FLOWWATCH_NETPOL_ANALYZER", &bins.netpol_analyzer)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -8,6 +8,7 @@ pub mod frames;
 pub mod helm;
 pub mod jsonschema;
 pub mod netns;
+pub mod netpol_analyzer;
 pub mod privileged;
 pub mod prometheus;
 pub mod snapshot;
