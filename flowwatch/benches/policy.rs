@@ -392,7 +392,8 @@ fn report() {
     let (wall, cpu) = (wall.elapsed().as_secs_f64(), thread_cpu() - cpu);
     let n = 3.0 * batch.len() as f64;
     println!(
-        "inventory (10,000 pods, 2,000 NetworkPolicies, 200 cluster policies): {:.1} MiB",
+        "inventory (10,000 pods, 2,000 NetworkPolicies, {} cluster policies): {:.1} MiB",
+        inv.cluster_policies.len(),
         mib(with_inventory - before)
     );
     println!(
