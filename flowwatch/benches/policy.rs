@@ -155,7 +155,10 @@ fn synthetic_cluster() -> serde_json::Value {
             {"to": [{"namespaceSelector": {"matchLabels": {"monitoring": "true"}}}], "ports": [{"port": 9090}]},
             {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.250.0.0/16"]}}], "ports": [{"port": 8080}]}]})));
     }
-    items.extend(cluster_policies());
+    // FLOWWATCH_BENCH_NO_CLUSTER_POLICIES=1: the same cluster without them, for comparison.
+    if std::env::var_os("FLOWWATCH_BENCH_NO_CLUSTER_POLICIES").is_none() {
+        items.extend(cluster_policies());
+    }
     json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
@@ -163,7 +166,7 @@ fn synthetic_cluster() -> serde_json::Value {
 /// own team passed, others denied; DNS accepted, own team passed, control-plane nodes denied,
 /// the internet denied past a pass of pod CIDRs) and a Baseline one (deny ingress from other
 /// teams); per team and env (60) an AdminNetworkPolicy guarding databases (port range,
-/// named port); 59 more Admin ClusterNetworkPolicies per namespace group with equal
+/// named port); 99 more Admin ClusterNetworkPolicies per namespace group with equal
 /// priorities; and the BaselineAdminNetworkPolicy `default`.
 fn cluster_policies() -> Vec<serde_json::Value> {
     use serde_json::json;
@@ -211,7 +214,7 @@ fn cluster_policies() -> Vec<serde_json::Value> {
                      "ports": [{"portNumber": {"port": 5432}}]}]}}));
         }
     }
-    for g in 0..59 {
+    for g in 0..99 {
         // Namespace groups by name; a quarter share a priority (ties resolved by name).
         let names: Vec<String> = (0..8)
             .map(|i| format!("ns-{:03}", (g * 8 + i) % NAMESPACES))
@@ -234,7 +237,9 @@ fn inventory() -> Inventory {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(inv.pods.len(), NAMESPACES * APPS_PER_NS * REPLICAS);
     assert_eq!(inv.network_policies.len(), NAMESPACES * 4);
-    assert_eq!(inv.cluster_policies.len(), 200);
+    if std::env::var_os("FLOWWATCH_BENCH_NO_CLUSTER_POLICIES").is_none() {
+        assert_eq!(inv.cluster_policies.len(), 200);
+    }
     inv
 }
 
@@ -390,7 +395,8 @@ fn report() {
     let (wall, cpu) = (wall.elapsed().as_secs_f64(), thread_cpu() - cpu);
     let n = 3.0 * batch.len() as f64;
     println!(
-        "inventory (10,000 pods, 2,000 NetworkPolicies, 200 cluster policies): {:.1} MiB",
+        "inventory (10,000 pods, 2,000 NetworkPolicies, {} cluster policies): {:.1} MiB",
+        inv.cluster_policies.len(),
         mib(with_inventory - before)
     );
     println!(

@@ -607,27 +607,17 @@ impl PolicyEngine {
         if !no_cluster {
             let walk = cache.walks.rules_of(slots.admin);
             if let Some(w) = self.first_match(walk, dir, peer, port, protocol, dst_ports) {
-                match w.decided.action {
-                    Action::Accept => {
-                        return self.decided(
-                            SideVerdict::Allowed,
-                            SideReason::ClusterRule,
-                            Tier::Admin,
-                            w.decided.clone(),
-                            None,
-                        )
-                    }
-                    Action::Deny => {
-                        return self.decided(
-                            SideVerdict::Denied,
-                            SideReason::ClusterRule,
-                            Tier::Admin,
-                            w.decided.clone(),
-                            None,
-                        )
-                    }
-                    Action::Pass => passed = true,
+                let by = self.walk_decided(dir, w);
+                let verdict = match by.action {
+                    Action::Accept => SideVerdict::Allowed,
+                    Action::Deny => SideVerdict::Denied,
+                    Action::Pass => SideVerdict::Uncovered,
+                };
+                if verdict != SideVerdict::Uncovered {
+                    let (reason, by) = (SideReason::ClusterRule, by.clone());
+                    return self.decided(verdict, reason, Tier::Admin, by, None);
                 }
+                passed = true;
             }
         }
         if !selecting.is_empty() {
@@ -657,20 +647,16 @@ impl PolicyEngine {
         if !no_cluster {
             let walk = cache.walks.rules_of(slots.baseline);
             if let Some(w) = self.first_match(walk, dir, peer, port, protocol, dst_ports) {
-                let verdict = match w.decided.action {
+                let by = self.walk_decided(dir, w);
+                let verdict = match by.action {
                     Action::Accept => SideVerdict::Allowed,
                     Action::Deny => SideVerdict::Denied,
                     Action::Pass => {
                         return self.result(SideVerdict::Uncovered, SideReason::Passed, None)
                     }
                 };
-                return self.decided(
-                    verdict,
-                    SideReason::ClusterRule,
-                    Tier::Baseline,
-                    w.decided.clone(),
-                    None,
-                );
+                let (reason, by) = (SideReason::ClusterRule, by.clone());
+                return self.decided(verdict, reason, Tier::Baseline, by, None);
             }
         }
         let reason = if passed {

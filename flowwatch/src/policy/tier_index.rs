@@ -15,6 +15,7 @@ use super::selector::Selector;
 use super::tiered::{
     compile_anp, compile_banp, compile_cnp, ClusterTier, Compiled, PeerIds, TierPeer, TierPolicy,
 };
+use super::verdict::DecidedBy;
 use crate::inventory::cluster_policy::ClusterPolicies;
 use crate::inventory::ObjectError;
 
@@ -68,6 +69,9 @@ pub(crate) struct TierIndex {
     pub node_sets: Vec<BitSet>,
     /// Node `ExternalIP` addresses (not the node by address, but `nodes` peers match them).
     pub external_node_ips: FastMap<IpAddr, NodeId>,
+    /// Per policy: each rule as a side's `decided_by` (ingress rules, egress rules), shared by
+    /// every verdict it decides.
+    pub decided: Vec<(Vec<Arc<DecidedBy>>, Vec<Arc<DecidedBy>>)>,
 }
 
 impl TierIndex {
@@ -136,6 +140,26 @@ impl TierIndex {
             .policies
             .sort_by(|a, b| a.order_key().cmp(&b.order_key()));
 
+        index.decided = index
+            .policies
+            .iter()
+            .map(|p| {
+                let of = |rules: &[super::tiered::TierRule]| {
+                    rules
+                        .iter()
+                        .map(|r| {
+                            Arc::new(DecidedBy {
+                                kind: p.kind,
+                                name: p.name.clone(),
+                                rule: Some(r.id()),
+                                action: r.action,
+                            })
+                        })
+                        .collect()
+                };
+                (of(&p.ingress), of(&p.egress))
+            })
+            .collect();
         index.selection = select(cluster, identities, &index.policies);
         index.pod_sets = pod_sets(cluster, identities, &index.policies, ids.pods);
         index.node_sets = node_sets(cluster, &index.policies, ids.nodes);

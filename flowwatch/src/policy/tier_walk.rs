@@ -14,15 +14,14 @@ use super::tiered::{TierPeer, TierPort, TierRule};
 use super::verdict::DecidedBy;
 use crate::model::Protocol;
 
-/// A rule that may decide flows of one cached key.
-#[derive(Debug)]
+/// A rule that may decide flows of one cached key (12 bytes: the cache holds many).
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct WalkRule {
     pub policy: TierPolicyId,
     /// Index in the policy's rules of the direction.
     pub rule: u32,
     /// Egress only: the port is admitted only through named ports of the destination pod.
     pub named_only: bool,
-    pub decided: Arc<DecidedBy>,
 }
 
 /// Every walk computed so far, stored flat.
@@ -63,12 +62,6 @@ impl Walks {
                     policy: pid,
                     rule: i as u32,
                     named_only,
-                    decided: Arc::new(DecidedBy {
-                        kind: policy.kind,
-                        name: policy.name.clone(),
-                        rule: Some(rule.id()),
-                        action: rule.action,
-                    }),
                 });
             }
         }
@@ -143,6 +136,17 @@ pub(crate) fn rule_port(
 }
 
 impl PolicyEngine {
+    /// The `decided_by` of a walk rule (built once per rule when the engine is built).
+    #[inline]
+    pub(crate) fn walk_decided(&self, dir: Direction, w: &WalkRule) -> &Arc<DecidedBy> {
+        let per_dir = &self.tiers.decided[w.policy as usize];
+        let list = match dir {
+            Direction::Ingress => &per_dir.0,
+            Direction::Egress => &per_dir.1,
+        };
+        &list[w.rule as usize]
+    }
+
     /// The first rule of a walk that matches the flow's peer (and, for named-only rules, the
     /// destination's named ports).
     pub(crate) fn first_match<'w>(
