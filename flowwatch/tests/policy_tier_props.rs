@@ -418,10 +418,11 @@ impl Reference<'_> {
                     }
             })
             .collect();
-        // Loopback and own node: outside the cluster tiers; NetworkPolicies allow them.
+        // Loopback: outside every tier. Own node: NetworkPolicies allow it, the cluster tiers
+        // decide it as any other destination.
         let loopback = peer == End::Pod(n, p);
         let own_node = self.as_node(peer) == Some(p);
-        if loopback || own_node {
+        if loopback {
             return if nps.is_empty() {
                 (SideVerdict::Uncovered, Tier::None)
             } else {
@@ -439,6 +440,9 @@ impl Reference<'_> {
             Some(None) | None => {}
         }
         if !nps.is_empty() {
+            if own_node {
+                return (SideVerdict::Allowed, Tier::NetworkPolicy);
+            }
             let allowed = nps.iter().any(|np| {
                 let rules = if ingress { &np.ingress } else { &np.egress };
                 rules.iter().flatten().any(|r| {

@@ -463,8 +463,8 @@ fn networks_match_pod_node_and_external_addresses() {
             "x/a -> 8.8.8.8 443/TCP: denied | egress denied admin | ingress not_applicable none",
             "x/a -> 2001:db8::1 443/TCP: denied | egress denied admin | ingress not_applicable none",
             "x/b -> 192.168.0.3 10250/TCP: denied | egress denied admin | ingress not_applicable none",
-            // A pod and its own node: outside policies, as for NetworkPolicies.
-            "x/a -> 192.168.0.1 10250/TCP: uncovered | egress uncovered none | ingress not_applicable none",
+            // A pod and its own node: the cluster tiers decide it too (no exemption in their API).
+            "x/a -> 192.168.0.1 10250/TCP: denied | egress denied admin | ingress not_applicable none",
         ],
     );
 }
@@ -498,8 +498,9 @@ fn nodes_peers_match_node_addresses_and_host_network_pods() {
             // Nodes peers never match pods or external addresses.
             "x/b -> y/a 10250/TCP: uncovered | egress uncovered none | ingress uncovered none",
             "x/b -> 203.0.113.5 10250/TCP: uncovered | egress uncovered none | ingress not_applicable none",
-            // Own node (x/a runs on node-1): outside policies.
-            "x/a -> 192.168.0.1 10250/TCP: uncovered | egress uncovered none | ingress not_applicable none",
+            // Own node (x/a runs on node-1, a worker): a nodes peer selects it like any node.
+            "x/a -> 192.168.0.1 10250/TCP: allowed | egress allowed admin | ingress not_applicable none",
+            "x/a -> 192.168.0.1 22/TCP: denied | egress denied admin | ingress not_applicable none",
         ],
     );
 }
@@ -526,7 +527,7 @@ fn host_network_pods_are_never_subjects_or_pod_peers() {
             "x/b -> y/b 80/TCP: denied | egress denied admin | ingress denied admin",
             // A pod reaching itself is not subject to cluster policies.
             "x/a -> x/a 80/TCP: uncovered | egress uncovered none | ingress uncovered none",
-            // Own node, both ways.
+            // From its own node: ingress peers select pods only, so no cluster rule matches.
             "192.168.0.1 -> x/a 80/TCP: uncovered | egress not_applicable none | ingress uncovered none",
         ],
     );

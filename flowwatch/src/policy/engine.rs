@@ -582,16 +582,18 @@ impl PolicyEngine {
         let identity = self.pod_identity[subject as usize];
         let selecting = self.identities[identity as usize].selecting(dir);
         let tiers = &self.tiers.selection[identity as usize];
-        // Loopback and own-node traffic: cluster policies do not apply (the API exempts a pod
-        // reaching its own address; own-node traffic keeps the NetworkPolicy convention), and
-        // NetworkPolicies always allow it.
-        if let Some(reason) = self.always_allowed(subject, peer) {
+        // Loopback is outside every tier (the API exempts a pod reaching its own address).
+        // Traffic between a pod and its own node is allowed by NetworkPolicies (their
+        // convention), but the cluster tiers decide it as any other: their API has no such
+        // exemption, and a `nodes`/`networks` egress peer selects the pod's own node too.
+        let exempt = self.always_allowed(subject, peer);
+        let no_cluster = tiers.is_empty(dir);
+        if let Some(reason) = exempt.filter(|r| *r == SideReason::Loopback || no_cluster) {
             if selecting.is_empty() {
                 return self.result(SideVerdict::Uncovered, SideReason::NotSelected, None);
             }
             return self.result(SideVerdict::Allowed, reason, None);
         }
-        let no_cluster = tiers.is_empty(dir);
         if selecting.is_empty() && no_cluster {
             return self.result(SideVerdict::Uncovered, SideReason::NotSelected, None);
         }
@@ -621,6 +623,9 @@ impl PolicyEngine {
             }
         }
         if !selecting.is_empty() {
+            if let Some(reason) = exempt {
+                return self.result(SideVerdict::Allowed, reason, None);
+            }
             let matched =
                 self.matching_rules(&cache.entries, slots.np, peer, port, protocol, dst_ports);
             if matched.is_empty() {

@@ -11,7 +11,7 @@ use super::compile::Direction;
 use super::engine::{rule_port, End, PolicyEngine};
 use super::tier_walk::{admits, rule_port as tier_rule_port};
 use super::tiered::{Action, ClusterTier, PolicyKind, RuleId, TierPeer};
-use super::verdict::{DecidedBy, FlowVerdict, SideVerdict, Tier};
+use super::verdict::{DecidedBy, FlowVerdict, SideReason, SideVerdict, Tier};
 use super::{Peer, PolicyError};
 use crate::model::Protocol;
 
@@ -215,8 +215,8 @@ impl PolicyEngine {
             self.tiers.skipped.iter().map(|s| s.label.clone()).collect();
         let identity = &self.identities[self.pod_identity[pod as usize] as usize];
         let dst_ports = self.destination_ports(dir, pod, peer);
-        // Loopback and own-node flows are outside the cluster tiers (see `side`).
-        if self.always_allowed(pod, peer).is_none() {
+        // Loopback is outside the cluster tiers (see `side`); own-node traffic is not.
+        if self.always_allowed(pod, peer) != Some(SideReason::Loopback) {
             let tiers = &self.tiers.selection[self.pod_identity[pod as usize] as usize];
             let mut reached = true;
             for (tier, out) in [

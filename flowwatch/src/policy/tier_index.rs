@@ -71,8 +71,11 @@ pub(crate) struct TierIndex {
     pub external_node_ips: FastMap<IpAddr, NodeId>,
     /// Per policy: each rule as a side's `decided_by` (ingress rules, egress rules), shared by
     /// every verdict it decides.
-    pub decided: Vec<(Vec<Arc<DecidedBy>>, Vec<Arc<DecidedBy>>)>,
+    pub decided: Vec<DecidedByRules>,
 }
+
+/// One policy's rules as `decided_by` values: (ingress rules, egress rules).
+pub type DecidedByRules = (Vec<Arc<DecidedBy>>, Vec<Arc<DecidedBy>>);
 
 impl TierIndex {
     pub fn build(
