@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 pub use exposition_cache::{
     bytes_in_flight_budget, ExpositionCache, ENCODINGS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT,
 };
-pub use server::{raise_fd_limit, HttpLimits, READ_BUFFER_BYTES};
+pub use server::{bind, raise_fd_limit, HttpLimits, LISTEN_BACKLOG, READ_BUFFER_BYTES};
 
 /// The agent's readiness, shared between the agent (which sets it) and `/readyz`.
 #[derive(Clone, Debug)]

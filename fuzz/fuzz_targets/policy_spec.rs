@@ -22,7 +22,12 @@ fuzz_target!(|data: &[u8]| {
     inventory.network_policies.extend(fuzzed.network_policies);
     inventory.pods.extend(fuzzed.pods);
     inventory.namespaces.extend(fuzzed.namespaces);
-    for options in [PolicyOptions::default(), PolicyOptions { ipblock_matches_pod_ips: false }] {
+    for options in [
+        PolicyOptions::default(),
+        PolicyOptions {
+            ipblock_matches_pod_ips: false,
+        },
+    ] {
         let (engine, _) = PolicyEngine::build(&inventory, options);
         let pods: Vec<Peer> = inventory
             .pods
@@ -33,11 +38,19 @@ fuzz_target!(|data: &[u8]| {
                 let name = p.metadata.name.as_deref()?;
                 format!("{ns}/{name}").parse().ok()
             })
-            .chain(["10.0.0.1".parse().ok(), "192.168.7.7".parse().ok()].into_iter().flatten())
+            .chain(
+                ["10.0.0.1".parse().ok(), "192.168.7.7".parse().ok()]
+                    .into_iter()
+                    .flatten(),
+            )
             .collect();
         for src in &pods {
             for dst in &pods {
-                for (port, proto) in [(80, Protocol::Tcp), (53, Protocol::Udp), (0, Protocol::Sctp)] {
+                for (port, proto) in [
+                    (80, Protocol::Tcp),
+                    (53, Protocol::Udp),
+                    (0, Protocol::Sctp),
+                ] {
                     let _ = engine.evaluate(src, dst, port, proto);
                 }
             }

@@ -103,12 +103,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         watch.status().register(&mut registry);
     }
     let readiness = Readiness::new();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| AgentError::Listen {
-            addr: args.listen,
-            source,
-        })?;
+    let listener = http::bind(args.listen).map_err(|source| AgentError::Listen {
+        addr: args.listen,
+        source,
+    })?;
     // The HTTP server outlives the signal: while the agent flushes, /readyz answers "503
     // stopping" and /metrics serves the flush's counts. It stops when `run` returns.
     let http_stop = CancellationToken::new();

@@ -175,6 +175,23 @@ impl Connections {
     }
 }
 
+/// Pending connections the kernel keeps for `accept` (capped by `net.core.somaxconn`). A burst
+/// of connections beyond the default 1024 overflows the queue and the kernel drops SYNs, which
+/// the kubelet's probe then retries only after a second.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the HTTP edge's listener, with [`LISTEN_BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Whether an `accept` error concerns only the connection being accepted (try the next one at
 /// once) rather than the process (out of descriptors or memory: back off a little).
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -93,7 +93,7 @@ impl Server {
         }
         let state = HttpState::new(Arc::new(registry), metrics, Readiness::new());
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(async { http::bind("127.0.0.1:0".parse().unwrap()) })
             .expect("bind loopback");
         let addr = listener.local_addr().unwrap().to_string();
         let shutdown = CancellationToken::new();
