@@ -264,4 +264,51 @@ mod tests {
         let ns: ObjectRef = "namespace/shop".parse().unwrap();
         assert_eq!(ns.to_string(), "Namespace/shop");
     }
+
+    #[test]
+    fn cluster_scoped_policies_are_replaced_and_deleted_by_kind_and_name() {
+        let cnp = |name: &str, priority: u32| {
+            format!(
+                "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+                 metadata: {{name: {name}}}\nspec: {{tier: Admin, priority: {priority}, \
+                 subject: {{namespaces: {{}}}}, ingress: [{{action: Deny, from: [{{namespaces: {{}}}}]}}]}}\n"
+            )
+        };
+        let anp = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\n\
+                   metadata: {name: tenants}\nspec: {priority: 5, subject: {namespaces: {}}, \
+                   ingress: [{action: Pass, from: [{namespaces: {}}]}]}\n";
+        let mut current = inventory(&format!("{}---\n{}---\n{anp}", cnp("a", 10), cnp("b", 20)));
+        overlay(
+            &mut current,
+            inventory(&format!("{}---\n{}", cnp("a", 30), cnp("c", 40))),
+        );
+        let cnps = &current.cluster_policies.cluster_network_policies;
+        let summary: Vec<(String, Option<i64>)> = cnps
+            .iter()
+            .map(|p| {
+                let priority = p.spec.as_ref().and_then(|s| s.priority);
+                (p.metadata.name.clone().unwrap_or_default(), priority)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("a".into(), Some(30)),
+                ("b".into(), Some(20)),
+                ("c".into(), Some(40))
+            ],
+            "a replaced in place, c added, b kept"
+        );
+        assert_eq!(current.cluster_policies.admin_network_policies.len(), 1);
+
+        let del: ObjectRef = "ClusterNetworkPolicy/b".parse().unwrap();
+        assert!(delete(&mut current, &del));
+        assert!(!delete(&mut current, &del), "already gone");
+        assert!(delete(
+            &mut current,
+            &"adminnetworkpolicy/tenants".parse().unwrap()
+        ));
+        assert_eq!(current.cluster_policies.len(), 2);
+        assert!("ClusterNetworkPolicy/ns/b".parse::<ObjectRef>().is_err());
+    }
 }
