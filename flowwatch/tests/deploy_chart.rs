@@ -10,42 +10,12 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_yaml::Value;
+use support::helm::{chart, helm, repo, KUBE_VERSION};
 use support::privileged::require;
-
-const HELM_VERSION: &str = "v3.22.0";
-const KUBE_VERSION: &str = "v1.34.0";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn chart() -> PathBuf {
-    repo().join("deploy/helm/flowwatch")
-}
-
-fn helm() -> Result<PathBuf, String> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .ok_or("neither XDG_CACHE_HOME nor HOME is set")?;
-    let p = base.join(format!("flowwatch/helm-{HELM_VERSION}/helm"));
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{} missing (run `cargo xtask render-manifests`, which builds it)",
-            p.display()
-        ))
-    }
-}
 
 macro_rules! need_helm {
     ($what:expr) => {

@@ -20,7 +20,6 @@ mod node_support;
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,29 +28,12 @@ use flowwatch_testnode::{leftovers, Binaries, HostSnapshot, Node, NodeOptions};
 use node_support::image;
 use node_support::matrix::{self, overall, PodRef, Probe, Side};
 use node_support::metrics::{self, Sample};
+use support::helm::helm;
 use support::privileged::{require, root};
 
-const HELM_VERSION: &str = "v3.22.0";
 /// The effective, permitted and bounding capability sets the chart gives the agent: NET_ADMIN
 /// (12), PERFMON (38), BPF (39), nothing else.
 const CHART_CAPS: u64 = (1 << 12) | (1 << 38) | (1 << 39);
-
-fn helm() -> Result<PathBuf, String> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .ok_or("neither XDG_CACHE_HOME nor HOME is set")?;
-    let p = base.join(format!("flowwatch/helm-{HELM_VERSION}/helm"));
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{} missing (cargo xtask test builds it)",
-            p.display()
-        ))
-    }
-}
 
 fn available() -> Result<(), String> {
     root()?;

@@ -267,7 +267,7 @@ pub fn run(args: DiffArgs) -> ExitCode {
         eprintln!("error: nothing proposed: give --proposed PATH and/or --delete KIND/NS/NAME");
         return ExitCode::from(1);
     }
-    let ipblock = args.snapshot.options();
+    let options = args.snapshot.options();
     let loaded = sources::load(&args.snapshot.snapshots)
         .and_then(|current| sources::load(&args.proposed).map(|proposed| (current, proposed)));
     let ((current, mut errors), (proposed, proposed_errors)) = match loaded {
@@ -284,8 +284,8 @@ pub fn run(args: DiffArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (engine_b, resolver_b, build_b) = build(&current, ipblock);
-    let (engine_a, resolver_a, build_a) = build(&after, ipblock);
+    let (engine_b, resolver_b, build_b) = build(&current, options);
+    let (engine_a, resolver_a, build_a) = build(&after, options);
     errors.extend(build_b);
     let mut shown = Vec::new();
     for (label, list) in [

@@ -351,7 +351,7 @@ pub fn run(args: WhatifArgs) -> ExitCode {
         eprintln!("error: nothing proposed: give --proposed PATH and/or --delete KIND/NS/NAME");
         return ExitCode::from(1);
     }
-    let ipblock = args.snapshot.options();
+    let options = args.snapshot.options();
     let (current, current_errors) = match sources::load(&args.snapshot.snapshots) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -374,11 +374,11 @@ pub fn run(args: WhatifArgs) -> ExitCode {
         }
     };
     // Each problem once: the proposed state shares most objects with the current one.
-    let (engine, resolver, build_errors) = super::build(&current, ipblock);
+    let (engine, resolver, build_errors) = super::build(&current, options);
     let mut shown = warn_all(&current_errors, &[], "");
     shown.extend(warn_all(&build_errors, &shown, ""));
     let before = (engine, resolver);
-    let (engine, resolver, build_errors) = super::build(&after, ipblock);
+    let (engine, resolver, build_errors) = super::build(&after, options);
     shown.extend(warn_all(&proposed_errors, &shown, "proposed: "));
     warn_all(&build_errors, &shown, "proposed: ");
     let states = States {
