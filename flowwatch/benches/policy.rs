@@ -15,6 +15,9 @@
 //! * `cargo bench -p flowwatch --bench policy -- --generate-whatif DIR [--flows N]`: the same
 //!   cluster with Deployment owners, a proposed change and N flow-log records, for timing
 //!   `flowwatch policy whatif` end to end (docs/benchmarks.md, "Policy what-if").
+//! * `cargo bench -p flowwatch --bench policy -- --whatif-prometheus DIR [--series N] [--days D]`:
+//!   `flowwatch policy whatif --prometheus` over N edges (50,000) of D days (30) of history in
+//!   a real Prometheus (see `policy_support/whatif_prometheus.rs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -22,6 +25,9 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "policy_support/whatif_prometheus.rs"]
+mod whatif_prometheus;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use flowwatch::inventory::Inventory;
@@ -471,14 +477,11 @@ fn generate(dir: &std::path::Path, n: usize) -> std::io::Result<()> {
     out.flush()
 }
 
-/// `--generate-whatif DIR`: a what-if over recorded traffic at the same scale. Writes
-/// `DIR/snapshot.json` (the synthetic cluster, its pods owned by Deployments `app-0`..`app-4`
-/// through ReplicaSets, as kubectl prints them), `DIR/proposed.yaml` (in every tenth
-/// namespace, `backend-ingress` no longer admits the api tier: the api -> db edges break) and
-/// `DIR/flowlog.jsonl` (N records in the agent's flow-log format: web -> api, api -> db,
-/// api -> cache, worker -> api in each namespace, a tenth of them to the api of ns-000, and the
-/// internet -> web; one node logs each connection).
-fn generate_whatif(dir: &std::path::Path, n: usize) -> std::io::Result<()> {
+/// The current and proposed states of the what-if benches: `DIR/snapshot.json` (the synthetic
+/// cluster, its pods owned by Deployments `app-0`..`app-4` through ReplicaSets, as kubectl
+/// prints them) and `DIR/proposed.yaml` (in every tenth namespace, `backend-ingress` no longer
+/// admits the api tier: the api -> db edges break).
+fn write_whatif_states(dir: &std::path::Path) -> std::io::Result<()> {
     use serde_json::json;
     std::fs::create_dir_all(dir)?;
     let mut cluster = synthetic_cluster();
@@ -506,6 +509,15 @@ fn generate_whatif(dir: &std::path::Path, n: usize) -> std::io::Result<()> {
         ));
     }
     std::fs::write(dir.join("proposed.yaml"), proposed)?;
+    Ok(())
+}
+
+/// `--generate-whatif DIR`: a what-if over recorded traffic at the same scale. Writes
+/// the states ([`write_whatif_states`]) and `DIR/flowlog.jsonl` (N records in the agent's flow-log format: web -> api, api -> db,
+/// api -> cache, worker -> api in each namespace, a tenth of them to the api of ns-000, and the
+/// internet -> web; one node logs each connection).
+fn generate_whatif(dir: &std::path::Path, n: usize) -> std::io::Result<()> {
+    write_whatif_states(dir)?;
     let per_ns = APPS_PER_NS * REPLICAS;
     let end = |i: usize, port: u16| {
         let (ns, app, replica) = (i / per_ns, i % per_ns / REPLICAS, i % REPLICAS);
@@ -552,6 +564,17 @@ fn generate_whatif(dir: &std::path::Path, n: usize) -> std::io::Result<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|j| args.get(j + 1))
+    };
+    if let Some(dir) = flag("--whatif-prometheus") {
+        let series = flag("--series").map_or(50_000, |s| s.parse().expect("--series N"));
+        let days = flag("--days").map_or(30, |s| s.parse().expect("--days D"));
+        whatif_prometheus::run(std::path::Path::new(dir), series, days);
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--generate-whatif") {
         let dir = args.get(i + 1).expect("--generate-whatif DIR");
         let n = args

@@ -300,16 +300,70 @@ pub fn workload_end(namespace: &str, kind: &str, name: &str) -> Result<EdgeEnd, 
     })
 }
 
-/// The PromQL query for the edges seen in the last `range` (a PromQL duration, `7d`): per
-/// edge and outcome, the highest value each agent's `flowwatch_connections_total` series
-/// reached in the window, summed over agents. A series' highest value counts from when that
-/// agent started counting the edge, so edges seen once are found too (an `increase()` would
-/// drop a series whose only sample is its first).
-pub fn prometheus_edges_query(range: &str) -> String {
-    format!(
-        "sum by (src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, \
-         dst_port, protocol, outcome) (max_over_time(flowwatch_connections_total[{range}]))"
-    )
+/// The labels of one edge as Prometheus holds it (with the outcome).
+const EDGE_LABELS: &str = "src_namespace, src_kind, src_workload, dst_namespace, dst_kind, \
+                           dst_workload, dst_port, protocol, outcome";
+
+/// The edge history the chart records (`prometheusRule.edgeHistory`): per edge and outcome,
+/// once an hour, the highest connection counter of the hour summed over agents.
+pub const EDGE_HISTORY: &str = "flowwatch:edge_connections:history";
+
+/// How much of the newest traffic is read from the raw series on top of the history, which
+/// lags by up to one recording interval (an hour by default) plus evaluation delay.
+pub const RAW_TAIL_SECS: u64 = 2 * 3600;
+
+/// Where `policy whatif --prometheus` reads the edges of a window from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrometheusSource {
+    /// `flowwatch_connections_total` over the whole window: exact, but every sample of every
+    /// series is read (30 days of 50,000 edges at 30 s is 4.3G samples, minutes of
+    /// Prometheus CPU).
+    Raw,
+    /// The recorded history over the window plus the raw series over its newest
+    /// [`RAW_TAIL_SECS`]: the same edges from one sample per hour.
+    History,
+}
+
+/// The PromQL query for the edges seen in the last `range_secs` seconds: per edge and
+/// outcome, the highest value each agent's `flowwatch_connections_total` series reached in
+/// the window, summed over agents. A series' highest value counts from when that agent
+/// started counting the edge, so edges seen once are found too (an `increase()` would drop a
+/// series whose only sample is its first). With [`PrometheusSource::History`] the older part
+/// of the window comes from [`EDGE_HISTORY`], which holds that same sum once an hour; an
+/// edge in both parts counts with its higher figure.
+pub fn prometheus_edges_query(range_secs: u64, source: PrometheusSource) -> String {
+    let raw = |secs: u64| {
+        format!("sum by ({EDGE_LABELS}) (max_over_time(flowwatch_connections_total[{secs}s]))")
+    };
+    match source {
+        PrometheusSource::Raw => raw(range_secs),
+        PrometheusSource::History => format!(
+            "max by ({EDGE_LABELS}) (\n  label_replace(sum by ({EDGE_LABELS}) \
+             (max_over_time({EDGE_HISTORY}[{range_secs}s])), \"flowwatch_part\", \"history\", \"\", \"\")\n\
+             or\n  label_replace({}, \"flowwatch_part\", \"raw\", \"\", \"\")\n)",
+            raw(range_secs.min(RAW_TAIL_SECS))
+        ),
+    }
+}
+
+/// Whether the history can stand for the raw series over a window of `range_secs`: it can
+/// when the window is longer than the raw tail and the history reaches back to the window's
+/// start. A query that answers with a sample when it does not: raw series exist within the
+/// window's first hour but no history within its first day (or its whole length if
+/// shorter). Cheap: one hour of raw samples and a day of hourly ones. `None`: the window is
+/// short enough to read raw.
+pub fn prometheus_history_gap_query(range_secs: u64) -> Option<String> {
+    if range_secs <= RAW_TAIL_SECS {
+        return None;
+    }
+    let raw_window = 3600;
+    let history_window = range_secs.min(86_400);
+    Some(format!(
+        "count(last_over_time(flowwatch_connections_total[{raw_window}s] offset {}s)) \
+         unless on () count(last_over_time({EDGE_HISTORY}[{history_window}s] offset {}s))",
+        range_secs - raw_window,
+        range_secs - history_window
+    ))
 }
 
 impl Edges {
@@ -477,6 +531,38 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_windows_read_the_history_where_it_reaches_the_window_start() {
+        // Up to the raw tail: raw only, no question asked.
+        assert_eq!(prometheus_history_gap_query(RAW_TAIL_SECS), None);
+        assert!(!prometheus_edges_query(3600, PrometheusSource::Raw).contains(EDGE_HISTORY));
+        // 30 days: raw samples in the first hour against history in the first day.
+        let gap = prometheus_history_gap_query(30 * 86_400).expect("a long window");
+        assert!(
+            gap.contains("flowwatch_connections_total[3600s] offset 2588400s)"),
+            "{gap}"
+        );
+        assert!(
+            gap.contains(&format!("{EDGE_HISTORY}[86400s] offset 2505600s)")),
+            "{gap}"
+        );
+        // Shorter than a day: the history over the whole window.
+        let gap = prometheus_history_gap_query(6 * 3600).expect("longer than the tail");
+        assert!(
+            gap.contains(&format!("{EDGE_HISTORY}[21600s] offset 0s)")),
+            "{gap}"
+        );
+        let both = prometheus_edges_query(30 * 86_400, PrometheusSource::History);
+        assert!(
+            both.contains(&format!("max_over_time({EDGE_HISTORY}[2592000s])")),
+            "{both}"
+        );
+        assert!(
+            both.contains("max_over_time(flowwatch_connections_total[7200s])"),
+            "the raw tail only: {both}"
+        );
+    }
     use serde_json::json;
 
     fn record(src: Value, dst: Value, outcome: &str, node: &str) -> Value {

@@ -215,19 +215,35 @@ fn each_alert_can_be_switched_off_alone_and_takes_its_recording_rules_with_it() 
         let rules = rules_of(&text);
         for (record, _, _) in rules.iter().filter(|(_, alert, _)| !alert) {
             assert!(
-                used(&rules, record),
+                used(&rules, record) || record == flowwatch::whatif::EDGE_HISTORY,
                 "--set {set}: {record} is read by no rule"
             );
         }
     }
-    // Every alert off: a clear error rather than an empty PrometheusRule.
-    let off: Vec<String> = alert_keys()
+    // The edge history (read by `flowwatch policy whatif`, not by a rule) is switched alone.
+    assert!(all.contains(flowwatch::whatif::EDGE_HISTORY));
+    let text = support::helm::rules(
+        &helm,
+        &["--set", "prometheusRule.edgeHistory.enabled=false"],
+    )
+    .unwrap();
+    assert!(!text.contains(flowwatch::whatif::EDGE_HISTORY), "{text}");
+    assert_eq!(alerts_of(&text), all_alerts);
+    // Every alert off: the history alone; and without it, a clear error rather than an empty
+    // PrometheusRule.
+    let mut off: Vec<String> = alert_keys()
         .into_iter()
         .map(|(k, _)| format!("prometheusRule.alerts.{k}.enabled=false"))
         .collect();
+    let text = support::helm::rules(&helm, &["--set", &off.join(",")]).unwrap();
+    let records: Vec<String> = rules_of(&text).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(records, [flowwatch::whatif::EDGE_HISTORY]);
+    off.push("prometheusRule.edgeHistory.enabled=false".into());
     let err = support::helm::rules(&helm, &["--set", &off.join(",")]).unwrap_err();
     assert!(
-        err.contains("every alert of prometheusRule.alerts disabled"),
+        err.contains(
+            "every alert of prometheusRule.alerts and prometheusRule.edgeHistory disabled"
+        ),
         "{err}"
     );
 }
@@ -279,6 +295,31 @@ fn every_alert_links_its_runbook_section_which_says_what_to_do() {
 
 /// The range selectors of a PromQL expression: (the metric before `[`, the range). Brackets
 /// inside quoted strings (a regular expression such as `[a-z]`) are not ranges.
+/// A PromQL duration (`1h5m`, `1d`) in seconds.
+fn seconds(duration: &str) -> u64 {
+    let mut total = 0;
+    let mut number = 0;
+    for c in duration.chars() {
+        match c.to_digit(10) {
+            Some(d) => number = number * 10 + u64::from(d),
+            None => {
+                let unit = match c {
+                    's' => 1,
+                    'm' => 60,
+                    'h' => 3600,
+                    'd' => 86_400,
+                    'w' => 604_800,
+                    'y' => 31_536_000,
+                    _ => panic!("{duration:?}: unit {c:?}"),
+                };
+                total += number * unit;
+                number = 0;
+            }
+        }
+    }
+    total
+}
+
 fn ranges(expr: &str) -> Vec<(String, String)> {
     // The expression with every quoted string blanked out (same length, so offsets hold).
     let mut code = String::with_capacity(expr.len());
@@ -324,17 +365,36 @@ fn no_rule_reads_an_hour_or_more_of_raw_series() {
     );
     let text =
         std::fs::read_to_string(repo().join("deploy/prometheus/flowwatch-rules.yaml")).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let mut long = 0;
-    for (name, _, rule) in rules_of(&text) {
-        for (series, range) in ranges(rule["expr"].as_str().unwrap()) {
-            if range.ends_with('h') || range.ends_with('d') || range.ends_with('w') {
-                long += 1;
-                assert!(
-                    series.starts_with("flowwatch:"),
-                    "{name} reads {range} of the raw series {series}: read a recording rule"
-                );
+    for group in doc["groups"].as_sequence().expect("groups") {
+        // A group evaluated once an hour may read its hour of raw series: each sample is read
+        // about once. Others are evaluated every scrape interval or so.
+        let interval = group["interval"].as_str().map_or(60, seconds);
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().or(rule["record"].as_str()).unwrap();
+            for (series, range) in ranges(rule["expr"].as_str().unwrap()) {
+                let secs = seconds(&range);
+                if secs >= 3600 && !series.starts_with("flowwatch:") {
+                    long += 1;
+                    assert!(
+                        secs <= interval + 600,
+                        "{name} reads {range} of the raw series {series} every {interval} s: read a recording rule"
+                    );
+                }
             }
         }
+    }
+    assert_eq!(
+        long, 1,
+        "only the hourly edge history reads an hour of raw series"
+    );
+    let mut long = 0;
+    for (_, _, rule) in rules_of(&text) {
+        long += ranges(rule["expr"].as_str().unwrap())
+            .iter()
+            .filter(|(series, range)| series.starts_with("flowwatch:") && seconds(range) >= 3600)
+            .count();
     }
     assert!(
         long >= 2,

@@ -6,43 +6,93 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::whatif::{prometheus_edges_query, Edges};
+use crate::whatif::{
+    prometheus_edges_query, prometheus_history_gap_query, Edges, PrometheusSource,
+};
 
 /// How long connecting and each read or write may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest answer read (edge series of a large cluster fit many times over).
 const MAX_BODY: u64 = 1 << 30;
 
-/// Queries `url` (`http://host:port[/prefix]`) for the edges of the last `range` (a PromQL
-/// duration) and adds them to `edges`.
-pub fn read_edges(url: &str, range: &str, edges: &mut Edges) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!(
-            "--prometheus {url:?}: only http:// URLs are supported (use a port-forward for https)"
-        )
-    })?;
-    let (authority, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    if authority.is_empty() {
-        return Err(format!("--prometheus {url:?}: no host"));
+/// A Prometheus HTTP API: `http://host:port[/prefix]`.
+struct Api {
+    url: String,
+    /// `host:port` to connect to.
+    target: String,
+    /// The `Host` header.
+    authority: String,
+    prefix: String,
+}
+
+impl Api {
+    fn parse(url: &str) -> Result<Api, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!(
+                "--prometheus {url:?}: only http:// URLs are supported (use a port-forward for https)"
+            )
+        })?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(format!("--prometheus {url:?}: no host"));
+        }
+        let target = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !authority.ends_with(']')
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Api {
+            url: url.to_string(),
+            target,
+            authority: authority.to_string(),
+            prefix: prefix.to_string(),
+        })
     }
-    let target = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']')
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
+
+    /// An instant query at the server's now: the decoded JSON answer.
+    fn query(&self, promql: &str) -> Result<serde_json::Value, String> {
+        let path = format!("{}/api/v1/query?query={}", self.prefix, urlencode(promql));
+        let body =
+            get(&self.target, &self.authority, &path).map_err(|e| format!("{}: {e}", self.url))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("{}: the answer is not JSON: {e}", self.url))
+    }
+}
+
+/// Queries `url` (`http://host:port[/prefix]`) for the edges of the last `range_secs`
+/// seconds and adds them to `edges`. Reads the recorded edge history where it covers the
+/// window (see [`prometheus_history_gap_query`]), else the raw series; says which.
+pub fn read_edges(
+    url: &str,
+    range_secs: u64,
+    edges: &mut Edges,
+) -> Result<PrometheusSource, String> {
+    let api = Api::parse(url)?;
+    let source = match prometheus_history_gap_query(range_secs) {
+        None => PrometheusSource::Raw,
+        Some(gap) => {
+            let answer = api.query(&gap)?;
+            let result = answer
+                .pointer("/data/result")
+                .and_then(serde_json::Value::as_array)
+                .ok_or_else(|| format!("{url}: an answer without data.result: {answer}"))?;
+            if result.is_empty() {
+                PrometheusSource::History
+            } else {
+                PrometheusSource::Raw
+            }
+        }
     };
-    let query = prometheus_edges_query(range);
-    let path = format!("{prefix}/api/v1/query?query={}", urlencode(&query));
-    let body = get(&target, authority, &path).map_err(|e| format!("{url}: {e}"))?;
-    let answer: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("{url}: the answer is not JSON: {e}"))?;
-    edges.add_prometheus_answer(&answer)
+    let answer = api.query(&prometheus_edges_query(range_secs, source))?;
+    edges.add_prometheus_answer(&answer)?;
+    Ok(source)
 }
 
 fn get(target: &str, host: &str, path: &str) -> Result<Vec<u8>, String> {
@@ -105,7 +155,7 @@ mod tests {
     #[test]
     fn only_http_urls_are_read() {
         let mut edges = Edges::default();
-        let e = read_edges("https://prom:9090", "1h", &mut edges).unwrap_err();
+        let e = read_edges("https://prom:9090", 3600, &mut edges).unwrap_err();
         assert!(e.contains("only http://"), "{e}");
         assert_eq!(urlencode("a b[7d]"), "a%20b%5B7d%5D");
     }

@@ -16,7 +16,10 @@ use super::{prometheus, Resolver, SnapshotArgs};
 use crate::inventory::overlay::{self, ObjectRef};
 use crate::inventory::{sources, Inventory, ObjectError};
 use crate::policy::{Explanation, Peer, PolicyEngine, SideExplanation};
-use crate::whatif::{parse_duration, Change, EdgeCount, EdgeEnd, EdgeKey, Edges};
+use crate::whatif::{
+    parse_duration, Change, EdgeCount, EdgeEnd, EdgeKey, Edges, PrometheusSource, EDGE_HISTORY,
+    RAW_TAIL_SECS,
+};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WhatifArgs {
@@ -45,7 +48,7 @@ pub struct WhatifArgs {
     pub prometheus: Option<String>,
     /// How far back to read Prometheus, e.g. `7d`, `12h`.
     #[arg(long, value_name = "DURATION", requires = "prometheus", value_parser = parse_since)]
-    pub since: Option<String>,
+    pub since: Option<u64>,
     /// `table` (the default on a terminal), `json` (one object per edge, per line; the
     /// default otherwise) or `md`.
     #[arg(short = 'o', long = "output", value_enum)]
@@ -58,10 +61,12 @@ pub struct WhatifArgs {
     pub all: bool,
 }
 
-/// Checks a `--since` duration and gives it back as PromQL writes it (`7d`).
-fn parse_since(s: &str) -> Result<String, String> {
-    let secs = parse_duration(s)?.as_secs();
-    Ok(format!("{secs}s"))
+/// Checks a `--since` duration and gives it back in seconds.
+fn parse_since(s: &str) -> Result<u64, String> {
+    match parse_duration(s)?.as_secs() {
+        0 => Err(format!("{s:?}: the window must be at least one second")),
+        secs => Ok(secs),
+    }
 }
 
 /// One observed edge, judged before and after.
@@ -388,7 +393,15 @@ pub fn run(args: WhatifArgs) -> ExitCode {
 
     let mut edges = Edges::default();
     let read = match (&args.prometheus, &args.since) {
-        (Some(url), Some(since)) => prometheus::read_edges(url, since, &mut edges),
+        (Some(url), Some(since)) => prometheus::read_edges(url, *since, &mut edges).map(|source| {
+            if source == PrometheusSource::Raw && *since > RAW_TAIL_SECS {
+                eprintln!(
+                    "note: Prometheus holds no edge history ({EDGE_HISTORY}) back to the \
+                         start of the window: read every raw sample instead, which is slow on \
+                         a large cluster (docs/policy.md, \"What-if from Prometheus\")"
+                );
+            }
+        }),
         _ => read_flow_logs(&args.flows, &mut edges),
     };
     if let Err(e) = read {

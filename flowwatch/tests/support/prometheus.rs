@@ -65,6 +65,26 @@ impl Drop for Prometheus {
     }
 }
 
+/// Writes `openmetrics` as TSDB blocks into `dir/data` (`promtool`, from the same package).
+fn backfill(dir: &Path, openmetrics: &str) -> Result<(), String> {
+    let input = dir.join("history.om");
+    std::fs::write(&input, openmetrics).map_err(|e| format!("write the history: {e}"))?;
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(dir.join("data"))
+        .output()
+        .map_err(|e| format!("spawn promtool: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "promtool tsdb create-blocks-from openmetrics: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -83,7 +103,7 @@ impl Prometheus {
         let mut last_err = String::new();
         // The port is picked by binding :0 and released; retry if another process takes it.
         for _ in 0..3 {
-            match Prometheus::try_start(jobs, rule_files) {
+            match Prometheus::try_start(jobs, rule_files, None) {
                 Ok(p) => return p,
                 Err(e) => last_err = e,
             }
@@ -91,11 +111,32 @@ impl Prometheus {
         panic!("prometheus did not start: {last_err}");
     }
 
-    fn try_start(jobs: &[Job], rule_files: &[PathBuf]) -> Result<Prometheus, String> {
+    /// Starts Prometheus on a history: `openmetrics` (samples with timestamps, `# EOF` at the
+    /// end) is written into its storage with `promtool tsdb create-blocks-from openmetrics`
+    /// first. Scrapes nothing.
+    pub fn start_with_history(openmetrics: &str) -> Prometheus {
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match Prometheus::try_start(&[], &[], Some(openmetrics)) {
+                Ok(p) => return p,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("prometheus did not start on the history: {last_err}");
+    }
+
+    fn try_start(
+        jobs: &[Job],
+        rule_files: &[PathBuf],
+        history: Option<&str>,
+    ) -> Result<Prometheus, String> {
         let dir = tempfile::Builder::new()
             .prefix("flowwatch-prometheus-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
+        if let Some(openmetrics) = history {
+            backfill(dir.path(), openmetrics)?;
+        }
         let mut cfg = String::from(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n",
         );
@@ -105,7 +146,9 @@ impl Prometheus {
                 cfg.push_str(&format!("  - {}\n", yaml_str(&f.display().to_string())));
             }
         }
-        cfg.push_str("scrape_configs:\n");
+        if !jobs.is_empty() {
+            cfg.push_str("scrape_configs:\n");
+        }
         for job in jobs {
             cfg.push_str(&format!("  - job_name: {}\n", yaml_str(&job.name)));
             if !job.params.is_empty() {
@@ -131,6 +174,8 @@ impl Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // A backfilled history may be older than the default 15 days.
+            .arg("--storage.tsdb.retention.time=100d")
             .arg("--web.console.templates=/nonexistent")
             .arg("--web.console.libraries=/nonexistent")
             .stdout(Stdio::null())

@@ -13,6 +13,12 @@ Prometheus template text ({{ $labels.x }}, {{ $value }}) is written inside Go ra
 {{- join ", " (concat (list "src_namespace" "src_workload" "dst_namespace" "dst_workload" "dst_port" "protocol") .Values.prometheusRule.aggregationLabels) -}}
 {{- end }}
 
+{{/* The labels of one edge as `flowwatch policy whatif` reads it (with the ends' kinds and the
+outcome), plus the aggregation labels. */}}
+{{- define "flowwatch.rules.historyBy" -}}
+{{- join ", " (concat (list "src_namespace" "src_kind" "src_workload" "dst_namespace" "dst_kind" "dst_workload" "dst_port" "protocol" "outcome") .Values.prometheusRule.aggregationLabels) -}}
+{{- end }}
+
 {{/* A namespace pair plus the aggregation labels. */}}
 {{- define "flowwatch.rules.pairBy" -}}
 {{- join ", " (concat (list "src_namespace" "dst_namespace") .Values.prometheusRule.aggregationLabels) -}}
@@ -262,6 +268,19 @@ One alerting rule: dict "root" $ "name" AlertName "key" values key under alerts 
 {{- range $policy }}
     {{- . | nindent 4 }}
 {{- end }}
+{{- end }}
+{{- if $r.edgeHistory.enabled }}
+- name: flowwatch.history
+  interval: {{ $r.edgeHistory.interval }}
+  rules:
+    # Per workload edge and outcome, once per interval: the highest connection counter of the
+    # interval, summed over agents (whatif's history; the range overlaps the previous
+    # evaluation by 5m so that a late evaluation leaves no gap).
+    - record: flowwatch:edge_connections:history
+      expr: |
+        sum by ({{ include "flowwatch.rules.historyBy" . }}) (
+          max_over_time(flowwatch_connections_total{ {{- $job -}} }[{{ $r.edgeHistory.interval }}5m])
+        )
 {{- end }}
 {{- if $agent }}
 - name: flowwatch.agent

@@ -1,0 +1,268 @@
+//! `--whatif-prometheus DIR [--series N] [--days D]`: `flowwatch policy whatif --prometheus
+//! URL --since Dd` on the synthetic cluster against a real Prometheus (Debian's, with its
+//! promtool) holding N workload edges (default 50,000) over D days (default 30), as the chart's
+//! rules and the agents would have left them:
+//!
+//! * the edge history (`flowwatch:edge_connections:history`), one sample per edge an hour over
+//!   the whole window, written by the chart's `flowwatch.history` group;
+//! * the raw `flowwatch_connections_total` series at a 30 s scrape interval over the window's
+//!   first hour and its last two: the only raw samples whatif reads when the history covers the
+//!   window. The raw samples in between are not generated (4.3G samples at this scale); the
+//!   raw path's cost is measured on the last two hours instead and scaled, in the same run.
+//!
+//! The TSDB is written by `promtool tsdb create-blocks-from openmetrics` into DIR (cleared
+//! first); the OpenMetrics text is deleted once the blocks exist.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{write_whatif_states, APPS_PER_NS, NAMESPACES};
+
+const SCRAPE_SECS: u64 = 30;
+const HOUR: u64 = 3600;
+
+/// The labels of edge `i` of `n`: every workload talks to up to `n / workloads` others, on
+/// one of three ports; every 25th edge failed.
+fn edge_labels(i: usize) -> String {
+    let workloads = NAMESPACES * APPS_PER_NS;
+    let (src, k) = (i % workloads, i / workloads);
+    let dst = (src + 1 + k * 101) % workloads;
+    let port = [8080, 5432, 9090][k % 3];
+    let outcome = if i.is_multiple_of(25) {
+        "failed"
+    } else {
+        "established"
+    };
+    let end = |w: usize| (w / APPS_PER_NS, w % APPS_PER_NS);
+    let ((sn, sa), (dn, da)) = (end(src), end(dst));
+    format!(
+        "src_namespace=\"ns-{sn:03}\",src_kind=\"deployment\",src_workload=\"app-{sa}\",\
+         dst_namespace=\"ns-{dn:03}\",dst_kind=\"deployment\",dst_workload=\"app-{da}\",\
+         dst_port=\"{port}\",protocol=\"TCP\",outcome=\"{outcome}\""
+    )
+}
+
+/// Writes the OpenMetrics text of the history and the raw samples ending at `now`.
+fn write_openmetrics(path: &Path, series: usize, days: u64, now: u64) -> std::io::Result<u64> {
+    let start = now - days * 24 * HOUR;
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut samples = 0;
+    // The counter of every edge grows by one connection per scrape interval.
+    let count = |t: u64| (t - start) / SCRAPE_SECS + 1;
+    writeln!(out, "# TYPE flowwatch_connections counter")?;
+    let raw_times: Vec<u64> = (start..start + HOUR)
+        .chain(now - 2 * HOUR..now)
+        .step_by(SCRAPE_SECS as usize)
+        .collect();
+    for i in 0..series {
+        let labels = edge_labels(i);
+        let node = i % 50;
+        for &t in &raw_times {
+            writeln!(
+                out,
+                "flowwatch_connections_total{{job=\"flowwatch\",instance=\"node-{node}:9810\",{labels}}} {} {t}",
+                count(t)
+            )?;
+            samples += 1;
+        }
+    }
+    writeln!(out, "# TYPE flowwatch:edge_connections:history gauge")?;
+    for i in 0..series {
+        let labels = edge_labels(i);
+        for t in (start + HOUR..now).step_by(HOUR as usize) {
+            writeln!(
+                out,
+                "flowwatch:edge_connections:history{{{labels}}} {} {t}",
+                count(t)
+            )?;
+            samples += 1;
+        }
+    }
+    writeln!(out, "# EOF")?;
+    out.flush()?;
+    Ok(samples)
+}
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Prometheus {
+    /// User + system CPU seconds of the Prometheus process so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+fn start_prometheus(dir: &Path) -> (Prometheus, String) {
+    let port = free_port();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        "global: {scrape_interval: 1h}\n",
+    )
+    .expect("write the config");
+    let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg("--storage.tsdb.retention.time=100d")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn prometheus (Debian package prometheus; `cargo xtask setup`)");
+    let prom = Prometheus(child);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let ready = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n")?;
+            let mut answer = String::new();
+            std::io::Read::read_to_string(&mut s, &mut answer)?;
+            Ok(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"))
+        });
+        if ready.unwrap_or(false) {
+            return (prom, format!("http://127.0.0.1:{port}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "prometheus not ready after 300 s; see {}",
+        dir.join("prometheus.log").display()
+    );
+}
+
+/// One `whatif` run: wall seconds, Prometheus CPU seconds, report lines, would_break lines
+/// and stderr.
+fn whatif(
+    dir: &Path,
+    prom: &Prometheus,
+    url: &str,
+    since: &str,
+) -> (f64, f64, usize, usize, String) {
+    let cpu = prom.cpu_secs();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowwatch"))
+        .args(["policy", "whatif", "--snapshot"])
+        .arg(dir.join("snapshot.json"))
+        .arg("--proposed")
+        .arg(dir.join("proposed.yaml"))
+        .args(["--prometheus", url, "--since", since, "-o", "json"])
+        .output()
+        .expect("run flowwatch policy whatif");
+    let wall = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(4)),
+        "whatif failed: {:?}\n{stderr}",
+        out.status
+    );
+    let lines = stdout.lines().count();
+    let broken = stdout
+        .lines()
+        .filter(|l| l.contains("\"change\":\"would_break\""))
+        .count();
+    (wall, prom.cpu_secs() - cpu, lines, broken, stderr)
+}
+
+pub fn run(dir: &Path, series: usize, days: u64) {
+    let _ = std::fs::remove_dir_all(dir);
+    write_whatif_states(dir).expect("write the snapshot and the proposed change");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 60
+        * 60;
+    let om = dir.join("history.om");
+    let t = Instant::now();
+    let samples = write_openmetrics(&om, series, days, now).expect("write the OpenMetrics text");
+    let size = std::fs::metadata(&om).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "generated {series} edges over {days} days: {samples} samples, {:.1} GB of OpenMetrics in {:.0} s",
+        size as f64 / 1e9,
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let status = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(format!("--max-block-duration={}h", days * 24 + 24))
+        .arg(&om)
+        .arg(dir.join("data"))
+        .status()
+        .expect("spawn promtool");
+    assert!(
+        status.success(),
+        "promtool tsdb create-blocks-from openmetrics: {status}"
+    );
+    let _ = std::fs::remove_file(&om);
+    println!(
+        "promtool wrote the blocks in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    let (prom, url) = start_prometheus(dir);
+
+    let since = format!("{days}d");
+    let mut walls = Vec::new();
+    for round in 1..=3 {
+        let (wall, cpu, lines, broken, stderr) = whatif(dir, &prom, &url, &since);
+        assert!(
+            !stderr.contains("holds no edge history"),
+            "the history covers the window, yet whatif read raw samples:\n{stderr}"
+        );
+        println!(
+            "round {round}: whatif --since {since}: {wall:.2} s wall, Prometheus {cpu:.2} s CPU; \
+             {lines} edges judged, {broken} would_break"
+        );
+        walls.push(wall);
+    }
+    walls.sort_by(f64::total_cmp);
+    println!(
+        "median whatif --since {since} over {series} edges: {:.2} s wall (bar: < 30 s)",
+        walls[1]
+    );
+
+    // The raw path on the newest two hours, scaled to the window (same run, same load).
+    let (wall, cpu, lines, _, _) = whatif(dir, &prom, &url, "2h");
+    let raw_samples = series as u64 * 2 * HOUR / SCRAPE_SECS;
+    let window_samples = series as u64 * days * 24 * HOUR / SCRAPE_SECS;
+    println!(
+        "raw path, whatif --since 2h: {wall:.2} s wall, Prometheus {cpu:.2} s CPU for {raw_samples} samples \
+         ({lines} edges); over {days} days of raw samples ({window_samples}) that is about {:.0} s of Prometheus CPU",
+        cpu * window_samples as f64 / raw_samples as f64
+    );
+}
