@@ -12,6 +12,16 @@ fn edge(src: (&str, &str), dst: (&str, &str), port: u16, v: [Verdict; 3]) -> Flo
         verdict: v[0],
         egress: v[1],
         ingress: v[2],
+        tier: tier_of(v[0]),
+        cni_policy_present: CniPresence::No,
+    }
+}
+
+/// The tier these tests' verdicts come from: NetworkPolicies when a policy decided.
+fn tier_of(v: Verdict) -> TierLabel {
+    match v {
+        Verdict::Allowed | Verdict::Denied => TierLabel::NetworkPolicy,
+        _ => TierLabel::None,
     }
 }
 
@@ -50,7 +60,8 @@ fn an_allowed_connection_is_counted_with_every_label() {
         vec![
             "flowwatch_connections_total{src_namespace=\"shop\",src_workload=\"frontend\",src_kind=\"deployment\",\
              dst_namespace=\"shop\",dst_workload=\"cart\",dst_kind=\"deployment\",dst_port=\"8080\",protocol=\"TCP\",\
-             verdict=\"allowed\",egress_verdict=\"uncovered\",ingress_verdict=\"allowed\",outcome=\"established\"} 2"
+             verdict=\"allowed\",egress_verdict=\"uncovered\",ingress_verdict=\"allowed\",outcome=\"established\",\
+             tier=\"networkpolicy\"} 2"
         ]
     );
     assert!(samples(&reg, "flowwatch_uncovered_connections_total").is_empty());
