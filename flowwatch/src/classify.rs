@@ -140,7 +140,9 @@ impl Classifier {
                 metrics::Verdict::Unknown,
             ),
         };
-        let tier = verdict.as_ref().map_or(metrics::TierLabel::None, deciding_tier);
+        let tier = verdict
+            .as_ref()
+            .map_or(metrics::TierLabel::None, deciding_tier);
         let cni = verdict
             .as_ref()
             .is_some_and(|v| v.egress.cni_policy_present || v.ingress.cni_policy_present);

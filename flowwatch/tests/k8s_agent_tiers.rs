@@ -147,7 +147,11 @@ fn an_admin_deny_decides_a_real_connection_in_records_and_metrics() {
     let drift: Vec<&str> = edge
         .iter()
         .copied()
-        .chain(["dst_port=\"8080\"", "tier=\"admin\"", "cni_policy_present=\"false\""])
+        .chain([
+            "dst_port=\"8080\"",
+            "tier=\"admin\"",
+            "cni_policy_present=\"false\"",
+        ])
         .collect();
     wait_series(
         &agent,
@@ -185,7 +189,12 @@ fn an_admin_deny_decides_a_real_connection_in_records_and_metrics() {
     wait_series(&agent, "flowwatch_blocked_attempts_total", &blocked, "1");
     // No drift for the dropped port, and nothing was counted as uncovered.
     let none: Vec<&str> = edge.iter().copied().chain(["dst_port=\"8081\""]).collect();
-    assert!(series(&agent, "flowwatch_enforcement_drift_connections_total", &none).is_empty());
+    assert!(series(
+        &agent,
+        "flowwatch_enforcement_drift_connections_total",
+        &none
+    )
+    .is_empty());
     assert!(series(&agent, "flowwatch_uncovered_connections_total", &edge).is_empty());
     // The optional kind is watched, with no error.
     let synced = agent.metric("flowwatch_kube_cache_synced{kind=\"ClusterNetworkPolicy\"}");

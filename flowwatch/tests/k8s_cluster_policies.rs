@@ -45,8 +45,26 @@ async fn tenants(client: &kube::Client) {
     create_namespace(client, "tenant-a", json!({"tenant": "a"})).await;
     create_namespace(client, "tenant-b", json!({"tenant": "b"})).await;
     create_node(client, "node-a", "192.168.77.10").await;
-    create_pod(client, "tenant-a", "a1", json!({"app": "a"}), None, "node-a", A1).await;
-    create_pod(client, "tenant-b", "b1", json!({"app": "b"}), None, "node-a", B1).await;
+    create_pod(
+        client,
+        "tenant-a",
+        "a1",
+        json!({"app": "a"}),
+        None,
+        "node-a",
+        A1,
+    )
+    .await;
+    create_pod(
+        client,
+        "tenant-b",
+        "b1",
+        json!({"app": "b"}),
+        None,
+        "node-a",
+        B1,
+    )
+    .await;
 }
 
 /// An Admin-tier ClusterNetworkPolicy: tenant-a may not reach tenant-b on TCP 8080.
@@ -69,6 +87,20 @@ fn admin_deny() -> serde_json::Value {
     })
 }
 
+/// A fresh API server and its admin client.
+async fn cluster() -> (ApiServer, kube::Client) {
+    let api = ApiServer::start().await;
+    let client = api.admin_client().await;
+    (api, client)
+}
+
+/// The watchers with [`options`], synced; they stop when the guard is dropped.
+async fn watched(client: &kube::Client) -> (ClusterWatch, tokio_util::sync::DropGuard) {
+    let cancel = CancellationToken::new();
+    let w = watch_with(client.clone(), options(), &cancel).await;
+    (w, cancel.drop_guard())
+}
+
 fn verdict(view: &ClusterView, port: u16) -> FlowVerdict {
     let (engine, errors) = PolicyEngine::build(&view.inventory, PolicyOptions::default());
     assert!(errors.is_empty(), "{errors:?}");
@@ -89,12 +121,9 @@ async fn without_the_crds_the_watchers_sync_clean() {
     if !available("k8s optional kinds absent") {
         return;
     }
-    let api = ApiServer::start().await;
-    let client = api.admin_client().await;
+    let (_api, client) = cluster().await;
     tenants(&client).await;
-    let cancel = CancellationToken::new();
-    let _stop = cancel.clone().drop_guard();
-    let w = watch_with(client.clone(), options(), &cancel).await;
+    let (w, _stop) = watched(&client).await;
     let view = w.current();
     assert!(view.inventory.cluster_policies.is_empty());
     for kind in Kind::OPTIONAL {
@@ -107,7 +136,11 @@ async fn without_the_crds_the_watchers_sync_clean() {
     let report = w.status().report();
     assert!(report.unsynced_kinds.is_empty() && report.failing_kinds.is_empty());
     let kinds: Vec<Kind> = w.status().staleness().iter().map(|(k, _)| *k).collect();
-    assert_eq!(kinds, Kind::ALL, "only the core kinds have staleness series");
+    assert_eq!(
+        kinds,
+        Kind::ALL,
+        "only the core kinds have staleness series"
+    );
     let v = verdict(&w.current(), 8080);
     assert_eq!(v.verdict, Verdict::Uncovered);
     assert_eq!(v.ingress.tier, Tier::None);
@@ -118,8 +151,7 @@ async fn cluster_policies_served_at_start_are_in_the_first_view_and_decide() {
     if !available("k8s cluster policies at start") {
         return;
     }
-    let api = ApiServer::start().await;
-    let client = api.admin_client().await;
+    let (_api, client) = cluster().await;
     install_crds(&client, CLUSTER_NETWORK_POLICY_CRD).await;
     install_crds(&client, ADMIN_NETWORK_POLICY_CRDS).await;
     tenants(&client).await;
@@ -153,9 +185,7 @@ async fn cluster_policies_served_at_start_are_in_the_first_view_and_decide() {
     )
     .await;
 
-    let cancel = CancellationToken::new();
-    let _stop = cancel.clone().drop_guard();
-    let w = watch_with(client.clone(), options(), &cancel).await;
+    let (w, _stop) = watched(&client).await;
     // The first view already holds them: it waited for discovery and their lists.
     let view = w.current();
     let cp = &view.inventory.cluster_policies;
@@ -219,12 +249,9 @@ async fn crds_created_and_deleted_while_running_are_followed_without_a_restart()
     if !available("k8s CRDs come and go") {
         return;
     }
-    let api = ApiServer::start().await;
-    let client = api.admin_client().await;
+    let (_api, client) = cluster().await;
     tenants(&client).await;
-    let cancel = CancellationToken::new();
-    let _stop = cancel.clone().drop_guard();
-    let w = watch_with(client.clone(), options(), &cancel).await;
+    let (w, _stop) = watched(&client).await;
     assert!(w.current().inventory.cluster_policies.is_empty());
     let generation = w.current().generation;
 
@@ -258,7 +285,10 @@ async fn crds_created_and_deleted_while_running_are_followed_without_a_restart()
     .await;
     let view = w.current();
     let (engine, _) = PolicyEngine::build(&view.inventory, PolicyOptions::default());
-    assert_eq!(engine.cni_policy_counts().get("CiliumNetworkPolicy"), Some(&1));
+    assert_eq!(
+        engine.cni_policy_counts().get("CiliumNetworkPolicy"),
+        Some(&1)
+    );
     let v = verdict(&view, 7070);
     assert!(v.ingress.cni_policy_present, "{v:?}");
     assert!(!v.egress.cni_policy_present, "tenant-a has no CNI policy");

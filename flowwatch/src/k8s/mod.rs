@@ -320,9 +320,10 @@ impl SyncStatus {
     /// Every kind has listed at least once (the caches hold a complete state, maybe old).
     pub fn has_synced(&self) -> bool {
         !self.discovering.load(Ordering::Acquire)
-            && self.kinds.iter().all(|k| {
-                !k.required.load(Ordering::Acquire) || k.synced.load(Ordering::Acquire)
-            })
+            && self
+                .kinds
+                .iter()
+                .all(|k| !k.required.load(Ordering::Acquire) || k.synced.load(Ordering::Acquire))
     }
 
     /// Whether `kind` is watched now (a core kind always; an optional kind while served).
@@ -1158,7 +1159,11 @@ mod status_tests {
         assert!(status.is_stale(), "the Job watch still fails");
         let by_kind = status.staleness();
         let kinds: Vec<Kind> = by_kind.iter().map(|(k, _)| *k).collect();
-        assert_eq!(kinds, Kind::ALL, "optional kinds never served have no series");
+        assert_eq!(
+            kinds,
+            Kind::ALL,
+            "optional kinds never served have no series"
+        );
         for (kind, d) in by_kind {
             assert_eq!(d.is_zero(), kind != Kind::Job, "{kind:?}: {d:?}");
         }

@@ -16,8 +16,8 @@
 //! A kind that is not served needs no RBAC and is never an error or a stale signal.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroupList, APIResourceList};
 use kube::api::{ApiResource, DynamicObject};
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{Cache, Change};
-use super::{run_watch, KindLabels, Kind, SyncStatus, Watch, WatchOptions};
+use super::{run_watch, Kind, KindLabels, SyncStatus, Watch, WatchOptions};
 use crate::inventory::cluster_policy::{
     self, AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy, ClusterPolicies,
     CniPolicy, API_GROUP, CNI_POLICY_KINDS,
@@ -71,7 +71,10 @@ pub fn versions_to_read(groups: &APIGroupList) -> Vec<String> {
         if !wanted.contains(g.name.as_str()) {
             continue;
         }
-        let preferred = g.preferred_version.as_ref().map(|v| v.group_version.clone());
+        let preferred = g
+            .preferred_version
+            .as_ref()
+            .map(|v| v.group_version.clone());
         out.extend(preferred.clone());
         out.extend(
             g.versions
@@ -115,7 +118,9 @@ pub fn served(lists: &[(String, Option<APIResourceList>)]) -> Discovered {
             let res = list.resources.iter().find(|r| {
                 r.kind == name
                     && !r.name.contains('/')
-                    && ["list", "watch"].iter().all(|v| r.verbs.iter().any(|x| x == v))
+                    && ["list", "watch"]
+                        .iter()
+                        .all(|v| r.verbs.iter().any(|x| x == v))
             });
             if let Some(r) = res {
                 let version = gv.split('/').nth(1).unwrap_or_default();
@@ -209,8 +214,18 @@ impl OptionalStores {
         }
         let mut out = ClusterPolicies::default();
         let bad = &mut out.undecodable;
-        split(&self.cnps, "ClusterNetworkPolicy", &mut out.cluster_network_policies, bad);
-        split(&self.anps, "AdminNetworkPolicy", &mut out.admin_network_policies, bad);
+        split(
+            &self.cnps,
+            "ClusterNetworkPolicy",
+            &mut out.cluster_network_policies,
+            bad,
+        );
+        split(
+            &self.anps,
+            "AdminNetworkPolicy",
+            &mut out.admin_network_policies,
+            bad,
+        );
         let banps = &mut out.baseline_admin_network_policies;
         split(&self.banps, "BaselineAdminNetworkPolicy", banps, bad);
         for cache in self.cni.values() {
@@ -291,61 +306,71 @@ fn spawn_watch(ctx: &Ctx, kind: Kind, ar: ApiResource, gone: Arc<Notify>) -> Run
         ar: ar.clone(),
         metadata_only: !matches!(
             kind,
-            Kind::ClusterNetworkPolicy | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy
+            Kind::ClusterNetworkPolicy
+                | Kind::AdminNetworkPolicy
+                | Kind::BaselineAdminNetworkPolicy
         ),
         gone: Some(gone),
     };
-    let (opts, status, changed, token) = (
-        ctx.opts.clone(),
-        ctx.status.clone(),
-        ctx.changed.clone(),
-        cancel.clone(),
-    );
-    let st = status.clone();
+    let spawner = Spawner {
+        opts: ctx.opts.clone(),
+        status: ctx.status.clone(),
+        changed: ctx.changed.clone(),
+        cancel: cancel.clone(),
+    };
     let s = &ctx.stores;
     let task = match kind {
-        Kind::ClusterNetworkPolicy => tokio::spawn(run_watch(
-            watch,
-            move |o| Some(decode_policy::<ClusterNetworkPolicy>(kind, o, &st)),
-            s.cnps.clone(),
-            opts,
-            status,
-            changed,
-            token,
-        )),
-        Kind::AdminNetworkPolicy => tokio::spawn(run_watch(
-            watch,
-            move |o| Some(decode_policy::<AdminNetworkPolicy>(kind, o, &st)),
-            s.anps.clone(),
-            opts,
-            status,
-            changed,
-            token,
-        )),
-        Kind::BaselineAdminNetworkPolicy => tokio::spawn(run_watch(
-            watch,
-            move |o| Some(decode_policy::<BaselineAdminNetworkPolicy>(kind, o, &st)),
-            s.banps.clone(),
-            opts,
-            status,
-            changed,
-            token,
-        )),
+        Kind::ClusterNetworkPolicy => spawner.policies(watch, s.cnps.clone()),
+        Kind::AdminNetworkPolicy => spawner.policies(watch, s.anps.clone()),
+        Kind::BaselineAdminNetworkPolicy => spawner.policies(watch, s.banps.clone()),
         _ => {
             let cache = s.cni.get(&kind).cloned().unwrap_or_default();
             let resource = ar.clone();
-            tokio::spawn(run_watch(
-                watch,
-                move |o| cni_object(&resource, &o),
-                cache,
-                opts,
-                status,
-                changed,
-                token,
-            ))
+            spawner.spawn(watch, move |o| cni_object(&resource, &o), cache)
         }
     };
     Running { ar, cancel, task }
+}
+
+/// Spawns one optional kind's watch loop.
+struct Spawner {
+    opts: WatchOptions,
+    status: Arc<SyncStatus>,
+    changed: Arc<Notify>,
+    cancel: CancellationToken,
+}
+
+impl Spawner {
+    fn spawn<C: Send + Sync + 'static>(
+        self,
+        watch: Watch,
+        decode: impl Fn(DynamicObject) -> Option<C> + Send + 'static,
+        cache: Arc<Cache<C>>,
+    ) -> JoinHandle<()> {
+        let Spawner {
+            opts,
+            status,
+            changed,
+            cancel,
+        } = self;
+        tokio::spawn(run_watch(
+            watch, decode, cache, opts, status, changed, cancel,
+        ))
+    }
+
+    /// A cluster policy kind, decoded into `T`.
+    fn policies<T: DeserializeOwned + Send + Sync + 'static>(
+        self,
+        watch: Watch,
+        cache: Arc<Cache<Decoded<T>>>,
+    ) -> JoinHandle<()> {
+        let (kind, status) = (watch.kind, self.status.clone());
+        self.spawn(
+            watch,
+            move |o| Some(decode_policy::<T>(kind, o, &status)),
+            cache,
+        )
+    }
 }
 
 struct Running {
@@ -498,10 +523,16 @@ mod tests {
                 "policy.networking.k8s.io/v1alpha1",
                 &[
                     ("baselineadminnetworkpolicies", "BaselineAdminNetworkPolicy"),
-                    ("baselineadminnetworkpolicies/status", "BaselineAdminNetworkPolicy"),
+                    (
+                        "baselineadminnetworkpolicies/status",
+                        "BaselineAdminNetworkPolicy",
+                    ),
                 ],
             ),
-            resources("cilium.io/v2", &[("ciliumnetworkpolicies", "CiliumNetworkPolicy")]),
+            resources(
+                "cilium.io/v2",
+                &[("ciliumnetworkpolicies", "CiliumNetworkPolicy")],
+            ),
             ("crd.antrea.io/v1beta1".into(), None),
         ]);
         let kinds: Vec<Kind> = found.served.keys().copied().collect();
@@ -561,15 +592,18 @@ mod tests {
         assert_eq!(got, Err("bad".to_string()));
         assert_eq!(status.rejected(), 1);
         let stores = OptionalStores::default();
-        stores
-            .cnps
-            .apply(Change::Apply((None, "bad".into()), got));
+        stores.cnps.apply(Change::Apply((None, "bad".into()), got));
         let mut good = DynamicObject::new("good", &ar);
         good.data = serde_json::json!({"spec": {"tier": "Admin", "priority": 3,
             "subject": {"namespaces": {}}}});
         let good = decode_policy::<ClusterNetworkPolicy>(Kind::ClusterNetworkPolicy, good, &status);
-        assert_eq!(good.as_ref().unwrap().spec.as_ref().unwrap().priority, Some(3));
-        stores.cnps.apply(Change::Apply((None, "good".into()), good));
+        assert_eq!(
+            good.as_ref().unwrap().spec.as_ref().unwrap().priority,
+            Some(3)
+        );
+        stores
+            .cnps
+            .apply(Change::Apply((None, "good".into()), good));
         let all = stores.cluster_policies();
         assert_eq!(all.cluster_network_policies.len(), 1);
         assert_eq!(

@@ -82,8 +82,8 @@ pub use labels::{
 
 use budget::{Admission, BudgetedFamily};
 use labels::{
-    BlockedLabels, BuildLabels, CniKindLabels, ConnectionLabels, DriftLabels, FamilyLabels, FlowLogDropLabels,
-    LossLabels, MapLabels, ResourceLabels, TrafficLabels, UncoveredLabels,
+    BlockedLabels, BuildLabels, CniKindLabels, ConnectionLabels, DriftLabels, FamilyLabels,
+    FlowLogDropLabels, LossLabels, MapLabels, ResourceLabels, TrafficLabels, UncoveredLabels,
 };
 
 use crate::model::{Counters, Nanos, Outcome};
@@ -373,7 +373,9 @@ impl Health {
         );
         // Every kind's series from the start: 0 is an answer.
         for kind in CniPolicyKind::ALL {
-            let _ = self.cni_policies.get_or_create(&CniKindLabels { kind: *kind });
+            let _ = self
+                .cni_policies
+                .get_or_create(&CniKindLabels { kind: *kind });
         }
         registry.register(
             "inventory_objects_skipped",

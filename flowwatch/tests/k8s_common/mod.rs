@@ -340,10 +340,7 @@ pub async fn delete_crd(client: &Client, name: &str) {
 pub async fn create_custom(client: &Client, plural: &str, object: serde_json::Value) {
     let obj: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
     let types = obj.types.clone().expect("apiVersion and kind");
-    let (group, version) = types
-        .api_version
-        .split_once('/')
-        .expect("group/version");
+    let (group, version) = types.api_version.split_once('/').expect("group/version");
     let ar = kube::api::ApiResource {
         group: group.into(),
         version: version.into(),
