@@ -587,7 +587,10 @@ fn the_dashboards_are_well_formed_linked_and_lint_clean() {
                 "Enforcement drift edges",
                 "Top blocked edges",
             ] {
-                let p = panels.iter().find(|p| p["title"] == want).unwrap();
+                let p = panels
+                    .iter()
+                    .find(|p| p["title"] == want && p["type"] != "stat")
+                    .unwrap();
                 let expr = p["targets"][0]["expr"].as_str().unwrap();
                 assert!(
                     expr.contains(", tier") || expr.contains(" tier,"),
