@@ -83,7 +83,7 @@ fn an_admin_deny_decides_a_real_connection_in_records_and_metrics() {
             &admin,
             "tenant-a",
             "client-7d9f-a",
-            json!({"app": "client"}),
+            json!({"app": "client", "pod-template-hash": "7d9f"}),
             rs("client-7d9f", "uid-a"),
             "node-a",
             &client_ip,
@@ -93,7 +93,7 @@ fn an_admin_deny_decides_a_real_connection_in_records_and_metrics() {
             &admin,
             "tenant-b",
             "api-5c7b-b",
-            json!({"app": "api"}),
+            json!({"app": "api", "pod-template-hash": "5c7b"}),
             rs("api-5c7b", "uid-b"),
             "node-a",
             &server_ip,
@@ -138,6 +138,7 @@ fn an_admin_deny_decides_a_real_connection_in_records_and_metrics() {
         "{r}"
     );
     assert_eq!(r["egress"]["tier"], "none", "{r}");
+    assert_eq!(r["dst"]["workload_name"], "api", "{r}");
     let edge = [
         "src_namespace=\"tenant-a\"",
         "src_workload=\"client\"",

@@ -203,7 +203,7 @@ async fn the_shipped_service_account_is_enough_and_nothing_more() {
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
     let w = k8s_common::watch(agent.clone(), &cancel).await;
-    assert!(w.status().is_synced());
+    assert!(w.status().is_synced(), "{:?}", w.status().report());
     assert_eq!(w.status().watch_errors(), 0, "{:?}", w.status().report());
     for kind in [
         flowwatch::k8s::Kind::ClusterNetworkPolicy,

@@ -225,7 +225,14 @@ struct KindState {
     failing: AtomicBool,
     /// When this kind's current run of failures started (None: its watch is current).
     failing_since: Mutex<Option<Instant>>,
+    /// When an optional kind was last activated (see [`NEW_KIND_GRACE`]).
+    activated: Mutex<Option<Instant>>,
 }
+
+/// For this long after an optional kind starts being served, failures of its watch are retried
+/// without being counted or making the agent stale: the API server answers 429 "storage is
+/// (re)initializing" to the first lists and watches of a CRD it has just established.
+pub const NEW_KIND_GRACE: Duration = Duration::from_secs(10);
 
 /// Sync state and its metrics, shared by the watchers, `/readyz` and `/metrics`.
 #[derive(Debug)]
@@ -491,6 +498,7 @@ impl SyncStatus {
         k.failing.store(false, Ordering::Release);
         *guard(&k.failing_since) = None;
         k.required.store(required, Ordering::Release);
+        *guard(&k.activated) = Some(Instant::now());
         k.seen.store(true, Ordering::Release);
         k.active.store(true, Ordering::Release);
         self.create_series(kind);
@@ -546,10 +554,15 @@ impl SyncStatus {
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
-    fn failed(&self, kind: Kind) {
+    /// Records a failure of `kind`'s watch; false when it is not counted (a kind no longer
+    /// served, or one served only since [`NEW_KIND_GRACE`]).
+    fn failed(&self, kind: Kind) -> bool {
         let k = &self.kinds[idx(kind)];
         if !k.active.load(Ordering::Acquire) {
-            return; // the watch of a kind no longer served, being stopped
+            return false; // the watch of a kind no longer served, being stopped
+        }
+        if lock(&k.activated).is_some_and(|t| t.elapsed() < NEW_KIND_GRACE) {
+            return false;
         }
         k.failing.store(true, Ordering::Release);
         guard(&k.failing_since).get_or_insert_with(Instant::now);
@@ -559,6 +572,7 @@ impl SyncStatus {
             *since = Some(Instant::now());
         }
         self.stale_gauge.set(1);
+        true
     }
 }
 
@@ -935,8 +949,11 @@ async fn run_watch<C>(
                         // An expiry again before a list completed counts too: the list cannot
                         // finish within the server's compaction window, so the kind would
                         // stay on old state without ever being reported stale.
-                        status.failed(kind);
-                        tracing::warn!(?kind, error = %e, "watch failed; keeping the last known state and retrying");
+                        if status.failed(kind) {
+                            tracing::warn!(?kind, error = %e, "watch failed; keeping the last known state and retrying");
+                        } else {
+                            tracing::info!(?kind, error = %e, "newly served kind not ready yet; retrying");
+                        }
                         break;
                     }
                 },
@@ -1237,10 +1254,15 @@ mod status_tests {
         );
         status.synced(Kind::ClusterNetworkPolicy, 2);
         assert!(status.is_synced());
-        // served later: not required, but a failing watch of it is stale
+        // served later: not required; its first failures (a CRD just established) are not
+        // counted, but once past the grace a failing watch of it is stale
         status.activate(Kind::CiliumNetworkPolicy, false);
         assert!(status.has_synced());
-        status.failed(Kind::CiliumNetworkPolicy);
+        assert!(!status.failed(Kind::CiliumNetworkPolicy));
+        assert!(!status.is_stale() && status.watch_errors() == 0);
+        let long_ago = Instant::now().checked_sub(NEW_KIND_GRACE).unwrap();
+        *guard(&status.kinds[idx(Kind::CiliumNetworkPolicy)].activated) = Some(long_ago);
+        assert!(status.failed(Kind::CiliumNetworkPolicy));
         assert!(status.is_stale());
         assert!(status
             .staleness()

@@ -445,12 +445,13 @@ async fn reconcile(
                 }
                 running.insert(kind, spawn_watch(ctx, kind, ar.clone(), gone.clone()));
             }
-            None => {
+            None if was_running => {
                 tracing::info!(?kind, "kind no longer served; its objects leave the views");
                 ctx.stores.clear(kind);
                 ctx.status.deactivate(kind);
                 ctx.changed.notify_one();
             }
+            None => {}
         }
     }
 }
