@@ -75,7 +75,18 @@ fn an_admin_deny_decides_a_real_connection_in_records_and_metrics() {
     let kubeconfig = api.kubeconfig_for_token("agent", &token);
     rt.block_on(async {
         install_crds(&admin, CLUSTER_NETWORK_POLICY_CRD).await;
+        install_crds(&admin, CILIUM_NETWORK_POLICY_CRD).await;
         create_namespace(&admin, "tenant-a", json!({"tenant": "a"})).await;
+        create_namespace(&admin, "other", json!({})).await;
+        // A CNI-specific policy in a namespace of neither pod: counted, marks nothing here.
+        create_custom(
+            &admin,
+            "ciliumnetworkpolicies",
+            json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                "metadata": {"name": "l7", "namespace": "other"},
+                "spec": {"endpointSelector": {}}}),
+        )
+        .await;
         create_namespace(&admin, "tenant-b", json!({"tenant": "b"})).await;
         create_node(&admin, "node-a", "192.168.77.10").await;
         let rs = |name: &str, uid: &str| Some(owner("apps/v1", "ReplicaSet", name, uid));
@@ -197,6 +208,15 @@ fn an_admin_deny_decides_a_real_connection_in_records_and_metrics() {
     )
     .is_empty());
     assert!(series(&agent, "flowwatch_uncovered_connections_total", &edge).is_empty());
+    // The CNI-specific policy is counted by kind.
+    agent.wait_metric(
+        "flowwatch_cni_policy_objects{kind=\"CiliumNetworkPolicy\"}",
+        1.0,
+        Duration::from_secs(5),
+    );
+    assert!(
+        r.get("cni_policy_present").is_none() && r["ingress"].get("cni_policy_present").is_none()
+    );
     // The optional kind is watched, with no error.
     let synced = agent.metric("flowwatch_kube_cache_synced{kind=\"ClusterNetworkPolicy\"}");
     assert_eq!(synced, Some(1.0));

@@ -560,6 +560,8 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         "egress_verdict",
         "ingress_verdict",
         "outcome",
+        "tier",
+        "cni_policy_present",
         "scope",
         "direction",
         "family",
