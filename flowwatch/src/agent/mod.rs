@@ -158,7 +158,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         PolicyOptions {
             ipblock_matches_pod_ips: args.ipblock_matches_pod_ips,
             cni_policies_relevant: !args.ignore_cni_policies,
-            ..PolicyOptions::default()
         },
     );
     let mut reporter = Reporter::new(args.node_name.clone());
