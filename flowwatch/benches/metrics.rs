@@ -6,8 +6,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use flowwatch::metrics::exposition::openmetrics_to_prometheus_text;
 use flowwatch::metrics::{
-    encode_openmetrics, encode_prometheus_text, Endpoint, FlowEdge, Metrics, MetricsConfig,
-    Verdict, WorkloadKind,
+    encode_openmetrics, encode_prometheus_text, CniPresence, Endpoint, FlowEdge, Metrics,
+    MetricsConfig, TierLabel, Verdict, WorkloadKind,
 };
 use flowwatch::model::{Counters, Outcome, Protocol};
 
@@ -31,6 +31,8 @@ fn edge(i: usize) -> FlowEdge {
         verdict: Verdict::Allowed,
         egress: Verdict::Uncovered,
         ingress: Verdict::Allowed,
+        tier: TierLabel::NetworkPolicy,
+        cni_policy_present: CniPresence::No,
     }
 }
 

@@ -10,6 +10,7 @@ use crate::enrich::{self, EndpointIndex, EnrichOptions, OwnerIndex};
 use crate::inventory::{Inventory, ObjectError};
 use crate::metrics;
 use crate::model::{Flow, Nanos};
+use crate::policy::tiered::Tier;
 use crate::policy::{FlowVerdict, PolicyEngine, PolicyOptions, SideVerdict, Verdict};
 
 /// What the agent knows about one flow beyond its addresses.
@@ -66,6 +67,15 @@ impl Classifier {
             }
         }
         skipped
+    }
+
+    /// The CNI-specific policy objects of the current inventory, by kind (empty before the
+    /// first view).
+    pub fn cni_policy_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        self.engine
+            .as_ref()
+            .map(|e| e.cni_policy_counts().clone())
+            .unwrap_or_default()
     }
 
     /// Whether a cluster view has arrived (before it nothing can be classified).
@@ -130,6 +140,12 @@ impl Classifier {
                 metrics::Verdict::Unknown,
             ),
         };
+        let tier = verdict
+            .as_ref()
+            .map_or(metrics::TierLabel::None, deciding_tier);
+        let cni = verdict
+            .as_ref()
+            .is_some_and(|v| v.egress.cni_policy_present || v.ingress.cni_policy_present);
         let edge = metrics::FlowEdge {
             src: edge_end(&src),
             dst: edge_end(&dst),
@@ -138,6 +154,12 @@ impl Classifier {
             verdict: overall_verdict,
             egress,
             ingress,
+            tier,
+            cni_policy_present: if cni {
+                metrics::CniPresence::Yes
+            } else {
+                metrics::CniPresence::No
+            },
         };
         Some((
             Classification {
@@ -148,6 +170,25 @@ impl Classifier {
             },
             took,
         ))
+    }
+}
+
+/// The tier that decided the overall verdict (see [`metrics::TierLabel`]): the tier of the
+/// side whose verdict is the overall one, egress first.
+fn deciding_tier(v: &FlowVerdict) -> metrics::TierLabel {
+    let want = match v.verdict {
+        Verdict::Denied => SideVerdict::Denied,
+        Verdict::Allowed => SideVerdict::Allowed,
+        Verdict::Uncovered => return metrics::TierLabel::None,
+    };
+    let side = [&v.egress, &v.ingress]
+        .into_iter()
+        .find(|s| s.verdict == want);
+    match side.map(|s| s.tier) {
+        Some(Tier::Admin) => metrics::TierLabel::Admin,
+        Some(Tier::NetworkPolicy) => metrics::TierLabel::NetworkPolicy,
+        Some(Tier::Baseline) => metrics::TierLabel::Baseline,
+        Some(Tier::None) | None => metrics::TierLabel::None,
     }
 }
 

@@ -103,6 +103,12 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_IPBLOCK_MATCHES_POD_IPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub ipblock_matches_pod_ips: bool,
 
+    /// Declare CNI-specific policies (Cilium, Calico, Antrea kinds) irrelevant: verdicts are
+    /// then not marked `cni_policy_present` (they are still counted in
+    /// `flowwatch_cni_policy_objects`).
+    #[arg(long, env = "FLOWWATCH_IGNORE_CNI_POLICIES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ignore_cni_policies: bool,
+
     /// Networks to name in flow records, comma-separated `name=cidr` (e.g. `corp-vpn=10.200.0.0/16`).
     #[arg(long, env = "FLOWWATCH_NAMED_NETWORKS", value_delimiter = ',')]
     pub named_networks: Vec<crate::enrich::NamedNetwork>,

@@ -306,6 +306,8 @@ mod tests {
                 verdict: crate::metrics::Verdict::Unknown,
                 egress: crate::metrics::Verdict::Unknown,
                 ingress: crate::metrics::Verdict::Unknown,
+                tier: crate::metrics::TierLabel::None,
+                cni_policy_present: crate::metrics::CniPresence::No,
             },
         };
         let key = FlowKey {

@@ -211,7 +211,7 @@ fn every_agent_setting_maps_to_its_env_var() {
             &helm,
             &[
                 "--set",
-                "agent.port=9999,agent.listenAddress=127.0.0.1,agent.interfaces={eth0,veth*},agent.flowLog=-,agent.pollIntervalMs=250,agent.idleTimeoutSecs=5,agent.flowsMaxEntries=131072,agent.eventsRingBytes=1048576,agent.ignoreCidrs={10.0.0.0/8},agent.labelAllowlist={app,team},agent.namedNetworks={corp-vpn=10.200.0.0/16},agent.ipblockMatchesPodIps=false,agent.kube=false,agent.logFormat=text,agent.logLevel=debug,agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=50,agent.seriesTtlSecs=60,tolerateAllTaints=true,extraCapabilities={SYS_RESOURCE}",
+                "agent.port=9999,agent.listenAddress=127.0.0.1,agent.interfaces={eth0,veth*},agent.flowLog=-,agent.pollIntervalMs=250,agent.idleTimeoutSecs=5,agent.flowsMaxEntries=131072,agent.eventsRingBytes=1048576,agent.ignoreCidrs={10.0.0.0/8},agent.labelAllowlist={app,team},agent.namedNetworks={corp-vpn=10.200.0.0/16},agent.ipblockMatchesPodIps=false,agent.ignoreCniPolicies=true,agent.kube=false,agent.logFormat=text,agent.logLevel=debug,agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=50,agent.seriesTtlSecs=60,tolerateAllTaints=true,extraCapabilities={SYS_RESOURCE}",
             ],
         )
         .unwrap(),
@@ -232,6 +232,7 @@ fn every_agent_setting_maps_to_its_env_var() {
         ("FLOWWATCH_LABEL_ALLOWLIST", "app,team"),
         ("FLOWWATCH_NAMED_NETWORKS", "corp-vpn=10.200.0.0/16"),
         ("FLOWWATCH_IPBLOCK_MATCHES_POD_IPS", "false"),
+        ("FLOWWATCH_IGNORE_CNI_POLICIES", "true"),
         ("FLOWWATCH_KUBE", "false"),
         ("FLOWWATCH_LOG_FORMAT", "text"),
         ("FLOWWATCH_LOG", "debug"),

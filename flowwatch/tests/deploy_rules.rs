@@ -636,8 +636,26 @@ fn the_dashboards_are_well_formed_linked_and_lint_clean() {
                 "Flow data lost",
                 "Flow log records dropped",
                 "Agent builds",
+                "Connections by verdict and deciding tier",
+                "CNI-specific policy objects",
             ] {
                 assert!(titles.contains(&want), "missing panel {want}");
+            }
+            // The deciding tier is shown where verdicts are: connections, drift, blocked.
+            for want in [
+                "Connections by verdict and deciding tier",
+                "Enforcement drift edges",
+                "Top blocked edges",
+            ] {
+                let p = panels
+                    .iter()
+                    .find(|p| p["title"] == want && p["type"] != "stat")
+                    .unwrap();
+                let expr = p["targets"][0]["expr"].as_str().unwrap();
+                assert!(
+                    expr.contains(", tier") || expr.contains(" tier,"),
+                    "{want} does not show the tier: {expr}"
+                );
             }
         } else {
             for want in ["namespace", "workload"] {

@@ -36,6 +36,18 @@ const READS: &[(&str, &str)] = &[
     ("networking.k8s.io", "networkpolicies"),
     ("apps", "replicasets"),
     ("batch", "jobs"),
+    // the optional kinds, read while served
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
+    ("policy.networking.k8s.io", "adminnetworkpolicies"),
+    ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+    ("cilium.io", "ciliumnetworkpolicies"),
+    ("cilium.io", "ciliumclusterwidenetworkpolicies"),
+    ("projectcalico.org", "networkpolicies"),
+    ("projectcalico.org", "globalnetworkpolicies"),
+    ("crd.projectcalico.org", "networkpolicies"),
+    ("crd.projectcalico.org", "globalnetworkpolicies"),
+    ("crd.antrea.io", "networkpolicies"),
+    ("crd.antrea.io", "clusternetworkpolicies"),
 ];
 const READ_VERBS: &[&str] = &["get", "list", "watch"];
 
@@ -177,13 +189,30 @@ async fn the_shipped_service_account_is_enough_and_nothing_more() {
         .await
         .unwrap();
 
+    // The cluster policy and a CNI policy CRD are served: their watches need the role too.
+    for crds in [
+        k8s_common::CLUSTER_NETWORK_POLICY_CRD,
+        k8s_common::ADMIN_NETWORK_POLICY_CRDS,
+        k8s_common::CILIUM_NETWORK_POLICY_CRD,
+    ] {
+        k8s_common::install_crds(&admin, crds).await;
+    }
+
     // Enough: every watch of the agent syncs with the service account's token.
     let agent = api.client_for_service_account(&ns, &sa_name).await;
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
     let w = k8s_common::watch(agent.clone(), &cancel).await;
-    assert!(w.status().is_synced());
+    assert!(w.status().is_synced(), "{:?}", w.status().report());
     assert_eq!(w.status().watch_errors(), 0, "{:?}", w.status().report());
+    for kind in [
+        flowwatch::k8s::Kind::ClusterNetworkPolicy,
+        flowwatch::k8s::Kind::AdminNetworkPolicy,
+        flowwatch::k8s::Kind::BaselineAdminNetworkPolicy,
+        flowwatch::k8s::Kind::CiliumNetworkPolicy,
+    ] {
+        assert!(w.status().is_active(kind), "{kind:?} not watched");
+    }
     k8s_common::create_namespace(&admin, "shop", json!({})).await;
     k8s_common::create_pod(
         &admin,
@@ -252,8 +281,14 @@ async fn the_shipped_service_account_is_enough_and_nothing_more() {
             extra.insert((group, resource, verb));
         }
     }
+    // Only what this server serves can be checked: the core kinds and the CRDs installed above.
+    let served: BTreeSet<(&str, &str)> = all
+        .iter()
+        .map(|(g, r, _)| (g.as_str(), r.as_str()))
+        .collect();
     let expected: BTreeSet<(String, String, String)> = READS
         .iter()
+        .filter(|gr| served.contains(*gr))
         .flat_map(|(g, r)| {
             READ_VERBS
                 .iter()

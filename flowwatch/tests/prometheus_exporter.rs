@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use flowwatch::http::{self, HttpState, Readiness};
 use flowwatch::metrics::{
-    Endpoint, FlowEdge, KernelMap, LossReason, Metrics, MetricsConfig, Verdict, WatchedResource,
-    WorkloadKind,
+    CniPresence, Endpoint, FlowEdge, KernelMap, LossReason, Metrics, MetricsConfig, TierLabel,
+    Verdict, WatchedResource, WorkloadKind,
 };
 use flowwatch::model::{Counters, Outcome, Protocol};
 use support::privileged::{command, require};
@@ -82,6 +82,11 @@ fn edge(src: Endpoint, dst: Endpoint, port: u16, v: [Verdict; 3]) -> FlowEdge {
         verdict: v[0],
         egress: v[1],
         ingress: v[2],
+        tier: match v[0] {
+            Verdict::Allowed | Verdict::Denied => TierLabel::NetworkPolicy,
+            _ => TierLabel::None,
+        },
+        cni_policy_present: CniPresence::No,
     }
 }
 
@@ -555,6 +560,8 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         "egress_verdict",
         "ingress_verdict",
         "outcome",
+        "tier",
+        "cni_policy_present",
         "scope",
         "direction",
         "family",

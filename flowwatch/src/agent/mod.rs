@@ -157,7 +157,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
         PolicyOptions {
             ipblock_matches_pod_ips: args.ipblock_matches_pod_ips,
-            ..PolicyOptions::default()
+            cni_policies_relevant: !args.ignore_cni_policies,
         },
     );
     let mut reporter = Reporter::new(args.node_name.clone());
@@ -232,9 +232,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     for e in &errors {
                         tracing::warn!(object = %e.object, field = e.field.as_deref().unwrap_or(""), reason = %e.message, "object skipped");
                     }
-                    let policies = errors.iter().filter(|e| e.object.starts_with("NetworkPolicy ")).count();
+                    let policies = errors.iter().filter(|e| is_policy(&e.object)).count();
                     metrics.set_invalid_policies(policies as u64);
                     metrics.set_objects_skipped((errors.len() - policies) as u64);
+                    metrics.set_cni_policy_objects(&classifier.cni_policy_counts());
                     tracing::info!(generation = view.generation, pods = view.inventory.pods.len(), policies = view.inventory.network_policies.len(), "inventory updated");
                 }
             }
@@ -296,6 +297,18 @@ fn keep_going<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) {
 fn flows_freed_or_logged<E: std::fmt::Display>(ended: pipeline::Ended<E>) -> Vec<FinishedFlow> {
     keep_going(ended.freed, "freeing kernel flow entries");
     ended.flows
+}
+
+/// Whether an object the engine skipped (named `Kind ns/name` or `Kind name`) is a policy.
+fn is_policy(object: &str) -> bool {
+    [
+        "NetworkPolicy ",
+        "ClusterNetworkPolicy ",
+        "AdminNetworkPolicy ",
+        "BaselineAdminNetworkPolicy ",
+    ]
+    .iter()
+    .any(|k| object.starts_with(k))
 }
 
 /// Resolves when the inventory changed (true), or never without an inventory; false once the

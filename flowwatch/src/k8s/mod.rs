@@ -2,7 +2,9 @@
 //!
 //! [`ClusterWatch::start`] runs one watcher per kind (Namespaces, Nodes, Pods, Services,
 //! EndpointSlices, NetworkPolicies, and the metadata of ReplicaSets and Jobs for workload
-//! resolution, watched metadata-only), each into a kube-rs reflector store. Objects arrive as
+//! resolution, watched metadata-only), each into a kube-rs reflector store, and, while the API
+//! server serves them, the optional kinds of [`optional`] (cluster-scoped policies, and the
+//! metadata of CNI-specific policies), found by API discovery. Objects arrive as
 //! `DynamicObject`s and are decoded one by one ([`convert`]), so an object the agent cannot
 //! decode is logged, counted and skipped while the rest keeps working; what is stored is
 //! trimmed to the fields the agent reads. After changes (debounced) the stores are copied into
@@ -18,6 +20,7 @@
 
 pub mod backoff;
 pub mod convert;
+pub mod optional;
 pub mod snapshot_reload;
 pub mod source;
 pub mod store;
@@ -64,7 +67,8 @@ pub struct ClusterView {
     pub generation: u64,
 }
 
-/// The kinds flowwatch watches.
+/// The kinds flowwatch watches: the eight core kinds, always, and the optional kinds (see
+/// [`optional`]) while the API server serves them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelValue)]
 pub enum Kind {
     Namespace,
@@ -75,9 +79,23 @@ pub enum Kind {
     NetworkPolicy,
     ReplicaSet,
     Job,
+    // policy.networking.k8s.io (network-policy-api), evaluated
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
+    // CNI-specific policy kinds, counted only (metadata-only watches)
+    CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+    CalicoNetworkPolicy,
+    CalicoGlobalNetworkPolicy,
+    CalicoCrdNetworkPolicy,
+    CalicoCrdGlobalNetworkPolicy,
+    AntreaNetworkPolicy,
+    AntreaClusterNetworkPolicy,
 }
 
 impl Kind {
+    /// The core kinds: watched always, and the agent is not ready until each has listed.
     pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Node,
@@ -88,7 +106,45 @@ impl Kind {
         Kind::ReplicaSet,
         Kind::Job,
     ];
+
+    /// The kinds watched only while their CRD (or aggregated API) is served.
+    pub const OPTIONAL: [Kind; 11] = [
+        Kind::ClusterNetworkPolicy,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
+        Kind::CiliumNetworkPolicy,
+        Kind::CiliumClusterwideNetworkPolicy,
+        Kind::CalicoNetworkPolicy,
+        Kind::CalicoGlobalNetworkPolicy,
+        Kind::CalicoCrdNetworkPolicy,
+        Kind::CalicoCrdGlobalNetworkPolicy,
+        Kind::AntreaNetworkPolicy,
+        Kind::AntreaClusterNetworkPolicy,
+    ];
+
+    /// Every kind, core first.
+    pub const EVERY: [Kind; KINDS] = {
+        let mut all = [Kind::Namespace; KINDS];
+        let mut i = 0;
+        while i < KINDS {
+            all[i] = if i < 8 {
+                Kind::ALL[i]
+            } else {
+                Kind::OPTIONAL[i - 8]
+            };
+            i += 1;
+        }
+        all
+    };
+
+    /// Whether this is one of the core kinds.
+    pub fn is_core(self) -> bool {
+        idx(self) < Kind::ALL.len()
+    }
 }
+
+/// How many kinds there are.
+const KINDS: usize = 19;
 
 /// The `kind` label of `flowwatch_watch_staleness_seconds` for each watched kind (the same
 /// value as the `kind` label of the `flowwatch_kube_*` families).
@@ -103,6 +159,19 @@ impl From<Kind> for WatchedResource {
             Kind::NetworkPolicy => WatchedResource::NetworkPolicies,
             Kind::ReplicaSet => WatchedResource::ReplicaSets,
             Kind::Job => WatchedResource::Jobs,
+            Kind::ClusterNetworkPolicy => WatchedResource::ClusterNetworkPolicies,
+            Kind::AdminNetworkPolicy => WatchedResource::AdminNetworkPolicies,
+            Kind::BaselineAdminNetworkPolicy => WatchedResource::BaselineAdminNetworkPolicies,
+            Kind::CiliumNetworkPolicy => WatchedResource::CiliumNetworkPolicies,
+            Kind::CiliumClusterwideNetworkPolicy => {
+                WatchedResource::CiliumClusterwideNetworkPolicies
+            }
+            Kind::CalicoNetworkPolicy => WatchedResource::CalicoNetworkPolicies,
+            Kind::CalicoGlobalNetworkPolicy => WatchedResource::CalicoGlobalNetworkPolicies,
+            Kind::CalicoCrdNetworkPolicy => WatchedResource::CalicoCrdNetworkPolicies,
+            Kind::CalicoCrdGlobalNetworkPolicy => WatchedResource::CalicoCrdGlobalNetworkPolicies,
+            Kind::AntreaNetworkPolicy => WatchedResource::AntreaNetworkPolicies,
+            Kind::AntreaClusterNetworkPolicy => WatchedResource::AntreaClusterNetworkPolicies,
         }
     }
 }
@@ -125,6 +194,8 @@ pub struct WatchOptions {
     /// pause is jittered up to twice its base ([`backoff::Backoff`]).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How often API discovery looks for the optional kinds ([`optional`]) coming or going.
+    pub discovery_interval: Duration,
 }
 
 impl Default for WatchOptions {
@@ -135,22 +206,41 @@ impl Default for WatchOptions {
             page_size: 100,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
+            discovery_interval: Duration::from_secs(30),
         }
     }
 }
 
 #[derive(Debug, Default)]
 struct KindState {
+    /// Watched now: always for a core kind; for an optional kind while it is served.
+    active: AtomicBool,
+    /// The agent is not synced until this kind has listed: the core kinds, and the optional
+    /// kinds served when the agent started (a kind that appears later joins the views once
+    /// listed, without making the agent unready meanwhile).
+    required: AtomicBool,
+    /// Was active at some time (its series exist).
+    seen: AtomicBool,
     synced: AtomicBool,
     failing: AtomicBool,
     /// When this kind's current run of failures started (None: its watch is current).
     failing_since: Mutex<Option<Instant>>,
+    /// When an optional kind was last activated (see [`NEW_KIND_GRACE`]).
+    activated: Mutex<Option<Instant>>,
 }
+
+/// For this long after an optional kind starts being served, failures of its watch are retried
+/// without being counted or making the agent stale: the API server answers 429 "storage is
+/// (re)initializing" to the first lists and watches of a CRD it has just established.
+pub const NEW_KIND_GRACE: Duration = Duration::from_secs(10);
 
 /// Sync state and its metrics, shared by the watchers, `/readyz` and `/metrics`.
 #[derive(Debug)]
 pub struct SyncStatus {
-    kinds: [KindState; 8],
+    kinds: [KindState; KINDS],
+    /// The first API discovery (which optional kinds are served) has not answered yet: the
+    /// first view waits for it, so cluster policies served at start are in it.
+    discovering: AtomicBool,
     /// When the current run of failures started (None: healthy).
     stale_since: Mutex<Option<Instant>>,
     last_ok: Mutex<Option<Instant>>,
@@ -178,8 +268,16 @@ pub struct SyncReport {
 
 impl Default for SyncStatus {
     fn default() -> Self {
+        let kinds: [KindState; KINDS] = Default::default();
+        for kind in Kind::ALL {
+            let k = &kinds[idx(kind)];
+            k.active.store(true, Ordering::Relaxed);
+            k.required.store(true, Ordering::Relaxed);
+            k.seen.store(true, Ordering::Relaxed);
+        }
         SyncStatus {
-            kinds: Default::default(),
+            kinds,
+            discovering: AtomicBool::new(false),
             stale_since: Mutex::new(None),
             last_ok: Mutex::new(None),
             synced_gauge: Family::default(),
@@ -228,13 +326,24 @@ impl SyncStatus {
 
     /// Every kind has listed at least once (the caches hold a complete state, maybe old).
     pub fn has_synced(&self) -> bool {
-        self.kinds.iter().all(|k| k.synced.load(Ordering::Acquire))
+        !self.discovering.load(Ordering::Acquire)
+            && self
+                .kinds
+                .iter()
+                .all(|k| !k.required.load(Ordering::Acquire) || k.synced.load(Ordering::Acquire))
+    }
+
+    /// Whether `kind` is watched now (a core kind always; an optional kind while served).
+    pub fn is_active(&self, kind: Kind) -> bool {
+        self.kinds[idx(kind)].active.load(Ordering::Acquire)
     }
 
     /// Some watch is failing, or relisting after a failure and not yet swapped in: the agent
     /// runs on the last known state.
     pub fn is_stale(&self) -> bool {
-        self.kinds.iter().any(|k| k.failing.load(Ordering::Acquire))
+        self.kinds
+            .iter()
+            .any(|k| k.active.load(Ordering::Acquire) && k.failing.load(Ordering::Acquire))
     }
 
     /// How long the current run of failures has lasted.
@@ -249,10 +358,15 @@ impl SyncStatus {
         lock(&self.kinds[idx(kind)].failing_since).map(|t| t.elapsed())
     }
 
-    /// Every watched kind with its own staleness (zero while its watch is current): the values
-    /// of `flowwatch_watch_staleness_seconds{kind}` (`WatchedResource::from(kind)`).
-    pub fn staleness(&self) -> [(Kind, Duration); 8] {
-        Kind::ALL.map(|k| (k, self.stale_for_kind(k).unwrap_or_default()))
+    /// Every kind watched now or before (the core kinds, and the optional kinds that have been
+    /// served) with its own staleness (zero while its watch is current or no longer runs): the
+    /// values of `flowwatch_watch_staleness_seconds{kind}` (`WatchedResource::from(kind)`).
+    pub fn staleness(&self) -> Vec<(Kind, Duration)> {
+        Kind::EVERY
+            .into_iter()
+            .filter(|k| self.kinds[idx(*k)].seen.load(Ordering::Acquire))
+            .map(|k| (k, self.stale_for_kind(k).unwrap_or_default()))
+            .collect()
     }
 
     /// Age of the last watch event or completed list the caches took in.
@@ -262,7 +376,7 @@ impl SyncStatus {
 
     /// Watch restarts that relisted (after a 410 Gone or an outage), all kinds.
     pub fn relists(&self) -> u64 {
-        Kind::ALL.iter().map(|k| self.relists_for_kind(*k)).sum()
+        Kind::EVERY.iter().map(|k| self.relists_for_kind(*k)).sum()
     }
 
     /// Watch restarts of this kind that relisted.
@@ -272,14 +386,14 @@ impl SyncStatus {
 
     /// Objects that could not be decoded, all kinds.
     pub fn rejected(&self) -> u64 {
-        Kind::ALL
+        Kind::EVERY
             .iter()
             .map(|k| self.rejected.get_or_create(&KindLabels { kind: *k }).get())
             .sum()
     }
 
     pub fn watch_errors(&self) -> u64 {
-        Kind::ALL
+        Kind::EVERY
             .iter()
             .map(|k| {
                 self.watch_errors
@@ -291,7 +405,7 @@ impl SyncStatus {
 
     pub fn report(&self) -> SyncReport {
         let names = |f: &dyn Fn(&KindState) -> bool| {
-            Kind::ALL
+            Kind::EVERY
                 .iter()
                 .filter(|k| f(&self.kinds[idx(**k)]))
                 .map(|k| format!("{k:?}"))
@@ -302,8 +416,12 @@ impl SyncStatus {
             stale: self.is_stale(),
             stale_for_secs: self.stale_for().map(|d| d.as_secs_f64()),
             last_ok_age_secs: self.last_ok_age().map(|d| d.as_secs_f64()),
-            unsynced_kinds: names(&|k| !k.synced.load(Ordering::Acquire)),
-            failing_kinds: names(&|k| k.failing.load(Ordering::Acquire)),
+            unsynced_kinds: names(&|k| {
+                k.required.load(Ordering::Acquire) && !k.synced.load(Ordering::Acquire)
+            }),
+            failing_kinds: names(&|k| {
+                k.active.load(Ordering::Acquire) && k.failing.load(Ordering::Acquire)
+            }),
         }
     }
 
@@ -355,15 +473,56 @@ impl SyncStatus {
             "Snapshot-file reloads that failed (the last good inventory stays in force)",
             self.reload_errors.clone(),
         );
-        // Every kind's series from the start (0 until it happens), so `increase()` and alerts
-        // see zeros rather than nothing, and an unsynced kind shows as 0.
+        // Every core kind's series from the start (0 until it happens), so `increase()` and
+        // alerts see zeros rather than nothing, and an unsynced kind shows as 0. An optional
+        // kind's series appear when it is first served (`activate`).
         for kind in Kind::ALL {
-            let labels = KindLabels { kind };
-            let _ = self.synced_gauge.get_or_create(&labels);
-            let _ = self.objects.get_or_create(&labels);
-            let _ = self.watch_errors.get_or_create(&labels);
-            let _ = self.relists.get_or_create(&labels);
-            let _ = self.rejected.get_or_create(&labels);
+            self.create_series(kind);
+        }
+    }
+
+    fn create_series(&self, kind: Kind) {
+        let labels = KindLabels { kind };
+        let _ = self.synced_gauge.get_or_create(&labels);
+        let _ = self.objects.get_or_create(&labels);
+        let _ = self.watch_errors.get_or_create(&labels);
+        let _ = self.relists.get_or_create(&labels);
+        let _ = self.rejected.get_or_create(&labels);
+    }
+
+    /// An optional kind is served: it is watched from now on. `required`: the agent is not
+    /// synced until it has listed (kinds served at start).
+    fn activate(&self, kind: Kind, required: bool) {
+        let k = &self.kinds[idx(kind)];
+        k.synced.store(false, Ordering::Release);
+        k.failing.store(false, Ordering::Release);
+        *guard(&k.failing_since) = None;
+        k.required.store(required, Ordering::Release);
+        *guard(&k.activated) = Some(Instant::now());
+        k.seen.store(true, Ordering::Release);
+        k.active.store(true, Ordering::Release);
+        self.create_series(kind);
+        self.synced_gauge.get_or_create(&KindLabels { kind }).set(0);
+    }
+
+    /// An optional kind is no longer served: not watched, not required, never stale.
+    fn deactivate(&self, kind: Kind) {
+        let k = &self.kinds[idx(kind)];
+        k.active.store(false, Ordering::Release);
+        k.required.store(false, Ordering::Release);
+        k.synced.store(false, Ordering::Release);
+        k.failing.store(false, Ordering::Release);
+        *guard(&k.failing_since) = None;
+        self.synced_gauge.get_or_create(&KindLabels { kind }).set(0);
+        self.set_objects(kind, 0);
+        self.recompute_stale();
+    }
+
+    /// Clears the stale signal when no active kind is failing any more.
+    fn recompute_stale(&self) {
+        if !self.is_stale() {
+            *guard(&self.stale_since) = None;
+            self.stale_gauge.set(0);
         }
     }
 
@@ -377,13 +536,13 @@ impl SyncStatus {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         self.last_ok_ts.set(i64::try_from(unix).unwrap_or(i64::MAX));
-        if !self.is_stale() {
-            *guard(&self.stale_since) = None;
-            self.stale_gauge.set(0);
-        }
+        self.recompute_stale();
     }
 
     fn synced(&self, kind: Kind, objects: usize) {
+        if !self.kinds[idx(kind)].active.load(Ordering::Acquire) {
+            return; // the watch of a kind no longer served, being stopped
+        }
         self.kinds[idx(kind)].synced.store(true, Ordering::Release);
         self.synced_gauge.get_or_create(&KindLabels { kind }).set(1);
         self.set_objects(kind, objects);
@@ -395,8 +554,16 @@ impl SyncStatus {
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
-    fn failed(&self, kind: Kind) {
+    /// Records a failure of `kind`'s watch; false when it is not counted (a kind no longer
+    /// served, or one served only since [`NEW_KIND_GRACE`]).
+    fn failed(&self, kind: Kind) -> bool {
         let k = &self.kinds[idx(kind)];
+        if !k.active.load(Ordering::Acquire) {
+            return false; // the watch of a kind no longer served, being stopped
+        }
+        if lock(&k.activated).is_some_and(|t| t.elapsed() < NEW_KIND_GRACE) {
+            return false;
+        }
         k.failing.store(true, Ordering::Release);
         guard(&k.failing_since).get_or_insert_with(Instant::now);
         self.watch_errors.get_or_create(&KindLabels { kind }).inc();
@@ -405,6 +572,7 @@ impl SyncStatus {
             *since = Some(Instant::now());
         }
         self.stale_gauge.set(1);
+        true
     }
 }
 
@@ -427,6 +595,8 @@ struct Stores {
     network_policies: Arc<Cache<Json<NetworkPolicy>>>,
     replica_sets: Arc<Cache<ReplicaSet>>,
     jobs: Arc<Cache<Job>>,
+    /// Cluster policies and CNI policies, while served.
+    optional: optional::OptionalStores,
 }
 
 impl Stores {
@@ -438,7 +608,7 @@ impl Stores {
             services: self.services.map(Service::expand),
             endpoint_slices: self.endpoint_slices.map(EndpointSlice::expand),
             network_policies: self.network_policies.map(NetworkPolicy::expand),
-            cluster_policies: Default::default(),
+            cluster_policies: self.optional.cluster_policies(),
             workloads: Vec::new(),
         };
         let rs = self.replica_sets.map(ReplicaSet::expand);
@@ -476,8 +646,9 @@ pub struct ClusterWatch {
 
 impl ClusterWatch {
     /// Starts the watchers and the change notifier on the current tokio runtime; they stop
-    /// when `cancel` is cancelled. The client's identity needs get/list/watch on the kinds
-    /// above (the chart's ClusterRole) and nothing else.
+    /// when `cancel` is cancelled. The client's identity needs get/list/watch on the core kinds
+    /// (the chart's ClusterRole), and on the optional kinds the server serves ([`optional`]),
+    /// and nothing else (API discovery is open to every authenticated identity).
     pub fn start(client: Client, opts: WatchOptions, cancel: CancellationToken) -> ClusterWatch {
         let status = Arc::new(SyncStatus::default());
         let changed = Arc::new(Notify::new());
@@ -505,6 +676,16 @@ impl ClusterWatch {
         kind!(NetworkPolicy, Kind::NetworkPolicy, stores.network_policies);
         kind!(ReplicaSet, Kind::ReplicaSet, stores.replica_sets);
         kind!(Job, Kind::Job, stores.jobs);
+        // The first view waits for the first discovery of the optional kinds.
+        status.discovering.store(true, Ordering::Release);
+        tokio::spawn(optional::run(optional::Ctx {
+            client: client.clone(),
+            stores: stores.optional.clone(),
+            opts: opts.clone(),
+            status: status.clone(),
+            changed: changed.clone(),
+            cancel: cancel.clone(),
+        }));
         let materialized = Arc::new(AtomicU64::new(0));
         tokio::spawn(publish(
             tx,
@@ -651,8 +832,8 @@ async fn publish(
     }
 }
 
-/// One kind's watch loop: watcher → decode and trim → reflector store, restarted (with a
-/// relist) after failures.
+/// One core kind's watch loop (see [`run_watch`]), decoding into the typed object `K`.
+#[allow(clippy::too_many_arguments)]
 async fn run_kind<K>(
     client: Client,
     kind: Kind,
@@ -674,6 +855,50 @@ async fn run_kind<K>(
         + 'static,
 {
     let ar = ApiResource::erase::<K>(&());
+    let decoder = {
+        let (status, cache) = (status.clone(), cache.clone());
+        move |obj: DynamicObject| decode_obj::<K>(kind, obj, &status).map(|k| cache.compact(k))
+    };
+    let watch = Watch {
+        client,
+        kind,
+        ar,
+        metadata_only: matches!(kind, Kind::ReplicaSet | Kind::Job),
+        gone: None,
+    };
+    run_watch(watch, decoder, cache, opts, status, changed, cancel).await
+}
+
+/// What one watch loop watches.
+struct Watch {
+    client: Client,
+    kind: Kind,
+    ar: ApiResource,
+    /// Watch PartialObjectMetadata only (same list and watch verbs).
+    metadata_only: bool,
+    /// For an optional kind: told when the resource is gone from the server (404), so API
+    /// discovery runs again at once rather than the kind being reported failing.
+    gone: Option<Arc<Notify>>,
+}
+
+/// One kind's watch loop: watcher → decode and trim → reflector store, restarted (with a
+/// relist) after failures.
+async fn run_watch<C>(
+    watch: Watch,
+    decode: impl Fn(DynamicObject) -> Option<C>,
+    cache: Arc<Cache<C>>,
+    opts: WatchOptions,
+    status: Arc<SyncStatus>,
+    changed: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let Watch {
+        client,
+        kind,
+        ar,
+        metadata_only,
+        gone,
+    } = watch;
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
     let mut cfg = watcher::Config {
         page_size: Some(opts.page_size),
@@ -692,7 +917,7 @@ async fn run_kind<K>(
     let mut lists = 0u64;
     let mut init_count = 0usize;
     loop {
-        let mut stream = watch_stream(kind, api.clone(), cfg.clone());
+        let mut stream = watch_stream(metadata_only, api.clone(), cfg.clone());
         loop {
             let item = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -712,12 +937,23 @@ async fn run_kind<K>(
                         tracing::info!(?kind, error = %e, "watch or list expired (410 Gone); relisting");
                         break;
                     }
-                    Failure::Expired | Failure::Failed => {
+                    Failure::Gone if gone.is_some() => {
+                        // An optional kind whose CRD was just deleted: discovery drops it.
+                        tracing::info!(?kind, "resource no longer served; rediscovering");
+                        if let Some(g) = &gone {
+                            g.notify_one();
+                        }
+                        break;
+                    }
+                    Failure::Expired | Failure::Gone | Failure::Failed => {
                         // An expiry again before a list completed counts too: the list cannot
                         // finish within the server's compaction window, so the kind would
                         // stay on old state without ever being reported stale.
-                        status.failed(kind);
-                        tracing::warn!(?kind, error = %e, "watch failed; keeping the last known state and retrying");
+                        if status.failed(kind) {
+                            tracing::warn!(?kind, error = %e, "watch failed; keeping the last known state and retrying");
+                        } else {
+                            tracing::info!(?kind, error = %e, "newly served kind not ready yet; retrying");
+                        }
                         break;
                     }
                 },
@@ -729,16 +965,16 @@ async fn run_kind<K>(
             if !matches!(event, Event::Init) {
                 backoff.reset();
             }
-            let keyed = |k: K| (store::key_of(k.metadata()), cache.compact(k));
             let change = match event {
                 Event::Init => {
                     init_count = 0;
                     Some(Change::Init)
                 }
                 Event::InitApply(obj) => {
-                    let c = decode_obj::<K>(kind, obj, &status).map(keyed);
+                    let key = store::key_of(&obj.metadata);
+                    let c = decode(obj);
                     init_count += usize::from(c.is_some());
-                    c.map(|(k, c)| Change::InitApply(k, c))
+                    c.map(|c| Change::InitApply(key, c))
                 }
                 Event::InitDone => {
                     expired_since_listed = false;
@@ -754,11 +990,8 @@ async fn run_kind<K>(
                     // object, as a relist would leave it out: keeping the previous version
                     // would judge flows by an object that no longer exists as it was.
                     let key = store::key_of(&obj.metadata);
-                    Some(match decode_obj::<K>(kind, obj, &status) {
-                        Some(decoded) => {
-                            let (k, c) = keyed(decoded);
-                            Change::Apply(k, c)
-                        }
+                    Some(match decode(obj) {
+                        Some(c) => Change::Apply(key, c),
                         None => Change::Delete(key),
                     })
                 }
@@ -780,11 +1013,11 @@ async fn run_kind<K>(
 /// only (PartialObjectMetadata, with the same list and watch verbs): the agent reads nothing
 /// else of them, and a ReplicaSet's body carries its whole pod template.
 fn watch_stream(
-    kind: Kind,
+    metadata_only: bool,
     api: Api<DynamicObject>,
     cfg: watcher::Config,
 ) -> BoxStream<'static, watcher::Result<Event<DynamicObject>>> {
-    if matches!(kind, Kind::ReplicaSet | Kind::Job) {
+    if metadata_only {
         metadata_watcher(api, cfg)
             .map(|r| r.map(meta_event))
             .boxed()
@@ -820,6 +1053,8 @@ enum Failure {
     /// outlived the compaction window): start over with a relist. The server answered; it is
     /// not failing.
     Expired,
+    /// The resource is not served (404): for an optional kind, its CRD was deleted.
+    Gone,
     /// Anything else (server gone, connection reset, forbidden, ...): the watch is failing.
     Failed,
 }
@@ -832,6 +1067,13 @@ fn failure(e: &watcher::Error) -> Failure {
             if e.code == 410 =>
         {
             Failure::Expired
+        }
+        watcher::Error::WatchError(e) if e.code == 404 => Failure::Gone,
+        watcher::Error::WatchStartFailed(kube::Error::Api(e))
+        | watcher::Error::InitialListFailed(kube::Error::Api(e))
+            if e.code == 404 =>
+        {
+            Failure::Gone
         }
         _ => Failure::Failed,
     }
@@ -905,6 +1147,8 @@ pub fn counts(view: &ClusterView) -> BTreeMap<&'static str, usize> {
         ("services", inv.services.len()),
         ("endpoint_slices", inv.endpoint_slices.len()),
         ("network_policies", inv.network_policies.len()),
+        ("cluster_policies", inv.cluster_policies.len()),
+        ("cni_policies", inv.cluster_policies.cni_policies.len()),
     ])
 }
 
@@ -931,7 +1175,12 @@ mod status_tests {
         assert_eq!(status.stale_for_kind(Kind::Pod), None);
         assert!(status.is_stale(), "the Job watch still fails");
         let by_kind = status.staleness();
-        assert_eq!(by_kind.map(|(k, _)| k), Kind::ALL);
+        let kinds: Vec<Kind> = by_kind.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            Kind::ALL,
+            "optional kinds never served have no series"
+        );
         for (kind, d) in by_kind {
             assert_eq!(d.is_zero(), kind != Kind::Job, "{kind:?}: {d:?}");
         }
@@ -987,6 +1236,60 @@ mod status_tests {
     }
 
     #[test]
+    fn an_optional_kind_counts_only_while_served() {
+        let status = SyncStatus::default();
+        for kind in Kind::ALL {
+            status.synced(kind, 0);
+        }
+        assert!(status.is_synced());
+        // not served: no readiness or stale signal, whatever its watch does
+        status.failed(Kind::ClusterNetworkPolicy);
+        assert!(status.is_synced() && status.watch_errors() == 0);
+        // served at start: required before the agent is synced
+        status.activate(Kind::ClusterNetworkPolicy, true);
+        assert!(!status.has_synced());
+        assert_eq!(
+            status.report().unsynced_kinds,
+            vec!["ClusterNetworkPolicy".to_string()]
+        );
+        status.synced(Kind::ClusterNetworkPolicy, 2);
+        assert!(status.is_synced());
+        // served later: not required; its first failures (a CRD just established) are not
+        // counted, but once past the grace a failing watch of it is stale
+        status.activate(Kind::CiliumNetworkPolicy, false);
+        assert!(status.has_synced());
+        assert!(!status.failed(Kind::CiliumNetworkPolicy));
+        assert!(!status.is_stale() && status.watch_errors() == 0);
+        let long_ago = Instant::now().checked_sub(NEW_KIND_GRACE).unwrap();
+        *guard(&status.kinds[idx(Kind::CiliumNetworkPolicy)].activated) = Some(long_ago);
+        assert!(status.failed(Kind::CiliumNetworkPolicy));
+        assert!(status.is_stale());
+        assert!(status
+            .staleness()
+            .iter()
+            .any(|(k, _)| *k == Kind::CiliumNetworkPolicy));
+        // gone: neither stale nor required any more
+        status.deactivate(Kind::CiliumNetworkPolicy);
+        status.deactivate(Kind::ClusterNetworkPolicy);
+        assert!(status.is_synced() && status.stale_for().is_none());
+        assert!(status.staleness().iter().all(|(_, d)| d.is_zero()));
+    }
+
+    #[test]
+    fn a_404_is_a_resource_gone() {
+        let api = |code: u16| kube::core::ErrorResponse {
+            status: "Failure".into(),
+            message: "the server could not find the requested resource".into(),
+            reason: "NotFound".into(),
+            code,
+        };
+        use watcher::Error as E;
+        let list = E::InitialListFailed(kube::Error::Api(api(404)));
+        assert_eq!(failure(&list), Failure::Gone);
+        assert_eq!(failure(&E::WatchError(api(404))), Failure::Gone);
+    }
+
+    #[test]
     fn a_410_on_a_watch_or_a_list_page_is_an_expiry_not_a_failure() {
         let api = |code: u16| kube::core::ErrorResponse {
             status: "Failure".into(),
@@ -1013,22 +1316,22 @@ mod status_tests {
 
     #[test]
     fn every_kind_has_the_same_kind_label_value_in_every_family() {
-        let labels: std::collections::BTreeSet<&str> = Kind::ALL
+        let labels: std::collections::BTreeSet<&str> = Kind::EVERY
             .iter()
             .map(|k| WatchedResource::from(*k).as_str())
             .collect();
-        assert_eq!(labels.len(), Kind::ALL.len());
+        assert_eq!(labels.len(), Kind::EVERY.len());
         assert_eq!(labels.len(), WatchedResource::ALL.len());
         // The kube_* families' `kind` value of each kind is the staleness family's.
         let status = SyncStatus::default();
         let mut registry = prometheus_client::registry::Registry::default();
         status.register(&mut registry);
-        for kind in Kind::ALL {
+        for kind in Kind::EVERY {
             status.objects.get_or_create(&KindLabels { kind }).set(1);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        for kind in Kind::ALL {
+        for kind in Kind::EVERY {
             let want = format!(
                 "kube_objects{{kind=\"{}\"}} 1",
                 WatchedResource::from(kind).as_str()

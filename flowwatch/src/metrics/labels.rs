@@ -109,6 +109,47 @@ label_enum! {
 }
 
 label_enum! {
+    /// The policy tier that decided a connection's overall verdict (the `tier` label): for a
+    /// denied connection, the tier of the side that denies it (egress first: the packet meets
+    /// it first); for an allowed one, the tier of the side that allows it (egress first);
+    /// `none` when no tier decided (`uncovered`, `unknown`). See docs/policy.md, "Tiers".
+    TierLabel {
+        /// An Admin-tier ClusterNetworkPolicy or an AdminNetworkPolicy.
+        Admin => "admin",
+        /// NetworkPolicies.
+        NetworkPolicy => "networkpolicy",
+        /// A Baseline-tier ClusterNetworkPolicy or the BaselineAdminNetworkPolicy.
+        Baseline => "baseline",
+        None => "none",
+    }
+}
+
+label_enum! {
+    /// Whether CNI-specific policies (not evaluated: CiliumNetworkPolicy, Calico and Antrea
+    /// policies) may select a pod of the connection and change what the evaluated policies
+    /// say (the `cni_policy_present` label). Unless declared irrelevant.
+    CniPresence {
+        Yes => "true",
+        No => "false",
+    }
+}
+
+label_enum! {
+    /// The CNI-specific policy kinds counted in `flowwatch_cni_policy_objects` (the kind names
+    /// of `policy coverage`; Calico's and Antrea's `NetworkPolicy` carry their group).
+    CniPolicyKind {
+        CiliumNetworkPolicy => "CiliumNetworkPolicy",
+        CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+        CalicoNetworkPolicy => "projectcalico.org/NetworkPolicy",
+        CalicoCrdNetworkPolicy => "crd.projectcalico.org/NetworkPolicy",
+        /// Calico's, in either API group.
+        GlobalNetworkPolicy => "GlobalNetworkPolicy",
+        AntreaNetworkPolicy => "crd.antrea.io/NetworkPolicy",
+        AntreaClusterNetworkPolicy => "crd.antrea.io/ClusterNetworkPolicy",
+    }
+}
+
+label_enum! {
     /// What kind of thing an endpoint is. Pods are named by their top-level owner.
     WorkloadKind {
         Deployment => "deployment",
@@ -223,6 +264,18 @@ label_enum! {
         Nodes => "Node",
         ReplicaSets => "ReplicaSet",
         Jobs => "Job",
+        // The optional kinds (watched while the API server serves them).
+        ClusterNetworkPolicies => "ClusterNetworkPolicy",
+        AdminNetworkPolicies => "AdminNetworkPolicy",
+        BaselineAdminNetworkPolicies => "BaselineAdminNetworkPolicy",
+        CiliumNetworkPolicies => "CiliumNetworkPolicy",
+        CiliumClusterwideNetworkPolicies => "CiliumClusterwideNetworkPolicy",
+        CalicoNetworkPolicies => "CalicoNetworkPolicy",
+        CalicoGlobalNetworkPolicies => "CalicoGlobalNetworkPolicy",
+        CalicoCrdNetworkPolicies => "CalicoCrdNetworkPolicy",
+        CalicoCrdGlobalNetworkPolicies => "CalicoCrdGlobalNetworkPolicy",
+        AntreaNetworkPolicies => "AntreaNetworkPolicy",
+        AntreaClusterNetworkPolicies => "AntreaClusterNetworkPolicy",
     }
 }
 
@@ -344,6 +397,10 @@ pub struct FlowEdge {
     pub egress: Verdict,
     /// Ingress side, evaluated on the destination pod.
     pub ingress: Verdict,
+    /// The tier that decided the overall verdict.
+    pub tier: TierLabel,
+    /// CNI-specific policies may select a pod of this connection (either side).
+    pub cni_policy_present: CniPresence,
 }
 
 impl FlowEdge {
@@ -441,7 +498,7 @@ macro_rules! edge_label_set {
 
 edge_label_set! {
     /// `flowwatch_connections_total`
-    ConnectionLabels { verdict: Verdict, egress_verdict: Verdict, ingress_verdict: Verdict, outcome: OutcomeLabel }
+    ConnectionLabels { verdict: Verdict, egress_verdict: Verdict, ingress_verdict: Verdict, outcome: OutcomeLabel, tier: TierLabel }
 }
 edge_label_set! {
     /// `flowwatch_uncovered_connections_total`
@@ -449,11 +506,11 @@ edge_label_set! {
 }
 edge_label_set! {
     /// `flowwatch_enforcement_drift_connections_total`
-    DriftLabels { scope: Scope, egress_verdict: Verdict, ingress_verdict: Verdict }
+    DriftLabels { scope: Scope, egress_verdict: Verdict, ingress_verdict: Verdict, tier: TierLabel, cni_policy_present: CniPresence }
 }
 edge_label_set! {
     /// `flowwatch_blocked_attempts_total`
-    BlockedLabels { scope: Scope, verdict: Verdict, egress_verdict: Verdict, ingress_verdict: Verdict, outcome: OutcomeLabel }
+    BlockedLabels { scope: Scope, verdict: Verdict, egress_verdict: Verdict, ingress_verdict: Verdict, outcome: OutcomeLabel, tier: TierLabel }
 }
 edge_label_set! {
     /// `flowwatch_flow_bytes_total`, `flowwatch_flow_packets_total`
@@ -464,6 +521,12 @@ edge_label_set! {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct FamilyLabels {
     pub family: FamilyName,
+}
+
+/// `{kind}` of the CNI policy objects
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CniKindLabels {
+    pub kind: CniPolicyKind,
 }
 
 /// `{map}`

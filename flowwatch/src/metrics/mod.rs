@@ -10,7 +10,7 @@
 //! # Wiring (the stable API)
 //!
 //! ```no_run
-//! use flowwatch::metrics::{Endpoint, FlowEdge, KernelMap, Metrics, MetricsConfig, Verdict, WatchedResource, WorkloadKind};
+//! use flowwatch::metrics::{CniPresence, Endpoint, FlowEdge, KernelMap, Metrics, MetricsConfig, TierLabel, Verdict, WatchedResource, WorkloadKind};
 //! use flowwatch::model::{Counters, Outcome, Protocol};
 //! # fn main() -> Result<(), flowwatch::metrics::ConfigError> {
 //! let (metrics, registry) = Metrics::new(&MetricsConfig::default())?;
@@ -24,6 +24,8 @@
 //!     verdict: Verdict::Allowed,
 //!     egress: Verdict::Uncovered,
 //!     ingress: Verdict::Allowed,
+//!     tier: TierLabel::NetworkPolicy,
+//!     cni_policy_present: CniPresence::No,
 //! };
 //! let now = 1_000_000_000; // monotonic ns
 //! // Once per connection, when its outcome is decided (Established / Failed / Unanswered):
@@ -73,14 +75,15 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use exposition::{encode_openmetrics, encode_prometheus_text};
 pub use labels::{
-    Direction, Endpoint, FamilyName, FlowEdge, FlowLogDropReason, KernelMap, LossReason, Name,
-    OutcomeLabel, Port, ProtocolLabel, Scope, Verdict, WatchedResource, WorkloadKind,
+    CniPolicyKind, CniPresence, Direction, Endpoint, FamilyName, FlowEdge, FlowLogDropReason,
+    KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope, TierLabel, Verdict,
+    WatchedResource, WorkloadKind,
 };
 
 use budget::{Admission, BudgetedFamily};
 use labels::{
-    BlockedLabels, BuildLabels, ConnectionLabels, DriftLabels, FamilyLabels, FlowLogDropLabels,
-    LossLabels, MapLabels, ResourceLabels, TrafficLabels, UncoveredLabels,
+    BlockedLabels, BuildLabels, CniKindLabels, ConnectionLabels, DriftLabels, FamilyLabels,
+    FlowLogDropLabels, LossLabels, MapLabels, ResourceLabels, TrafficLabels, UncoveredLabels,
 };
 
 use crate::model::{Counters, Nanos, Outcome};
@@ -288,6 +291,7 @@ pub struct Health {
     watch_staleness: Family<ResourceLabels, F64Gauge>,
     invalid_policies: Gauge,
     objects_skipped: Gauge,
+    cni_policies: Family<CniKindLabels, Gauge>,
     series_dropped: Family<FamilyLabels, Counter>,
     series: Family<FamilyLabels, Gauge>,
     evaluation: Histogram,
@@ -309,6 +313,7 @@ impl Health {
             watch_staleness: Family::default(),
             invalid_policies: Gauge::default(),
             objects_skipped: Gauge::default(),
+            cni_policies: Family::default(),
             series_dropped: Family::default(),
             series: Family::default(),
             // 1 µs .. about 1 s
@@ -357,9 +362,21 @@ impl Health {
         );
         registry.register(
             "policies_invalid",
-            "NetworkPolicies skipped because they are invalid",
+            "NetworkPolicies and cluster policies skipped because they are invalid",
             self.invalid_policies.clone(),
         );
+        registry.register(
+            "cni_policy_objects",
+            "CNI-specific policy objects (Cilium, Calico, Antrea) in the inventory, by kind: not \
+             evaluated, they mark the verdicts of the pods they may select cni_policy_present",
+            self.cni_policies.clone(),
+        );
+        // Every kind's series from the start: 0 is an answer.
+        for kind in CniPolicyKind::ALL {
+            let _ = self
+                .cni_policies
+                .get_or_create(&CniKindLabels { kind: *kind });
+        }
         registry.register(
             "inventory_objects_skipped",
             "Pods, Services and Nodes with a field the agent cannot use (such as an address that does not parse), skipped",
@@ -527,6 +544,7 @@ impl Metrics {
                     egress_verdict: edge.egress,
                     ingress_verdict: edge.ingress,
                     outcome,
+                    tier: edge.tier,
                 },
                 now,
                 inc,
@@ -551,6 +569,8 @@ impl Metrics {
                         scope,
                         egress_verdict: edge.egress,
                         ingress_verdict: edge.ingress,
+                        tier: edge.tier,
+                        cni_policy_present: edge.cni_policy_present,
                     },
                     now,
                     inc,
@@ -568,6 +588,7 @@ impl Metrics {
                         egress_verdict: edge.egress,
                         ingress_verdict: edge.ingress,
                         outcome,
+                        tier: edge.tier,
                     },
                     now,
                     inc,
@@ -721,7 +742,20 @@ impl Metrics {
             .set(staleness.as_secs_f64());
     }
 
-    /// Sets how many NetworkPolicies are currently skipped as invalid.
+    /// Sets the CNI-specific policy objects of the inventory, by kind name (as the policy engine
+    /// counts them); kinds not named are 0, names of no known kind are ignored.
+    pub fn set_cni_policy_objects(&self, counts: &std::collections::BTreeMap<String, usize>) {
+        for kind in CniPolicyKind::ALL {
+            let n = counts.get(kind.as_str()).copied().unwrap_or(0);
+            self.inner
+                .health
+                .cni_policies
+                .get_or_create(&CniKindLabels { kind: *kind })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets how many NetworkPolicies and cluster policies are currently skipped as invalid.
     pub fn set_invalid_policies(&self, n: u64) {
         self.inner
             .health

@@ -12,6 +12,16 @@ fn edge(src: (&str, &str), dst: (&str, &str), port: u16, v: [Verdict; 3]) -> Flo
         verdict: v[0],
         egress: v[1],
         ingress: v[2],
+        tier: tier_of(v[0]),
+        cni_policy_present: CniPresence::No,
+    }
+}
+
+/// The tier these tests' verdicts come from: NetworkPolicies when a policy decided.
+fn tier_of(v: Verdict) -> TierLabel {
+    match v {
+        Verdict::Allowed | Verdict::Denied => TierLabel::NetworkPolicy,
+        _ => TierLabel::None,
     }
 }
 
@@ -50,7 +60,8 @@ fn an_allowed_connection_is_counted_with_every_label() {
         vec![
             "flowwatch_connections_total{src_namespace=\"shop\",src_workload=\"frontend\",src_kind=\"deployment\",\
              dst_namespace=\"shop\",dst_workload=\"cart\",dst_kind=\"deployment\",dst_port=\"8080\",protocol=\"TCP\",\
-             verdict=\"allowed\",egress_verdict=\"uncovered\",ingress_verdict=\"allowed\",outcome=\"established\"} 2"
+             verdict=\"allowed\",egress_verdict=\"uncovered\",ingress_verdict=\"allowed\",outcome=\"established\",\
+             tier=\"networkpolicy\"} 2"
         ]
     );
     assert!(samples(&reg, "flowwatch_uncovered_connections_total").is_empty());
@@ -759,4 +770,72 @@ fn docs_metrics_md_lists_every_family_the_agent_exposes_and_no_other() {
         unknown.is_empty(),
         "docs/metrics.md names families the agent does not expose: {unknown:?}"
     );
+}
+
+#[test]
+fn the_deciding_tier_and_cni_presence_are_labels_of_drift_and_blocked() {
+    let (m, reg) = new(MetricsConfig::default());
+    let admin = FlowEdge {
+        tier: TierLabel::Admin,
+        ..edge(("tenant-a", "a1"), ("tenant-b", "b1"), 8080, [D, U, D])
+    };
+    let cni = FlowEdge {
+        cni_policy_present: CniPresence::Yes,
+        ..edge(("web", "front"), ("l7", "api"), 80, [D, U, D])
+    };
+    for e in [&admin, &cni] {
+        m.record_flow(e, Some(Outcome::Established), &Counters::default(), SEC);
+    }
+    m.record_flow(&admin, Some(Outcome::Failed), &Counters::default(), SEC);
+    let drift = samples(&reg, "flowwatch_enforcement_drift_connections_total");
+    assert_eq!(drift.len(), 2, "{drift:?}");
+    assert!(drift.iter().any(|l| l.contains("dst_workload=\"b1\"")
+        && l.contains("tier=\"admin\",cni_policy_present=\"false\"")));
+    assert!(drift.iter().any(|l| l.contains("dst_workload=\"api\"")
+        && l.contains("tier=\"networkpolicy\",cni_policy_present=\"true\"")));
+    let blocked = samples(&reg, "flowwatch_blocked_attempts_total");
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    assert!(blocked[0].contains("outcome=\"failed\",tier=\"admin\""));
+    let conns = samples(&reg, "flowwatch_connections_total");
+    assert!(conns.iter().all(|l| l.contains("tier=\"")), "{conns:?}");
+}
+
+#[test]
+fn cni_policy_objects_are_counted_by_known_kind_from_the_start() {
+    let (m, reg) = new(MetricsConfig::default());
+    let zero = samples(&reg, "flowwatch_cni_policy_objects");
+    assert_eq!(zero.len(), CniPolicyKind::ALL.len(), "{zero:?}");
+    assert!(zero.iter().all(|l| l.ends_with(" 0")), "{zero:?}");
+    let counts = std::collections::BTreeMap::from([
+        ("CiliumNetworkPolicy".to_string(), 3),
+        ("projectcalico.org/NetworkPolicy".to_string(), 1),
+        ("example.com/Unknown".to_string(), 9),
+    ]);
+    m.set_cni_policy_objects(&counts);
+    let t = text(&reg);
+    assert!(t.contains("flowwatch_cni_policy_objects{kind=\"CiliumNetworkPolicy\"} 3"));
+    assert!(t.contains("flowwatch_cni_policy_objects{kind=\"projectcalico.org/NetworkPolicy\"} 1"));
+    assert!(!t.contains("example.com"));
+    // a kind that went away reads 0 again
+    m.set_cni_policy_objects(&Default::default());
+    assert!(text(&reg).contains("flowwatch_cni_policy_objects{kind=\"CiliumNetworkPolicy\"} 0"));
+}
+
+#[test]
+fn every_cni_policy_kind_of_the_inventory_has_its_label_value() {
+    // The names the inventory gives CNI kinds (`add_cni_object`) are the gauge's label values.
+    let mut into = crate::inventory::cluster_policy::ClusterPolicies::default();
+    for (group, kind, _) in crate::inventory::cluster_policy::CNI_POLICY_KINDS {
+        crate::inventory::cluster_policy::add_cni_object(
+            &mut into,
+            kind,
+            &format!("{group}/v1"),
+            &serde_json::json!({"metadata": {"name": "p", "namespace": "n"}}),
+        );
+    }
+    let names: std::collections::BTreeSet<&str> =
+        into.cni_policies.iter().map(|p| p.kind.as_str()).collect();
+    let labels: std::collections::BTreeSet<&str> =
+        CniPolicyKind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(names, labels);
 }

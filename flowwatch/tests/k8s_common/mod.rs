@@ -273,3 +273,86 @@ pub async fn apply_shipped_rbac(admin: &Client) -> (String, String) {
         .unwrap();
     (ns, name)
 }
+
+/// The CRD manifests of `flowwatch/tests/fixtures/crds`, by file name.
+pub const CLUSTER_NETWORK_POLICY_CRD: &str = "clusternetworkpolicies.v1alpha2.yaml";
+pub const ADMIN_NETWORK_POLICY_CRDS: &str = "adminnetworkpolicies.v1alpha1.yaml";
+pub const CILIUM_NETWORK_POLICY_CRD: &str = "ciliumnetworkpolicies.yaml";
+
+/// Creates the CRDs of a fixture file and waits until the API server serves them (their
+/// `Established` condition, then the resource in discovery). Returns their names.
+pub async fn install_crds(client: &Client, file: &str) -> Vec<String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/crds")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let created = api
+            .create(&PostParams::default(), &crd)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        names.push(created.metadata.name.unwrap_or_default());
+    }
+    for name in &names {
+        let start = Instant::now();
+        loop {
+            let crd = api.get(name).await.unwrap();
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "CRD {name} not established"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    names
+}
+
+/// Deletes a CRD (and so every object of its kind) and waits until it is gone.
+pub async fn delete_crd(client: &Client, name: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.delete(name, &Default::default()).await.unwrap();
+    let start = Instant::now();
+    while api.get_opt(name).await.unwrap().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "CRD {name} not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a custom object (cluster-scoped when the JSON has no namespace) from its JSON.
+pub async fn create_custom(client: &Client, plural: &str, object: serde_json::Value) {
+    let obj: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
+    let types = obj.types.clone().expect("apiVersion and kind");
+    let (group, version) = types.api_version.split_once('/').expect("group/version");
+    let ar = kube::api::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: types.api_version.clone(),
+        kind: types.kind.clone(),
+        plural: plural.into(),
+    };
+    let api: Api<kube::api::DynamicObject> = match obj.metadata.namespace.as_deref() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("creating {} {:?}: {e}", types.kind, obj.metadata.name));
+}

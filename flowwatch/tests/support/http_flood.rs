@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowwatch::http::{self, HttpLimits, HttpState, Readiness};
-use flowwatch::metrics::{Endpoint, FlowEdge, Metrics, MetricsConfig, Verdict, WorkloadKind};
+use flowwatch::metrics::{
+    CniPresence, Endpoint, FlowEdge, Metrics, MetricsConfig, TierLabel, Verdict, WorkloadKind,
+};
 use flowwatch::model::{Counters, Outcome, Protocol};
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +53,8 @@ fn edge(i: usize) -> FlowEdge {
         verdict: Verdict::Allowed,
         egress: Verdict::Uncovered,
         ingress: Verdict::Allowed,
+        tier: TierLabel::NetworkPolicy,
+        cni_policy_present: CniPresence::No,
     }
 }
 

@@ -94,7 +94,7 @@ printf "{{ .record }}{ {{- join "," $fmt -}} }" {{ join " " $args }}
 dict "root" $ "record" name.
 */}}
 {{- define "flowwatch.rules.edgeList" -}}
-{{ "{{" }} range $i, $e := {{ include "flowwatch.rules.pairQuery" . }} | query | sortByLabel "dst_workload" | sortByLabel "src_workload" {{ "}}" }}{{ "{{" }} if $i {{ "}}" }}, {{ "{{" }} end {{ "}}" }}{{ "{{" }} $e.Labels.src_workload {{ "}}" }} -> {{ "{{" }} $e.Labels.dst_workload {{ "}}" }}:{{ "{{" }} $e.Labels.dst_port {{ "}}" }}/{{ "{{" }} $e.Labels.protocol {{ "}}" }}{{ "{{" }} end {{ "}}" }}
+{{ "{{" }} range $i, $e := {{ include "flowwatch.rules.pairQuery" . }} | query | sortByLabel "dst_workload" | sortByLabel "src_workload" {{ "}}" }}{{ "{{" }} if $i {{ "}}" }}, {{ "{{" }} end {{ "}}" }}{{ "{{" }} $e.Labels.src_workload {{ "}}" }} -> {{ "{{" }} $e.Labels.dst_workload {{ "}}" }}:{{ "{{" }} $e.Labels.dst_port {{ "}}" }}/{{ "{{" }} $e.Labels.protocol {{ "}}" }}{{ if .tier }}{{ "{{" }} with $e.Labels.tier {{ "}}" }} ({{ "{{" }} . {{ "}}" }} tier){{ "{{" }} end {{ "}}" }}{{ end }}{{ "{{" }} end {{ "}}" }}
 {{- end }}
 
 {{/*
@@ -181,11 +181,13 @@ One alerting rule: dict "root" $ "name" AlertName "key" values key under alerts 
 {{- end -}}
 {{- if $a.enforcementDrift.enabled -}}
 {{- $w := $a.enforcementDrift.window -}}
-{{- $d := printf "flowwatch_enforcement_drift_connections_total{%s}" $job -}}
-{{- $policy = append $policy (printf `# Per edge: connections the policies deny that were established within the window (new series too).
+{{- $d := printf "flowwatch_enforcement_drift_connections_total{%s,cni_policy_present!=\"true\"}" $job -}}
+{{- $policy = append $policy (printf `# Per edge and deciding tier (admin, networkpolicy, baseline): connections the policies deny that
+# were established within the window (new series too). Left out: connections CNI-specific policies
+# (not evaluated) may allow (cni_policy_present="true").
 - record: flowwatch:edge_enforcement_drift_connections:window
   expr: |
-    sum by (%s) (
+    sum by (%s, tier) (
         (increase(%s[%s]) > 0)
       or
         (%s unless %s offset %s)
@@ -196,8 +198,8 @@ One alerting rule: dict "root" $ "name" AlertName "key" values key under alerts 
     %s` (include "flowwatch.rules.scoped" (dict "root" . "metric" "flowwatch:edge_enforcement_drift_connections:window" "matchers" ""))) -}}
 {{- $policy = append $policy (include "flowwatch.rules.alert" (dict "root" . "name" "FlowwatchEnforcementDrift" "key" "enforcementDrift"
     "expr" (printf "count by (%s) (flowwatch:edge_enforcement_drift_connections:alerting)" $pairBy)
-    "summary" "Connections the NetworkPolicies deny were established"
-    "description" (printf "%s%s%s" `{{ $value }} workload edge(s) from namespace {{ $labels.src_namespace }} to {{ $labels.dst_namespace }} are denied by policy but connected (the CNI is not enforcing NetworkPolicies): ` (include "flowwatch.rules.edgeList" (dict "root" . "record" "flowwatch:edge_enforcement_drift_connections:alerting")) `. Per edge: flowwatch:edge_enforcement_drift_connections:alerting.`))) -}}
+    "summary" "Connections the network policies deny were established"
+    "description" (printf "%s%s%s" `{{ $value }} workload edge(s) from namespace {{ $labels.src_namespace }} to {{ $labels.dst_namespace }} are denied by policy but connected (the CNI is not enforcing the policies): ` (include "flowwatch.rules.edgeList" (dict "root" . "record" "flowwatch:edge_enforcement_drift_connections:alerting" "tier" true)) `. Per edge: flowwatch:edge_enforcement_drift_connections:alerting.`))) -}}
 {{- end -}}
 {{- if $a.blockedAttemptsSpike.enabled -}}
 {{- $b := $a.blockedAttemptsSpike -}}
