@@ -197,16 +197,6 @@ fn scenario(node: &Node, work: &std::path::Path) {
 
     kubelets_probes_are_the_nodes(node, &agent_pod);
     a_cluster_ip_connection_is_named_to_its_backend(node, &agent_pod);
-    let ips = a_reused_address_names_the_new_pod(node, &agent_pod, &ips);
-
-    // The agent replaced: its pod deleted under traffic, then a rolling update.
-    let agent = lifecycle::the_agent_pod_deleted_under_traffic(node, &ips);
-    let agent = lifecycle::a_rolling_update(node, work, &ips, &agent);
-
-    // Prometheus finds the agent through Kubernetes discovery and scrapes what it counted.
-    prometheus::start(node, work);
-    prometheus::wait_for_the_agent_targets(node, &agent.pod);
-    a_prometheus_query_sees_the_agents_counts(node, &agent);
 
     // What else a real node shows (for docs/capture.md): the edges outside the matrix.
     let mut others: Vec<String> = scrape(node, &agent_pod)
@@ -233,6 +223,17 @@ fn scenario(node: &Node, work: &std::path::Path) {
         .collect();
     others.sort();
     eprintln!("edges outside the matrix:\n{}", others.join("\n"));
+
+    let ips = a_reused_address_names_the_new_pod(node, &agent_pod, &ips);
+
+    // The agent replaced: its pod deleted under traffic, then a rolling update.
+    let agent = lifecycle::the_agent_pod_deleted_under_traffic(node, &ips);
+    let agent = lifecycle::a_rolling_update(node, work, &ips, &agent);
+
+    // Prometheus finds the agent through Kubernetes discovery and scrapes what it counted.
+    prometheus::start(node, work);
+    prometheus::wait_for_the_agent_targets(node, &agent.pod);
+    a_prometheus_query_sees_the_agents_counts(node, &agent);
 }
 
 /// kubelet probes the pods (readiness on TCP 81 every 2 s) from the pod network's gateway, the

@@ -108,6 +108,26 @@ pub fn replace_the_pod(node: &Node, ips: &BTreeMap<PodRef, String>) -> BTreeMap<
         new_ip, old_ip,
         "{NEW} got another address than {OLD} had: the node's pod range has more than one free"
     );
+    // The pods that talked to the old pod still map the address to its MAC address: what
+    // they send there is lost until their neighbour entry times out and is probed again (a
+    // single UDP datagram, unlike a TCP SYN, is not sent again). Announce the new owner, as
+    // CNIs that reuse addresses do (a gratuitous ARP updates existing entries).
+    node.kubectl(&[
+        "exec",
+        "-n",
+        NEW.ns,
+        NEW.pod,
+        "--",
+        "/bin/busybox",
+        "arping",
+        "-U",
+        "-c",
+        "2",
+        "-I",
+        "eth0",
+        &new_ip,
+    ])
+    .unwrap_or_else(|e| panic!("gratuitous ARP from {NEW}: {e:#}"));
     eprintln!(
         "{OLD} deleted, {NEW} Ready with its address {new_ip} after {:.1?}",
         started.elapsed()
