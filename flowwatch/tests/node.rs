@@ -11,10 +11,19 @@
 //!   drift), then with kube-router's NetworkPolicy firewall (denied connections fail and must be
 //!   counted as blocked attempts, with no drift). The agent's metrics must agree with the truth
 //!   on every edge, exactly.
+//! * kubelet's probes from the bridge's address are the node's (allowed, never drift); a
+//!   ClusterIP connection is named to its backend; a deleted pod's address reused by a pod of
+//!   another namespace, label and policy is named and judged as the new pod.
+//! * The agent's pod deleted under traffic, then a rolling update (`helm upgrade`): each time
+//!   the new agent takes over (the old one's eBPF programs, links and maps gone, one tcx program
+//!   each way on every veth, the new agent's) and counts exactly.
+//! * Upstream Prometheus finds the agent through Kubernetes discovery (the chart's Service
+//!   annotations, its pods) and its queries return the agent's counts.
 //! * Afterwards nothing of the node is left on the machine (checked here).
 //!
-//! Needs root, the binaries of `cargo xtask k8s-bins`, the Debian packages of `cargo xtask
-//! setup`, helm, and the release binary (`cargo xtask test` provides all of them).
+//! Needs root, the binaries of `cargo xtask k8s-bins` (Prometheus included), the Debian packages
+//! of `cargo xtask setup`, helm, and the release binary (`cargo xtask test` provides all of
+//! them).
 
 mod node_support;
 mod support;
