@@ -11,10 +11,19 @@
 //!   drift), then with kube-router's NetworkPolicy firewall (denied connections fail and must be
 //!   counted as blocked attempts, with no drift). The agent's metrics must agree with the truth
 //!   on every edge, exactly.
+//! * kubelet's probes from the bridge's address are the node's (allowed, never drift); a
+//!   ClusterIP connection is named to its backend; a deleted pod's address reused by a pod of
+//!   another namespace, label and policy is named and judged as the new pod.
+//! * The agent's pod deleted under traffic, then a rolling update (`helm upgrade`): each time
+//!   the new agent takes over (the old one's eBPF programs, links and maps gone, one tcx program
+//!   each way on every veth, the new agent's) and counts exactly.
+//! * Upstream Prometheus finds the agent through Kubernetes discovery (the chart's Service
+//!   annotations, its pods) and its queries return the agent's counts.
 //! * Afterwards nothing of the node is left on the machine (checked here).
 //!
-//! Needs root, the binaries of `cargo xtask k8s-bins`, the Debian packages of `cargo xtask
-//! setup`, helm, and the release binary (`cargo xtask test` provides all of them).
+//! Needs root, the binaries of `cargo xtask k8s-bins` (Prometheus included), the Debian packages
+//! of `cargo xtask setup`, helm, and the release binary (`cargo xtask test` provides all of
+//! them).
 
 mod node_support;
 mod support;
@@ -25,9 +34,10 @@ use std::time::{Duration, Instant};
 
 use flowwatch_testnode::sys::{enter, Join};
 use flowwatch_testnode::{leftovers, Binaries, HostSnapshot, Node, NodeOptions};
-use node_support::image;
-use node_support::matrix::{self, overall, PodRef, Probe, Side};
+use node_support::lifecycle::{self, Agent};
+use node_support::matrix::{self, overall, PodRef, Policy, Probe, Side};
 use node_support::metrics::{self, Sample};
+use node_support::{image, prometheus, reuse};
 use support::helm::helm;
 use support::privileged::{require, root};
 
@@ -42,6 +52,12 @@ fn available() -> Result<(), String> {
         return Err(format!(
             "{} missing (cargo xtask k8s-bins)",
             bins.kube_router.display()
+        ));
+    }
+    if !bins.prometheus.is_file() {
+        return Err(format!(
+            "{} missing (cargo xtask k8s-bins)",
+            bins.prometheus.display()
         ));
     }
     helm()?;
@@ -76,6 +92,9 @@ fn the_chart_on_a_real_node_agrees_with_the_policies_edge_by_edge() {
     let started = Instant::now();
     let node = Node::up(NodeOptions {
         images: vec![archive],
+        // Exactly the matrix's pods and the canary: a deleted pod's address is the only one
+        // free, so the next pod gets it (the address reuse below).
+        pod_addresses: Some(matrix::pods().len() as u8 + 1),
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
@@ -126,18 +145,7 @@ fn the_chart_on_a_real_node_agrees_with_the_policies_edge_by_edge() {
 
 fn scenario(node: &Node, work: &std::path::Path) {
     install_the_chart(node, work);
-    let agent_pod = node
-        .kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            "flowwatch",
-            "-l",
-            "app.kubernetes.io/name=flowwatch",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ])
-        .expect("agent pod");
+    let agent_pod = lifecycle::ready_agent(node, None).pod;
     check_the_agents_privileges(node);
     check_the_service_account(node);
 
@@ -161,7 +169,7 @@ fn scenario(node: &Node, work: &std::path::Path) {
 
     // Round 1: the bridge CNI enforces nothing.
     let before = scrape(node, &agent_pod);
-    let results = run_probes(node, &ips);
+    let results = run_probes(node, &matrix::probes(), &ips);
     let failed: Vec<String> = results
         .iter()
         .filter(|(_, ok)| !**ok)
@@ -171,34 +179,40 @@ fn scenario(node: &Node, work: &std::path::Path) {
         failed.is_empty(),
         "without an enforcer every probe connects; these did not: {failed:?}"
     );
-    compare_edges(node, &agent_pod, &before, &results, "no enforcer");
+    let (pods, policies) = (matrix::pods(), matrix::policies());
+    compare_edges(
+        node,
+        &agent_pod,
+        &before,
+        &results,
+        "no enforcer",
+        (&pods, &policies),
+    );
 
     // Round 2: kube-router's NetworkPolicy firewall.
     node.start_kube_router().unwrap_or_else(|e| panic!("{e:#}"));
     wait_until_enforced(node, &ips);
     let before = scrape(node, &agent_pod);
-    let results = run_probes(node, &ips);
-    let policies = matrix::policies();
-    let disagree: Vec<String> = results
-        .iter()
-        .filter(|(p, ok)| {
-            let (eg, ing) = matrix::truth(p, &policies);
-            **ok == (overall(eg, ing) == Side::Denied)
-        })
-        .map(|(p, ok)| format!("{p}: connected={ok}"))
-        .collect();
-    assert!(
-        disagree.is_empty(),
-        "kube-router and the policies' truth disagree: {disagree:?}"
+    let results = run_probes(node, &matrix::probes(), &ips);
+    assert_enforced_as_judged(&results, &policies);
+    compare_edges(
+        node,
+        &agent_pod,
+        &before,
+        &results,
+        "kube-router",
+        (&pods, &policies),
     );
-    compare_edges(node, &agent_pod, &before, &results, "kube-router");
 
+    kubelets_probes_are_the_nodes(node, &agent_pod);
     a_cluster_ip_connection_is_named_to_its_backend(node, &agent_pod);
 
     // What else a real node shows (for docs/capture.md): the edges outside the matrix.
     let mut others: Vec<String> = scrape(node, &agent_pod)
         .iter()
-        .filter(|s| s.name == "flowwatch_connections_total" && probe_of(s).is_none())
+        .filter(|s| {
+            s.name == "flowwatch_connections_total" && probe_of(s, &matrix::pods()).is_none()
+        })
         .map(|s| {
             format!(
                 "{} {}/{}({}) -> {}/{}({}):{}/{} {} {}",
@@ -218,6 +232,169 @@ fn scenario(node: &Node, work: &std::path::Path) {
         .collect();
     others.sort();
     eprintln!("edges outside the matrix:\n{}", others.join("\n"));
+
+    let ips = a_reused_address_names_the_new_pod(node, &agent_pod, &ips);
+
+    // The agent replaced: its pod deleted under traffic, then a rolling update.
+    let agent = lifecycle::the_agent_pod_deleted_under_traffic(node, &ips);
+    let agent = lifecycle::a_rolling_update(node, work, &ips, &agent);
+
+    // Prometheus finds the agent through Kubernetes discovery and scrapes what it counted.
+    prometheus::start(node, work);
+    prometheus::wait_for_the_agent_targets(node, &agent.pod);
+    a_prometheus_query_sees_the_agents_counts(node, &agent);
+}
+
+/// kubelet probes the pods (readiness on TCP 81 every 2 s) from the pod network's gateway, the
+/// bridge's address, which no Node object lists: the agent knows it as its node's own (it is an
+/// address of its network namespace), so the probes are the node's, allowed as own-node
+/// traffic even into x/a (whose policy admits only y on TCP 80), and never enforcement drift.
+fn kubelets_probes_are_the_nodes(node: &Node, agent_pod: &str) {
+    let samples = scrape(node, agent_pod);
+    let pods = matrix::pods();
+    let to_matrix = |s: &&Sample| {
+        pods.iter()
+            .any(|p| p.ns == s.label("dst_namespace") && p.pod == s.label("dst_workload"))
+    };
+    let from_outside: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == "flowwatch_connections_total" && s.label("src_workload") == "external"
+        })
+        .filter(to_matrix)
+        .collect();
+    assert!(
+        from_outside.is_empty(),
+        "connections from an outside address to the matrix pods (the bridge's?): {from_outside:?}"
+    );
+    let probes_of_x_a: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == "flowwatch_connections_total"
+                && s.label("src_workload") == "node"
+                && s.label("dst_namespace") == "x"
+                && s.label("dst_workload") == "a"
+                && s.label("dst_port") == "81"
+        })
+        .collect();
+    // Probes before x/a's policy existed are uncovered; none is denied.
+    assert!(
+        probes_of_x_a
+            .iter()
+            .any(|s| s.label("verdict") == "allowed")
+            && probes_of_x_a.iter().all(|s| s.label("verdict") != "denied"),
+        "kubelet's probes of x/a:81 as the node's, allowed: {probes_of_x_a:?}"
+    );
+    let drift_from_non_pods: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == "flowwatch_enforcement_drift_connections_total"
+                && ["node", "external"].contains(&s.label("src_workload"))
+        })
+        .collect();
+    assert!(
+        drift_from_non_pods.is_empty(),
+        "enforcement drift from the node or outside: {drift_from_non_pods:?}"
+    );
+    eprintln!(
+        "kubelet's probes of x/a:81: {} connections, the node's, {} of them allowed",
+        probes_of_x_a.iter().map(|s| s.value).sum::<f64>(),
+        probes_of_x_a
+            .iter()
+            .filter(|s| s.label("verdict") == "allowed")
+            .map(|s| s.value)
+            .sum::<f64>()
+    );
+}
+
+/// With kube-router enforcing, exactly the connections the policies deny fail.
+fn assert_enforced_as_judged(results: &BTreeMap<Probe, bool>, policies: &[Policy]) {
+    let disagree: Vec<String> = results
+        .iter()
+        .filter(|(p, ok)| {
+            let (eg, ing) = matrix::truth(p, policies);
+            **ok == (overall(eg, ing) == Side::Denied)
+        })
+        .map(|(p, ok)| format!("{p}: connected={ok}"))
+        .collect();
+    assert!(
+        disagree.is_empty(),
+        "kube-router and the policies' truth disagree: {disagree:?}"
+    );
+}
+
+/// y/b's address given to w/reused (see `node_support::reuse`): the probes to and from the new
+/// pod, enforced by kube-router, and counted under its name and its policy's verdicts, edge by
+/// edge; nothing counted on y/b. Returns the pods' addresses now.
+fn a_reused_address_names_the_new_pod(
+    node: &Node,
+    agent_pod: &str,
+    ips: &BTreeMap<PodRef, String>,
+) -> BTreeMap<PodRef, String> {
+    let ips = reuse::replace_the_pod(node, ips);
+    let mut policies = matrix::policies();
+    policies.push(reuse::new_pods_policy());
+    // y/b stays among the judged pods: a connection counted under its name is a wrong one.
+    let mut pods = matrix::pods();
+    pods.push(reuse::NEW);
+    let api_pods = node
+        .kubectl(&["get", "pods", "--all-namespaces", "-o", "name"])
+        .expect("pods")
+        .lines()
+        .count() as f64;
+    wait_for(node, agent_pod, "the agent's view of the new pod", |s| {
+        let objects = |kind: &str| {
+            s.iter()
+                .find(|s| s.name == "flowwatch_kube_objects" && s.label("kind") == kind)
+                .map(|s| s.value)
+        };
+        objects("NetworkPolicy") == Some(4.0) && objects("Pod") == Some(api_pods)
+    });
+    reuse::wait_until_enforced(node, &ips);
+    // The canary's last attempts end and are counted (outside the judged pods) first.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = scrape(node, agent_pod);
+    let results = run_probes(node, &reuse::probes(), &ips);
+    assert_enforced_as_judged(&results, &policies);
+    compare_edges(
+        node,
+        agent_pod,
+        &before,
+        &results,
+        "reused address",
+        (&pods, &policies),
+    );
+    ips
+}
+
+/// Prometheus' view equals the agent's own: the five connections x/a -> x/b:81 the last agent
+/// counted (`lifecycle::a_rolling_update`), under both discovery jobs.
+fn a_prometheus_query_sees_the_agents_counts(node: &Node, agent: &Agent) {
+    let edge = r#"src_namespace="x",src_workload="a",dst_namespace="x",dst_workload="b",dst_port="81",protocol="TCP""#;
+    let own = lifecycle::edge_total(
+        &scrape(node, &agent.pod),
+        PodRef { ns: "x", pod: "a" },
+        PodRef { ns: "x", pod: "b" },
+        81,
+    );
+    assert_eq!(own, 5.0, "the agent's own count of x/a -> x/b:81");
+    for job in prometheus::JOBS {
+        let promql = format!("sum(flowwatch_connections_total{{job=\"{job}\",{edge}}})");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = prometheus::query(node, &promql);
+            let value = got.first().map(|(_, v)| *v);
+            if value == Some(own) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{promql}: {got:?}, the agent says {own}"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    eprintln!("Prometheus (Kubernetes discovery, both jobs) sees the agent's counts");
 }
 
 fn helm_cmd(node: &Node, work: &std::path::Path) -> Command {
@@ -298,19 +475,6 @@ fn install_the_chart(node: &Node, work: &std::path::Path) {
     assert_eq!(ready, "1/1", "the DaemonSet's pod is Ready");
 }
 
-/// The running agent's process, found by its cgroup (under the node's) and name.
-fn agent_pid(node: &Node) -> i32 {
-    let cgroup = format!("flowwatch-node-{}", node.name);
-    for pid in flowwatch_testnode::sys::pids() {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if comm.trim() == "flowwatch" && cg.contains(&cgroup) {
-            return pid;
-        }
-    }
-    panic!("no flowwatch process in the node's cgroups");
-}
-
 fn status_field(status: &str, key: &str) -> String {
     status
         .lines()
@@ -320,7 +484,7 @@ fn status_field(status: &str, key: &str) -> String {
 }
 
 fn check_the_agents_privileges(node: &Node) {
-    let pid = agent_pid(node);
+    let pid = lifecycle::ready_agent(node, None).pid;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     for set in ["CapEff", "CapPrm", "CapBnd"] {
         let v = u64::from_str_radix(&status_field(&status, set), 16).expect("hex");
@@ -473,12 +637,16 @@ fn start_the_matrix_pods(node: &Node) -> BTreeMap<PodRef, String> {
 
 /// Every probe of the matrix, each exactly once: the pods probe in parallel, each its own
 /// targets one after the other (`kubectl exec` of one script).
-fn run_probes(node: &Node, ips: &BTreeMap<PodRef, String>) -> BTreeMap<Probe, bool> {
+fn run_probes(
+    node: &Node,
+    probes: &[Probe],
+    ips: &BTreeMap<PodRef, String>,
+) -> BTreeMap<Probe, bool> {
     let started = Instant::now();
-    let probes = matrix::probes();
     let by_ip: BTreeMap<&str, PodRef> = ips.iter().map(|(p, ip)| (ip.as_str(), *p)).collect();
     let results = std::thread::scope(|s| {
-        let handles: Vec<_> = matrix::pods()
+        let from: std::collections::BTreeSet<PodRef> = probes.iter().map(|p| p.from).collect();
+        let handles: Vec<_> = from
             .into_iter()
             .map(|from| {
                 let targets: Vec<(String, u16, &str)> = probes
@@ -528,37 +696,41 @@ fn run_probes(node: &Node, ips: &BTreeMap<PodRef, String>) -> BTreeMap<Probe, bo
     out
 }
 
+/// Whether the canary (w/canary) connects to `target` (`ip:port`, TCP) within a second.
+fn canary_connects(node: &Node, target: &str) -> bool {
+    match node.kubectl(&[
+        "exec",
+        "-n",
+        "w",
+        "canary",
+        "--",
+        "/agnhost",
+        "connect",
+        target,
+        "--timeout=1s",
+    ]) {
+        Ok(_) => true,
+        // agnhost's words for a connection that did not happen (not an exec failure).
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(
+                ["TIMEOUT", "REFUSED", "OTHER"]
+                    .iter()
+                    .any(|w| e.contains(w)),
+                "the canary's probe failed to run: {e}"
+            );
+            false
+        }
+    }
+}
+
 /// kube-router programs its rules a moment after it starts: the canary (namespace w, outside
 /// the matrix) probes x/a, which admits only namespace y, until that fails.
 fn wait_until_enforced(node: &Node, ips: &BTreeMap<PodRef, String>) {
     let target = &ips[&PodRef { ns: "x", pod: "a" }];
     let started = Instant::now();
     loop {
-        let refused = match node.kubectl(&[
-            "exec",
-            "-n",
-            "w",
-            "canary",
-            "--",
-            "/agnhost",
-            "connect",
-            &format!("{target}:80"),
-            "--timeout=1s",
-        ]) {
-            Ok(_) => false,
-            // agnhost's words for a connection that did not happen (not an exec failure).
-            Err(e) => {
-                let e = format!("{e:#}");
-                assert!(
-                    ["TIMEOUT", "REFUSED", "OTHER"]
-                        .iter()
-                        .any(|w| e.contains(w)),
-                    "the canary's probe failed to run: {e}"
-                );
-                true
-            }
-        };
-        if refused {
+        if !canary_connects(node, &format!("{target}:80")) {
             eprintln!("kube-router enforcing after {:.1?}", started.elapsed());
             return;
         }
@@ -602,12 +774,8 @@ const EDGE_FAMILIES: [&str; 4] = [
 
 /// The probe an edge series belongs to, if it is one of the matrix's (bare pods: the workload
 /// is the pod).
-fn probe_of(s: &Sample) -> Option<Probe> {
-    let pod = |ns: &str, name: &str| {
-        matrix::pods()
-            .into_iter()
-            .find(|p| p.ns == ns && p.pod == name)
-    };
+fn probe_of(s: &Sample, pods: &[PodRef]) -> Option<Probe> {
+    let pod = |ns: &str, name: &str| pods.iter().copied().find(|p| p.ns == ns && p.pod == name);
     let from = pod(s.label("src_namespace"), s.label("src_workload"))?;
     let to = pod(s.label("dst_namespace"), s.label("dst_workload"))?;
     let protocol = match s.label("protocol") {
@@ -627,7 +795,7 @@ fn probe_of(s: &Sample) -> Option<Probe> {
 /// increase since `before`.
 type Counted = BTreeMap<(Probe, &'static str), BTreeMap<String, f64>>;
 
-fn counted(before: &[Sample], after: &[Sample]) -> Counted {
+fn counted(before: &[Sample], after: &[Sample], pods: &[PodRef]) -> Counted {
     let key = |s: &Sample| {
         let mut l = s.labels.clone();
         for k in [
@@ -656,7 +824,9 @@ fn counted(before: &[Sample], after: &[Sample]) -> Counted {
         let Some(family) = EDGE_FAMILIES.iter().find(|f| **f == s.name) else {
             continue;
         };
-        let Some(probe) = probe_of(s) else { continue };
+        let Some(probe) = probe_of(s, pods) else {
+            continue;
+        };
         let delta = s.value
             - was
                 .get(&(s.name.clone(), s.labels.clone()))
@@ -673,11 +843,10 @@ fn counted(before: &[Sample], after: &[Sample]) -> Counted {
 }
 
 /// What the agent must have counted for each probe, given whether it connected.
-fn expected(results: &BTreeMap<Probe, bool>) -> Counted {
-    let policies = matrix::policies();
+fn expected(results: &BTreeMap<Probe, bool>, policies: &[Policy]) -> Counted {
     let mut out = Counted::new();
     for (probe, connected) in results {
-        let (eg, ing) = matrix::truth(probe, &policies);
+        let (eg, ing) = matrix::truth(probe, policies);
         let verdict = overall(eg, ing);
         let outcome = match (connected, probe.protocol) {
             (true, _) => "established",
@@ -739,8 +908,10 @@ fn compare_edges(
     before: &[Sample],
     results: &BTreeMap<Probe, bool>,
     round: &str,
+    judged: (&[PodRef], &[Policy]),
 ) {
-    let want = expected(results);
+    let (pods, policies) = judged;
+    let want = expected(results, policies);
     let started = Instant::now();
     let total = |c: &Counted| -> f64 {
         c.iter()
@@ -750,7 +921,7 @@ fn compare_edges(
     };
     let mut got;
     loop {
-        got = counted(before, &scrape(node, agent_pod));
+        got = counted(before, &scrape(node, agent_pod), pods);
         if total(&got) >= results.len() as f64 || started.elapsed() > Duration::from_secs(120) {
             break;
         }
@@ -763,7 +934,7 @@ fn compare_edges(
         started.elapsed()
     );
     std::thread::sleep(Duration::from_secs(3));
-    got = counted(before, &scrape(node, agent_pod));
+    got = counted(before, &scrape(node, agent_pod), pods);
     let mut diffs = Vec::new();
     let keys: std::collections::BTreeSet<_> = want.keys().chain(got.keys()).collect();
     for k in keys {
@@ -860,7 +1031,7 @@ fn a_cluster_ip_connection_is_named_to_its_backend(node: &Node, agent_pod: &str)
     let deadline = Instant::now() + Duration::from_secs(60);
     let got = loop {
         let after = scrape(node, agent_pod);
-        let got = counted(&before, &after);
+        let got = counted(&before, &after, &matrix::pods());
         let from_x_a: f64 = after
             .iter()
             .filter(|s| {

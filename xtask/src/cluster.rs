@@ -34,6 +34,7 @@ pub fn run(action: Action) -> Result<()> {
                 name: Some(NAME.into()),
                 detached: true,
                 images: Vec::new(),
+                pod_addresses: None,
             })?;
             let kubeconfig = node.kubeconfig();
             eprintln!(

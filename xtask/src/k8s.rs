@@ -12,6 +12,10 @@
 //! `cni-plugins-<version>/`, kube-router to `kube-router-<version>/`; a present binary is not
 //! rebuilt, so only the first run pays (about 15 minutes on 2 busy cores for all of them).
 //!
+//! Upstream Prometheus (the node test's scraper: Debian's prometheus has no Kubernetes service
+//! discovery) is built from `testinfra/prometheus/` with only that discovery compiled in, into
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/prometheus-<module version>/prometheus`.
+//!
 //! np-guard netpol-analyzer (the reference `flowwatch/tests/policy_npguard.rs` compares the
 //! offline policy CLI with) is built the same way from `testinfra/netpol-analyzer/`, into
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/netpol-analyzer-<version>/k8snetpolicy`.
@@ -139,6 +143,7 @@ pub fn build_node_binaries() -> Result<()> {
             .collect();
         go_install(&pkgs, &cni, &[("CGO_ENABLED", "0")])?;
     }
+    build_prometheus()?;
     let router = bins::kube_router_path()?;
     if !router.is_file() {
         go_install(
@@ -151,6 +156,53 @@ pub fn build_node_binaries() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The Go package whose `main` is Prometheus.
+const PROMETHEUS_PKG: &str = "github.com/prometheus/prometheus/cmd/prometheus";
+
+/// Upstream Prometheus from `testinfra/prometheus`, with only the Kubernetes service discovery
+/// compiled in (the node test scrapes the agent through pod discovery, as a user's Prometheus
+/// would; Debian's prometheus is built without it), unless cached; returns its path.
+pub fn build_prometheus() -> Result<PathBuf> {
+    let path = bins::prometheus_path()?;
+    if path.is_file() {
+        eprintln!("k8s-bins: {} (cached)", path.display());
+        return Ok(path);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let version = bins::prometheus_version()?;
+    let release = prometheus_release(&version)?;
+    // `prometheus --version` says what it is (the module zip carries no commit).
+    let ldflags = format!(
+        "-X github.com/prometheus/common/version.Version={release} \
+         -X github.com/prometheus/common/version.Revision={version} \
+         -X github.com/prometheus/common/version.Branch={version}"
+    );
+    go_build_tagged(
+        &bins::prometheus_module_dir(),
+        PROMETHEUS_PKG,
+        &path,
+        &[],
+        &ldflags,
+        bins::PROMETHEUS_BUILD_TAGS,
+    )?;
+    Ok(path)
+}
+
+/// The Prometheus release of its Go module version: `v0.316.0` is 3.16.0.
+fn prometheus_release(module_version: &str) -> Result<String> {
+    let parse = || -> Option<String> {
+        let mut parts = module_version.strip_prefix("v0.")?.split('.');
+        let minor: u32 = parts.next()?.parse().ok()?;
+        let patch = parts.next()?;
+        (minor >= 300).then(|| format!("{}.{}.{patch}", minor / 100, minor % 100))
+    };
+    parse().with_context(|| {
+        format!("github.com/prometheus/prometheus {module_version}: not a v0.3xx.y version")
+    })
 }
 
 /// One `k8s.io/kubernetes/cmd/<name>`, built with its version stamped in, unless a binary that
@@ -240,6 +292,18 @@ fn go_build(
     env: &[(&str, &str)],
     ldflags: &str,
 ) -> Result<()> {
+    go_build_tagged(module, pkg, out, env, ldflags, "")
+}
+
+/// [`go_build`] with build tags (`-tags a,b`; empty: none).
+fn go_build_tagged(
+    module: &Path,
+    pkg: &str,
+    out: &Path,
+    env: &[(&str, &str)],
+    ldflags: &str,
+    tags: &str,
+) -> Result<()> {
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     eprintln!("k8s-bins: building {pkg} (first run only; minutes on 2 cores)");
     let started = Instant::now();
@@ -247,6 +311,9 @@ fn go_build(
     cmd.args(["build", "-trimpath"]);
     if !ldflags.is_empty() {
         cmd.args(["-ldflags", ldflags]);
+    }
+    if !tags.is_empty() {
+        cmd.args(["-tags", tags]);
     }
     let status = cmd
         .arg("-o")
@@ -326,6 +393,13 @@ mod tests {
         let committed =
             std::fs::read_to_string(netpol_analyzer_module_dir().join("go.mod")).unwrap();
         assert_eq!(netpol_analyzer_version(&committed).unwrap(), "v1.4.2");
+    }
+
+    #[test]
+    fn names_the_prometheus_release_of_its_module_version() {
+        assert_eq!(prometheus_release("v0.316.0").unwrap(), "3.16.0");
+        assert_eq!(prometheus_release("v0.300.1").unwrap(), "3.0.1");
+        assert!(prometheus_release("v2.53.0").is_err());
     }
 
     #[test]

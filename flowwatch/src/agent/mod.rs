@@ -2,6 +2,7 @@
 //! inventory, policy verdicts and metrics, and runs until SIGTERM/SIGINT.
 
 mod backlog;
+mod local_addresses;
 pub mod pipeline;
 pub mod report;
 
@@ -227,8 +228,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 if let (true, Some(watch)) = (changed, inventory.as_ref()) {
                     // Materialized only for this update and dropped after it: keeping a full
                     // inventory alive between changes would double the agent's memory.
-                    let view = watch.current();
-                    let errors = classifier.update(&view.inventory, &view.owners, view.generation, monotonic_now());
+                    let view = Arc::unwrap_or_clone(watch.current());
+                    let generation = view.generation;
+                    // A fresh view is this update's alone: taken over, not copied.
+                    let mut cluster = Arc::unwrap_or_clone(view.inventory);
+                    // The node's own addresses beyond its Node object's (a bridge CNI's gateway).
+                    if let Some(node) = args.node_name.as_deref() {
+                        crate::inventory::local_node::add_local_addresses(&mut cluster, node, &local_addresses::list());
+                    }
+                    let errors = classifier.update(&cluster, &view.owners, generation, monotonic_now());
                     for e in &errors {
                         tracing::warn!(object = %e.object, field = e.field.as_deref().unwrap_or(""), reason = %e.message, "object skipped");
                     }
@@ -236,7 +244,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     metrics.set_invalid_policies(policies as u64);
                     metrics.set_objects_skipped((errors.len() - policies) as u64);
                     metrics.set_cni_policy_objects(&classifier.cni_policy_counts());
-                    tracing::info!(generation = view.generation, pods = view.inventory.pods.len(), policies = view.inventory.network_policies.len(), "inventory updated");
+                    tracing::info!(generation, pods = cluster.pods.len(), policies = cluster.network_policies.len(), "inventory updated");
                 }
             }
             ready = notifications.readable() => {

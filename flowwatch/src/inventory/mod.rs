@@ -11,6 +11,7 @@ pub mod cluster_policy;
 pub mod intern;
 pub mod label_rules;
 pub mod limits;
+pub mod local_node;
 pub mod overlay;
 pub mod snapshot;
 pub mod sources;

@@ -18,6 +18,10 @@ pub const CNI_PLUGINS: &[(&str, &str)] = &[
 /// newest version the Go module proxy serves (later tags are not available there).
 pub const KUBE_ROUTER_VERSION: &str = "v2.1.0";
 
+/// Build tags of upstream Prometheus (`testinfra/prometheus`): of the service discoveries only
+/// Kubernetes' (Debian's prometheus has none of them; the others only make the build longer).
+pub const PROMETHEUS_BUILD_TAGS: &str = "remove_all_sd,enable_kubernetes_sd";
+
 /// The binaries built from `k8s.io/kubernetes` (the `testinfra/kube` wrapper module), all with
 /// the module's version stamped in (`--version` says `v1.34.4`, not `v0.0.0-master`).
 pub const KUBERNETES_COMMANDS: &[&str] = &[
@@ -54,6 +58,8 @@ pub struct Binaries {
     pub agnhost: PathBuf,
     pub cni_bin_dir: PathBuf,
     pub kube_router: PathBuf,
+    /// Upstream Prometheus with Kubernetes service discovery (checked by the test that uses it).
+    pub prometheus: PathBuf,
     pub containerd: PathBuf,
     pub busybox: PathBuf,
 }
@@ -77,10 +83,15 @@ pub fn kube_module_dir() -> PathBuf {
 
 /// The `k8s.io/kubernetes` version the wrapper module requires, e.g. `v1.34.4`.
 pub fn kubernetes_version_of(go_mod: &str) -> Option<String> {
+    required_version_of(go_mod, "k8s.io/kubernetes")
+}
+
+/// The version a `go.mod` requires of `module` (a `require` line or a line of a block).
+pub fn required_version_of(go_mod: &str, module: &str) -> Option<String> {
     go_mod
         .lines()
         .map(|l| l.trim().trim_start_matches("require ").trim())
-        .find_map(|l| l.strip_prefix("k8s.io/kubernetes "))
+        .find_map(|l| l.strip_prefix(module)?.strip_prefix(' '))
         .and_then(|v| v.split_whitespace().next())
         .filter(|v| v.starts_with('v'))
         .map(str::to_owned)
@@ -126,6 +137,32 @@ pub fn cni_dir() -> Result<PathBuf> {
     Ok(cache_root()?.join(format!("cni-plugins-{CNI_PLUGINS_VERSION}")))
 }
 
+/// The wrapper module of upstream Prometheus, `testinfra/prometheus`.
+pub fn prometheus_module_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../prometheus")
+}
+
+/// The `github.com/prometheus/prometheus` version its wrapper module requires (`v0.316.0` is
+/// Prometheus 3.16.0: the Go module numbers 3.x releases as v0.3xx).
+pub fn prometheus_version() -> Result<String> {
+    let path = prometheus_module_dir().join("go.mod");
+    let go_mod =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    required_version_of(&go_mod, "github.com/prometheus/prometheus").with_context(|| {
+        format!(
+            "{}: no `github.com/prometheus/prometheus vX.Y.Z` line",
+            path.display()
+        )
+    })
+}
+
+/// `<cache>/prometheus-<version>/prometheus`.
+pub fn prometheus_path() -> Result<PathBuf> {
+    Ok(cache_root()?
+        .join(format!("prometheus-{}", prometheus_version()?))
+        .join("prometheus"))
+}
+
 pub fn kube_router_path() -> Result<PathBuf> {
     Ok(cache_root()?
         .join(format!("kube-router-{KUBE_ROUTER_VERSION}"))
@@ -148,6 +185,7 @@ impl Binaries {
             agnhost: k8s.join("agnhost"),
             cni_bin_dir: cni_dir()?,
             kube_router: kube_router_path()?,
+            prometheus: prometheus_path()?,
             containerd: PathBuf::from("/usr/bin/containerd"),
             busybox: PathBuf::from("/bin/busybox"),
         };
@@ -216,5 +254,14 @@ mod tests {
             Some("v1.34.4")
         );
         assert!(kubernetes_version().unwrap().starts_with("v1."));
+    }
+
+    #[test]
+    fn the_prometheus_module_names_a_version() {
+        assert!(prometheus_version().unwrap().starts_with("v0."));
+        assert!(prometheus_path().unwrap().ends_with(format!(
+            "prometheus-{}/prometheus",
+            prometheus_version().unwrap()
+        )));
     }
 }

@@ -43,6 +43,10 @@ pub struct NodeOptions {
     pub detached: bool,
     /// Extra docker-archive images to import before kubelet starts.
     pub images: Vec<PathBuf>,
+    /// How many pod addresses host-local hands out (from `.2` of the pod subnet); `None`: the
+    /// whole subnet. A test that runs exactly this many pods gets a deleted pod's address
+    /// reused by the next pod: the only one free.
+    pub pod_addresses: Option<u8>,
 }
 
 pub struct Node {
@@ -376,7 +380,7 @@ impl Node {
 
         // --- containerd with the bridge CNI, then the images, then kubelet.
         node.write_containerd_config()?;
-        node.write_cni_config()?;
+        node.write_cni_config(opts.pod_addresses)?;
         let mut containerd = Command::new(&node.bins.containerd);
         containerd
             .arg("--config")
@@ -681,7 +685,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         Ok(())
     }
 
-    fn write_cni_config(&self) -> Result<()> {
+    fn write_cni_config(&self, pod_addresses: Option<u8>) -> Result<()> {
+        let range = pod_range(pod_addresses)?;
         let conf = format!(
             r#"{{
   "cniVersion": "1.0.0",
@@ -696,7 +701,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       "ipam": {{
         "type": "host-local",
         "dataDir": "{ipam}",
-        "ranges": [[{{"subnet": "{POD_SUBNET}", "gateway": "{POD_GATEWAY}"}}]],
+        "ranges": [[{{"subnet": "{POD_SUBNET}", "gateway": "{POD_GATEWAY}"{range}}}]],
         "routes": [{{"dst": "0.0.0.0/0"}}]
       }}
     }},
@@ -800,6 +805,25 @@ impl Drop for Node {
     }
 }
 
+/// The host-local range fields limiting the pod addresses to `count` from `.2` (after the
+/// gateway), or nothing for the whole subnet.
+fn pod_range(count: Option<u8>) -> Result<String> {
+    let Some(count) = count else {
+        return Ok(String::new());
+    };
+    let prefix = POD_GATEWAY
+        .rsplit_once('.')
+        .map(|(p, _)| p)
+        .context("POD_GATEWAY is an IPv4 address")?;
+    if !(1..=253).contains(&count) {
+        bail!("pod_addresses must be 1 to 253, not {count}");
+    }
+    Ok(format!(
+        ", \"rangeStart\": \"{prefix}.2\", \"rangeEnd\": \"{prefix}.{}\"",
+        1 + u16::from(count)
+    ))
+}
+
 fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<i32> {
     let file = File::options()
         .create(true)
@@ -861,4 +885,20 @@ current-context: flowwatch-node
 ",
         ca = ca.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_range_holds_the_asked_number_of_addresses() {
+        assert_eq!(pod_range(None).unwrap(), "");
+        assert_eq!(
+            pod_range(Some(10)).unwrap(),
+            r#", "rangeStart": "10.244.0.2", "rangeEnd": "10.244.0.11""#
+        );
+        assert!(pod_range(Some(0)).is_err());
+        assert!(pod_range(Some(254)).is_err());
+    }
 }
