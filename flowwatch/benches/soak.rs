@@ -451,6 +451,8 @@ fn main() {
         &snapshot_arg,
         "--series-budget",
         &budget,
+        "--series-budget-per-namespace",
+        &budget,
         "--series-ttl-secs",
         "120",
     ]);
