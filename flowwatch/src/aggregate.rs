@@ -194,12 +194,23 @@ impl Aggregator {
         if kind == EventKind::TcpClosed {
             // The closing socket's local->remote view: either orientation may be ours. As the
             // flow's key (initiator -> responder) it is the initiator's socket, reversed the
-            // responder's.
+            // responder's. Both flows may exist (a wire-only flow of the other orientation,
+            // started by a late packet): the close goes to the one whose socket it is, open.
+            let reversed = key.reversed();
+            let mut as_initiator = false;
             if let Some(tracked) = self.flows.get_mut(&key) {
-                return tracked.socket_closed(End::Client, at);
+                if tracked.client_socket == Socket::Open {
+                    return tracked.socket_closed(End::Client, at);
+                }
+                as_initiator = true;
             }
-            if let Some(tracked) = self.flows.get_mut(&key.reversed()) {
-                tracked.socket_closed(End::Server, at);
+            if let Some(tracked) = self.flows.get_mut(&reversed) {
+                if !as_initiator || tracked.server_socket == Socket::Open {
+                    return tracked.socket_closed(End::Server, at);
+                }
+            }
+            if let Some(tracked) = self.flows.get_mut(&key) {
+                tracked.socket_closed(End::Client, at);
             }
             return;
         }
@@ -832,6 +843,31 @@ mod tests {
             "its own packets only"
         );
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn a_close_goes_to_the_flow_whose_socket_it_is_not_to_a_wire_flow_of_the_other_orientation() {
+        use flowwatch_common::TCP_ACK;
+        // A late packet of an earlier connection on this 5-tuple, counted after its kernel
+        // entry was freed, started a wire-only flow keyed server -> client (the orientation
+        // its ports suggested); the new connection's sockets are keyed client -> server. The
+        // server's close (its local view: server -> client) must close the new connection's
+        // server socket, not the wire flow.
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(totals_with_flags(k.reversed(), 1, 0, S, (TCP_ACK, 0)));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S + 1));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Server, S + 1));
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S + 2));
+        a.apply(ev(k.reversed(), EventKind::TcpClosed, Role::Unknown, S + 3));
+        let done = a.expire(S + 3 + 2 * S);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].flow.key, k);
+        assert_eq!(done[0].reason, EndReason::Closed);
+        assert_eq!(done[0].flow.outcome, Outcome::Established);
+        let wire = a.flows().next().unwrap();
+        assert_eq!(wire.key, k.reversed());
+        assert!(!wire.closed, "the wire flow has no socket to close");
     }
 
     #[test]
