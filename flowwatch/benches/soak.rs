@@ -164,16 +164,18 @@ fn short_exchange(c: &mut TcpStream) {
     }
 }
 
-/// Short connections from `pod` to `to`, one every `pause`, until stopped or `alive` says the
-/// pod is gone; the ledger of those made.
-fn short_client(
+/// Runs `attempt` from `pod` every `pause` until stopped, or until `alive` (a generation
+/// counter and this thread's generation) says the pod was replaced; the ledger of the client
+/// addresses it returned.
+fn ledger_loop(
     pod: &Pod,
-    to: SocketAddr,
     pause: Duration,
     clock: &Clock,
     alive: Option<(Arc<AtomicU64>, u64)>,
+    mut attempt: impl FnMut(std::net::Ipv4Addr) -> Option<SocketAddr> + Send + 'static,
 ) -> JoinHandle<Ledger> {
     let clock = clock.clone();
+    let ip = pod.ipv4;
     pod.run(move || {
         let mut ledger = Ledger::default();
         let current = || {
@@ -182,62 +184,58 @@ fn short_client(
                 .is_none_or(|(g, mine)| g.load(Ordering::Relaxed) == *mine)
         };
         while clock.running() && current() {
-            // Every connection made counts (its handshake completed), whatever the exchange.
-            if let Ok(mut c) = TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
-                if let Ok(local) = c.local_addr() {
-                    ledger.add(local);
-                }
-                short_exchange(&mut c);
+            if let Some(local) = attempt(ip) {
+                ledger.add(local);
             }
             clock.sleep(pause);
         }
         ledger
+    })
+}
+
+/// Short connections from `pod` to `to`, one every `pause`; the ledger of those made (every
+/// connection whose handshake completed counts, whatever the exchange).
+fn short_client(
+    pod: &Pod,
+    to: SocketAddr,
+    pause: Duration,
+    clock: &Clock,
+    alive: Option<(Arc<AtomicU64>, u64)>,
+) -> JoinHandle<Ledger> {
+    ledger_loop(pod, pause, clock, alive, move |_| {
+        let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok()?;
+        let local = c.local_addr().ok();
+        short_exchange(&mut c);
+        local
     })
 }
 
 /// Connections from the same few client ports in turn (each port reused every
 /// `REUSED_PORTS.len()` connections), to `to`; the ledger of those made.
 fn reusing_client(pod: &Pod, to: SocketAddr, pause: Duration, clock: &Clock) -> JoinHandle<Ledger> {
-    let clock = clock.clone();
-    let ip = pod.ipv4;
-    pod.run(move || {
-        let mut ledger = Ledger::default();
-        let mut n = 0usize;
-        while clock.running() {
-            let local = SocketAddr::new(ip.into(), REUSED_PORTS[n % REUSED_PORTS.len()]);
-            n += 1;
-            if let Ok(mut c) = traffic::connect_from(local, to) {
-                ledger.add(local);
-                short_exchange(&mut c);
-            }
-            clock.sleep(pause);
-        }
-        ledger
+    let mut n = 0usize;
+    ledger_loop(pod, pause, clock, None, move |ip| {
+        let local = SocketAddr::new(ip.into(), REUSED_PORTS[n % REUSED_PORTS.len()]);
+        n += 1;
+        let mut c = traffic::connect_from(local, to).ok()?;
+        short_exchange(&mut c);
+        Some(local)
     })
 }
 
 /// Refused attempts (nothing listens on `to`), one every `pause`; the ledger of the attempts
 /// the server refused.
 fn refused_client(pod: &Pod, to: SocketAddr, pause: Duration, clock: &Clock) -> JoinHandle<Ledger> {
-    let clock = clock.clone();
-    let ip = pod.ipv4;
-    pod.run(move || {
-        let mut ledger = Ledger::default();
-        while clock.running() {
-            // A port of the kernel's choosing (bound, then released), so the attempt's port
-            // is known.
-            let port = TcpListener::bind(SocketAddr::new(ip.into(), 0))
-                .and_then(|l| l.local_addr())
-                .ok();
-            if let Some(local) = port {
-                match traffic::connect_from(local, to) {
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => ledger.add(local),
-                    _ => {}
-                }
-            }
-            clock.sleep(pause);
+    ledger_loop(pod, pause, clock, None, move |ip| {
+        // A port of the kernel's choosing (bound, then released), so the attempt's port is
+        // known.
+        let local = TcpListener::bind(SocketAddr::new(ip.into(), 0))
+            .and_then(|l| l.local_addr())
+            .ok()?;
+        match traffic::connect_from(local, to) {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Some(local),
+            _ => None,
         }
-        ledger
     })
 }
 
