@@ -155,6 +155,28 @@ fn main() {
             result.summary()
         );
         print!("{}", result.details());
+        // Records of the server's port that are not an established client-to-server record:
+        // late packets (midstream), attempts, and anything oriented the other way.
+        let mut others: std::collections::BTreeMap<String, u64> = Default::default();
+        for r in &records {
+            let to_server =
+                r["dst"]["port"] == addr.port() && r["dst"]["ip"] == addr.ip().to_string();
+            let from_server =
+                r["src"]["port"] == addr.port() && r["src"]["ip"] == addr.ip().to_string();
+            if (to_server && r["outcome"] == "established") || !(to_server || from_server) {
+                continue;
+            }
+            let what = format!(
+                "{}{}/{}",
+                if from_server { "server->client " } else { "" },
+                r["outcome"].as_str().unwrap_or("?"),
+                r["end_reason"].as_str().unwrap_or("?")
+            );
+            *others.entry(what).or_default() += 1;
+        }
+        if !others.is_empty() {
+            println!("saturation: round {round}: other records of the server's port: {others:?}");
+        }
         made += result.made;
         missing += result.missing;
         extra += result.extra;

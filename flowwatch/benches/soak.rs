@@ -557,7 +557,7 @@ fn main() {
         if now >= next_scrape {
             match scrape(&agent, started.elapsed()) {
                 Ok(s) => {
-                    if scrapes.len() % 12 == 0 {
+                    if scrapes.len().is_multiple_of(12) {
                         println!(
                             "soak: {:>5.0} s: RSS {:.1} MiB, {} series ({} at most in one family), {} snapshot versions, {churned} pods replaced",
                             s.at.as_secs_f64(),
