@@ -77,8 +77,29 @@ struct Tracked {
     ended_at: Option<Nanos>,
     /// A socket of the flow reached ESTABLISHED (not just the wire's SYN-ACK).
     socket_established: bool,
-    /// The server's socket reached ESTABLISHED.
-    server_established: bool,
+    /// What the initiator's and the responder's sockets did (see `track_entry`).
+    client_socket: Socket,
+    server_socket: Socket,
+    /// Started as a new connection on a 5-tuple whose previous connection was still held: a
+    /// close of a socket this flow has not seen belongs to that previous connection.
+    follows_previous: bool,
+}
+
+/// One end's socket of a TCP flow, as its events told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Socket {
+    /// No event of it yet.
+    Unseen,
+    /// Established (or its attempt failed: `Closed`).
+    Open,
+    Closed,
+}
+
+/// Which end's socket an event is of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Client,
+    Server,
 }
 
 /// Whether an event may start a new connection on its 5-tuple (see `track_entry`).
@@ -171,21 +192,38 @@ impl Aggregator {
 
     fn apply_event(&mut self, key: FlowKey, kind: EventKind, role: Role, at: Nanos) {
         if kind == EventKind::TcpClosed {
-            // The closing socket's local->remote view: either orientation may be ours.
+            // The closing socket's local->remote view: either orientation may be ours. As the
+            // flow's key (initiator -> responder) it is the initiator's socket, reversed the
+            // responder's. Both flows may exist (a wire-only flow of the other orientation,
+            // started by a late packet): the close goes to the one whose socket it is, open.
+            let reversed = key.reversed();
+            let mut as_initiator = false;
             if let Some(tracked) = self.flows.get_mut(&key) {
-                return tracked.socket_closed(at);
+                if tracked.client_socket == Socket::Open {
+                    return tracked.socket_closed(End::Client, at);
+                }
+                as_initiator = true;
             }
-            if let Some(tracked) = self.flows.get_mut(&key.reversed()) {
-                tracked.socket_closed(at);
+            if let Some(tracked) = self.flows.get_mut(&reversed) {
+                if !as_initiator || tracked.server_socket == Socket::Open {
+                    return tracked.socket_closed(End::Server, at);
+                }
+            }
+            if let Some(tracked) = self.flows.get_mut(&key) {
+                tracked.socket_closed(End::Client, at);
             }
             return;
         }
 
-        // A client's attempt on a 5-tuple whose previous connection is over starts a new flow;
-        // so does a server's establishment where the previous connection had one already (the
-        // only sign of a new connection from a client on another node). A server that has not
-        // established yet belongs to the flow its client opened, even if the client closed
-        // first (an abort can overtake the server's last handshake step).
+        // A client's attempt on a 5-tuple whose previous connection is over starts a new flow,
+        // and so does an end's socket establishing (or failing) where the flow had that end's
+        // socket already: a socket establishes once, so this is a new connection even if the
+        // previous one does not look over yet (at saturation the server's last close can come
+        // after the client's next connection on the same port established; the server's
+        // establishment is also the only sign of a new connection from a client on another
+        // node). A server that has not established yet belongs to the flow its client opened,
+        // even if the client closed first (an abort can overtake the server's last handshake
+        // step).
         let attempt = match (role, kind) {
             (
                 Role::Client,
@@ -211,11 +249,18 @@ impl Aggregator {
                 flow.outcome = Outcome::Established;
                 flow.open_sockets = flow.open_sockets.saturating_add(1);
                 tracked.socket_established = true;
-                tracked.server_established |= role == Role::Server;
+                match role {
+                    Role::Client => tracked.client_socket = Socket::Open,
+                    Role::Server => tracked.server_socket = Socket::Open,
+                    Role::Wire | Role::Unknown => {}
+                }
             }
             EventKind::TcpFailed => {
                 // A socket's failure outweighs a SYN-ACK on the wire (dropped before it reached
                 // the client, or never acknowledged), not an established socket.
+                if role == Role::Client {
+                    tracked.client_socket = Socket::Closed;
+                }
                 if !tracked.socket_established {
                     flow.outcome = Outcome::Failed;
                     flow.closed = true;
@@ -242,8 +287,8 @@ impl Aggregator {
                 let previous = slot.get();
                 let over = previous.ended_at.is_some() || previous.flow.closed;
                 let new_connection = match attempt {
-                    Attempt::Client => over,
-                    Attempt::Server => over && previous.server_established,
+                    Attempt::Client => over || previous.client_socket != Socket::Unseen,
+                    Attempt::Server => previous.server_socket != Socket::Unseen,
                     Attempt::None => false,
                 };
                 if new_connection {
@@ -251,6 +296,7 @@ impl Aggregator {
                     let mut fresh = Tracked::new(key, at);
                     fresh.baseline = baseline;
                     fresh.last_totals = baseline;
+                    fresh.follows_previous = true;
                     let mut old = slot.insert(fresh);
                     // The kernel entry goes on counting the new connection: the old record
                     // must not free it when it is reported.
@@ -370,8 +416,21 @@ impl WireTotals {
 }
 
 impl Tracked {
-    /// One of the flow's local sockets closed at `at`.
-    fn socket_closed(&mut self, at: Nanos) {
+    /// One of the flow's local sockets, `end`'s, closed at `at`.
+    fn socket_closed(&mut self, end: End, at: Nanos) {
+        let socket = match end {
+            End::Client => &mut self.client_socket,
+            End::Server => &mut self.server_socket,
+        };
+        match *socket {
+            Socket::Open => *socket = Socket::Closed,
+            // The previous connection on this 5-tuple, reported already: its socket's close
+            // came after this connection's first event.
+            Socket::Unseen if self.follows_previous => return,
+            // A socket whose establishment was not seen (lost, or older than the agent):
+            // counted as before, by the sockets open.
+            Socket::Unseen | Socket::Closed => {}
+        }
         let flow = &mut self.flow;
         flow.open_sockets = flow.open_sockets.saturating_sub(1);
         flow.last_seen = flow.last_seen.max(at);
@@ -388,7 +447,9 @@ impl Tracked {
             last_totals: Counters::default(),
             ended_at: None,
             socket_established: false,
-            server_established: false,
+            client_socket: Socket::Unseen,
+            server_socket: Socket::Unseen,
+            follows_previous: false,
         }
     }
 }
@@ -735,6 +796,78 @@ mod tests {
         assert_eq!(current.outcome, Outcome::Established);
         assert!(!current.closed, "the new connection is open");
         assert_eq!(current.counters.fwd_packets, 3);
+    }
+
+    #[test]
+    fn a_new_connection_on_the_port_is_new_even_before_the_previous_servers_close_arrives() {
+        // Both ends on this node, the server closed first. The server's socket emits its close
+        // as it becomes a TIME_WAIT socket, after it acknowledged the client's FIN: on a
+        // saturated node the client can take that ACK, close, and connect again from the same
+        // port (the server's TIME_WAIT accepts the new SYN) before the server's close is
+        // emitted. The second connection must not be merged into the first.
+        let k = key(Protocol::Tcp);
+        let server_view = k.reversed();
+        let mut a = agg();
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Server, S + 1));
+        a.apply(totals(k, 5, 4, S + 2));
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S + 3));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S + 4));
+        a.apply(ev(server_view, EventKind::TcpClosed, Role::Unknown, S + 5));
+        assert!(
+            a.flows().all(|f| !f.closed),
+            "the first connection's last close does not end the second"
+        );
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Server, S + 6));
+        a.apply(totals(k, 9, 7, S + 7));
+        a.apply(ev(server_view, EventKind::TcpClosed, Role::Unknown, S + 8));
+        let first = a.expire(10 * S);
+        assert_eq!(first.len(), 1, "only the first is over: {first:?}");
+        assert_eq!(first[0].reason, EndReason::Reused);
+        assert_eq!(first[0].flow.first_seen, S);
+        assert_eq!(first[0].flow.outcome, Outcome::Established);
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S + 9));
+        let done = a.expire(S + 9 + 2 * S);
+        assert_eq!(done.len(), 1, "{done:?}");
+        let second = &done[0];
+        assert_eq!(second.reason, EndReason::Closed);
+        assert_eq!(second.flow.outcome, Outcome::Established);
+        assert!(second.flow.seen_at_client && second.flow.seen_at_server);
+        assert_eq!(second.flow.first_seen, S + 4);
+        assert_eq!(
+            (
+                second.flow.counters.fwd_packets,
+                second.flow.counters.rev_packets
+            ),
+            (4, 3),
+            "its own packets only"
+        );
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn a_close_goes_to_the_flow_whose_socket_it_is_not_to_a_wire_flow_of_the_other_orientation() {
+        use flowwatch_common::TCP_ACK;
+        // A late packet of an earlier connection on this 5-tuple, counted after its kernel
+        // entry was freed, started a wire-only flow keyed server -> client (the orientation
+        // its ports suggested); the new connection's sockets are keyed client -> server. The
+        // server's close (its local view: server -> client) must close the new connection's
+        // server socket, not the wire flow.
+        let k = key(Protocol::Tcp);
+        let mut a = agg();
+        a.apply(totals_with_flags(k.reversed(), 1, 0, S, (TCP_ACK, 0)));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Client, S + 1));
+        a.apply(ev(k, EventKind::TcpEstablished, Role::Server, S + 1));
+        a.apply(ev(k, EventKind::TcpClosed, Role::Unknown, S + 2));
+        a.apply(ev(k.reversed(), EventKind::TcpClosed, Role::Unknown, S + 3));
+        let done = a.expire(S + 3 + 2 * S);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].flow.key, k);
+        assert_eq!(done[0].reason, EndReason::Closed);
+        assert_eq!(done[0].flow.outcome, Outcome::Established);
+        let wire = a.flows().next().unwrap();
+        assert_eq!(wire.key, k.reversed());
+        assert!(!wire.closed, "the wire flow has no socket to close");
     }
 
     #[test]

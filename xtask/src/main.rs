@@ -55,10 +55,18 @@ enum Command {
     Demo,
     /// Run the whole test suite as CI does (installs what is missing first); ends with totals.
     Test,
-    /// Run a benchmark and print its figures: `capture` and `datapath` (need root), `policy`, `metrics`, `enrich`.
+    /// Run a benchmark and print its figures: `capture`, `saturation` and `datapath` (need root), `policy`, `metrics`, `enrich`.
     Bench {
         /// Which benchmark.
         name: String,
+    },
+    /// The soak (needs root; not in CI): the release agent under mixed traffic between test
+    /// pods for `--minutes`, then its RSS, series, losses and a sampled set of connections
+    /// checked; exits non-zero when a check fails.
+    Soak {
+        /// How long the traffic runs.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1440))]
+        minutes: u64,
     },
     /// Fuzz every parser (cargo fuzz; not in CI): each target for `--secs` from its seeds.
     Fuzz {
@@ -85,6 +93,17 @@ fn bench(name: &str) -> anyhow::Result<()> {
         "--bench",
         name,
     ]))
+}
+
+/// The soak is a `cargo bench` target of the flowwatch crate too (it shares the tests' pod and
+/// agent harness), run against the release agent.
+fn soak(minutes: u64) -> anyhow::Result<()> {
+    setup::run()?;
+    setup::run_cmd(
+        std::process::Command::new("cargo")
+            .args(["bench", "-p", "flowwatch", "--bench", "soak"])
+            .env("FLOWWATCH_SOAK_MINUTES", minutes.to_string()),
+    )
 }
 
 /// The demo is an example of the flowwatch crate (it shares the tests' pod harness).
@@ -128,6 +147,7 @@ fn main() {
         Command::Demo => demo(),
         Command::Test => test::run(),
         Command::Bench { name } => bench(&name),
+        Command::Soak { minutes } => soak(minutes),
         Command::Fuzz {
             secs,
             target,

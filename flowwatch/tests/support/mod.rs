@@ -7,6 +7,7 @@ pub mod apiserver;
 pub mod frames;
 pub mod helm;
 pub mod jsonschema;
+pub mod ledger;
 pub mod netns;
 pub mod netpol_analyzer;
 pub mod privileged;

@@ -82,25 +82,63 @@ impl Node {
             assert!(host_if.len() <= 15, "interface name {host_if} too long");
             let ipv4 = Ipv4Addr::new(10, a as u8, b as u8, i as u8 + 1);
             let ipv6: Ipv6Addr = format!("fd77:{n:x}::{:x}", i + 1).parse().unwrap();
-            sh(&["ip", "netns", "add", &netns]);
             node.pods.push(Pod {
-                netns: netns.clone(),
-                host_if: host_if.clone(),
+                netns,
+                host_if,
                 ipv4,
                 ipv6,
             });
-            sh(&[
-                "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
-                &netns,
-            ]);
-            sh(&["ip", "link", "set", &host_if, "master", &bridge, "up"]);
-            let pod = node.pods.last().unwrap();
-            pod.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"]);
-            pod.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"]);
-            pod.ip(&["link", "set", "eth0", "up"]);
-            pod.ip(&["link", "set", "lo", "up"]);
+            node.plug(i);
         }
         node
+    }
+
+    /// Creates pod `i`'s namespace, veth and addresses.
+    fn plug(&self, i: usize) {
+        let pod = &self.pods[i];
+        sh(&["ip", "netns", "add", &pod.netns]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &pod.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod.netns,
+        ]);
+        sh(&[
+            "ip",
+            "link",
+            "set",
+            &pod.host_if,
+            "master",
+            &self.bridge,
+            "up",
+        ]);
+        pod.ip(&["addr", "add", &format!("{}/24", pod.ipv4), "dev", "eth0"]);
+        pod.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", pod.ipv6),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        pod.ip(&["link", "set", "eth0", "up"]);
+        pod.ip(&["link", "set", "lo", "up"]);
+    }
+
+    /// Deletes pod `i` (its veth, then its namespace, and every socket in it) and creates it
+    /// again with the same names and addresses: a pod replaced by one that reuses its IP.
+    pub fn recreate_pod(&self, i: usize) {
+        let pod = &self.pods[i];
+        sh(&["ip", "link", "del", &pod.host_if]);
+        sh(&["ip", "netns", "del", &pod.netns]);
+        self.plug(i);
     }
 
     /// The interface glob matching this node's pod interfaces.

@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -87,5 +88,72 @@ pub fn wait_record(agent: &Agent, dst: SocketAddr, skip: usize) -> Value {
             agent.stderr()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TCP connection from `local` (bound with SO_REUSEADDR: the port is used again as soon as
+/// its previous connection is closed) to `to`.
+pub fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(local) = local else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let SocketAddr::V4(to) = to else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns (TcpStream takes it).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let (l, t) = (sockaddr(local), sockaddr(to));
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+            || libc::bind(fd, &l as *const _ as *const libc::sockaddr, len) != 0
+            || libc::connect(fd, &t as *const _ as *const libc::sockaddr, len) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// Makes `close` abort the connection with a RST (SO_LINGER 0): no TIME_WAIT on either end,
+/// so the client's port can be used again at once.
+pub fn abort_on_close(c: &TcpStream) -> std::io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
