@@ -210,3 +210,8 @@ mod tests {
         assert_eq!(parse_series_ttl_secs("900"), Ok(900));
     }
 }
+
+/// `--otlp-endpoint`: an OTLP/HTTP URL (checked here so a typo stops the agent at start).
+pub fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    crate::export::otlp::parse_endpoint(s.trim()).map(|_| s.trim().to_string())
+}

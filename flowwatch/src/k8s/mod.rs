@@ -125,6 +125,55 @@ pub struct WatchOptions {
     /// pause is jittered up to twice its base ([`backoff::Backoff`]).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How the initial state of each kind is fetched (see [`ListStrategy`]).
+    pub list_strategy: ListStrategy,
+}
+
+/// How a watch gets the objects that exist when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ListStrategy {
+    /// A streaming list (`sendInitialEvents=true`, KEP-3157 WatchList) when the server
+    /// supports it, else paged lists: a kind whose streaming watch the server refuses as a bad
+    /// request (400/422: the WatchList feature is off or unknown) lists in pages from then on.
+    #[default]
+    Auto,
+    /// Always a streaming list: one watch request per kind, served from the API server's watch
+    /// cache, instead of a list request per page and a watch.
+    Streaming,
+    /// Always paged lists (`limit`/`continue`), then a watch.
+    Paged,
+}
+
+/// The watcher settings of one watch of a kind (page size, timeout, list strategy).
+pub fn watcher_config(opts: &WatchOptions, streaming: bool) -> watcher::Config {
+    let mut cfg = watcher::Config {
+        page_size: Some(opts.page_size),
+        ..Default::default()
+    };
+    if let Some(t) = opts.watch_timeout_secs {
+        cfg = cfg.timeout(t);
+    }
+    if streaming {
+        cfg = cfg.streaming_lists();
+    }
+    cfg
+}
+
+/// Whether a streaming watch that has not delivered its initial state yet failed because the
+/// server does not do streaming lists: it rejects `sendInitialEvents` as invalid (422, or 400),
+/// or, for a metadata-only watch, answers with a Status that is no watch event (kube-rs cannot
+/// decode it). Any of these on a kind whose streaming list never completed means: list in pages.
+fn refuses_streaming_lists(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(e))
+        | watcher::Error::WatchError(e)
+        | watcher::Error::WatchFailed(kube::Error::Api(e)) => {
+            matches!(e.code, 400 | 422)
+        }
+        watcher::Error::WatchStartFailed(kube::Error::SerdeError(_))
+        | watcher::Error::WatchFailed(kube::Error::SerdeError(_)) => true,
+        _ => false,
+    }
 }
 
 impl Default for WatchOptions {
@@ -135,6 +184,7 @@ impl Default for WatchOptions {
             page_size: 100,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
+            list_strategy: ListStrategy::Auto,
         }
     }
 }
@@ -675,13 +725,9 @@ async fn run_kind<K>(
 {
     let ar = ApiResource::erase::<K>(&());
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let mut cfg = watcher::Config {
-        page_size: Some(opts.page_size),
-        ..Default::default()
-    };
-    if let Some(t) = opts.watch_timeout_secs {
-        cfg = cfg.timeout(t);
-    }
+    let mut streaming = opts.list_strategy != ListStrategy::Paged;
+    // A streaming list of this kind has completed: from then on a failure is a failure.
+    let mut streamed = false;
     let mut backoff = backoff::Backoff::new(
         opts.min_backoff,
         opts.max_backoff,
@@ -692,7 +738,7 @@ async fn run_kind<K>(
     let mut lists = 0u64;
     let mut init_count = 0usize;
     loop {
-        let mut stream = watch_stream(kind, api.clone(), cfg.clone());
+        let mut stream = watch_stream(kind, api.clone(), watcher_config(&opts, streaming));
         loop {
             let item = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -700,6 +746,16 @@ async fn run_kind<K>(
             };
             let event = match item {
                 None => break,
+                Some(Err(e))
+                    if streaming
+                        && !streamed
+                        && opts.list_strategy == ListStrategy::Auto
+                        && refuses_streaming_lists(&e) =>
+                {
+                    streaming = false;
+                    tracing::info!(?kind, error = %e, "the API server does not stream lists (WatchList); listing in pages");
+                    break;
+                }
                 Some(Err(e)) => match failure(&e) {
                     Failure::WatchExpired => {
                         // The watcher relists by itself; the store keeps the last state until
@@ -742,6 +798,7 @@ async fn run_kind<K>(
                 }
                 Event::InitDone => {
                     expired_since_listed = false;
+                    streamed |= streaming;
                     lists += 1;
                     if lists > 1 {
                         status.relists.get_or_create(&KindLabels { kind }).inc();

@@ -5,10 +5,12 @@
 pub mod agent;
 pub mod apiserver;
 pub mod frames;
+pub mod gocache;
 pub mod helm;
 pub mod jsonschema;
 pub mod netns;
 pub mod netpol_analyzer;
+pub mod otelcol;
 pub mod privileged;
 pub mod prometheus;
 pub mod snapshot;
