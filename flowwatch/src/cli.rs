@@ -137,10 +137,10 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_KUBE", default_value_t = false, action = clap::ArgAction::Set)]
     pub kube: bool,
 
-    /// How each watch gets the objects that exist when it starts: `auto` (a streaming list,
-    /// sendInitialEvents/WatchList, where the API server supports it, else paged lists),
-    /// `streaming` or `paged`.
-    #[arg(long, env = "FLOWWATCH_KUBE_LIST_STRATEGY", value_enum, default_value_t = crate::k8s::ListStrategy::Auto)]
+    /// How each watch gets the objects that exist when it starts: `paged` (lists of 100, then
+    /// a watch), `streaming` (sendInitialEvents, the WatchList feature) or `auto` (streaming
+    /// where the API server supports it, else paged). See docs/benchmarks.md for what each costs.
+    #[arg(long, env = "FLOWWATCH_KUBE_LIST_STRATEGY", value_enum, default_value_t = crate::k8s::ListStrategy::Paged)]
     pub kube_list_strategy: crate::k8s::ListStrategy,
 
     /// This node's name (from the downward API in the DaemonSet), written into each flow record.

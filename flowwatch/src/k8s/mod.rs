@@ -130,17 +130,24 @@ pub struct WatchOptions {
 }
 
 /// How a watch gets the objects that exist when it starts.
+///
+/// Paged is the default: with kube-runtime 2.0.1 a streaming watch asks for the initial events
+/// again each time it resumes (every 290 s per kind, kube-rs issue #1844, fixed upstream by
+/// kube-rs PR #1882 in a later release), so at rest it downloads the whole state again every
+/// few minutes, where a paged agent resumes its watch for free (figures in
+/// docs/benchmarks.md). Streaming pays off in a restart storm; switch the default once the
+/// kube-rs upgrade carries the fix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ListStrategy {
     /// A streaming list (`sendInitialEvents=true`, KEP-3157 WatchList) when the server
-    /// supports it, else paged lists: a kind whose streaming watch the server refuses as a bad
-    /// request (400/422: the WatchList feature is off or unknown) lists in pages from then on.
-    #[default]
+    /// supports it, else paged lists: a kind whose streaming watch the server refuses (422/400:
+    /// the WatchList feature off or unknown) before it ever completed lists in pages from then on.
     Auto,
-    /// Always a streaming list: one watch request per kind, served from the API server's watch
-    /// cache, instead of a list request per page and a watch.
+    /// Always a streaming list: one watch request per kind instead of a list request per page
+    /// and a watch.
     Streaming,
-    /// Always paged lists (`limit`/`continue`), then a watch.
+    /// Paged lists (`limit`/`continue`), then a watch resumed from its resourceVersion.
+    #[default]
     Paged,
 }
 
@@ -184,7 +191,7 @@ impl Default for WatchOptions {
             page_size: 100,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
-            list_strategy: ListStrategy::Auto,
+            list_strategy: ListStrategy::Paged,
         }
     }
 }
