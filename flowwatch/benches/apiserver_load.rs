@@ -254,7 +254,9 @@ async fn one_agent_sync(
 ) -> (ClusterWatch, CancellationToken, Counted) {
     let cancel = CancellationToken::new();
     let (url, counted) = proxy(port_of(api.url()), cancel.clone()).await;
-    let client = api.client_via(&url, ADMIN_TOKEN).await;
+    let mut config = api.config_via(&url, ADMIN_TOKEN).await;
+    config.read_timeout = Some(Duration::from_secs(295));
+    let client = kube::Client::try_from(config).expect("client");
     let (l0, w0, _) = requests(api).await;
     let started = Instant::now();
     let w = ClusterWatch::start(client, opts(strategy), cancel.clone());
@@ -284,7 +286,11 @@ async fn many_agents(api: &ApiServer, agents: usize, strategy: ListStrategy, row
     let (url, counted) = proxy(port_of(api.url()), cancel.clone()).await;
     let mut clients = Vec::with_capacity(agents);
     for _ in 0..agents {
-        clients.push(api.client_via(&url, ADMIN_TOKEN).await);
+        // As the agent's in-cluster client: kube's 295 s read timeout, not the tests' 30 s.
+        let mut config = api.config_via(&url, ADMIN_TOKEN).await;
+        config.read_timeout = Some(Duration::from_secs(295));
+        config.connect_timeout = Some(Duration::from_secs(10));
+        clients.push(kube::Client::try_from(config).expect("client"));
     }
     let (l0, w0, r0) = requests(api).await;
     let cpu0 = cpu_seconds(pid);
@@ -296,10 +302,10 @@ async fn many_agents(api: &ApiServer, agents: usize, strategy: ListStrategy, row
         .collect();
     let mut synced_at = Vec::with_capacity(agents);
     for w in &watches {
-        let left = Duration::from_secs(600).saturating_sub(started.elapsed());
+        let left = Duration::from_secs(300).saturating_sub(started.elapsed());
         assert!(
             w.wait_synced(left).await,
-            "an agent did not sync within 600 s: {:?}",
+            "an agent did not sync within 300 s: {:?}",
             w.status().report()
         );
         synced_at.push(started.elapsed());

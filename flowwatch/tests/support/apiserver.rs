@@ -243,7 +243,7 @@ impl ApiServer {
 
     /// A client for `url` (e.g. a proxy in front of this server on loopback: the server's
     /// certificate holds 127.0.0.1) with `token`.
-    pub async fn client_via(&self, url: &str, token: &str) -> Client {
+    pub async fn config_via(&self, url: &str, token: &str) -> kube::Config {
         let yaml = kubeconfig_yaml(url, &self.dir.path().join("certs/apiserver.crt"), token);
         let kc = Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
         let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -251,7 +251,12 @@ impl ApiServer {
             .expect("client config");
         config.connect_timeout = Some(Duration::from_secs(2));
         config.read_timeout = Some(Duration::from_secs(30));
-        Client::try_from(config).expect("client")
+        config
+    }
+
+    /// [`ApiServer::config_via`] as a client.
+    pub async fn client_via(&self, url: &str, token: &str) -> Client {
+        Client::try_from(self.config_via(url, token).await).expect("client")
     }
 
     /// A kubeconfig file for `token` (written into the temp dir).
