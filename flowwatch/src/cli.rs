@@ -6,6 +6,7 @@ pub mod values;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 
 /// Default pod-interface patterns: the host-side veth names of common CNIs (bridge/ptp plugins,
@@ -37,10 +38,56 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_FLOW_LOG_MAX_FILES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub flow_log_max_files: u32,
 
+    /// Also export every flow record as an OpenTelemetry log record over OTLP/HTTP (protobuf)
+    /// to this collector: `http://host:port` (`/v1/logs` is added) or `http://host:port/path`.
+    #[arg(long, env = "FLOWWATCH_OTLP_ENDPOINT", value_parser = values::parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
+    /// Most flow records the exporter holds while the collector is slow or away; beyond it new
+    /// records are dropped and counted (flowwatch_flow_export_records_dropped_total).
+    #[arg(long, env = "FLOWWATCH_OTLP_BUFFER_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|v| v as usize))]
+    pub otlp_buffer_records: usize,
+
+    /// Most flow records per OTLP request.
+    #[arg(long, env = "FLOWWATCH_OTLP_BATCH_RECORDS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=10_000).map(|v| v as usize))]
+    pub otlp_batch_records: usize,
+
+    /// The agent's pod and namespace (from the downward API in the DaemonSet), the
+    /// `k8s.pod.name` and `k8s.namespace.name` of the exported records' resource.
+    #[arg(long, env = "FLOWWATCH_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// The agent's namespace (`k8s.namespace.name` of the exported records' resource).
+    #[arg(long, env = "FLOWWATCH_POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
     /// Address of the HTTP server (/metrics, /healthz, /readyz): `address:port`, or
     /// `host:port` with a name resolved at startup.
     #[arg(long, env = "FLOWWATCH_LISTEN", default_value = "0.0.0.0:9810", value_parser = values::parse_listen)]
     pub listen: SocketAddr,
+
+    /// Serve the HTTP server over TLS with this certificate (PEM chain; needs
+    /// --metrics-tls-key-file). Both files are re-read when they change on disk.
+    #[arg(
+        long,
+        env = "FLOWWATCH_METRICS_TLS_CERT_FILE",
+        requires = "metrics_tls_key_file"
+    )]
+    pub metrics_tls_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --metrics-tls-cert-file.
+    #[arg(
+        long,
+        env = "FLOWWATCH_METRICS_TLS_KEY_FILE",
+        requires = "metrics_tls_cert_file"
+    )]
+    pub metrics_tls_key_file: Option<PathBuf>,
+
+    /// Who may read /metrics: `none` (anyone who reaches the port) or `kubernetes` (a bearer
+    /// token the API server authenticates (TokenReview) and allows `get` on the non-resource
+    /// URL /metrics (SubjectAccessReview)). /healthz and /readyz stay open.
+    #[arg(long, env = "FLOWWATCH_METRICS_AUTH", value_enum, default_value_t = MetricsAuth::None)]
+    pub metrics_auth: MetricsAuth,
 
     /// How often the kernel flow map is read, in milliseconds.
     #[arg(long, env = "FLOWWATCH_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -90,6 +137,12 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_KUBE", default_value_t = false, action = clap::ArgAction::Set)]
     pub kube: bool,
 
+    /// How each watch gets the objects that exist when it starts: `paged` (lists of 100, then
+    /// a watch), `streaming` (sendInitialEvents, the WatchList feature) or `auto` (streaming
+    /// where the API server supports it, else paged). See docs/benchmarks.md for what each costs.
+    #[arg(long, env = "FLOWWATCH_KUBE_LIST_STRATEGY", value_enum, default_value_t = crate::k8s::ListStrategy::Paged)]
+    pub kube_list_strategy: crate::k8s::ListStrategy,
+
     /// This node's name (from the downward API in the DaemonSet), written into each flow record.
     #[arg(long, env = "FLOWWATCH_NODE_NAME")]
     pub node_name: Option<String>,
@@ -138,6 +191,13 @@ pub struct RunArgs {
     /// otherwise.
     #[arg(long, env = "FLOWWATCH_EXIT_AFTER_SECS", value_parser = values::parse_exit_after_secs)]
     pub exit_after_secs: Option<u64>,
+}
+
+/// `--metrics-auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricsAuth {
+    None,
+    Kubernetes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -24,9 +24,11 @@
 //! the connections are bounded in number and in time ([`HttpLimits`]), so `/healthz` and
 //! `/readyz` answer while the metrics side is flooded.
 
+pub mod authz;
 mod exposition_cache;
 mod guarded_io;
 mod server;
+pub mod tls;
 
 use std::sync::{Arc, RwLock};
 
@@ -40,10 +42,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 use crate::metrics::Metrics;
+pub use authz::{Authorizer, AuthzOptions};
 pub use exposition_cache::{
     bytes_in_flight_budget, ExpositionCache, ENCODINGS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT,
 };
 pub use server::{bind, raise_fd_limit, HttpLimits, LISTEN_BACKLOG, READ_BUFFER_BYTES};
+pub use tls::{Tls, TlsFiles};
 
 /// The agent's readiness, shared between the agent (which sets it) and `/readyz`.
 #[derive(Clone, Debug)]
@@ -81,6 +85,8 @@ impl Readiness {
 pub struct HttpState {
     exposition: Arc<ExpositionCache>,
     readiness: Readiness,
+    /// When set, `/metrics` asks the API server about each scraper's token (authz.rs).
+    authz: Option<Arc<Authorizer>>,
 }
 
 impl HttpState {
@@ -88,7 +94,14 @@ impl HttpState {
         HttpState {
             exposition: Arc::new(ExpositionCache::new(registry, metrics)),
             readiness,
+            authz: None,
         }
+    }
+
+    /// Puts `/metrics` behind `authz` (`/healthz` and `/readyz` stay open for the kubelet).
+    pub fn with_authz(mut self, authz: Arc<Authorizer>) -> HttpState {
+        self.authz = Some(authz);
+        self
     }
 
     /// The shared encodings of the exposition (how many were made, how many bytes are alive).
@@ -174,8 +187,13 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 
 /// The routes, for embedding or testing.
 pub fn router(state: HttpState) -> Router {
+    let metrics = get(metrics_handler);
+    let metrics = match state.authz.clone() {
+        Some(a) => metrics.layer(axum::middleware::from_fn_with_state(a, authz::require)),
+        None => metrics,
+    };
     Router::new()
-        .route("/metrics", get(metrics_handler))
+        .route("/metrics", metrics)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -198,7 +216,18 @@ pub async fn serve_with_limits(
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    server::serve_router(listener, router(state), limits, shutdown).await
+    server::serve_router(listener, router(state), limits, None, shutdown).await
+}
+
+/// As [`serve_with_limits`], speaking TLS with `tls`'s current certificate when given.
+pub async fn serve_secured(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    limits: HttpLimits,
+    tls: Option<Arc<Tls>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    server::serve_router(listener, router(state), limits, tls, shutdown).await
 }
 
 #[cfg(test)]

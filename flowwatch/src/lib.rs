@@ -6,7 +6,7 @@
 //! Pure core: [`model`], [`aggregate`], [`inventory`], [`policy`], [`enrich`], [`classify`],
 //! [`metrics`], [`flowlog`], [`whatif`].
 //! Edges: [`datapath`] (aya), [`k8s`] (kube-rs), [`http`] (axum), [`agent`] (the runtime that
-//! wires them), [`cli`].
+//! wires them), [`export`] (the OpenTelemetry logs exporter), [`cli`].
 
 pub mod aggregate;
 pub mod classify;
@@ -24,5 +24,6 @@ pub mod whatif;
 pub mod agent;
 pub mod cli;
 pub mod datapath;
+pub mod export;
 pub mod http;
 pub mod k8s;

@@ -183,6 +183,7 @@ async fn an_expired_watch_relists_without_losing_state() {
         // Pages of two: the pods' relist takes several list requests, a window in which a
         // cache that did not buffer the relist would be seen partial or empty.
         page_size: 2,
+        list_strategy: flowwatch::k8s::ListStrategy::Paged,
         ..Default::default()
     };
     let w = watch_with(admin.clone(), opts, &cancel).await;

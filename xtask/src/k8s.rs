@@ -20,6 +20,10 @@
 //! offline policy CLI with) is built the same way from `testinfra/netpol-analyzer/`, into
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/netpol-analyzer-<version>/k8snetpolicy`.
 //!
+//! A minimal OpenTelemetry Collector (the collector's own OTLP receiver feeding a file, the
+//! reference of `flowwatch/tests/flow_export.rs`) is built the same way from `testinfra/otelcol/`
+//! into `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/otelcol-<version>/otelcol` (about 2 minutes).
+//!
 //! The test harnesses (`flowwatch/tests/support/apiserver.rs`, `testinfra/node`) find the same
 //! paths from the same `go.mod`, or take `FLOWWATCH_ETCD` / `FLOWWATCH_KUBE_APISERVER` /
 //! `FLOWWATCH_KUBECTL` when they are set.
@@ -40,6 +44,8 @@ pub struct K8sBinaries {
     pub kubectl: PathBuf,
     /// np-guard netpol-analyzer's `k8snetpolicy` (the policy agreement test's reference).
     pub netpol_analyzer: PathBuf,
+    /// The OpenTelemetry Collector of `testinfra/otelcol` (the flow exporter's reference).
+    pub otelcol: PathBuf,
 }
 
 /// The Go package whose `main` builds etcd.
@@ -94,11 +100,13 @@ pub fn build_binaries() -> Result<K8sBinaries> {
     let dir = cache_dir(&version)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let netpol_analyzer = build_netpol_analyzer()?;
+    let otelcol = build_otelcol()?;
     let bins = K8sBinaries {
         etcd: dir.join("etcd"),
         kube_apiserver: dir.join("kube-apiserver"),
         kubectl: dir.join("kubectl"),
         netpol_analyzer,
+        otelcol,
     };
     if bins.etcd.is_file() {
         eprintln!("k8s-bins: {} (cached)", bins.etcd.display());
@@ -272,6 +280,11 @@ pub fn build_netpol_analyzer() -> Result<PathBuf> {
     let go_mod = std::fs::read_to_string(&go_mod_path)
         .with_context(|| format!("reading {}", go_mod_path.display()))?;
     let path = netpol_analyzer_path(&netpol_analyzer_version(&go_mod)?)?;
+    build_cached(&module, NETPOL_ANALYZER_PKG, path)
+}
+
+/// `pkg` of the wrapper module `module` built into `path`, unless it is already there.
+fn build_cached(module: &Path, pkg: &str, path: PathBuf) -> Result<PathBuf> {
     if path.is_file() {
         eprintln!("k8s-bins: {} (cached)", path.display());
         return Ok(path);
@@ -279,8 +292,40 @@ pub fn build_netpol_analyzer() -> Result<PathBuf> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    go_build(&module, NETPOL_ANALYZER_PKG, &path, &[], "")?;
+    go_build(module, pkg, &path, &[], "")?;
     Ok(path)
+}
+
+/// The OpenTelemetry Collector wrapper module's directory.
+pub fn otelcol_module_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("testinfra")
+        .join("otelcol")
+}
+
+/// The collector release (the OTLP receiver's version) the wrapper module requires.
+pub fn otelcol_version(go_mod: &str) -> Result<String> {
+    required_version(go_mod, "go.opentelemetry.io/collector/receiver/otlpreceiver").context(
+        "testinfra/otelcol/go.mod: no `go.opentelemetry.io/collector/receiver/otlpreceiver vX.Y.Z` line",
+    )
+}
+
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/otelcol-<version>/otelcol`.
+pub fn otelcol_path(version: &str) -> Result<PathBuf> {
+    Ok(bins::cache_root()?
+        .join(format!("otelcol-{version}"))
+        .join("otelcol"))
+}
+
+/// Builds the test collector unless the cache already has it; returns its path.
+pub fn build_otelcol() -> Result<PathBuf> {
+    let module = otelcol_module_dir();
+    let go_mod_path = module.join("go.mod");
+    let go_mod = std::fs::read_to_string(&go_mod_path)
+        .with_context(|| format!("reading {}", go_mod_path.display()))?;
+    let path = otelcol_path(&otelcol_version(&go_mod)?)?;
+    build_cached(&module, ".", path)
 }
 
 /// `go build -o <out> <pkg>` in the wrapper module, through a temporary name so an interrupted
@@ -400,6 +445,12 @@ mod tests {
         assert_eq!(prometheus_release("v0.316.0").unwrap(), "3.16.0");
         assert_eq!(prometheus_release("v0.300.1").unwrap(), "3.0.1");
         assert!(prometheus_release("v2.53.0").is_err());
+    }
+
+    #[test]
+    fn reads_the_collector_version_from_go_mod() {
+        let committed = std::fs::read_to_string(otelcol_module_dir().join("go.mod")).unwrap();
+        assert_eq!(otelcol_version(&committed).unwrap(), "v0.165.0");
     }
 
     #[test]

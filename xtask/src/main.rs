@@ -24,8 +24,9 @@ enum Command {
     /// clippy) and check for Go; idempotent.
     Setup,
     /// Build (once, cached by version) the binaries the tests run: etcd, kube-apiserver,
-    /// kubectl, netpol-analyzer, and the node's kubelet, kube-proxy, controller-manager,
-    /// scheduler, agnhost, CNI plugins, kube-router, and Prometheus with Kubernetes discovery.
+    /// kubectl, netpol-analyzer, the OpenTelemetry Collector, and the node's kubelet,
+    /// kube-proxy, controller-manager, scheduler, agnhost, CNI plugins, kube-router, and
+    /// Prometheus with Kubernetes discovery.
     K8sBins,
     /// A real single-node cluster for use by hand, in a network namespace of its own (needs
     /// root): `up` starts it and prints its kubeconfig, `down` removes every trace of it.

@@ -83,6 +83,7 @@ pub fn run() -> Result<()> {
         .env("FLOWWATCH_KUBE_APISERVER", &bins.kube_apiserver)
         .env("FLOWWATCH_KUBECTL", &bins.kubectl)
         .env("FLOWWATCH_NETPOL_ANALYZER", &bins.netpol_analyzer)
+        .env("FLOWWATCH_OTELCOL", &bins.otelcol)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

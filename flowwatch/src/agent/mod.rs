@@ -3,6 +3,8 @@
 
 mod backlog;
 mod local_addresses;
+mod edge;
+mod export;
 pub mod pipeline;
 pub mod report;
 
@@ -54,6 +56,10 @@ pub enum AgentError {
     },
     #[error("connecting to the Kubernetes API: {0}")]
     Kube(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("--otlp-endpoint: {0}")]
+    Export(String),
 }
 
 /// How long after a TCP connection's end, when the agent saw the whole end (both sockets here,
@@ -97,12 +103,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ..Default::default()
         },
     })?;
-    let inventory = k8s::source::from_settings(args.snapshots.clone(), args.kube, cancel.clone())
-        .await
-        .map_err(|e| AgentError::Kube(e.to_string()))?;
+    let inventory = k8s::source::from_settings(
+        args.snapshots.clone(),
+        args.kube,
+        args.kube_list_strategy,
+        cancel.clone(),
+    )
+    .await
+    .map_err(|e| AgentError::Kube(e.to_string()))?;
     if let Some(watch) = &inventory {
         watch.status().register(&mut registry);
     }
+    let export = export::start(&args, &mut registry).map_err(AgentError::Export)?;
     let readiness = Readiness::new();
     let listener = http::bind(args.listen).map_err(|source| AgentError::Listen {
         addr: args.listen,
@@ -112,9 +124,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     // stopping" and /metrics serves the flush's counts. It stops when `run` returns.
     let http_stop = CancellationToken::new();
     let _stop_http_on_return = http_stop.clone().drop_guard();
-    tokio::spawn(http::serve(
+    let tls = edge::tls(&args, &http_stop)?;
+    let state = HttpState::new(Arc::new(registry), metrics.clone(), readiness.clone());
+    let state = edge::authorize(&args, state).await?;
+    tokio::spawn(http::serve_secured(
         listener,
-        HttpState::new(Arc::new(registry), metrics.clone(), readiness.clone()),
+        state,
+        http::HttpLimits::default(),
+        tls,
         http_stop,
     ));
 
@@ -140,6 +157,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             max_files: args.flow_log_max_files,
         },
     )?;
+    flow_log.export = export.as_ref().map(|e| e.exporter.clone());
     let clock = WallClock::new(SystemTime::now(), monotonic_now());
     let mut pipeline = Pipeline::new(
         source,
@@ -278,6 +296,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     // stops cleanly.
     write_records(&mut flow_log, &done, &classes, clock, &metrics);
     flow_log.summary();
+    if let Some(export) = export {
+        export.finish().await;
+    }
     let losses = pipeline.source.losses()?;
     tracing::info!(
         "kernel losses: ringbuf_full={} flows_map_full={} truncated_packets={} flows_dropped_by_agent={} undecodable={} unattributed_packets={}",
@@ -428,6 +449,8 @@ struct FlowLog {
     path: String,
     node: Option<String>,
     out: Option<FlowLogWriter>,
+    /// The OpenTelemetry exporter, offered every record too.
+    export: Option<crate::export::OtlpExporter>,
     written: u64,
     dropped: u64,
     /// Set while writes fail, so a full disk logs once when it starts and once when it ends.
@@ -469,6 +492,7 @@ fn open_flow_log(
         path: name,
         node,
         out,
+        export: None,
         written: 0,
         dropped: 0,
         failing: None,
@@ -485,9 +509,9 @@ fn write_records(
     clock: WallClock,
     metrics: &Metrics,
 ) {
-    let Some(out) = log.out.as_mut() else {
+    if log.out.is_none() && log.export.is_none() {
         return;
-    };
+    }
     let mut lines = Vec::with_capacity(done.len());
     for (finished, class) in done.iter().zip(classes) {
         let mut record = FlowRecord::new(finished, clock);
@@ -496,10 +520,18 @@ fn write_records(
             Some(class) => record.classified(class),
             None => record,
         };
-        let mut line = record.to_json_line();
-        line.push('\n');
-        lines.push(line);
+        if let Some(export) = &log.export {
+            export.offer(&record);
+        }
+        if log.out.is_some() {
+            let mut line = record.to_json_line();
+            line.push('\n');
+            lines.push(line);
+        }
     }
+    let Some(out) = log.out.as_mut() else {
+        return;
+    };
     let w = out.write(&lines);
     metrics.record_flow_log(w.records, w.dropped, w.reason, w.rotations, w.reopened);
     log.written += w.records;

@@ -148,6 +148,11 @@ pub fn parse_series_budget(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// `--otlp-endpoint`: an OTLP/HTTP URL (checked here so a typo stops the agent at start).
+pub fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    crate::export::otlp::parse_endpoint(s.trim()).map(|_| s.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::guarded_io::GuardedIo;
+use super::tls::Tls;
 
 /// hyper's read buffer per connection (its minimum is 8 KiB): a request line and headers of
 /// any real client fit; larger headers are refused (431) instead of buffered.
@@ -209,6 +210,7 @@ pub async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let max_connections = limits.effective_max_connections();
@@ -244,6 +246,7 @@ pub async fn serve_router(
         }
         tokio::spawn(serve_connection(
             stream,
+            tls.clone(),
             router.clone(),
             entry,
             conns.clone(),
@@ -269,17 +272,42 @@ pub async fn serve_router(
 
 async fn serve_connection(
     stream: tokio::net::TcpStream,
+    tls: Option<Arc<Tls>>,
     router: Router,
     entry: Arc<ConnEntry>,
     conns: Arc<Connections>,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    let io = TokioIo::new(GuardedIo::new(
-        stream,
-        entry.clone(),
-        limits.write_stall_timeout,
-    ));
+    // The guard sits on the socket, under TLS: progress and stalls are the client's bytes.
+    let io = GuardedIo::new(stream, entry.clone(), limits.write_stall_timeout);
+    match tls {
+        None => serve_io(io, router, &entry, limits, shutdown).await,
+        Some(tls) => {
+            let handshake = tokio::select! {
+                h = tls.accept(io, limits.header_read_timeout) => h,
+                _ = entry.evict.cancelled() => Err(std::io::ErrorKind::ConnectionAborted.into()),
+            };
+            match handshake {
+                Ok(io) => serve_io(io, router, &entry, limits, shutdown).await,
+                Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+            }
+        }
+    }
+    conns.remove(entry.id);
+}
+
+/// HTTP/1.1 on one (plain or TLS) connection until it ends, is evicted or the edge stops.
+async fn serve_io<IO>(
+    io: IO,
+    router: Router,
+    entry: &ConnEntry,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let router = router.clone();
         async move {
@@ -306,7 +334,6 @@ async fn serve_connection(
             }
         }
     }
-    conns.remove(entry.id);
 }
 
 #[cfg(test)]

@@ -196,6 +196,62 @@ pub struct WatchOptions {
     pub max_backoff: Duration,
     /// How often API discovery looks for the optional kinds ([`optional`]) coming or going.
     pub discovery_interval: Duration,
+    /// How the initial state of each kind is fetched (see [`ListStrategy`]).
+    pub list_strategy: ListStrategy,
+}
+
+/// How a watch gets the objects that exist when it starts.
+///
+/// Paged is the default: with kube-runtime 2.0.1 a streaming watch asks for the initial events
+/// again each time it resumes (every 290 s per kind, kube-rs issue #1844, fixed upstream by
+/// kube-rs PR #1882 in a later release), so at rest it downloads the whole state again every
+/// few minutes, where a paged agent resumes its watch for free (figures in
+/// docs/benchmarks.md). Streaming pays off in a restart storm; switch the default once the
+/// kube-rs upgrade carries the fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ListStrategy {
+    /// A streaming list (`sendInitialEvents=true`, KEP-3157 WatchList) when the server
+    /// supports it, else paged lists: a kind whose streaming watch the server refuses (422/400:
+    /// the WatchList feature off or unknown) before it ever completed lists in pages from then on.
+    Auto,
+    /// Always a streaming list: one watch request per kind instead of a list request per page
+    /// and a watch.
+    Streaming,
+    /// Paged lists (`limit`/`continue`), then a watch resumed from its resourceVersion.
+    #[default]
+    Paged,
+}
+
+/// The watcher settings of one watch of a kind (page size, timeout, list strategy).
+pub fn watcher_config(opts: &WatchOptions, streaming: bool) -> watcher::Config {
+    let mut cfg = watcher::Config {
+        page_size: Some(opts.page_size),
+        ..Default::default()
+    };
+    if let Some(t) = opts.watch_timeout_secs {
+        cfg = cfg.timeout(t);
+    }
+    if streaming {
+        cfg = cfg.streaming_lists();
+    }
+    cfg
+}
+
+/// Whether a streaming watch that has not delivered its initial state yet failed because the
+/// server does not do streaming lists: it rejects `sendInitialEvents` as invalid (422, or 400),
+/// or, for a metadata-only watch, answers with a Status that is no watch event (kube-rs cannot
+/// decode it). Any of these on a kind whose streaming list never completed means: list in pages.
+fn refuses_streaming_lists(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(e))
+        | watcher::Error::WatchError(e)
+        | watcher::Error::WatchFailed(kube::Error::Api(e)) => {
+            matches!(e.code, 400 | 422)
+        }
+        watcher::Error::WatchStartFailed(kube::Error::SerdeError(_))
+        | watcher::Error::WatchFailed(kube::Error::SerdeError(_)) => true,
+        _ => false,
+    }
 }
 
 impl Default for WatchOptions {
@@ -207,6 +263,7 @@ impl Default for WatchOptions {
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
             discovery_interval: Duration::from_secs(30),
+            list_strategy: ListStrategy::Paged,
         }
     }
 }
@@ -900,13 +957,9 @@ async fn run_watch<C>(
         gone,
     } = watch;
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let mut cfg = watcher::Config {
-        page_size: Some(opts.page_size),
-        ..Default::default()
-    };
-    if let Some(t) = opts.watch_timeout_secs {
-        cfg = cfg.timeout(t);
-    }
+    let mut streaming = opts.list_strategy != ListStrategy::Paged;
+    // A streaming list of this kind has completed: from then on a failure is a failure.
+    let mut streamed = false;
     let mut backoff = backoff::Backoff::new(
         opts.min_backoff,
         opts.max_backoff,
@@ -917,7 +970,7 @@ async fn run_watch<C>(
     let mut lists = 0u64;
     let mut init_count = 0usize;
     loop {
-        let mut stream = watch_stream(metadata_only, api.clone(), cfg.clone());
+        let mut stream = watch_stream(metadata_only, api.clone(), watcher_config(&opts, streaming));
         loop {
             let item = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -925,6 +978,16 @@ async fn run_watch<C>(
             };
             let event = match item {
                 None => break,
+                Some(Err(e))
+                    if streaming
+                        && !streamed
+                        && opts.list_strategy == ListStrategy::Auto
+                        && refuses_streaming_lists(&e) =>
+                {
+                    streaming = false;
+                    tracing::info!(?kind, error = %e, "the API server does not stream lists (WatchList); listing in pages");
+                    break;
+                }
                 Some(Err(e)) => match failure(&e) {
                     Failure::WatchExpired => {
                         // The watcher relists by itself; the store keeps the last state until
@@ -978,6 +1041,7 @@ async fn run_watch<C>(
                 }
                 Event::InitDone => {
                     expired_since_listed = false;
+                    streamed |= streaming;
                     lists += 1;
                     if lists > 1 {
                         status.relists.get_or_create(&KindLabels { kind }).inc();

@@ -83,6 +83,7 @@ pub fn snapshot_loader() -> Arc<Loader> {
 pub async fn from_settings(
     snapshots: Vec<PathBuf>,
     kube: bool,
+    list_strategy: super::ListStrategy,
     cancel: CancellationToken,
 ) -> Result<Option<ClusterWatch>, kube::Error> {
     if !snapshots.is_empty() {
@@ -97,7 +98,10 @@ pub async fn from_settings(
         let client = kube::Client::try_default().await?;
         return Ok(Some(ClusterWatch::start(
             client,
-            WatchOptions::default(),
+            WatchOptions {
+                list_strategy,
+                ..WatchOptions::default()
+            },
             cancel,
         )));
     }

@@ -674,7 +674,8 @@ fn expire_scans_at_most_once_a_second() {
 }
 
 /// The families of the registry the agent serves: the catalogue plus the `kube_*` families of
-/// the inventory's sync status (registered in both kube and snapshot mode), by the name a
+/// the inventory's sync status (registered in both kube and snapshot mode) and the flow
+/// export's (with `--otlp-endpoint`), by the name a
 /// scraper sees (counters with `_total`, the info family with `_info`), with their type.
 ///
 /// An empty family is not encoded, so every family gets a series here first; the number of
@@ -683,6 +684,7 @@ fn expire_scans_at_most_once_a_second() {
 fn agent_families() -> std::collections::BTreeMap<String, String> {
     let (m, mut registry) = new(MetricsConfig::default());
     crate::k8s::SyncStatus::default().register(&mut registry);
+    crate::export::ExportStats::default().register(&mut registry);
     let now = SEC;
     let traffic = Counters {
         fwd_packets: 1,

@@ -47,6 +47,8 @@ pub struct ApiServerOptions {
     pub etcd_compaction_interval: Option<Duration>,
     /// Extra static tokens: (token, user, groups).
     pub tokens: Vec<(String, String, Vec<String>)>,
+    /// Extra kube-apiserver flags (e.g. `--feature-gates=WatchList=false`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ApiServerOptions {
@@ -55,6 +57,7 @@ impl Default for ApiServerOptions {
             watch_cache: true,
             etcd_compaction_interval: None,
             tokens: Vec::new(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -182,6 +185,7 @@ impl ApiServer {
             "--endpoint-reconciler-type=none".into(),
             format!("--watch-cache={}", opts.watch_cache),
         ];
+        apiserver_args.extend(opts.extra_args.iter().cloned());
         if let Some(every) = opts.etcd_compaction_interval {
             apiserver_args.push(format!(
                 "--etcd-compaction-interval={}ms",
@@ -234,18 +238,25 @@ impl ApiServer {
 
     /// A client that authenticates with `token` (a static token or a service-account token).
     pub async fn client_for_token(&self, token: &str) -> Client {
-        let yaml = kubeconfig_yaml(
-            &self.url,
-            &self.dir.path().join("certs/apiserver.crt"),
-            token,
-        );
+        self.client_via(&self.url, token).await
+    }
+
+    /// A client for `url` (e.g. a proxy in front of this server on loopback: the server's
+    /// certificate holds 127.0.0.1) with `token`.
+    pub async fn config_via(&self, url: &str, token: &str) -> kube::Config {
+        let yaml = kubeconfig_yaml(url, &self.dir.path().join("certs/apiserver.crt"), token);
         let kc = Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
         let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
             .expect("client config");
         config.connect_timeout = Some(Duration::from_secs(2));
         config.read_timeout = Some(Duration::from_secs(30));
-        Client::try_from(config).expect("client")
+        config
+    }
+
+    /// [`ApiServer::config_via`] as a client.
+    pub async fn client_via(&self, url: &str, token: &str) -> Client {
+        Client::try_from(self.config_via(url, token).await).expect("client")
     }
 
     /// A kubeconfig file for `token` (written into the temp dir).
@@ -285,6 +296,35 @@ impl ApiServer {
     pub async fn client_for_service_account(&self, namespace: &str, name: &str) -> Client {
         let token = self.service_account_token(namespace, name).await;
         self.client_for_token(&token).await
+    }
+
+    /// The kube-apiserver process id (for its CPU time and memory).
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.as_ref().map(|c| c.id())
+    }
+
+    /// The server's `/metrics` (Prometheus text).
+    pub async fn metrics_text(&self) -> String {
+        let client = self.admin_client().await;
+        let req = http::Request::get("/metrics")
+            .body(Vec::new())
+            .expect("request");
+        client.request_text(req).await.expect("GET /metrics")
+    }
+
+    /// The sum of the samples of a `/metrics` family whose labels include all of `labels`
+    /// (e.g. `apiserver_request_total` with `verb="LIST"`, `resource="pods"`).
+    pub async fn metric_sum(&self, family: &str, labels: &[&str]) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(family)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Stops kube-apiserver (etcd keeps running): clients see connection refused.

@@ -5,11 +5,13 @@
 pub mod agent;
 pub mod apiserver;
 pub mod frames;
+pub mod gocache;
 pub mod helm;
 pub mod jsonschema;
 pub mod ledger;
 pub mod netns;
 pub mod netpol_analyzer;
+pub mod otelcol;
 pub mod privileged;
 pub mod prometheus;
 pub mod snapshot;

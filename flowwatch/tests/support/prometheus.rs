@@ -23,6 +23,10 @@ pub struct Job {
     pub targets: Vec<String>,
     /// URL query parameters (`params:` in the scrape config).
     pub params: Vec<(String, String)>,
+    /// `https` scrapes, trusting this CA file for the targets' certificates.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `Authorization: Bearer` on each scrape.
+    pub bearer_token: Option<String>,
 }
 
 impl Job {
@@ -31,7 +35,17 @@ impl Job {
             name: name.into(),
             targets: targets.iter().map(|t| t.to_string()).collect(),
             params: Vec::new(),
+            tls_ca_file: None,
+            bearer_token: None,
         }
+    }
+    pub fn https(mut self, ca_file: &Path) -> Job {
+        self.tls_ca_file = Some(ca_file.to_path_buf());
+        self
+    }
+    pub fn bearer_token(mut self, token: &str) -> Job {
+        self.bearer_token = Some(token.into());
+        self
     }
     pub fn param(mut self, k: &str, v: &str) -> Job {
         self.params.push((k.into(), v.into()));
@@ -156,6 +170,19 @@ impl Prometheus {
                 for (k, v) in &job.params {
                     cfg.push_str(&format!("      {}: [{}]\n", yaml_str(k), yaml_str(v)));
                 }
+            }
+            if let Some(ca) = &job.tls_ca_file {
+                cfg.push_str("    scheme: https\n    tls_config:\n");
+                cfg.push_str(&format!(
+                    "      ca_file: {}\n",
+                    yaml_str(&ca.display().to_string())
+                ));
+            }
+            if let Some(token) = &job.bearer_token {
+                cfg.push_str(&format!(
+                    "    authorization:\n      credentials: {}\n",
+                    yaml_str(token)
+                ));
             }
             cfg.push_str("    static_configs:\n      - targets: [");
             let targets: Vec<String> = job.targets.iter().map(|t| yaml_str(t)).collect();

@@ -66,3 +66,45 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/*
+Validates metrics.* and says what is wrong (the agent would otherwise crash-loop or the
+scrapes fail silently).
+*/}}
+{{- define "flowwatch.metricsChecks" -}}
+{{- if not (has .Values.metrics.auth.mode (list "none" "kubernetes")) }}
+{{- fail (printf "metrics.auth.mode must be \"none\" or \"kubernetes\", not %q" .Values.metrics.auth.mode) }}
+{{- end }}
+{{- if and .Values.metrics.tls.enabled (not .Values.metrics.tls.secretName) }}
+{{- fail "metrics.tls.enabled needs metrics.tls.secretName (a kubernetes.io/tls Secret with tls.crt and tls.key)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+How Prometheus scrapes the agents (ServiceMonitor/PodMonitor endpoint fields): https with
+metrics.tls.scrapeTlsConfig when TLS is on; a bearer token when metrics.auth.mode is
+kubernetes. Call with (dict "root" $ "kind" "ServiceMonitor"|"PodMonitor").
+*/}}
+{{- define "flowwatch.scrapeSecurity" -}}
+{{- $v := .root.Values.metrics }}
+{{- if $v.tls.enabled }}
+scheme: https
+{{- with $v.tls.scrapeTlsConfig }}
+tlsConfig:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- if eq $v.auth.mode "kubernetes" }}
+{{- if $v.auth.scrapeTokenSecret.name }}
+authorization:
+  type: Bearer
+  credentials:
+    name: {{ $v.auth.scrapeTokenSecret.name }}
+    key: {{ default "token" $v.auth.scrapeTokenSecret.key }}
+{{- else if eq .kind "ServiceMonitor" }}
+bearerTokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token
+{{- else }}
+{{- fail "podMonitor with metrics.auth.mode=kubernetes needs metrics.auth.scrapeTokenSecret.name (a PodMonitor cannot use Prometheus's own token file)" }}
+{{- end }}
+{{- end }}
+{{- end }}
