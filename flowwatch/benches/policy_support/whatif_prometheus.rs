@@ -11,7 +11,7 @@
 //!   raw path's cost is measured on the last two hours instead and scaled, in the same run.
 //!
 //! The TSDB is written by `promtool tsdb create-blocks-from openmetrics` into DIR (cleared
-//! first); the OpenMetrics text is deleted once the blocks exist.
+//! first), in blocks of 162 h; the OpenMetrics text of each is deleted once it is written.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -44,17 +44,34 @@ fn edge_labels(i: usize) -> String {
     )
 }
 
-/// Writes the OpenMetrics text of the history and the raw samples ending at `now`.
-fn write_openmetrics(path: &Path, series: usize, days: u64, now: u64) -> std::io::Result<u64> {
+/// The span of each promtool run and of the blocks it writes: the window is generated a
+/// block at a time so the OpenMetrics text on disk stays a few GB (30 days of 50,000 edges
+/// is 12 GB of text). 162 h is one of the block ranges Prometheus's own compaction makes.
+const BLOCK_SECS: u64 = 162 * HOUR;
+
+/// Writes the OpenMetrics text of the samples in `[from, to)` of a window of `days` ending
+/// at `now`: the raw series over the window's first hour and last two, the history hourly.
+fn write_openmetrics(
+    path: &Path,
+    series: usize,
+    (days, now): (u64, u64),
+    (from, to): (u64, u64),
+) -> std::io::Result<u64> {
     let start = now - days * 24 * HOUR;
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut samples = 0;
     // The counter of every edge grows by one connection per scrape interval.
     let count = |t: u64| (t - start) / SCRAPE_SECS + 1;
+    let within = |t: &u64| (from..to).contains(t);
     writeln!(out, "# TYPE flowwatch_connections counter")?;
     let raw_times: Vec<u64> = (start..start + HOUR)
-        .chain(now - 2 * HOUR..now)
         .step_by(SCRAPE_SECS as usize)
+        .chain((now - 2 * HOUR..now).step_by(SCRAPE_SECS as usize))
+        .filter(within)
+        .collect();
+    let history_times: Vec<u64> = (start + HOUR..now)
+        .step_by(HOUR as usize)
+        .filter(within)
         .collect();
     for i in 0..series {
         let labels = edge_labels(i);
@@ -71,7 +88,7 @@ fn write_openmetrics(path: &Path, series: usize, days: u64, now: u64) -> std::io
     writeln!(out, "# TYPE flowwatch:edge_connections:history gauge")?;
     for i in 0..series {
         let labels = edge_labels(i);
-        for t in (start + HOUR..now).step_by(HOUR as usize) {
+        for &t in &history_times {
             writeln!(
                 out,
                 "flowwatch:edge_connections:history{{{labels}}} {} {t}",
@@ -83,6 +100,35 @@ fn write_openmetrics(path: &Path, series: usize, days: u64, now: u64) -> std::io
     writeln!(out, "# EOF")?;
     out.flush()?;
     Ok(samples)
+}
+
+/// Writes the TSDB of the window into `dir/data`, a block at a time. Returns the samples
+/// written and the bytes of OpenMetrics text they took.
+fn write_tsdb(dir: &Path, series: usize, days: u64, now: u64) -> (u64, u64) {
+    let start = now - days * 24 * HOUR;
+    let om = dir.join("block.om");
+    let (mut samples, mut bytes) = (0, 0);
+    let mut from = start - start % BLOCK_SECS;
+    while from < now {
+        let to = from + BLOCK_SECS;
+        samples += write_openmetrics(&om, series, (days, now), (from, to))
+            .expect("write the OpenMetrics text");
+        bytes += std::fs::metadata(&om).map(|m| m.len()).unwrap_or(0);
+        let status = Command::new("promtool")
+            .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+            .arg(format!("--max-block-duration={}h", BLOCK_SECS / HOUR))
+            .arg(&om)
+            .arg(dir.join("data"))
+            .status()
+            .expect("spawn promtool");
+        assert!(
+            status.success(),
+            "promtool tsdb create-blocks-from openmetrics: {status}"
+        );
+        from = to;
+    }
+    let _ = std::fs::remove_file(&om);
+    (samples, bytes)
 }
 
 struct Prometheus(Child);
@@ -208,30 +254,12 @@ pub fn run(dir: &Path, series: usize, days: u64) {
         .as_secs()
         / 60
         * 60;
-    let om = dir.join("history.om");
     let t = Instant::now();
-    let samples = write_openmetrics(&om, series, days, now).expect("write the OpenMetrics text");
-    let size = std::fs::metadata(&om).map(|m| m.len()).unwrap_or(0);
+    let (samples, bytes) = write_tsdb(dir, series, days, now);
     println!(
-        "generated {series} edges over {days} days: {samples} samples, {:.1} GB of OpenMetrics in {:.0} s",
-        size as f64 / 1e9,
-        t.elapsed().as_secs_f64()
-    );
-    let t = Instant::now();
-    let status = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
-        .arg(format!("--max-block-duration={}h", days * 24 + 24))
-        .arg(&om)
-        .arg(dir.join("data"))
-        .status()
-        .expect("spawn promtool");
-    assert!(
-        status.success(),
-        "promtool tsdb create-blocks-from openmetrics: {status}"
-    );
-    let _ = std::fs::remove_file(&om);
-    println!(
-        "promtool wrote the blocks in {:.0} s",
+        "wrote {series} edges over {days} days: {samples} samples ({:.1} GB of OpenMetrics, \
+         promtool) in {:.0} s",
+        bytes as f64 / 1e9,
         t.elapsed().as_secs_f64()
     );
     let (prom, url) = start_prometheus(dir);
