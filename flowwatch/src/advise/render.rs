@@ -164,10 +164,11 @@ fn rule(out: &mut String, peers_key: &str, r: &Rule) {
                 }
             }
             Peer::Block { net, prefix } => {
+                // Digits, dots, colons and a slash: never read as a number or a key.
                 let _ = writeln!(
                     out,
                     "    - ipBlock:\n        cidr: {}",
-                    scalar(&Peer::cidr(*net, *prefix))
+                    Peer::cidr(*net, *prefix)
                 );
             }
         }
