@@ -134,3 +134,93 @@ impl Usage {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{snapshot, sources};
+    use crate::model::Protocol;
+    use crate::policy::{Peer, PolicyEngine, PolicyOptions};
+
+    #[test]
+    fn every_allowing_rule_is_credited_and_a_sole_one_is_marked() {
+        let deployment = |name: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{namespace: a, name: {name}}}\n\
+                 spec: {{template: {{metadata: {{labels: {{app: {name}}}}}, spec: {{containers: [{{name: c}}]}}}}}}\n---\n"
+            )
+        };
+        let text = format!(
+            "{}{}apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: a, name: p1}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  \
+             - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]\n    ports: [{{port: 80}}]\n  \
+             - ports: [{{port: 80}}, {{port: 81}}]\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: a, name: p2}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  \
+             - from: [{{podSelector: {{matchLabels: {{app: other}}}}}}]\n",
+            deployment("client"),
+            deployment("server")
+        );
+        let (mut inventory, errors) = snapshot::parse(&text, "t").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        sources::with_workloads_as_pods(&mut inventory);
+        let (engine, _) = PolicyEngine::build(&inventory, PolicyOptions::default());
+        let mut usage = Usage::of_policies(&inventory.network_policies);
+        assert_eq!(usage.rules.len(), 3);
+        let end = |name: &str| EdgeEnd::Workload {
+            namespace: "a".into(),
+            kind: "deployment".into(),
+            name: name.into(),
+        };
+        let pod = |name: &str| Peer::Pod {
+            namespace: "a".into(),
+            name: format!("deployment/{name}"),
+        };
+        for (port, n) in [(80, 5), (81, 2)] {
+            let key = EdgeKey {
+                src: end("client"),
+                dst: end("server"),
+                port,
+                protocol: Protocol::Tcp,
+            };
+            let e = engine
+                .explain(&pod("client"), &pod("server"), port, Protocol::Tcp)
+                .unwrap();
+            let count = EdgeCount {
+                connections: n,
+                established: n,
+            };
+            usage.add(&key, &count, &e);
+        }
+        let rule = |policy: &str, index: usize| {
+            &usage.rules[&RuleRef {
+                policy: policy.into(),
+                direction: "ingress",
+                index,
+            }]
+        };
+        // Port 80: both rules of p1 allow it (neither alone); port 81: only the second.
+        assert_eq!(
+            (
+                rule("a/p1", 0).connections,
+                rule("a/p1", 0).sole_connections
+            ),
+            (5, 0)
+        );
+        assert_eq!(
+            (
+                rule("a/p1", 1).connections,
+                rule("a/p1", 1).sole_connections
+            ),
+            (7, 2)
+        );
+        assert_eq!(rule("a/p1", 1).edges, 2);
+        assert_eq!(rule("a/p1", 1).peers, ["a".to_string()].into());
+        assert_eq!(rule("a/p2", 0).connections, 0);
+        assert_eq!(
+            usage.unused().map(|r| r.to_string()).collect::<Vec<_>>(),
+            ["a/p2 ingress[0]"]
+        );
+        assert_eq!(usage.unused_policies(), ["a/p2"]);
+    }
+}
