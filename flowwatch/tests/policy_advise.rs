@@ -652,6 +652,37 @@ fn bad_input_is_named_and_never_a_crash() {
     );
 }
 
+/// `--include-failed` also allows the attempts that never succeeded (web -> redis, denied by
+/// today's policies): replayed, it is newly allowed, not broken.
+#[test]
+fn include_failed_allows_the_attempts_too() {
+    let out = advise(
+        &shop("repo"),
+        &shop_flows(),
+        &["--include-failed", "--verify"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("7 observed edges replayed: 7 allowed, 0 would_break"),
+        "{stderr}"
+    );
+    let docs = documents(&text(&out.stdout));
+    let redis = policy(&docs, "shop", "advised-deployment-redis");
+    let from: Vec<&Value> = redis["spec"]["ingress"][0]["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert!(
+        from.contains(&&json!({"podSelector": {"matchLabels": {"app": "web"}}})),
+        "{from:?}"
+    );
+    assert!(text(&out.stdout).contains(
+        "shop/deployment/web -> shop/deployment/redis 6379/TCP: 1 connection (0 established)"
+    ));
+}
+
 /// The advised YAML is what a real kube-apiserver accepts: a server-side dry-run create of
 /// every document (strict validation), in namespaces that exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

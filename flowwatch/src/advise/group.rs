@@ -162,7 +162,7 @@ impl<'v> Builder<'v> {
                 None
             }
             End::Workload(k, w) => {
-                let labels = self.selector(*k, *w);
+                let labels = self.selector(k, w);
                 Some(peers::workload_peer(k, &labels, from_ns))
             }
             End::Address(ip, kind) => Some(peers::address_peer(
