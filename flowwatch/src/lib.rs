@@ -4,10 +4,11 @@
 //! unit-tested without root, a kernel or an API server, and thin edges that talk to the world.
 //!
 //! Pure core: [`model`], [`aggregate`], [`inventory`], [`policy`], [`enrich`], [`classify`],
-//! [`metrics`], [`flowlog`], [`whatif`].
+//! [`metrics`], [`flowlog`], [`whatif`], [`advise`].
 //! Edges: [`datapath`] (aya), [`k8s`] (kube-rs), [`http`] (axum), [`agent`] (the runtime that
 //! wires them), [`export`] (the OpenTelemetry logs exporter), [`cli`].
 
+pub mod advise;
 pub mod aggregate;
 pub mod classify;
 pub mod model;

@@ -1,4 +1,5 @@
-//! The offline `flowwatch policy ...` commands (eval, explain, coverage).
+//! The offline `flowwatch policy ...` commands (eval, explain, coverage, whatif, diff,
+//! advise, unused).
 //!
 //! They read what `kubectl get namespaces,nodes,pods,services,networkpolicies -A -o yaml`
 //! prints, or folders of manifests as a Git repository holds them (workloads stand for their
@@ -17,10 +18,12 @@ use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
 
+pub mod advise;
 pub mod diff;
 mod peers;
 mod prometheus;
 pub mod table;
+pub mod unused;
 pub mod whatif;
 
 pub use peers::{PortRef, Resolver};
@@ -49,6 +52,12 @@ pub enum PolicyCommand {
     /// Compare two policy sets over the same workloads: every workload pair, protocol and
     /// port range whose reachability changes.
     Diff(diff::DiffArgs),
+    /// Least-privilege NetworkPolicies from the traffic the cluster really had (flow logs or
+    /// Prometheus): per workload, exactly the observed edges, as YAML for `kubectl apply`.
+    Advise(Box<advise::AdviseArgs>),
+    /// Which NetworkPolicy rules the observed traffic (flow logs or Prometheus) used, how
+    /// many connections each allowed (and alone), and which matched nothing.
+    Unused(Box<unused::UnusedArgs>),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -154,7 +163,10 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
         PolicyCommand::Eval(a) => &a.snapshot,
         PolicyCommand::Explain(a) => &a.snapshot,
         PolicyCommand::Coverage(a) => &a.snapshot,
-        PolicyCommand::Whatif(_) | PolicyCommand::Diff(_) => return run_comparison(cmd),
+        PolicyCommand::Whatif(_)
+        | PolicyCommand::Diff(_)
+        | PolicyCommand::Advise(_)
+        | PolicyCommand::Unused(_) => return run_comparison(cmd),
     };
     let (engine, resolver) = match load(snapshot, &mut io::stderr()) {
         Ok(loaded) => loaded,
@@ -250,7 +262,10 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             written
         }
         // Answered above, before a single snapshot is loaded.
-        PolicyCommand::Whatif(_) | PolicyCommand::Diff(_) => Ok(()),
+        PolicyCommand::Whatif(_)
+        | PolicyCommand::Diff(_)
+        | PolicyCommand::Advise(_)
+        | PolicyCommand::Unused(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -263,11 +278,13 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
     }
 }
 
-/// The commands that load two states (current and proposed) themselves.
+/// The commands that load their states (current, proposed or advised) themselves.
 fn run_comparison(cmd: PolicyCommand) -> ExitCode {
     match cmd {
         PolicyCommand::Whatif(args) => whatif::run(*args),
         PolicyCommand::Diff(args) => diff::run(args),
+        PolicyCommand::Advise(args) => advise::run(*args),
+        PolicyCommand::Unused(args) => unused::run(*args),
         _ => ExitCode::from(1),
     }
 }

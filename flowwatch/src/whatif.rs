@@ -7,6 +7,9 @@
 //! address for an end that is not a pod. Each edge is judged before and after the change and
 //! its [`Change`] classified.
 
+pub mod targets;
+pub mod usage;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,6 +19,7 @@ use serde_json::Value;
 
 use crate::model::Protocol;
 use crate::policy::Verdict;
+pub use targets::ServiceTargets;
 
 /// One end of an observed edge.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,12 +111,23 @@ pub struct Edges {
     /// Lines that were not flow records (`(line number, why)`, the first few).
     pub bad_lines: Vec<String>,
     pub bad_line_count: u64,
+    /// The snapshot's Service target ports: a connection to a Service is an edge on the
+    /// backend's target port (empty: the Service port is kept).
+    pub targets: ServiceTargets,
 }
 
 /// Most bad lines whose text is kept for the report.
 const BAD_LINES_KEPT: usize = 10;
 
 impl Edges {
+    /// No edges yet; connections to Services are counted on the target ports of `targets`.
+    pub fn with_targets(targets: ServiceTargets) -> Edges {
+        Edges {
+            targets,
+            ..Edges::default()
+        }
+    }
+
     pub fn add(&mut self, key: EdgeKey, connections: u64, established: u64) {
         let c = self.edges.entry(key).or_default();
         c.connections += connections;
@@ -135,7 +150,7 @@ impl Edges {
         if line.trim().is_empty() {
             return;
         }
-        match edge_of_line(line) {
+        match edge_of_line_with(line, &self.targets) {
             Ok(Recorded::Edge(key, established)) => self.add(key, 1, u64::from(established)),
             Ok(Recorded::Skipped(why)) => self.skip(why, 1),
             Err(why) => self.bad_line(origin, line_no, &why),
@@ -177,6 +192,8 @@ struct RecordEnd<'a> {
     #[serde(borrow)]
     namespace: Option<Cow<'a, str>>,
     #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     workload_kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     workload_name: Option<Cow<'a, str>>,
@@ -186,8 +203,15 @@ struct RecordEnd<'a> {
     backend: Option<Box<RecordEnd<'a>>>,
 }
 
-/// The edge of one flow-log line (the record format of `docs/configuration.md`).
+/// The edge of one flow-log line (the record format of `docs/configuration.md`), a
+/// connection to a Service on the port the client dialled.
 pub fn edge_of_line(line: &str) -> Result<Recorded, String> {
+    edge_of_line_with(line, &ServiceTargets::default())
+}
+
+/// [`edge_of_line`], a connection to a Service on its backend's target port when `targets`
+/// has the Service.
+pub fn edge_of_line_with(line: &str, targets: &ServiceTargets) -> Result<Recorded, String> {
     let record: Record = serde_json::from_str(line).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             format!("invalid JSON: {e}")
@@ -227,10 +251,17 @@ pub fn edge_of_line(line: &str) -> Result<Recorded, String> {
         Ok(e) => e,
         Err(skip) => return Ok(Recorded::Skipped(skip)),
     };
-    let dst = match end(dst, "dst")? {
+    let dst_end = match end(dst, "dst")? {
         Ok(e) => e,
         Err(skip) => return Ok(Recorded::Skipped(skip)),
     };
+    let port = match (dst.kind.as_deref(), &dst.namespace, &dst.name) {
+        (Some("service"), Some(ns), Some(svc)) => targets
+            .target(ns, svc, port, protocol, &dst_end)
+            .unwrap_or(port),
+        _ => port,
+    };
+    let dst = dst_end;
     Ok(Recorded::Edge(
         EdgeKey {
             src,
@@ -716,6 +747,33 @@ mod tests {
             edges.bad_lines
         );
         assert_eq!(edges.bad_lines[2], "f.log:6: missing \"protocol\"");
+    }
+
+    #[test]
+    fn a_service_connection_is_an_edge_on_the_backends_target_port() {
+        let (mut inventory, _) = crate::inventory::snapshot::parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: data, name: postgres}\n\
+             spec: {ports: [{port: 80, targetPort: pg}]}\n---\n\
+             apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {namespace: data, name: postgres}\n\
+             spec: {template: {spec: {containers: [{name: c, ports: [{name: pg, containerPort: 5432}]}]}}}\n",
+            "t",
+        )
+        .unwrap();
+        crate::inventory::sources::with_workloads_as_pods(&mut inventory);
+        let svc = json!({"ip": "10.96.0.20", "port": 80, "kind": "service", "namespace": "data",
+                         "name": "postgres", "backend": {"kind": "pod", "namespace": "data",
+                         "name": "postgres-0", "workload_kind": "StatefulSet",
+                         "workload_name": "postgres", "node": "n1"}});
+        let web = pod("shop", "web-a", "Deployment", "web", "n1", 40000);
+        let line = record(web, svc, "established", "n1").to_string();
+        let mut edges = Edges::with_targets(ServiceTargets::of(&inventory));
+        edges.add_flow_log_line(&line, "x", 1);
+        assert_eq!(edges.edges.keys().next(), Some(&web_to_db()));
+        // Without the Service in the snapshot, the port the client dialled.
+        let Ok(Recorded::Edge(key, _)) = edge_of_line(&line) else {
+            panic!("an edge")
+        };
+        assert_eq!(key.port, 80);
     }
 
     #[test]

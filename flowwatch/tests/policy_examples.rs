@@ -1,4 +1,5 @@
-//! The walkthrough "Test a policy change before you merge it" of docs/policy.md stays true:
+//! The walkthrough "Test a policy change before you merge it" of docs/policy.md, and the
+//! examples of "Policies from traffic", stay true:
 //! every command of its `console` blocks is run from the repository root, with this build's
 //! `flowwatch` first on PATH, and must print exactly what the document shows.
 
@@ -39,11 +40,22 @@ fn documented_commands(doc: &str, heading: &str) -> Vec<(String, String)> {
 
 #[test]
 fn the_walkthrough_commands_print_what_the_docs_show() {
+    run_documented("## Test a policy change before you merge it", 4);
+}
+
+#[test]
+fn the_policies_from_traffic_examples_print_what_the_docs_show() {
+    run_documented("## Policies from traffic", 2);
+}
+
+/// Runs every command of a section's `console` blocks (at least `least` of them) and compares
+/// its stdout with the document.
+fn run_documented(heading: &str, least: usize) {
     let doc = std::fs::read_to_string(repo().join("docs/policy.md")).unwrap();
-    let commands = documented_commands(&doc, "## Test a policy change before you merge it");
+    let commands = documented_commands(&doc, heading);
     assert!(
-        commands.len() >= 4,
-        "the walkthrough lost its commands: {commands:?}"
+        commands.len() >= least,
+        "{heading} lost its commands: {commands:?}"
     );
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_flowwatch")).parent().unwrap();
     let path = format!(

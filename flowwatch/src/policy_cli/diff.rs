@@ -121,34 +121,41 @@ fn reachable(v: Verdict) -> bool {
     v != Verdict::Denied
 }
 
+/// The workloads policies apply to (not host-network, not terminated), as
+/// (`namespace/kind/name`, the pod standing for it), sorted.
+pub fn workload_ends(engine: &PolicyEngine, resolver: &Resolver) -> Vec<(String, Peer)> {
+    let usable: std::collections::HashSet<(&str, &str)> = engine
+        .pods()
+        .filter(|p| !p.host_network && !p.terminated)
+        .map(|p| (p.namespace, p.name))
+        .collect();
+    resolver
+        .workloads()
+        .into_iter()
+        .filter_map(|(ns, kind, name)| {
+            let peer = resolver.workload(ns, kind, name)?;
+            let Peer::Pod {
+                namespace,
+                name: pod,
+            } = &peer
+            else {
+                return None;
+            };
+            usable
+                .contains(&(namespace.as_str(), pod.as_str()))
+                .then(|| (format!("{ns}/{kind}/{name}"), peer))
+        })
+        .collect()
+}
+
 /// Every reachability change between the workloads both states have (pairs of different
 /// workloads; host-network pods and terminated pods are left out: policies do not apply).
 pub fn diff(
     before: (&PolicyEngine, &Resolver),
     after: (&PolicyEngine, &Resolver),
 ) -> Vec<Difference> {
-    let ends = |(engine, resolver): (&PolicyEngine, &Resolver)| -> Vec<(String, Peer)> {
-        resolver
-            .workloads()
-            .into_iter()
-            .filter_map(|(ns, kind, name)| {
-                let peer = resolver.workload(ns, kind, name)?;
-                let Peer::Pod {
-                    namespace,
-                    name: pod,
-                } = &peer
-                else {
-                    return None;
-                };
-                let usable = engine.pods().any(|p| {
-                    p.namespace == namespace && p.name == pod && !p.host_network && !p.terminated
-                });
-                usable.then(|| (format!("{ns}/{kind}/{name}"), peer))
-            })
-            .collect()
-    };
-    let before_ends = ends(before);
-    let after_ends = ends(after);
+    let before_ends = workload_ends(before.0, before.1);
+    let after_ends = workload_ends(after.0, after.1);
     let common: Vec<(&String, &Peer, &Peer)> = before_ends
         .iter()
         .filter_map(|(label, b)| {

@@ -17,8 +17,8 @@ use crate::inventory::overlay::{self, ObjectRef};
 use crate::inventory::{sources, Inventory, ObjectError};
 use crate::policy::{Explanation, Peer, PolicyEngine, SideExplanation};
 use crate::whatif::{
-    parse_duration, Change, EdgeCount, EdgeEnd, EdgeKey, Edges, PrometheusSource, EDGE_HISTORY,
-    RAW_TAIL_SECS,
+    parse_duration, Change, EdgeCount, EdgeEnd, EdgeKey, Edges, PrometheusSource, ServiceTargets,
+    EDGE_HISTORY, RAW_TAIL_SECS,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -33,6 +33,23 @@ pub struct WhatifArgs {
     /// Objects the change deletes: `KIND/NAMESPACE/NAME` (e.g. `NetworkPolicy/shop/web`).
     #[arg(long, value_name = "KIND/NS/NAME", num_args = 1..)]
     pub delete: Vec<ObjectRef>,
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+    /// `table` (the default on a terminal), `json` (one object per edge, per line; the
+    /// default otherwise) or `md`.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<Format>,
+    /// Exit with status 4 when an edge has one of these changes (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "would_break")]
+    pub fail_on: Vec<Change>,
+    /// In tables, list unchanged edges too (JSON lists every edge).
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Where the observed traffic comes from (`whatif`, `advise`, `unused`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrafficArgs {
     /// The agents' flow log files, as written (`-` for stdin); any number, from any nodes.
     #[arg(
         long,
@@ -49,20 +66,22 @@ pub struct WhatifArgs {
     /// How far back to read Prometheus, e.g. `7d`, `12h`.
     #[arg(long, value_name = "DURATION", requires = "prometheus", value_parser = parse_since)]
     pub since: Option<u64>,
-    /// `table` (the default on a terminal), `json` (one object per edge, per line; the
-    /// default otherwise) or `md`.
-    #[arg(short = 'o', long = "output", value_enum)]
-    pub output: Option<Format>,
-    /// Exit with status 4 when an edge has one of these changes (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "would_break")]
-    pub fail_on: Vec<Change>,
-    /// In tables, list unchanged edges too (JSON lists every edge).
-    #[arg(long)]
-    pub all: bool,
+}
+
+impl TrafficArgs {
+    /// Reads the observed traffic from the flow logs or from Prometheus into `edges`.
+    pub fn read(&self, edges: &mut Edges) -> Result<(), String> {
+        read_traffic(
+            &self.flows,
+            self.prometheus.as_deref(),
+            self.since,
+            edges,
+        )
+    }
 }
 
 /// Checks a `--since` duration and gives it back in seconds.
-fn parse_since(s: &str) -> Result<u64, String> {
+pub fn parse_since(s: &str) -> Result<u64, String> {
     match parse_duration(s)?.as_secs() {
         0 => Err(format!("{s:?}: the window must be at least one second")),
         secs => Ok(secs),
@@ -110,8 +129,8 @@ pub fn judge(states: &States, edges: &Edges) -> Vec<Judged> {
         .edges
         .iter()
         .map(|(key, count)| {
-            let before = explain(&states.before, key);
-            let after = explain(&states.after, key);
+            let before = explain_edge(&states.before, key);
+            let after = explain_edge(&states.after, key);
             let change = match (&before, &after) {
                 (Ok(b), Ok(a)) => Change::of(b.flow.verdict, a.flow.verdict),
                 _ => Change::Unresolved,
@@ -130,7 +149,9 @@ pub fn judge(states: &States, edges: &Edges) -> Vec<Judged> {
     out
 }
 
-fn explain(
+/// The explanation of an observed edge's verdict on one state (an error when an end is a
+/// workload that state does not have).
+pub fn explain_edge(
     (engine, resolver): &(PolicyEngine, Resolver),
     key: &EdgeKey,
 ) -> Result<Explanation, String> {
@@ -310,7 +331,7 @@ pub fn write_report(
 }
 
 /// Reads the flow logs (`-`: stdin).
-fn read_flow_logs(paths: &[PathBuf], edges: &mut Edges) -> Result<(), String> {
+pub fn read_flow_logs(paths: &[PathBuf], edges: &mut Edges) -> Result<(), String> {
     for path in paths {
         let name = path.display().to_string();
         let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
@@ -348,6 +369,45 @@ fn warn_all(errors: &[ObjectError], already: &[String], label: &str) -> Vec<Stri
         }
     }
     shown
+}
+
+/// Says on stderr which lines were not flow records and which connections were left out
+/// (`verb`: what was not done with them, "judged").
+pub fn warn_about_reading(edges: &Edges, verb: &str) {
+    for line in &edges.bad_lines {
+        eprintln!("warning: not a flow record: {line}");
+    }
+    if edges.bad_line_count > edges.bad_lines.len() as u64 {
+        eprintln!(
+            "warning: {} more lines were not flow records",
+            edges.bad_line_count - edges.bad_lines.len() as u64
+        );
+    }
+    for (why, n) in &edges.skipped {
+        eprintln!("note: {n} connections not {verb}: {}", why.as_str());
+    }
+}
+
+/// Reads the observed traffic from the flow logs or from Prometheus (`prometheus` and
+/// `since` given together) into `edges`.
+pub fn read_traffic(
+    flows: &[PathBuf],
+    prometheus: Option<&str>,
+    since: Option<u64>,
+    edges: &mut Edges,
+) -> Result<(), String> {
+    match (prometheus, since) {
+        (Some(url), Some(since)) => prometheus::read_edges(url, since, edges).map(|source| {
+            if source == PrometheusSource::Raw && since > RAW_TAIL_SECS {
+                eprintln!(
+                    "note: Prometheus holds no edge history ({EDGE_HISTORY}) back to the \
+                     start of the window: read every raw sample instead, which is slow on a \
+                     large cluster (docs/policy.md, \"What-if from Prometheus\")"
+                );
+            }
+        }),
+        _ => read_flow_logs(flows, edges),
+    }
 }
 
 /// Runs `policy whatif`.
@@ -391,35 +451,13 @@ pub fn run(args: WhatifArgs) -> ExitCode {
         after: (engine, resolver),
     };
 
-    let mut edges = Edges::default();
-    let read = match (&args.prometheus, &args.since) {
-        (Some(url), Some(since)) => prometheus::read_edges(url, *since, &mut edges).map(|source| {
-            if source == PrometheusSource::Raw && *since > RAW_TAIL_SECS {
-                eprintln!(
-                    "note: Prometheus holds no edge history ({EDGE_HISTORY}) back to the \
-                         start of the window: read every raw sample instead, which is slow on \
-                         a large cluster (docs/policy.md, \"What-if from Prometheus\")"
-                );
-            }
-        }),
-        _ => read_flow_logs(&args.flows, &mut edges),
-    };
+    let mut edges = Edges::with_targets(ServiceTargets::of(&current));
+    let read = args.traffic.read(&mut edges);
     if let Err(e) = read {
         eprintln!("error: cannot read the observed traffic: {e}");
         return ExitCode::from(1);
     }
-    for line in &edges.bad_lines {
-        eprintln!("warning: not a flow record: {line}");
-    }
-    if edges.bad_line_count > edges.bad_lines.len() as u64 {
-        eprintln!(
-            "warning: {} more lines were not flow records",
-            edges.bad_line_count - edges.bad_lines.len() as u64
-        );
-    }
-    for (why, n) in &edges.skipped {
-        eprintln!("note: {n} connections not judged: {}", why.as_str());
-    }
+    warn_about_reading(&edges, "judged");
 
     let judged = judge(&states, &edges);
     let format = Format::or_default(args.output, Format::Json);

@@ -1,0 +1,226 @@
+//! Which NetworkPolicy rules the recorded traffic used (pure): every observed edge, judged by
+//! the engine, credits each rule that allows it (on its source's egress side and its
+//! destination's ingress side) with its connections, and says whether the rule was the only
+//! one allowing it. Rules credited with nothing are unused.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::{EdgeCount, EdgeEnd, EdgeKey};
+use crate::policy::{Direction, Explanation};
+
+/// One rule of a NetworkPolicy: `namespace/name`, direction, index in its list.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleRef {
+    pub policy: String,
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    pub index: usize,
+}
+
+impl std::fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}[{}]", self.policy, self.direction, self.index)
+    }
+}
+
+/// What one rule matched.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleUse {
+    /// Connections it allowed (each connection credits every rule that allows it).
+    pub connections: u64,
+    /// Of which no other rule of that side allowed.
+    pub sole_connections: u64,
+    /// Observed edges it allowed.
+    pub edges: u64,
+    /// The namespaces (or addresses) of the peers it was used for.
+    pub peers: BTreeSet<String>,
+}
+
+/// Every rule of a set of NetworkPolicies with what it matched.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub rules: BTreeMap<RuleRef, RuleUse>,
+}
+
+impl Usage {
+    /// Every rule of `policies`, none used yet.
+    pub fn of_policies<'a>(policies: impl IntoIterator<Item = &'a NetworkPolicy>) -> Usage {
+        let mut usage = Usage::default();
+        for np in policies {
+            let (Some(ns), Some(name)) = (&np.metadata.namespace, &np.metadata.name) else {
+                continue;
+            };
+            let Some(spec) = &np.spec else {
+                continue;
+            };
+            let policy = format!("{ns}/{name}");
+            let lists = [
+                ("ingress", spec.ingress.as_ref().map_or(0, Vec::len)),
+                ("egress", spec.egress.as_ref().map_or(0, Vec::len)),
+            ];
+            for (direction, n) in lists {
+                for index in 0..n {
+                    usage.rules.insert(
+                        RuleRef {
+                            policy: policy.clone(),
+                            direction,
+                            index,
+                        },
+                        RuleUse::default(),
+                    );
+                }
+            }
+        }
+        usage
+    }
+
+    /// Credits the rules that allow an observed edge.
+    pub fn add(&mut self, key: &EdgeKey, count: &EdgeCount, e: &Explanation) {
+        let peer_of = |end: &EdgeEnd| match end {
+            EdgeEnd::Workload { namespace, .. } => namespace.clone(),
+            EdgeEnd::Address(ip) => ip.to_string(),
+        };
+        for (side, peer) in [
+            (&e.egress, peer_of(&key.dst)),
+            (&e.ingress, peer_of(&key.src)),
+        ] {
+            let direction = match side.direction {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            };
+            let allowing: Vec<RuleRef> = side
+                .policies
+                .iter()
+                .flat_map(|p| {
+                    p.rules.iter().filter(|r| r.allows()).map(|r| RuleRef {
+                        policy: p.policy.to_string(),
+                        direction,
+                        index: r.index,
+                    })
+                })
+                .collect();
+            let sole = allowing.len() == 1;
+            for rule in allowing {
+                let u = self.rules.entry(rule).or_default();
+                u.connections += count.connections;
+                u.edges += 1;
+                if sole {
+                    u.sole_connections += count.connections;
+                }
+                u.peers.insert(peer.clone());
+            }
+        }
+    }
+
+    /// The rules that matched nothing.
+    pub fn unused(&self) -> impl Iterator<Item = &RuleRef> {
+        self.rules
+            .iter()
+            .filter(|(_, u)| u.connections == 0)
+            .map(|(r, _)| r)
+    }
+
+    /// The policies with rules none of which matched anything.
+    pub fn unused_policies(&self) -> Vec<&str> {
+        let mut used: BTreeMap<&str, bool> = BTreeMap::new();
+        for (r, u) in &self.rules {
+            *used.entry(r.policy.as_str()).or_default() |= u.connections > 0;
+        }
+        used.into_iter()
+            .filter(|(_, used)| !used)
+            .map(|(p, _)| p)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{snapshot, sources};
+    use crate::model::Protocol;
+    use crate::policy::{Peer, PolicyEngine, PolicyOptions};
+
+    #[test]
+    fn every_allowing_rule_is_credited_and_a_sole_one_is_marked() {
+        let deployment = |name: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{namespace: a, name: {name}}}\n\
+                 spec: {{template: {{metadata: {{labels: {{app: {name}}}}}, spec: {{containers: [{{name: c}}]}}}}}}\n---\n"
+            )
+        };
+        let text = format!(
+            "{}{}apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: a, name: p1}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  \
+             - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]\n    ports: [{{port: 80}}]\n  \
+             - ports: [{{port: 80}}, {{port: 81}}]\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: a, name: p2}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  \
+             - from: [{{podSelector: {{matchLabels: {{app: other}}}}}}]\n",
+            deployment("client"),
+            deployment("server")
+        );
+        let (mut inventory, errors) = snapshot::parse(&text, "t").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        sources::with_workloads_as_pods(&mut inventory);
+        let (engine, _) = PolicyEngine::build(&inventory, PolicyOptions::default());
+        let mut usage = Usage::of_policies(&inventory.network_policies);
+        assert_eq!(usage.rules.len(), 3);
+        let end = |name: &str| EdgeEnd::Workload {
+            namespace: "a".into(),
+            kind: "deployment".into(),
+            name: name.into(),
+        };
+        let pod = |name: &str| Peer::Pod {
+            namespace: "a".into(),
+            name: format!("deployment/{name}"),
+        };
+        for (port, n) in [(80, 5), (81, 2)] {
+            let key = EdgeKey {
+                src: end("client"),
+                dst: end("server"),
+                port,
+                protocol: Protocol::Tcp,
+            };
+            let e = engine
+                .explain(&pod("client"), &pod("server"), port, Protocol::Tcp)
+                .unwrap();
+            let count = EdgeCount {
+                connections: n,
+                established: n,
+            };
+            usage.add(&key, &count, &e);
+        }
+        let rule = |policy: &str, index: usize| {
+            &usage.rules[&RuleRef {
+                policy: policy.into(),
+                direction: "ingress",
+                index,
+            }]
+        };
+        // Port 80: both rules of p1 allow it (neither alone); port 81: only the second.
+        assert_eq!(
+            (
+                rule("a/p1", 0).connections,
+                rule("a/p1", 0).sole_connections
+            ),
+            (5, 0)
+        );
+        assert_eq!(
+            (
+                rule("a/p1", 1).connections,
+                rule("a/p1", 1).sole_connections
+            ),
+            (7, 2)
+        );
+        assert_eq!(rule("a/p1", 1).edges, 2);
+        assert_eq!(rule("a/p1", 1).peers, ["a".to_string()].into());
+        assert_eq!(rule("a/p2", 0).connections, 0);
+        assert_eq!(
+            usage.unused().map(|r| r.to_string()).collect::<Vec<_>>(),
+            ["a/p2 ingress[0]"]
+        );
+        assert_eq!(usage.unused_policies(), ["a/p2"]);
+    }
+}
