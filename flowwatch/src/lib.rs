@@ -24,5 +24,7 @@ pub mod whatif;
 pub mod agent;
 pub mod cli;
 pub mod datapath;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod k8s;
