@@ -22,6 +22,7 @@ pub mod policy_cli;
 pub mod whatif;
 
 pub mod agent;
+pub mod allocator;
 pub mod cli;
 pub mod datapath;
 #[doc(hidden)]
