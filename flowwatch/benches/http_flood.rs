@@ -6,7 +6,10 @@
 //!
 //! `cargo bench -p flowwatch --bench http_flood` (or `cargo xtask bench http_flood`). Prints a
 //! table for docs/benchmarks.md and exits non-zero if a bound of the issue is missed: RSS
-//! within 2x the idle figure, `/healthz` within 100 ms, every scrape answered in full.
+//! within 2x the idle figure, `/healthz` within 100 ms, every scrape answered in full. The peak
+//! of each flood is the kernel's high-water mark (`VmHWM`, reset before the flood), the idle
+//! figure the RSS after three whole scrapes; after each, the server prints its allocator's
+//! figures on stderr (heaps in use and free, mapped blocks, exposition bytes alive).
 
 #[path = "../tests/support/http_flood.rs"]
 mod http_flood;
@@ -33,14 +36,16 @@ fn serve(edges: usize) {
     while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
         // SAFETY: mallinfo2 only reads glibc's counters.
         let m = unsafe { libc::mallinfo2() };
+        // Where the memory is: glibc's heaps (in use and free but kept) and mapped blocks.
         eprintln!(
-            "DIAG {}: arena {} KiB, mmapped {} KiB ({} blocks), in use {} KiB, free {} KiB; in flight {} KiB, {} encodings",
+            "server {}: heaps {} KiB ({} KiB in use, {} KiB free), mapped {} KiB in {} blocks; \
+             exposition {} KiB alive, {} encodings so far",
             line.trim(),
             m.arena / 1024,
-            m.hblkhd / 1024,
-            m.hblks,
             m.uordblks / 1024,
             m.fordblks / 1024,
+            m.hblkhd / 1024,
+            m.hblks,
             server.state.exposition().bytes_in_flight() / 1024,
             server.state.exposition().encodings()
         );
