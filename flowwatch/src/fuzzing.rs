@@ -15,9 +15,12 @@ use crate::inventory::{label_rules, limits, snapshot, Inventory};
 use crate::model::{KernelDataError, Observation, Protocol};
 use crate::policy::{Labels, Peer, PolicyEngine, PolicyOptions, Selector};
 
+/// A harness: the fixture cluster (used by the policy targets) and the fuzzed bytes.
+pub type Harness = fn(&Fixture, &[u8]);
+
 /// Every target: its name (a `[[bin]]` of fuzz/Cargo.toml and a folder of fuzz/corpus) and its
 /// harness.
-pub const TARGETS: [(&str, fn(&Fixture, &[u8])); 6] = [
+pub const TARGETS: [(&str, Harness); 6] = [
     ("snapshot", |_, data| snapshot_text(data)),
     ("flow_lines", flow_lines),
     ("label_selector", |_, data| label_selector(data)),
