@@ -6,14 +6,17 @@
 //!
 //! `cargo bench -p flowwatch --bench http_flood` (or `cargo xtask bench http_flood`). Prints a
 //! table for docs/benchmarks.md and exits non-zero if a bound of the issue is missed: RSS
-//! within 2x the idle figure, `/healthz` within 100 ms, every scrape answered in full.
+//! within 2x the idle figure, `/healthz` within 100 ms, every scrape answered in full. The peak
+//! of each flood is the kernel's high-water mark (`VmHWM`, reset before the flood), the idle
+//! figure the RSS after three whole scrapes; after each, the server prints its allocator's
+//! figures on stderr (heaps in use and free, mapped blocks, exposition bytes alive).
 
 #[path = "../tests/support/http_flood.rs"]
 mod http_flood;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,42 +31,25 @@ fn serve(edges: usize) {
     raise_fd_limit();
     let server = Server::start(edges, HttpLimits::default());
     println!("{}", server.addr);
-    // Until the parent closes our stdin.
+    // Until the parent closes our stdin; a line asks for the allocator's figures.
     let mut line = String::new();
-    let _ = std::io::stdin().read_line(&mut line);
-}
-
-/// The server's RSS, sampled every 100 ms on a thread; the highest seen.
-struct RssWatch {
-    peak_kib: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
-        let peak_kib = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (peak_kib.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(status_kib(&pid.to_string(), "VmRSS:"), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        RssWatch {
-            peak_kib,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> f64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak_kib.load(Ordering::Relaxed) as f64 / 1024.0
+    while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+        // SAFETY: mallinfo2 only reads glibc's counters.
+        let m = unsafe { libc::mallinfo2() };
+        // Where the memory is: glibc's heaps (in use and free but kept) and mapped blocks.
+        eprintln!(
+            "server {}: heaps {} KiB ({} KiB in use, {} KiB free), mapped {} KiB in {} blocks; \
+             exposition {} KiB alive, {} encodings so far",
+            line.trim(),
+            m.arena / 1024,
+            m.uordblks / 1024,
+            m.fordblks / 1024,
+            m.hblkhd / 1024,
+            m.hblks,
+            server.state.exposition().bytes_in_flight() / 1024,
+            server.state.exposition().encodings()
+        );
+        line.clear();
     }
 }
 
@@ -120,25 +106,38 @@ fn main() {
     }
     std::thread::sleep(Duration::from_secs(1));
     let idle_mib = status_kib(&pid.to_string(), "VmRSS:") as f64 / 1024.0;
+    {
+        use std::io::Write;
+        if let Some(stdin) = child.stdin.as_mut() {
+            let _ = writeln!(stdin, "idle");
+        }
+    }
     let mut rows = Vec::new();
 
-    let phase = |name: &'static str, run: &mut dyn FnMut() -> ((usize, usize), String)| -> Row {
-        let rss = RssWatch::start(pid);
-        let stop = Arc::new(AtomicBool::new(false));
-        let health = probe_health(addr.clone(), stop.clone());
-        let (scrapes, note) = run();
-        stop.store(true, Ordering::Relaxed);
-        let slowest_health = health
-            .join()
-            .unwrap_or_else(|_| Err("probe panicked".into()));
-        Row {
-            phase: name,
-            peak_mib: rss.finish(),
-            slowest_health,
-            scrapes,
-            note,
-        }
-    };
+    let mut phase =
+        |name: &'static str, run: &mut dyn FnMut() -> ((usize, usize), String)| -> Row {
+            reset_peak_rss(&pid.to_string());
+            let stop = Arc::new(AtomicBool::new(false));
+            let health = probe_health(addr.clone(), stop.clone());
+            let (scrapes, note) = run();
+            stop.store(true, Ordering::Relaxed);
+            {
+                use std::io::Write;
+                if let Some(stdin) = child.stdin.as_mut() {
+                    let _ = writeln!(stdin, "after {name}");
+                }
+            }
+            let slowest_health = health
+                .join()
+                .unwrap_or_else(|_| Err("probe panicked".into()));
+            Row {
+                phase: name,
+                peak_mib: status_kib(&pid.to_string(), "VmHWM:") as f64 / 1024.0,
+                slowest_health,
+                scrapes,
+                note,
+            }
+        };
 
     rows.push(phase(
         "500 clients request /metrics and never read",

@@ -23,8 +23,11 @@ pub mod policy_cli;
 pub mod whatif;
 
 pub mod agent;
+pub mod allocator;
 pub mod cli;
 pub mod datapath;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod k8s;

@@ -90,6 +90,8 @@ fn main() -> ExitCode {
 }
 
 fn run_agent(args: RunArgs) -> ExitCode {
+    // Before the runtime's threads exist: large blocks mapped, few arenas (see the module).
+    flowwatch::allocator::tune();
     init_tracing(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -2,7 +2,11 @@
 //! loopback sockets against `flowwatch::http`'s server with an exposition of a few megabytes:
 //!
 //! - clients that request `/metrics` and never read do not grow memory per client (the
-//!   exposition is shared, not copied) and are dropped after the write stall timeout;
+//!   exposition is shared, not copied) and are dropped after the write stall timeout; with
+//!   concurrent scrapers on top, the process's peak RSS stays within twice its idle figure
+//!   (idle: the same exposition loaded and scraped once). Before the allocator settings
+//!   (`flowwatch::allocator`) and the budget of two encodings, it peaked at 31 MiB for 15 idle;
+//!   after, 23 for 14;
 //! - connections held open without a request, or with half a request, are bounded in number
 //!   (the stalest are closed) and in time (the header timeout);
 //! - meanwhile `/healthz` answers within 100 ms and concurrent scrapers all get full answers.
@@ -28,6 +32,10 @@ const MB: u64 = 1024 * 1024;
 
 /// Non-reading clients in the first test: enough for 92 MB before the fix.
 const NON_READERS: usize = 40;
+/// Concurrent scrapers (3 scrapes each) while they hold their answers: each burst of them
+/// makes an encoding, on whichever blocking thread; before the allocator settings, the freed
+/// encodings stayed in the threads' malloc arenas.
+const SCRAPERS: usize = 32;
 
 #[test]
 fn non_reading_clients_share_one_exposition_and_are_dropped_when_they_stall() {
@@ -46,10 +54,12 @@ fn non_reading_clients_share_one_exposition_and_are_dropped_when_they_stall() {
         "exposition of {size} bytes is too small to test with"
     );
     let idle = rss_bytes();
+    // The peak from here on (short spikes included), against the idle figure.
+    reset_peak_rss("self");
 
-    // One after another, each after the previous answer was encoded (before the fix, each got
-    // an encoding of its own and held what the kernel did not take: about 2.3 MB per client
-    // here, 92 MB for 40 clients; the issue saw 7 MB per client with a 7.2 MB exposition).
+    // One after another, each after the previous answer was encoded (before the shared
+    // encodings, each got an encoding of its own and held what the kernel did not take: about
+    // 2.3 MB per client here, 92 MB for 40 clients; the issue saw 7 MB per client).
     let mut clients = Vec::new();
     for _ in 0..NON_READERS {
         clients.extend(non_readers(&server.addr, 1));
@@ -57,32 +67,31 @@ fn non_reading_clients_share_one_exposition_and_are_dropped_when_they_stall() {
     }
     assert_eq!(clients.len(), NON_READERS);
     std::thread::sleep(Duration::from_millis(500));
-    let loaded = rss_bytes();
-    let grown = loaded.saturating_sub(idle);
     // While they hold their answers: health answers fast and real scrapers get full answers.
     let slowest = slowest_health_probe(&server.addr, 20).unwrap();
-    let failures = concurrent_scrapes(&server.addr, 8, 2);
+    let failures = concurrent_scrapes(&server.addr, SCRAPERS, 3);
+    let peak = status_kib("self", "VmHWM:") * 1024;
     eprintln!(
-        "exposition {} KiB; RSS idle {} MiB, with {NON_READERS} non-readers {} MiB; {} encodings; \
-         {} MiB in flight; slowest /healthz {slowest:?}",
+        "exposition {} KiB; RSS idle {} MiB, peak with {NON_READERS} non-readers and {SCRAPERS} scrapers \
+         {} MiB; {} encodings; {} MiB in flight; slowest /healthz {slowest:?}",
         size / 1024,
         idle / MB,
-        loaded / MB,
+        peak / MB,
         server.state.exposition().encodings(),
         server.state.exposition().bytes_in_flight() as u64 / MB,
+    );
+    // The issue's bar: RSS within twice its idle figure (idle: the same exposition, scraped).
+    assert!(
+        peak <= 2 * idle,
+        "RSS peaked at {} MiB with {NON_READERS} non-reading clients and {SCRAPERS} scrapers: more than \
+         twice the idle {} MiB",
+        peak / MB,
+        idle / MB
     );
     assert!(failures.is_empty(), "scrapes failed: {failures:?}");
     assert!(
         slowest < Duration::from_millis(100),
         "/healthz took {slowest:?}"
-    );
-    // The encodings alive are bounded (4 of them), plus the allocator's slack.
-    let bound = 6 * size as u64 + 16 * MB;
-    assert!(
-        grown < bound,
-        "{NON_READERS} non-reading clients grew RSS by {} MiB (bound {} MiB)",
-        grown / MB,
-        bound / MB
     );
     assert!(
         server.state.exposition().bytes_in_flight()

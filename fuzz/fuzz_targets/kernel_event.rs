@@ -1,8 +1,9 @@
-//! The eBPF ring-buffer record decoder: any bytes give an observation or an error.
+//! The eBPF ring-buffer record decoder: `flowwatch::fuzzing::kernel_event`.
+//! The harness is in the library so that `tests/fuzz_corpus.rs` runs the seeds through it on stable.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = flowwatch::datapath::fuzzing::decode_event(data);
+    let _ = flowwatch::fuzzing::kernel_event(data);
 });

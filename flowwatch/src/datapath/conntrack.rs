@@ -185,7 +185,7 @@ fn find(data: &[u8], kind: u16) -> Option<&[u8]> {
 
 /// The source of the reply tuple of a conntrack entry message; `None` for an error message,
 /// a missing entry or anything malformed.
-pub(super) fn decode_reply(msg: &[u8]) -> Option<SocketAddr> {
+pub(crate) fn decode_reply(msg: &[u8]) -> Option<SocketAddr> {
     if msg.len() < 20 {
         return None;
     }

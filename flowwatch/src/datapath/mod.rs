@@ -505,7 +505,8 @@ impl FlowSource for EbpfSource {
     }
 }
 
-fn decode_event(bytes: &[u8]) -> Result<Observation, KernelDataError> {
+/// A ring-buffer record, as the agent decodes it (also the `kernel_event` fuzz target).
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<Observation, KernelDataError> {
     let expected = std::mem::size_of::<common::FlowEvent>();
     if bytes.len() < expected {
         return Err(KernelDataError::Size {
@@ -518,23 +519,6 @@ fn decode_event(bytes: &[u8]) -> Result<Observation, KernelDataError> {
     let event: common::FlowEvent =
         unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<common::FlowEvent>()) };
     Observation::from_kernel_event(&event)
-}
-
-/// The decoders of kernel data, for the fuzz targets (`fuzz/`, feature `fuzzing`).
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing {
-    /// A ring-buffer record, as the agent decodes it.
-    pub fn decode_event(
-        bytes: &[u8],
-    ) -> Result<crate::model::Observation, crate::model::KernelDataError> {
-        super::decode_event(bytes)
-    }
-
-    /// A conntrack netlink reply, as the agent decodes it.
-    pub fn decode_conntrack_reply(bytes: &[u8]) -> Option<std::net::SocketAddr> {
-        super::conntrack::decode_reply(bytes)
-    }
 }
 
 #[cfg(test)]

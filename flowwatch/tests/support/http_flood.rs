@@ -31,6 +31,13 @@ pub fn status_kib(pid: &str, field: &str) -> u64 {
         .expect("a status field")
 }
 
+/// Starts a new peak: the kernel's high-water mark of resident memory (`VmHWM:`) is reset to
+/// the current RSS (`/proc/<pid>/clear_refs`, value 5), so a later `VmHWM:` is the peak of
+/// what happened since, short spikes included (sampling `VmRSS:` would miss them).
+pub fn reset_peak_rss(pid: &str) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("resetting VmHWM");
+}
+
 /// Raises this process's soft descriptor limit to the hard one (clients and server share it).
 pub fn raise_fd_limit() -> u64 {
     http::raise_fd_limit().expect("raising RLIMIT_NOFILE")
@@ -75,6 +82,8 @@ impl Drop for Server {
 
 impl Server {
     pub fn start(edges: usize, limits: HttpLimits) -> Server {
+        // The allocator as the agent's main sets it (large blocks mapped, two arenas).
+        flowwatch::allocator::tune();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -116,7 +125,9 @@ impl Server {
     }
 }
 
-/// One complete GET: status, body length, and how long it took. `Connection: close`.
+/// One complete GET: status, body length, and how long it took. `Connection: close`. The body
+/// is counted, not kept: the scrapers run in the measuring process of `http_exhaustion`, whose
+/// RSS must be the server's growth, not megabytes of answers held by its clients.
 pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, usize, Duration), String> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
@@ -127,31 +138,48 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, usize, Dur
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("write: {e}"))?;
-    let mut response = Vec::new();
-    s.read_to_end(&mut response)
-        .map_err(|e| format!("read after {} bytes: {e}", response.len()))?;
+    let mut block = vec![0u8; 64 * 1024];
+    let mut head = Vec::new();
+    let mut body_len = 0;
+    loop {
+        let n = match s.read(&mut block) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read after {} bytes: {e}", head.len() + body_len)),
+        };
+        if body_len > 0 || head.ends_with(b"\r\n\r\n") {
+            body_len += n;
+            continue;
+        }
+        head.extend_from_slice(&block[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            body_len = head.len() - (end + 4);
+            head.truncate(end + 4);
+        } else if head.len() > 64 * 1024 {
+            return Err("no header end in 64 KiB".into());
+        }
+    }
     let took = start.elapsed();
-    let head_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no header end in {} bytes", response.len()))?;
-    let head = String::from_utf8_lossy(&response[..head_end]);
+    if !head.ends_with(b"\r\n\r\n") {
+        return Err(format!("no header end in {} bytes", head.len()));
+    }
+    let head = String::from_utf8_lossy(&head);
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("bad status line: {head}"))?;
-    let body = &response[head_end + 4..];
     if let Some(len) = head.lines().find_map(|l| {
         l.to_ascii_lowercase()
             .strip_prefix("content-length:")
             .and_then(|v| v.trim().parse::<usize>().ok())
     }) {
-        if len != body.len() {
-            return Err(format!("body of {} bytes, announced {len}", body.len()));
+        if len != body_len {
+            return Err(format!("body of {body_len} bytes, announced {len}"));
         }
     }
-    Ok((status, body.len(), took))
+    Ok((status, body_len, took))
 }
 
 /// A connection whose receive buffer is 4 KiB (set before connecting, so the window the
