@@ -2,9 +2,9 @@
 //! inventory, policy verdicts and metrics, and runs until SIGTERM/SIGINT.
 
 mod backlog;
-mod local_addresses;
 mod edge;
 mod export;
+mod local_addresses;
 pub mod pipeline;
 pub mod report;
 

@@ -71,12 +71,7 @@ pub struct TrafficArgs {
 impl TrafficArgs {
     /// Reads the observed traffic from the flow logs or from Prometheus into `edges`.
     pub fn read(&self, edges: &mut Edges) -> Result<(), String> {
-        read_traffic(
-            &self.flows,
-            self.prometheus.as_deref(),
-            self.since,
-            edges,
-        )
+        read_traffic(&self.flows, self.prometheus.as_deref(), self.since, edges)
     }
 }
 
