@@ -858,13 +858,19 @@ fn expected(results: &BTreeMap<Probe, bool>, policies: &[Policy]) -> Counted {
         } else {
             "cross_namespace"
         };
+        // The matrix has NetworkPolicies only: they decide whatever is not uncovered.
+        let tier = if verdict == Side::Uncovered {
+            "none"
+        } else {
+            "networkpolicy"
+        };
         let mut put = |family: &'static str, labels: String| {
             out.entry((*probe, family)).or_default().insert(labels, 1.0);
         };
         put(
             "flowwatch_connections_total",
             format!(
-                "egress_verdict={},ingress_verdict={},outcome={outcome},verdict={}",
+                "egress_verdict={},ingress_verdict={},outcome={outcome},tier={tier},verdict={}",
                 eg.label(),
                 ing.label(),
                 verdict.label()
@@ -878,7 +884,7 @@ fn expected(results: &BTreeMap<Probe, bool>, policies: &[Policy]) -> Counted {
             (Side::Denied, true) => put(
                 "flowwatch_enforcement_drift_connections_total",
                 format!(
-                    "egress_verdict={},ingress_verdict={},scope={scope}",
+                    "cni_policy_present=false,egress_verdict={},ingress_verdict={},scope={scope},tier={tier}",
                     eg.label(),
                     ing.label()
                 ),
@@ -889,7 +895,7 @@ fn expected(results: &BTreeMap<Probe, bool>, policies: &[Policy]) -> Counted {
             put(
                 "flowwatch_blocked_attempts_total",
                 format!(
-                    "egress_verdict={},ingress_verdict={},outcome={outcome},scope={scope},verdict={}",
+                    "egress_verdict={},ingress_verdict={},outcome={outcome},scope={scope},tier={tier},verdict={}",
                     eg.label(),
                     ing.label(),
                     verdict.label()
@@ -1058,7 +1064,7 @@ fn a_cluster_ip_connection_is_named_to_its_backend(node: &Node, agent_pod: &str)
     };
     let conn = got.get(&(edge, "flowwatch_connections_total"));
     let want: BTreeMap<String, f64> = [(
-        "egress_verdict=uncovered,ingress_verdict=uncovered,outcome=established,verdict=uncovered"
+        "egress_verdict=uncovered,ingress_verdict=uncovered,outcome=established,tier=none,verdict=uncovered"
             .to_string(),
         1.0,
     )]
