@@ -15,7 +15,7 @@
 //! * `cargo bench -p flowwatch --bench policy -- --generate-whatif DIR [--flows N]`: the same
 //!   cluster with Deployment owners, a proposed change and N flow-log records, for timing
 //!   `flowwatch policy whatif` end to end (docs/benchmarks.md, "Policy what-if").
-//! * `cargo bench -p flowwatch --bench policy -- --whatif-prometheus DIR [--series N] [--days D]`:
+//! * `cargo bench -p flowwatch --bench policy -- --whatif-prometheus DIR [--series N] [--days D] [--reuse]`:
 //!   `flowwatch policy whatif --prometheus` over N edges (50,000) of D days (30) of history in
 //!   a real Prometheus (see `policy_support/whatif_prometheus.rs`).
 
@@ -572,7 +572,8 @@ fn main() {
     if let Some(dir) = flag("--whatif-prometheus") {
         let series = flag("--series").map_or(50_000, |s| s.parse().expect("--series N"));
         let days = flag("--days").map_or(30, |s| s.parse().expect("--days D"));
-        whatif_prometheus::run(std::path::Path::new(dir), series, days);
+        let reuse = args.iter().any(|a| a == "--reuse");
+        whatif_prometheus::run(std::path::Path::new(dir), series, days, reuse);
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--generate-whatif") {

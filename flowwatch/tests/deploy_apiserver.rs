@@ -108,6 +108,10 @@ spec:
                     required: [name, rules]
                     properties:
                       name: {type: string}
+                      # The operator's Duration (a group's own evaluation interval).
+                      interval:
+                        type: string
+                        pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'
                       rules:
                         type: array
                         items:

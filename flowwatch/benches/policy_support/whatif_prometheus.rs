@@ -211,17 +211,20 @@ fn start_prometheus(dir: &Path) -> (Prometheus, String) {
     );
 }
 
-/// One `whatif` run: wall seconds, Prometheus CPU seconds, report lines, would_break lines
-/// and stderr.
+/// One `whatif` run: wall seconds, Prometheus and whatif CPU seconds, report lines,
+/// would_break lines and stderr.
 fn whatif(
     dir: &Path,
     prom: &Prometheus,
     url: &str,
     since: &str,
-) -> (f64, f64, usize, usize, String) {
+) -> (f64, f64, f64, usize, usize, String) {
     let cpu = prom.cpu_secs();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_flowwatch"))
+    // GNU time's line (the whatif process's own CPU) is the last of stderr.
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "whatif-cpu %U %S"])
+        .arg(env!("CARGO_BIN_EXE_flowwatch"))
         .args(["policy", "whatif", "--snapshot"])
         .arg(dir.join("snapshot.json"))
         .arg("--proposed")
@@ -237,44 +240,76 @@ fn whatif(
         "whatif failed: {:?}\n{stderr}",
         out.status
     );
+    let whatif_cpu: f64 = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("whatif-cpu "))
+        .map(|t| {
+            t.split_whitespace()
+                .filter_map(|v| v.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(f64::NAN);
     let lines = stdout.lines().count();
     let broken = stdout
         .lines()
         .filter(|l| l.contains("\"change\":\"would_break\""))
         .count();
-    (wall, prom.cpu_secs() - cpu, lines, broken, stderr)
+    (
+        wall,
+        prom.cpu_secs() - cpu,
+        whatif_cpu,
+        lines,
+        broken,
+        stderr,
+    )
 }
 
-pub fn run(dir: &Path, series: usize, days: u64) {
-    let _ = std::fs::remove_dir_all(dir);
-    write_whatif_states(dir).expect("write the snapshot and the proposed change");
+/// `reuse`: measure again on the TSDB a previous run left in `dir` (written for the same
+/// edges and days, less than an hour ago: the window moves with the clock).
+pub fn run(dir: &Path, series: usize, days: u64, reuse: bool) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
         / 60
         * 60;
-    let t = Instant::now();
-    let (samples, bytes) = write_tsdb(dir, series, days, now);
-    println!(
-        "wrote {series} edges over {days} days: {samples} samples ({:.1} GB of OpenMetrics, \
-         promtool) in {:.0} s",
-        bytes as f64 / 1e9,
-        t.elapsed().as_secs_f64()
-    );
+    let stamp = dir.join("written-at");
+    let written = std::fs::read_to_string(&stamp).ok();
+    let fresh = written.as_deref().is_some_and(|w| {
+        w.trim() == format!("{series} {days}")
+            && std::fs::metadata(&stamp)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(3600))
+    });
+    if reuse && fresh {
+        println!("reusing the TSDB in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+        write_whatif_states(dir).expect("write the snapshot and the proposed change");
+        let t = Instant::now();
+        let (samples, bytes) = write_tsdb(dir, series, days, now);
+        println!(
+            "wrote {series} edges over {days} days: {samples} samples ({:.1} GB of OpenMetrics, \
+             promtool) in {:.0} s",
+            bytes as f64 / 1e9,
+            t.elapsed().as_secs_f64()
+        );
+        std::fs::write(&stamp, format!("{series} {days}\n")).expect("write the stamp");
+    }
     let (prom, url) = start_prometheus(dir);
 
     let since = format!("{days}d");
     let mut walls = Vec::new();
     for round in 1..=3 {
-        let (wall, cpu, lines, broken, stderr) = whatif(dir, &prom, &url, &since);
+        let (wall, cpu, own, lines, broken, stderr) = whatif(dir, &prom, &url, &since);
         assert!(
             !stderr.contains("holds no edge history"),
             "the history covers the window, yet whatif read raw samples:\n{stderr}"
         );
         println!(
-            "round {round}: whatif --since {since}: {wall:.2} s wall, Prometheus {cpu:.2} s CPU; \
-             {lines} edges judged, {broken} would_break"
+            "round {round}: whatif --since {since}: {wall:.2} s wall, Prometheus {cpu:.2} s CPU, \
+             whatif {own:.2} s CPU; {lines} edges judged, {broken} would_break"
         );
         walls.push(wall);
     }
@@ -285,7 +320,7 @@ pub fn run(dir: &Path, series: usize, days: u64) {
     );
 
     // The raw path on the newest two hours, scaled to the window (same run, same load).
-    let (wall, cpu, lines, _, _) = whatif(dir, &prom, &url, "2h");
+    let (wall, cpu, _, lines, _, _) = whatif(dir, &prom, &url, "2h");
     let raw_samples = series as u64 * 2 * HOUR / SCRAPE_SECS;
     let window_samples = series as u64 * days * 24 * HOUR / SCRAPE_SECS;
     println!(
