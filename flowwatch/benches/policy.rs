@@ -576,14 +576,9 @@ fn main() {
         whatif_prometheus::run(std::path::Path::new(dir), series, days, reuse);
         return;
     }
-    if let Some(i) = args.iter().position(|a| a == "--generate-whatif") {
-        let dir = args.get(i + 1).expect("--generate-whatif DIR");
-        let n = args
-            .iter()
-            .position(|a| a == "--flows")
-            .and_then(|j| args.get(j + 1))
-            .map(|s| s.parse().expect("--flows N"))
-            .unwrap_or(1_000_000);
+    let flows = || flag("--flows").map_or(1_000_000, |s| s.parse().expect("--flows N"));
+    if let Some(dir) = flag("--generate-whatif") {
+        let n = flows();
         generate_whatif(std::path::Path::new(dir), n).expect("write the generated files");
         println!(
             "wrote {dir}/snapshot.json, {dir}/proposed.yaml and {dir}/flowlog.jsonl ({n} records)"
@@ -594,14 +589,8 @@ fn main() {
         report();
         return;
     }
-    if let Some(i) = args.iter().position(|a| a == "--generate") {
-        let dir = args.get(i + 1).expect("--generate DIR");
-        let n = args
-            .iter()
-            .position(|a| a == "--flows")
-            .and_then(|j| args.get(j + 1))
-            .map(|s| s.parse().expect("--flows N"))
-            .unwrap_or(1_000_000);
+    if let Some(dir) = flag("--generate") {
+        let n = flows();
         generate(std::path::Path::new(dir), n).expect("write the generated files");
         println!("wrote {dir}/snapshot.yaml and {dir}/flows.jsonl ({n} flows)");
         return;

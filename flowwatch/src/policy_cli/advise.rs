@@ -12,11 +12,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::whatif::{warn_about_reading, TrafficArgs};
+use super::whatif::TrafficArgs;
 use super::SnapshotArgs;
 use crate::advise::{self, render, AdviseOptions, ClusterView};
 use crate::inventory::sources;
-use crate::whatif::{Edges, ServiceTargets};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AdviseArgs {
@@ -111,12 +110,10 @@ pub fn run(args: AdviseArgs) -> ExitCode {
     for e in &errors {
         eprintln!("warning: skipped {e}");
     }
-    let mut edges = Edges::with_targets(ServiceTargets::of(&inventory));
-    if let Err(e) = args.traffic.read(&mut edges) {
-        eprintln!("error: cannot read the observed traffic: {e}");
-        return ExitCode::from(1);
-    }
-    warn_about_reading(&edges, "advised");
+    let edges = match args.traffic.edges(&inventory, "advised") {
+        Ok(edges) => edges,
+        Err(code) => return code,
+    };
 
     let view = ClusterView::of(&inventory);
     let known: BTreeSet<&str> = view.namespaces();

@@ -10,11 +10,10 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::table::{write_table, Format};
-use super::whatif::{explain_edge, warn_about_reading, TrafficArgs};
+use super::whatif::{explain_edge, TrafficArgs};
 use super::SnapshotArgs;
 use crate::inventory::sources;
 use crate::whatif::usage::Usage;
-use crate::whatif::{Edges, ServiceTargets};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UnusedArgs {
@@ -90,12 +89,10 @@ pub fn run(args: UnusedArgs) -> ExitCode {
     for e in errors.iter().chain(&build_errors) {
         eprintln!("warning: skipped {e}");
     }
-    let mut edges = Edges::with_targets(ServiceTargets::of(&inventory));
-    if let Err(e) = args.traffic.read(&mut edges) {
-        eprintln!("error: cannot read the observed traffic: {e}");
-        return ExitCode::from(1);
-    }
-    warn_about_reading(&edges, "counted");
+    let edges = match args.traffic.edges(&inventory, "counted") {
+        Ok(edges) => edges,
+        Err(code) => return code,
+    };
     let state = (engine, resolver);
     let mut usage = Usage::of_policies(&inventory.network_policies);
     let mut unresolved = 0u64;

@@ -69,9 +69,23 @@ pub struct TrafficArgs {
 }
 
 impl TrafficArgs {
-    /// Reads the observed traffic from the flow logs or from Prometheus into `edges`.
-    pub fn read(&self, edges: &mut Edges) -> Result<(), String> {
-        read_traffic(&self.flows, self.prometheus.as_deref(), self.since, edges)
+    /// The observed edges, from the flow logs or from Prometheus, Service traffic counted at
+    /// its backend's target port in `inventory`. What was left out is reported on stderr
+    /// (`verb`: what the command does with the edges); unreadable traffic is exit status 1.
+    pub fn edges(&self, inventory: &Inventory, verb: &str) -> Result<Edges, ExitCode> {
+        let mut edges = Edges::with_targets(ServiceTargets::of(inventory));
+        let read = read_traffic(
+            &self.flows,
+            self.prometheus.as_deref(),
+            self.since,
+            &mut edges,
+        );
+        if let Err(e) = read {
+            eprintln!("error: cannot read the observed traffic: {e}");
+            return Err(ExitCode::from(1));
+        }
+        warn_about_reading(&edges, verb);
+        Ok(edges)
     }
 }
 
@@ -368,7 +382,7 @@ fn warn_all(errors: &[ObjectError], already: &[String], label: &str) -> Vec<Stri
 
 /// Says on stderr which lines were not flow records and which connections were left out
 /// (`verb`: what was not done with them, "judged").
-pub fn warn_about_reading(edges: &Edges, verb: &str) {
+fn warn_about_reading(edges: &Edges, verb: &str) {
     for line in &edges.bad_lines {
         eprintln!("warning: not a flow record: {line}");
     }
@@ -446,13 +460,10 @@ pub fn run(args: WhatifArgs) -> ExitCode {
         after: (engine, resolver),
     };
 
-    let mut edges = Edges::with_targets(ServiceTargets::of(&current));
-    let read = args.traffic.read(&mut edges);
-    if let Err(e) = read {
-        eprintln!("error: cannot read the observed traffic: {e}");
-        return ExitCode::from(1);
-    }
-    warn_about_reading(&edges, "judged");
+    let edges = match args.traffic.edges(&current, "judged") {
+        Ok(edges) => edges,
+        Err(code) => return code,
+    };
 
     let judged = judge(&states, &edges);
     let format = Format::or_default(args.output, Format::Json);
