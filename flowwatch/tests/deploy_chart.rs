@@ -10,11 +10,10 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 
 use serde_yaml::Value;
-use support::helm::{chart, helm, repo, KUBE_VERSION};
+use support::helm::{chart, helm, repo, template, KUBE_VERSION};
 use support::privileged::require;
 
 macro_rules! need_helm {
@@ -27,21 +26,6 @@ macro_rules! need_helm {
             }
         }
     };
-}
-
-fn template(helm: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(helm)
-        .args(["template", "flowwatch"])
-        .arg(chart())
-        .args(["--namespace", "flowwatch", "--kube-version", KUBE_VERSION])
-        .args(args)
-        .output()
-        .expect("run helm");
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 fn docs(yaml: &str) -> Vec<Value> {
