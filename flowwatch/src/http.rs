@@ -65,15 +65,15 @@ impl Readiness {
         Readiness(Arc::new(RwLock::new(Some("starting".into()))))
     }
     pub fn set_ready(&self) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *crate::sync::write(&self.0) = None;
     }
     /// Not ready, saying why (shown in the `/readyz` body).
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+        *crate::sync::write(&self.0) = Some(reason.into());
     }
     /// `Ok(())` when ready, else the reason.
     pub fn status(&self) -> Result<(), String> {
-        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*crate::sync::read(&self.0) {
             None => Ok(()),
             Some(reason) => Err(reason.clone()),
         }

@@ -20,6 +20,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod policy;
 pub mod policy_cli;
+pub mod sync;
 pub mod whatif;
 
 pub mod agent;

@@ -221,10 +221,6 @@ impl Counters {
             rev_bytes: self.rev_bytes.saturating_sub(earlier.rev_bytes),
         }
     }
-
-    pub fn total_packets(&self) -> u64 {
-        self.fwd_packets + self.rev_packets
-    }
 }
 
 /// What a kernel event reports.

@@ -20,10 +20,11 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::sync::lock;
 use aya::maps::{MapData, RingBuf};
 
 /// How often the reader looks at the ring while events flow, and while none do.
@@ -47,14 +48,6 @@ struct Shared {
 pub struct EventReader {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-}
-
-/// A poisoned lock only means another thread panicked while holding it; the data (bytes and a
-/// ring position) is still consistent, so go on with it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl EventReader {

@@ -273,7 +273,7 @@ impl OtlpExporter {
     fn offer_encoded(&self, record: Bytes) {
         let s = &self.shared;
         s.offered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = crate::sync::lock(&s.queue);
         if q.len() >= s.capacity {
             drop(q);
             s.stats.drop_n(DropReason::BufferFull, 1);
@@ -297,11 +297,7 @@ impl OtlpExporter {
 
     /// Records held now.
     pub fn buffered(&self) -> usize {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        crate::sync::lock(&self.shared.queue).len()
     }
 }
 
@@ -372,7 +368,7 @@ impl Sender {
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Bytes>> {
-        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.shared.queue)
     }
 
     fn len(&self) -> usize {

@@ -152,7 +152,7 @@ impl Authorizer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.cache)
     }
 
     async fn ask(&self, token: &str) -> Result<Decision, kube::Error> {

@@ -131,7 +131,7 @@ impl Connections {
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnEntry>>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.live)
     }
 
     /// Registers a new connection, first closing the stalest ones while `max` are open.

@@ -63,7 +63,7 @@ struct Current(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(crate::sync::read(&self.0).clone())
     }
 }
 
@@ -173,12 +173,12 @@ impl Tls {
     pub fn reload(&self) -> Result<bool, TlsError> {
         let cert_pem = read(&self.files.cert)?;
         let key_pem = read(&self.files.key)?;
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = crate::sync::lock(&self.seen);
         if seen.0 == cert_pem && seen.1 == key_pem {
             return Ok(false);
         }
         let key = certified_key(&self.files, &self.provider, &cert_pem, &key_pem)?;
-        *self.current.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        *crate::sync::write(&self.current.0) = key;
         *seen = (cert_pem, key_pem);
         Ok(true)
     }

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod local_node;
 pub mod overlay;
 pub mod snapshot;
+pub mod snapshot_reload;
 pub mod sources;
 pub mod workloads;
 

@@ -66,7 +66,7 @@ pub fn parse(text: &str, origin: &str) -> Result<(Inventory, Vec<ObjectError>), 
 
 /// Adds the objects of one snapshot text to `inventory`. Returns how many Kubernetes documents
 /// (objects or lists with a `kind`) the text held, used or not: zero means it was not a
-/// cluster dump at all (see `crate::k8s::snapshot_reload`).
+/// cluster dump at all (see `super::snapshot_reload`).
 pub fn add_text(
     inventory: &mut Inventory,
     errors: &mut Vec<ObjectError>,

@@ -28,7 +28,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{Cache, Change};
-use super::{run_watch, Kind, KindLabels, SyncStatus, Watch, WatchOptions};
+use super::watch_loop::{run_watch, Watch};
+use super::{Kind, KindLabels, SyncStatus, WatchOptions};
 use crate::inventory::cluster_policy::{
     self, AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy, ClusterPolicies,
     CniPolicy, API_GROUP, CNI_POLICY_KINDS,

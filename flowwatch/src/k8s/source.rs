@@ -1,11 +1,11 @@
 //! Where the agent's inventory comes from: the Kubernetes API ([`super::ClusterWatch::start`])
 //! or, without a cluster, snapshot files (`kubectl get ... -o yaml`, the offline CLI's format)
-//! that are reloaded when they change ([`InventorySource::snapshot_files`]).
+//! that are reloaded when they change ([`ClusterWatch::snapshot_files`]).
 //!
 //! Both give the same handle: a `watch` channel of [`ClusterView`]s and a [`SyncStatus`].
 //! In snapshot mode the status is synced after the first successful load; a reload that fails
 //! (a file being edited, bad YAML, an empty file, a directory with no snapshot file: see
-//! [`super::snapshot_reload`]) is counted, logged with the path and the reason, and the last
+//! [`crate::inventory::snapshot_reload`]) is counted, logged with the path and the reason, and the last
 //! good inventory stays in force.
 
 use std::path::{Path, PathBuf};
@@ -15,30 +15,19 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backing, ClusterView, ClusterWatch, Kind, SyncStatus, WatchOptions};
+use super::cluster_watch::Backing;
+use super::{ClusterView, ClusterWatch, Kind, SyncStatus, WatchOptions};
 use crate::inventory::Inventory;
 
 /// The loader of snapshot files, given the configured paths (files or directories); in the
 /// agent: [`snapshot_loader`].
 pub type Loader = dyn Fn(&[PathBuf]) -> Result<Inventory, String> + Send + Sync;
 
-/// Either source, behind one type.
-pub type InventorySource = ClusterWatch;
-
 impl ClusterWatch {
-    /// The API source (same as [`ClusterWatch::start`]).
-    pub fn kubernetes(
-        client: kube::Client,
-        opts: WatchOptions,
-        cancel: CancellationToken,
-    ) -> ClusterWatch {
-        ClusterWatch::start(client, opts, cancel)
-    }
-
     /// Loads `paths` (files, or directories whose `*.yaml`, `*.yml` and `*.json` files are
     /// read) with `load`, then checks their modification times and sizes every `poll` and
     /// reloads when any changed, appeared or disappeared, once that change has settled (the
-    /// same for a poll, or older than [`super::snapshot_reload::SETTLE`]).
+    /// same for a poll, or older than [`crate::inventory::snapshot_reload::SETTLE`]).
     pub fn snapshot_files(
         paths: Vec<PathBuf>,
         poll: Duration,
@@ -66,11 +55,11 @@ impl ClusterWatch {
     }
 }
 
-/// The agent's loader: [`super::snapshot_reload::load`], all or nothing; objects it cannot use
+/// The agent's loader: [`crate::inventory::snapshot_reload::load`], all or nothing; objects it cannot use
 /// are logged (named, with their field) and skipped, the rest is loaded.
 pub fn snapshot_loader() -> Arc<Loader> {
     Arc::new(|paths: &[PathBuf]| {
-        let (inventory, errors) = super::snapshot_reload::load(paths)?;
+        let (inventory, errors) = crate::inventory::snapshot_reload::load(paths)?;
         for e in &errors {
             tracing::warn!(error = %e, "snapshot object skipped");
         }
@@ -140,17 +129,17 @@ pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn is_snapshot_file(p: &Path) -> bool {
-    super::snapshot_reload::is_snapshot_file(p)
+    crate::inventory::snapshot_reload::is_snapshot_file(p)
 }
 
-/// Whether every file of `stamp` was last modified at least [`super::snapshot_reload::SETTLE`]
+/// Whether every file of `stamp` was last modified at least [`crate::inventory::snapshot_reload::SETTLE`]
 /// ago (a writer that is not done would have touched it more recently).
 fn settled(stamp: &Stamp) -> bool {
     let now = SystemTime::now();
     stamp.iter().all(|(_, s)| match s {
         Some((mtime, _)) => now
             .duration_since(*mtime)
-            .is_ok_and(|age| age >= super::snapshot_reload::SETTLE),
+            .is_ok_and(|age| age >= crate::inventory::snapshot_reload::SETTLE),
         None => true,
     })
 }
@@ -207,7 +196,7 @@ async fn poll_files(
                     }
                     tracing::info!(generation, pods = inv.pods.len(), "snapshot loaded");
                     status.views.inc();
-                    *super::guard(&view) = Arc::new(ClusterView {
+                    *crate::sync::lock(&view) = Arc::new(ClusterView {
                         inventory: Arc::new(inventory),
                         owners: Arc::default(),
                         generation,

@@ -72,11 +72,11 @@ impl<C> Cache<C> {
     /// `object` in the form this cache holds, sharing what it repeats with the objects already
     /// held.
     pub fn compact<K: Cached<Compact = C>>(&self, object: K) -> C {
-        object.compact(&mut self.pool.lock().unwrap_or_else(|p| p.into_inner()))
+        object.compact(&mut crate::sync::lock(&self.pool))
     }
 
     pub fn apply(&self, change: Change<C>) {
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut inner = crate::sync::write(&self.inner);
         match change {
             Change::Init => inner.relist = Some(HashMap::new()),
             Change::InitApply(k, c) => match inner.relist.as_mut() {
@@ -102,11 +102,7 @@ impl<C> Cache<C> {
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .objects
-            .len()
+        crate::sync::read(&self.inner).objects.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -115,7 +111,7 @@ impl<C> Cache<C> {
 
     /// `f` of every object, ordered by namespace and name.
     pub fn map<T>(&self, f: impl Fn(&C) -> T) -> Vec<T> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let inner = crate::sync::read(&self.inner);
         let mut keyed: Vec<(&Key, &C)> = inner.objects.iter().collect();
         keyed.sort_by(|a, b| a.0.cmp(b.0));
         keyed.into_iter().map(|(_, c)| f(c)).collect()

@@ -503,7 +503,7 @@ impl Metrics {
 
     fn edges(&self) -> MutexGuard<'_, EdgeFamilies> {
         // A panic while holding the lock leaves counters consistent enough to keep exporting.
-        self.inner.edges.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner.edges)
     }
 
     /// Records one flow update.

@@ -467,9 +467,7 @@ impl PolicyEngine {
     fn lock_cache(&self) -> MutexGuard<'_, Cache> {
         // A panic while holding the lock cannot leave a half-written entry (inserts are
         // atomic from the map's point of view), so a poisoned cache is still sound.
-        self.cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.cache)
     }
 
     pub(crate) fn evaluate_ends(
