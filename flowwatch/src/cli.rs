@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 
+use crate::metrics::MetricsConfig;
+
 /// Default pod-interface patterns: the host-side veth names of common CNIs (bridge/ptp plugins,
 /// Calico, Cilium, AWS VPC CNI, GKE, Azure, Weave, Flannel's cni0 ports), less Weave's own
 /// bridge-to-datapath veth pair, which carries every pod's traffic a second time.
@@ -167,20 +169,20 @@ pub struct RunArgs {
     pub named_networks: Vec<crate::enrich::NamedNetwork>,
 
     /// Most series one edge metric family keeps; the rest fold into an `other` bucket.
-    #[arg(long, env = "FLOWWATCH_SERIES_BUDGET", default_value_t = 10_000, value_parser = values::parse_series_budget)]
+    #[arg(long, env = "FLOWWATCH_SERIES_BUDGET", default_value_t = MetricsConfig::DEFAULT_SERIES_PER_FAMILY, value_parser = values::parse_series_budget)]
     pub series_budget: usize,
 
     /// Most series one source namespace may hold in one edge family.
     #[arg(
         long,
         env = "FLOWWATCH_SERIES_BUDGET_PER_NAMESPACE",
-        default_value_t = 2_000,
+        default_value_t = MetricsConfig::DEFAULT_SERIES_PER_NAMESPACE,
         value_parser = values::parse_series_budget
     )]
     pub series_budget_per_namespace: usize,
 
     /// Edge series not updated for this many seconds are removed (1 to 2592000, 30 days).
-    #[arg(long, env = "FLOWWATCH_SERIES_TTL_SECS", default_value_t = 900, value_parser = values::parse_series_ttl_secs)]
+    #[arg(long, env = "FLOWWATCH_SERIES_TTL_SECS", default_value_t = MetricsConfig::DEFAULT_SERIES_TTL_SECS, value_parser = values::parse_series_ttl_secs)]
     pub series_ttl_secs: u64,
 
     /// Log format.

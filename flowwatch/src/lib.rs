@@ -15,6 +15,7 @@ pub mod model;
 pub mod source;
 
 pub mod enrich;
+pub mod error_chain;
 pub mod flowlog;
 pub mod inventory;
 pub mod metrics;

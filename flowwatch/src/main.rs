@@ -109,17 +109,7 @@ fn run_agent(args: RunArgs) -> ExitCode {
 
 /// One clear line on stderr, with the causes, and a non-zero exit; never a backtrace.
 fn fail(e: &dyn std::error::Error) -> ExitCode {
-    let mut line = format!("error: {e}");
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = c.source();
-    }
-    eprintln!("{line}");
+    eprintln!("error: {}", flowwatch::error_chain::Chain(e));
     ExitCode::FAILURE
 }
 

@@ -14,13 +14,10 @@ pub fn tls(args: &RunArgs, cancel: &CancellationToken) -> Result<Option<Arc<Tls>
     let (Some(cert), Some(key)) = (&args.metrics_tls_cert_file, &args.metrics_tls_key_file) else {
         return Ok(None);
     };
-    let tls = Arc::new(
-        Tls::from_files(TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-        })
-        .map_err(|e| AgentError::Tls(e.to_string()))?,
-    );
+    let tls = Arc::new(Tls::from_files(TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    })?);
     tokio::spawn(
         tls.clone()
             .watch(tls::DEFAULT_RELOAD_INTERVAL, cancel.clone()),
@@ -33,11 +30,9 @@ pub async fn authorize(args: &RunArgs, state: HttpState) -> Result<HttpState, Ag
     match args.metrics_auth {
         MetricsAuth::None => Ok(state),
         MetricsAuth::Kubernetes => {
-            let client = kube::Client::try_default().await.map_err(|e| {
-                AgentError::Kube(format!(
-                    "--metrics-auth=kubernetes needs the API server: {e}"
-                ))
-            })?;
+            let client = kube::Client::try_default()
+                .await
+                .map_err(AgentError::MetricsAuthKube)?;
             Ok(state.with_authz(Arc::new(Authorizer::new(client, AuthzOptions::default()))))
         }
     }

@@ -54,10 +54,12 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("connecting to the Kubernetes API: {0}")]
-    Kube(String),
-    #[error("{0}")]
-    Tls(String),
+    #[error("connecting to the Kubernetes API")]
+    Kube(#[source] kube::Error),
+    #[error("--metrics-auth=kubernetes needs the API server")]
+    MetricsAuthKube(#[source] kube::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::http::tls::TlsError),
     #[error("--otlp-endpoint: {0}")]
     Export(String),
 }
@@ -89,7 +91,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     // The soft descriptor limit (often 1024) is what a flood of connections ran out of first;
     // the HTTP edge caps its connections at half of what this gives.
     if let Err(e) = http::raise_fd_limit() {
-        tracing::warn!(error = %e, "raising the open-file limit");
+        tracing::warn!(error = %crate::error_chain::Chain(&e), "raising the open-file limit");
     }
 
     // The HTTP server starts first, so /healthz answers (and /readyz says why not) while the
@@ -110,7 +112,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         cancel.clone(),
     )
     .await
-    .map_err(|e| AgentError::Kube(e.to_string()))?;
+    .map_err(AgentError::Kube)?;
     if let Some(watch) = &inventory {
         watch.status().register(&mut registry);
     }
@@ -186,7 +188,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut conntrack = match datapath::conntrack::Conntrack::open() {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!(error = %e, "conntrack unavailable: Services with backends on other nodes stay without backend");
+            tracing::warn!(error = %crate::error_chain::Chain(&e), "conntrack unavailable: Services with backends on other nodes stay without backend");
             None
         }
     };
@@ -227,7 +229,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 let done = match pipeline.pump_totals(now) {
                     Ok(ended) => flows_freed_or_logged(ended),
                     Err(e) => {
-                        tracing::error!(error = %e, "reading flow totals");
+                        tracing::error!(error = %crate::error_chain::Chain(&e), "reading flow totals");
                         Vec::new()
                     }
                 };
@@ -315,15 +317,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
 /// Once running, the agent does not stop on an error: it logs it and goes on with the next
 /// tick (a transient netlink or map error must not take the node's observability down).
-fn keep_going<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) {
+fn keep_going<T, E: std::error::Error>(result: Result<T, E>, what: &str) {
     if let Err(e) = result {
-        tracing::error!(error = %e, "{what}");
+        tracing::error!(error = %crate::error_chain::Chain(&e), "{what}");
     }
 }
 
 /// The flows that ended; a failure to free their kernel entries is logged, not fatal (their
 /// entries are read again next poll and start flows of their own).
-fn flows_freed_or_logged<E: std::fmt::Display>(ended: pipeline::Ended<E>) -> Vec<FinishedFlow> {
+fn flows_freed_or_logged<E: std::error::Error>(ended: pipeline::Ended<E>) -> Vec<FinishedFlow> {
     keep_going(ended.freed, "freeing kernel flow entries");
     ended.flows
 }

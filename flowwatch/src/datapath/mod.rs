@@ -21,6 +21,7 @@ use aya::programs::{SchedClassifier, TcAttachType, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use flowwatch_common as common;
 
+use crate::error_chain::Chain;
 use crate::model::{FlowKey, KernelDataError, Observation};
 use crate::source::{FlowSource, KernelLosses};
 use events::EventReader;
@@ -52,12 +53,40 @@ pub enum DatapathError {
     NoSuchInterface(String),
     #[error("--interfaces: {0}")]
     Patterns(String),
-    #[error("loading the eBPF programs: {0}")]
-    Load(String),
-    #[error("attaching {what}: {message}")]
-    Attach { what: String, message: String },
-    #[error("eBPF map {map}: {message}")]
-    Map { map: &'static str, message: String },
+    #[error("loading the eBPF object")]
+    Object(#[source] aya::EbpfError),
+    #[error("eBPF program {name} not found in the object")]
+    MissingProgram { name: String },
+    #[error("loading the eBPF program {name}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {what}")]
+    Attach {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("eBPF map {map}: {problem}")]
+    MapShape {
+        map: &'static str,
+        problem: &'static str,
+    },
+    #[error("eBPF map {map}: {what}")]
+    MapIo {
+        map: &'static str,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listing network interfaces: {0}")]
     Interfaces(#[source] std::io::Error),
     #[error(transparent)]
@@ -124,18 +153,18 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
             true,
         )
         .load(EBPF_OBJECT)
-        .map_err(|e| DatapathError::Load(chain(&e)))?;
+        .map_err(DatapathError::Object)?;
 
     let tp: &mut TracePoint = program(&mut bpf, common::PROG_TCP_STATE)?;
-    tp.load().map_err(|e| DatapathError::Load(chain(&e)))?;
+    tp.load().map_err(program_error(common::PROG_TCP_STATE))?;
     tp.attach("sock", "inet_sock_set_state")
-        .map_err(|e| DatapathError::Attach {
+        .map_err(|source| DatapathError::Attach {
             what: "tracepoint sock/inet_sock_set_state".into(),
-            message: chain(&e),
+            source,
         })?;
     for name in [common::PROG_TC_INGRESS, common::PROG_TC_EGRESS] {
         let tc: &mut SchedClassifier = program(&mut bpf, name)?;
-        tc.load().map_err(|e| DatapathError::Load(chain(&e)))?;
+        tc.load().map_err(program_error(name))?;
     }
 
     let monitored = BpfHashMap::try_from(take_map(&mut bpf, common::MONITORED_MAP)?)
@@ -146,21 +175,23 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
             data.fd()
                 .as_fd()
                 .try_clone_to_owned()
-                .map_err(|e| DatapathError::Map {
+                .map_err(|source| DatapathError::MapIo {
                     map: common::FLOWS_MAP,
-                    message: e.to_string(),
+                    what: "duplicating its descriptor",
+                    source,
                 })?
         }
         _ => {
-            return Err(DatapathError::Map {
+            return Err(DatapathError::MapShape {
                 map: common::FLOWS_MAP,
-                message: "not a per-CPU hash map".into(),
+                problem: "not a per-CPU hash map",
             })
         }
     };
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Map {
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::MapIo {
         map: common::FLOWS_MAP,
-        message: format!("{what}: {e}"),
+        what: "counting the possible CPUs",
+        source,
     })?;
     let source = EbpfSource {
         flows: batch::FlowMapBatch::new(flows_fd, cpus),
@@ -171,9 +202,10 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
             // what the kernel alone could hold while the main loop is busy.
             2 * options.events_bytes as usize,
         )
-        .map_err(|e| DatapathError::Map {
+        .map_err(|source| DatapathError::MapIo {
             map: common::EVENTS_MAP,
-            message: format!("starting its reader thread: {e}"),
+            what: "starting its reader thread",
+            source,
         })?,
         stats: PerCpuArray::try_from(take_map(&mut bpf, common::STATS_MAP)?)
             .map_err(|e| map_error(common::STATS_MAP, e))?,
@@ -215,7 +247,9 @@ impl Datapath {
                     Ok(()) => added.push(name),
                     // The interface may vanish between listing and attaching (a pod that
                     // failed to start): not fatal, the next reconcile sees the truth.
-                    Err(e) => tracing::warn!(interface = %name, error = %e, "not attached"),
+                    Err(e) => {
+                        tracing::warn!(interface = %name, error = %Chain(&e), "not attached")
+                    }
                 }
             }
         }
@@ -237,9 +271,9 @@ impl Datapath {
     }
 
     fn attach(&mut self, name: &str, ifindex: u32) -> Result<(), DatapathError> {
-        let attach_err = |e: aya::programs::ProgramError| DatapathError::Attach {
+        let attach_err = |source: aya::programs::ProgramError| DatapathError::Attach {
             what: format!("TC to {name}"),
-            message: chain(&e),
+            source,
         };
         // Register first, so the egress program never double-counts a packet the ingress
         // program of this interface already counted.
@@ -321,7 +355,7 @@ impl Datapath {
         let program = program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS)?;
         let fd = program
             .fd()
-            .map_err(|e| DatapathError::Load(chain(&e)))?
+            .map_err(program_error(common::PROG_TC_INGRESS))?
             .as_fd()
             .as_raw_fd();
         // The `test` member of `union bpf_attr` (linux/bpf.h), zero-padded to its full size.
@@ -394,36 +428,26 @@ where
 {
     let program = bpf
         .program_mut(name)
-        .ok_or_else(|| DatapathError::Load(format!("program {name} not found in the object")))?;
-    program
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| DatapathError::Load(format!("{name}: {e}")))
+        .ok_or_else(|| DatapathError::MissingProgram { name: name.into() })?;
+    program.try_into().map_err(program_error(name))
+}
+
+fn program_error(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError + '_ {
+    move |source| DatapathError::Program {
+        name: name.into(),
+        source,
+    }
 }
 
 fn take_map(bpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
-    bpf.take_map(name).ok_or(DatapathError::Map {
+    bpf.take_map(name).ok_or(DatapathError::MapShape {
         map: name,
-        message: "not found in the object".into(),
+        problem: "not found in the object",
     })
 }
 
-fn map_error(map: &'static str, e: aya::maps::MapError) -> DatapathError {
-    DatapathError::Map {
-        map,
-        message: chain(&e),
-    }
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+fn map_error(map: &'static str, source: aya::maps::MapError) -> DatapathError {
+    DatapathError::Map { map, source }
 }
 
 /// Reads the kernel's flow map, ring buffer and loss counters.
@@ -463,9 +487,10 @@ impl FlowSource for EbpfSource {
                     Err(_) => undecodable += 1,
                 },
             )
-            .map_err(|e| DatapathError::Map {
+            .map_err(|source| DatapathError::MapIo {
                 map: common::FLOWS_MAP,
-                message: format!("batch lookup: {e}"),
+                what: "batch lookup",
+                source,
             })?;
         self.undecodable += undecodable;
         self.last_len = n;
@@ -477,9 +502,10 @@ impl FlowSource for EbpfSource {
         self.flows
             .delete(&keys)
             .map(|_| ())
-            .map_err(|e| DatapathError::Map {
+            .map_err(|source| DatapathError::MapIo {
                 map: common::FLOWS_MAP,
-                message: format!("batch delete: {e}"),
+                what: "batch delete",
+                source,
             })
     }
 

@@ -247,7 +247,7 @@ pub async fn require(
                 .into_response()
         }
         Err(e) => {
-            tracing::warn!(error = %e, "authorizing a metrics scrape");
+            tracing::warn!(error = %crate::error_chain::Chain(&e), "authorizing a metrics scrape");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "authorization unavailable: the API server did not answer\n",

@@ -229,7 +229,7 @@ pub async fn serve_router(
                 // rather than spin; logged a few times, not once per attempt.
                 if accept_errors_logged < 10 {
                     accept_errors_logged += 1;
-                    tracing::warn!(error = %e, "accepting an HTTP connection");
+                    tracing::warn!(error = %crate::error_chain::Chain(&e), "accepting an HTTP connection");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
@@ -290,7 +290,9 @@ async fn serve_connection(
             };
             match handshake {
                 Ok(io) => serve_io(io, router, &entry, limits, shutdown).await,
-                Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(e) => {
+                    tracing::debug!(error = %crate::error_chain::Chain(&e), "TLS handshake failed")
+                }
             }
         }
     }

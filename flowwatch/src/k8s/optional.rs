@@ -158,7 +158,7 @@ async fn discover(client: &Client) -> Result<Discovered, kube::Error> {
             Err(e) => {
                 // An aggregated API (Calico's projectcalico.org) may be down: its kinds keep
                 // their state until it answers.
-                tracing::warn!(group_version = %gv, error = %e, "API discovery of a group failed");
+                tracing::warn!(group_version = %gv, error = %crate::error_chain::Chain(&e), "API discovery of a group failed");
                 None
             }
         };
@@ -393,7 +393,7 @@ pub(super) async fn run(ctx: Ctx) {
                 ctx.opts.discovery_interval
             }
             Err(e) => {
-                tracing::warn!(error = %e, "API discovery failed; the optional policy kinds keep their state");
+                tracing::warn!(error = %crate::error_chain::Chain(&e), "API discovery failed; the optional policy kinds keep their state");
                 ctx.opts.max_backoff.min(ctx.opts.discovery_interval)
             }
         };

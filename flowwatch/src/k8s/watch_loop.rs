@@ -114,7 +114,7 @@ pub(super) async fn run_watch<C>(
                         && refuses_streaming_lists(&e) =>
                 {
                     streaming = false;
-                    tracing::info!(?kind, error = %e, "the API server does not stream lists (WatchList); listing in pages");
+                    tracing::info!(?kind, error = %crate::error_chain::Chain(&e), "the API server does not stream lists (WatchList); listing in pages");
                     break;
                 }
                 Some(Err(e)) => match failure(&e) {
@@ -126,7 +126,7 @@ pub(super) async fn run_watch<C>(
                     }
                     Failure::Expired if !expired_since_listed => {
                         expired_since_listed = true;
-                        tracing::info!(?kind, error = %e, "watch or list expired (410 Gone); relisting");
+                        tracing::info!(?kind, error = %crate::error_chain::Chain(&e), "watch or list expired (410 Gone); relisting");
                         break;
                     }
                     Failure::Gone if gone.is_some() => {
@@ -142,9 +142,9 @@ pub(super) async fn run_watch<C>(
                         // finish within the server's compaction window, so the kind would
                         // stay on old state without ever being reported stale.
                         if status.failed(kind) {
-                            tracing::warn!(?kind, error = %e, "watch failed; keeping the last known state and retrying");
+                            tracing::warn!(?kind, error = %crate::error_chain::Chain(&e), "watch failed; keeping the last known state and retrying");
                         } else {
-                            tracing::info!(?kind, error = %e, "newly served kind not ready yet; retrying");
+                            tracing::info!(?kind, error = %crate::error_chain::Chain(&e), "newly served kind not ready yet; retrying");
                         }
                         break;
                     }
@@ -308,7 +308,7 @@ where
         Ok(v) => v,
         Err(e) => {
             status.rejected.get_or_create(&KindLabels { kind }).inc();
-            tracing::warn!(object = %convert::object_name(K::NAME, &meta), error = %e, "object skipped");
+            tracing::warn!(object = %convert::object_name(K::NAME, &meta), error = %crate::error_chain::Chain(&e), "object skipped");
             return None;
         }
     };

@@ -127,12 +127,20 @@ pub struct MetricsConfig {
     pub build: BuildInfo,
 }
 
+impl MetricsConfig {
+    /// The defaults, shared with the agent's flags (`--series-budget`,
+    /// `--series-budget-per-namespace`, `--series-ttl-secs`).
+    pub const DEFAULT_SERIES_PER_FAMILY: usize = 10_000;
+    pub const DEFAULT_SERIES_PER_NAMESPACE: usize = 2_000;
+    pub const DEFAULT_SERIES_TTL_SECS: u64 = 15 * 60;
+}
+
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
-            max_series_per_family: 10_000,
-            max_series_per_namespace: 2_000,
-            series_ttl: Duration::from_secs(15 * 60),
+            max_series_per_family: Self::DEFAULT_SERIES_PER_FAMILY,
+            max_series_per_namespace: Self::DEFAULT_SERIES_PER_NAMESPACE,
+            series_ttl: Duration::from_secs(Self::DEFAULT_SERIES_TTL_SECS),
             build: BuildInfo::default(),
         }
     }
