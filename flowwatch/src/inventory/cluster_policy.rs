@@ -146,9 +146,13 @@ pub fn add_object(
         .unwrap_or_default()
         .to_string();
     let decoded = match kind {
-        "ClusterNetworkPolicy" => decode(item).map(|p| into.cluster_network_policies.push(p)),
-        "AdminNetworkPolicy" => decode(item).map(|p| into.admin_network_policies.push(p)),
-        _ => decode(item).map(|p| into.baseline_admin_network_policies.push(p)),
+        "ClusterNetworkPolicy" => {
+            super::decode_field(item).map(|p| into.cluster_network_policies.push(p))
+        }
+        "AdminNetworkPolicy" => {
+            super::decode_field(item).map(|p| into.admin_network_policies.push(p))
+        }
+        _ => super::decode_field(item).map(|p| into.baseline_admin_network_policies.push(p)),
     };
     if let Err((field, message)) = decoded {
         errors.push(ObjectError {
@@ -158,13 +162,6 @@ pub fn add_object(
         });
         into.undecodable.push((kind.to_string(), name));
     }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(item: Value) -> Result<T, (Option<String>, String)> {
-    serde_path_to_error::deserialize::<_, T>(item).map_err(|e| {
-        let path = e.path().to_string();
-        ((path != ".").then_some(path), e.into_inner().to_string())
-    })
 }
 
 // ------------------------------------------------------------ shared parts

@@ -13,6 +13,7 @@ pub mod label_rules;
 pub mod limits;
 pub mod local_node;
 pub mod overlay;
+pub mod policy_types;
 pub mod snapshot;
 pub mod snapshot_reload;
 pub mod sources;
@@ -61,6 +62,40 @@ pub struct ObjectError {
     /// The field path, e.g. `spec.ingress[0].from[1].ipBlock.cidr`, when known.
     pub field: Option<String>,
     pub message: String,
+}
+
+/// `Kind namespace/name`, or `Kind name` for a cluster-scoped object: how every error and log
+/// line names an object.
+pub fn object_name(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+/// Decodes `value` as a `T`, or says which field of it failed and why (`None`: the value as
+/// a whole).
+pub fn decode_field<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, (Option<String>, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ((path != ".").then_some(path), e.into_inner().to_string())
+    })
+}
+
+impl ObjectError {
+    /// Decodes `value` as a `T` of `object`, the error naming the object and the field.
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        object: impl FnOnce() -> String,
+        value: serde_json::Value,
+    ) -> Result<T, ObjectError> {
+        decode_field(value).map_err(|(field, message)| ObjectError {
+            object: object(),
+            field,
+            message,
+        })
+    }
 }
 
 impl std::fmt::Display for ObjectError {

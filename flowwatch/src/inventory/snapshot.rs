@@ -18,6 +18,7 @@ use serde::de::{
 };
 use serde_json::Value;
 
+use super::policy_types::DeclaredTypes;
 use super::{Inventory, ObjectError};
 
 /// The snapshot as a whole could not be read.
@@ -703,10 +704,9 @@ fn add_object(
 fn object_name(kind: &str, map: &serde_json::Map<String, Value>, position: &str) -> String {
     let meta = map.get("metadata");
     let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
-    match (field("namespace"), field("name")) {
-        (Some(ns), Some(name)) => format!("{kind} {ns}/{name}"),
-        (None, Some(name)) => format!("{kind} {name}"),
-        _ => format!("{kind} at {position}"),
+    match field("name") {
+        Some(name) => super::object_name(kind, field("namespace"), name),
+        None => format!("{kind} at {position}"),
     }
 }
 
@@ -717,18 +717,13 @@ fn push<T: DeserializeOwned>(
     object: String,
     errors: &mut Vec<ObjectError>,
 ) -> bool {
-    match serde_path_to_error::deserialize::<_, T>(item) {
+    match ObjectError::decode(|| object, item) {
         Ok(obj) => {
             into.push(obj);
             true
         }
         Err(e) => {
-            let path = e.path().to_string();
-            errors.push(ObjectError {
-                object,
-                field: (path != ".").then_some(path),
-                message: e.into_inner().to_string(),
-            });
+            errors.push(e);
             false
         }
     }
@@ -751,20 +746,19 @@ fn undecodable_policy(map: &serde_json::Map<String, Value>) -> NetworkPolicy {
         Some(Value::Array(a)) => !a.is_empty(),
         Some(_) => true, // unreadable
     };
-    // Mirrors `policy::compile::declared_directions` (the defaulting of policyTypes).
+    // Read leniently (see `policy_types`): what cannot be read counts as both directions.
     let (ingress, egress) = match spec {
         None => (true, false),
         Some(Value::Object(spec)) => match spec.get("policyTypes") {
-            None | Some(Value::Null) => (true, non_empty(spec.get("egress"))),
-            Some(Value::Array(types)) if types.is_empty() => (true, non_empty(spec.get("egress"))),
-            Some(Value::Array(types)) => {
-                let has = |t: &str| types.iter().any(|v| v.as_str() == Some(t));
-                // An unknown or unreadable type: the policy is invalid either way; assume both.
-                let unknown = types
-                    .iter()
-                    .any(|v| !matches!(v.as_str(), Some("Ingress" | "Egress")));
-                (unknown || has("Ingress"), unknown || has("Egress"))
+            None | Some(Value::Null) => {
+                DeclaredTypes::of(None::<[Option<&str>; 0]>, non_empty(spec.get("egress")))
+                    .lenient()
             }
+            Some(Value::Array(types)) => DeclaredTypes::of(
+                Some(types.iter().map(Value::as_str)),
+                non_empty(spec.get("egress")),
+            )
+            .lenient(),
             Some(_) => (true, true),
         },
         Some(_) => (true, true),

@@ -110,17 +110,13 @@ pub fn stand_in(kind: &str, map: &serde_json::Map<String, Value>) -> Result<Pod,
         });
     };
     let template: PodTemplateSpec =
-        serde_path_to_error::deserialize(template.clone()).map_err(|e| {
-            let inner = e.path().to_string();
-            ObjectError {
-                object: object.clone(),
-                field: Some(if inner == "." {
-                    template_path.clone()
-                } else {
-                    format!("{template_path}.{inner}")
-                }),
-                message: e.into_inner().to_string(),
-            }
+        super::decode_field(template.clone()).map_err(|(inner, message)| ObjectError {
+            object: object.clone(),
+            field: Some(match inner {
+                None => template_path.clone(),
+                Some(inner) => format!("{template_path}.{inner}"),
+            }),
+            message,
         })?;
     let mut labels = template
         .metadata

@@ -22,11 +22,11 @@ use crate::inventory::ObjectError;
 
 /// `Kind namespace/name` or `Kind name`.
 pub fn object_name(kind: &str, meta: &ObjectMeta) -> String {
-    let name = meta.name.as_deref().unwrap_or("<unnamed>");
-    match meta.namespace.as_deref() {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    }
+    crate::inventory::object_name(
+        kind,
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or("<unnamed>"),
+    )
 }
 
 /// Decodes one object from its JSON form, naming the object and the field on failure.
@@ -35,14 +35,7 @@ pub fn decode<K: DeserializeOwned>(
     meta: &ObjectMeta,
     value: serde_json::Value,
 ) -> Result<K, ObjectError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        ObjectError {
-            object: object_name(kind, meta),
-            field: (path != ".").then_some(path),
-            message: e.into_inner().to_string(),
-        }
-    })
+    ObjectError::decode(|| object_name(kind, meta), value)
 }
 
 /// Metadata trimmed to what flowwatch reads.

@@ -4,12 +4,15 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::ipblock::IpBlockMatcher;
 use super::ports::PortMatcher;
 use super::selector::Selector;
+use crate::inventory::policy_types::DeclaredTypes;
 use crate::inventory::ObjectError;
 
 /// A validated policy.
@@ -112,29 +115,22 @@ pub fn compile_policy(
         Some(s) => compile_selector(s, "spec.podSelector").map_err(|(f, m)| fail(f, m))?,
     };
 
-    // The API server's defaulting: without policyTypes, Ingress always, and Egress when the
-    // policy has at least one egress rule (so `egress: []` does not make it Egress).
-    let (mut ingress_type, mut egress_type) = (false, false);
-    match spec.policy_types.as_deref() {
-        None | Some([]) => {
-            ingress_type = true;
-            egress_type = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
-        }
-        Some(types) => {
-            for (i, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    "Ingress" => ingress_type = true,
-                    "Egress" => egress_type = true,
-                    other => {
-                        return Err(fail(
-                            format!("spec.policyTypes[{i}]"),
-                            format!("unknown policy type {other:?} (expected Ingress or Egress)"),
-                        ))
-                    }
-                }
-            }
-        }
+    let declared = DeclaredTypes::of(
+        spec.policy_types
+            .as_deref()
+            .map(|types| types.iter().map(|t| Some(t.as_str()))),
+        has_egress_rules(spec),
+    );
+    if let Some((i, other)) = declared.unknown {
+        return Err(fail(
+            format!("spec.policyTypes[{i}]"),
+            format!(
+                "unknown policy type {:?} (expected Ingress or Egress)",
+                other.unwrap_or_default()
+            ),
+        ));
     }
+    let (ingress_type, egress_type) = (declared.ingress, declared.egress);
 
     let mut ingress = Vec::new();
     for (i, rule) in spec.ingress.iter().flatten().enumerate() {
@@ -180,16 +176,17 @@ pub fn declared_directions(np: &NetworkPolicy) -> (bool, bool) {
     let Some(spec) = &np.spec else {
         return (true, false);
     };
-    match spec.policy_types.as_deref() {
-        None | Some([]) => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
-        Some(types) => {
-            let unknown = types.iter().any(|t| t != "Ingress" && t != "Egress");
-            (
-                unknown || types.iter().any(|t| t == "Ingress"),
-                unknown || types.iter().any(|t| t == "Egress"),
-            )
-        }
-    }
+    DeclaredTypes::of(
+        spec.policy_types
+            .as_deref()
+            .map(|types| types.iter().map(|t| Some(t.as_str()))),
+        has_egress_rules(spec),
+    )
+    .lenient()
+}
+
+fn has_egress_rules(spec: &NetworkPolicySpec) -> bool {
+    spec.egress.as_ref().is_some_and(|e| !e.is_empty())
 }
 
 type FieldError = (String, String);

@@ -378,7 +378,7 @@ fn object_name(kind: &str, name: &str, index: usize) -> String {
     if name.is_empty() {
         format!("{kind} #{index}")
     } else {
-        format!("{kind} {name}")
+        crate::inventory::object_name(kind, None, name)
     }
 }
 
