@@ -36,7 +36,6 @@ use serde::Serialize;
 use crate::aggregate::{EndReason, FinishedFlow};
 use crate::classify::Classification;
 use crate::model::{Nanos, Outcome, Protocol};
-use crate::policy::SideResult;
 
 /// Converts kernel monotonic timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -160,27 +159,10 @@ impl FlowRecord {
             self.policy = Some(policy);
             return self;
         };
-        let side = |s: &SideResult| {
-            let mut side = serde_json::json!({
-                "verdict": s.verdict.as_str(),
-                "policies": s.policies(),
-                "rules": &*s.allowed_by,
-                "reason": s.reason.as_str(),
-                "tier": s.tier.as_str(),
-            });
-            // As in `flowwatch policy eval`: only when a rule decided / CNI policies may apply.
-            if let Some(by) = &s.decided_by {
-                side["decided_by"] = serde_json::to_value(&**by).unwrap_or_default();
-            }
-            if s.cni_policy_present {
-                side["cni_policy_present"] = true.into();
-            }
-            side
-        };
         let mut policy = serde_json::Map::new();
         policy.insert("verdict".into(), v.verdict.as_str().into());
-        policy.insert("ingress".into(), side(&v.ingress));
-        policy.insert("egress".into(), side(&v.egress));
+        policy.insert("ingress".into(), v.ingress.to_json());
+        policy.insert("egress".into(), v.egress.to_json());
         self.policy = Some(policy);
         self
     }

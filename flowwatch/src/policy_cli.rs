@@ -31,8 +31,7 @@ pub use peers::{PortRef, Resolver};
 use crate::inventory::{snapshot, sources, Inventory, ObjectError};
 use crate::model::Protocol;
 use crate::policy::{
-    Coverage, DecidedBy, Direction, Peer, PolicyEngine, PolicyOptions, RuleId, SideResult,
-    SideVerdict,
+    Coverage, Direction, Peer, PolicyEngine, PolicyOptions, SideResult, SideVerdict,
 };
 
 /// `flowwatch policy <eval|explain|coverage>`.
@@ -542,26 +541,10 @@ fn flow_of(
 }
 
 fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer, dir: Direction) -> Value {
-    let mut m = Map::new();
-    m.insert("verdict".into(), Value::from(side.verdict.as_str()));
-    m.insert("policies".into(), json!(side.policies()));
-    m.insert(
-        "rules".into(),
-        Value::Array(
-            side.allowed_by
-                .iter()
-                .map(|r| json!({"policy": &*r.policy, "rule": r.rule}))
-                .collect(),
-        ),
-    );
-    m.insert("reason".into(), Value::from(side.reason.as_str()));
-    m.insert("tier".into(), Value::from(side.tier.as_str()));
-    if side.cni_policy_present {
-        m.insert("cni_policy_present".into(), Value::Bool(true));
-    }
-    if let Some(by) = &side.decided_by {
-        m.insert("decided_by".into(), decided_by_json(by));
-    }
+    let mut m = match side.to_json() {
+        Value::Object(m) => m,
+        other => return other,
+    };
     // Only when the snapshot had invalid policies (a name lookup per side otherwise).
     if side.verdict != SideVerdict::NotApplicable
         && (engine.skipped_policies().next().is_some()
@@ -579,17 +562,6 @@ fn side_json(engine: &PolicyEngine, side: &SideResult, subject: &Peer, dir: Dire
         }
     }
     Value::Object(m)
-}
-
-/// `{"kind", "name", "rule", "action"}`; `rule` is the rule's name, else its index, and
-/// `null` for a NetworkPolicy denial (no rule makes it).
-fn decided_by_json(by: &DecidedBy) -> Value {
-    let rule = match &by.rule {
-        Some(RuleId::Name(n)) => Value::from(&**n),
-        Some(RuleId::Index(i)) => Value::from(*i),
-        None => Value::Null,
-    };
-    json!({"kind": by.kind.as_str(), "name": &*by.name, "rule": rule, "action": by.action.as_str()})
 }
 
 /// Whether a coverage report lists any gap (what `--fail-on-gaps` fails on).

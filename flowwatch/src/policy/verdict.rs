@@ -176,6 +176,28 @@ pub struct SideResult {
 }
 
 impl SideResult {
+    /// The side as JSON: the one shape of the flow log's `ingress`/`egress` and of
+    /// `flowwatch policy eval` (`verdict`, `policies`, `rules`, `reason`, `tier`; `decided_by`
+    /// only when a rule or an isolation decided, `cni_policy_present` only when true).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut side = serde_json::json!({
+            "verdict": self.verdict.as_str(),
+            "policies": self.policies(),
+            "rules": &*self.allowed_by,
+            "reason": self.reason.as_str(),
+            "tier": self.tier.as_str(),
+        });
+        if let Some(by) = &self.decided_by {
+            side["decided_by"] = serde_json::to_value(&**by).unwrap_or_default();
+        }
+        if self.cni_policy_present {
+            side["cni_policy_present"] = true.into();
+        }
+        side
+    }
+}
+
+impl SideResult {
     /// The allowing policies (`namespace/name`), each once, in order.
     pub fn policies(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
