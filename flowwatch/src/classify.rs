@@ -311,6 +311,60 @@ spec:
         assert_eq!(web_to_db.edge.verdict, metrics::Verdict::Denied);
     }
 
+    /// Two pods listing one address (a hand-over, a stale status), in either order and with
+    /// either one being deleted: the record's name and its verdict describe the same pod.
+    #[test]
+    fn names_and_verdicts_describe_the_same_pod_when_two_list_one_address() {
+        let twin = |name: &str, deleting: bool| {
+            let deletion = if deleting {
+                ", deletionTimestamp: '2026-01-01T00:00:00Z'"
+            } else {
+                ""
+            };
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: shop, name: {name}, \
+                 labels: {{app: {name}}}{deletion}}}\nspec: {{nodeName: demo-node, containers: \
+                 [{{name: c}}]}}\nstatus: {{podIP: 10.213.0.77}}\n"
+            )
+        };
+        // Only twin-b's ingress is governed: allowed from anywhere.
+        let policy = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+            metadata: {namespace: shop, name: twin-b-open}\n\
+            spec: {podSelector: {matchLabels: {app: twin-b}}, ingress: [{}]}\n";
+        for (first, second) in [("twin-a", "twin-b"), ("twin-b", "twin-a")] {
+            for deleting in [None, Some(first), Some(second)] {
+                let snapshot = format!(
+                    "{SNAPSHOT}{}{}{policy}",
+                    twin(first, deleting == Some(first)),
+                    twin(second, deleting == Some(second)),
+                );
+                let (inventory, _) = crate::inventory::snapshot::parse(&snapshot, "t").unwrap();
+                let mut c = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
+                c.update(&inventory, &OwnerIndex::default(), 1, 0);
+                let (class, _) = c
+                    .classify(&flow("10.213.0.10:40000", "10.213.0.77:80"), None)
+                    .unwrap();
+                let enrich::Endpoint::Pod(named) = &class.dst else {
+                    panic!("not a pod: {:?}", class.dst);
+                };
+                let ingress = class.verdict.as_ref().unwrap().ingress.verdict;
+                let judged_b = ingress == SideVerdict::Allowed;
+                assert_eq!(
+                    named.name == "twin-b",
+                    judged_b,
+                    "{first} then {second}, deleting {deleting:?}: named {}, ingress {ingress:?}",
+                    named.name
+                );
+                let expected = match deleting {
+                    Some(d) if d == first => second,
+                    Some(_) => first,
+                    None => second, // the later in inventory order
+                };
+                assert_eq!(named.name, expected);
+            }
+        }
+    }
+
     #[test]
     fn nothing_is_classified_before_an_inventory_arrives() {
         let c = Classifier::new(EnrichOptions::default(), PolicyOptions::default());

@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
-use crate::inventory::{Inventory, ObjectError};
+use crate::inventory::{addresses, object_name, Inventory, ObjectError};
 use crate::model::{Nanos, Protocol};
 pub use workload::{workload_of, OwnerIndex, Workload, WorkloadKind};
 
@@ -234,14 +234,10 @@ impl EndpointIndex {
         let mut current: HashMap<IpAddr, (String, Arc<PodEndpoint>, bool)> = HashMap::new();
         let mut host_pods: HashMap<String, Vec<HostPod>> = HashMap::new();
         for pod in &inv.pods {
-            let finished = matches!(
-                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            );
-            if finished {
+            if addresses::pod_finished(pod) {
                 continue;
             }
-            let ips = pod_ips(pod, &mut report.errors);
+            let ips = addresses::pod_addresses(pod, &mut report.errors);
             let host_network = pod
                 .spec
                 .as_ref()
@@ -268,13 +264,10 @@ impl EndpointIndex {
                 .unwrap_or_else(|| format!("{}/{}", endpoint.namespace, endpoint.name));
             let deleting = pod.metadata.deletion_timestamp.is_some();
             for ip in ips {
-                // Of two pods listing one address, a pod being deleted (whose replacement may
-                // already have its address) never takes it from one that is not; otherwise
-                // the later in inventory order holds it.
-                let keep = current
-                    .get(&ip)
-                    .is_some_and(|(_, _, held_by_deleting)| deleting && !held_by_deleting);
-                if !keep {
+                let takes = current.get(&ip).is_none_or(|(_, _, held_by_deleting)| {
+                    addresses::takes_address(deleting, *held_by_deleting)
+                });
+                if takes {
                     current.insert(ip, (uid.clone(), endpoint.clone(), deleting));
                 }
             }
@@ -476,65 +469,6 @@ fn service_endpoint(
     }
 }
 
-fn object(kind: &str, ns: Option<&str>, name: Option<&str>) -> String {
-    let name = name.unwrap_or("<unnamed>");
-    match ns {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    }
-}
-
-fn parse_ip(
-    s: &str,
-    object: impl FnOnce() -> String,
-    field: String,
-    errors: &mut Vec<ObjectError>,
-) -> Option<IpAddr> {
-    match s.parse::<IpAddr>() {
-        Ok(ip) => Some(ip.to_canonical()),
-        Err(e) => {
-            errors.push(ObjectError {
-                object: object(),
-                field: Some(field),
-                message: format!("{s:?} is not an IP address: {e}"),
-            });
-            None
-        }
-    }
-}
-
-/// `status.podIPs`, else `status.podIP`; bad entries are reported and skipped.
-fn pod_ips(pod: &Pod, errors: &mut Vec<ObjectError>) -> Vec<IpAddr> {
-    let Some(status) = pod.status.as_ref() else {
-        return Vec::new();
-    };
-    let name = || {
-        object(
-            "Pod",
-            pod.metadata.namespace.as_deref(),
-            pod.metadata.name.as_deref(),
-        )
-    };
-    let mut ips = Vec::new();
-    match status.pod_ips.as_deref() {
-        Some(list) if !list.is_empty() => {
-            for (i, p) in list.iter().enumerate() {
-                if let Some(ip) = parse_ip(&p.ip, name, format!("status.podIPs[{i}].ip"), errors) {
-                    if !ips.contains(&ip) {
-                        ips.push(ip);
-                    }
-                }
-            }
-        }
-        _ => {
-            if let Some(s) = status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
-                ips.extend(parse_ip(s, name, "status.podIP".into(), errors));
-            }
-        }
-    }
-    ips
-}
-
 fn declared_ports(pod: &Pod) -> Vec<(u16, Protocol)> {
     let mut out = Vec::new();
     for c in pod.spec.iter().flat_map(|s| &s.containers) {
@@ -560,23 +494,9 @@ fn node_ips(inv: &Inventory, errors: &mut Vec<ObjectError>) -> HashMap<IpAddr, S
         let Some(name) = node.metadata.name.clone() else {
             continue;
         };
-        let addrs = node
-            .status
-            .iter()
-            .flat_map(|s| s.addresses.iter().flatten());
-        for (i, a) in addrs.enumerate() {
-            if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
-                continue;
-            }
-            let obj = || object("Node", None, Some(&name));
-            if let Some(ip) = parse_ip(
-                &a.address,
-                obj,
-                format!("status.addresses[{i}].address"),
-                errors,
-            ) {
-                out.insert(ip, name.clone());
-            }
+        let a = addresses::node_addresses(node, errors);
+        for ip in a.internal.into_iter().chain(a.external) {
+            out.insert(ip, name.clone());
         }
     }
     out
@@ -640,8 +560,8 @@ fn service_ips(
             if ip.is_empty() || ip == "None" {
                 continue; // headless
             }
-            let obj = || object("Service", Some(&ns), Some(&name));
-            if let Some(ip) = parse_ip(&ip, obj, field, errors) {
+            let obj = || object_name("Service", Some(&ns), &name);
+            if let Some(ip) = addresses::parse_address(&ip, obj, field, errors) {
                 let holders = out.entry(ip).or_default();
                 // Once per Service, even if it lists the address twice (say, in externalIPs
                 // and as a load-balancer ingress): one candidate, not two.

@@ -453,7 +453,12 @@ fn bad_addresses_are_reported_by_object_and_field_and_the_rest_is_indexed() {
         msgs[1].starts_with("Node node-b: status.addresses[0].address"),
         "{msgs:?}"
     );
-    assert_eq!(report.pods, 1);
+    // The bad pod keeps its readable primary address (as the policy engine reads it).
+    assert_eq!(report.pods, 2);
+    assert_eq!(
+        pod_name(&index.resolve(addr("10.0.0.6:1"), Protocol::Tcp, 0)).as_deref(),
+        Some("shop/bad")
+    );
     assert_eq!(
         pod_name(&index.resolve(addr("10.0.0.7:1"), Protocol::Tcp, 0)).as_deref(),
         Some("shop/good")

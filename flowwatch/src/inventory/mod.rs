@@ -7,6 +7,7 @@
 //! IP index. The objects are the upstream `k8s-openapi` types, so both sources share one
 //! decoding of the Kubernetes schema.
 
+pub mod addresses;
 pub mod cluster_policy;
 pub mod intern;
 pub mod label_rules;

@@ -12,7 +12,7 @@ use super::hash::FastMap;
 use super::ports::{validate_port_name, NamedPort};
 use super::selector::Labels;
 use crate::inventory::intern::Interner;
-use crate::inventory::{Inventory, ObjectError};
+use crate::inventory::{addresses, Inventory, ObjectError};
 use crate::model::Protocol;
 
 pub type NsId = u32;
@@ -197,35 +197,10 @@ impl Cluster {
         };
         let id = self.ensure_node(name);
         self.nodes[id as usize].labels = node.metadata.labels.clone().unwrap_or_default();
-        let addresses = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .into_iter()
-            .flatten()
-            .enumerate();
-        for (i, a) in addresses {
-            if a.type_ == "ExternalIP" {
-                // Only for `nodes` peers; an unreadable one is left out silently, as before.
-                if let Ok(ip) = a.address.trim().parse::<IpAddr>() {
-                    self.nodes[id as usize]
-                        .external_addresses
-                        .push(ip.to_canonical());
-                }
-                continue;
-            }
-            if a.type_ != "InternalIP" {
-                continue;
-            }
-            match a.address.trim().parse::<IpAddr>() {
-                Ok(ip) => self.nodes[id as usize].addresses.push(ip.to_canonical()),
-                Err(_) => errors.push(ObjectError {
-                    object: format!("Node {name}"),
-                    field: Some(format!("status.addresses[{i}].address")),
-                    message: format!("invalid IP address {:?}", a.address),
-                }),
-            }
-        }
+        let found = addresses::node_addresses(node, errors);
+        let node = &mut self.nodes[id as usize];
+        node.addresses = found.internal;
+        node.external_addresses = found.external;
     }
 
     fn add_pod(&mut self, pod: &Pod, index: usize, errors: &mut Vec<ObjectError>) {
@@ -302,35 +277,8 @@ impl Cluster {
         ports.sort();
         ports.dedup();
 
-        let mut ips = Vec::new();
-        let status = pod.status.as_ref();
-        let listed = status
-            .and_then(|s| s.pod_ips.as_ref())
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.as_str()));
-        let primary = status
-            .and_then(|s| s.pod_ip.as_deref())
-            .map(|ip| ("status.podIP".to_string(), ip));
-        for (field, text) in primary.into_iter().chain(listed) {
-            if text.is_empty() {
-                continue;
-            }
-            match text.trim().parse::<IpAddr>() {
-                Ok(ip) if !ips.contains(&ip.to_canonical()) => ips.push(ip.to_canonical()),
-                Ok(_) => {}
-                Err(_) => errors.push(ObjectError {
-                    object: object.clone(),
-                    field: Some(field),
-                    message: format!("invalid IP address {text:?}"),
-                }),
-            }
-        }
-        let terminated = matches!(
-            status.and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        );
+        let ips = addresses::pod_addresses(pod, errors);
+        let terminated = addresses::pod_finished(pod);
 
         let id = self.pods.len() as PodId;
         self.pods.push(PodInfo {
@@ -377,11 +325,14 @@ impl Cluster {
                 match by_ip.insert(*ip, Endpoint::Pod(id as PodId)) {
                     None => {}
                     // A pod being deleted lists an address its replacement already has: an
-                    // ordinary hand-over, not a conflict; the replacement has it.
-                    Some(Endpoint::Pod(other)) if pod.deleting && !self.pod(other).deleting => {
+                    // ordinary hand-over, not a conflict (the enrichment index applies the
+                    // same rule, so names and verdicts describe the same pod).
+                    Some(Endpoint::Pod(other))
+                        if !addresses::takes_address(pod.deleting, self.pod(other).deleting) =>
+                    {
                         by_ip.insert(*ip, Endpoint::Pod(other));
                     }
-                    Some(Endpoint::Pod(other)) if !pod.deleting && self.pod(other).deleting => {}
+                    Some(Endpoint::Pod(other)) if pod.deleting != self.pod(other).deleting => {}
                     Some(Endpoint::Pod(other)) => {
                         errors.push(ObjectError {
                             object: format!("Pod {}", self.pod_label(id as PodId)),
