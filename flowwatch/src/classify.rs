@@ -10,7 +10,6 @@ use crate::enrich::{self, EndpointIndex, EnrichOptions, OwnerIndex};
 use crate::inventory::{Inventory, ObjectError};
 use crate::metrics;
 use crate::model::{Flow, Nanos};
-use crate::policy::tiered::Tier;
 use crate::policy::{FlowVerdict, PolicyEngine, PolicyOptions, SideVerdict, Verdict};
 
 /// What the agent knows about one flow beyond its addresses.
@@ -130,9 +129,9 @@ impl Classifier {
         let took = started.elapsed();
         let (overall_verdict, egress, ingress) = match &verdict {
             Some(v) => (
-                overall(v.verdict),
-                side(v.egress.verdict),
-                side(v.ingress.verdict),
+                v.verdict.into(),
+                v.egress.verdict.into(),
+                v.ingress.verdict.into(),
             ),
             None => (
                 metrics::Verdict::Unknown,
@@ -184,49 +183,17 @@ fn deciding_tier(v: &FlowVerdict) -> metrics::TierLabel {
     let side = [&v.egress, &v.ingress]
         .into_iter()
         .find(|s| s.verdict == want);
-    match side.map(|s| s.tier) {
-        Some(Tier::Admin) => metrics::TierLabel::Admin,
-        Some(Tier::NetworkPolicy) => metrics::TierLabel::NetworkPolicy,
-        Some(Tier::Baseline) => metrics::TierLabel::Baseline,
-        Some(Tier::None) | None => metrics::TierLabel::None,
-    }
-}
-
-fn overall(v: Verdict) -> metrics::Verdict {
-    match v {
-        Verdict::Allowed => metrics::Verdict::Allowed,
-        Verdict::Denied => metrics::Verdict::Denied,
-        Verdict::Uncovered => metrics::Verdict::Uncovered,
-    }
-}
-
-fn side(v: SideVerdict) -> metrics::Verdict {
-    match v {
-        SideVerdict::Allowed => metrics::Verdict::Allowed,
-        SideVerdict::Denied => metrics::Verdict::Denied,
-        SideVerdict::Uncovered => metrics::Verdict::Uncovered,
-        SideVerdict::NotApplicable => metrics::Verdict::NotApplicable,
-    }
+    side.map_or(metrics::TierLabel::None, |s| s.tier.into())
 }
 
 /// One end of a metrics edge: the workload, never the pod or its address.
 fn edge_end(e: &enrich::Endpoint) -> metrics::Endpoint {
-    use enrich::WorkloadKind as K;
-    use metrics::WorkloadKind as M;
     match e {
-        enrich::Endpoint::Pod(p) => {
-            let kind = match p.workload_kind {
-                K::Deployment => M::Deployment,
-                K::ReplicaSet | K::ReplicationController => M::ReplicaSet,
-                K::StatefulSet => M::StatefulSet,
-                K::DaemonSet => M::DaemonSet,
-                K::Job => M::Job,
-                K::CronJob => M::CronJob,
-                K::Pod => M::Pod,
-                K::Other => M::Custom,
-            };
-            metrics::Endpoint::workload(p.namespace.as_str(), p.workload_name.as_str(), kind)
-        }
+        enrich::Endpoint::Pod(p) => metrics::Endpoint::workload(
+            p.namespace.as_str(),
+            p.workload_name.as_str(),
+            p.workload_kind.into(),
+        ),
         enrich::Endpoint::HostNetworkPod(_) | enrich::Endpoint::Node { .. } => {
             metrics::Endpoint::node()
         }

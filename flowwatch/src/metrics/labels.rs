@@ -7,6 +7,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
 use crate::model::{Outcome, Protocol};
+use crate::policy;
 
 /// Writes `s` as a label value, escaping what the exposition formats require.
 fn write_escaped(encoder: &mut LabelValueEncoder, s: &str) -> std::fmt::Result {
@@ -108,6 +109,42 @@ label_enum! {
     }
 }
 
+// The label values of the policy engine's answers are the engine's own words: each mapping
+// below is the one place a domain value becomes a label, and `domain_words_are_label_values`
+// (metrics tests) checks the spellings agree.
+
+impl From<policy::Verdict> for Verdict {
+    fn from(v: policy::Verdict) -> Verdict {
+        match v {
+            policy::Verdict::Allowed => Verdict::Allowed,
+            policy::Verdict::Denied => Verdict::Denied,
+            policy::Verdict::Uncovered => Verdict::Uncovered,
+        }
+    }
+}
+
+impl From<policy::SideVerdict> for Verdict {
+    fn from(v: policy::SideVerdict) -> Verdict {
+        match v {
+            policy::SideVerdict::Allowed => Verdict::Allowed,
+            policy::SideVerdict::Denied => Verdict::Denied,
+            policy::SideVerdict::Uncovered => Verdict::Uncovered,
+            policy::SideVerdict::NotApplicable => Verdict::NotApplicable,
+        }
+    }
+}
+
+impl From<policy::Tier> for TierLabel {
+    fn from(t: policy::Tier) -> TierLabel {
+        match t {
+            policy::Tier::Admin => TierLabel::Admin,
+            policy::Tier::NetworkPolicy => TierLabel::NetworkPolicy,
+            policy::Tier::Baseline => TierLabel::Baseline,
+            policy::Tier::None => TierLabel::None,
+        }
+    }
+}
+
 label_enum! {
     /// The policy tier that decided a connection's overall verdict (the `tier` label): for a
     /// denied connection, the tier of the side that denies it (egress first: the packet meets
@@ -174,6 +211,24 @@ label_enum! {
         Unknown => "unknown",
         /// The budget's overflow bucket.
         Other => "other",
+    }
+}
+
+/// A pod's workload kind as a label: controllers flowwatch does not know are `custom`, and a
+/// ReplicationController counts as a ReplicaSet (both are pod sets without a rollout owner).
+impl From<crate::enrich::WorkloadKind> for WorkloadKind {
+    fn from(k: crate::enrich::WorkloadKind) -> WorkloadKind {
+        use crate::enrich::WorkloadKind as K;
+        match k {
+            K::Deployment => WorkloadKind::Deployment,
+            K::ReplicaSet | K::ReplicationController => WorkloadKind::ReplicaSet,
+            K::StatefulSet => WorkloadKind::StatefulSet,
+            K::DaemonSet => WorkloadKind::DaemonSet,
+            K::Job => WorkloadKind::Job,
+            K::CronJob => WorkloadKind::CronJob,
+            K::Pod => WorkloadKind::Pod,
+            K::Other => WorkloadKind::Custom,
+        }
     }
 }
 

@@ -841,3 +841,31 @@ fn every_cni_policy_kind_of_the_inventory_has_its_label_value() {
         CniPolicyKind::ALL.iter().map(|k| k.as_str()).collect();
     assert_eq!(names, labels);
 }
+
+#[test]
+fn domain_words_are_label_values() {
+    use crate::policy;
+    for v in [
+        policy::Verdict::Allowed,
+        policy::Verdict::Denied,
+        policy::Verdict::Uncovered,
+    ] {
+        assert_eq!(Verdict::from(v).as_str(), v.as_str());
+    }
+    for v in [
+        policy::SideVerdict::Allowed,
+        policy::SideVerdict::Denied,
+        policy::SideVerdict::Uncovered,
+        policy::SideVerdict::NotApplicable,
+    ] {
+        assert_eq!(Verdict::from(v).as_str(), v.as_str());
+    }
+    for t in [
+        policy::Tier::Admin,
+        policy::Tier::NetworkPolicy,
+        policy::Tier::Baseline,
+        policy::Tier::None,
+    ] {
+        assert_eq!(TierLabel::from(t).as_str(), t.as_str());
+    }
+}
