@@ -141,7 +141,8 @@ pub fn layout(ends: &BTreeSet<EdgeEnd>, nodes: &BTreeMap<IpAddr, String>) -> Lay
         tallest = tallest.max(h);
         x += w + COL_GAP;
     }
-    out.width = (x - COL_GAP + MARGIN).max(2 * MARGIN);
+    // Room on the right of the last frame for the loops of edges within it.
+    out.width = x + MARGIN;
     out.lane_y = MARGIN + tallest + LANE / 2;
     out.height = MARGIN * 2 + tallest + LANE;
     out

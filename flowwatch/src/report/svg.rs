@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use super::escape::text;
-use super::layout::{Layout, Placed, NODE_H, NODE_W};
+use super::layout::{Layout, Placed, COL_GAP, NODE_H, NODE_W};
 use super::{EdgeClass, Report, ReportEdge};
 use crate::whatif::EdgeEnd;
 
@@ -131,7 +131,9 @@ fn path(s: &Placed, d: &Placed, k: i32, layout: &Layout) -> String {
     }
     if sx == dx {
         // Same column: out of the right side and back in, bowed by the distance.
-        let bow = 40 + (sy - dy).abs() / 5 + spread + if sy < dy { 0 } else { 18 };
+        // Within the gap to the next column (or the margin after the last).
+        let bow = (40 + (sy - dy).abs() / 5 + spread + if sy < dy { 0 } else { 18 })
+            .min(COL_GAP as i32 - 12);
         let (x, y1, y2) = (sx + w, sy + h / 2 - 4 + k, dy + h / 2 + 4 + k);
         return format!("M{x},{y1} C{},{y1},{},{y2},{x},{y2}", x + bow, x + bow);
     }
