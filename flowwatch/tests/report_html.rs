@@ -233,6 +233,12 @@ fn the_shop_report_shows_what_the_policy_commands_say() {
         stderr.contains("report: 7 edges (1 blocked, 6 allowed)"),
         "{stderr}"
     );
+    // docs/report.md shows this run's summary line.
+    let doc = std::fs::read_to_string(root().join("docs/report.md")).unwrap();
+    assert!(
+        doc.contains(&format!("\n{}", stderr.trim_end())),
+        "{stderr}"
+    );
     let again = dir.path().join("again.html");
     report(&args, &again);
     assert_eq!(

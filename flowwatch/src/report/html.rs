@@ -105,11 +105,11 @@ pub fn page(report: &Report) -> String {
         .iter()
         .flat_map(|e| [&e.key.src, &e.key.dst])
         .collect();
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<header><h1>flowwatch report</h1><p class=\"source\">Observed traffic: {}. \
          <span id=\"summary\">{} edges between {} workloads and addresses; {} advised \
-         policies; {} of {} rules unused.</span></p></header>\n",
+         policies; {} of {} rules unused.</span></p></header>",
         text(&report.source),
         report.edges.len(),
         workloads.len(),

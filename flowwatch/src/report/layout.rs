@@ -90,8 +90,9 @@ pub fn shorten(s: &str, n: usize) -> String {
 
 /// Places `ends`; `nodes` names the addresses that are nodes.
 pub fn layout(ends: &BTreeSet<EdgeEnd>, nodes: &BTreeMap<IpAddr, String>) -> Layout {
-    // (title, is a namespace) -> its ends (name, label, end), in order.
-    let mut groups: BTreeMap<(u8, String), Vec<(String, String, EdgeEnd)>> = BTreeMap::new();
+    // (order: namespaces, nodes, external; title) -> its ends (name, label, end), in order.
+    type Members = Vec<(String, String, EdgeEnd)>;
+    let mut groups: BTreeMap<(u8, String), Members> = BTreeMap::new();
     for end in ends {
         let (key, label) = match end {
             EdgeEnd::Workload {
