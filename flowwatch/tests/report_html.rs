@@ -17,10 +17,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::agent::Agent;
 use support::chromium;
 use support::netns::{Node, Pod};
-use support::prometheus::{Job, Prometheus};
+use support::recording::{agent_and_prometheus, shop_pod, shop_snapshot};
 use support::traffic::{one_connection, wait_record};
 
 fn root() -> PathBuf {
@@ -320,39 +319,30 @@ fn the_shop_report_shows_what_the_policy_commands_say() {
 
 /// The cluster the agent sees: four pods of the shop namespace on their addresses.
 fn cluster_snapshot(pods: &[&Pod; 4]) -> String {
-    let pod = |name: &str, labels: &str, owner: (&str, &str), ip: &Pod| {
-        format!(
-            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: {name}\n    namespace: shop\n    \
-             labels: {{{labels}}}\n    ownerReferences: [{{apiVersion: apps/v1, kind: {}, name: {}, \
-             uid: u-{name}, controller: true}}]\n  spec: {{nodeName: node-a, containers: [{{name: c, image: x}}]}}\n  \
-             status: {{phase: Running, podIP: {}}}\n",
-            owner.0, owner.1, ip.ipv4
-        )
-    };
-    format!(
-        "apiVersion: v1\nkind: List\nitems:\n\
-         - {{apiVersion: v1, kind: Namespace, metadata: {{name: shop}}}}\n\
-         - {{apiVersion: v1, kind: Node, metadata: {{name: node-a}}}}\n{}{}{}{}",
-        pod(
+    shop_snapshot(&[
+        shop_pod(
             "web-5d8c7f9b4-x2x7q",
             "app: web, pod-template-hash: 5d8c7f9b4",
             ("ReplicaSet", "web-5d8c7f9b4"),
-            pods[0]
+            pods[0],
+            "",
         ),
-        pod(
+        shop_pod(
             "api-7c9d6b5f8-k4m2p",
             "app: api, pod-template-hash: 7c9d6b5f8",
             ("ReplicaSet", "api-7c9d6b5f8"),
-            pods[1]
+            pods[1],
+            "",
         ),
-        pod("db-0", "app: db", ("StatefulSet", "db"), pods[2]),
-        pod(
+        shop_pod("db-0", "app: db", ("StatefulSet", "db"), pods[2], ""),
+        shop_pod(
             "cache-6f7d8c9b5-q1w2e",
             "app: cache, pod-template-hash: 6f7d8c9b5",
             ("ReplicaSet", "cache-6f7d8c9b5"),
-            pods[3]
+            pods[3],
+            "",
         ),
-    )
+    ])
 }
 
 /// The repository: four workloads; api admits web, db admits api on 5432, and a rule for a
@@ -442,19 +432,7 @@ fn the_real_agents_traffic_shows_in_all_four_verdicts_and_prometheus_says_the_sa
     let repo = dir.path().join("repo.yaml");
     std::fs::write(&repo, REPO).unwrap();
 
-    let mut agent = Agent::start(&[
-        "--interfaces",
-        &node.interface_glob(),
-        "--snapshot",
-        snapshot.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-    ]);
-    agent.wait_for_log("inventory updated", Duration::from_secs(10));
-    let prom = Prometheus::start(&[Job::new("flowwatch", &[&agent.listen])], &[]);
-    prom.wait_for("up{job=\"flowwatch\"}", Duration::from_secs(30), |r| {
-        r.first().is_some_and(|s| s.value == 1.0)
-    });
+    let (mut agent, prom) = agent_and_prometheus(&node, &snapshot);
     let api_addr = SocketAddr::from((api.ipv4, 8080));
     let db_addr = SocketAddr::from((db.ipv4, 5432));
     let db_closed = SocketAddr::from((db.ipv4, 5433));

@@ -126,28 +126,7 @@ fn workload(p: &WorkloadPolicy) -> String {
     );
     selector(&mut out, "podSelector", &p.selector, 6);
     // Ingress from pods only (see the module's documentation).
-    let ingress: Vec<Rule> = p
-        .ingress
-        .iter()
-        .filter_map(|r| {
-            let peers: Vec<Peer> = r
-                .peers
-                .iter()
-                .filter(|peer| matches!(peer, Peer::Pods { .. }))
-                .cloned()
-                .collect();
-            (!peers.is_empty()).then(|| Rule {
-                peers,
-                ports: r.ports.clone(),
-                covers: r
-                    .covers
-                    .iter()
-                    .filter(|c| !from_address(c))
-                    .cloned()
-                    .collect(),
-            })
-        })
-        .collect();
+    let ingress: Vec<Rule> = p.ingress.iter().filter_map(|r| part(r, false)).collect();
     for (key, peers_key, rules) in [("ingress", "from", &ingress), ("egress", "to", &p.egress)] {
         if rules.is_empty() {
             continue;
@@ -202,31 +181,31 @@ fn rule(out: &mut String, key: &str, i: usize, peers_key: &str, own_ns: &str, r:
     }
 }
 
+/// The part of an ingress rule with its pod peers (`addresses` false) or its address peers,
+/// and the comment lines of the edges from those; `None` when it has none of them.
+fn part(r: &Rule, addresses: bool) -> Option<Rule> {
+    let peers: Vec<Peer> = r
+        .peers
+        .iter()
+        .filter(|peer| matches!(peer, Peer::Block { .. }) == addresses)
+        .cloned()
+        .collect();
+    (!peers.is_empty()).then(|| Rule {
+        peers,
+        ports: r.ports.clone(),
+        covers: r
+            .covers
+            .iter()
+            .filter(|c| from_address(c) == addresses)
+            .cloned()
+            .collect(),
+    })
+}
+
 /// The NetworkPolicy of a workload's ingress rules from addresses (with those peers only),
 /// when it has any.
 fn address_ingress(p: &WorkloadPolicy) -> Option<WorkloadPolicy> {
-    let ingress: Vec<Rule> = p
-        .ingress
-        .iter()
-        .filter_map(|r| {
-            let peers: Vec<Peer> = r
-                .peers
-                .iter()
-                .filter(|peer| matches!(peer, Peer::Block { .. }))
-                .cloned()
-                .collect();
-            (!peers.is_empty()).then(|| Rule {
-                peers,
-                ports: r.ports.clone(),
-                covers: r
-                    .covers
-                    .iter()
-                    .filter(|c| from_address(c))
-                    .cloned()
-                    .collect(),
-            })
-        })
-        .collect();
+    let ingress: Vec<Rule> = p.ingress.iter().filter_map(|r| part(r, true)).collect();
     (!ingress.is_empty()).then(|| WorkloadPolicy {
         ingress,
         egress: Vec::new(),

@@ -15,5 +15,6 @@ pub mod netpol_analyzer;
 pub mod otelcol;
 pub mod privileged;
 pub mod prometheus;
+pub mod recording;
 pub mod snapshot;
 pub mod traffic;
