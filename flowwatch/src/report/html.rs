@@ -169,21 +169,23 @@ fn coverage_section(out: &mut String, report: &Report) {
          selected by a policy for that direction (ingress: edges into it; egress: edges out of \
          it), and the share of their connections.</p>\n\
          <table id=\"coverage-table\"><thead><tr><th>Namespace</th><th>Ingress edges covered</th>\
-         <th>Egress edges covered</th><th>Connections covered</th><th>Share of connections</th>\
-         </tr></thead><tbody>\n",
+         <th>Egress edges covered</th><th>Share of edge ends</th><th>Connections covered</th>\
+         <th>Share of connections</th></tr></thead><tbody>\n",
     );
     for c in &report.coverage {
         let share = percent(c.connections_permille());
         let _ = writeln!(
             out,
             "<tr class=\"coverage-row\" data-namespace=\"{ns}\"><td class=\"mono\">{ns}</td>\
-             <td class=\"num\">{} / {}</td><td class=\"num\">{} / {}</td><td class=\"num\">{} / {}</td>\
+             <td class=\"num\">{} / {}</td><td class=\"num\">{} / {}</td>\
+             <td class=\"num edge-share\">{}</td><td class=\"num\">{} / {}</td>\
              <td class=\"num\"><meter min=\"0\" max=\"1000\" value=\"{}\"></meter> \
              <span class=\"share\">{share}</span></td></tr>",
             c.ingress_covered,
             c.ingress_edges,
             c.egress_covered,
             c.egress_edges,
+            percent(c.edges_permille()),
             c.connections_covered,
             c.connections,
             c.connections_permille(),
