@@ -136,7 +136,10 @@ pub fn collect(
 /// Says where the traffic came from, as the page's header shows it.
 fn source_of(traffic: &TrafficArgs) -> String {
     match (&traffic.prometheus, traffic.since) {
-        (Some(url), Some(since)) => format!("Prometheus {url}, the last {since} s"),
+        (Some(url), Some(since)) => format!(
+            "Prometheus {url}, the last {}",
+            humantime::format_duration(std::time::Duration::from_secs(since))
+        ),
         _ => {
             let files: Vec<String> = traffic
                 .flows
