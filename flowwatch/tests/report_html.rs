@@ -754,3 +754,69 @@ fn names_from_the_flow_log_stay_text() {
         )]
     );
 }
+
+/// Bad input gets the `policy` commands' exit codes and one line naming what is wrong.
+#[test]
+fn bad_input_is_named_and_never_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = root().join("deploy/examples/shop");
+    let snapshot = shop.join("repo");
+    let flows = shop.join("flows/node-a.jsonl");
+    let out = dir.path().join("r.html");
+    let run = |args: &[&str]| {
+        let mut all = vec!["report"];
+        all.extend_from_slice(args);
+        let o = flowwatch(&all);
+        (o.status.code(), text(&o.stderr))
+    };
+    let missing = dir.path().join("missing.yaml");
+    let (code, err) = run(&[
+        "--snapshot",
+        missing.to_str().unwrap(),
+        "--flows",
+        flows.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("cannot read snapshot") && err.contains("missing.yaml"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "--snapshot",
+        snapshot.to_str().unwrap(),
+        "--flows",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot read the observed traffic") && err.contains("missing.yaml"),
+        "{err}"
+    );
+    let unwritable = dir.path().join("no-such-dir/r.html");
+    let (code, err) = run(&[
+        "--snapshot",
+        snapshot.to_str().unwrap(),
+        "--flows",
+        flows.to_str().unwrap(),
+        "--out",
+        unwritable.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("writing the report") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "--snapshot",
+        snapshot.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "no traffic given: {err}");
+    assert!(!out.exists());
+    assert!(!err.contains("panicked"), "{err}");
+}
