@@ -4,7 +4,7 @@
 //! unit-tested without root, a kernel or an API server, and thin edges that talk to the world.
 //!
 //! Pure core: [`model`], [`aggregate`], [`inventory`], [`policy`], [`enrich`], [`classify`],
-//! [`metrics`], [`flowlog`], [`whatif`], [`advise`].
+//! [`metrics`], [`flowlog`], [`whatif`], [`advise`], [`report`].
 //! Edges: [`datapath`] (aya), [`k8s`] (kube-rs), [`http`] (axum), [`agent`] (the runtime that
 //! wires them), [`export`] (the OpenTelemetry logs exporter), [`cli`].
 
@@ -21,6 +21,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod policy;
 pub mod policy_cli;
+pub mod report;
 pub mod sync;
 pub mod whatif;
 

@@ -24,6 +24,10 @@ enum Command {
     /// Offline NetworkPolicy tools over `kubectl get ... -o yaml` snapshots and manifests.
     #[command(subcommand)]
     Policy(flowwatch::policy_cli::PolicyCommand),
+    /// Write one self-contained HTML page of the observed traffic (flow logs or Prometheus)
+    /// judged by a snapshot's policies: the workload graph coloured by verdict, coverage per
+    /// namespace, unused rules and the advised policies. Nothing is loaded when it is opened.
+    Report(Box<flowwatch::policy_cli::report::ReportArgs>),
     /// Print shell completions (`flowwatch completions bash > /etc/bash_completion.d/flowwatch`).
     Completions {
         #[arg(value_enum)]
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_agent(*args),
         Command::Policy(cmd) => flowwatch::policy_cli::run(cmd),
+        Command::Report(args) => flowwatch::policy_cli::report::run(*args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             use std::io::Write;

@@ -22,6 +22,7 @@ pub mod advise;
 pub mod diff;
 mod peers;
 mod prometheus;
+pub mod report;
 pub mod table;
 pub mod unused;
 pub mod whatif;

@@ -430,13 +430,22 @@ fn a_running_cluster_gets_stable_labels_real_dns_labels_target_ports_and_ip_bloc
 /// workload pair and port allowed, every other pair and port of the list denied.
 #[test]
 fn eval_agrees_the_advice_allows_exactly_the_observed_edges() {
+    eval_agrees(&[]);
+}
+
+/// The same of the cluster-scoped form: ClusterNetworkPolicies (tier Admin) in place of the
+/// NetworkPolicies, with the ingress from 203.0.113.9 in a NetworkPolicy.
+#[test]
+fn eval_agrees_the_cluster_scoped_advice_allows_exactly_the_observed_edges() {
+    eval_agrees(&["--cluster-scoped"]);
+}
+
+fn eval_agrees(form: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let advised = dir.path().join("advised");
-    let out = advise(
-        &shop("repo"),
-        &shop_flows(),
-        &["--out", advised.to_str().unwrap()],
-    );
+    let mut args = form.to_vec();
+    args.extend(["--out", advised.to_str().unwrap()]);
+    let out = advise(&shop("repo"), &shop_flows(), &args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // The shop's workloads and namespaces without its NetworkPolicies.
     let stripped = dir.path().join("repo");
@@ -612,6 +621,125 @@ fn verify_fails_when_labels_cannot_tell_workloads_apart() {
         stderr.contains("1 observed edges replayed: 1 allowed, 0 would_break"),
         "{stderr}"
     );
+    // The cluster-scoped form selects by the same labels: the same failure.
+    let flows = dir.path().join("flows.jsonl");
+    let out = advise(&repo, &[flows], &["--verify", "--cluster-scoped"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("verify: FAILED"), "{stderr}");
+    assert!(
+        stderr.contains("allowed, not observed: lab/deployment/"),
+        "{stderr}"
+    );
+}
+
+/// `--cluster-scoped`: ClusterNetworkPolicies (tier Admin), one per workload and a deny per
+/// namespace, proved by `--verify` as the namespaced form is, on the shop and on the running
+/// cluster (kube-dns labels, a host-network peer, external networks); ingress from addresses,
+/// which v1alpha2 cannot name, stays a NetworkPolicy.
+#[test]
+fn the_cluster_scoped_form_is_verified_the_same_way() {
+    let out = advise(
+        &shop("repo"),
+        &shop_flows(),
+        &["--cluster-scoped", "--verify"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("verify history: 6 observed edges replayed: 6 allowed, 0 would_break"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("25 of 25 unobserved pairs denied, 0 unobserved pair-port ranges allowed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("verify: passed"), "{stderr}");
+    let yaml = text(&out.stdout);
+    let again = advise(&shop("repo"), &shop_flows(), &["--cluster-scoped"]);
+    assert_eq!(text(&again.stdout), yaml, "deterministic");
+    let docs = documents(&yaml);
+    let kinds: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterNetworkPolicy advised-data-default-deny",
+            "NetworkPolicy advised-default-deny",
+            "ClusterNetworkPolicy advised-data-statefulset-postgres",
+            "ClusterNetworkPolicy advised-kube-system-default-deny",
+            "NetworkPolicy advised-default-deny",
+            "ClusterNetworkPolicy advised-kube-system-deployment-coredns",
+            "ClusterNetworkPolicy advised-ops-default-deny",
+            "NetworkPolicy advised-default-deny",
+            "ClusterNetworkPolicy advised-ops-cronjob-backup",
+            "ClusterNetworkPolicy advised-shop-default-deny",
+            "NetworkPolicy advised-default-deny",
+            "ClusterNetworkPolicy advised-shop-deployment-api",
+            "ClusterNetworkPolicy advised-shop-deployment-redis",
+            "ClusterNetworkPolicy advised-shop-deployment-web",
+            "NetworkPolicy advised-deployment-web",
+        ]
+    );
+    let web = docs
+        .iter()
+        .find(|d| d["kind"] == "NetworkPolicy" && d["metadata"]["name"] == "advised-deployment-web")
+        .unwrap();
+    assert_eq!(web["metadata"]["namespace"], "shop");
+    assert_eq!(
+        web["spec"]["ingress"],
+        json!([{"from": [{"ipBlock": {"cidr": "203.0.113.9/32"}}], "ports": [{"protocol": "TCP", "port": 8080}]}])
+    );
+    let api = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "advised-shop-deployment-api")
+        .unwrap();
+    assert_eq!(api["spec"]["tier"], "Admin");
+    assert_eq!(
+        api["spec"]["subject"],
+        json!({"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
+            "podSelector": {"matchLabels": {"app": "api"}}}})
+    );
+    assert!(
+        api["spec"]["egress"].as_array().unwrap().contains(&json!({
+            "name": "egress-0", "action": "Accept",
+            "to": [{"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}}],
+            "protocols": [{"tcp": {"destinationPort": {"number": 53}}}, {"udp": {"destinationPort": {"number": 53}}}]
+        })),
+        "{:#}",
+        api["spec"]["egress"]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let flows = vec![cafe_flows(dir.path())];
+    let out = advise(
+        &fixture(),
+        &flows,
+        &["--cluster-scoped", "--verify", "--external-prefix", "24"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("0 would_break"), "{stderr}");
+    assert!(stderr.contains("verify: passed"), "{stderr}");
+    let docs = documents(&text(&out.stdout));
+    // The kubelet's node reaches the frontend by address: a NetworkPolicy; Prometheus's pods
+    // are accepted by the ClusterNetworkPolicy.
+    let frontend_np = policy(&docs, "cafe", "advised-deployment-frontend");
+    assert_eq!(
+        frontend_np["spec"]["ingress"],
+        json!([{"from": [{"ipBlock": {"cidr": "192.168.50.12/32"}}], "ports": [{"protocol": "TCP", "port": 8080}]}])
+    );
+    assert!(docs.iter().any(|d| d["kind"] == "ClusterNetworkPolicy"
+        && d["metadata"]["name"] == "advised-cafe-deployment-frontend"));
 }
 
 #[test]
@@ -750,6 +878,53 @@ async fn a_real_api_server_accepts_the_advised_policies() {
             .count();
         assert_eq!(created, documents(&yaml).len(), "{out}");
     }
+    // The cluster-scoped form, against the ClusterNetworkPolicy CRD written from the published
+    // API types (tests/fixtures/crds): its schema validates every field.
+    let crd = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/crds/clusternetworkpolicies.v1alpha2.yaml");
+    let (ok, out) = run(&["create", "-f", crd.to_str().unwrap()], "");
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/clusternetworkpolicies.policy.networking.k8s.io",
+        ],
+        "",
+    );
+    assert!(ok, "{out}");
+    let cluster = advise(
+        &fixture(),
+        &flows,
+        &["--external-prefix", "24", "--cluster-scoped"],
+    );
+    assert!(cluster.status.success(), "{}", text(&cluster.stderr));
+    let yaml = text(&cluster.stdout);
+    assert!(yaml.contains("kind: ClusterNetworkPolicy"));
+    // Discovery of a new CRD takes a moment: retry the dry run a bounded number of times.
+    let mut last = String::new();
+    for _ in 0..30 {
+        let (ok, out) = run(
+            &["create", "--dry-run=server", "--validate=strict", "-f", "-"],
+            &yaml,
+        );
+        if ok {
+            let created = out
+                .lines()
+                .filter(|l| l.contains("(server dry run)"))
+                .count();
+            assert_eq!(created, documents(&yaml).len(), "{out}");
+            last.clear();
+            break;
+        }
+        last = out;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(
+        last.is_empty(),
+        "the API server rejected the cluster-scoped advice:\n{last}\n{yaml}"
+    );
     // The dry run validates for real: a broken policy is rejected.
     let (ok, _) = run(
         &["create", "--dry-run=server", "--validate=strict", "-f", "-"],

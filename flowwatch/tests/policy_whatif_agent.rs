@@ -11,57 +11,36 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::agent::Agent;
 use support::netns::{Node, Pod};
-use support::prometheus::{Job, Prometheus};
+use support::recording::{agent_and_prometheus, shop_pod, shop_snapshot};
 use support::traffic::{one_connection, wait_record};
 
 /// The cluster as the agent sees it: the pods of a Deployment `web` and a Deployment `api`
 /// (ReplicaSet owners), and the first pod of a StatefulSet `db`, on the pods' addresses.
 fn cluster_snapshot(web: &Pod, api: &Pod, db: &Pod) -> String {
-    let pod = |name: &str, labels: &str, owner: (&str, &str), ip: &Pod, port: &str| {
-        format!(
-            r#"- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: {name}
-    namespace: shop
-    labels: {{{labels}}}
-    ownerReferences: [{{apiVersion: apps/v1, kind: {kind}, name: {owner}, uid: u-{name}, controller: true}}]
-  spec: {{nodeName: node-a, containers: [{{name: c, image: x, ports: [{port}]}}]}}
-  status: {{phase: Running, podIP: {ip}}}
-"#,
-            kind = owner.0,
-            owner = owner.1,
-            ip = ip.ipv4,
-        )
-    };
-    format!(
-        "apiVersion: v1\nkind: List\nitems:\n\
-         - {{apiVersion: v1, kind: Namespace, metadata: {{name: shop}}}}\n\
-         - {{apiVersion: v1, kind: Node, metadata: {{name: node-a}}}}\n{}{}{}",
-        pod(
+    shop_snapshot(&[
+        shop_pod(
             "web-5d8c7f9b4-x2x7q",
             "app: web, pod-template-hash: 5d8c7f9b4",
             ("ReplicaSet", "web-5d8c7f9b4"),
             web,
-            "{name: http, containerPort: 80}"
+            "{name: http, containerPort: 80}",
         ),
-        pod(
+        shop_pod(
             "api-7c9d6b5f8-k4m2p",
             "app: api, pod-template-hash: 7c9d6b5f8",
             ("ReplicaSet", "api-7c9d6b5f8"),
             api,
-            "{name: http, containerPort: 8080}"
+            "{name: http, containerPort: 8080}",
         ),
-        pod(
+        shop_pod(
             "db-0",
             "app: db",
             ("StatefulSet", "db"),
             db,
-            "{name: pg, containerPort: 5432}"
+            "{name: pg, containerPort: 5432}",
         ),
-    )
+    ])
 }
 
 /// The Git repository: the three workloads and their policies (api admits web; db admits api).
@@ -166,19 +145,7 @@ fn whatif_judges_the_flow_log_and_the_prometheus_series_of_the_real_agent() {
         std::fs::write(dir.path().join(sub).join("manifests.yaml"), text).unwrap();
     }
 
-    let mut agent = Agent::start(&[
-        "--interfaces",
-        &node.interface_glob(),
-        "--snapshot",
-        snapshot.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-    ]);
-    agent.wait_for_log("inventory updated", Duration::from_secs(10));
-    let prom = Prometheus::start(&[Job::new("flowwatch", &[&agent.listen])], &[]);
-    prom.wait_for("up{job=\"flowwatch\"}", Duration::from_secs(30), |r| {
-        r.first().is_some_and(|s| s.value == 1.0)
-    });
+    let (mut agent, prom) = agent_and_prometheus(&node, &snapshot);
 
     let api_addr = SocketAddr::from((api.ipv4, 8080));
     let db_addr = SocketAddr::from((db.ipv4, 5432));

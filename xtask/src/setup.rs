@@ -5,8 +5,9 @@ use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
 
 /// Debian packages: LLVM 22 for bpf-linker, the tools the tests drive (nft, iptables, ip,
-/// unshare/setpriv), Prometheus and promtool, bpftool for inspection, and python3-jsonschema
-/// (the flow log's JSON Schema is checked against real records with an independent validator).
+/// unshare/setpriv), Prometheus and promtool, bpftool for inspection, python3-jsonschema
+/// (the flow log's JSON Schema is checked against real records with an independent validator),
+/// and Chromium (`flowwatch report`'s page is opened headless and checked as a reader sees it).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "bpftool",
     "python3-jsonschema",
+    "chromium",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -13,13 +13,15 @@
 //! * [`labels`]: which labels select a workload;
 //! * [`peers`]: the peer of an observed end;
 //! * [`group`]: observed edges into rules;
-//! * [`render`]: the rules as YAML, one document per policy, a comment per rule.
+//! * [`render`]: the rules as YAML, one document per policy, a comment per rule;
+//! * [`render_cluster`]: the same rules as cluster-scoped `ClusterNetworkPolicy` objects.
 
 pub mod cluster;
 pub mod group;
 pub mod labels;
 pub mod peers;
 pub mod render;
+pub mod render_cluster;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -13,7 +13,7 @@ use super::{Advice, Peer, Rule, WorkloadPolicy, DEFAULT_DENY};
 const MAX_COVERS: usize = 20;
 
 /// The label every advised policy carries, so `kubectl delete -l` can take them back.
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "flowwatch-advise");
+pub(super) const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "flowwatch-advise");
 
 /// One policy as a YAML document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub fn scalar(s: &str) -> String {
     }
 }
 
-fn header(out: &mut String, name: &str, ns: &str) {
+pub(super) fn header(out: &mut String, name: &str, ns: &str) {
     let _ = write!(
         out,
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {}\n  \
@@ -94,7 +94,7 @@ fn default_deny(ns: &str) -> String {
 }
 
 /// `matchLabels` at `indent` spaces (`{}` for no label: every pod).
-fn selector(out: &mut String, key: &str, labels: &Labels, indent: usize) {
+pub(super) fn selector(out: &mut String, key: &str, labels: &Labels, indent: usize) {
     let pad = " ".repeat(indent);
     if labels.is_empty() {
         let _ = writeln!(out, "{pad}{key}: {{}}");
@@ -106,7 +106,7 @@ fn selector(out: &mut String, key: &str, labels: &Labels, indent: usize) {
     }
 }
 
-fn policy(p: &WorkloadPolicy) -> String {
+pub(super) fn policy(p: &WorkloadPolicy) -> String {
     let mut out = format!(
         "# {}/{}/{}: the traffic it was seen to accept and to open.\n",
         p.namespace, p.kind, p.workload
@@ -134,12 +134,7 @@ fn policy(p: &WorkloadPolicy) -> String {
 }
 
 fn rule(out: &mut String, peers_key: &str, r: &Rule) {
-    for line in r.covers.iter().take(MAX_COVERS) {
-        let _ = writeln!(out, "  # {line}");
-    }
-    if r.covers.len() > MAX_COVERS {
-        let _ = writeln!(out, "  # ... and {} more", r.covers.len() - MAX_COVERS);
-    }
+    covers(out, r);
     let _ = writeln!(out, "  - {peers_key}:");
     for peer in &r.peers {
         match peer {
@@ -176,6 +171,16 @@ fn rule(out: &mut String, peers_key: &str, r: &Rule) {
     let _ = writeln!(out, "    ports:");
     for (protocol, port) in &r.ports {
         let _ = writeln!(out, "    - protocol: {protocol}\n      port: {port}");
+    }
+}
+
+/// The comment above a rule: the observed edges it covers.
+pub(super) fn covers(out: &mut String, r: &Rule) {
+    for line in r.covers.iter().take(MAX_COVERS) {
+        let _ = writeln!(out, "  # {line}");
+    }
+    if r.covers.len() > MAX_COVERS {
+        let _ = writeln!(out, "  # ... and {} more", r.covers.len() - MAX_COVERS);
     }
 }
 

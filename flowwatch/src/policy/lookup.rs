@@ -4,6 +4,7 @@
 use super::cluster::Endpoint;
 use super::engine::PolicyEngine;
 use super::ports::PortSpec;
+use super::tiered::TierPort;
 use super::Peer;
 use crate::model::Protocol;
 
@@ -71,8 +72,10 @@ impl PolicyEngine {
             .map(|(_, port, _)| port)
     }
 
-    /// Every port the valid policies' rules name (both directions), sorted and deduplicated.
-    /// Entries without a port (every port of a protocol) are not listed.
+    /// Every port the valid policies' rules name (both directions), sorted and deduplicated:
+    /// NetworkPolicies' and the cluster tiers' (whose named ports carry no protocol of their
+    /// own and are left out: the destination's container port says it). Entries without a
+    /// port (every port of a protocol) are not listed.
     pub fn rule_ports(&self) -> Vec<RulePort> {
         let mut out: Vec<RulePort> = self
             .policies
@@ -85,6 +88,17 @@ impl PolicyEngine {
                 PortSpec::Named(n) => Some(RulePort::Named(m.protocol, n.to_string())),
             })
             .collect();
+        out.extend(
+            self.tiers
+                .policies
+                .iter()
+                .flat_map(|p| p.ingress.iter().chain(&p.egress))
+                .flat_map(|r| r.ports.iter())
+                .filter_map(|port| match port {
+                    TierPort::Range(p, a, b) => Some(RulePort::Range(*p, *a, *b)),
+                    TierPort::Any(_) | TierPort::Named(_) => None,
+                }),
+        );
         out.sort();
         out.dedup();
         out

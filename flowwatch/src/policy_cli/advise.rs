@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use super::whatif::TrafficArgs;
 use super::SnapshotArgs;
-use crate::advise::{self, render, AdviseOptions, ClusterView};
+use crate::advise::{self, render, render_cluster, AdviseOptions, ClusterView};
 use crate::inventory::sources;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -57,6 +57,13 @@ pub struct AdviseArgs {
     /// when either fails.
     #[arg(long)]
     pub verify: bool,
+    /// Write ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2, tier Admin) instead
+    /// of NetworkPolicies: per workload one that accepts what was observed, per namespace one
+    /// that denies the rest. Ingress from addresses (nodes, external networks), which
+    /// v1alpha2 cannot name, stays in a NetworkPolicy of its workload. `--verify` judges them
+    /// the same way.
+    #[arg(long, alias = "cluster")]
+    pub cluster_scoped: bool,
 }
 
 /// How `--out` splits the documents into files.
@@ -144,7 +151,11 @@ pub fn run(args: AdviseArgs) -> ExitCode {
             eprintln!("  {} -> {} {}/{}", key.src, key.dst, key.port, key.protocol);
         }
     }
-    let docs = render::documents(&advice);
+    let docs = if args.cluster_scoped {
+        render_cluster::documents(&advice)
+    } else {
+        render::documents(&advice)
+    };
     let yaml = render::stream(&docs);
     eprintln!(
         "advised {} policies in {} namespaces from {} observed edges",

@@ -233,7 +233,7 @@ pub fn edge_json(j: &Judged) -> Value {
 
 /// `allowed (egress shop/web[0]; ingress shop/api[0])`, `denied (ingress: data/default-deny,
 /// data/postgres-ingress allow nothing here)`, `uncovered`.
-fn verdict_text(v: &Result<Explanation, String>) -> String {
+pub(crate) fn verdict_text(v: &Result<Explanation, String>) -> String {
     let e = match v {
         Ok(e) => e,
         Err(error) => return format!("error: {error}"),

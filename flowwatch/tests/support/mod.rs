@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod chromium;
 pub mod frames;
 pub mod gocache;
 pub mod helm;
@@ -14,5 +15,6 @@ pub mod netpol_analyzer;
 pub mod otelcol;
 pub mod privileged;
 pub mod prometheus;
+pub mod recording;
 pub mod snapshot;
 pub mod traffic;
