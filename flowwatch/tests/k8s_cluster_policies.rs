@@ -138,7 +138,7 @@ async fn without_the_crds_the_watchers_sync_clean() {
     let kinds: Vec<Kind> = w.status().staleness().iter().map(|(k, _)| *k).collect();
     assert_eq!(
         kinds,
-        Kind::ALL,
+        Kind::CORE,
         "only the core kinds have staleness series"
     );
     let v = verdict(&w.current(), 8080);

@@ -21,7 +21,7 @@ use std::time::Duration;
 use flowwatch::http::{self, HttpState, Readiness};
 use flowwatch::metrics::{
     CniPresence, Endpoint, FlowEdge, KernelMap, LossReason, Metrics, MetricsConfig, TierLabel,
-    Verdict, WatchedResource, WorkloadKind,
+    Verdict, WatchedKind, WorkloadKind,
 };
 use flowwatch::model::{Counters, Outcome, Protocol};
 use support::privileged::{command, require};
@@ -159,13 +159,13 @@ fn phase1(a: &Metrics, b: &Metrics, s: &Scenario) {
     connections(a, &s.cart_redis, Outcome::Failed, 4, now);
     a.set_interfaces_attached(4);
     a.set_map_fill(KernelMap::Flows, 0.1);
-    a.set_watch_staleness(WatchedResource::Pods, Duration::from_secs(1));
+    a.set_watch_staleness(WatchedKind::Pod, Duration::from_secs(1));
     a.set_invalid_policies(0);
     a.observe_evaluation(Duration::from_micros(3));
 
     b.set_interfaces_attached(0);
     b.set_map_fill(KernelMap::Flows, 0.95);
-    b.set_watch_staleness(WatchedResource::NetworkPolicies, Duration::from_secs(600));
+    b.set_watch_staleness(WatchedKind::NetworkPolicy, Duration::from_secs(600));
     b.set_invalid_policies(2);
     b.add_events_lost(LossReason::RingbufFull, 0);
 }

@@ -418,7 +418,7 @@ impl Health {
         };
         let status = watch.status();
         for (kind, stale) in status.staleness() {
-            metrics.set_watch_staleness(kind.into(), stale);
+            metrics.set_watch_staleness(kind, stale);
         }
         match status.readiness() {
             // Synced caches are not enough: flows are named and judged only once the index and

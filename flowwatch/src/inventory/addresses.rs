@@ -54,10 +54,13 @@ pub fn pod_addresses(pod: &Pod, errors: &mut Vec<ObjectError>) -> Vec<IpAddr> {
         .enumerate()
         .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.as_str()));
     let mut ips = Vec::new();
+    let mut read: Vec<&str> = Vec::new();
     for (field, text) in primary.into_iter().chain(listed) {
-        if text.trim().is_empty() {
+        // `status.podIPs[0]` repeats `status.podIP`: one address, read (or reported) once.
+        if text.trim().is_empty() || read.contains(&text.trim()) {
             continue;
         }
+        read.push(text.trim());
         if let Some(ip) = parse_address(text, name, field, errors) {
             if !ips.contains(&ip) {
                 ips.push(ip);
@@ -160,6 +163,15 @@ mod tests {
         assert_eq!(errors[0].object, "Pod shop/web-1");
         assert_eq!(errors[0].field.as_deref(), Some("status.podIPs[1].ip"));
         assert_eq!(errors[0].message, "\"bogus\" is not an IP address");
+    }
+
+    #[test]
+    fn a_bad_primary_address_repeated_in_the_list_is_reported_once() {
+        let mut errors = Vec::new();
+        let p = pod(json!({"podIP": "10.0.0.010", "podIPs": [{"ip": "10.0.0.010"}]}));
+        assert!(pod_addresses(&p, &mut errors).is_empty());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field.as_deref(), Some("status.podIP"));
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub struct SyncReport {
 impl Default for SyncStatus {
     fn default() -> Self {
         let kinds: [KindState; KINDS] = Default::default();
-        for kind in Kind::ALL {
+        for kind in Kind::CORE {
             let k = &kinds[idx(kind)];
             k.active.store(true, Ordering::Relaxed);
             k.required.store(true, Ordering::Relaxed);
@@ -157,10 +157,11 @@ impl SyncStatus {
 
     /// Every kind watched now or before (the core kinds, and the optional kinds that have been
     /// served) with its own staleness (zero while its watch is current or no longer runs): the
-    /// values of `flowwatch_watch_staleness_seconds{kind}` (`WatchedResource::from(kind)`).
+    /// values of `flowwatch_watch_staleness_seconds{kind}`.
     pub fn staleness(&self) -> Vec<(Kind, Duration)> {
-        Kind::EVERY
-            .into_iter()
+        Kind::ALL
+            .iter()
+            .copied()
             .filter(|k| self.kinds[idx(*k)].seen.load(Ordering::Acquire))
             .map(|k| (k, self.stale_for_kind(k).unwrap_or_default()))
             .collect()
@@ -173,7 +174,7 @@ impl SyncStatus {
 
     /// Watch restarts that relisted (after a 410 Gone or an outage), all kinds.
     pub fn relists(&self) -> u64 {
-        Kind::EVERY.iter().map(|k| self.relists_for_kind(*k)).sum()
+        Kind::ALL.iter().map(|k| self.relists_for_kind(*k)).sum()
     }
 
     /// Watch restarts of this kind that relisted.
@@ -183,14 +184,14 @@ impl SyncStatus {
 
     /// Objects that could not be decoded, all kinds.
     pub fn rejected(&self) -> u64 {
-        Kind::EVERY
+        Kind::ALL
             .iter()
             .map(|k| self.rejected.get_or_create(&KindLabels { kind: *k }).get())
             .sum()
     }
 
     pub fn watch_errors(&self) -> u64 {
-        Kind::EVERY
+        Kind::ALL
             .iter()
             .map(|k| {
                 self.watch_errors
@@ -202,7 +203,7 @@ impl SyncStatus {
 
     pub fn report(&self) -> SyncReport {
         let names = |f: &dyn Fn(&KindState) -> bool| {
-            Kind::EVERY
+            Kind::ALL
                 .iter()
                 .filter(|k| f(&self.kinds[idx(**k)]))
                 .map(|k| format!("{k:?}"))
@@ -273,7 +274,7 @@ impl SyncStatus {
         // Every core kind's series from the start (0 until it happens), so `increase()` and
         // alerts see zeros rather than nothing, and an unsynced kind shows as 0. An optional
         // kind's series appear when it is first served (`activate`).
-        for kind in Kind::ALL {
+        for kind in Kind::CORE {
             self.create_series(kind);
         }
     }
@@ -399,7 +400,7 @@ mod tests {
         let kinds: Vec<Kind> = by_kind.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             kinds,
-            Kind::ALL,
+            Kind::CORE,
             "optional kinds never served have no series"
         );
         for (kind, d) in by_kind {
@@ -412,7 +413,7 @@ mod tests {
     #[test]
     fn an_optional_kind_counts_only_while_served() {
         let status = SyncStatus::default();
-        for kind in Kind::ALL {
+        for kind in Kind::CORE {
             status.synced(kind, 0);
         }
         assert!(status.is_synced());

@@ -307,30 +307,32 @@ label_enum! {
 }
 
 label_enum! {
-    /// The Kubernetes kinds the agent watches: the `kind` label of
-    /// `flowwatch_watch_staleness_seconds`, with the same values as the `kind` label of the
-    /// `flowwatch_kube_*` families (one label name and one spelling per dimension).
-    WatchedResource {
-        Pods => "Pod",
-        Namespaces => "Namespace",
-        NetworkPolicies => "NetworkPolicy",
-        Services => "Service",
-        EndpointSlices => "EndpointSlice",
-        Nodes => "Node",
-        ReplicaSets => "ReplicaSet",
-        Jobs => "Job",
-        // The optional kinds (watched while the API server serves them).
-        ClusterNetworkPolicies => "ClusterNetworkPolicy",
-        AdminNetworkPolicies => "AdminNetworkPolicy",
-        BaselineAdminNetworkPolicies => "BaselineAdminNetworkPolicy",
-        CiliumNetworkPolicies => "CiliumNetworkPolicy",
-        CiliumClusterwideNetworkPolicies => "CiliumClusterwideNetworkPolicy",
-        CalicoNetworkPolicies => "CalicoNetworkPolicy",
-        CalicoGlobalNetworkPolicies => "CalicoGlobalNetworkPolicy",
-        CalicoCrdNetworkPolicies => "CalicoCrdNetworkPolicy",
-        CalicoCrdGlobalNetworkPolicies => "CalicoCrdGlobalNetworkPolicy",
-        AntreaNetworkPolicies => "AntreaNetworkPolicy",
-        AntreaClusterNetworkPolicies => "AntreaClusterNetworkPolicy",
+    /// The Kubernetes kinds the agent watches (`crate::k8s::Kind`): the `kind` label of
+    /// `flowwatch_watch_staleness_seconds` and of the `flowwatch_kube_*` families (one label
+    /// name and one spelling per dimension). The eight core kinds first, then the optional
+    /// kinds, watched while the API server serves them.
+    WatchedKind {
+        Namespace => "Namespace",
+        Node => "Node",
+        Pod => "Pod",
+        Service => "Service",
+        EndpointSlice => "EndpointSlice",
+        NetworkPolicy => "NetworkPolicy",
+        ReplicaSet => "ReplicaSet",
+        Job => "Job",
+        // policy.networking.k8s.io (network-policy-api), evaluated
+        ClusterNetworkPolicy => "ClusterNetworkPolicy",
+        AdminNetworkPolicy => "AdminNetworkPolicy",
+        BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+        // CNI-specific policy kinds, counted only (metadata-only watches)
+        CiliumNetworkPolicy => "CiliumNetworkPolicy",
+        CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+        CalicoNetworkPolicy => "CalicoNetworkPolicy",
+        CalicoGlobalNetworkPolicy => "CalicoGlobalNetworkPolicy",
+        CalicoCrdNetworkPolicy => "CalicoCrdNetworkPolicy",
+        CalicoCrdGlobalNetworkPolicy => "CalicoCrdGlobalNetworkPolicy",
+        AntreaNetworkPolicy => "AntreaNetworkPolicy",
+        AntreaClusterNetworkPolicy => "AntreaClusterNetworkPolicy",
     }
 }
 
@@ -593,7 +595,7 @@ pub struct MapLabels {
 /// `{kind}`
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResourceLabels {
-    pub kind: WatchedResource,
+    pub kind: WatchedKind,
 }
 
 /// `{reason}`

@@ -10,7 +10,7 @@
 //! # Wiring (the stable API)
 //!
 //! ```no_run
-//! use flowwatch::metrics::{CniPresence, Endpoint, FlowEdge, KernelMap, Metrics, MetricsConfig, TierLabel, Verdict, WatchedResource, WorkloadKind};
+//! use flowwatch::metrics::{CniPresence, Endpoint, FlowEdge, KernelMap, Metrics, MetricsConfig, TierLabel, Verdict, WatchedKind, WorkloadKind};
 //! use flowwatch::model::{Counters, Outcome, Protocol};
 //! # fn main() -> Result<(), flowwatch::metrics::ConfigError> {
 //! let (metrics, registry) = Metrics::new(&MetricsConfig::default())?;
@@ -37,7 +37,7 @@
 //! metrics.add_events_lost(flowwatch::metrics::LossReason::RingbufFull, 0);
 //! metrics.set_map_fill(KernelMap::Flows, 0.12);
 //! metrics.set_interfaces_attached(4);
-//! metrics.set_watch_staleness(WatchedResource::Pods, std::time::Duration::from_secs(2));
+//! metrics.set_watch_staleness(WatchedKind::Pod, std::time::Duration::from_secs(2));
 //! metrics.set_invalid_policies(0);
 //! metrics.observe_evaluation(std::time::Duration::from_micros(3));
 //! // Periodically (also done by record_flow itself every ttl/10): drop idle series.
@@ -77,7 +77,7 @@ pub use exposition::{encode_openmetrics, encode_prometheus_text};
 pub use labels::{
     CniPolicyKind, CniPresence, Direction, Endpoint, FamilyName, FlowEdge, FlowLogDropReason,
     KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope, TierLabel, Verdict,
-    WatchedResource, WorkloadKind,
+    WatchedKind, WorkloadKind,
 };
 
 use budget::{Admission, BudgetedFamily};
@@ -742,7 +742,7 @@ impl Metrics {
     }
 
     /// Sets how long a watch has been failing (zero while it is current).
-    pub fn set_watch_staleness(&self, kind: WatchedResource, staleness: Duration) {
+    pub fn set_watch_staleness(&self, kind: WatchedKind, staleness: Duration) {
         self.inner
             .health
             .watch_staleness

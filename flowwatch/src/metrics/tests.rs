@@ -317,10 +317,7 @@ fn health_setters_reach_the_exposition() {
     m.set_map_fill(KernelMap::Flows, 1.7);
     m.set_map_fill(KernelMap::Events, f64::NAN);
     m.set_interfaces_attached(3);
-    m.set_watch_staleness(
-        WatchedResource::NetworkPolicies,
-        Duration::from_millis(2500),
-    );
+    m.set_watch_staleness(WatchedKind::NetworkPolicy, Duration::from_millis(2500));
     m.set_invalid_policies(1);
     m.set_objects_skipped(2);
     m.observe_evaluation(Duration::from_micros(2));
@@ -415,7 +412,7 @@ fn openmetrics_names_the_units_and_build_info_carries_the_given_build() {
         SEC,
     );
     m.set_map_fill(KernelMap::Flows, 0.5);
-    m.set_watch_staleness(WatchedResource::Pods, Duration::ZERO);
+    m.set_watch_staleness(WatchedKind::Pod, Duration::ZERO);
     let om = encode_openmetrics(&reg).unwrap();
     for (family, unit) in [
         ("flowwatch_flow_bytes", "bytes"),
@@ -701,7 +698,7 @@ fn agent_families() -> std::collections::BTreeMap<String, String> {
         m.record_flow(&e, Some(outcome), &traffic, now);
     }
     m.set_map_fill(KernelMap::Flows, 0.5);
-    m.set_watch_staleness(WatchedResource::Pods, Duration::ZERO);
+    m.set_watch_staleness(WatchedKind::Pod, Duration::ZERO);
     let text = encode_prometheus_text(&registry).unwrap();
     let families: std::collections::BTreeMap<String, String> = text
         .lines()
