@@ -4,7 +4,7 @@
 //! unit-tested without root, a kernel or an API server, and thin edges that talk to the world.
 //!
 //! Pure core: [`model`], [`aggregate`], [`inventory`], [`policy`], [`enrich`], [`classify`],
-//! [`metrics`], [`flowlog`], [`whatif`], [`advise`].
+//! [`metrics`], [`flowlog`], [`whatif`], [`advise`], [`first_seen`].
 //! Edges: [`datapath`] (aya), [`k8s`] (kube-rs), [`http`] (axum), [`agent`] (the runtime that
 //! wires them), [`export`] (the OpenTelemetry logs exporter), [`cli`].
 
@@ -15,6 +15,7 @@ pub mod model;
 pub mod source;
 
 pub mod enrich;
+pub mod first_seen;
 pub mod flowlog;
 pub mod inventory;
 pub mod metrics;
