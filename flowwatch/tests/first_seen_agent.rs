@@ -31,6 +31,22 @@ use support::traffic::one_connection;
 const WINDOW_SECS: u64 = 20;
 const LOOKBACK: &str = "30s";
 const FIRST_SEEN: &str = "flowwatch_edge_first_seen_timestamp_seconds";
+/// This test's alerts and new edges: every edge of it starts in namespace `app` (the machine's
+/// other traffic, which the socket tracepoint sees too, is not this test's).
+const ALERTS: &str = "ALERTS{alertname=\"FlowwatchNewEdge\",src_namespace=\"app\"}";
+const NEW: &str = "flowwatch:edge:new{src_namespace=\"app\"}";
+
+/// The pods of `web` and `worker` in rollout `gen`: they swap addresses on every rollout.
+fn roles(gen: u32) -> (usize, usize) {
+    if gen.is_multiple_of(2) {
+        (0, 3)
+    } else {
+        (3, 0)
+    }
+}
+
+/// One step of part 1: what it is, the edge it makes, its traffic.
+type Step<'a> = (&'a str, String, Box<dyn Fn() + 'a>);
 
 /// The snapshot of rollout `gen`: `web` and `worker` (Deployments) on pods 0 and 3, swapping
 /// addresses on every rollout; `api` (Deployment) on pod 1; `db` (StatefulSet, pod `db-0`) on
@@ -38,7 +54,7 @@ const FIRST_SEEN: &str = "flowwatch_edge_first_seen_timestamp_seconds";
 /// its ReplicaSet a new hash) each time.
 fn snapshot(node: &Node, gen: u32) -> String {
     let ip = |i: usize| node.pods[i].ipv4;
-    let (web, worker) = if gen % 2 == 0 { (0, 3) } else { (3, 0) };
+    let (web, worker) = roles(gen);
     let deployment = |name: &str, ip: Ipv4Addr, replica: &str| {
         let hash = format!("{:x}", 0x5d8c7f00 + gen * 7919 + name.len() as u32);
         format!(
@@ -190,7 +206,7 @@ fn refused(from: &Pod, addr: SocketAddr) {
 /// The traffic of every rollout: web -> api:8080 and :9090, worker -> api:8080, and a refused
 /// web -> db:5433; from rollout 8 also the second web pod -> api:8080. Returns the connections.
 fn known_traffic(node: &Node, gen: u32) -> f64 {
-    let (web, worker) = if gen % 2 == 0 { (0, 3) } else { (3, 0) };
+    let (web, worker) = roles(gen);
     let p = &node.pods;
     let api = |port| SocketAddr::from((p[1].ipv4, port));
     one_connection(&p[web], &p[1], api(8080));
@@ -271,7 +287,7 @@ fn new_pairs_and_ports_are_flagged_and_rollouts_and_agent_restarts_are_not() {
     // 1. Each new edge is a series of its own at the next poll (200 ms; 2 s allowed).
     let one_poll = Duration::from_secs(2);
     let api = |port| SocketAddr::from((p[1].ipv4, port));
-    let steps: [(&str, String, Box<dyn Fn()>); 4] = [
+    let steps: [Step; 4] = [
         (
             "a new pair",
             edge("web", "api", 8080),
@@ -414,9 +430,7 @@ fn new_pairs_and_ports_are_flagged_and_rollouts_and_agent_restarts_are_not() {
                     |r| r.len() == 4,
                 );
                 // ... and the rules stay quiet: Prometheus saw them within the lookback.
-                let r = prom
-                    .query("ALERTS{alertname=\"FlowwatchNewEdge\"} or flowwatch:edge:new")
-                    .unwrap();
+                let r = prom.query(&format!("{ALERTS} or {NEW}")).unwrap();
                 assert!(r.is_empty(), "{r:?}");
             }
         }
@@ -429,7 +443,7 @@ fn new_pairs_and_ports_are_flagged_and_rollouts_and_agent_restarts_are_not() {
 
     // No new-edge alert, nor any edge in the record, over the whole churn.
     let range = churn_start.elapsed().as_secs() + 5;
-    let q = format!("max_over_time(ALERTS{{alertname=\"FlowwatchNewEdge\"}}[{range}s]) or max_over_time(flowwatch:edge:new[{range}s])");
+    let q = format!("max_over_time({ALERTS}[{range}s]) or max_over_time({NEW}[{range}s])");
     let r = prom.query(&q).unwrap();
     assert!(r.is_empty(), "{q}: {r:?}");
 
@@ -447,18 +461,18 @@ fn new_pairs_and_ports_are_flagged_and_rollouts_and_agent_restarts_are_not() {
     wait_metrics(&agent, "the new pair", one_poll, |b| {
         family(b, FIRST_SEEN).contains_key(&labels)
     });
-    let r = prom.wait_for(
-        "ALERTS{alertname=\"FlowwatchNewEdge\",alertstate=\"firing\"}",
-        Duration::from_secs(WINDOW_SECS),
-        |r| !r.is_empty(),
-    );
+    let r = prom.wait_for(ALERTS, Duration::from_secs(WINDOW_SECS), |r| !r.is_empty());
     assert_eq!(
         r.iter()
-            .map(|s| (s.label("src_namespace"), s.label("dst_namespace")))
+            .map(|s| (
+                s.label("src_namespace"),
+                s.label("dst_namespace"),
+                s.label("alertstate")
+            ))
             .collect::<Vec<_>>(),
-        vec![("app", "data")]
+        vec![("app", "data", "firing")]
     );
-    let r = prom.query("flowwatch:edge:new").unwrap();
+    let r = prom.query(NEW).unwrap();
     assert_eq!(
         r.iter()
             .map(|s| (

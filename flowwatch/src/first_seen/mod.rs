@@ -9,7 +9,10 @@
 //! workloads is. Ends that name no stable identity are not remembered: `unknown` (an address
 //! the inventory does not know yet: its pod would be "new" until the watch catches up) and the
 //! `other` overflow bucket. Nodes and host-network pods are `node`, addresses outside the
-//! cluster `external` (namespace `""`): one identity each, so the set stays bounded.
+//! cluster `external` (namespace `""`): one identity each, so the set stays bounded. A
+//! connection between two outside addresses (the socket tracepoint sees every socket of the
+//! machine, containers the inventory does not know included) names nothing of the cluster and
+//! is not remembered either.
 //!
 //! The set survives an agent restart through [`state`] (a versioned file in the state
 //! directory); the agent wires it to the metrics
@@ -56,10 +59,13 @@ pub struct KnownEdges {
     dirty: bool,
 }
 
-/// Whether an edge names two stable identities.
+/// Whether an edge names two stable identities, one of them in the cluster.
 pub fn trackable(edge: &EdgeLabels) -> bool {
     let stable = |k: WorkloadKind| !matches!(k, WorkloadKind::Unknown | WorkloadKind::Other);
-    stable(edge.src_kind) && stable(edge.dst_kind)
+    let outside = |k: WorkloadKind| k == WorkloadKind::External;
+    stable(edge.src_kind)
+        && stable(edge.dst_kind)
+        && !(outside(edge.src_kind) && outside(edge.dst_kind))
 }
 
 impl KnownEdges {
@@ -245,6 +251,12 @@ mod tests {
         e.dst_workload = "node".into();
         assert_eq!(k.observe(&e, 1), Observed::New);
         assert_eq!(k.len(), 2);
+        // Outside to outside: nothing of the cluster.
+        e.src_kind = WorkloadKind::External;
+        e.dst_kind = WorkloadKind::External;
+        assert_eq!(k.observe(&e, 1), Observed::Ignored);
+        e.dst_kind = WorkloadKind::Node;
+        assert_eq!(k.observe(&e, 1), Observed::New, "outside to a node is one");
     }
 
     #[test]
