@@ -257,6 +257,8 @@ mod tests {
             lines(&reg, "flowwatch_edge_first_seen_timestamp_seconds{"),
             vec!["flowwatch_edge_first_seen_timestamp_seconds{src_namespace=\"shop\",src_workload=\"web\",src_kind=\"deployment\",dst_namespace=\"shop\",dst_workload=\"api\",dst_kind=\"deployment\",dst_port=\"8080\",protocol=\"TCP\"} 1700000005.0"]
         );
+        let om = crate::metrics::encode_openmetrics(&reg).unwrap();
+        assert!(om.contains("# UNIT flowwatch_edge_first_seen_timestamp_seconds seconds\n"));
         assert_eq!(
             lines(&reg, "flowwatch_new_edges_total{scope=\"same_namespace\"}"),
             vec!["flowwatch_new_edges_total{scope=\"same_namespace\"} 1"]
