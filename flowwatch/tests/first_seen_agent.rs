@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::agent::{free_port, Agent};
+use support::first_seen::{family, metrics, new_pod_edges, sum, wait_metrics, FIRST_SEEN};
 use support::netns::{Node, Pod};
 use support::privileged::{require, root};
 use support::prometheus::{self, http_get, Job, Prometheus};
@@ -30,7 +31,6 @@ use support::traffic::one_connection;
 /// The rules' window and lookback in this test (the chart's defaults are 10m and 1d).
 const WINDOW_SECS: u64 = 20;
 const LOOKBACK: &str = "30s";
-const FIRST_SEEN: &str = "flowwatch_edge_first_seen_timestamp_seconds";
 /// This test's alerts and new edges: every edge of it starts in namespace `app` (the machine's
 /// other traffic, which the socket tracepoint sees too, is not this test's).
 const ALERTS: &str = "ALERTS{alertname=\"FlowwatchNewEdge\",src_namespace=\"app\"}";
@@ -110,45 +110,8 @@ fn write_snapshot(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn metrics(agent: &Agent) -> String {
-    match http_get(&agent.listen, "/metrics", None) {
-        Ok((200, body)) => body,
-        other => panic!("/metrics: {other:?}\n{}", agent.stderr()),
-    }
-}
-
-/// The sample lines of a family: labels ("" without) -> value.
-fn family(body: &str, name: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix(name))
-        .filter_map(|l| {
-            let (labels, value) = match l.strip_prefix('{') {
-                Some(rest) => rest.rsplit_once("} ")?,
-                None => ("", l.strip_prefix(' ')?),
-            };
-            Some((labels.to_string(), value.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The socket tracepoint sees every TCP socket of the machine: connections of other processes
-/// (other tests) show up as `external` edges. This test's edges all start in namespace `app`.
 fn ours(body: &str, name: &str) -> BTreeMap<String, f64> {
-    family(body, name)
-        .into_iter()
-        .filter(|(labels, _)| labels.starts_with("src_namespace=\"app\""))
-        .collect()
-}
-
-/// New edges of pod scope (the others are the machine's own traffic, see `ours`).
-fn new_pod_edges(body: &str) -> f64 {
-    let f = family(body, "flowwatch_new_edges_total");
-    f.get("scope=\"same_namespace\"").copied().unwrap_or(0.0)
-        + f.get("scope=\"cross_namespace\"").copied().unwrap_or(0.0)
-}
-
-fn sum(body: &str, name: &str) -> f64 {
-    family(body, name).values().sum()
+    support::first_seen::ours(body, name, "app")
 }
 
 fn first_seen(agent: &Agent) -> BTreeMap<String, f64> {
@@ -166,32 +129,6 @@ fn edge(src: &str, dst: &str, port: u16) -> String {
     format!(
         "src_namespace=\"{sns}\",src_workload=\"{src}\",src_kind=\"{sk}\",dst_namespace=\"{dns}\",dst_workload=\"{dst}\",dst_kind=\"{dk}\",dst_port=\"{port}\",protocol=\"TCP\""
     )
-}
-
-/// Waits until `done` holds for the agent's /metrics (bounded); returns the body.
-fn wait_metrics(
-    agent: &Agent,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let body = metrics(agent);
-        if done(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}\n{}\n{}",
-            body.lines()
-                .filter(|l| l.starts_with("flowwatch_edge") || l.starts_with("flowwatch_new_edges"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A refused attempt (nothing listens on the port): a failed connection.

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod first_seen;
 pub mod frames;
 pub mod gocache;
 pub mod helm;
