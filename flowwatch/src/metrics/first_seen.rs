@@ -45,7 +45,7 @@ pub(crate) struct FirstSeenFamilies {
 }
 
 /// What [`FirstSeenFamilies::observe`] did, for the budget metrics.
-pub(crate) struct Outcome {
+pub(crate) struct Update {
     pub overflow: bool,
     pub len: Option<usize>,
 }
@@ -108,10 +108,10 @@ impl FirstSeenFamilies {
     }
 
     /// One decided connection of `edge`.
-    pub(crate) fn observe(&self, edge: &EdgeLabels, scope: Scope, now: Nanos) -> Outcome {
+    pub(crate) fn observe(&self, edge: &EdgeLabels, scope: Scope, now: Nanos) -> Update {
         let mut guard = self.tracker();
         let Some(t) = guard.as_mut() else {
-            return Outcome {
+            return Update {
                 overflow: false,
                 len: None,
             };
@@ -121,16 +121,16 @@ impl FirstSeenFamilies {
             Observed::New => {
                 self.first_seen.get_or_create(edge).set(secs as f64);
                 self.new_edges.get_or_create(&ScopeLabels { scope }).inc();
-                Outcome {
+                Update {
                     overflow: false,
                     len: Some(t.known.len()),
                 }
             }
-            Observed::Overflow => Outcome {
+            Observed::Overflow => Update {
                 overflow: true,
                 len: None,
             },
-            Observed::Known | Observed::Ignored => Outcome {
+            Observed::Known | Observed::Ignored => Update {
                 overflow: false,
                 len: None,
             },
