@@ -185,6 +185,18 @@ pub struct RunArgs {
     #[arg(long, env = "FLOWWATCH_SERIES_TTL_SECS", default_value_t = MetricsConfig::DEFAULT_SERIES_TTL_SECS, value_parser = values::parse_series_ttl_secs)]
     pub series_ttl_secs: u64,
 
+    /// Directory where the agent keeps its state across restarts (the known workload edges of
+    /// `flowwatch_edge_first_seen_timestamp_seconds`, `known-edges.json`). Without it the
+    /// known edges live in memory only: after a restart every edge is first seen again (the
+    /// shipped new-edge alert still stays quiet for edges Prometheus saw in its lookback).
+    #[arg(long, env = "FLOWWATCH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Known edges not seen for this many days are forgotten (and first seen again when they
+    /// come back); 1 to 3650.
+    #[arg(long, env = "FLOWWATCH_EDGE_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub edge_retention_days: u64,
+
     /// Log format.
     #[arg(long, env = "FLOWWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -4,7 +4,7 @@
 //! unit-tested without root, a kernel or an API server, and thin edges that talk to the world.
 //!
 //! Pure core: [`model`], [`aggregate`], [`inventory`], [`policy`], [`enrich`], [`classify`],
-//! [`metrics`], [`flowlog`], [`whatif`], [`advise`], [`report`].
+//! [`metrics`], [`flowlog`], [`whatif`], [`advise`], [`report`], [`first_seen`].
 //! Edges: [`datapath`] (aya), [`k8s`] (kube-rs), [`http`] (axum), [`agent`] (the runtime that
 //! wires them), [`export`] (the OpenTelemetry logs exporter), [`cli`].
 
@@ -16,6 +16,7 @@ pub mod source;
 
 pub mod enrich;
 pub mod error_chain;
+pub mod first_seen;
 pub mod flowlog;
 pub mod inventory;
 pub mod metrics;

@@ -115,10 +115,12 @@ fn the_daemonset_is_what_a_cautious_platform_team_expects() {
             assert!(!c["resources"][k][r].is_null(), "resources.{k}.{r} missing");
         }
     }
-    // Host paths: only the host's tracefs, which the agent reads (the tracepoint's id and format,
+    // Host paths: the host's tracefs, which the agent reads (the tracepoint's id and format,
     // datapath/preflight.rs) and does not mount itself (FLOWWATCH_MOUNT_TRACEFS=false): read-only,
     // no mount propagation, and it must already exist on the node (`Directory`, not
-    // `DirectoryOrCreate`). The agent pins no BPF objects, so the host's bpffs is not mounted.
+    // `DirectoryOrCreate`); and the agent's own state directory (the known edges), created if
+    // missing, at the same path as FLOWWATCH_STATE_DIR. The agent pins no BPF objects, so the
+    // host's bpffs is not mounted.
     let volumes = spec["volumes"].as_sequence().unwrap();
     let host_paths: Vec<(&str, &str, &str)> = volumes
         .iter()
@@ -133,7 +135,10 @@ fn the_daemonset_is_what_a_cautious_platform_team_expects() {
         .collect();
     assert_eq!(
         host_paths,
-        vec![("tracefs", "/sys/kernel/tracing", "Directory")]
+        vec![
+            ("tracefs", "/sys/kernel/tracing", "Directory"),
+            ("state", "/var/lib/flowwatch", "DirectoryOrCreate")
+        ]
     );
     // Every other volume is the /tmp emptyDir.
     let others: Vec<&str> = volumes
@@ -153,8 +158,10 @@ fn the_daemonset_is_what_a_cautious_platform_team_expects() {
         .collect();
     assert_eq!(
         mounts.keys().copied().collect::<Vec<_>>(),
-        vec!["/sys/kernel/tracing", "/tmp"]
+        vec!["/sys/kernel/tracing", "/tmp", "/var/lib/flowwatch"]
     );
+    assert_eq!(mounts["/var/lib/flowwatch"]["name"], "state");
+    assert!(mounts["/var/lib/flowwatch"]["readOnly"].is_null());
     let tracefs = mounts["/sys/kernel/tracing"];
     assert_eq!(tracefs["name"], "tracefs");
     assert_eq!(tracefs["readOnly"], Value::Bool(true));
@@ -178,6 +185,8 @@ fn the_daemonset_is_what_a_cautious_platform_team_expects() {
     );
     assert_eq!(e["FLOWWATCH_LISTEN"], "0.0.0.0:9810");
     assert_eq!(e["FLOWWATCH_MOUNT_TRACEFS"], "false");
+    assert_eq!(e["FLOWWATCH_STATE_DIR"], "/var/lib/flowwatch");
+    assert_eq!(e["FLOWWATCH_EDGE_RETENTION_DAYS"], "30");
     assert!(
         !e.contains_key("FLOWWATCH_FLOW_LOG"),
         "flow log off by default"
@@ -195,7 +204,7 @@ fn every_agent_setting_maps_to_its_env_var() {
             &helm,
             &[
                 "--set",
-                "agent.port=9999,agent.listenAddress=127.0.0.1,agent.interfaces={eth0,veth*},agent.flowLog=-,agent.pollIntervalMs=250,agent.idleTimeoutSecs=5,agent.flowsMaxEntries=131072,agent.eventsRingBytes=1048576,agent.ignoreCidrs={10.0.0.0/8},agent.labelAllowlist={app,team},agent.namedNetworks={corp-vpn=10.200.0.0/16},agent.ipblockMatchesPodIps=false,agent.ignoreCniPolicies=true,agent.kube=false,agent.logFormat=text,agent.logLevel=debug,agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=50,agent.seriesTtlSecs=60,tolerateAllTaints=true,extraCapabilities={SYS_RESOURCE}",
+                "agent.port=9999,agent.listenAddress=127.0.0.1,agent.interfaces={eth0,veth*},agent.flowLog=-,agent.pollIntervalMs=250,agent.idleTimeoutSecs=5,agent.flowsMaxEntries=131072,agent.eventsRingBytes=1048576,agent.ignoreCidrs={10.0.0.0/8},agent.labelAllowlist={app,team},agent.namedNetworks={corp-vpn=10.200.0.0/16},agent.ipblockMatchesPodIps=false,agent.ignoreCniPolicies=true,agent.kube=false,agent.logFormat=text,agent.logLevel=debug,agent.seriesBudget.perFamily=500,agent.seriesBudget.perNamespace=50,agent.seriesTtlSecs=60,agent.edgeRetentionDays=7,hostMounts.state.path=/var/lib/fw-state,tolerateAllTaints=true,extraCapabilities={SYS_RESOURCE}",
             ],
         )
         .unwrap(),
@@ -223,6 +232,8 @@ fn every_agent_setting_maps_to_its_env_var() {
         ("FLOWWATCH_SERIES_BUDGET", "500"),
         ("FLOWWATCH_SERIES_BUDGET_PER_NAMESPACE", "50"),
         ("FLOWWATCH_SERIES_TTL_SECS", "60"),
+        ("FLOWWATCH_EDGE_RETENTION_DAYS", "7"),
+        ("FLOWWATCH_STATE_DIR", "/var/lib/fw-state"),
     ] {
         assert_eq!(e[k], v, "{k}");
     }

@@ -265,7 +265,11 @@ fn check_health(body: &str, agent: &ConfinedAgent) {
     assert!(get("flowwatch_scrape_duration_seconds_count") >= 1.0);
     // Series budget: nothing folded, the four edges (at least) counted.
     let dropped = series(body, "flowwatch_series_dropped_total");
-    assert_eq!(dropped.len(), 6, "{dropped:?}");
+    assert_eq!(
+        dropped.len(),
+        flowwatch::metrics::FamilyName::ALL.len(),
+        "{dropped:?}"
+    );
     assert!(dropped.iter().all(|(_, v)| *v == 0.0), "{dropped:?}");
     assert!(get("flowwatch_series{family=\"connections\"}") >= 4.0);
     // Inventory (snapshot mode): loaded once, every kind synced, never stale.

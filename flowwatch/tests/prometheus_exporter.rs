@@ -53,6 +53,18 @@ impl Drop for Exporter {
 
 fn start_exporter(rt: &tokio::runtime::Runtime, cfg: MetricsConfig) -> Exporter {
     let (metrics, registry) = Metrics::new(&cfg).expect("valid config");
+    // First-seen edges as the agent tracks them, this test's time 0 being now.
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128;
+    metrics.start_first_seen(
+        flowwatch::first_seen::KnownEdges::new(
+            cfg.max_series_per_family,
+            cfg.max_series_per_namespace,
+        ),
+        flowwatch::metrics::WallOffset(unix_now),
+    );
     let readiness = Readiness::new();
     let state = HttpState::new(Arc::new(registry), metrics.clone(), readiness.clone());
     let listener = rt

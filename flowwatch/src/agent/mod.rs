@@ -4,6 +4,7 @@
 mod backlog;
 mod edge;
 mod export;
+mod first_seen;
 mod local_addresses;
 pub mod pipeline;
 pub mod report;
@@ -73,6 +74,11 @@ pub enum AgentError {
 /// closed yet waits longer: `AggregatorConfig::peer_close_wait`.)
 const CLOSE_LINGER: Nanos = 100_000_000;
 
+/// How often the known edges are saved when they changed: a SIGKILLed agent loses at most the
+/// edges first seen within this interval (they are then first seen again, and the shipped
+/// alert's Prometheus lookback keeps them quiet).
+const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Kernel monotonic time (CLOCK_MONOTONIC), the clock of the kernel programs' timestamps.
 pub fn monotonic_now() -> Nanos {
     let mut ts = libc::timespec {
@@ -105,6 +111,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ..Default::default()
         },
     })?;
+    // Before the first flow: an edge known before a restart is not new after it.
+    let edge_memory = first_seen::start(
+        args.state_dir.as_deref(),
+        args.edge_retention_days,
+        (args.series_budget, args.series_budget_per_namespace),
+        &metrics,
+        monotonic_now(),
+    );
     let inventory = k8s::source::from_settings(
         args.snapshots.clone(),
         args.kube,
@@ -216,7 +230,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut events_tick = tokio::time::interval(Duration::from_millis(100));
     let mut totals_tick = tokio::time::interval(Duration::from_millis(args.poll_interval_ms));
     let mut rescan_tick = tokio::time::interval(Duration::from_secs(10));
-    for tick in [&mut events_tick, &mut totals_tick, &mut rescan_tick] {
+    let mut state_tick = tokio::time::interval(STATE_SAVE_INTERVAL);
+    for tick in [
+        &mut events_tick,
+        &mut totals_tick,
+        &mut rescan_tick,
+        &mut state_tick,
+    ] {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
 
@@ -276,6 +296,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
             }
             _ = rescan_tick.tick() => keep_going(datapath.reconcile(&patterns), "attaching to interfaces"),
+            _ = state_tick.tick() => edge_memory.save(&metrics, monotonic_now()),
         }
     }
 
@@ -297,6 +318,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     // A full disk at shutdown is counted and logged like any other drop: the agent still
     // stops cleanly.
     write_records(&mut flow_log, &done, &classes, clock, &metrics);
+    edge_memory.save(&metrics, monotonic_now());
     flow_log.summary();
     if let Some(export) = export {
         export.finish().await;

@@ -373,6 +373,26 @@ label_enum! {
         Blocked => "blocked_attempts",
         Bytes => "flow_bytes",
         Packets => "flow_packets",
+        /// `flowwatch_edge_first_seen_timestamp_seconds`: the edges this node remembers
+        /// (`crate::first_seen`), bounded by the same budget.
+        EdgeFirstSeen => "edge_first_seen",
+    }
+}
+
+label_enum! {
+    /// Why the known-edges state file was not read or written (the `reason` label of
+    /// `flowwatch_edge_state_errors_total`).
+    EdgeStateError {
+        /// Not JSON of the expected shape: truncated, garbage, an invalid value.
+        Corrupt => "corrupt",
+        /// Larger than the series budget allows.
+        TooLarge => "too_large",
+        /// Written by an agent of another format version.
+        UnsupportedVersion => "unsupported_version",
+        /// The file exists but cannot be read.
+        ReadFailed => "read_failed",
+        /// The file cannot be written (the agent keeps its set in memory and tries again).
+        WriteFailed => "write_failed",
     }
 }
 
@@ -602,6 +622,18 @@ pub struct ResourceLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct LossLabels {
     pub reason: LossReason,
+}
+
+/// `{reason}` of the known-edges state file
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EdgeStateLabels {
+    pub reason: EdgeStateError,
+}
+
+/// `{scope}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: Scope,
 }
 
 /// `{reason}` of the flow log

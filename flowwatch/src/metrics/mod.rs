@@ -60,6 +60,7 @@
 
 mod budget;
 pub mod exposition;
+mod first_seen;
 pub mod labels;
 
 use std::sync::atomic::AtomicU64;
@@ -74,10 +75,11 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 pub use exposition::{encode_openmetrics, encode_prometheus_text};
+pub use first_seen::WallOffset;
 pub use labels::{
-    CniPolicyKind, CniPresence, Direction, Endpoint, FamilyName, FlowEdge, FlowLogDropReason,
-    KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope, TierLabel, Verdict,
-    WatchedKind, WorkloadKind,
+    CniPolicyKind, CniPresence, Direction, EdgeStateError, Endpoint, FamilyName, FlowEdge,
+    FlowLogDropReason, KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope,
+    TierLabel, Verdict, WatchedKind, WorkloadKind,
 };
 
 use budget::{Admission, BudgetedFamily};
@@ -468,6 +470,7 @@ impl Health {
 struct Inner {
     edges: Mutex<EdgeFamilies>,
     health: Health,
+    first_seen: first_seen::FirstSeenFamilies,
     ttl: Nanos,
     sweep_every: Nanos,
 }
@@ -497,11 +500,14 @@ impl Metrics {
         let health = Health::new(config.build.clone());
         edges.register(&mut registry);
         health.register(&mut registry);
+        let first_seen = first_seen::FirstSeenFamilies::new();
+        first_seen.register(&mut registry);
         let ttl = nanos(config.series_ttl);
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 edges: Mutex::new(edges),
                 health,
+                first_seen,
                 ttl,
                 sweep_every: (ttl / 10).max(1_000_000_000),
             }),
@@ -530,7 +536,7 @@ impl Metrics {
     ) {
         let outcome = decided.and_then(OutcomeLabel::from_outcome);
         let mut fam = self.edges();
-        let mut dropped = [0u64; 6];
+        let mut dropped = [0u64; FamilyName::ALL.len()];
         // A fold can create an overflow bucket, and a sweep can remove series: compare the
         // counts rather than inferring them from the admissions.
         let series_before = fam.lens();
@@ -544,6 +550,8 @@ impl Metrics {
         let inc = |c: &Counter| {
             c.inc();
         };
+        // Failed and unanswered attempts make an edge known too.
+        let first_seen = outcome.map(|_| self.inner.first_seen.observe(&base, scope, now));
         if let Some(outcome) = outcome {
             let a = fam.connections.update(
                 ConnectionLabels {
@@ -625,6 +633,12 @@ impl Metrics {
             });
             note(FamilyName::Packets, a);
         }
+        if let Some(seen) = first_seen {
+            dropped[FamilyName::EdgeFirstSeen as usize] += u64::from(seen.overflow);
+            if let Some(len) = seen.len {
+                self.set_series(FamilyName::EdgeFirstSeen, len);
+            }
+        }
         fam.maintain(now, self.inner.ttl, self.inner.sweep_every);
         if fam.lens() != series_before {
             self.publish_series(&fam);
@@ -672,12 +686,47 @@ impl Metrics {
 
     fn publish_series(&self, fam: &EdgeFamilies) {
         for (family, len) in fam.lens() {
-            self.inner
-                .health
-                .series
-                .get_or_create(&FamilyLabels { family })
-                .set(i64::try_from(len).unwrap_or(i64::MAX));
+            self.set_series(family, len);
         }
+    }
+
+    fn set_series(&self, family: FamilyName, len: usize) {
+        self.inner
+            .health
+            .series
+            .get_or_create(&FamilyLabels { family })
+            .set(i64::try_from(len).unwrap_or(i64::MAX));
+    }
+
+    /// Starts first-seen tracking with the edges restored from the state file (`known`, empty
+    /// on a first start); `wall` converts the monotonic time of `record_flow` to Unix time.
+    /// Before this call no edge is tracked. Returns how many edges are exported.
+    pub fn start_first_seen(
+        &self,
+        known: crate::first_seen::KnownEdges,
+        wall: WallOffset,
+    ) -> usize {
+        let n = self.inner.first_seen.start(known, wall);
+        self.set_series(FamilyName::EdgeFirstSeen, n);
+        n
+    }
+
+    /// The known-edges state file's new bytes when the set changed since the last call (edges
+    /// idle for `retention_secs` are forgotten first); `None` when there is nothing to save.
+    pub fn first_seen_changes(&self, now: Nanos, retention_secs: u64) -> Option<Vec<u8>> {
+        let (bytes, len) = self.inner.first_seen.take_changes(now, retention_secs)?;
+        self.set_series(FamilyName::EdgeFirstSeen, len);
+        Some(bytes)
+    }
+
+    /// The state file could not be written: counted, and the set is saved again next time.
+    pub fn first_seen_save_failed(&self) {
+        self.inner.first_seen.save_failed();
+    }
+
+    /// Counts a state file that could not be used.
+    pub fn count_edge_state_error(&self, reason: EdgeStateError) {
+        self.inner.first_seen.count_error(reason);
     }
 
     /// Adds flow data lost since the last call for one reason: events the kernel ring buffer

@@ -682,6 +682,7 @@ fn agent_families() -> std::collections::BTreeMap<String, String> {
     let (m, mut registry) = new(MetricsConfig::default());
     crate::k8s::SyncStatus::default().register(&mut registry);
     crate::export::ExportStats::default().register(&mut registry);
+    m.start_first_seen(crate::first_seen::KnownEdges::new(100, 100), WallOffset(0));
     let now = SEC;
     let traffic = Counters {
         fwd_packets: 1,

@@ -121,12 +121,23 @@ impl Agent {
         Agent::spawn(FlowLog::File, args)
     }
 
+    /// Starts `flowwatch run` as deployed (no flow log) on the given listen address, so that a
+    /// restarted agent is scraped where its predecessor was; panics with the log if it does not
+    /// run (the address taken meanwhile included).
+    pub fn start_as_deployed_on(listen: &str, args: &[&str]) -> Agent {
+        let mut agent = Agent::spawn_once(FlowLog::None, Some(listen), args);
+        if agent.wait_running().is_err() {
+            agent.wait_for_log("flowwatch running", Duration::ZERO); // panics with the log
+        }
+        agent
+    }
+
     /// Starts the agent and waits until it runs. The listen port is free when chosen but may
     /// be taken by another test before the agent binds it: then the agent is started again on
     /// another port (a few times at most).
     fn spawn(flow_log_to: FlowLog, args: &[&str]) -> Agent {
         for _ in 0..3 {
-            let mut agent = Agent::spawn_once(flow_log_to, args);
+            let mut agent = Agent::spawn_once(flow_log_to, None, args);
             if agent.wait_running().is_ok() {
                 return agent;
             }
@@ -164,10 +175,10 @@ impl Agent {
         Ok(())
     }
 
-    fn spawn_once(flow_log_to: FlowLog, args: &[&str]) -> Agent {
+    fn spawn_once(flow_log_to: FlowLog, listen: Option<&str>, args: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let flow_log = dir.path().join("flows.jsonl");
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = listen.map_or_else(|| format!("127.0.0.1:{}", free_port()), str::to_string);
         let mut cmd = Command::new(binary());
         cmd.arg("run");
         let stdout = match flow_log_to {

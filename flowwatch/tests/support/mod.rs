@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod chromium;
+pub mod first_seen;
 pub mod frames;
 pub mod gocache;
 pub mod helm;

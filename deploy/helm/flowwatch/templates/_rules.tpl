@@ -29,6 +29,16 @@ outcome), plus the aggregation labels. */}}
 {{- join ", " (concat (list "job" "instance") .Values.prometheusRule.aggregationLabels) -}}
 {{- end }}
 
+{{/* A Prometheus duration of one unit ("10m", "90s", "1d", "500ms") in whole seconds. */}}
+{{- define "flowwatch.rules.seconds" -}}
+{{- $d := toString . -}}
+{{- $units := dict "ms" 0 "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800 "y" 31536000 -}}
+{{- $unit := regexFind "[a-z]+$" $d -}}
+{{- if not (hasKey $units $unit) }}{{ fail (printf "%q is not a duration such as 10m" $d) }}{{ end -}}
+{{- $n := int64 (trimSuffix $unit $d) -}}
+{{- if eq $unit "ms" }}{{ div $n 1000 }}{{ else }}{{ mul $n (get $units $unit) }}{{ end -}}
+{{- end }}
+
 {{/*
 A selector of `metric` in the alerts' namespace scope: dict "root" $ "metric" name "matchers"
 extra matchers (a string, may be empty). With an include list, the union of the edges whose
@@ -158,26 +168,38 @@ One alerting rule: dict "root" $ "name" AlertName "key" values key under alerts 
 {{- end -}}
 {{- if $a.newEdge.enabled -}}
 {{- $n := $a.newEdge -}}
-{{- $policy = append $policy (printf `# Workload edges with connections (one series per edge, across agents, verdicts and outcomes):
-# the new-edge alert reads a day of these rather than of the raw series.
+{{- $policy = append $policy (printf `# Per workload edge, the earliest Unix time an agent first saw it (each agent keeps its own
+# across restarts in its state directory): a new edge is one first seen within the window.
+- record: flowwatch:edge:first_seen
+  expr: |
+    min by (%s) (
+      flowwatch_edge_first_seen_timestamp_seconds{%s}
+    )` $edgeBy $job) -}}
+{{- $policy = append $policy (printf `# Workload edges with connections or known to an agent (one series per edge, across agents,
+# verdicts and outcomes): the new-edge rule reads a day of these rather than of the raw series.
 - record: flowwatch:edge:seen
   expr: |
     group by (%s) (
-      flowwatch_connections_total{%s,src_kind!="other",dst_kind!="other"}
-    )` $edgeBy $job) -}}
-{{- $policy = append $policy (printf `# Edges not seen within the lookback, in scope, and not expected.
+        flowwatch_connections_total{%s,src_kind!="other",dst_kind!="other"}
+      or
+        flowwatch_edge_first_seen_timestamp_seconds{%s}
+    )` $edgeBy $job $job) -}}
+{{- $policy = append $policy (printf `# Edges new to the agents (first seen within the window) and to Prometheus (not seen within the
+# lookback before the window), in scope, and not expected. The agents' memory keeps a restarted
+# agent's edges old; Prometheus's keeps quiet what an agent forgot (a lost state directory, a new
+# node); pods never name an edge, so rollouts, restarts and reused addresses add nothing.
 - record: flowwatch:edge:new
   expr: |
     (
-      %s
+      %s > time() - %s
       unless on (%s)
       max_over_time(flowwatch:edge:seen[%s] offset %s)
     )
-    and on () present_over_time(flowwatch:rules_loaded[5m] offset %s)%s` (include "flowwatch.rules.scoped" (dict "root" . "metric" "flowwatch:edge:seen" "matchers" "")) $edgeBy $n.lookback $n.window $n.lookback (include "flowwatch.rules.expected" (dict "root" . "metric" "flowwatch:edge:seen" "indent" 4))) -}}
+    and on () present_over_time(flowwatch:rules_loaded[5m] offset %s)%s` (include "flowwatch.rules.scoped" (dict "root" . "metric" "flowwatch:edge:first_seen" "matchers" "")) (include "flowwatch.rules.seconds" $n.window) $edgeBy $n.lookback $n.window $n.lookback (include "flowwatch.rules.expected" (dict "root" . "metric" "flowwatch:edge:first_seen" "indent" 4))) -}}
 {{- $policy = append $policy (include "flowwatch.rules.alert" (dict "root" . "name" "FlowwatchNewEdge" "key" "newEdge"
     "expr" (printf "count by (%s) (flowwatch:edge:new)" $pairBy)
-    "summary" "Workload edges not seen in the lookback"
-    "description" (printf "%s%s%s" `{{ $value }} new workload edge(s) from namespace {{ $labels.src_namespace }} to {{ $labels.dst_namespace }}: ` (include "flowwatch.rules.edgeList" (dict "root" . "record" "flowwatch:edge:new")) `. Per edge: flowwatch:edge:new.`))) -}}
+    "summary" "Workload edges seen for the first time"
+    "description" (printf "%s%s%s" `{{ $value }} new workload edge(s) from namespace {{ $labels.src_namespace }} to {{ $labels.dst_namespace }}: ` (include "flowwatch.rules.edgeList" (dict "root" . "record" "flowwatch:edge:new")) `. Per edge: flowwatch:edge:new (value: when it was first seen).`))) -}}
 {{- end -}}
 {{- if $a.enforcementDrift.enabled -}}
 {{- $w := $a.enforcementDrift.window -}}
