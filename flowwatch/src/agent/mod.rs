@@ -2,12 +2,17 @@
 //! inventory, policy verdicts and metrics, and runs until SIGTERM/SIGINT.
 
 mod backlog;
+mod core;
 mod edge;
 mod export;
 mod first_seen;
+mod flow_log;
+mod health;
 mod local_addresses;
 pub mod pipeline;
 pub mod report;
+
+pub use self::core::{Agent, Nat};
 
 use std::time::{Duration, SystemTime};
 
@@ -17,19 +22,22 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-use crate::aggregate::{AggregatorConfig, FinishedFlow};
-use crate::classify::{Classification, Classifier};
+use self::core::keep_going;
+use crate::aggregate::AggregatorConfig;
+use crate::classify::Classifier;
 use crate::cli::RunArgs;
 use crate::datapath::{self, Datapath, DatapathError, DatapathOptions, InterfacePatterns};
 use crate::enrich::EnrichOptions;
-use crate::flowlog::writer::{FlowLogWriter, Rotation};
-use crate::flowlog::{FlowRecord, WallClock};
+use crate::error_chain::Chain;
+use crate::flowlog::writer::Rotation;
+use crate::flowlog::WallClock;
 use crate::http::{self, HttpState, Readiness};
-use crate::k8s::{self, ClusterWatch};
-use crate::metrics::{KernelMap, LossReason, Metrics, MetricsConfig};
+use crate::k8s;
+use crate::metrics::{Metrics, MetricsConfig};
 use crate::model::Nanos;
 use crate::policy::PolicyOptions;
 use crate::source::FlowSource;
+use health::LossAccounting;
 use pipeline::Pipeline;
 use report::Reporter;
 
@@ -63,6 +71,12 @@ pub enum AgentError {
     Tls(#[from] crate::http::tls::TlsError),
     #[error("--otlp-endpoint: {0}")]
     Export(String),
+    #[error("the HTTP server on {addr} stopped")]
+    Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How long after a TCP connection's end, when the agent saw the whole end (both sockets here,
@@ -143,7 +157,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let tls = edge::tls(&args, &http_stop)?;
     let state = HttpState::new(Arc::new(registry), metrics.clone(), readiness.clone());
     let state = edge::authorize(&args, state).await?;
-    tokio::spawn(http::serve_secured(
+    // Its handle is kept: a server that fails after binding stops the agent with the error
+    // (the kubelet restarts it) rather than leaving a node without /metrics and /healthz.
+    let mut http_server = tokio::spawn(http::serve_secured(
         listener,
         state,
         http::HttpLimits::default(),
@@ -165,7 +181,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         .map_err(|e| AgentError::LinkWatch(e.into()))?;
     datapath.reconcile(&patterns)?;
 
-    let mut flow_log = open_flow_log(
+    let mut flow_log = flow_log::open_flow_log(
         args.flow_log.as_deref(),
         args.node_name.clone(),
         Rotation {
@@ -174,43 +190,50 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
     )?;
     flow_log.export = export.as_ref().map(|e| e.exporter.clone());
-    let clock = WallClock::new(SystemTime::now(), monotonic_now());
-    let mut pipeline = Pipeline::new(
-        source,
-        AggregatorConfig {
-            idle_timeout: args.idle_timeout_secs * 1_000_000_000,
-            close_linger: CLOSE_LINGER,
-            ..AggregatorConfig::default()
-        },
-        args.ignore_cidrs.clone(),
-    );
-    let mut classifier = Classifier::new(
-        EnrichOptions {
-            label_allowlist: args.label_allowlist.clone(),
-            named_networks: args.named_networks.clone(),
-            ..EnrichOptions::default()
-        },
-        PolicyOptions {
-            ipblock_matches_pod_ips: args.ipblock_matches_pod_ips,
-            cni_policies_relevant: !args.ignore_cni_policies,
-        },
-    );
-    let mut reporter = Reporter::new(args.node_name.clone());
-    let mut backlog = backlog::Backlog::default();
-    let mut changes = inventory.as_ref().map(|w| w.changes());
-    let mut health = Health::default();
     let mut conntrack = match datapath::conntrack::Conntrack::open() {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!(error = %crate::error_chain::Chain(&e), "conntrack unavailable: Services with backends on other nodes stay without backend");
+            tracing::warn!(error = %Chain(&e), "conntrack unavailable: Services with backends on other nodes stay without backend");
             None
         }
     };
-    let mut nat = |key: &crate::model::FlowKey| {
-        conntrack
-            .as_mut()
-            .and_then(|c| c.translated_destination(key).ok().flatten())
+    let mut agent = Agent {
+        pipeline: Pipeline::new(
+            source,
+            AggregatorConfig {
+                idle_timeout: args.idle_timeout_secs * 1_000_000_000,
+                close_linger: CLOSE_LINGER,
+                ..AggregatorConfig::default()
+            },
+            args.ignore_cidrs.clone(),
+        ),
+        classifier: Classifier::new(
+            EnrichOptions {
+                label_allowlist: args.label_allowlist.clone(),
+                named_networks: args.named_networks.clone(),
+                ..EnrichOptions::default()
+            },
+            PolicyOptions {
+                ipblock_matches_pod_ips: args.ipblock_matches_pod_ips,
+                cni_policies_relevant: !args.ignore_cni_policies,
+            },
+        ),
+        reporter: Reporter::new(args.node_name.clone()),
+        backlog: backlog::Backlog::default(),
+        flow_log,
+        clock: WallClock::new(SystemTime::now(), monotonic_now()),
+        metrics: metrics.clone(),
+        edge_memory,
+        losses: LossAccounting::default(),
+        expects_inventory: inventory.is_some(),
+        node_name: args.node_name.clone(),
+        nat: Box::new(move |key: &crate::model::FlowKey| {
+            conntrack
+                .as_mut()
+                .and_then(|c| c.translated_destination(key).ok().flatten())
+        }),
     };
+    let mut changes = inventory.as_ref().map(|w| w.changes());
 
     if let Some(secs) = args.exit_after_secs {
         let cancel = cancel.clone();
@@ -243,48 +266,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = events_tick.tick() => keep_going(pipeline.pump_events(), "draining events"),
+            _ = events_tick.tick() => agent.on_events(),
             _ = totals_tick.tick() => {
-                let now = monotonic_now();
-                let done = match pipeline.pump_totals(now) {
-                    Ok(ended) => flows_freed_or_logged(ended),
-                    Err(e) => {
-                        tracing::error!(error = %crate::error_chain::Chain(&e), "reading flow totals");
-                        Vec::new()
-                    }
-                };
-                // With an inventory coming, flows that end before it wait for it.
-                let waiting_for_view = inventory.is_some() && !classifier.engine_ready();
-                if !waiting_for_view && !backlog.is_empty() {
-                    tracing::info!(flows = backlog.len(), "reporting the flows that ended before the cluster view");
-                }
-                let done = backlog.pass(done, waiting_for_view, now);
-                let classes = reporter.tick(pipeline.aggregator().flows(), &done, &classifier, &metrics, &mut nat, now);
-                write_records(&mut flow_log, &done, &classes, clock, &metrics);
-                health.update(&metrics, &pipeline, &datapath, inventory.as_ref(), classifier.engine_ready(), &readiness);
-                metrics.expire(now);
+                agent.on_poll(monotonic_now());
+                health::report_readiness(&metrics, &datapath, inventory.as_ref(), agent.engine_ready(), &readiness);
             }
             changed = next_change(&mut changes) => {
                 if let (true, Some(watch)) = (changed, inventory.as_ref()) {
                     // Materialized only for this update and dropped after it: keeping a full
                     // inventory alive between changes would double the agent's memory.
                     let view = Arc::unwrap_or_clone(watch.current());
-                    let generation = view.generation;
-                    // A fresh view is this update's alone: taken over, not copied.
-                    let mut cluster = Arc::unwrap_or_clone(view.inventory);
-                    // The node's own addresses beyond its Node object's (a bridge CNI's gateway).
-                    if let Some(node) = args.node_name.as_deref() {
-                        crate::inventory::local_node::add_local_addresses(&mut cluster, node, &local_addresses::list());
-                    }
-                    let errors = classifier.update(&cluster, &view.owners, generation, monotonic_now());
-                    for e in &errors {
-                        tracing::warn!(object = %e.object, field = e.field.as_deref().unwrap_or(""), reason = %e.message, "object skipped");
-                    }
-                    let policies = errors.iter().filter(|e| is_policy(&e.object)).count();
-                    metrics.set_invalid_policies(policies as u64);
-                    metrics.set_objects_skipped((errors.len() - policies) as u64);
-                    metrics.set_cni_policy_objects(&classifier.cni_policy_counts());
-                    tracing::info!(generation, pods = cluster.pods.len(), policies = cluster.network_policies.len(), "inventory updated");
+                    agent.on_inventory(view, &local_addresses::list(), monotonic_now());
                 }
             }
             ready = notifications.readable() => {
@@ -296,30 +288,25 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
             }
             _ = rescan_tick.tick() => keep_going(datapath.reconcile(&patterns), "attaching to interfaces"),
-            _ = state_tick.tick() => edge_memory.save(&metrics, monotonic_now()),
+            _ = state_tick.tick() => agent.save_state(monotonic_now()),
+            ended = &mut http_server => {
+                let source = match ended {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => std::io::Error::other("ended unexpectedly"),
+                    Err(e) => std::io::Error::other(e),
+                };
+                readiness.set_not_ready("stopping");
+                let pipeline = agent.finish(monotonic_now());
+                drop(pipeline);
+                datapath.detach_all();
+                return Err(AgentError::Http { addr: args.listen, source });
+            }
         }
     }
 
     readiness.set_not_ready("stopping");
     tracing::info!("stopping: flushing flows");
-    let now = monotonic_now();
-    let (ended, last_read) = pipeline.finish_all();
-    keep_going(last_read, "reading the flows in flight at shutdown");
-    // Whatever still waits for a view goes out now, named if the view came.
-    let done = backlog.pass(flows_freed_or_logged(ended), false, now);
-    let classes = reporter.tick(
-        std::iter::empty(),
-        &done,
-        &classifier,
-        &metrics,
-        &mut nat,
-        now,
-    );
-    // A full disk at shutdown is counted and logged like any other drop: the agent still
-    // stops cleanly.
-    write_records(&mut flow_log, &done, &classes, clock, &metrics);
-    edge_memory.save(&metrics, monotonic_now());
-    flow_log.summary();
+    let pipeline = agent.finish(monotonic_now());
     if let Some(export) = export {
         export.finish().await;
     }
@@ -335,33 +322,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     );
     datapath.detach_all();
     Ok(())
-}
-
-/// Once running, the agent does not stop on an error: it logs it and goes on with the next
-/// tick (a transient netlink or map error must not take the node's observability down).
-fn keep_going<T, E: std::error::Error>(result: Result<T, E>, what: &str) {
-    if let Err(e) = result {
-        tracing::error!(error = %crate::error_chain::Chain(&e), "{what}");
-    }
-}
-
-/// The flows that ended; a failure to free their kernel entries is logged, not fatal (their
-/// entries are read again next poll and start flows of their own).
-fn flows_freed_or_logged<E: std::error::Error>(ended: pipeline::Ended<E>) -> Vec<FinishedFlow> {
-    keep_going(ended.freed, "freeing kernel flow entries");
-    ended.flows
-}
-
-/// Whether an object the engine skipped (named `Kind ns/name` or `Kind name`) is a policy.
-fn is_policy(object: &str) -> bool {
-    [
-        "NetworkPolicy ",
-        "ClusterNetworkPolicy ",
-        "AdminNetworkPolicy ",
-        "BaselineAdminNetworkPolicy ",
-    ]
-    .iter()
-    .any(|k| object.starts_with(k))
 }
 
 /// Resolves when the inventory changed (true), or never without an inventory; false once the
@@ -382,78 +342,6 @@ async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) ->
     }
 }
 
-/// The agent's own health, pushed to the metrics and to /readyz on every poll.
-#[derive(Default)]
-struct Health {
-    /// What was already added to the loss counter, per reason (`LossReason::ALL` order).
-    lost_reported: [u64; 3],
-    unattributed_reported: u64,
-}
-
-impl Health {
-    fn update(
-        &mut self,
-        metrics: &Metrics,
-        pipeline: &Pipeline<datapath::EbpfSource>,
-        datapath: &Datapath,
-        inventory: Option<&ClusterWatch>,
-        engine_ready: bool,
-        readiness: &Readiness,
-    ) {
-        if let Ok(losses) = pipeline.source.losses() {
-            // Lost in the kernel (ring buffer or flow map full) or refused by the agent's own
-            // bound on flows in flight: all of it is traffic nobody will see.
-            let dropped = pipeline.aggregator().dropped_flows;
-            let totals = [losses.ringbuf_full, losses.flows_map_full, dropped];
-            if totals.iter().zip(&self.lost_reported).any(|(t, r)| t > r) {
-                tracing::warn!(
-                    ringbuf_full = losses.ringbuf_full,
-                    flows_map_full = losses.flows_map_full,
-                    flows_dropped_by_agent = dropped,
-                    "flow events lost"
-                );
-            }
-            for ((reason, total), reported) in LossReason::ALL
-                .iter()
-                .zip(totals)
-                .zip(self.lost_reported.iter_mut())
-            {
-                if total > *reported {
-                    metrics.add_events_lost(*reason, total - *reported);
-                    *reported = total;
-                }
-            }
-            if losses.unattributed_packets > self.unattributed_reported {
-                metrics.add_packets_unattributed(
-                    losses.unattributed_packets - self.unattributed_reported,
-                );
-                self.unattributed_reported = losses.unattributed_packets;
-            }
-        }
-        if let Ok(fill) = pipeline.source.flow_map_fill() {
-            metrics.set_map_fill(KernelMap::Flows, fill);
-        }
-        metrics.set_interfaces_attached(datapath.attached_interfaces().count() as u64);
-        let Some(watch) = inventory else {
-            readiness.set_ready();
-            return;
-        };
-        let status = watch.status();
-        for (kind, stale) in status.staleness() {
-            metrics.set_watch_staleness(kind, stale);
-        }
-        match status.readiness() {
-            // Synced caches are not enough: flows are named and judged only once the index and
-            // the policy engine are built from them.
-            Ok(()) if !engine_ready => {
-                readiness.set_not_ready("kube caches synced; building the policy engine")
-            }
-            Ok(()) => readiness.set_ready(),
-            Err(reason) => readiness.set_not_ready(reason),
-        }
-    }
-}
-
 fn spawn_signal_handler(cancel: CancellationToken) -> Result<(), AgentError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
@@ -466,112 +354,4 @@ fn spawn_signal_handler(cancel: CancellationToken) -> Result<(), AgentError> {
         cancel.cancel();
     });
     Ok(())
-}
-
-/// The flow log and what became of its records.
-struct FlowLog {
-    path: String,
-    node: Option<String>,
-    out: Option<FlowLogWriter>,
-    /// The OpenTelemetry exporter, offered every record too.
-    export: Option<crate::export::OtlpExporter>,
-    written: u64,
-    dropped: u64,
-    /// Set while writes fail, so a full disk logs once when it starts and once when it ends.
-    failing: Option<crate::metrics::FlowLogDropReason>,
-}
-
-impl FlowLog {
-    fn summary(&self) {
-        if self.out.is_some() {
-            tracing::info!(
-                path = %self.path,
-                written = self.written,
-                dropped = self.dropped,
-                "flow log closed"
-            );
-        }
-    }
-}
-
-fn open_flow_log(
-    path: Option<&std::path::Path>,
-    node: Option<String>,
-    rotation: Rotation,
-) -> Result<FlowLog, AgentError> {
-    let name = path.map(|p| p.display().to_string()).unwrap_or_default();
-    let out = match path {
-        None => None,
-        Some(_) if name == "-" => Some(FlowLogWriter::stdout()),
-        Some(p) => {
-            Some(
-                FlowLogWriter::file(p, rotation).map_err(|source| AgentError::FlowLog {
-                    path: name.clone(),
-                    source,
-                })?,
-            )
-        }
-    };
-    Ok(FlowLog {
-        path: name,
-        node,
-        out,
-        export: None,
-        written: 0,
-        dropped: 0,
-        failing: None,
-    })
-}
-
-/// Writes the records of the flows that ended. Never an error: what cannot be written is
-/// counted (`flowwatch_flow_log_records_dropped_total{reason}`) and logged, and the agent goes
-/// on observing.
-fn write_records(
-    log: &mut FlowLog,
-    done: &[FinishedFlow],
-    classes: &[Option<Arc<Classification>>],
-    clock: WallClock,
-    metrics: &Metrics,
-) {
-    if log.out.is_none() && log.export.is_none() {
-        return;
-    }
-    let mut lines = Vec::with_capacity(done.len());
-    for (finished, class) in done.iter().zip(classes) {
-        let mut record = FlowRecord::new(finished, clock);
-        record.node.clone_from(&log.node);
-        let record = match class {
-            Some(class) => record.classified(class),
-            None => record,
-        };
-        if let Some(export) = &log.export {
-            export.offer(&record);
-        }
-        if log.out.is_some() {
-            let mut line = record.to_json_line();
-            line.push('\n');
-            lines.push(line);
-        }
-    }
-    let Some(out) = log.out.as_mut() else {
-        return;
-    };
-    let w = out.write(&lines);
-    metrics.record_flow_log(w.records, w.dropped, w.reason, w.rotations, w.reopened);
-    log.written += w.records;
-    log.dropped += w.dropped;
-    if w.reopened {
-        tracing::info!(path = %log.path, "flow log reopened (renamed or removed by something else)");
-    }
-    match (w.reason, log.failing) {
-        (Some(reason), None) => {
-            tracing::error!(path = %log.path, reason = %reason, dropped = w.dropped, "flow log records dropped; counting them until writes succeed again");
-            log.failing = Some(reason);
-        }
-        (None, Some(_)) if w.records > 0 => {
-            tracing::info!(path = %log.path, dropped_total = log.dropped, "flow log writable again");
-            log.failing = None;
-        }
-        _ => {}
-    }
 }
