@@ -321,8 +321,8 @@ impl Aggregator {
         }
         let request = *self.datagram_sources.get(&(key.dst, key.protocol))?;
         let tracked = self.flows.get(&request)?;
-        let unanswered = tracked.flow.counters.rev_packets == 0
-            && tracked.flow.reply_kernel_key.is_none();
+        let unanswered =
+            tracked.flow.counters.rev_packets == 0 && tracked.flow.reply_kernel_key.is_none();
         if !unanswered {
             return None;
         }

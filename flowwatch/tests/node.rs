@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 
 use flowwatch_testnode::sys::{enter, Join};
 use flowwatch_testnode::Node;
+use node_support::chart::scrape;
 use node_support::lifecycle::{self, Agent};
 use node_support::matrix::{self, overall, PodRef, Policy, Probe, Side};
 use node_support::metrics::Sample;
-use node_support::chart::scrape;
 use node_support::{chart, harness, prometheus, reuse};
 use support::privileged::require;
 
@@ -540,7 +540,12 @@ fn wait_until_enforced(node: &Node, ips: &BTreeMap<PodRef, String>) {
     let target = &ips[&PodRef { ns: "x", pod: "a" }];
     let started = Instant::now();
     loop {
-        if !matrix::connects(node, matrix::CANARY.ns, matrix::CANARY.pod, &format!("{target}:80")) {
+        if !matrix::connects(
+            node,
+            matrix::CANARY.ns,
+            matrix::CANARY.pod,
+            &format!("{target}:80"),
+        ) {
             eprintln!("kube-router enforcing after {:.1?}", started.elapsed());
             return;
         }

@@ -125,7 +125,8 @@ fn keep(files: &[&Path]) {
     std::fs::create_dir_all(dir).expect("FLOWWATCH_NODE_ADVISE_KEEP");
     for f in files {
         let to = dir.join(f.file_name().expect("a file"));
-        std::fs::copy(f, &to).unwrap_or_else(|e| panic!("{} -> {}: {e}", f.display(), to.display()));
+        std::fs::copy(f, &to)
+            .unwrap_or_else(|e| panic!("{} -> {}: {e}", f.display(), to.display()));
     }
     eprintln!("recorded inputs kept in {}", dir.display());
 }
@@ -228,12 +229,12 @@ fn start_the_app(node: &Node) -> Addresses {
         .into_iter()
         .find(|t| t.via == Via::Service(1) && t.protocol == "TCP")
         .expect("kube-dns TCP")]
-    .clone();
+        .clone();
     let api = out[&app::targets()
         .into_iter()
         .find(|t| t.via == Via::Service(0))
         .expect("api")]
-    .clone();
+        .clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(matrix::connects(node, "shop", "deployment/web", &format!("{dns}:53"))
         && matrix::connects(node, "shop", "deployment/web", &format!("{api}:80")))
@@ -472,7 +473,11 @@ fn egress_ports(policy: &Value, is: impl Fn(&Value) -> bool) -> BTreeSet<String>
     for rule in policy["spec"]["egress"].as_array().into_iter().flatten() {
         if rule["to"].as_array().into_iter().flatten().any(&is) {
             for port in rule["ports"].as_array().into_iter().flatten() {
-                out.insert(format!("{}/{}", port["port"], port["protocol"].as_str().unwrap_or("")));
+                out.insert(format!(
+                    "{}/{}",
+                    port["port"],
+                    port["protocol"].as_str().unwrap_or("")
+                ));
             }
         }
     }

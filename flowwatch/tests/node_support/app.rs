@@ -258,7 +258,12 @@ pub fn allowed() -> BTreeSet<(Workload, Workload, &'static str, u16)> {
         let (from, to, protocol, port) = p.pair();
         out.insert((from, to, protocol, port));
         if port == 53 {
-            out.insert((from, to, if protocol == "UDP" { "TCP" } else { "UDP" }, port));
+            out.insert((
+                from,
+                to,
+                if protocol == "UDP" { "TCP" } else { "UDP" },
+                port,
+            ));
         }
     }
     out
@@ -385,7 +390,9 @@ pub fn manifests(image: &str) -> String {
             .ports
             .iter()
             .map(|(protocol, port, target)| {
-                format!("{{name: {target}, protocol: {protocol}, port: {port}, targetPort: {target}}}")
+                format!(
+                    "{{name: {target}, protocol: {protocol}, port: {port}, targetPort: {target}}}"
+                )
             })
             .collect();
         let selector: Vec<String> = s

@@ -271,7 +271,8 @@ pub fn the_agent_pod_deleted_under_traffic(node: &Node, ips: &BTreeMap<PodRef, S
     let target = format!("{}:80", ips[&X_B]);
     std::thread::scope(|s| {
         let traffic = Traffic::start(node, X_A, &target, s);
-        let counted_by = |agent: &Agent| edge_total(&super::chart::scrape(node, &agent.pod), X_A, X_B, 80);
+        let counted_by =
+            |agent: &Agent| edge_total(&super::chart::scrape(node, &agent.pod), X_A, X_B, 80);
         let at_start = counted_by(&old);
         wait(
             Duration::from_secs(60),
