@@ -550,8 +550,8 @@ fn check_the_advice(yaml: &str) {
 }
 
 /// kube-router programs its rules a moment after the policies exist: waits (90 s at most)
-/// until worker (which the advice lets talk to nobody) can no longer reach web, and web and
-/// api reach what the last policies of the stream allow them.
+/// until worker (which the advice lets talk to nobody) can no longer reach web or the DNS, and
+/// web and api reach what their policies and their peers' allow them.
 fn wait_until_enforced(node: &Node, addresses: &Addresses) {
     let at = |w: Workload, port: u16| {
         let t = app::targets()
@@ -562,11 +562,13 @@ fn wait_until_enforced(node: &Node, addresses: &Addresses) {
     };
     let started = Instant::now();
     loop {
-        let denied = !matrix::connects(node, "shop", "deployment/worker", &at(app::WEB, 8080));
-        let allowed = denied
+        // One policy of each namespace in force (the checks stop at the first that is not).
+        let enforced = !matrix::connects(node, "shop", "deployment/worker", &at(app::WEB, 8080))
+            && !matrix::connects(node, "shop", "deployment/worker", &at(app::DNS, 53))
             && matrix::connects(node, "shop", "deployment/web", &at(app::API, 8080))
+            && matrix::connects(node, "shop", "deployment/web", &at(app::DNS, 53))
             && matrix::connects(node, "shop", "deployment/api", &at(app::DB, 5432));
-        if allowed {
+        if enforced {
             // Whatever of the stream kube-router has yet to program, it does in one sync.
             std::thread::sleep(Duration::from_secs(2));
             return;
