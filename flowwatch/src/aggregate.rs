@@ -320,12 +320,14 @@ impl Aggregator {
             return None;
         }
         let request = *self.datagram_sources.get(&(key.dst, key.protocol))?;
-        let tracked = self.flows.get(&request)?;
+        let tracked = self.flows.get_mut(&request)?;
         let unanswered =
             tracked.flow.counters.rev_packets == 0 && tracked.flow.reply_kernel_key.is_none();
         if !unanswered {
             return None;
         }
+        // Known to the request from now on, so forgotten with it even if no totals follow.
+        tracked.flow.reply_kernel_key = Some(*key);
         self.translated_replies.insert(*key, request);
         Some(request)
     }
@@ -856,6 +858,14 @@ mod tests {
         // Forgotten with it: the same answer later (a new request's) is its own again.
         a.apply(totals(answer, 1, 0, 50 * S));
         assert_eq!(a.flows().next().map(|f| f.key), Some(answer));
+
+        // An answer whose event came and whose totals did not is forgotten with its request.
+        let mut a = agg();
+        a.apply(totals(request, 1, 0, S));
+        a.apply(ev(answer, EventKind::NewFlow, Role::Wire, 2 * S));
+        let done = a.expire(40 * S);
+        assert_eq!(done[0].flow.kernel_keys().count(), 2);
+        assert!(a.translated_replies.is_empty() && a.datagram_sources.is_empty());
     }
 
     #[test]
