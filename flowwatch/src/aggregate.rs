@@ -5,8 +5,18 @@
 //! A TCP connection between two pods of this node is seen three ways: the client's socket,
 //! the server's socket (both through the `inet_sock_set_state` tracepoint) and the wire (TC).
 //! They meet here, keyed by the 5-tuple oriented from the initiator.
+//!
+//! A datagram to a Service whose backend is on this node is translated by the node's NAT
+//! (kube-proxy's DNAT) between two pod interfaces: the wire counts the request leaving the
+//! client (to the Service address) and the answer leaving the backend (from the backend's
+//! address), and neither packet where it enters the other pod (counted where it left, as far
+//! as the kernel program can tell). With no socket events for UDP or SCTP, the answer would
+//! start a flow of its own, backwards, and the request would stay unanswered: an answer that
+//! starts a flow to the port of an unanswered request from another address is taken for that
+//! request's answer (see `Aggregator::answered_request`).
 
 use std::collections::hash_map::Entry;
+use std::net::SocketAddr;
 
 use crate::model::{
     Counters, EventKind, Flow, FlowHashMap, FlowKey, Nanos, Observation, Outcome, Protocol, Role,
@@ -83,6 +93,9 @@ struct Tracked {
     /// Started as a new connection on a 5-tuple whose previous connection was still held: a
     /// close of a socket this flow has not seen belongs to that previous connection.
     follows_previous: bool,
+    /// Latest totals of its answers' own kernel entry when the NAT translated them, oriented
+    /// like `flow.key`.
+    translated_reply: Counters,
 }
 
 /// One end's socket of a TCP flow, as its events told.
@@ -124,6 +137,11 @@ pub struct Aggregator {
     /// Kernel entries of refused flows, for the caller to free: left in the kernel map they
     /// would be read (and refused) again every poll and hold a slot the kernel needs.
     refused_kernel_keys: Vec<FlowKey>,
+    /// The latest UDP or SCTP flow from each source address and port (whose answer the node's
+    /// NAT may translate).
+    datagram_sources: FlowHashMap<(SocketAddr, Protocol), FlowKey>,
+    /// Kernel entries of answers translated by the NAT -> the flow they answer.
+    translated_replies: FlowHashMap<FlowKey, FlowKey>,
 }
 
 impl Aggregator {
@@ -134,6 +152,8 @@ impl Aggregator {
             finished: Vec::new(),
             dropped_flows: 0,
             refused_kernel_keys: Vec::new(),
+            datagram_sources: FlowHashMap::default(),
+            translated_replies: FlowHashMap::default(),
         }
     }
 
@@ -182,6 +202,11 @@ impl Aggregator {
                 if let Some(tracked) = self.flows.get_mut(&key.reversed()) {
                     return totals.reversed().apply_to(tracked);
                 }
+                if let Some(request) = self.answered_request(&key) {
+                    if let Some(tracked) = self.flows.get_mut(&request) {
+                        return totals.apply_as_translated_reply(tracked);
+                    }
+                }
                 match self.track(key, first_seen) {
                     Some(tracked) => totals.apply_to(tracked),
                     None => self.refused_kernel_keys.push(key),
@@ -191,6 +216,14 @@ impl Aggregator {
     }
 
     fn apply_event(&mut self, key: FlowKey, kind: EventKind, role: Role, at: Nanos) {
+        if kind == EventKind::NewFlow {
+            if let Some(request) = self.answered_request(&key) {
+                if let Some(tracked) = self.flows.get_mut(&request) {
+                    tracked.flow.last_seen = tracked.flow.last_seen.max(at);
+                }
+                return;
+            }
+        }
         if kind == EventKind::TcpClosed {
             // The closing socket's local->remote view: either orientation may be ours. As the
             // flow's key (initiator -> responder) it is the initiator's socket, reversed the
@@ -271,6 +304,47 @@ impl Aggregator {
         }
     }
 
+    /// The request a datagram flow `key` (not tracked in either orientation) answers, when the
+    /// node's NAT translated it: the latest flow from `key`'s destination address and port (so
+    /// to another address than `key`'s source), that has had no answer yet. Remembers the answer's kernel key. A client port
+    /// that gets a datagram from elsewhere while its request is unanswered is mistaken for this;
+    /// its packets are then counted as that request's answer.
+    fn answered_request(&mut self, key: &FlowKey) -> Option<FlowKey> {
+        if let Some(request) = self.translated_replies.get(key) {
+            return Some(*request);
+        }
+        if key.protocol == Protocol::Tcp
+            || self.flows.contains_key(key)
+            || self.flows.contains_key(&key.reversed())
+        {
+            return None;
+        }
+        let request = *self.datagram_sources.get(&(key.dst, key.protocol))?;
+        let tracked = self.flows.get_mut(&request)?;
+        let unanswered =
+            tracked.flow.counters.rev_packets == 0 && tracked.flow.reply_kernel_key.is_none();
+        if !unanswered {
+            return None;
+        }
+        // Known to the request from now on, so forgotten with it even if no totals follow.
+        tracked.flow.reply_kernel_key = Some(*key);
+        self.translated_replies.insert(*key, request);
+        Some(request)
+    }
+
+    /// Forgets what the finished flows were indexed by.
+    fn unindex(&mut self, done: &[FinishedFlow]) {
+        for d in done {
+            let key = d.flow.key;
+            if self.datagram_sources.get(&(key.src, key.protocol)) == Some(&key) {
+                self.datagram_sources.remove(&(key.src, key.protocol));
+            }
+            if let Some(reply) = d.flow.reply_kernel_key {
+                self.translated_replies.remove(&reply);
+            }
+        }
+    }
+
     /// The flow of `key`, added if new (and the bound allows). One hash lookup: this runs for
     /// every observation.
     fn track(&mut self, key: FlowKey, at: Nanos) -> Option<&mut Tracked> {
@@ -313,7 +387,12 @@ impl Aggregator {
                 self.dropped_flows += 1;
                 None
             }
-            Entry::Vacant(slot) => Some(slot.insert(Tracked::new(key, at))),
+            Entry::Vacant(slot) => {
+                if key.protocol != Protocol::Tcp {
+                    self.datagram_sources.insert((key.src, key.protocol), key);
+                }
+                Some(slot.insert(Tracked::new(key, at)))
+            }
         }
     }
 
@@ -355,6 +434,7 @@ impl Aggregator {
                 None => true,
             }
         });
+        self.unindex(&done);
         done
     }
 
@@ -362,6 +442,8 @@ impl Aggregator {
     /// `Pending`: a handshake in progress or a datagram not answered *yet* is cut short by the
     /// stop, not failed, and must not count as a failed (or blocked) attempt.
     pub fn drain_all(&mut self) -> Vec<FinishedFlow> {
+        self.datagram_sources.clear();
+        self.translated_replies.clear();
         let mut done = std::mem::take(&mut self.finished);
         done.extend(self.flows.drain().map(|(_, t)| {
             let mut flow = t.flow;
@@ -403,19 +485,33 @@ impl WireTotals {
 
     fn apply_to(self, tracked: &mut Tracked) {
         tracked.last_totals = self.counters;
-        let flow = &mut tracked.flow;
-        flow.kernel_key = Some(self.kernel_key);
-        flow.counters = self.counters.saturating_sub(tracked.baseline);
-        flow.fwd_tcp_flags |= self.fwd_tcp_flags;
-        flow.rev_tcp_flags |= self.rev_tcp_flags;
-        if self.last_seen > flow.last_seen {
-            flow.last_seen = self.last_seen;
-        }
-        infer_outcome_from_wire(flow);
+        tracked.flow.kernel_key = Some(self.kernel_key);
+        tracked.flow.fwd_tcp_flags |= self.fwd_tcp_flags;
+        tracked.flow.rev_tcp_flags |= self.rev_tcp_flags;
+        tracked.recount(self.last_seen);
+    }
+
+    /// The totals of the kernel entry the translated answers of `tracked` started (keyed from
+    /// the backend: its forward direction is the flow's reverse).
+    fn apply_as_translated_reply(self, tracked: &mut Tracked) {
+        tracked.translated_reply = self.counters.reversed();
+        tracked.flow.reply_kernel_key = Some(self.kernel_key);
+        tracked.recount(self.last_seen);
     }
 }
 
 impl Tracked {
+    /// The flow's counters from its kernel entries' latest totals, and its last packet.
+    fn recount(&mut self, last_seen: Nanos) {
+        let flow = &mut self.flow;
+        flow.counters = self
+            .last_totals
+            .saturating_sub(self.baseline)
+            .saturating_add(self.translated_reply);
+        flow.last_seen = flow.last_seen.max(last_seen);
+        infer_outcome_from_wire(flow);
+    }
+
     /// One of the flow's local sockets, `end`'s, closed at `at`.
     fn socket_closed(&mut self, end: End, at: Nanos) {
         let socket = match end {
@@ -450,6 +546,7 @@ impl Tracked {
             client_socket: Socket::Unseen,
             server_socket: Socket::Unseen,
             follows_previous: false,
+            translated_reply: Counters::default(),
         }
     }
 }
@@ -722,6 +819,80 @@ mod tests {
         assert_eq!(done.len(), 2);
         assert_eq!(done[0].flow.outcome, Outcome::Established);
         assert_eq!(done[1].flow.outcome, Outcome::Unanswered);
+    }
+
+    #[test]
+    fn a_datagram_answer_translated_by_the_nodes_nat_answers_the_request() {
+        // A client's query to a Service address, translated by the node's NAT to a backend on
+        // this node: the wire sees the request leave the client and the answer leave the
+        // backend, never the translated request.
+        let request = FlowKey {
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.96.0.10:53".parse().unwrap(),
+            protocol: Protocol::Udp,
+        };
+        let answer = FlowKey {
+            src: "10.0.0.5:53".parse().unwrap(),
+            dst: request.src,
+            protocol: Protocol::Udp,
+        };
+        let mut a = agg();
+        a.apply(ev(request, EventKind::NewFlow, Role::Wire, S));
+        a.apply(totals(request, 2, 0, S));
+        a.apply(ev(answer, EventKind::NewFlow, Role::Wire, 2 * S));
+        a.apply(totals(answer, 1, 0, 2 * S));
+        a.apply(totals(answer, 2, 0, 3 * S));
+        assert_eq!(a.len(), 1, "the answer is no flow of its own");
+        let done = a.expire(40 * S);
+        assert_eq!(done.len(), 1);
+        let f = &done[0].flow;
+        assert_eq!(f.key, request);
+        assert_eq!(f.outcome, Outcome::Established);
+        assert_eq!((f.counters.fwd_packets, f.counters.rev_packets), (2, 2));
+        assert_eq!(f.last_seen, 3 * S);
+        assert_eq!(
+            f.kernel_keys().collect::<Vec<_>>(),
+            [request, answer],
+            "both kernel entries are freed with it"
+        );
+        // Forgotten with it: the same answer later (a new request's) is its own again.
+        a.apply(totals(answer, 1, 0, 50 * S));
+        assert_eq!(a.flows().next().map(|f| f.key), Some(answer));
+
+        // An answer whose event came and whose totals did not is forgotten with its request.
+        let mut a = agg();
+        a.apply(totals(request, 1, 0, S));
+        a.apply(ev(answer, EventKind::NewFlow, Role::Wire, 2 * S));
+        let done = a.expire(40 * S);
+        assert_eq!(done[0].flow.kernel_keys().count(), 2);
+        assert!(a.translated_replies.is_empty() && a.datagram_sources.is_empty());
+    }
+
+    #[test]
+    fn a_datagram_to_an_answered_port_from_elsewhere_is_its_own_flow() {
+        let k = key(Protocol::Udp);
+        let mut a = agg();
+        a.apply(totals(k, 1, 1, S));
+        let other = FlowKey {
+            src: "10.0.0.9:7000".parse().unwrap(),
+            dst: k.src,
+            protocol: Protocol::Udp,
+        };
+        a.apply(totals(other, 1, 0, S));
+        assert_eq!(a.len(), 2, "an answered request takes no other answer");
+        let tcp = key(Protocol::Tcp);
+        a.apply(totals(tcp, 1, 0, S));
+        a.apply(totals(
+            FlowKey {
+                src: "10.0.0.9:80".parse().unwrap(),
+                dst: tcp.src,
+                protocol: Protocol::Tcp,
+            },
+            1,
+            0,
+            S,
+        ));
+        assert_eq!(a.len(), 4, "TCP answers are the sockets' business");
     }
 
     #[test]

@@ -221,6 +221,16 @@ impl Counters {
             rev_bytes: self.rev_bytes.saturating_sub(earlier.rev_bytes),
         }
     }
+
+    /// Both counts added (of two kernel entries of one flow).
+    pub fn saturating_add(&self, other: Counters) -> Counters {
+        Counters {
+            fwd_packets: self.fwd_packets.saturating_add(other.fwd_packets),
+            fwd_bytes: self.fwd_bytes.saturating_add(other.fwd_bytes),
+            rev_packets: self.rev_packets.saturating_add(other.rev_packets),
+            rev_bytes: self.rev_bytes.saturating_add(other.rev_bytes),
+        }
+    }
 }
 
 /// What a kernel event reports.
@@ -347,12 +357,20 @@ pub struct Flow {
     /// The key of the kernel flow-map entry (its orientation may differ from `key`), once the
     /// wire has seen the flow.
     pub(crate) kernel_key: Option<FlowKey>,
+    /// The kernel entry of its answers when the node's NAT translated them (a datagram flow
+    /// to a Service whose backend is on this node: see `aggregate`).
+    pub(crate) reply_kernel_key: Option<FlowKey>,
 }
 
 impl Flow {
     /// The key of this flow's kernel flow-map entry, if the wire has seen it.
     pub fn kernel_key(&self) -> Option<FlowKey> {
         self.kernel_key
+    }
+
+    /// Every kernel flow-map entry this flow accounts for (to free when it is reported).
+    pub fn kernel_keys(&self) -> impl Iterator<Item = FlowKey> {
+        self.kernel_key.into_iter().chain(self.reply_kernel_key)
     }
 
     pub fn new(key: FlowKey, at: Nanos) -> Flow {
@@ -369,6 +387,7 @@ impl Flow {
             rev_tcp_flags: 0,
             open_sockets: 0,
             kernel_key: None,
+            reply_kernel_key: None,
         }
     }
 }

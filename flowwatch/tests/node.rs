@@ -33,118 +33,34 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flowwatch_testnode::sys::{enter, Join};
-use flowwatch_testnode::{leftovers, Binaries, HostSnapshot, Node, NodeOptions};
+use flowwatch_testnode::Node;
+use node_support::chart::scrape;
 use node_support::lifecycle::{self, Agent};
 use node_support::matrix::{self, overall, PodRef, Policy, Probe, Side};
-use node_support::metrics::{self, Sample};
-use node_support::{image, prometheus, reuse};
-use support::helm::helm;
-use support::privileged::{require, root};
+use node_support::metrics::Sample;
+use node_support::{chart, harness, prometheus, reuse};
+use support::privileged::require;
 
 /// The effective, permitted and bounding capability sets the chart gives the agent: NET_ADMIN
 /// (12), PERFMON (38), BPF (39), nothing else.
 const CHART_CAPS: u64 = (1 << 12) | (1 << 38) | (1 << 39);
 
-fn available() -> Result<(), String> {
-    root()?;
-    let bins = Binaries::find().map_err(|e| format!("{e:#}"))?;
-    if !bins.kube_router.is_file() {
-        return Err(format!(
-            "{} missing (cargo xtask k8s-bins)",
-            bins.kube_router.display()
-        ));
-    }
-    if !bins.prometheus.is_file() {
-        return Err(format!(
-            "{} missing (cargo xtask k8s-bins)",
-            bins.prometheus.display()
-        ));
-    }
-    helm()?;
-    image::release_binary()?;
-    Ok(())
-}
-
 #[test]
 fn the_chart_on_a_real_node_agrees_with_the_policies_edge_by_edge() {
-    if !require("flowwatch on a real node", available()) {
+    if !require("flowwatch on a real node", harness::available()) {
         return;
     }
-    let before = HostSnapshot::take().expect("host snapshot");
-    let work = tempfile::Builder::new()
-        .prefix("flowwatch-node-test-")
-        .tempdir()
-        .expect("temp dir");
-    let started = Instant::now();
-    let archive = work.path().join("flowwatch-image.tar");
-    image::build(&work.path().join("buildah"), &archive).expect("building the agent's image");
-    // buildah's vfs storage is large and no longer needed.
-    let _ = Command::new("buildah")
-        .arg("--root")
-        .arg(work.path().join("buildah/root"))
-        .arg("--runroot")
-        .arg(work.path().join("buildah/run"))
-        .args(["--storage-driver", "vfs", "rmi", "--all", "--force"])
-        .output();
-    std::fs::remove_dir_all(work.path().join("buildah")).expect("removing buildah's storage");
-    let image_time = started.elapsed();
-
-    let started = Instant::now();
-    let node = Node::up(NodeOptions {
-        images: vec![archive],
+    harness::on_a_node(
+        "flowwatch-node-test-",
         // Exactly the matrix's pods and the canary: a deleted pod's address is the only one
         // free, so the next pod gets it (the address reuse below).
-        pod_addresses: Some(matrix::pods().len() as u8 + 1),
-        ..Default::default()
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    let up_time = started.elapsed();
-    eprintln!(
-        "image built in {image_time:.1?}; node {} up in {up_time:.1?} ({:?})",
-        node.name, node.timings
-    );
-
-    let started = Instant::now();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        scenario(&node, work.path())
-    }));
-    let scenario_time = started.elapsed();
-    if outcome.is_err() {
-        eprintln!("node logs:\n{}", node.logs());
-    }
-    let (name, dir) = (node.name.clone(), node.dir.clone());
-    let (netns, mntns) = node.namespace_inodes();
-    let started = Instant::now();
-    let down = node.down();
-    eprintln!(
-        "scenario {scenario_time:.1?}; node down in {:.1?}",
-        started.elapsed()
-    );
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-    down.unwrap_or_else(|e| panic!("teardown: {e:#}"));
-    let mut left = leftovers(&dir, &name);
-    for (kind, inode) in [("net", netns), ("mnt", mntns)] {
-        let procs = flowwatch_testnode::sys::processes_in_ns(kind, inode);
-        if !procs.is_empty() {
-            left.push(format!(
-                "processes in the node's {kind} namespace: {procs:?}"
-            ));
-        }
-    }
-    assert!(left.is_empty(), "left on the machine: {left:?}");
-    let changes = HostSnapshot::take()
-        .expect("host snapshot")
-        .changes_since(&before);
-    assert!(
-        changes.is_empty(),
-        "the node changed the machine: {changes:?}"
+        Some(matrix::pods().len() as u8 + 1),
+        scenario,
     );
 }
 
 fn scenario(node: &Node, work: &std::path::Path) {
-    install_the_chart(node, work);
+    chart::install(node, work, &[]);
     let agent_pod = lifecycle::ready_agent(node, None).pod;
     check_the_agents_privileges(node);
     check_the_service_account(node);
@@ -397,84 +313,6 @@ fn a_prometheus_query_sees_the_agents_counts(node: &Node, agent: &Agent) {
     eprintln!("Prometheus (Kubernetes discovery, both jobs) sees the agent's counts");
 }
 
-fn helm_cmd(node: &Node, work: &std::path::Path) -> Command {
-    let mut c = Command::new(helm().expect("helm"));
-    c.env("KUBECONFIG", node.kubeconfig())
-        .env("HELM_CACHE_HOME", work.join("helm/cache"))
-        .env("HELM_CONFIG_HOME", work.join("helm/config"))
-        .env("HELM_DATA_HOME", work.join("helm/data"));
-    enter(
-        &mut c,
-        Join {
-            mnt: None,
-            ..node.join()
-        },
-    );
-    c
-}
-
-/// `helm install` as the chart's README says: the namespace created and labelled for Pod
-/// Security Admission first, then the chart with only the image overridden.
-fn install_the_chart(node: &Node, work: &std::path::Path) {
-    node.kubectl(&["create", "namespace", "flowwatch"])
-        .expect("namespace");
-    node.kubectl(&[
-        "label",
-        "namespace",
-        "flowwatch",
-        "pod-security.kubernetes.io/enforce=privileged",
-    ])
-    .expect("label");
-    let started = Instant::now();
-    let out = helm_cmd(node, work)
-        .args(["install", "flowwatch"])
-        .arg(image::repo().join("deploy/helm/flowwatch"))
-        .args(["--namespace", "flowwatch"])
-        .args(["--set", &format!("image.repository={}", image::REPOSITORY)])
-        .args(["--set", &format!("image.tag={}", image::TAG)])
-        .args(["--wait", "--timeout", "180s"])
-        .output()
-        .expect("helm");
-    assert!(
-        out.status.success(),
-        "helm install: {}\n{}\nagent pod: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        node.kubectl(&["describe", "pods", "-n", "flowwatch"])
-            .unwrap_or_default()
-    );
-    // helm's --wait accepts a DaemonSet with maxUnavailable pods not ready (1 here): wait for
-    // the rollout as kubectl sees it.
-    node.kubectl(&[
-        "rollout",
-        "status",
-        "daemonset/flowwatch",
-        "-n",
-        "flowwatch",
-        "--timeout=120s",
-    ])
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e:#}\n{}",
-            node.kubectl(&["describe", "pods", "-n", "flowwatch"])
-                .unwrap_or_default()
-        )
-    });
-    eprintln!("helm install, agent Ready: {:.1?}", started.elapsed());
-    let ready = node
-        .kubectl(&[
-            "get",
-            "daemonset",
-            "flowwatch",
-            "-n",
-            "flowwatch",
-            "-o",
-            "jsonpath={.status.numberReady}/{.status.desiredNumberScheduled}",
-        ])
-        .expect("daemonset");
-    assert_eq!(ready, "1/1", "the DaemonSet's pod is Ready");
-}
-
 fn status_field(status: &str, key: &str) -> String {
     status
         .lines()
@@ -696,41 +534,18 @@ fn run_probes(
     out
 }
 
-/// Whether the canary (w/canary) connects to `target` (`ip:port`, TCP) within a second.
-fn canary_connects(node: &Node, target: &str) -> bool {
-    match node.kubectl(&[
-        "exec",
-        "-n",
-        "w",
-        "canary",
-        "--",
-        "/agnhost",
-        "connect",
-        target,
-        "--timeout=1s",
-    ]) {
-        Ok(_) => true,
-        // agnhost's words for a connection that did not happen (not an exec failure).
-        Err(e) => {
-            let e = format!("{e:#}");
-            assert!(
-                ["TIMEOUT", "REFUSED", "OTHER"]
-                    .iter()
-                    .any(|w| e.contains(w)),
-                "the canary's probe failed to run: {e}"
-            );
-            false
-        }
-    }
-}
-
 /// kube-router programs its rules a moment after it starts: the canary (namespace w, outside
 /// the matrix) probes x/a, which admits only namespace y, until that fails.
 fn wait_until_enforced(node: &Node, ips: &BTreeMap<PodRef, String>) {
     let target = &ips[&PodRef { ns: "x", pod: "a" }];
     let started = Instant::now();
     loop {
-        if !canary_connects(node, &format!("{target}:80")) {
+        if !matrix::connects(
+            node,
+            matrix::CANARY.ns,
+            matrix::CANARY.pod,
+            &format!("{target}:80"),
+        ) {
             eprintln!("kube-router enforcing after {:.1?}", started.elapsed());
             return;
         }
@@ -741,17 +556,6 @@ fn wait_until_enforced(node: &Node, ips: &BTreeMap<PodRef, String>) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-fn scrape(node: &Node, agent_pod: &str) -> Vec<Sample> {
-    let text = node
-        .kubectl(&[
-            "get",
-            "--raw",
-            &format!("/api/v1/namespaces/flowwatch/pods/{agent_pod}:9810/proxy/metrics"),
-        ])
-        .unwrap_or_else(|e| panic!("scraping the agent through the API server: {e:#}"));
-    metrics::parse(&text)
 }
 
 fn wait_for(node: &Node, agent_pod: &str, what: &str, ok: impl Fn(&[Sample]) -> bool) {

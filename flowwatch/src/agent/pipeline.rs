@@ -78,7 +78,7 @@ impl<S: FlowSource> Pipeline<S> {
 
     fn forget(&mut self, done: &[FinishedFlow]) -> Result<(), S::Error> {
         let mut keys = self.aggregator.take_refused_kernel_keys();
-        keys.extend(done.iter().filter_map(|d| d.flow.kernel_key()));
+        keys.extend(done.iter().flat_map(|d| d.flow.kernel_keys()));
         if keys.is_empty() {
             return Ok(());
         }

@@ -127,7 +127,7 @@ pub fn assert_taken_over(node: &Node, old: &Agent, old_held: &Held, new: &Agent,
     let veths = kernel::tcx_on_veths(&node.netns_path()).len();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let attached = crate::scrape(node, &new.pod)
+        let attached = super::chart::scrape(node, &new.pod)
             .iter()
             .find(|s| s.name == "flowwatch_interfaces_attached")
             .map(|s| s.value);
@@ -161,7 +161,7 @@ pub fn assert_counted_once(
     count: usize,
 ) {
     let (from, to, port) = edge;
-    let before = edge_total(&crate::scrape(node, &agent.pod), from, to, port);
+    let before = edge_total(&super::chart::scrape(node, &agent.pod), from, to, port);
     let target = format!("{}:{port}", ips[&to]);
     let script = format!(
         "i=0; while [ $i -lt {count} ]; do /agnhost connect {target} --timeout=2s || exit 1; i=$((i+1)); done"
@@ -173,14 +173,14 @@ pub fn assert_counted_once(
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut got;
     loop {
-        got = edge_total(&crate::scrape(node, &agent.pod), from, to, port) - before;
+        got = edge_total(&super::chart::scrape(node, &agent.pod), from, to, port) - before;
         if got >= count as f64 || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(3));
-    got = edge_total(&crate::scrape(node, &agent.pod), from, to, port) - before;
+    got = edge_total(&super::chart::scrape(node, &agent.pod), from, to, port) - before;
     assert_eq!(
         got, count as f64,
         "{from} -> {to}:{port}: {count} connections, counted {got} times by agent {}",
@@ -271,7 +271,8 @@ pub fn the_agent_pod_deleted_under_traffic(node: &Node, ips: &BTreeMap<PodRef, S
     let target = format!("{}:80", ips[&X_B]);
     std::thread::scope(|s| {
         let traffic = Traffic::start(node, X_A, &target, s);
-        let counted_by = |agent: &Agent| edge_total(&crate::scrape(node, &agent.pod), X_A, X_B, 80);
+        let counted_by =
+            |agent: &Agent| edge_total(&super::chart::scrape(node, &agent.pod), X_A, X_B, 80);
         let at_start = counted_by(&old);
         wait(
             Duration::from_secs(60),
@@ -334,7 +335,7 @@ pub fn a_rolling_update(
     };
     let before = generation(node);
     let started = Instant::now();
-    let out = crate::helm_cmd(node, work)
+    let out = super::chart::helm_cmd(node, work)
         .args(["upgrade", "flowwatch"])
         .arg(super::image::repo().join("deploy/helm/flowwatch"))
         .args(["--namespace", "flowwatch", "--reuse-values"])

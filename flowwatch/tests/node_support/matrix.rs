@@ -311,6 +311,41 @@ spec:
     )
 }
 
+/// The pod outside the matrix (namespace w) whose probes tell when the enforcer is in force.
+pub const CANARY: PodRef = PodRef {
+    ns: "w",
+    pod: "canary",
+};
+
+/// Whether `pod` of namespace `ns` (a pod name, or `deploy/NAME` as kubectl exec takes it)
+/// connects to `target` (`ip:port`, TCP) within a second.
+pub fn connects(node: &flowwatch_testnode::Node, ns: &str, pod: &str, target: &str) -> bool {
+    match node.kubectl(&[
+        "exec",
+        "-n",
+        ns,
+        pod,
+        "--",
+        "/agnhost",
+        "connect",
+        target,
+        "--timeout=1s",
+    ]) {
+        Ok(_) => true,
+        // agnhost's words for a connection that did not happen (not an exec failure).
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(
+                ["TIMEOUT", "REFUSED", "OTHER"]
+                    .iter()
+                    .any(|w| e.contains(w)),
+                "the probe from {ns}/{pod} failed to run: {e}"
+            );
+            false
+        }
+    }
+}
+
 /// The probes from one pod, as a shell script run in it (`kubectl exec`): one line per probe,
 /// `<ip> <port> <protocol> ok|fail`, eight probes at a time (each is one connection attempt,
 /// with a three-second timeout: on a loaded machine a one-second one let allowed connections

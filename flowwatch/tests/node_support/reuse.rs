@@ -144,7 +144,7 @@ pub fn wait_until_enforced(node: &Node, ips: &BTreeMap<PodRef, String>) {
     let target = format!("{}:80", ips[&NEW]);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        if !crate::canary_connects(node, &target) {
+        if !matrix::connects(node, matrix::CANARY.ns, matrix::CANARY.pod, &target) {
             return;
         }
         assert!(

@@ -741,11 +741,13 @@ authentication:
 authorization:
   mode: AlwaysAllow
 serializeImagePulls: false
+# The disk is the machine's, shared with everything else on it: kubelet must not evict the
+# test's pods (the agent's, say) when the machine's disk runs low ("0%" turns a threshold off).
 evictionHard:
   memory.available: "1Mi"
-  nodefs.available: "1%"
-  nodefs.inodesFree: "1%"
-  imagefs.available: "1%"
+  nodefs.available: "0%"
+  nodefs.inodesFree: "0%"
+  imagefs.available: "0%"
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 resolvConf: /etc/resolv.conf
