@@ -78,6 +78,15 @@ impl Classifier {
             .unwrap_or_default()
     }
 
+    /// The valid policies of the current inventory (kind, name as verdicts give it), for the
+    /// rule-usage series (see `Metrics::retain_rule_policies`).
+    pub fn policy_keys(&self) -> Vec<(crate::policy::PolicyKind, Arc<str>)> {
+        self.engine
+            .as_ref()
+            .map(|e| e.policy_keys().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether a cluster view has arrived (before it nothing can be classified).
     pub fn engine_ready(&self) -> bool {
         self.engine.is_some()

@@ -9,7 +9,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use crate::model::{Outcome, Protocol};
 
 /// Writes `s` as a label value, escaping what the exposition formats require.
-fn write_escaped(encoder: &mut LabelValueEncoder, s: &str) -> std::fmt::Result {
+pub(crate) fn write_escaped(encoder: &mut LabelValueEncoder, s: &str) -> std::fmt::Result {
     if !s.contains(['\\', '"', '\n']) {
         return encoder.write_str(s);
     }

@@ -61,6 +61,7 @@
 mod budget;
 pub mod exposition;
 pub mod labels;
+pub mod rules;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -460,6 +461,7 @@ impl Health {
 struct Inner {
     edges: Mutex<EdgeFamilies>,
     health: Health,
+    rules: rules::RuleFamilies,
     ttl: Nanos,
     sweep_every: Nanos,
 }
@@ -489,11 +491,14 @@ impl Metrics {
         let health = Health::new(config.build.clone());
         edges.register(&mut registry);
         health.register(&mut registry);
+        let rules = rules::RuleFamilies::default();
+        rules.register(&mut registry);
         let ttl = nanos(config.series_ttl);
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 edges: Mutex::new(edges),
                 health,
+                rules,
                 ttl,
                 sweep_every: (ttl / 10).max(1_000_000_000),
             }),
@@ -780,6 +785,26 @@ impl Metrics {
     /// Observes the time one scrape's encoding took (called by the HTTP edge).
     pub fn observe_scrape(&self, took: Duration) {
         self.inner.health.scrape.observe(took.as_secs_f64());
+    }
+
+    /// Credits the policy rules a counted connection's verdict names (see [`rules`]): call it
+    /// where `record_flow` gets `Some(outcome)`, with the wall-clock time in Unix seconds.
+    pub fn record_rule_matches(&self, verdict: &crate::policy::FlowVerdict, unix_secs: f64) {
+        self.inner.rules.record(verdict, unix_secs);
+    }
+
+    /// Keeps the rule series of these policies only (kind, `namespace/name` or name): call it
+    /// with each new inventory, so the rules of a deleted policy leave the exposition.
+    pub fn retain_rule_policies(
+        &self,
+        policies: impl IntoIterator<Item = (crate::policy::PolicyKind, Arc<str>)>,
+    ) {
+        self.inner.rules.retain_policies(policies);
+    }
+
+    /// Policy rules with series now.
+    pub fn rule_series(&self) -> usize {
+        self.inner.rules.len()
     }
 
     /// Live series per edge family (overflow buckets included).

@@ -359,6 +359,17 @@ impl PolicyEngine {
         self.evaluate_ends(src, dst, port, protocol)
     }
 
+    /// Every valid policy as verdicts name it: (kind, `namespace/name` for a NetworkPolicy,
+    /// the name for a cluster policy).
+    pub fn policy_keys(&self) -> impl Iterator<Item = (PolicyKind, Arc<str>)> + '_ {
+        let np = self
+            .policies
+            .iter()
+            .map(|p| (PolicyKind::NetworkPolicy, p.key.clone()));
+        let cluster = self.tiers.policies.iter().map(|p| (p.kind, p.name.clone()));
+        np.chain(cluster)
+    }
+
     /// Policies that were rejected as invalid (`namespace/name`), in inventory order.
     pub fn skipped_policies(&self) -> impl Iterator<Item = &str> {
         self.skipped.iter().map(|s| s.key.as_str())
