@@ -102,6 +102,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ebpf_object_sha256: datapath::object_sha256(),
             ..Default::default()
         },
+        rule_usage: true,
     })?;
     let inventory = k8s::source::from_settings(
         args.snapshots.clone(),

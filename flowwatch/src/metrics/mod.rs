@@ -126,6 +126,9 @@ pub struct MetricsConfig {
     pub series_ttl: Duration,
     /// The labels of `flowwatch_build_info`.
     pub build: BuildInfo,
+    /// Whether the rule-usage families are filled (`record_rule_matches`); off, they stay
+    /// empty and a counted connection costs nothing more (the benchmark's baseline).
+    pub rule_usage: bool,
 }
 
 impl Default for MetricsConfig {
@@ -135,6 +138,7 @@ impl Default for MetricsConfig {
             max_series_per_namespace: 2_000,
             series_ttl: Duration::from_secs(15 * 60),
             build: BuildInfo::default(),
+            rule_usage: true,
         }
     }
 }
@@ -462,6 +466,7 @@ struct Inner {
     edges: Mutex<EdgeFamilies>,
     health: Health,
     rules: rules::RuleFamilies,
+    rule_usage: bool,
     ttl: Nanos,
     sweep_every: Nanos,
 }
@@ -499,6 +504,7 @@ impl Metrics {
                 edges: Mutex::new(edges),
                 health,
                 rules,
+                rule_usage: config.rule_usage,
                 ttl,
                 sweep_every: (ttl / 10).max(1_000_000_000),
             }),
@@ -790,7 +796,9 @@ impl Metrics {
     /// Credits the policy rules a counted connection's verdict names (see [`rules`]): call it
     /// where `record_flow` gets `Some(outcome)`, with the wall-clock time in Unix seconds.
     pub fn record_rule_matches(&self, verdict: &crate::policy::FlowVerdict, unix_secs: f64) {
-        self.inner.rules.record(verdict, unix_secs);
+        if self.inner.rule_usage {
+            self.inner.rules.record(verdict, unix_secs);
+        }
     }
 
     /// Keeps the rule series of these policies only (kind, `namespace/name` or name): call it
