@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{EdgeCount, EdgeEnd, EdgeKey};
-use crate::policy::{Direction, Explanation};
+use crate::policy::{Direction, Explanation, PeerOutcome};
 
 /// One rule of a NetworkPolicy: `namespace/name`, direction, index in its list.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +36,9 @@ pub struct RuleUse {
     pub edges: u64,
     /// The namespaces (or addresses) of the peers it was used for.
     pub peers: BTreeSet<String>,
+    /// The peers it was used for, by the entry of its `from`/`to` that matched them (`None`:
+    /// the rule lists no peers): what [`super::broad`] tightens it to.
+    pub peer_ends: BTreeMap<Option<usize>, BTreeSet<EdgeEnd>>,
 }
 
 /// Every rule of a set of NetworkPolicies with what it matched.
@@ -82,27 +85,34 @@ impl Usage {
             EdgeEnd::Workload { namespace, .. } => namespace.clone(),
             EdgeEnd::Address(ip) => ip.to_string(),
         };
-        for (side, peer) in [
-            (&e.egress, peer_of(&key.dst)),
-            (&e.ingress, peer_of(&key.src)),
+        for (side, peer, end) in [
+            (&e.egress, peer_of(&key.dst), &key.dst),
+            (&e.ingress, peer_of(&key.src), &key.src),
         ] {
             let direction = match side.direction {
                 Direction::Ingress => "ingress",
                 Direction::Egress => "egress",
             };
-            let allowing: Vec<RuleRef> = side
+            let allowing: Vec<(RuleRef, Option<usize>)> = side
                 .policies
                 .iter()
                 .flat_map(|p| {
-                    p.rules.iter().filter(|r| r.allows()).map(|r| RuleRef {
-                        policy: p.policy.to_string(),
-                        direction,
-                        index: r.index,
+                    p.rules.iter().filter(|r| r.allows()).map(|r| {
+                        let slot = match r.peer {
+                            PeerOutcome::Matched(i) => Some(i),
+                            PeerOutcome::AnyPeer | PeerOutcome::NoMatch => None,
+                        };
+                        let rule = RuleRef {
+                            policy: p.policy.to_string(),
+                            direction,
+                            index: r.index,
+                        };
+                        (rule, slot)
                     })
                 })
                 .collect();
             let sole = allowing.len() == 1;
-            for rule in allowing {
+            for (rule, slot) in allowing {
                 let u = self.rules.entry(rule).or_default();
                 u.connections += count.connections;
                 u.edges += 1;
@@ -110,6 +120,7 @@ impl Usage {
                     u.sole_connections += count.connections;
                 }
                 u.peers.insert(peer.clone());
+                u.peer_ends.entry(slot).or_default().insert(end.clone());
             }
         }
     }
