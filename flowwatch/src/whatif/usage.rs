@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{EdgeCount, EdgeEnd, EdgeKey};
-use crate::policy::{Direction, Explanation, PeerOutcome};
+use crate::policy::{Direction, Explanation, PeerOutcome, Tier};
 
 /// One rule of a NetworkPolicy: `namespace/name`, direction, index in its list.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -206,6 +206,11 @@ impl Usage {
                 Direction::Ingress => "ingress",
                 Direction::Egress => "egress",
             };
+            // As the agent's verdict names them: NetworkPolicy rules count when their tier
+            // decided (an Admin or Baseline rule that decides first leaves them unused).
+            if side.tier != Tier::NetworkPolicy {
+                continue;
+            }
             let allowing: Vec<(RuleRef, Option<usize>)> = side
                 .policies
                 .iter()
