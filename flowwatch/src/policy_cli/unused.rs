@@ -305,3 +305,107 @@ pub fn run(args: UnusedArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::snapshot;
+    use crate::model::Protocol;
+    use crate::whatif::{EdgeEnd, EdgeKey};
+
+    const CLUSTER: &str = "\
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: a}}
+- {apiVersion: v1, kind: Namespace, metadata: {name: b}}
+- {apiVersion: v1, kind: Pod, metadata: {namespace: a, name: server, labels: {app: server}}, spec: {containers: [{name: c}]}, status: {podIP: 10.0.0.1}}
+- {apiVersion: v1, kind: Pod, metadata: {namespace: b, name: client, labels: {app: client}}, spec: {containers: [{name: c}]}, status: {podIP: 10.0.0.2}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: a, name: server}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{namespaceSelector: {}}]
+";
+
+    /// The proof rejects a tightening the traffic contradicts and accepts the one it suggests.
+    #[test]
+    fn only_a_tightening_that_breaks_nothing_is_suggested() {
+        let (inventory, errors) = snapshot::parse(CLUSTER, "t").unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let options = PolicyOptions::default();
+        let (engine, resolver, _) = super::super::build(&inventory, options);
+        let current = (engine, resolver);
+        let mut edges = Edges::default();
+        let pod = |ns: &str, name: &str| EdgeEnd::Workload {
+            namespace: ns.into(),
+            kind: "pod".into(),
+            name: name.into(),
+        };
+        let key = EdgeKey {
+            src: pod("b", "client"),
+            dst: pod("a", "server"),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        edges.add(key.clone(), 4, 4);
+        let mut usage = Usage::of_policies(&inventory.network_policies);
+        let e = explain_edge(&current, &key).unwrap();
+        usage.add(&key, &edges.edges[&key], &e);
+        let view = ClusterView::of(&inventory);
+        let found = broad::candidates(&inventory.network_policies, &usage, &view, (24, 64));
+        assert_eq!(found.len(), 1, "{found:?}");
+        // The same rule narrowed to the wrong namespace: the client's traffic would break.
+        let mut wrong = found[0].clone();
+        let spec = wrong.policy.spec.as_mut().unwrap();
+        spec.ingress.as_mut().unwrap()[0].from.as_mut().unwrap()[0]
+            .namespace_selector
+            .as_mut()
+            .unwrap()
+            .match_labels = Some([("kubernetes.io/metadata.name".into(), "a".into())].into());
+        let proven = prove(
+            &inventory,
+            options,
+            &current,
+            &edges,
+            vec![found[0].clone(), wrong],
+        );
+        assert_eq!(
+            (
+                proven[0].suggested(),
+                proven[0].would_break,
+                proven[0].edges
+            ),
+            (true, 0, 1)
+        );
+        assert_eq!(
+            (
+                proven[1].suggested(),
+                proven[1].would_break,
+                proven[1].would_break_connections
+            ),
+            (false, 1, 4)
+        );
+        let mut out = Vec::new();
+        write_report(
+            &usage,
+            CountSource::ReEvaluated,
+            &proven,
+            Format::Table,
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("Tightened, whatif over the same 1 edges: 0 would break:\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels:\n        kubernetes.io/metadata.name: b\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("not suggested: tightened, 1 edges (4 connections) would break"),
+            "{text}"
+        );
+    }
+}
