@@ -261,9 +261,9 @@ fn the_agents_rule_counters_match_an_independent_count_and_feed_policy_unused() 
     };
     assert_eq!(connections, 7.0);
     let last = agent
-        .metric(&format!(
-            "flowwatch_policy_rule_last_match_timestamp_seconds{{tier=\"admin\",kind=\"AdminNetworkPolicy\",namespace=\"\",policy=\"guard\",direction=\"ingress\",rule=\"deny-intruder\",action=\"Deny\"}}"
-        ))
+        .metric(
+            "flowwatch_policy_rule_last_match_timestamp_seconds{tier=\"admin\",kind=\"AdminNetworkPolicy\",namespace=\"\",policy=\"guard\",direction=\"ingress\",rule=\"deny-intruder\",action=\"Deny\"}",
+        )
         .expect("last match of guard");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -90,7 +90,7 @@ fn workload_selector(end: &EdgeEnd, view: &ClusterView) -> Option<LabelSelector>
         .map(|(_, o)| (o.id(), o.label_sets.as_slice()))
         .collect();
     let choice = choose(&w.labels, &others);
-    choice.also_selects.is_empty().then(|| LabelSelector {
+    choice.also_selects.is_empty().then_some(LabelSelector {
         match_labels: Some(choice.labels),
         match_expressions: None,
     })
