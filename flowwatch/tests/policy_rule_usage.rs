@@ -165,11 +165,11 @@ fn scraped(agent: &Agent) -> BTreeMap<(String, String), (u64, u64)> {
     out
 }
 
-fn unused(snapshot: &Path, prom: &Prometheus) -> (Vec<Value>, String) {
+fn unused(snapshot: &Path, traffic: &[&str]) -> (Vec<Value>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flowwatch"))
         .args(["policy", "unused", "-o", "json", "--snapshot"])
         .arg(snapshot)
-        .args(["--prometheus", &prom.url(), "--since", "1h"])
+        .args(traffic)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -197,6 +197,9 @@ fn the_agents_rule_counters_match_an_independent_count_and_feed_policy_unused() 
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("cluster.yaml");
     std::fs::write(&snapshot, cluster(client, server, intruder, true)).unwrap();
+    // The state the traffic ran under, for the offline checks (the agent's file changes below).
+    let judged_on = dir.path().join("judged-on.yaml");
+    std::fs::copy(&snapshot, &judged_on).unwrap();
 
     let mut agent = Agent::start(&[
         "--interfaces",
@@ -285,7 +288,7 @@ fn the_agents_rule_counters_match_an_independent_count_and_feed_policy_unused() 
         Duration::from_secs(40),
         |r| r.first().is_some_and(|s| s.value == 7.0),
     );
-    let (lines, stderr) = unused(&snapshot, &prom);
+    let (lines, stderr) = unused(&judged_on, &["--prometheus", &prom.url(), "--since", "1h"]);
     let rule = |policy: &str, index: u64| {
         lines
             .iter()
@@ -370,4 +373,21 @@ fn the_agents_rule_counters_match_an_independent_count_and_feed_policy_unused() 
 
     let (status, _) = agent.stop();
     assert!(status.success(), "{}", agent.stderr());
+
+    // From the flow log the same counts (judged again) and the same tightening.
+    let (from_log, stderr) = unused(&judged_on, &["--flows", agent.flow_log.to_str().unwrap()]);
+    let line = from_log
+        .iter()
+        .find(|l| l["policy"] == "shop/server-ingress" && l["rule"] == 1)
+        .unwrap_or_else(|| panic!("{from_log:#?}\n{stderr}"));
+    assert_eq!(line["source"], "re_evaluated", "{line}");
+    assert_eq!(
+        (&line["connections"], &line["sole_connections"]),
+        (&Value::from(5), &Value::from(2)),
+        "{line}"
+    );
+    assert_eq!(
+        line["over_broad"][0]["tightened_rule"], b["tightened_rule"],
+        "{line}"
+    );
 }
