@@ -6,7 +6,7 @@
 //! each and their ratio; the target is under +5%.
 //!
 //! `cargo bench -p flowwatch --bench rule_usage`. `FLOWWATCH_BENCH_CONNECTIONS` (default
-//! 20,000 per round) and `FLOWWATCH_BENCH_ROUNDS` (default 15 of each) scale it.
+//! 20,000 per round) and `FLOWWATCH_BENCH_ROUNDS` (default 21 of each) scale it.
 //!
 //! The cluster: 20 namespaces of 10 pods; in each, an ingress policy of three rules (two of them
 //! allow the same traffic: every such connection credits two rules) and an egress policy of two,
@@ -15,6 +15,7 @@
 //! (it would only add to both sides: the ratio is the upper bound).
 
 use std::fmt::Write as _;
+use std::hint::black_box;
 use std::time::Instant;
 
 use flowwatch::agent::pipeline::Pipeline;
@@ -23,7 +24,7 @@ use flowwatch::aggregate::AggregatorConfig;
 use flowwatch::classify::Classifier;
 use flowwatch::enrich::{EnrichOptions, OwnerIndex};
 use flowwatch::metrics::{Metrics, MetricsConfig};
-use flowwatch::model::{Counters, EventKind, FlowKey, Nanos, Observation, Protocol, Role};
+use flowwatch::model::{Counters, EventKind, Flow, FlowKey, Nanos, Observation, Protocol, Role};
 use flowwatch::policy::PolicyOptions;
 use flowwatch::source::FakeSource;
 
@@ -174,7 +175,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let n = env_usize("FLOWWATCH_BENCH_CONNECTIONS", 20_000);
-    let rounds = env_usize("FLOWWATCH_BENCH_ROUNDS", 15);
+    let rounds = env_usize("FLOWWATCH_BENCH_ROUNDS", 21);
     let (inventory, errors) = flowwatch::inventory::snapshot::parse(&cluster(), "bench").unwrap();
     assert!(errors.is_empty(), "{errors:?}");
     let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
@@ -202,6 +203,25 @@ fn main() {
             t_on.push(round(&classifier, &on, n, r));
         }
     }
+    // The counting alone, over the same connections' verdicts: what it adds, measured
+    // directly (the paired rounds above carry the machine's noise).
+    let verdicts: Vec<_> = connections(0, n, SEC)
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Totals { key, .. } => Some(Flow::new(*key, SEC)),
+            Observation::Event { .. } => None,
+        })
+        .filter_map(|f| classifier.classify(&f, None)?.0.verdict)
+        .collect();
+    let mut direct = Vec::new();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        for v in &verdicts {
+            on.record_rule_matches(black_box(v), 1.0);
+        }
+        direct.push(started.elapsed().as_nanos() as f64 / verdicts.len() as f64);
+    }
+    let direct = median(&mut direct);
     // Pairwise ratios: each pair ran back to back on the same connections.
     let mut ratios: Vec<f64> = t_on.iter().zip(&t_off).map(|(a, b)| a / b).collect();
     let ratio = median(&mut ratios);
@@ -211,6 +231,11 @@ fn main() {
          on {m_on:.0} ns; overhead (median of paired ratios) {:+.2}% (target < +5%); rule series {}",
         (ratio - 1.0) * 100.0,
         on.rule_series()
+    );
+    println!(
+        "rule_usage: the counting alone: {direct:.0} ns per connection = {:.2}% of the path without \
+         it ({m_off:.0} ns; target < 5%)",
+        direct / m_off * 100.0
     );
     assert!(on.rule_series() > 0, "the counters counted nothing");
 }
