@@ -78,12 +78,12 @@ impl Classifier {
             .unwrap_or_default()
     }
 
-    /// The valid policies of the current inventory (kind, name as verdicts give it), for the
-    /// rule-usage series (see `Metrics::retain_rule_policies`).
-    pub fn policy_keys(&self) -> Vec<(crate::policy::PolicyKind, Arc<str>)> {
+    /// The rules of the current inventory's valid policies, as verdicts name them, for the
+    /// rule-usage series (see `Metrics::retain_rules`).
+    pub fn rule_keys(&self) -> Vec<crate::metrics::rules::RuleKey> {
         self.engine
             .as_ref()
-            .map(|e| e.policy_keys().collect())
+            .map(|e| e.rule_keys())
             .unwrap_or_default()
     }
 

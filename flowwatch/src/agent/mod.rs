@@ -263,7 +263,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     metrics.set_invalid_policies(policies as u64);
                     metrics.set_objects_skipped((errors.len() - policies) as u64);
                     metrics.set_cni_policy_objects(&classifier.cni_policy_counts());
-                    metrics.retain_rule_policies(classifier.policy_keys());
+                    metrics.retain_rules(classifier.rule_keys());
                     tracing::info!(generation, pods = cluster.pods.len(), policies = cluster.network_policies.len(), "inventory updated");
                 }
             }

@@ -801,13 +801,11 @@ impl Metrics {
         }
     }
 
-    /// Keeps the rule series of these policies only (kind, `namespace/name` or name): call it
-    /// with each new inventory, so the rules of a deleted policy leave the exposition.
-    pub fn retain_rule_policies(
-        &self,
-        policies: impl IntoIterator<Item = (crate::policy::PolicyKind, Arc<str>)>,
-    ) {
-        self.inner.rules.retain_policies(policies);
+    /// Keeps the rule series of these rules only (see [`rules::RuleKey`]): call it with each
+    /// new inventory, so the rules of a deleted policy (or a rule removed or changed) leave the
+    /// exposition.
+    pub fn retain_rules(&self, rules: impl IntoIterator<Item = rules::RuleKey>) {
+        self.inner.rules.retain(rules);
     }
 
     /// Policy rules with series now.

@@ -26,7 +26,9 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::labels::{write_escaped, TierLabel};
 use crate::model::FlowHashMap;
-use crate::policy::{Action, FlowVerdict, PolicyKind, RuleId, SideResult, SideVerdict, Tier};
+use crate::policy::{
+    Action, Direction, FlowVerdict, PolicyKind, RuleId, SideResult, SideVerdict, Tier,
+};
 
 type F64Gauge = Gauge<f64, AtomicU64>;
 
@@ -111,6 +113,26 @@ impl EncodeLabelSet for RuleLabels {
     }
 }
 
+/// A rule as the engine lists them (`PolicyEngine::rule_keys`): kind, policy (as verdicts name
+/// it), direction, rule, action.
+pub type RuleKey = (PolicyKind, Arc<str>, Direction, RuleId, Action);
+
+impl RuleLabels {
+    fn key(&self) -> RuleKey {
+        let direction = match self.direction {
+            RuleDirection::Ingress => Direction::Ingress,
+            RuleDirection::Egress => Direction::Egress,
+        };
+        (
+            self.kind,
+            self.policy.clone(),
+            direction,
+            self.rule.clone(),
+            self.action,
+        )
+    }
+}
+
 /// One rule's three series (clones of the families' own: they update the same values).
 #[derive(Clone)]
 struct Series {
@@ -122,9 +144,9 @@ struct Series {
 #[derive(Default)]
 struct State {
     series: FlowHashMap<RuleLabels, Series>,
-    /// The policies of the current inventory (`None` before the first): a connection judged
-    /// under an older inventory does not bring back the series of a policy deleted since.
-    live: Option<HashSet<(PolicyKind, Arc<str>)>>,
+    /// The rules of the current inventory (`None` before the first): a connection judged
+    /// under an older inventory does not bring back the series of a rule deleted since.
+    live: Option<HashSet<RuleKey>>,
 }
 
 /// `flowwatch_policy_rule_matches_total`, `flowwatch_policy_rule_sole_matches_total`,
@@ -213,7 +235,7 @@ impl RuleFamilies {
                 let live = state
                     .live
                     .as_ref()
-                    .is_none_or(|l| l.contains(&(labels.kind, labels.policy.clone())));
+                    .is_none_or(|l| l.contains(&labels.key()));
                 if !live {
                     return;
                 }
@@ -232,13 +254,13 @@ impl RuleFamilies {
         series.last.set(unix_secs);
     }
 
-    /// Keeps only the series of `policies` (kind, `namespace/name` or name): the rules of a
-    /// deleted policy leave the exposition. Called with each new inventory.
-    pub fn retain_policies(&self, policies: impl IntoIterator<Item = (PolicyKind, Arc<str>)>) {
-        let live: HashSet<(PolicyKind, Arc<str>)> = policies.into_iter().collect();
+    /// Keeps only the series of `rules`: those of a deleted policy, or of a rule removed or
+    /// changed, leave the exposition. Called with each new inventory.
+    pub fn retain(&self, rules: impl IntoIterator<Item = RuleKey>) {
+        let live: HashSet<RuleKey> = rules.into_iter().collect();
         let mut state = self.state();
         state.series.retain(|labels, _| {
-            let keep = live.contains(&(labels.kind, labels.policy.clone()));
+            let keep = live.contains(&labels.key());
             if !keep {
                 self.matches.remove(labels);
                 self.sole.remove(labels);
@@ -394,10 +416,29 @@ spec:
         );
         assert_eq!(metrics.rule_series(), 3);
 
+        // A rule edited away (p1's first): its series go, the rest stay.
+        let edited = engine
+            .rule_keys()
+            .into_iter()
+            .filter(|k| !(k.0 == PolicyKind::NetworkPolicy && k.3 == RuleId::Index(0)));
+        metrics.retain_rules(edited);
+        let text = encode_prometheus_text(&registry).unwrap();
+        assert_eq!(value(&text, matches, &np("rule=\"0\"")), None, "{text}");
+        assert_eq!(
+            value(&text, matches, &np("rule=\"1\"")),
+            Some(5.0),
+            "{text}"
+        );
+        assert_eq!(metrics.rule_series(), 2);
+
         // The policy deleted: its series go, and a connection judged before the change does
         // not bring them back; the remaining policy's stay.
         let old = judge("a/client", 80);
-        metrics.retain_rule_policies([(PolicyKind::AdminNetworkPolicy, Arc::from("no-z"))]);
+        let only_anp = engine
+            .rule_keys()
+            .into_iter()
+            .filter(|k| k.0 == PolicyKind::AdminNetworkPolicy);
+        metrics.retain_rules(only_anp);
         metrics.record_rule_matches(&old, 1_700_000_001.0);
         let text = encode_prometheus_text(&registry).unwrap();
         assert!(!text.contains("policy=\"p1\""), "{text}");

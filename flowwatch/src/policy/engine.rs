@@ -19,8 +19,8 @@ use super::tier_index::{CniIndex, TierIndex};
 use super::tier_walk::Walks;
 use super::tiered::ClusterTier;
 use super::verdict::{
-    Action, DecidedBy, FlowVerdict, PolicyKind, RuleRef, SideReason, SideResult, SideVerdict, Tier,
-    Verdict,
+    Action, DecidedBy, FlowVerdict, PolicyKind, RuleId, RuleRef, SideReason, SideResult,
+    SideVerdict, Tier, Verdict,
 };
 use super::{Peer, PolicyError, PolicyOptions};
 use crate::inventory::{is_undecodable_policy, Inventory, ObjectError};
@@ -359,15 +359,38 @@ impl PolicyEngine {
         self.evaluate_ends(src, dst, port, protocol)
     }
 
-    /// Every valid policy as verdicts name it: (kind, `namespace/name` for a NetworkPolicy,
-    /// the name for a cluster policy).
-    pub fn policy_keys(&self) -> impl Iterator<Item = (PolicyKind, Arc<str>)> + '_ {
-        let np = self
-            .policies
-            .iter()
-            .map(|p| (PolicyKind::NetworkPolicy, p.key.clone()));
-        let cluster = self.tiers.policies.iter().map(|p| (p.kind, p.name.clone()));
-        np.chain(cluster)
+    /// Every rule of every valid policy as verdicts name it: (kind, `namespace/name` for a
+    /// NetworkPolicy or the name for a cluster policy, direction, rule, action; a NetworkPolicy
+    /// rule is its index and `Accept`).
+    pub fn rule_keys(&self) -> Vec<(PolicyKind, Arc<str>, Direction, RuleId, Action)> {
+        let mut out = Vec::new();
+        for p in &self.policies {
+            for (dir, rules) in [
+                (Direction::Ingress, &p.ingress),
+                (Direction::Egress, &p.egress),
+            ] {
+                for index in 0..rules.as_ref().map_or(0, Vec::len) {
+                    let rule = RuleId::Index(index);
+                    out.push((
+                        PolicyKind::NetworkPolicy,
+                        p.key.clone(),
+                        dir,
+                        rule,
+                        Action::Accept,
+                    ));
+                }
+            }
+        }
+        for (ingress, egress) in &self.tiers.decided {
+            for (dir, rules) in [(Direction::Ingress, ingress), (Direction::Egress, egress)] {
+                for by in rules {
+                    if let Some(rule) = &by.rule {
+                        out.push((by.kind, by.name.clone(), dir, rule.clone(), by.action));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Policies that were rejected as invalid (`namespace/name`), in inventory order.
