@@ -91,6 +91,7 @@ spec:
   subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: server}}}}
   ingress:
   - {name: deny-intruder, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: intruder}}}}]}
+  - {name: deny-nobody, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: nobody}}}}]}
 "#,
         );
     }
@@ -310,10 +311,21 @@ fn the_agents_rule_counters_match_an_independent_count_and_feed_policy_unused() 
         .as_u64()
         .is_some());
     // The AdminNetworkPolicy rule, counted by the agent (not a NetworkPolicy of the snapshot).
-    let guard = lines
-        .iter()
-        .find(|l| l["policy"] == "guard")
-        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let guard_rule = |rule: &str| {
+        lines
+            .iter()
+            .find(|l| l["policy"] == "guard" && l["rule"] == rule)
+            .unwrap_or_else(|| panic!("no guard rule {rule}: {lines:#?}"))
+    };
+    // Its second rule, which nothing matched: listed from the snapshot, unused.
+    let nobody = guard_rule("deny-nobody");
+    assert_eq!(
+        (&nobody["connections"], &nobody["unused"], &nobody["tier"]),
+        (&Value::from(0), &Value::from(true), &Value::from("admin")),
+        "{nobody}"
+    );
+    let guard = guard_rule("deny-intruder");
+    assert_eq!(guard["unused"], false, "{guard}");
     assert_eq!(
         (
             &guard["kind"],

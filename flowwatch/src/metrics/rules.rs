@@ -95,27 +95,28 @@ impl EncodeLabelSet for RuleLabels {
             Tier::None => TierLabel::None,
         };
         let (namespace, name) = self.namespace_and_name();
-        let index;
-        let rule = match &self.rule {
-            RuleId::Name(n) => &**n,
-            RuleId::Index(i) => {
-                index = i.to_string();
-                index.as_str()
-            }
-        };
+        let rule = rule_label(&self.rule);
         ("tier", tier).encode(encoder.encode_label())?;
         ("kind", Text(self.kind.as_str())).encode(encoder.encode_label())?;
         ("namespace", Text(namespace)).encode(encoder.encode_label())?;
         ("policy", Text(name)).encode(encoder.encode_label())?;
         ("direction", Text(self.direction.as_str())).encode(encoder.encode_label())?;
-        ("rule", Text(rule)).encode(encoder.encode_label())?;
+        ("rule", Text(&rule)).encode(encoder.encode_label())?;
         ("action", Text(self.action.as_str())).encode(encoder.encode_label())
     }
 }
 
 /// A rule as the engine lists them (`PolicyEngine::rule_keys`): kind, policy (as verdicts name
-/// it), direction, rule, action.
-pub type RuleKey = (PolicyKind, Arc<str>, Direction, RuleId, Action);
+/// it), direction, rule, action, tier.
+pub type RuleKey = (PolicyKind, Arc<str>, Direction, RuleId, Action, Tier);
+
+/// The `rule` label of a rule: its name, else its index.
+pub fn rule_label(rule: &RuleId) -> std::borrow::Cow<'_, str> {
+    match rule {
+        RuleId::Name(n) => std::borrow::Cow::Borrowed(&**n),
+        RuleId::Index(i) => std::borrow::Cow::Owned(i.to_string()),
+    }
+}
 
 impl RuleLabels {
     fn key(&self) -> RuleKey {
@@ -129,6 +130,7 @@ impl RuleLabels {
             direction,
             self.rule.clone(),
             self.action,
+            self.tier,
         )
     }
 }

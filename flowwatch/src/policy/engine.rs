@@ -360,9 +360,9 @@ impl PolicyEngine {
     }
 
     /// Every rule of every valid policy as verdicts name it: (kind, `namespace/name` for a
-    /// NetworkPolicy or the name for a cluster policy, direction, rule, action; a NetworkPolicy
-    /// rule is its index and `Accept`).
-    pub fn rule_keys(&self) -> Vec<(PolicyKind, Arc<str>, Direction, RuleId, Action)> {
+    /// NetworkPolicy or the name for a cluster policy, direction, rule, action, tier; a
+    /// NetworkPolicy rule is its index and `Accept`).
+    pub fn rule_keys(&self) -> Vec<(PolicyKind, Arc<str>, Direction, RuleId, Action, Tier)> {
         let mut out = Vec::new();
         for p in &self.policies {
             for (dir, rules) in [
@@ -370,22 +370,28 @@ impl PolicyEngine {
                 (Direction::Egress, &p.egress),
             ] {
                 for index in 0..rules.as_ref().map_or(0, Vec::len) {
-                    let rule = RuleId::Index(index);
+                    let (kind, rule) = (PolicyKind::NetworkPolicy, RuleId::Index(index));
                     out.push((
-                        PolicyKind::NetworkPolicy,
+                        kind,
                         p.key.clone(),
                         dir,
                         rule,
                         Action::Accept,
+                        Tier::NetworkPolicy,
                     ));
                 }
             }
         }
-        for (ingress, egress) in &self.tiers.decided {
+        for (policy, (ingress, egress)) in self.tiers.policies.iter().zip(&self.tiers.decided) {
+            let tier = match policy.tier {
+                ClusterTier::Admin => Tier::Admin,
+                ClusterTier::Baseline => Tier::Baseline,
+            };
             for (dir, rules) in [(Direction::Ingress, ingress), (Direction::Egress, egress)] {
                 for by in rules {
                     if let Some(rule) = &by.rule {
-                        out.push((by.kind, by.name.clone(), dir, rule.clone(), by.action));
+                        let name = by.name.clone();
+                        out.push((by.kind, name, dir, rule.clone(), by.action, tier));
                     }
                 }
             }

@@ -15,9 +15,10 @@ use super::whatif::{explain_edge, judge_between, TrafficArgs};
 use super::SnapshotArgs;
 use crate::advise::cluster::ClusterView;
 use crate::inventory::{sources, Inventory};
+use crate::metrics::rules::rule_label;
 use crate::policy::PolicyOptions;
 use crate::whatif::broad::{self, Tightening};
-use crate::whatif::usage::{RuleRef, RuleUse, Usage};
+use crate::whatif::usage::{CountedRule, RuleRef, RuleUse, Usage};
 use crate::whatif::{Change, Edges};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -162,7 +163,7 @@ pub fn write_report(
                 "policy": c.policy, "direction": c.direction, "rule": c.rule, "action": c.action,
                 "connections": u.connections, "sole_connections": u.sole_connections,
                 "unused": u.connections == 0, "last_match": u.last_match,
-                "source": source.as_str(), "in_snapshot": false});
+                "source": source.as_str()});
             writeln!(out, "{line}")?;
         }
         return out.flush();
@@ -238,6 +239,27 @@ pub fn write_report(
     out.flush()
 }
 
+/// Lists the rules of the snapshot's cluster policies (AdminNetworkPolicy,
+/// BaselineAdminNetworkPolicy, ClusterNetworkPolicy) that the agents' counters do not name,
+/// with no connections.
+fn add_uncounted_cluster_rules(usage: &mut Usage, engine: &crate::policy::PolicyEngine) {
+    for (kind, name, direction, rule, action, tier) in engine.rule_keys() {
+        if kind == crate::policy::PolicyKind::NetworkPolicy {
+            continue;
+        }
+        let key = CountedRule {
+            tier: tier.as_str().to_string(),
+            kind: kind.as_str().to_string(),
+            namespace: String::new(),
+            policy: name.to_string(),
+            direction: direction.as_str().to_string(),
+            rule: rule_label(&rule).into_owned(),
+            action: action.as_str().to_string(),
+        };
+        usage.counted_elsewhere.entry(key).or_default();
+    }
+}
+
 /// Runs `policy unused`.
 pub fn run(args: UnusedArgs) -> ExitCode {
     let options = args.snapshot.options();
@@ -274,6 +296,8 @@ pub fn run(args: UnusedArgs) -> ExitCode {
             Ok(counted) if !counted.rules.is_empty() => {
                 usage.apply_counters(&counted);
                 source = CountSource::AgentCounters;
+                // The cluster policies' rules nothing counted: unused too.
+                add_uncounted_cluster_rules(&mut usage, &state.0);
             }
             Ok(_) => eprintln!(
                 "note: Prometheus has no flowwatch_policy_rule_matches_total series (agents \
