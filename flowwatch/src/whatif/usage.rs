@@ -306,6 +306,62 @@ mod tests {
     use crate::policy::{Peer, PolicyEngine, PolicyOptions};
 
     #[test]
+    fn the_agents_counters_replace_the_counts_and_name_the_rules_outside_the_snapshot() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: a, name: p}\n\
+                    spec: {podSelector: {}, ingress: [{}, {}]}\n";
+        let (inventory, _) = snapshot::parse(text, "t").unwrap();
+        let mut usage = Usage::of_policies(&inventory.network_policies);
+        usage.rules.values_mut().for_each(|u| u.connections = 9);
+        let sample = |labels: serde_json::Value, v: &str| serde_json::json!({"metric": labels, "value": [1.0, v]});
+        let np = |rule: &str| {
+            serde_json::json!({"tier": "networkpolicy", "kind": "NetworkPolicy", "namespace": "a",
+                "policy": "p", "direction": "ingress", "rule": rule, "action": "Accept"})
+        };
+        let anp = serde_json::json!({"tier": "admin", "kind": "AdminNetworkPolicy",
+            "namespace": "", "policy": "guard", "direction": "ingress", "rule": "deny-z",
+            "action": "Deny"});
+        let answer = |samples: Vec<serde_json::Value>| serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": samples}});
+        let counted = Counted::from_answers(&[
+            answer(vec![sample(np("1"), "7"), sample(anp.clone(), "2")]),
+            answer(vec![sample(np("1"), "3"), sample(anp.clone(), "2")]),
+            answer(vec![
+                sample(np("1"), "1700000000.25"),
+                sample(anp, "1700000100"),
+            ]),
+        ])
+        .unwrap();
+        usage.apply_counters(&counted);
+        let rule = |index| {
+            &usage.rules[&RuleRef {
+                policy: "a/p".into(),
+                direction: "ingress",
+                index,
+            }]
+        };
+        // Rule 0 has no series: it matched nothing, whatever the edges said.
+        assert_eq!((rule(0).connections, rule(0).last_match), (0, None));
+        assert_eq!(
+            (
+                rule(1).connections,
+                rule(1).sole_connections,
+                rule(1).last_match
+            ),
+            (7, 3, Some(1_700_000_000))
+        );
+        let (guard, u) = usage.counted_elsewhere.iter().next().unwrap();
+        assert_eq!(
+            guard.to_string(),
+            "AdminNetworkPolicy guard ingress[deny-z] (Deny)"
+        );
+        assert_eq!((u.connections, u.sole_connections), (2, 2));
+        assert_eq!(usage.unused().count(), 1);
+        let error = serde_json::json!({"status": "error", "error": "bad query"});
+        let e = Counted::from_answers(&[error.clone(), error.clone(), error]).unwrap_err();
+        assert!(e.contains("bad query"), "{e}");
+        assert!(prometheus_rule_queries(3600)[0].contains("offset 3600s"));
+    }
+
+    #[test]
     fn every_allowing_rule_is_credited_and_a_sole_one_is_marked() {
         let deployment = |name: &str| {
             format!(
