@@ -77,6 +77,15 @@ impl Classifier {
             .unwrap_or_default()
     }
 
+    /// The rules of the current inventory's valid policies, as verdicts name them, for the
+    /// rule-usage series (see `Metrics::retain_rules`).
+    pub fn rule_keys(&self) -> Vec<crate::metrics::rules::RuleKey> {
+        self.engine
+            .as_ref()
+            .map(|e| e.rule_keys())
+            .unwrap_or_default()
+    }
+
     /// Whether a cluster view has arrived (before it nothing can be classified).
     pub fn engine_ready(&self) -> bool {
         self.engine.is_some()

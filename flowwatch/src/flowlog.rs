@@ -55,6 +55,11 @@ impl WallClock {
         }
     }
 
+    /// Monotonic `at` as Unix seconds.
+    pub fn unix_secs(self, at: Nanos) -> f64 {
+        (at as i128 + self.offset) as f64 / 1e9
+    }
+
     pub fn to_rfc3339(self, at: Nanos) -> String {
         let unix = (at as i128 + self.offset).max(0) as u128;
         let t = UNIX_EPOCH + Duration::from_nanos(unix.min(u64::MAX as u128) as u64);

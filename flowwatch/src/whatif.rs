@@ -7,6 +7,7 @@
 //! address for an end that is not a pod. Each edge is judged before and after the change and
 //! its [`Change`] classified.
 
+pub mod broad;
 pub mod targets;
 pub mod usage;
 

@@ -92,6 +92,7 @@ impl<S: FlowSource> Agent<S> {
             .set_objects_skipped((errors.len() - policies) as u64);
         self.metrics
             .set_cni_policy_objects(&self.classifier.cni_policy_counts());
+        self.metrics.retain_rules(self.classifier.rule_keys());
         tracing::info!(
             generation,
             pods = cluster.pods.len(),

@@ -124,6 +124,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ebpf_object_sha256: datapath::object_sha256(),
             ..Default::default()
         },
+        rule_usage: true,
     })?;
     // Before the first flow: an edge known before a restart is not new after it.
     let edge_memory = first_seen::start(

@@ -8,16 +8,18 @@ use std::sync::Arc;
 
 use crate::aggregate::FinishedFlow;
 use crate::classify::{Classification, Classifier};
+use crate::flowlog::WallClock;
 use crate::metrics::Metrics;
 use crate::model::{Counters, Flow, FlowHashMap, FlowKey, Nanos, Outcome, Protocol};
 
-#[derive(Default)]
 pub struct Reporter {
     flows: FlowHashMap<FlowKey, Reported>,
     /// This node's name. A connection between pods of two nodes is seen by both nodes' agents;
     /// the metrics count it on one: the initiator's node when the initiator is a pod, else the
     /// responder's. Unknown (no `--node-name`): every flow seen here is counted.
     node: Option<String>,
+    /// Wall-clock time of the rule-usage series (`flowwatch_policy_rule_last_match_*`).
+    clock: WallClock,
 }
 
 struct Reported {
@@ -39,6 +41,7 @@ impl Reporter {
         Reporter {
             flows: FlowHashMap::default(),
             node,
+            clock: WallClock::new(std::time::SystemTime::now(), super::monotonic_now()),
         }
     }
 
@@ -84,6 +87,7 @@ impl Reporter {
             siblings: &siblings,
             nat,
             now,
+            unix_secs: self.clock.unix_secs(now),
         };
         // The flows that ended first: their entries must be gone before a new connection on
         // the same 5-tuple (live below) is counted, or it would take the old one's entry.
@@ -164,6 +168,10 @@ impl Reporter {
         if outcome.is_some() || delta != Counters::default() {
             ctx.metrics
                 .record_flow(&class.edge, outcome, &delta, ctx.now);
+            // The rules behind the verdict, with the connection and as often (same unit).
+            if let (Some(_), Some(verdict)) = (outcome, &class.verdict) {
+                ctx.metrics.record_rule_matches(verdict, ctx.unix_secs);
+            }
             entry.counters = flow.counters;
             entry.outcome_counted |= outcome.is_some();
         }
@@ -201,6 +209,8 @@ struct Ctx<'a> {
     siblings: &'a Siblings,
     nat: &'a mut dyn FnMut(&FlowKey) -> Option<SocketAddr>,
     now: Nanos,
+    /// `now` in Unix seconds.
+    unix_secs: f64,
 }
 
 /// A connection to a Service through the node's NAT (kube-proxy's DNAT) shows up as two flows

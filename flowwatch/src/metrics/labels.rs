@@ -10,7 +10,7 @@ use crate::model::{Outcome, Protocol};
 use crate::policy;
 
 /// Writes `s` as a label value, escaping what the exposition formats require.
-fn write_escaped(encoder: &mut LabelValueEncoder, s: &str) -> std::fmt::Result {
+pub(crate) fn write_escaped(encoder: &mut LabelValueEncoder, s: &str) -> std::fmt::Result {
     if !s.contains(['\\', '"', '\n']) {
         return encoder.write_str(s);
     }

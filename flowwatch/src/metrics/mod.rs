@@ -62,6 +62,7 @@ mod budget;
 pub mod exposition;
 mod first_seen;
 pub mod labels;
+pub mod rules;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -127,6 +128,9 @@ pub struct MetricsConfig {
     pub series_ttl: Duration,
     /// The labels of `flowwatch_build_info`.
     pub build: BuildInfo,
+    /// Whether the rule-usage families are filled (`record_rule_matches`); off, they stay
+    /// empty and a counted connection costs nothing more (the benchmark's baseline).
+    pub rule_usage: bool,
 }
 
 impl MetricsConfig {
@@ -144,6 +148,7 @@ impl Default for MetricsConfig {
             max_series_per_namespace: Self::DEFAULT_SERIES_PER_NAMESPACE,
             series_ttl: Duration::from_secs(Self::DEFAULT_SERIES_TTL_SECS),
             build: BuildInfo::default(),
+            rule_usage: true,
         }
     }
 }
@@ -471,6 +476,8 @@ struct Inner {
     edges: Mutex<EdgeFamilies>,
     health: Health,
     first_seen: first_seen::FirstSeenFamilies,
+    rules: rules::RuleFamilies,
+    rule_usage: bool,
     ttl: Nanos,
     sweep_every: Nanos,
 }
@@ -502,12 +509,16 @@ impl Metrics {
         health.register(&mut registry);
         let first_seen = first_seen::FirstSeenFamilies::new();
         first_seen.register(&mut registry);
+        let rules = rules::RuleFamilies::default();
+        rules.register(&mut registry);
         let ttl = nanos(config.series_ttl);
         let metrics = Metrics {
             inner: Arc::new(Inner {
                 edges: Mutex::new(edges),
                 health,
                 first_seen,
+                rules,
+                rule_usage: config.rule_usage,
                 ttl,
                 sweep_every: (ttl / 10).max(1_000_000_000),
             }),
@@ -837,6 +848,26 @@ impl Metrics {
     /// Observes the time one scrape's encoding took (called by the HTTP edge).
     pub fn observe_scrape(&self, took: Duration) {
         self.inner.health.scrape.observe(took.as_secs_f64());
+    }
+
+    /// Credits the policy rules a counted connection's verdict names (see [`rules`]): call it
+    /// where `record_flow` gets `Some(outcome)`, with the wall-clock time in Unix seconds.
+    pub fn record_rule_matches(&self, verdict: &crate::policy::FlowVerdict, unix_secs: f64) {
+        if self.inner.rule_usage {
+            self.inner.rules.record(verdict, unix_secs);
+        }
+    }
+
+    /// Keeps the rule series of these rules only (see [`rules::RuleKey`]): call it with each
+    /// new inventory, so the rules of a deleted policy (or a rule removed or changed) leave the
+    /// exposition.
+    pub fn retain_rules(&self, rules: impl IntoIterator<Item = rules::RuleKey>) {
+        self.inner.rules.retain(rules);
+    }
+
+    /// Policy rules with series now.
+    pub fn rule_series(&self) -> usize {
+        self.inner.rules.len()
     }
 
     /// Live series per edge family (overflow buckets included).

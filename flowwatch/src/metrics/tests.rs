@@ -700,6 +700,7 @@ fn agent_families() -> std::collections::BTreeMap<String, String> {
     }
     m.set_map_fill(KernelMap::Flows, 0.5);
     m.set_watch_staleness(WatchedKind::Pod, Duration::ZERO);
+    m.record_rule_matches(&rule_verdict(), 1.0);
     let text = encode_prometheus_text(&registry).unwrap();
     let families: std::collections::BTreeMap<String, String> = text
         .lines()
@@ -718,6 +719,28 @@ fn agent_families() -> std::collections::BTreeMap<String, String> {
         families.len()
     );
     families
+}
+
+/// A verdict one NetworkPolicy rule allows (for the rule-usage families).
+fn rule_verdict() -> crate::policy::FlowVerdict {
+    use crate::policy::{FlowVerdict, RuleRef, SideReason, SideResult, SideVerdict, Tier};
+    let side = |allowed_by: Vec<RuleRef>, verdict| SideResult {
+        verdict,
+        reason: SideReason::RuleMatched,
+        allowed_by: allowed_by.into(),
+        tier: Tier::NetworkPolicy,
+        decided_by: None,
+        cni_policy_present: false,
+    };
+    let rule = RuleRef {
+        policy: std::sync::Arc::from("shop/cart"),
+        rule: 0,
+    };
+    FlowVerdict {
+        verdict: crate::policy::Verdict::Allowed,
+        ingress: side(vec![rule], SideVerdict::Allowed),
+        egress: side(Vec::new(), SideVerdict::Uncovered),
+    }
 }
 
 /// Every `flowwatch_*` name written in `doc`.

@@ -19,8 +19,8 @@ use super::tier_index::{CniIndex, TierIndex};
 use super::tier_walk::Walks;
 use super::tiered::ClusterTier;
 use super::verdict::{
-    Action, DecidedBy, FlowVerdict, PolicyKind, RuleRef, SideReason, SideResult, SideVerdict, Tier,
-    Verdict,
+    Action, DecidedBy, FlowVerdict, PolicyKind, RuleId, RuleRef, SideReason, SideResult,
+    SideVerdict, Tier, Verdict,
 };
 use super::{Peer, PolicyError, PolicyOptions};
 use crate::inventory::{is_undecodable_policy, Inventory, ObjectError};
@@ -357,6 +357,46 @@ impl PolicyEngine {
         let src = self.resolve_ip(src);
         let dst = self.resolve_ip(dst);
         self.evaluate_ends(src, dst, port, protocol)
+    }
+
+    /// Every rule of every valid policy as verdicts name it: (kind, `namespace/name` for a
+    /// NetworkPolicy or the name for a cluster policy, direction, rule, action, tier; a
+    /// NetworkPolicy rule is its index and `Accept`).
+    pub fn rule_keys(&self) -> Vec<(PolicyKind, Arc<str>, Direction, RuleId, Action, Tier)> {
+        let mut out = Vec::new();
+        for p in &self.policies {
+            for (dir, rules) in [
+                (Direction::Ingress, &p.ingress),
+                (Direction::Egress, &p.egress),
+            ] {
+                for index in 0..rules.as_ref().map_or(0, Vec::len) {
+                    let (kind, rule) = (PolicyKind::NetworkPolicy, RuleId::Index(index));
+                    out.push((
+                        kind,
+                        p.key.clone(),
+                        dir,
+                        rule,
+                        Action::Accept,
+                        Tier::NetworkPolicy,
+                    ));
+                }
+            }
+        }
+        for (policy, (ingress, egress)) in self.tiers.policies.iter().zip(&self.tiers.decided) {
+            let tier = match policy.tier {
+                ClusterTier::Admin => Tier::Admin,
+                ClusterTier::Baseline => Tier::Baseline,
+            };
+            for (dir, rules) in [(Direction::Ingress, ingress), (Direction::Egress, egress)] {
+                for by in rules {
+                    if let Some(rule) = &by.rule {
+                        let name = by.name.clone();
+                        out.push((by.kind, name, dir, rule.clone(), by.action, tier));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Policies that were rejected as invalid (`namespace/name`), in inventory order.

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::whatif::usage::{prometheus_rule_queries, Counted};
 use crate::whatif::{
     prometheus_edges_query, prometheus_history_gap_query, Edges, PrometheusSource,
 };
@@ -93,6 +94,15 @@ pub fn read_edges(
     let answer = api.query(&prometheus_edges_query(range_secs, source))?;
     edges.add_prometheus_answer(&answer)?;
     Ok(source)
+}
+
+/// Queries `url` for what the agents' rule counters (`flowwatch_policy_rule_*`) say about the
+/// last `range_secs` seconds (empty when Prometheus has none of those series).
+pub fn read_rule_counters(url: &str, range_secs: u64) -> Result<Counted, String> {
+    let api = Api::parse(url)?;
+    let [a, b, c] = prometheus_rule_queries(range_secs);
+    let answers = [api.query(&a)?, api.query(&b)?, api.query(&c)?];
+    Counted::from_answers(&answers)
 }
 
 fn get(target: &str, host: &str, path: &str) -> Result<Vec<u8>, String> {

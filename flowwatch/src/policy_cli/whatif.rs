@@ -134,12 +134,21 @@ pub fn proposed_inventory(
 
 /// Judges every edge on both states.
 pub fn judge(states: &States, edges: &Edges) -> Vec<Judged> {
+    judge_between(&states.before, &states.after, edges)
+}
+
+/// [`judge`] with the two states borrowed (one current state against several proposals).
+pub fn judge_between(
+    before: &(PolicyEngine, Resolver),
+    after: &(PolicyEngine, Resolver),
+    edges: &Edges,
+) -> Vec<Judged> {
     let mut out: Vec<Judged> = edges
         .edges
         .iter()
         .map(|(key, count)| {
-            let before = explain_edge(&states.before, key);
-            let after = explain_edge(&states.after, key);
+            let before = explain_edge(before, key);
+            let after = explain_edge(after, key);
             let change = match (&before, &after) {
                 (Ok(b), Ok(a)) => Change::of(b.flow.verdict, a.flow.verdict),
                 _ => Change::Unresolved,
