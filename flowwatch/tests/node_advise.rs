@@ -445,11 +445,34 @@ fn advise(snapshot: &Path, flows: &Path) -> String {
     eprintln!("policy advise --verify:\n{stderr}\n{yaml}");
     assert!(
         out.status.success(),
-        "policy advise --verify failed ({}): {stderr}",
-        out.status
+        "policy advise --verify failed ({}): {stderr}{}",
+        out.status,
+        snapshot_lines_named_in(&stderr, snapshot)
     );
     assert!(stderr.contains("verify: passed"), "{stderr}");
     yaml
+}
+
+/// The lines around the one an error names (`at line N`) in the snapshot, for the failure's
+/// report (kubectl's output is gone with the node).
+fn snapshot_lines_named_in(error: &str, snapshot: &Path) -> String {
+    let Some(line) = error
+        .split("at line ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return String::new();
+    };
+    let text = std::fs::read_to_string(snapshot).unwrap_or_default();
+    let around: Vec<String> = text
+        .lines()
+        .enumerate()
+        .skip(line.saturating_sub(8))
+        .take(12)
+        .map(|(i, l)| format!("{:>5} {l}", i + 1))
+        .collect();
+    format!("\nthe snapshot around line {line}:\n{}", around.join("\n"))
 }
 
 /// The documents of a YAML stream, as JSON values.

@@ -453,3 +453,32 @@ mod tests {
         assert_eq!(bounded("\u{feff}kind: List\n"), "kind: List\n");
     }
 }
+
+#[cfg(test)]
+mod folded_scalars {
+    use super::*;
+
+    /// kubectl folds long quoted strings across lines: a scheduling message's braces and
+    /// colons on a continuation line are text inside the quotes.
+    #[test]
+    fn a_folded_quoted_message_is_passed_through() {
+        let text = "items:\n- status:\n    conditions:\n    - lastProbeTime: null\n      message: '0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready:\n        }. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.'\n      reason: Unschedulable\n";
+        let out = bound(text).unwrap();
+        assert_eq!(out, text);
+        let double = "items:\n- status:\n    message: \"0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready:\n      }. preemption: 99999999999999999999999 [x\"\n    reason: Unschedulable\n";
+        assert_eq!(bound(double).unwrap(), double);
+    }
+
+    /// A uid or hash whose first run of characters reads as a number beyond `f64` is text.
+    #[test]
+    fn a_uid_that_starts_like_a_huge_number_is_text() {
+        for text in [
+            "uid: 7e123456-b0ac-42f2-b33c-5ee3a6029593\n",
+            "uid: 1234e567-b0ac-42f2-b33c-5ee3a6029593\n",
+            "- 99999999999999999999999-x\n",
+            "name: 9e999.svc\n",
+        ] {
+            assert_eq!(bound(text).unwrap(), text);
+        }
+    }
+}
