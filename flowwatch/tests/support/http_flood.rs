@@ -323,3 +323,60 @@ pub fn concurrent_scrapes(addr: &str, n: usize, rounds: usize) -> Vec<String> {
         .flat_map(|t| t.join().unwrap_or_else(|_| vec!["scraper panicked".into()]))
         .collect()
 }
+
+/// `/healthz` probed on a thread of its own every `every` while a flood runs, each probe's
+/// latency kept (the bar holds for every probe, not a sample of them).
+pub struct HealthProbes {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Vec<Duration>, String>>,
+}
+
+impl HealthProbes {
+    pub fn start(addr: &str, every: Duration) -> HealthProbes {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (addr, flag) = (addr.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut took = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match get(&addr, "/healthz", Duration::from_secs(5)) {
+                    Ok((200, _, t)) => took.push(t),
+                    Ok((status, _, _)) => {
+                        return Err(format!("probe {}: /healthz answered {status}", took.len()))
+                    }
+                    Err(e) => return Err(format!("probe {}: {e}", took.len())),
+                }
+                std::thread::sleep(every);
+            }
+            Ok(took)
+        });
+        HealthProbes { stop, thread }
+    }
+
+    /// Stops probing; every probe's latency, or the first probe that failed.
+    pub fn finish(self) -> Result<Vec<Duration>, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err("the prober panicked".into()))
+    }
+}
+
+/// The slowest and the 99th percentile of `took` (zero when empty).
+pub fn max_and_p99(took: &[Duration]) -> (Duration, Duration) {
+    let mut sorted = took.to_vec();
+    sorted.sort();
+    let max = sorted.last().copied().unwrap_or_default();
+    let p99 = sorted
+        .get((sorted.len() * 99).div_ceil(100).saturating_sub(1))
+        .copied()
+        .unwrap_or_default();
+    (max, p99)
+}
+
+/// The 1-minute load average (for the record next to latencies measured on a shared machine).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
