@@ -74,9 +74,28 @@ fn settled_exposition(addr: &str) -> usize {
     }
 }
 
+/// CPU time the process `pid` has used (user and system), from `/proc/<pid>/stat`.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / per_sec)
+}
+
 struct Row {
     phase: &'static str,
     secs: f64,
+    /// The agent's CPU time during the flood.
+    cpu: Duration,
     peak_mib: f64,
     health: Result<Vec<Duration>, String>,
     /// Whole answers of the bench's own scrapers, of how many.
@@ -87,10 +106,18 @@ struct Row {
 
 /// `n` non-reading clients, until the agent dropped them (or 40 s): what happened.
 fn non_reading_flood(addr: &str, n: usize) -> String {
+    let start = Instant::now();
     let mut clients = non_readers(addr, n);
     let opened = clients.len();
-    let closed = wait_closed(&mut clients, opened, Duration::from_secs(40));
-    format!("{opened} non-readers, {closed} dropped by the write stall timeout")
+    let connected = start.elapsed();
+    // Not a byte read until the agent's write stall timeout (10 s) has passed: checking for
+    // the close drains the socket, which would make them slow readers.
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(start.elapsed()));
+    let closed = wait_closed(&mut clients, opened, Duration::from_secs(30));
+    format!(
+        "{opened} non-readers (connected in {:.1} s), {closed} dropped by the write stall timeout",
+        connected.as_secs_f64()
+    )
 }
 
 fn held_flood(addr: &str, n: usize) -> String {
@@ -162,18 +189,34 @@ fn main() {
     let mut rows = Vec::new();
     let mut phase = |name: &'static str, run: &dyn Fn() -> ((usize, usize), String)| {
         reset_peak_rss(&pid);
+        let cpu_before = cpu_time(&pid);
         let start = Instant::now();
         let probes = HealthProbes::start(&addr, PROBE_EVERY);
         let (scrapes, note) = run();
-        let health = probes.finish();
+        let health = probes.finish_timed().map(|probes| {
+            let slow: Vec<String> = probes
+                .iter()
+                .filter(|(_, took)| *took >= Duration::from_millis(100))
+                .map(|(at, took)| format!("{:.1} s: {} ms", at.as_secs_f64(), took.as_millis()))
+                .collect();
+            if !slow.is_empty() {
+                eprintln!(
+                    "{name}: probes over 100 ms (when, how long): {}",
+                    slow.join(", ")
+                );
+            }
+            probes.into_iter().map(|(_, took)| took).collect::<Vec<_>>()
+        });
         let peak_mib = status_kib(&pid, "VmHWM:") as f64 / 1024.0;
         let secs = start.elapsed().as_secs_f64();
+        let cpu = cpu_time(&pid).saturating_sub(cpu_before);
         // The scrape in progress when the flood ended lands before Prometheus is asked.
         std::thread::sleep(SCRAPE_EVERY + Duration::from_secs(1));
         let prometheus = prom.scrapes_over("agent", start.elapsed());
         rows.push(Row {
             phase: name,
             secs,
+            cpu,
             peak_mib,
             health,
             scrapes,
@@ -240,9 +283,9 @@ fn main() {
         size as f64 / MIB
     );
     println!(
-        "| flood | s | agent peak RSS | vs idle | /healthz max | p99 | probes (over 100 ms) | bench scrapes whole | Prometheus scrapes ok | fewest samples | notes |"
+        "| flood | s | agent CPU | agent peak RSS | vs idle | /healthz max | p99 | probes (over 100 ms) | bench scrapes whole | Prometheus scrapes ok | fewest samples | notes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ok = running && status.success();
     for r in &rows {
         let ratio = r.peak_mib / idle_mib;
@@ -282,8 +325,12 @@ fn main() {
         };
         ok &= ratio <= 2.0 && r.scrapes.0 == r.scrapes.1;
         println!(
-            "| {} | {:.0} | {:.0} MiB | {ratio:.2}x | {health} | {p99} | {probes} | {}/{} | {prom_ok} | {fewest} | {} |",
-            r.phase, r.secs, r.peak_mib, r.scrapes.0, r.scrapes.1, r.note
+            "| {} | {:.0} | {:.2} s | {:.0} MiB | {ratio:.2}x | {health} | {p99} | {probes} | {}/{} | {prom_ok} | {fewest} | {} |",
+            r.phase,
+            r.secs,
+            r.cpu.as_secs_f64(),
+            r.peak_mib,
+            r.scrapes.0, r.scrapes.1, r.note
         );
     }
     println!("\nagent still running after the floods: {running}; stopped with {status}");

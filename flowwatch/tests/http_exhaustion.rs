@@ -158,6 +158,22 @@ fn non_reading_clients_share_one_exposition_and_are_dropped_when_they_stall() {
     }
     assert_eq!(clients.len(), NON_READERS);
     std::thread::sleep(Duration::from_millis(500));
+    // What the kernel queues for them is bounded too (the send buffer): left to autotuning,
+    // each held up to 2.7 MiB of socket memory (108 MiB for 40), charged to the pod's cgroup.
+    let port: u16 = server.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let (queued_sockets, queued, largest) = send_queues(port);
+    let per_socket = 2 * limits.send_buffer_bytes as u64;
+    eprintln!(
+        "kernel send queues: {queued_sockets} sockets, {} KiB in all, {} KiB the largest",
+        queued / 1024,
+        largest / 1024
+    );
+    assert!(
+        largest <= per_socket && queued <= NON_READERS as u64 * per_socket,
+        "send queues of {} KiB (largest {} KiB) for {NON_READERS} non-readers",
+        queued / 1024,
+        largest / 1024
+    );
     // While they hold their answers, scrapers get full answers.
     let failures = concurrent_scrapes(&server.addr, SCRAPERS, 3);
     let peak = status_kib("self", "VmHWM:") * 1024;
