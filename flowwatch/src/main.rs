@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             match (e.kind() == ErrorKind::UnknownArgument)
-                .then(|| flowwatch::cli::values::negative_number_error(&e.render().to_string()))
+                .then(|| flowwatch::cli::values::dash_value_error(&e.render().to_string()))
                 .flatten()
             {
                 Some(line) => eprintln!("{line}"),

@@ -105,7 +105,7 @@ fn a_value_outside_the_possible_ones_names_them() {
 }
 
 #[test]
-fn a_negative_number_is_refused_in_one_line() {
+fn a_negative_number_or_a_dashed_value_is_refused_in_one_line() {
     for flag in [
         "--poll-interval-ms",
         "--series-budget",
@@ -120,6 +120,12 @@ fn a_negative_number_is_refused_in_one_line() {
             "{stderr}"
         );
     }
+    // Any value with a leading dash: clap takes it for a flag; one line says how to give it.
+    let (code, stderr) = run(&["--label-allowlist", "-a"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines = stderr.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(lines, 1, "{stderr}");
+    assert!(stderr.contains("--flag=-a"), "{stderr}");
 }
 
 /// A host name is resolved: the agent serves on the address `localhost` resolves to.

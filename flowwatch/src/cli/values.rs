@@ -178,19 +178,23 @@ pub fn one_line_error(rendered: &str) -> String {
     line
 }
 
-/// Clap's rendering of an unexpected argument that is a negative number (`--poll-interval-ms
-/// -1`: clap takes `-1` for a flag), in one line saying that no flag takes one; `None` for
-/// other unexpected arguments (clap's own message and usage stand).
-pub fn negative_number_error(rendered: &str) -> Option<String> {
+/// Clap's rendering of an unexpected argument that starts with a single `-` (clap takes it for
+/// a flag, as in `--poll-interval-ms -1` or `--label-allowlist -a`), in one line saying why it
+/// is refused; `None` for other unexpected arguments (a mistyped `--flag`: clap's own message,
+/// with its suggestion, stands).
+pub fn dash_value_error(rendered: &str) -> Option<String> {
     let first = rendered.lines().next()?;
     let arg = first
         .strip_prefix("error: unexpected argument '")?
         .strip_suffix("' found")?;
-    let number = arg.strip_prefix('-')?;
-    number.parse::<f64>().ok()?;
-    Some(format!(
-        "{first}: no flag takes a negative number (counts, sizes and durations start at 0 or 1)"
-    ))
+    let rest = arg.strip_prefix('-').filter(|r| !r.starts_with('-'))?;
+    Some(if rest.parse::<f64>().is_ok() {
+        format!(
+            "{first}: no flag takes a negative number (counts, sizes and durations start at 0 or 1)"
+        )
+    } else {
+        format!("{first}: a value starting with '-' is taken for a flag; give it as --flag={arg}")
+    })
 }
 
 #[cfg(test)]
@@ -212,9 +216,15 @@ mod tests {
     }
 
     #[test]
+    fn a_value_starting_with_a_dash_is_one_line() {
+        let line = dash_value_error("error: unexpected argument '-a' found\n\nUsage: x\n").unwrap();
+        assert!(line.ends_with("give it as --flag=-a"), "{line}");
+    }
+
+    #[test]
     fn a_negative_number_is_one_line() {
         let rendered = "error: unexpected argument '-1' found\n\n  tip: to pass '-1' as a value, use '-- -1'\n\nUsage: flowwatch run [OPTIONS]\n";
-        let line = negative_number_error(rendered).unwrap();
+        let line = dash_value_error(rendered).unwrap();
         assert!(
             line.starts_with(
                 "error: unexpected argument '-1' found: no flag takes a negative number"
@@ -222,7 +232,7 @@ mod tests {
             "{line}"
         );
         assert_eq!(
-            negative_number_error("error: unexpected argument '--nope' found\n"),
+            dash_value_error("error: unexpected argument '--nope' found\n"),
             None
         );
     }
