@@ -10,6 +10,8 @@
 //!   after, 23 for 14;
 //! - connections held open without a request, or with half a request, are bounded in number
 //!   (the stalest are closed) and in time (the header timeout);
+//! - slow clients of every shape of the campaign (headers a byte at a time, a trickled body,
+//!   pipelined answers never read) are closed within the header and write stall timeouts;
 //! - all the while, `/healthz` is probed every 20 ms and *every* probe answers within 100 ms,
 //!   and Prometheus's own scrapes (every 2 s) all succeed (`up == 1`) with every sample.
 //!
@@ -277,4 +279,72 @@ fn a_kept_alive_idle_connection_is_closed_after_the_idle_timeout() {
     // Kept alive, then idle: closed after about a second.
     let closed = wait_closed(std::slice::from_mut(&mut s), 1, Duration::from_secs(4));
     assert_eq!(closed, 1, "an idle kept-alive connection stayed open");
+}
+
+/// The slow-client shapes of the campaign, each bounded by a timeout: headers trickled
+/// a byte at a time (slowloris: the header timeout is a deadline, not an idle time), a body
+/// announced and trickled, and pipelined requests whose answers are never read (the write
+/// stall timeout).
+#[test]
+fn slow_clients_of_every_shape_are_closed_within_their_timeouts() {
+    use std::io::Write;
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let limits = HttpLimits {
+        header_read_timeout: Duration::from_secs(2),
+        write_stall_timeout: Duration::from_secs(2),
+        ..HttpLimits::default()
+    };
+    let server = Server::start(1_000, limits);
+    let connect = || {
+        let s = std::net::TcpStream::connect(&server.addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    };
+    let probes = HealthProbes::start(&server.addr, PROBE_EVERY);
+    let start = Instant::now();
+    // Slowloris: a byte every 100 ms keeps each connection "making progress" for 4 s.
+    let mut loris: Vec<_> = (0..20).map(|_| connect()).collect();
+    for s in &mut loris {
+        s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    }
+    // A body of 1 MB announced, a byte at a time.
+    let mut bodies: Vec<_> = (0..10).map(|_| connect()).collect();
+    for s in &mut bodies {
+        s.write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+            .unwrap();
+    }
+    // Pipelined scrapes, never read (small receive window: the answers stay with the server).
+    let mut pipelined: Vec<_> = (0..5)
+        .map(|_| {
+            let mut s = connect_small_window(&server.addr).unwrap();
+            s.write_all(&b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1_000))
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut trickled = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        for s in loris.iter_mut().chain(bodies.iter_mut()) {
+            // An error: the server already closed it.
+            let _ = s.write_all(b"x");
+        }
+        trickled += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(trickled >= 20);
+    // Header deadline 2 s: every slowloris closed although it never stopped sending.
+    let loris_closed = wait_closed(&mut loris, 20, Duration::from_secs(2));
+    assert_eq!(
+        loris_closed, 20,
+        "slowloris connections outlived the header timeout"
+    );
+    let bodies_closed = wait_closed(&mut bodies, 10, Duration::from_secs(2));
+    assert_eq!(bodies_closed, 10, "trickled bodies kept their connections");
+    // Write stall 2 s, measured from the client's side (which reads nothing until now).
+    let pipelined_closed = wait_closed(&mut pipelined, 5, Duration::from_secs(10));
+    assert_eq!(
+        pipelined_closed, 5,
+        "unread pipelined answers kept their connections"
+    );
+    assert_health_fast(probes.finish(), "slow clients");
 }
