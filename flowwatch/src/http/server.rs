@@ -158,7 +158,8 @@ impl Connections {
         while live.len() >= max {
             let Some(stalest) = live
                 .values()
-                .min_by_key(|e| e.last_progress_ms.load(Ordering::Relaxed))
+                // Ties (a burst within one millisecond) go to the earliest admitted.
+                .min_by_key(|e| (e.last_progress_ms.load(Ordering::Relaxed), e.id))
                 .map(|e| e.id)
             else {
                 break;
@@ -286,6 +287,12 @@ pub async fn serve_router(
             limits,
             shutdown.clone(),
         ));
+        // Let the new connection's task read its request before the next is admitted: in a
+        // burst of more connections than the cap, one that had not yet been served (a kubelet
+        // probe among 2,000 held connections) looked as stale as those holding a slot and was
+        // evicted before it made progress (a probe reset, seen once in six runs of
+        // agent_http_flood).
+        tokio::task::yield_now().await;
     }
     // Graceful end: each connection task saw `shutdown` too; wait until they are gone
     // (bounded: a stalled write ends within the stall timeout, an idle wait at once).
