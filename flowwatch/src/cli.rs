@@ -150,7 +150,7 @@ pub struct RunArgs {
     pub node_name: Option<String>,
 
     /// Pod labels copied into flow records, comma-separated (none by default; never metric labels).
-    #[arg(long, env = "FLOWWATCH_LABEL_ALLOWLIST", value_delimiter = ',')]
+    #[arg(long, env = "FLOWWATCH_LABEL_ALLOWLIST", value_delimiter = ',', value_parser = values::parse_label_key)]
     pub label_allowlist: Vec<String>,
 
     /// Whether NetworkPolicy ipBlock peers match pod IPs (true as the upstream conformance

@@ -55,12 +55,22 @@ fn main() -> ExitCode {
                 ErrorKind::ValueValidation | ErrorKind::InvalidValue
             ) =>
         {
-            let text = e.render().to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: invalid value"));
+            eprintln!(
+                "{}",
+                flowwatch::cli::values::one_line_error(&e.render().to_string())
+            );
             return ExitCode::from(1);
         }
         Err(e) => {
-            let _ = e.print();
+            match (e.kind() == ErrorKind::UnknownArgument)
+                .then(|| flowwatch::cli::values::dash_value_error(&e.render().to_string()))
+                .flatten()
+            {
+                Some(line) => eprintln!("{line}"),
+                None => {
+                    let _ = e.print();
+                }
+            }
             return ExitCode::from(1);
         }
     };

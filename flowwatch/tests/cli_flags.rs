@@ -84,6 +84,50 @@ fn durations_outside_their_range_are_refused() {
     refused(&["--idle-timeout-secs", "0"], &["1..=86400"]);
 }
 
+#[test]
+fn label_allowlist_keys_are_label_keys() {
+    refused(
+        &["--label-allowlist", "app,bad key!"],
+        &["invalid label key \"bad key!\"", "app.kubernetes.io/name"],
+    );
+}
+
+#[test]
+fn a_value_outside_the_possible_ones_names_them() {
+    refused(
+        &["--log-format", "xml"],
+        &["possible values are text, json"],
+    );
+    refused(
+        &["--kube-list-strategy", "fast"],
+        &["possible values are auto, streaming, paged"],
+    );
+}
+
+#[test]
+fn a_negative_number_or_a_dashed_value_is_refused_in_one_line() {
+    for flag in [
+        "--poll-interval-ms",
+        "--series-budget",
+        "--flow-log-max-files",
+    ] {
+        let (code, stderr) = run(&[flag, "-1"]);
+        assert_eq!(code, Some(1), "{flag}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{flag}: not one line:\n{stderr}");
+        assert!(
+            lines[0].contains("no flag takes a negative number"),
+            "{stderr}"
+        );
+    }
+    // Any value with a leading dash: clap takes it for a flag; one line says how to give it.
+    let (code, stderr) = run(&["--label-allowlist", "-a"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines = stderr.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(lines, 1, "{stderr}");
+    assert!(stderr.contains("--flag=-a"), "{stderr}");
+}
+
 /// A host name is resolved: the agent serves on the address `localhost` resolves to.
 #[test]
 fn a_host_name_in_listen_is_resolved() {

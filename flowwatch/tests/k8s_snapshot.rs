@@ -49,6 +49,23 @@ fn reload_errors(w: &ClusterWatch) -> String {
         .to_owned()
 }
 
+/// A watch of `path` (polled every 100 ms) once it has loaded `web-1`; the guard stops it.
+async fn watching_web_1(path: std::path::PathBuf) -> (ClusterWatch, tokio_util::sync::DropGuard) {
+    let cancel = CancellationToken::new();
+    let w = ClusterWatch::snapshot_files(
+        vec![path],
+        Duration::from_millis(100),
+        snapshot_loader(),
+        cancel.clone(),
+    );
+    assert!(w.wait_synced(Duration::from_secs(5)).await);
+    eventually(&w, FOLLOW, "first load", |v| {
+        pod_in(v, "shop", "web-1").is_some()
+    })
+    .await;
+    (w, cancel.drop_guard())
+}
+
 #[tokio::test]
 async fn snapshot_files_are_reloaded_when_they_change() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,19 +162,7 @@ async fn what_is_not_a_cluster_dump_never_replaces_the_last_good_inventory() {
     std::fs::create_dir(&snapshots).unwrap();
     let pods = snapshots.join("pods.yaml");
     std::fs::write(&pods, pods_yaml(&[("web-1", "web", "10.244.0.5")])).unwrap();
-    let cancel = CancellationToken::new();
-    let _stop = cancel.clone().drop_guard();
-    let w = ClusterWatch::snapshot_files(
-        vec![snapshots.clone()],
-        Duration::from_millis(100),
-        snapshot_loader(),
-        cancel.clone(),
-    );
-    assert!(w.wait_synced(Duration::from_secs(5)).await);
-    eventually(&w, FOLLOW, "first load", |v| {
-        pod_in(v, "shop", "web-1").is_some()
-    })
-    .await;
+    let (w, _stop) = watching_web_1(snapshots.clone()).await;
     let generation = w.current().generation;
 
     type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>);
@@ -213,19 +218,7 @@ async fn a_file_written_in_pieces_is_loaded_once_complete() {
     let dir = tempfile::tempdir().unwrap();
     let pods = dir.path().join("pods.yaml");
     std::fs::write(&pods, pods_yaml(&[("web-1", "web", "10.244.0.5")])).unwrap();
-    let cancel = CancellationToken::new();
-    let _stop = cancel.clone().drop_guard();
-    let w = ClusterWatch::snapshot_files(
-        vec![pods.clone()],
-        Duration::from_millis(100),
-        snapshot_loader(),
-        cancel.clone(),
-    );
-    assert!(w.wait_synced(Duration::from_secs(5)).await);
-    eventually(&w, FOLLOW, "first load", |v| {
-        pod_in(v, "shop", "web-1").is_some()
-    })
-    .await;
+    let (w, _stop) = watching_web_1(pods.clone()).await;
     let generation = w.current().generation;
     // Three pods, written as `kubectl get ... > file` does: truncate, then chunks with pauses
     // shorter than a poll. Each prefix that ends at an item boundary is valid YAML with fewer
@@ -252,4 +245,69 @@ async fn a_file_written_in_pieces_is_loaded_once_complete() {
         v.inventory.pods.len() == 3
     })
     .await;
+}
+
+/// Issue 17: a snapshot *file* replaced by a directory (a `mkdir` or a volume mount over its
+/// path) is a failed reload, not an empty cluster; the file back is loaded again.
+#[tokio::test]
+async fn a_snapshot_file_replaced_by_a_directory_is_a_failed_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods.yaml");
+    std::fs::write(&pods, pods_yaml(&[("web-1", "web", "10.244.0.5")])).unwrap();
+    let (w, _stop) = watching_web_1(pods.clone()).await;
+    let generation = w.current().generation;
+    std::fs::remove_file(&pods).unwrap();
+    std::fs::create_dir(&pods).unwrap();
+    wait_reload_errors(&w, 1, "a directory where the file was").await;
+    assert_eq!(w.current().generation, generation);
+    assert!(pod_in(&w.current(), "shop", "web-1").is_some());
+    // An (empty) directory stays a failed state, it is not reloaded as a new, empty view.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.current().generation, generation);
+
+    std::fs::remove_dir(&pods).unwrap();
+    std::fs::write(&pods, pods_yaml(&[("web-2", "web", "10.244.0.6")])).unwrap();
+    eventually(&w, FOLLOW, "the file back", |v| {
+        pod_in(v, "shop", "web-2").is_some() && pod_in(v, "shop", "web-1").is_none()
+    })
+    .await;
+}
+
+/// Issue 17: in the agent, a 117 KB file of nesting held up the next good snapshot for 31 s
+/// (and burnt 11 s of CPU). Now it is refused at once as a failed reload, and a good snapshot
+/// written right after it is loaded within the usual follow time.
+#[tokio::test]
+async fn a_deeply_nested_snapshot_is_refused_at_once_and_the_next_good_one_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods.yaml");
+    std::fs::write(&pods, pods_yaml(&[("web-1", "web", "10.244.0.5")])).unwrap();
+    let (w, _stop) = watching_web_1(dir.path().to_path_buf()).await;
+    let bombs = [
+        // 117 KB of open flow sequences (YAML) and of nested JSON objects.
+        format!("kind: List\nitems: {}\n", "[".repeat(117 * 1024)),
+        format!(
+            "{{\"kind\": \"List\", \"items\": [{}]}}\n",
+            "{\"a\": ".repeat(117 * 1024 / 6)
+        ),
+    ];
+    let mut last_good = "web-1".to_string();
+    for (n, bomb) in bombs.iter().enumerate() {
+        std::fs::write(&pods, bomb).unwrap();
+        wait_reload_errors(&w, n as u64 + 1, "a nested bomb").await;
+        assert!(pod_in(&w.current(), "shop", &last_good).is_some());
+        // The good snapshot right after: loaded within the follow time, not 31 s later.
+        let name = format!("web-{}", n + 2);
+        std::fs::write(&pods, pods_yaml(&[(&name, "web", "10.244.0.6")])).unwrap();
+        let written = std::time::Instant::now();
+        eventually(&w, FOLLOW, "the good snapshot after the bomb", |v| {
+            pod_in(v, "shop", &name).is_some()
+        })
+        .await;
+        eprintln!(
+            "good snapshot {} loaded {:?} after writing",
+            n + 1,
+            written.elapsed()
+        );
+        last_good = name;
+    }
 }

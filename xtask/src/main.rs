@@ -56,7 +56,7 @@ enum Command {
     Demo,
     /// Run the whole test suite as CI does (installs what is missing first); ends with totals.
     Test,
-    /// Run a benchmark and print its figures: `capture`, `saturation` and `datapath` (need root), `policy`, `advise`, `metrics`, `enrich`.
+    /// Run a benchmark and print its figures: `capture`, `saturation`, `datapath` and `agent_http_flood` (need root), `http_flood`, `policy`, `advise`, `metrics`, `enrich`.
     Bench {
         /// Which benchmark.
         name: String,

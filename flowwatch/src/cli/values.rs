@@ -153,9 +153,105 @@ pub fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
     crate::export::otlp::parse_endpoint(s.trim()).map(|_| s.trim().to_string())
 }
 
+/// One `--label-allowlist` entry: a label key as the API server accepts it (a key no pod can
+/// carry would silently copy nothing).
+pub fn parse_label_key(s: &str) -> Result<String, String> {
+    let key = s.trim();
+    crate::inventory::label_rules::check_key(key)
+        .map_err(|why| format!("{why}: give a key such as app or app.kubernetes.io/name"))?;
+    Ok(key.to_string())
+}
+
+/// Clap's rendering of a bad value, in one line: its first line (what is wrong), plus the
+/// accepted values where clap lists them on a line of their own (what would be right), without
+/// the usage footer.
+pub fn one_line_error(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let mut line = lines.next().unwrap_or("error: invalid value").to_string();
+    if let Some(values) = lines.find_map(|l| {
+        l.trim()
+            .strip_prefix("[possible values: ")
+            .and_then(|v| v.strip_suffix(']'))
+    }) {
+        line.push_str(&format!(": possible values are {values}"));
+    }
+    line
+}
+
+/// Clap's rendering of an unexpected argument that starts with a single `-` (clap takes it for
+/// a flag, as in `--poll-interval-ms -1` or `--label-allowlist -a`), in one line saying why it
+/// is refused; `None` for other unexpected arguments (a mistyped `--flag`: clap's own message,
+/// with its suggestion, stands).
+pub fn dash_value_error(rendered: &str) -> Option<String> {
+    let first = rendered.lines().next()?;
+    let arg = first
+        .strip_prefix("error: unexpected argument '")?
+        .strip_suffix("' found")?;
+    let rest = arg.strip_prefix('-').filter(|r| !r.starts_with('-'))?;
+    Some(if rest.parse::<f64>().is_ok() {
+        format!(
+            "{first}: no flag takes a negative number (counts, sizes and durations start at 0 or 1)"
+        )
+    } else {
+        format!("{first}: a value starting with '-' is taken for a flag; give it as --flag={arg}")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_value_among_possible_ones_is_one_line_naming_them() {
+        let rendered = "error: invalid value 'xml' for '--log-format <LOG_FORMAT>'\n  [possible values: text, json]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line_error(rendered),
+            "error: invalid value 'xml' for '--log-format <LOG_FORMAT>': possible values are text, json"
+        );
+        let plain = "error: invalid value '0' for '--x': 0 is not in 1..=2\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line_error(plain),
+            "error: invalid value '0' for '--x': 0 is not in 1..=2"
+        );
+    }
+
+    #[test]
+    fn a_value_starting_with_a_dash_is_one_line() {
+        let line = dash_value_error("error: unexpected argument '-a' found\n\nUsage: x\n").unwrap();
+        assert!(line.ends_with("give it as --flag=-a"), "{line}");
+    }
+
+    #[test]
+    fn a_negative_number_is_one_line() {
+        let rendered = "error: unexpected argument '-1' found\n\n  tip: to pass '-1' as a value, use '-- -1'\n\nUsage: flowwatch run [OPTIONS]\n";
+        let line = dash_value_error(rendered).unwrap();
+        assert!(
+            line.starts_with(
+                "error: unexpected argument '-1' found: no flag takes a negative number"
+            ),
+            "{line}"
+        );
+        assert_eq!(
+            dash_value_error("error: unexpected argument '--nope' found\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn label_allowlist_keys_are_checked_as_the_api_server_does() {
+        assert_eq!(parse_label_key("app").unwrap(), "app");
+        assert_eq!(
+            parse_label_key("app.kubernetes.io/name").unwrap(),
+            "app.kubernetes.io/name"
+        );
+        let e = parse_label_key("bad key!").unwrap_err();
+        assert!(
+            e.contains("invalid label key") && e.contains("app.kubernetes.io/name"),
+            "{e}"
+        );
+        assert!(parse_label_key("").is_err());
+        assert!(parse_label_key("Bad_Prefix!/x").is_err());
+    }
 
     #[test]
     fn cidr_prefix_lengths_are_checked_per_family() {

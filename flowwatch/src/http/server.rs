@@ -8,7 +8,11 @@
 //!   long a kept-alive connection may wait idle for its next request;
 //! - a response the client stops reading is abandoned after
 //!   [`HttpLimits::write_stall_timeout`] without progress, and its connection closed;
-//! - the per-connection read buffer is bounded ([`READ_BUFFER_BYTES`]).
+//! - the per-connection read buffer is bounded ([`READ_BUFFER_BYTES`]), and so is the kernel's
+//!   send buffer ([`HttpLimits::send_buffer_bytes`]): left to autotuning, each client that does
+//!   not read had the kernel queue up to 4 MiB of exposition (`tcp_wmem`'s maximum; 2.7 MiB
+//!   measured), socket memory that the cgroup of the agent's pod is charged for and that counts
+//!   against the node's `tcp_mem`, outside the process's RSS.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,6 +33,10 @@ use super::tls::Tls;
 /// any real client fit; larger headers are refused (431) instead of buffered.
 pub const READ_BUFFER_BYTES: usize = 16 * 1024;
 
+/// Connections the accept loop admits before it lets their tasks run (see `serve_router`):
+/// well under any cap, so a connection is served before the cap's worth of newer ones arrive.
+const ADMITS_PER_YIELD: usize = 8;
+
 /// The bounds of the HTTP edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -39,6 +47,10 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Time a response may wait for the client to read before the connection is dropped.
     pub write_stall_timeout: Duration,
+    /// `SO_SNDBUF` of each connection (the kernel doubles it for its bookkeeping): bounds the
+    /// socket memory a client that stops reading holds. 128 KiB still moves an exposition of
+    /// 7 MiB in about 60 round trips (0.1 s across a node's 1 ms RTT).
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -47,6 +59,7 @@ impl Default for HttpLimits {
             max_connections: 512,
             header_read_timeout: Duration::from_secs(10),
             write_stall_timeout: Duration::from_secs(10),
+            send_buffer_bytes: 128 * 1024,
         }
     }
 }
@@ -149,7 +162,8 @@ impl Connections {
         while live.len() >= max {
             let Some(stalest) = live
                 .values()
-                .min_by_key(|e| e.last_progress_ms.load(Ordering::Relaxed))
+                // Ties (a burst within one millisecond) go to the earliest admitted.
+                .min_by_key(|e| (e.last_progress_ms.load(Ordering::Relaxed), e.id))
                 .map(|e| e.id)
             else {
                 break;
@@ -204,6 +218,28 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// Sets `SO_SNDBUF` of an accepted connection (which also turns the kernel's autotuning of it
+/// off).
+fn set_send_buffer(stream: &tokio::net::TcpStream, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket descriptor owned by `stream`; the option value is a c_int whose
+    // size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Serves `router` on `listener` within `limits` until `shutdown` is cancelled; then lets the
 /// requests in flight finish (idle connections close at once) and returns.
 pub async fn serve_router(
@@ -216,6 +252,7 @@ pub async fn serve_router(
     let max_connections = limits.effective_max_connections();
     let conns = Arc::new(Connections::new());
     let mut accept_errors_logged = 0u32;
+    let mut since_yield = 0usize;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -236,6 +273,8 @@ pub async fn serve_router(
             }
         };
         let _ = stream.set_nodelay(true);
+        // Best effort: a connection whose buffer could not be bounded is still served.
+        let _ = set_send_buffer(&stream, limits.send_buffer_bytes);
         let (entry, evicted) = conns.admit(max_connections);
         if evicted > 0 {
             tracing::debug!(
@@ -253,6 +292,17 @@ pub async fn serve_router(
             limits,
             shutdown.clone(),
         ));
+        // Let the new connections' tasks read their requests before many more are admitted:
+        // in a burst of more connections than the cap, one that had not yet been served (a
+        // kubelet probe among 2,000 held connections) looked as stale as those holding a slot
+        // and was evicted before it made progress (a probe reset, seen once in six runs of
+        // agent_http_flood). Not after every connection: each yield waits a whole round of the
+        // busy writers, and 200 concurrent scrapers then delayed a probe's accept by 0.4 s.
+        since_yield += 1;
+        if since_yield >= ADMITS_PER_YIELD {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
     // Graceful end: each connection task saw `shutdown` too; wait until they are gone
     // (bounded: a stalled write ends within the stall timeout, an idle wait at once).

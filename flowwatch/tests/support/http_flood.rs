@@ -323,3 +323,96 @@ pub fn concurrent_scrapes(addr: &str, n: usize, rounds: usize) -> Vec<String> {
         .flat_map(|t| t.join().unwrap_or_else(|_| vec!["scraper panicked".into()]))
         .collect()
 }
+
+/// `/healthz` probed on a thread of its own every `every` while a flood runs, each probe's
+/// latency kept (the bar holds for every probe, not a sample of them).
+pub struct HealthProbes {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Vec<(Duration, Duration)>, String>>,
+}
+
+impl HealthProbes {
+    pub fn start(addr: &str, every: Duration) -> HealthProbes {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (addr, flag) = (addr.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut took = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let at = start.elapsed();
+                match get(&addr, "/healthz", Duration::from_secs(5)) {
+                    Ok((200, _, t)) => took.push((at, t)),
+                    Ok((status, _, _)) => {
+                        return Err(format!("probe at {at:?}: /healthz answered {status}"))
+                    }
+                    Err(e) => return Err(format!("probe at {at:?}: {e}")),
+                }
+                std::thread::sleep(every);
+            }
+            Ok(took)
+        });
+        HealthProbes { stop, thread }
+    }
+
+    /// Stops probing; every probe's latency, or the first probe that failed.
+    pub fn finish(self) -> Result<Vec<Duration>, String> {
+        self.finish_timed()
+            .map(|probes| probes.into_iter().map(|(_, took)| took).collect())
+    }
+
+    /// As `finish`, each latency with when its probe started (since `start`).
+    pub fn finish_timed(self) -> Result<Vec<(Duration, Duration)>, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err("the prober panicked".into()))
+    }
+}
+
+/// The slowest and the 99th percentile of `took` (zero when empty).
+pub fn max_and_p99(took: &[Duration]) -> (Duration, Duration) {
+    let mut sorted = took.to_vec();
+    sorted.sort();
+    let max = sorted.last().copied().unwrap_or_default();
+    let p99 = sorted
+        .get((sorted.len() * 99).div_ceil(100).saturating_sub(1))
+        .copied()
+        .unwrap_or_default();
+    (max, p99)
+}
+
+/// The 1-minute load average (for the record next to latencies measured on a shared machine).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The kernel's send queues of the established TCP connections whose local port is `port`
+/// (this network namespace, IPv4: `/proc/net/tcp`'s `tx_queue`): how many have bytes queued,
+/// and the bytes in all and in the largest. Socket memory is the kernel's, not the process's
+/// RSS, but the pod's cgroup is charged for it.
+pub fn send_queues(port: u16) -> (usize, u64, u64) {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let mut out = (0, 0, 0);
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(queues)) = (f.get(1), f.get(3), f.get(4)) else {
+            continue;
+        };
+        let local_port = local
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        let tx = queues
+            .split_once(':')
+            .and_then(|(tx, _)| u64::from_str_radix(tx, 16).ok())
+            .unwrap_or(0);
+        if local_port == Some(port) && *state == "01" && tx > 0 {
+            out.0 += 1;
+            out.1 += tx;
+            out.2 = out.2.max(tx);
+        }
+    }
+    out
+}

@@ -27,6 +27,9 @@ pub struct Job {
     pub tls_ca_file: Option<PathBuf>,
     /// `Authorization: Bearer` on each scrape.
     pub bearer_token: Option<String>,
+    /// This job's scrape interval (its timeout too) instead of the global 1 s / 900 ms: for
+    /// targets whose exposition takes longer than that to fetch and ingest on a loaded machine.
+    pub interval: Option<Duration>,
 }
 
 impl Job {
@@ -37,7 +40,12 @@ impl Job {
             params: Vec::new(),
             tls_ca_file: None,
             bearer_token: None,
+            interval: None,
         }
+    }
+    pub fn interval(mut self, every: Duration) -> Job {
+        self.interval = Some(every);
+        self
     }
     pub fn https(mut self, ca_file: &Path) -> Job {
         self.tls_ca_file = Some(ca_file.to_path_buf());
@@ -51,6 +59,17 @@ impl Job {
         self.params.push((k.into(), v.into()));
         self
     }
+}
+
+/// Prometheus's own record of its scrapes of one job over a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scrapes {
+    /// Scrapes attempted (one `up` sample each).
+    pub attempts: u64,
+    /// Of them, those that failed (`up == 0`: refused, timed out, cut short).
+    pub failed: u64,
+    /// The fewest samples one scrape brought.
+    pub fewest_samples: u64,
 }
 
 /// One sample of an instant-query result.
@@ -165,6 +184,12 @@ impl Prometheus {
         }
         for job in jobs {
             cfg.push_str(&format!("  - job_name: {}\n", yaml_str(&job.name)));
+            if let Some(every) = job.interval {
+                let ms = every.as_millis();
+                cfg.push_str(&format!(
+                    "    scrape_interval: {ms}ms\n    scrape_timeout: {ms}ms\n"
+                ));
+            }
             if !job.params.is_empty() {
                 cfg.push_str("    params:\n");
                 for (k, v) in &job.params {
@@ -270,6 +295,31 @@ impl Prometheus {
                 value: parse_value(&s["value"][1]),
             })
             .collect())
+    }
+
+    /// What Prometheus's own scrapes of `job` did over the last `window` (whole seconds, at
+    /// least one): attempts (`up` samples), failed ones (`up == 0`) and the fewest samples a
+    /// scrape brought (`scrape_samples_scraped`).
+    pub fn scrapes_over(&self, job: &str, window: Duration) -> Result<Scrapes, String> {
+        let secs = window.as_secs().max(1);
+        let one = |promql: String| -> Result<f64, String> {
+            let samples = self.query(&promql)?;
+            match samples.as_slice() {
+                [s] => Ok(s.value),
+                other => Err(format!("{promql}: {} series", other.len())),
+            }
+        };
+        let sel = format!("{{job={}}}", yaml_str(job));
+        // `up` is 1 or 0 per attempt: attempts minus its sum are the failures.
+        let attempts = one(format!("count_over_time(up{sel}[{secs}s])"))? as u64;
+        let succeeded = one(format!("sum_over_time(up{sel}[{secs}s])"))? as u64;
+        Ok(Scrapes {
+            attempts,
+            failed: attempts.saturating_sub(succeeded),
+            fewest_samples: one(format!(
+                "min_over_time(scrape_samples_scraped{sel}[{secs}s])"
+            ))? as u64,
+        })
     }
 
     /// Polls `promql` until `done` holds for its result; panics with the last result and the
