@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use flowwatch::metrics::exposition::openmetrics_to_prometheus_text;
 use flowwatch::metrics::{
-    encode_openmetrics, encode_prometheus_text, CniPresence, Endpoint, FlowEdge, Metrics,
+    encode_openmetrics, encode_prometheus_text, CniPresence, EdgeEnd, FlowEdge, Metrics,
     MetricsConfig, TierLabel, Verdict, WorkloadKind,
 };
 use flowwatch::model::{Counters, Outcome, Protocol};
@@ -16,12 +16,12 @@ const SEC: u64 = 1_000_000_000;
 fn edge(i: usize) -> FlowEdge {
     // 100 namespaces x 500 workloads talking to a shared service in 10 namespaces.
     FlowEdge {
-        src: Endpoint::workload(
+        src: EdgeEnd::workload(
             format!("team-{:03}", i % 100),
             format!("service-{:04}", i / 100),
             WorkloadKind::Deployment,
         ),
-        dst: Endpoint::workload(
+        dst: EdgeEnd::workload(
             format!("platform-{}", i % 10),
             "api",
             WorkloadKind::Deployment,

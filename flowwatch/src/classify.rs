@@ -196,22 +196,22 @@ fn deciding_tier(v: &FlowVerdict) -> metrics::TierLabel {
 }
 
 /// One end of a metrics edge: the workload, never the pod or its address.
-fn edge_end(e: &enrich::Endpoint) -> metrics::Endpoint {
+fn edge_end(e: &enrich::Endpoint) -> metrics::EdgeEnd {
     match e {
-        enrich::Endpoint::Pod(p) => metrics::Endpoint::workload(
+        enrich::Endpoint::Pod(p) => metrics::EdgeEnd::workload(
             p.namespace.as_str(),
             p.workload_name.as_str(),
             p.workload_kind.into(),
         ),
         enrich::Endpoint::HostNetworkPod(_) | enrich::Endpoint::Node { .. } => {
-            metrics::Endpoint::node()
+            metrics::EdgeEnd::node()
         }
         enrich::Endpoint::Service {
             backend: Some(backend),
             ..
         } => edge_end(backend),
-        enrich::Endpoint::Service { backend: None, .. } => metrics::Endpoint::unknown(),
-        enrich::Endpoint::External { .. } => metrics::Endpoint::external(),
+        enrich::Endpoint::Service { backend: None, .. } => metrics::EdgeEnd::unknown(),
+        enrich::Endpoint::External { .. } => metrics::EdgeEnd::external(),
     }
 }
 
@@ -357,11 +357,11 @@ spec:
             .unwrap();
         assert_eq!(
             web_to_db.edge.src,
-            metrics::Endpoint::workload("shop", "web", metrics::WorkloadKind::Deployment)
+            metrics::EdgeEnd::workload("shop", "web", metrics::WorkloadKind::Deployment)
         );
         assert_eq!(
             web_to_db.edge.dst,
-            metrics::Endpoint::workload("data", "postgres", metrics::WorkloadKind::StatefulSet)
+            metrics::EdgeEnd::workload("data", "postgres", metrics::WorkloadKind::StatefulSet)
         );
         assert_eq!(web_to_db.edge.verdict, metrics::Verdict::Denied);
         assert_eq!(web_to_db.edge.ingress, metrics::Verdict::Denied);
@@ -391,7 +391,7 @@ spec:
         let (to_outside, _) = c
             .classify(&flow("10.213.0.10:40000", "198.51.100.7:443"), None)
             .unwrap();
-        assert_eq!(to_outside.edge.dst, metrics::Endpoint::external());
+        assert_eq!(to_outside.edge.dst, metrics::EdgeEnd::external());
         assert_eq!(to_outside.edge.ingress, metrics::Verdict::NotApplicable);
         assert_eq!(to_outside.edge.verdict, metrics::Verdict::Uncovered);
     }

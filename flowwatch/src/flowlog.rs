@@ -270,8 +270,8 @@ mod tests {
     #[test]
     fn an_unjudged_flow_says_unknown_and_nothing_more() {
         let (metrics_edge_src, metrics_edge_dst) = (
-            crate::metrics::Endpoint::external(),
-            crate::metrics::Endpoint::external(),
+            crate::metrics::EdgeEnd::external(),
+            crate::metrics::EdgeEnd::external(),
         );
         let class = crate::classify::Classification {
             src: crate::enrich::Endpoint::External {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use flowwatch::http::{self, HttpState, Readiness};
 use flowwatch::metrics::{
-    CniPresence, Endpoint, FlowEdge, KernelMap, LossReason, Metrics, MetricsConfig, TierLabel,
+    CniPresence, EdgeEnd, FlowEdge, KernelMap, LossReason, Metrics, MetricsConfig, TierLabel,
     Verdict, WatchedKind, WorkloadKind,
 };
 use flowwatch::model::{Counters, Outcome, Protocol};
@@ -81,11 +81,11 @@ fn start_exporter(rt: &tokio::runtime::Runtime, cfg: MetricsConfig) -> Exporter 
     }
 }
 
-fn dep(ns: &str, name: &str) -> Endpoint {
-    Endpoint::workload(ns, name, WorkloadKind::Deployment)
+fn dep(ns: &str, name: &str) -> EdgeEnd {
+    EdgeEnd::workload(ns, name, WorkloadKind::Deployment)
 }
 
-fn edge(src: Endpoint, dst: Endpoint, port: u16, v: [Verdict; 3]) -> FlowEdge {
+fn edge(src: EdgeEnd, dst: EdgeEnd, port: u16, v: [Verdict; 3]) -> FlowEdge {
     FlowEdge {
         src,
         dst,
@@ -132,7 +132,7 @@ impl Scenario {
             // Denied by payments' ingress policy.
             frontend_db: edge(
                 dep("shop", "frontend"),
-                Endpoint::workload("payments", "db", WorkloadKind::StatefulSet),
+                EdgeEnd::workload("payments", "db", WorkloadKind::StatefulSet),
                 5432,
                 [D, U, D],
             ),

@@ -162,12 +162,12 @@ mod tests {
         let write_failed = "flowwatch_edge_state_errors_total{reason=\"write_failed\"}";
         assert_eq!(sample(&reg, write_failed), Some(1.0));
         let edge = crate::metrics::FlowEdge {
-            src: crate::metrics::Endpoint::workload(
+            src: crate::metrics::EdgeEnd::workload(
                 "shop",
                 "web",
                 crate::metrics::WorkloadKind::Deployment,
             ),
-            dst: crate::metrics::Endpoint::external(),
+            dst: crate::metrics::EdgeEnd::external(),
             dst_port: 443,
             protocol: crate::model::Protocol::Tcp,
             verdict: crate::metrics::Verdict::Uncovered,

@@ -147,14 +147,14 @@ impl OtlpOptions {
 
 /// `http://host:port[/path]`, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
+pub struct CollectorEndpoint {
     pub host: String,
     pub port: u16,
     pub path: String,
 }
 
 /// Parses `--otlp-endpoint`; the error says what a valid one looks like.
-pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+pub fn parse_endpoint(s: &str) -> Result<CollectorEndpoint, String> {
     let rest = s.strip_prefix("http://").ok_or_else(|| {
         if s.starts_with("https://") {
             format!("{s:?}: https is not supported; export to a collector on the node or in the cluster over http (e.g. http://otel-collector:4318)")
@@ -183,7 +183,7 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     } else {
         path.to_string()
     };
-    Ok(Endpoint {
+    Ok(CollectorEndpoint {
         host: host.to_string(),
         port,
         path,
@@ -313,7 +313,7 @@ enum Sent {
 
 struct Sender {
     shared: Arc<Shared>,
-    endpoint: Endpoint,
+    endpoint: CollectorEndpoint,
     opts: OtlpOptions,
     conn: Option<SendRequest<Full<Bytes>>>,
     backoff: Backoff,
@@ -506,7 +506,7 @@ mod tests {
     fn endpoints_get_the_logs_path_unless_they_name_one() {
         assert_eq!(
             parse_endpoint("http://otel:4318").unwrap(),
-            Endpoint {
+            CollectorEndpoint {
                 host: "otel".into(),
                 port: 4318,
                 path: "/v1/logs".into()

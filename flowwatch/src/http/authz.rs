@@ -68,12 +68,12 @@ type TokenHash = [u8; 32];
 
 /// The decision cache: pure, so its bounds are unit-tested.
 #[derive(Debug)]
-struct Cache {
+struct DecisionCache {
     opts: AuthzOptions,
     entries: HashMap<TokenHash, (Decision, Instant)>,
 }
 
-impl Cache {
+impl DecisionCache {
     fn get(&self, key: &TokenHash, now: Instant) -> Option<Decision> {
         let (decision, at) = self.entries.get(key)?;
         let ttl = match decision {
@@ -107,7 +107,7 @@ impl Cache {
 /// Asks the API server about scrapers' tokens.
 pub struct Authorizer {
     client: kube::Client,
-    cache: Mutex<Cache>,
+    cache: Mutex<DecisionCache>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -128,7 +128,7 @@ impl Authorizer {
     pub fn new(client: kube::Client, opts: AuthzOptions) -> Authorizer {
         Authorizer {
             client,
-            cache: Mutex::new(Cache {
+            cache: Mutex::new(DecisionCache {
                 opts,
                 entries: HashMap::new(),
             }),
@@ -151,7 +151,7 @@ impl Authorizer {
         self.lock().entries.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DecisionCache> {
         crate::sync::lock(&self.cache)
     }
 
@@ -261,8 +261,8 @@ pub async fn require(
 mod tests {
     use super::*;
 
-    fn cache(max: usize) -> Cache {
-        Cache {
+    fn cache(max: usize) -> DecisionCache {
+        DecisionCache {
             opts: AuthzOptions {
                 allowed_ttl: Duration::from_secs(60),
                 denied_ttl: Duration::from_secs(10),

@@ -174,7 +174,7 @@ impl FirstSeenFamilies {
 mod tests {
     use crate::first_seen::KnownEdges;
     use crate::metrics::{
-        encode_prometheus_text, CniPresence, Endpoint, FlowEdge, Metrics, MetricsConfig, TierLabel,
+        encode_prometheus_text, CniPresence, EdgeEnd, FlowEdge, Metrics, MetricsConfig, TierLabel,
         Verdict, WallOffset, WorkloadKind,
     };
     use crate::model::{Counters, Nanos, Outcome, Protocol};
@@ -186,8 +186,8 @@ mod tests {
 
     fn edge(src: (&str, &str), dst: (&str, &str), port: u16) -> FlowEdge {
         FlowEdge {
-            src: Endpoint::workload(src.0, src.1, WorkloadKind::Deployment),
-            dst: Endpoint::workload(dst.0, dst.1, WorkloadKind::Deployment),
+            src: EdgeEnd::workload(src.0, src.1, WorkloadKind::Deployment),
+            dst: EdgeEnd::workload(dst.0, dst.1, WorkloadKind::Deployment),
             dst_port: port,
             protocol: Protocol::Tcp,
             verdict: Verdict::Uncovered,
@@ -269,7 +269,7 @@ mod tests {
         );
         // An unknown destination (an address not known yet) is no edge to remember.
         let mut to_unknown = edge(("shop", "web"), ("", ""), 80);
-        to_unknown.dst = Endpoint::unknown();
+        to_unknown.dst = EdgeEnd::unknown();
         m.record_flow(
             &to_unknown,
             Some(Outcome::Established),

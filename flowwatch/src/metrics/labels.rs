@@ -287,7 +287,7 @@ label_enum! {
 
 label_enum! {
     /// Direction of bytes and packets relative to the connection's initiator.
-    Direction {
+    TrafficDirection {
         /// initiator -> responder
         Forward => "forward",
         /// responder -> initiator
@@ -414,37 +414,37 @@ impl EncodeLabelValue for Port {
 
 /// One end of an edge: a workload in a namespace, or a non-pod endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Endpoint {
+pub struct EdgeEnd {
     /// Empty for non-pod endpoints.
     pub namespace: Name,
     pub workload: Name,
     pub kind: WorkloadKind,
 }
 
-impl Endpoint {
+impl EdgeEnd {
     /// A pod's top-level owner (`kind` is one of the pod kinds).
     pub fn workload(
         namespace: impl Into<Name>,
         workload: impl Into<Name>,
         kind: WorkloadKind,
-    ) -> Endpoint {
-        Endpoint {
+    ) -> EdgeEnd {
+        EdgeEnd {
             namespace: namespace.into(),
             workload: workload.into(),
             kind,
         }
     }
     /// A node or a host-network pod: `namespace=""`, `workload="node"`.
-    pub fn node() -> Endpoint {
-        Endpoint::workload("", "node", WorkloadKind::Node)
+    pub fn node() -> EdgeEnd {
+        EdgeEnd::workload("", "node", WorkloadKind::Node)
     }
     /// An address outside the cluster: `namespace=""`, `workload="external"`.
-    pub fn external() -> Endpoint {
-        Endpoint::workload("", "external", WorkloadKind::External)
+    pub fn external() -> EdgeEnd {
+        EdgeEnd::workload("", "external", WorkloadKind::External)
     }
     /// A cluster address the inventory does not know (yet): `workload="unknown"`.
-    pub fn unknown() -> Endpoint {
-        Endpoint::workload("", "unknown", WorkloadKind::Unknown)
+    pub fn unknown() -> EdgeEnd {
+        EdgeEnd::workload("", "unknown", WorkloadKind::Unknown)
     }
     /// Whether this end is a pod (has a namespace). `Other` is the overflow bucket: whatever
     /// it folded, it names no pod.
@@ -463,8 +463,8 @@ impl Endpoint {
 /// [`crate::metrics::Metrics::record_flow`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FlowEdge {
-    pub src: Endpoint,
-    pub dst: Endpoint,
+    pub src: EdgeEnd,
+    pub dst: EdgeEnd,
     /// The responder's (listening) port.
     pub dst_port: u16,
     pub protocol: Protocol,
@@ -591,7 +591,7 @@ edge_label_set! {
 }
 edge_label_set! {
     /// `flowwatch_flow_bytes_total`, `flowwatch_flow_packets_total`
-    TrafficLabels { verdict: Verdict, direction: Direction }
+    TrafficLabels { verdict: Verdict, direction: TrafficDirection }
 }
 
 /// `{family}`

@@ -10,15 +10,15 @@
 //! # Wiring (the stable API)
 //!
 //! ```no_run
-//! use flowwatch::metrics::{CniPresence, Endpoint, FlowEdge, KernelMap, Metrics, MetricsConfig, TierLabel, Verdict, WatchedKind, WorkloadKind};
+//! use flowwatch::metrics::{CniPresence, EdgeEnd, FlowEdge, KernelMap, Metrics, MetricsConfig, TierLabel, Verdict, WatchedKind, WorkloadKind};
 //! use flowwatch::model::{Counters, Outcome, Protocol};
 //! # fn main() -> Result<(), flowwatch::metrics::ConfigError> {
 //! let (metrics, registry) = Metrics::new(&MetricsConfig::default())?;
 //! // `registry` goes to the HTTP edge (`http::HttpState::new(Arc::new(registry), metrics.clone(), ..)`);
 //! // `metrics` (cheap to clone, `Send + Sync`) goes wherever flows are evaluated.
 //! let edge = FlowEdge {
-//!     src: Endpoint::workload("shop", "frontend", WorkloadKind::Deployment),
-//!     dst: Endpoint::workload("shop", "cart", WorkloadKind::Deployment),
+//!     src: EdgeEnd::workload("shop", "frontend", WorkloadKind::Deployment),
+//!     dst: EdgeEnd::workload("shop", "cart", WorkloadKind::Deployment),
 //!     dst_port: 8080,
 //!     protocol: Protocol::Tcp,
 //!     verdict: Verdict::Allowed,
@@ -78,9 +78,9 @@ use prometheus_client::registry::{Registry, Unit};
 pub use exposition::{encode_openmetrics, encode_prometheus_text};
 pub use first_seen::WallOffset;
 pub use labels::{
-    CniPolicyKind, CniPresence, Direction, EdgeStateError, Endpoint, FamilyName, FlowEdge,
-    FlowLogDropReason, KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope,
-    TierLabel, Verdict, WatchedKind, WorkloadKind,
+    CniPolicyKind, CniPresence, EdgeEnd, EdgeStateError, FamilyName, FlowEdge, FlowLogDropReason,
+    KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope, TierLabel,
+    TrafficDirection, Verdict, WatchedKind, WorkloadKind,
 };
 
 use budget::{Admission, BudgetedFamily};
@@ -624,8 +624,16 @@ impl Metrics {
             }
         }
         for (direction, bytes, packets) in [
-            (Direction::Forward, delta.fwd_bytes, delta.fwd_packets),
-            (Direction::Reverse, delta.rev_bytes, delta.rev_packets),
+            (
+                TrafficDirection::Forward,
+                delta.fwd_bytes,
+                delta.fwd_packets,
+            ),
+            (
+                TrafficDirection::Reverse,
+                delta.rev_bytes,
+                delta.rev_packets,
+            ),
         ] {
             if bytes == 0 && packets == 0 {
                 continue;

@@ -5,8 +5,8 @@ const SEC: Nanos = 1_000_000_000;
 
 fn edge(src: (&str, &str), dst: (&str, &str), port: u16, v: [Verdict; 3]) -> FlowEdge {
     FlowEdge {
-        src: Endpoint::workload(src.0, src.1, WorkloadKind::Deployment),
-        dst: Endpoint::workload(dst.0, dst.1, WorkloadKind::Deployment),
+        src: EdgeEnd::workload(src.0, src.1, WorkloadKind::Deployment),
+        dst: EdgeEnd::workload(dst.0, dst.1, WorkloadKind::Deployment),
         dst_port: port,
         protocol: Protocol::Tcp,
         verdict: v[0],
@@ -167,7 +167,7 @@ fn traffic_deltas_count_bytes_and_packets_by_direction_without_a_connection() {
 fn non_pod_endpoints_have_their_own_scope() {
     let (m, reg) = new(MetricsConfig::default());
     let mut e = edge(("a", "x"), ("b", "y"), 53, [U, U, N]);
-    e.dst = Endpoint::external();
+    e.dst = EdgeEnd::external();
     e.protocol = Protocol::Udp;
     m.record_flow(&e, Some(Outcome::Unanswered), &Counters::default(), SEC);
     let u = samples(&reg, "flowwatch_uncovered_connections_total");

@@ -62,7 +62,7 @@ pub struct PodInfo {
 
 /// What an address or a name designates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Endpoint {
+pub enum AddressOwner {
     /// A pod with its own network namespace: policies apply to it.
     Pod(PodId),
     /// A host-network pod: policies do not apply to it and its traffic is its node's.
@@ -80,7 +80,7 @@ pub struct Cluster {
     pub pods: Vec<PodInfo>,
     /// Per namespace: pod name -> pod.
     pods_by_name: Vec<HashMap<String, PodId>>,
-    pub by_ip: FastMap<IpAddr, Endpoint>,
+    pub by_ip: FastMap<IpAddr, AddressOwner>,
     /// Only while building: one copy of each distinct label set and port list.
     labels: Interner<Labels>,
     ports: Interner<[NamedPort]>,
@@ -123,19 +123,19 @@ impl Cluster {
     }
 
     /// What an address designates; unknown addresses are external.
-    pub fn endpoint_of(&self, ip: IpAddr) -> Endpoint {
+    pub fn endpoint_of(&self, ip: IpAddr) -> AddressOwner {
         self.by_ip
             .get(&ip.to_canonical())
             .copied()
-            .unwrap_or(Endpoint::External)
+            .unwrap_or(AddressOwner::External)
     }
 
     /// The node an endpoint runs on (itself for a node).
-    pub fn node_of(&self, ep: Endpoint) -> Option<NodeId> {
+    pub fn node_of(&self, ep: AddressOwner) -> Option<NodeId> {
         match ep {
-            Endpoint::Pod(p) | Endpoint::HostPod(p) => self.pod(p).node,
-            Endpoint::Node(n) => Some(n),
-            Endpoint::External => None,
+            AddressOwner::Pod(p) | AddressOwner::HostPod(p) => self.pod(p).node,
+            AddressOwner::Node(n) => Some(n),
+            AddressOwner::External => None,
         }
     }
 
@@ -303,15 +303,15 @@ impl Cluster {
         let mut by_ip = FastMap::default();
         for (id, node) in self.nodes.iter().enumerate() {
             for ip in &node.addresses {
-                by_ip.insert(*ip, Endpoint::Node(id as NodeId));
+                by_ip.insert(*ip, AddressOwner::Node(id as NodeId));
             }
         }
         for (id, pod) in self.pods.iter().enumerate() {
             if pod.host_network && !pod.terminated {
                 for ip in &pod.ips {
                     let ep = match pod.node {
-                        Some(n) => Endpoint::Node(n),
-                        None => Endpoint::HostPod(id as PodId),
+                        Some(n) => AddressOwner::Node(n),
+                        None => AddressOwner::HostPod(id as PodId),
                     };
                     by_ip.entry(*ip).or_insert(ep);
                 }
@@ -322,18 +322,18 @@ impl Cluster {
                 continue;
             }
             for ip in &pod.ips {
-                match by_ip.insert(*ip, Endpoint::Pod(id as PodId)) {
+                match by_ip.insert(*ip, AddressOwner::Pod(id as PodId)) {
                     None => {}
                     // A pod being deleted lists an address its replacement already has: an
                     // ordinary hand-over, not a conflict (the enrichment index applies the
                     // same rule, so names and verdicts describe the same pod).
-                    Some(Endpoint::Pod(other))
+                    Some(AddressOwner::Pod(other))
                         if !addresses::takes_address(pod.deleting, self.pod(other).deleting) =>
                     {
-                        by_ip.insert(*ip, Endpoint::Pod(other));
+                        by_ip.insert(*ip, AddressOwner::Pod(other));
                     }
-                    Some(Endpoint::Pod(other)) if pod.deleting != self.pod(other).deleting => {}
-                    Some(Endpoint::Pod(other)) => {
+                    Some(AddressOwner::Pod(other)) if pod.deleting != self.pod(other).deleting => {}
+                    Some(AddressOwner::Pod(other)) => {
                         errors.push(ObjectError {
                             object: format!("Pod {}", self.pod_label(id as PodId)),
                             field: Some("status.podIP".into()),

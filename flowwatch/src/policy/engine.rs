@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::allowance::{Allowances, BitSet, PeerTest};
-use super::cluster::{Cluster, Endpoint, NsId, PodId};
+use super::cluster::{AddressOwner, Cluster, NsId, PodId};
 use super::compile::{
     compile_policy, declared_directions, CompiledPolicy, Direction, NamespaceScope, PeerMatcher,
     Rule,
@@ -69,7 +69,7 @@ pub(crate) struct SkippedPolicy {
 /// One end of a flow, resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct End {
-    pub ep: Endpoint,
+    pub ep: AddressOwner,
     /// The address this end uses in the flow (absent for a pod without an address).
     pub ip: Option<IpAddr>,
 }
@@ -121,7 +121,7 @@ struct Slots {
 
 /// Allowances computed so far, and the rule lists of flows several rules allow at once.
 #[derive(Debug, Default)]
-struct Cache {
+struct VerdictCache {
     index: FastMap<AllowKey, Slots>,
     entries: Allowances,
     walks: Walks,
@@ -129,7 +129,7 @@ struct Cache {
     combos: FastMap<(u32, u64), Arc<[RuleRef]>>,
 }
 
-impl Cache {
+impl VerdictCache {
     /// The rules (`policy`, index) behind `matched`, shared between flows: one rule's list is
     /// prebuilt, a combination is built once per allowance and kept.
     fn rule_list(&mut self, entry: u32, matched: Matched) -> Arc<[RuleRef]> {
@@ -176,7 +176,7 @@ pub struct PolicyEngine {
     pub(crate) tiers: TierIndex,
     /// Where CNI-specific policies may apply.
     pub(crate) cni: CniIndex,
-    cache: Mutex<Cache>,
+    cache: Mutex<VerdictCache>,
     empty: Arc<[RuleRef]>,
 }
 
@@ -322,7 +322,7 @@ impl PolicyEngine {
             np_deny,
             tiers,
             cni,
-            cache: Mutex::new(Cache::default()),
+            cache: Mutex::new(VerdictCache::default()),
             empty: Arc::from(Vec::new()),
         };
         (engine, errors)
@@ -434,8 +434,8 @@ impl PolicyEngine {
         let pod = match peer {
             Peer::Pod { namespace, name } => self.cluster.pod_id(namespace, name)?,
             Peer::Ip(ip) => match self.cluster.endpoint_of(*ip) {
-                Endpoint::Pod(p) | Endpoint::HostPod(p) => p,
-                Endpoint::Node(_) | Endpoint::External => return None,
+                AddressOwner::Pod(p) | AddressOwner::HostPod(p) => p,
+                AddressOwner::Node(_) | AddressOwner::External => return None,
             },
         };
         Some(&self.cluster.namespaces[self.cluster.pod(pod).ns as usize].name)
@@ -468,7 +468,7 @@ impl PolicyEngine {
             })
             .or_else(|| primary(src_ep.1).map(|ip| ip.is_ipv6()))
             .or_else(|| primary(dst_ep.1).map(|ip| ip.is_ipv6()));
-        let end = |peer: &Peer, (ep, pod): (Endpoint, Option<PodId>)| -> End {
+        let end = |peer: &Peer, (ep, pod): (AddressOwner, Option<PodId>)| -> End {
             let ip = match (peer, pod) {
                 (Peer::Ip(ip), _) => Some(ip.to_canonical()),
                 (Peer::Pod { .. }, Some(p)) => {
@@ -486,7 +486,7 @@ impl PolicyEngine {
     }
 
     /// The endpoint of a peer, and the pod when it was named by name.
-    fn resolve_peer(&self, peer: &Peer) -> Result<(Endpoint, Option<PodId>), PolicyError> {
+    fn resolve_peer(&self, peer: &Peer) -> Result<(AddressOwner, Option<PodId>), PolicyError> {
         match peer {
             Peer::Ip(ip) => Ok((self.cluster.endpoint_of(*ip), None)),
             Peer::Pod { namespace, name } => {
@@ -495,16 +495,16 @@ impl PolicyEngine {
                     .pod_id(namespace, name)
                     .ok_or_else(|| PolicyError::UnknownPod(format!("{namespace}/{name}")))?;
                 let ep = if self.cluster.pod(id).host_network {
-                    Endpoint::HostPod(id)
+                    AddressOwner::HostPod(id)
                 } else {
-                    Endpoint::Pod(id)
+                    AddressOwner::Pod(id)
                 };
                 Ok((ep, Some(id)))
             }
         }
     }
 
-    fn lock_cache(&self) -> MutexGuard<'_, Cache> {
+    fn lock_cache(&self) -> MutexGuard<'_, VerdictCache> {
         // A panic while holding the lock cannot leave a half-written entry (inserts are
         // atomic from the map's point of view), so a poisoned cache is still sound.
         crate::sync::lock(&self.cache)
@@ -519,14 +519,14 @@ impl PolicyEngine {
     ) -> FlowVerdict {
         let mut cache = self.lock_cache();
         let egress = match src.ep {
-            Endpoint::Pod(p) => self.cni_mark(
+            AddressOwner::Pod(p) => self.cni_mark(
                 p,
                 self.side(&mut cache, Direction::Egress, p, dst, port, protocol),
             ),
             other => self.not_applicable(other),
         };
         let ingress = match dst.ep {
-            Endpoint::Pod(p) => self.cni_mark(
+            AddressOwner::Pod(p) => self.cni_mark(
                 p,
                 self.side(&mut cache, Direction::Ingress, p, src, port, protocol),
             ),
@@ -557,11 +557,11 @@ impl PolicyEngine {
         &self.cni.counts
     }
 
-    fn not_applicable(&self, ep: Endpoint) -> SideResult {
+    fn not_applicable(&self, ep: AddressOwner) -> SideResult {
         let reason = match ep {
-            Endpoint::HostPod(_) => SideReason::HostNetwork,
-            Endpoint::Node(_) => SideReason::Node,
-            Endpoint::External | Endpoint::Pod(_) => SideReason::External,
+            AddressOwner::HostPod(_) => SideReason::HostNetwork,
+            AddressOwner::Node(_) => SideReason::Node,
+            AddressOwner::External | AddressOwner::Pod(_) => SideReason::External,
         };
         self.result(SideVerdict::NotApplicable, reason, None)
     }
@@ -610,7 +610,7 @@ impl PolicyEngine {
     #[allow(clippy::too_many_arguments)]
     fn side(
         &self,
-        cache: &mut Cache,
+        cache: &mut VerdictCache,
         dir: Direction,
         subject: PodId,
         peer: End,
@@ -712,14 +712,14 @@ impl PolicyEngine {
 
     /// The cached allowance and tier walks of `key`, compiled from the policies selecting the
     /// identity on first use.
-    fn allowance(&self, cache: &mut Cache, key: AllowKey, subject: PodId) -> Slots {
+    fn allowance(&self, cache: &mut VerdictCache, key: AllowKey, subject: PodId) -> Slots {
         if let Some(e) = cache.index.get(&key) {
             return *e;
         }
         if cache.entries.len() >= CACHE_CAPACITY
             || cache.entries.rules.len() + cache.walks.rule_count() >= CACHE_RULES_CAPACITY
         {
-            *cache = Cache::default();
+            *cache = VerdictCache::default();
         }
         let selecting = self.identities[key.identity as usize].selecting(key.dir);
         let ports = &self.cluster.pod(subject).ports;
@@ -780,13 +780,14 @@ impl PolicyEngine {
             // Only pods with their own network are selected by selectors; a host-network
             // pod's traffic is its node's.
             PeerTest::Pods(set) => match peer.ep {
-                Endpoint::Pod(p) => {
+                AddressOwner::Pod(p) => {
                     self.pod_sets[*set as usize].contains(self.pod_identity[p as usize])
                 }
                 _ => false,
             },
             PeerTest::Block(block) => {
-                if matches!(peer.ep, Endpoint::Pod(_)) && !self.options.ipblock_matches_pod_ips {
+                if matches!(peer.ep, AddressOwner::Pod(_)) && !self.options.ipblock_matches_pod_ips
+                {
                     return false;
                 }
                 peer.ip.is_some_and(|ip| block.matches(ip))
@@ -798,8 +799,8 @@ impl PolicyEngine {
     /// node it runs on (including host-network pods of that node).
     pub(crate) fn always_allowed(&self, subject: PodId, peer: End) -> Option<SideReason> {
         match peer.ep {
-            Endpoint::Pod(p) if p == subject => Some(SideReason::Loopback),
-            Endpoint::Node(_) | Endpoint::HostPod(_) => {
+            AddressOwner::Pod(p) if p == subject => Some(SideReason::Loopback),
+            AddressOwner::Node(_) | AddressOwner::HostPod(_) => {
                 let own = self.cluster.pod(subject).node;
                 (own.is_some() && self.cluster.node_of(peer.ep) == own)
                     .then_some(SideReason::OwnNode)
@@ -820,7 +821,7 @@ impl PolicyEngine {
     ) -> &[NamedPort] {
         match (dir, peer.ep) {
             (Direction::Ingress, _) => &self.cluster.pod(subject).ports,
-            (Direction::Egress, Endpoint::Pod(p)) => &self.cluster.pod(p).ports,
+            (Direction::Egress, AddressOwner::Pod(p)) => &self.cluster.pod(p).ports,
             (Direction::Egress, _) => &[],
         }
     }
@@ -849,7 +850,7 @@ impl PolicyEngine {
             } => {
                 // Only pods with their own network are selected by selectors; a host-network
                 // pod's traffic is its node's.
-                let Endpoint::Pod(p) = peer.ep else {
+                let AddressOwner::Pod(p) = peer.ep else {
                     return false;
                 };
                 let pod = self.cluster.pod(p);
@@ -862,7 +863,8 @@ impl PolicyEngine {
                 ns_ok && pods.matches(&pod.labels)
             }
             PeerMatcher::Block(block) => {
-                if matches!(peer.ep, Endpoint::Pod(_)) && !self.options.ipblock_matches_pod_ips {
+                if matches!(peer.ep, AddressOwner::Pod(_)) && !self.options.ipblock_matches_pod_ips
+                {
                     return false;
                 }
                 peer.ip.is_some_and(|ip| block.matches(ip))

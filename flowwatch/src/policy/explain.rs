@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::cluster::Endpoint;
+use super::cluster::AddressOwner;
 use super::compile::Direction;
 use super::engine::{rule_port, End, PolicyEngine};
 use super::tier_walk::{admits, rule_port as tier_rule_port};
@@ -165,10 +165,12 @@ impl PolicyEngine {
     fn describe(&self, end: End) -> String {
         let ip = end.ip.map(|ip| format!(" ({ip})")).unwrap_or_default();
         match end.ep {
-            Endpoint::Pod(p) => format!("pod {}{ip}", self.cluster.pod_label(p)),
-            Endpoint::HostPod(p) => format!("host-network pod {}{ip}", self.cluster.pod_label(p)),
-            Endpoint::Node(n) => format!("node {}{ip}", self.cluster.nodes[n as usize].name),
-            Endpoint::External => match end.ip {
+            AddressOwner::Pod(p) => format!("pod {}{ip}", self.cluster.pod_label(p)),
+            AddressOwner::HostPod(p) => {
+                format!("host-network pod {}{ip}", self.cluster.pod_label(p))
+            }
+            AddressOwner::Node(n) => format!("node {}{ip}", self.cluster.nodes[n as usize].name),
+            AddressOwner::External => match end.ip {
                 Some(ip) => format!("external {ip}"),
                 None => "external".into(),
             },
@@ -202,7 +204,7 @@ impl PolicyEngine {
             skipped_cluster_policies: Vec::new(),
             cni_policy_present: result.cni_policy_present,
         };
-        let Endpoint::Pod(pod) = subject.ep else {
+        let AddressOwner::Pod(pod) = subject.ep else {
             return side;
         };
         side.pod = Some(self.cluster.pod_label(pod));

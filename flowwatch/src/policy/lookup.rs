@@ -1,7 +1,7 @@
 //! Read-only questions about what an engine was built from, for the offline tools that name
 //! workloads and ports (`policy eval` with a named port, `policy diff`'s port list).
 
-use super::cluster::Endpoint;
+use super::cluster::AddressOwner;
 use super::engine::PolicyEngine;
 use super::ports::PortSpec;
 use super::tiered::TierPort;
@@ -48,7 +48,7 @@ impl PolicyEngine {
         let pod = match peer {
             Peer::Pod { namespace, name } => self.cluster.pod_id(namespace, name),
             Peer::Ip(ip) => match self.cluster.endpoint_of(*ip) {
-                Endpoint::Pod(p) | Endpoint::HostPod(p) => Some(p),
+                AddressOwner::Pod(p) | AddressOwner::HostPod(p) => Some(p),
                 _ => None,
             },
         };

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::cluster::Endpoint;
+use super::cluster::AddressOwner;
 use super::compile::Direction;
 use super::engine::{End, PolicyEngine};
 use super::ports::NamedPort;
@@ -173,7 +173,7 @@ impl PolicyEngine {
         match peer {
             // Only pods with their own network; a host-network pod is its node.
             TierPeer::Pods { id, .. } => match end.ep {
-                Endpoint::Pod(p) => {
+                AddressOwner::Pod(p) => {
                     self.tiers.pod_sets[*id as usize].contains(self.pod_identity[p as usize])
                 }
                 _ => false,
@@ -181,15 +181,15 @@ impl PolicyEngine {
             TierPeer::Nodes { id, .. } => {
                 let set = &self.tiers.node_sets[*id as usize];
                 match end.ep {
-                    Endpoint::Node(_) | Endpoint::HostPod(_) => self
+                    AddressOwner::Node(_) | AddressOwner::HostPod(_) => self
                         .cluster
                         .node_of(end.ep)
                         .is_some_and(|n| set.contains(n)),
-                    Endpoint::External => end
+                    AddressOwner::External => end
                         .ip
                         .and_then(|ip| self.tiers.external_node_ips.get(&ip))
                         .is_some_and(|n| set.contains(*n)),
-                    Endpoint::Pod(_) => false,
+                    AddressOwner::Pod(_) => false,
                 }
             }
             TierPeer::Networks(nets) => end

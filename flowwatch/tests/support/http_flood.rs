@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use flowwatch::http::{self, HttpLimits, HttpState, Readiness};
 use flowwatch::metrics::{
-    CniPresence, Endpoint, FlowEdge, Metrics, MetricsConfig, TierLabel, Verdict, WorkloadKind,
+    CniPresence, EdgeEnd, FlowEdge, Metrics, MetricsConfig, TierLabel, Verdict, WorkloadKind,
 };
 use flowwatch::model::{Counters, Outcome, Protocol};
 use tokio_util::sync::CancellationToken;
@@ -45,12 +45,12 @@ pub fn raise_fd_limit() -> u64 {
 
 fn edge(i: usize) -> FlowEdge {
     FlowEdge {
-        src: Endpoint::workload(
+        src: EdgeEnd::workload(
             format!("team-{:03}", i % 100),
             format!("service-{:04}", i / 100),
             WorkloadKind::Deployment,
         ),
-        dst: Endpoint::workload(
+        dst: EdgeEnd::workload(
             format!("platform-{}", i % 10),
             format!("api-{}", i % 7),
             WorkloadKind::Deployment,
