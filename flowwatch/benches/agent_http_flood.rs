@@ -22,7 +22,10 @@ mod support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use http_flood::*;
+use http_flood::{
+    concurrent_scrapes, get, held, load_average, max_and_p99, non_readers, raise_fd_limit,
+    reset_peak_rss, status_kib, wait_closed, HealthProbes,
+};
 use support::agent::Agent;
 use support::netns::Node;
 use support::prometheus::{Job, Prometheus, Scrapes};
@@ -61,7 +64,7 @@ fn fill_edges(node: &Node, edges: u16) {
 
 /// Waits until the exposition stops growing (the flows ended and were counted); its size.
 fn settled_exposition(addr: &str) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     let mut last = 0;
     loop {
         std::thread::sleep(Duration::from_secs(3));
@@ -173,7 +176,7 @@ fn main() {
     let prom = Prometheus::start(&[Job::new("agent", &[&addr]).interval(SCRAPE_EVERY)], &[]);
     prom.wait_for(
         "scrape_samples_scraped{job=\"agent\"}",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         |s| s.len() == 1,
     );
     // Idle: the agent as Prometheus scrapes it, after two more of its scrapes.

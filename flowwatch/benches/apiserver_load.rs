@@ -88,7 +88,7 @@ async fn proxy(upstream: u16, cancel: CancellationToken) -> (String, Counted) {
     tokio::spawn(async move {
         loop {
             let (client, _) = tokio::select! {
-                _ = cancel.cancelled() => return,
+                () = cancel.cancelled() => return,
                 a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
             };
             let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
@@ -129,7 +129,7 @@ async fn requests(api: &ApiServer) -> (f64, f64, f64) {
 /// CPU seconds (user + system) of a process.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
@@ -261,7 +261,7 @@ async fn one_agent_sync(
     let started = Instant::now();
     let w = ClusterWatch::start(client, opts(strategy), cancel.clone());
     assert!(
-        w.wait_synced(Duration::from_secs(300)).await,
+        w.wait_synced(Duration::from_mins(5)).await,
         "one agent did not sync: {:?}",
         w.status().report()
     );
@@ -302,7 +302,7 @@ async fn many_agents(api: &ApiServer, agents: usize, strategy: ListStrategy, row
         .collect();
     let mut synced_at = Vec::with_capacity(agents);
     for w in &watches {
-        let left = Duration::from_secs(300).saturating_sub(started.elapsed());
+        let left = Duration::from_mins(5).saturating_sub(started.elapsed());
         assert!(
             w.wait_synced(left).await,
             "an agent did not sync within 300 s: {:?}",
@@ -350,7 +350,7 @@ async fn run() {
     let down = |i: usize| synced[i].2.total().1;
 
     // At rest: watch restarts (kube-rs's 290 s server-side timeout) and bookmarks only.
-    let rest = Duration::from_secs(120);
+    let rest = Duration::from_mins(2);
     let before = [down(0), down(1)];
     tokio::time::sleep(rest).await;
     for (i, strategy) in [ListStrategy::Paged, ListStrategy::Streaming]

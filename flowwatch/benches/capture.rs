@@ -144,7 +144,7 @@ fn drive(pod: &Pod, addr: SocketAddr, duration: Duration, rate: u64) -> u64 {
 fn proc_cpu_seconds(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name: utime is 14th, stime 15th overall.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
@@ -252,7 +252,7 @@ fn median(values: &[f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
     if v.len().is_multiple_of(2) {
-        (v[mid - 1] + v[mid]) / 2.0
+        f64::midpoint(v[mid - 1], v[mid])
     } else {
         v[mid]
     }
@@ -354,7 +354,7 @@ fn main() {
         let run = flat_out_with(&agent, client, addr, secs);
         agent.stop();
         offs.push(without());
-        let around = (offs[offs.len() - 2] + offs[offs.len() - 1]) / 2.0;
+        let around = f64::midpoint(offs[offs.len() - 2], offs[offs.len() - 1]);
         (run, around, kernel_losses(&agent))
     };
     let (mut deployed, mut hooks_only) = (Rounds::default(), Rounds::default());
@@ -422,8 +422,8 @@ fn main() {
     let off_kernel = without();
     println!(
         "capture: with a flow log {with_log:.0}/s (ratio {:.3}); kernel programs only {kernel_only:.0}/s (ratio {:.3}); without agent {off_log:.0}/s {off_kernel:.0}/s",
-        with_log / ((last_off + off_log) / 2.0),
-        kernel_only / ((off_log + off_kernel) / 2.0),
+        with_log / f64::midpoint(last_off, off_log),
+        kernel_only / f64::midpoint(off_log, off_kernel),
     );
 
     // BPF run-time accounting costs a little on every program run: only for the last two runs.

@@ -121,7 +121,7 @@ fn run_agent(kubeconfig: &std::path::Path, kube: bool) -> String {
         .spawn()
         .expect("spawning flowwatch");
     let mut ready = None;
-    while started.elapsed() < Duration::from_secs(60) {
+    while started.elapsed() < Duration::from_mins(1) {
         if readyz(&listen) == Some(200) {
             ready = Some(started.elapsed());
             break;
@@ -192,7 +192,7 @@ fn child(kubeconfig: &str) {
         let client = Client::try_from(config).unwrap();
         let cancel = CancellationToken::new();
         let w = ClusterWatch::start(client, WatchOptions::default(), cancel.clone());
-        assert!(w.wait_synced(Duration::from_secs(120)).await, "no sync");
+        assert!(w.wait_synced(Duration::from_mins(2)).await, "no sync");
         let synced = t0.elapsed();
         let rss_synced = rss_mb();
         let view = w.current();

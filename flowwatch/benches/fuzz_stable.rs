@@ -56,7 +56,7 @@ const TOKENS: [&[u8]; 20] = [
 ];
 
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8]) {
-    for _ in 0..1 + rng.below(4) {
+    for _ in 0..=rng.below(4) {
         let len = input.len();
         match rng.below(8) {
             0 if len > 0 => {
@@ -141,7 +141,7 @@ fn main() {
             mutate(&mut rng, &mut input, &other);
             let t = Instant::now();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                harness(&fixture, &input)
+                harness(&fixture, &input);
             }));
             let took = t.elapsed();
             slowest = slowest.max(took);

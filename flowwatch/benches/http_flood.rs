@@ -21,7 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowwatch::http::HttpLimits;
-use http_flood::*;
+use http_flood::{
+    concurrent_scrapes, get, held, non_readers, raise_fd_limit, reset_peak_rss,
+    slowest_health_probe, status_kib, wait_closed, Server,
+};
 
 const SERVER_ENV: &str = "FLOWWATCH_HTTP_FLOOD_SERVER";
 const EDGES: usize = 6_000;

@@ -66,20 +66,20 @@ fn scrape(c: &mut Criterion) {
     let mut g = c.benchmark_group("scrape");
     g.sample_size(20);
     g.bench_function("openmetrics_50k_series", |b| {
-        b.iter(|| black_box(encode_openmetrics(&registry).unwrap()))
+        b.iter(|| black_box(encode_openmetrics(&registry).unwrap()));
     });
     g.bench_function("prometheus_text_50k_series", |b| {
-        b.iter(|| black_box(encode_prometheus_text(&registry).unwrap()))
+        b.iter(|| black_box(encode_prometheus_text(&registry).unwrap()));
     });
     g.bench_function("prometheus_text_via_a_second_copy", |b| {
         b.iter(|| {
             black_box(openmetrics_to_prometheus_text(
                 &encode_openmetrics(&registry).unwrap(),
             ))
-        })
+        });
     });
     g.bench_function("openmetrics_to_text_conversion_only", |b| {
-        b.iter(|| black_box(openmetrics_to_prometheus_text(&text)))
+        b.iter(|| black_box(openmetrics_to_prometheus_text(&text)));
     });
     g.finish();
 }
@@ -108,13 +108,13 @@ fn record(c: &mut Criterion) {
                 &Counters::default(),
                 SEC,
             );
-        })
+        });
     });
     g.bench_function("traffic_delta_existing_series", |b| {
         b.iter(|| {
             i = (i + 1) % edges.len();
             m.record_flow(black_box(&edges[i]), None, &delta, SEC);
-        })
+        });
     });
     let uncovered: Vec<FlowEdge> = (0..1_000)
         .map(|i| FlowEdge {
@@ -135,7 +135,7 @@ fn record(c: &mut Criterion) {
                 &delta,
                 SEC,
             );
-        })
+        });
     });
     // New series: admission into the budget (fresh catalogue per batch).
     g.bench_function("connection_new_series", |b| {
@@ -152,7 +152,7 @@ fn record(c: &mut Criterion) {
                 }
             },
             BatchSize::SmallInput,
-        )
+        );
     });
     g.finish();
 }

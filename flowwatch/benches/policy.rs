@@ -282,7 +282,7 @@ fn bench_build(c: &mut Criterion, inv: &Inventory) {
     let mut g = c.benchmark_group("policy_build");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.bench_function("10k_pods_2k_policies", |b| {
-        b.iter(|| black_box(PolicyEngine::build(inv, PolicyOptions::default())))
+        b.iter(|| black_box(PolicyEngine::build(inv, PolicyOptions::default())));
     });
     g.finish();
 }
@@ -305,7 +305,7 @@ fn bench_evaluate(c: &mut Criterion, inv: &Inventory) {
             for (s, d, p, proto) in &batch {
                 black_box(engine.evaluate_ips(*s, *d, *p, *proto));
             }
-        })
+        });
     });
 
     // Cold: a fresh engine per sample (build not timed), so every distinct verdict is
@@ -321,7 +321,7 @@ fn bench_evaluate(c: &mut Criterion, inv: &Inventory) {
                 fresh
             },
             BatchSize::PerIteration,
-        )
+        );
     });
 
     // By name (the CLI's path): two name lookups instead of address lookups.
@@ -346,7 +346,7 @@ fn bench_evaluate(c: &mut Criterion, inv: &Inventory) {
             for (s, d) in &named {
                 black_box(engine.evaluate(s, d, 8080, Protocol::Tcp).ok());
             }
-        })
+        });
     });
     g.finish();
 }
@@ -360,7 +360,7 @@ fn thread_cpu() -> f64 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 

@@ -208,7 +208,7 @@ fn event_orders(round: u64, clients: &[Pod], addr: SocketAddr, secs: Duration, t
         .flat_map(|pod| drive(pod, addr, secs, threads))
         .collect();
     let mut events = Vec::new();
-    while !handles.iter().all(|h| h.is_finished()) {
+    while !handles.iter().all(std::thread::JoinHandle::is_finished) {
         source.drain_events(&mut events).expect("draining events");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -429,7 +429,7 @@ fn main() {
     }
     let minutes = env_u64("FLOWWATCH_SOAK_MINUTES", 30).max(1);
     let run = Duration::from_secs(minutes * 60);
-    let warm_up = (run / 5).max(Duration::from_secs(60));
+    let warm_up = (run / 5).max(Duration::from_mins(1));
     let node = Node::new(PODS);
     let server = &node.pods[SERVER];
     let at = |port| SocketAddr::new(server.ipv4.into(), port);
@@ -608,7 +608,7 @@ fn main() {
 
     // RSS after warm-up.
     let after: Vec<&Scrape> = scrapes.iter().filter(|s| s.at >= warm_up).collect();
-    let minute = Duration::from_secs(60);
+    let minute = Duration::from_mins(1);
     let first: Vec<u64> = after
         .iter()
         .filter(|s| s.at < warm_up + minute)
@@ -645,7 +645,7 @@ fn main() {
     println!(
         "soak: {} scrapes; at most {max_series} series in one edge family (budget {SERIES_BUDGET}), {} series in all at the end",
         scrapes.len(),
-        scrapes.last().map(|s| s.series_total).unwrap_or(0)
+        scrapes.last().map_or(0, |s| s.series_total)
     );
     if max_series as usize > SERIES_BUDGET + 1 {
         failures.push(format!(
@@ -698,8 +698,7 @@ fn main() {
         }
     }
     println!(
-        "soak: {} snapshot versions, {churned} pods replaced with their addresses reused",
-        version
+        "soak: {version} snapshot versions, {churned} pods replaced with their addresses reused"
     );
     if failures.is_empty() {
         println!("soak: PASSED ({minutes} min)");

@@ -22,7 +22,7 @@ fn unusable_objects_are_logged_and_counted_and_the_rest_works() {
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("cluster.yaml");
-    let unusable = r#"- apiVersion: v1
+    let unusable = r"- apiVersion: v1
   kind: Pod
   metadata: {name: odd, namespace: app}
   spec: {containers: [{name: o, image: x}]}
@@ -43,7 +43,7 @@ fn unusable_objects_are_logged_and_counted_and_the_rest_works() {
   spec:
     podSelector: {matchLabels: {app: server}}
     ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]
-"#;
+";
     std::fs::write(
         &snapshot,
         support::snapshot::client_and_server(client, server, unusable),

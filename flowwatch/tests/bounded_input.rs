@@ -18,14 +18,14 @@ fn thread_cpu() -> Duration {
         tv_nsec: 0,
     };
     // SAFETY: valid pointer; this clock always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let start = thread_cpu();
     let out = f();
-    (out, thread_cpu() - start)
+    (out, thread_cpu().checked_sub(start).unwrap())
 }
 
 const MB: usize = 1024 * 1024;

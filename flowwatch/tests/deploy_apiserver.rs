@@ -44,7 +44,7 @@ fn helm() -> Result<PathBuf, String> {
 /// Stand-ins for the Prometheus Operator CRDs: the real group, kinds and scope, with an open
 /// schema. They prove the objects are well-formed Kubernetes objects of those kinds; the
 /// operator's own schema is not checked here.
-const MONITORING_CRDS: &str = r#"
+const MONITORING_CRDS: &str = r"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
@@ -124,7 +124,7 @@ spec:
                             for: {type: string}
                             labels: {type: object, additionalProperties: {type: string}}
                             annotations: {type: object, additionalProperties: {type: string}}
-"#;
+";
 
 struct Kubectl<'a> {
     api: &'a ApiServer,

@@ -300,21 +300,20 @@ fn seconds(duration: &str) -> u64 {
     let mut total = 0;
     let mut number = 0;
     for c in duration.chars() {
-        match c.to_digit(10) {
-            Some(d) => number = number * 10 + u64::from(d),
-            None => {
-                let unit = match c {
-                    's' => 1,
-                    'm' => 60,
-                    'h' => 3600,
-                    'd' => 86_400,
-                    'w' => 604_800,
-                    'y' => 31_536_000,
-                    _ => panic!("{duration:?}: unit {c:?}"),
-                };
-                total += number * unit;
-                number = 0;
-            }
+        if let Some(d) = c.to_digit(10) {
+            number = number * 10 + u64::from(d)
+        } else {
+            let unit = match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                'w' => 604_800,
+                'y' => 31_536_000,
+                _ => panic!("{duration:?}: unit {c:?}"),
+            };
+            total += number * unit;
+            number = 0;
         }
     }
     total
@@ -447,7 +446,7 @@ fn the_variable_scanner_finds_every_form_and_skips_builtins() {
     );
     let want: BTreeSet<String> = ["cluster", "node", "workload"]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     assert_eq!(got, want);
 }

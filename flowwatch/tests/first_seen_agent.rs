@@ -73,7 +73,7 @@ fn snapshot(node: &Node, gen: u32) -> String {
         )
     };
     format!(
-        r#"apiVersion: v1
+        r"apiVersion: v1
 kind: List
 items:
 - {{apiVersion: v1, kind: Namespace, metadata: {{name: app, labels: {{kubernetes.io/metadata.name: app}}}}}}
@@ -89,7 +89,7 @@ items:
     - {{apiVersion: apps/v1, kind: StatefulSet, name: db, uid: sts-db, controller: true}}
   spec: {{containers: [{{name: c, image: x}}]}}
   status: {{podIP: {db}, podIPs: [{{ip: {db}}}]}}
-"#,
+",
         deployment("web", ip(web), "q"),
         deployment("worker", ip(worker), "q"),
         deployment("api", ip(1), "q"),
@@ -281,15 +281,12 @@ fn new_pairs_and_ports_are_flagged_and_rollouts_and_agent_restarts_are_not() {
         write_snapshot(&snap, &snapshot(&node, gen));
         let corrupt = gen == 15;
         if gen % 5 == 0 {
-            match gen {
-                10 => {
-                    // Killed: the state was saved when the edges were first seen.
-                    agent.kill9();
-                }
-                _ => {
-                    let (status, _) = agent.stop();
-                    assert!(status.success(), "{status}\n{}", agent.stderr());
-                }
+            if gen == 10 {
+                // Killed: the state was saved when the edges were first seen.
+                agent.kill9();
+            } else {
+                let (status, _) = agent.stop();
+                assert!(status.success(), "{status}\n{}", agent.stderr());
             }
             if corrupt {
                 // Quiet from here on because Prometheus saw the edges, not because the rules

@@ -47,7 +47,7 @@ fn every_target_has_a_seed_corpus_and_every_corpus_a_target() {
         .collect();
     dirs.sort();
     let mut sorted = targets.clone();
-    sorted.sort();
+    sorted.sort_unstable();
     assert_eq!(
         dirs, sorted,
         "fuzz/corpus folders and fuzzing::TARGETS differ"

@@ -125,7 +125,9 @@ fn assert_health_fast(probes: Result<Vec<Duration>, String>, what: &str) {
 
 #[test]
 fn non_reading_clients_share_one_exposition_and_are_dropped_when_they_stall() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     raise_fd_limit();
     let limits = HttpLimits {
         write_stall_timeout: Duration::from_secs(15),
@@ -226,7 +228,9 @@ fn non_reading_clients_share_one_exposition_and_are_dropped_when_they_stall() {
 
 #[test]
 fn held_connections_are_bounded_and_timed_out_and_health_still_answers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     raise_fd_limit();
     let limits = HttpLimits {
         max_connections: 64,
@@ -264,7 +268,9 @@ fn held_connections_are_bounded_and_timed_out_and_health_still_answers() {
 #[test]
 fn a_kept_alive_idle_connection_is_closed_after_the_idle_timeout() {
     use std::io::{Read, Write};
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let limits = HttpLimits {
         header_read_timeout: Duration::from_secs(1),
         ..HttpLimits::default()
@@ -288,7 +294,9 @@ fn a_kept_alive_idle_connection_is_closed_after_the_idle_timeout() {
 #[test]
 fn slow_clients_of_every_shape_are_closed_within_their_timeouts() {
     use std::io::Write;
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let limits = HttpLimits {
         header_read_timeout: Duration::from_secs(2),
         write_stall_timeout: Duration::from_secs(2),
@@ -354,7 +362,9 @@ fn slow_clients_of_every_shape_are_closed_within_their_timeouts() {
 /// around it; once in six runs of the release bench a probe was reset).
 #[test]
 fn a_probe_amid_a_burst_beyond_the_cap_is_answered() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     raise_fd_limit();
     let limits = HttpLimits {
         max_connections: 32,

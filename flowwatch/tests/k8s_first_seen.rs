@@ -94,7 +94,7 @@ fn rollouts_through_the_api_server_and_agent_restarts_make_no_edge_new() {
                 )
                 .await;
             }
-        })
+        });
     };
     rt.block_on(async {
         create_namespace(&admin, "shop", json!({})).await;

@@ -24,7 +24,10 @@ async fn sync_with(extra_args: &[&str], strategy: ListStrategy) -> (f64, f64) {
         .with_test_writer()
         .try_init();
     let api = ApiServer::start_with(ApiServerOptions {
-        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        extra_args: extra_args
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
         ..Default::default()
     })
     .await;

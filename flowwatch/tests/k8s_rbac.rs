@@ -122,7 +122,7 @@ async fn allowed(
     };
     let api: Api<SubjectAccessReview> = Api::all(admin.clone());
     let out = api.create(&PostParams::default(), &sar).await.unwrap();
-    out.status.map(|s| s.allowed).unwrap_or(false)
+    out.status.is_some_and(|s| s.allowed)
 }
 
 /// Every (group, resource or resource/subresource, verb) the server offers.

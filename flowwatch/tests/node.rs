@@ -317,8 +317,10 @@ fn status_field(status: &str, key: &str) -> String {
     status
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("{key} missing in /proc/<pid>/status"))
+        .map_or_else(
+            || panic!("{key} missing in /proc/<pid>/status"),
+            |v| v.trim().to_string(),
+        )
 }
 
 fn check_the_agents_privileges(node: &Node) {
@@ -425,7 +427,7 @@ fn start_the_matrix_pods(node: &Node) -> BTreeMap<PodRef, String> {
     ));
     let started = Instant::now();
     // The namespaces' ServiceAccounts come from the controller-manager, asynchronously.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         match node.apply(&manifest) {
             Ok(_) => break,
@@ -559,7 +561,7 @@ fn wait_until_enforced(node: &Node, ips: &BTreeMap<PodRef, String>) {
 }
 
 fn wait_for(node: &Node, agent_pod: &str, what: &str, ok: impl Fn(&[Sample]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         if ok(&scrape(node, agent_pod)) {
             return;
@@ -732,7 +734,7 @@ fn compare_edges(
     let mut got;
     loop {
         got = counted(before, &scrape(node, agent_pod), pods);
-        if total(&got) >= results.len() as f64 || started.elapsed() > Duration::from_secs(120) {
+        if total(&got) >= results.len() as f64 || started.elapsed() > Duration::from_mins(2) {
             break;
         }
         std::thread::sleep(Duration::from_secs(1));
@@ -791,7 +793,7 @@ fn a_cluster_ip_connection_is_named_to_its_backend(node: &Node, agent_pod: &str)
         .expect("cluster ip");
     // kube-proxy has programmed the Service's backend, and the agent knows the Service and its
     // EndpointSlice, before the one connection.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         let mut save = Command::new("iptables-save");
         enter(
@@ -838,7 +840,7 @@ fn a_cluster_ip_connection_is_named_to_its_backend(node: &Node, agent_pod: &str)
         port: 80,
         protocol: "TCP",
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     let got = loop {
         let after = scrape(node, agent_pod);
         let got = counted(&before, &after, &matrix::pods());

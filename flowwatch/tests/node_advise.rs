@@ -171,7 +171,7 @@ type Addresses = BTreeMap<Target, String>;
 fn start_the_app(node: &Node) -> Addresses {
     let manifest = app::manifests(flowwatch_testnode::images::AGNHOST_IMAGE);
     // The namespaces' ServiceAccounts come from the controller-manager, asynchronously.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         match node.apply(&manifest) {
             Ok(_) => break,
@@ -235,7 +235,7 @@ fn start_the_app(node: &Node) -> Addresses {
         .find(|t| t.via == Via::Service(0))
         .expect("api")]
         .clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     while !(matrix::connects(node, "shop", "deployment/web", &format!("{dns}:53"))
         && matrix::connects(node, "shop", "deployment/web", &format!("{api}:80")))
     {
@@ -418,7 +418,7 @@ fn wait_for_the_flow_records(flows: &Path, addresses: &Addresses) {
             return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_mins(1),
             "the flow log lacks recorded connections after 60 s: {counts:?}\n{}",
             records
                 .iter()

@@ -537,7 +537,7 @@ fn eval_agrees(form: &[&str]) {
         .iter()
         .zip(&expected)
         .filter(|(a, (_, verdict))| a["verdict"] != *verdict)
-        .map(|(a, (what, verdict))| format!("{what}: expected {verdict}, got {}", a))
+        .map(|(a, (what, verdict))| format!("{what}: expected {verdict}, got {a}"))
         .collect();
     assert!(
         wrong.is_empty(),

@@ -55,7 +55,10 @@ fn side(line: &Value, side: &str) -> (String, Vec<String>) {
 fn v(verdict: &str, policies: &[&str]) -> (String, Vec<String>) {
     (
         verdict.to_string(),
-        policies.iter().map(|s| s.to_string()).collect(),
+        policies
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
     )
 }
 
@@ -397,7 +400,7 @@ fn binary_honours_the_ipblock_option() {
     let snapshot = dir.path().join("cluster.yaml");
     std::fs::write(
         &snapshot,
-        r#"apiVersion: v1
+        r"apiVersion: v1
 kind: List
 items:
 - {apiVersion: v1, kind: Namespace, metadata: {name: x, labels: {kubernetes.io/metadata.name: x}}}
@@ -418,7 +421,7 @@ items:
   spec:
     podSelector: {matchLabels: {pod: a}}
     ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16}}]}]
-"#,
+",
     )
     .unwrap();
     let flow = r#"{"src": "y/b", "dst": "x/a", "port": 80}"#;
@@ -524,7 +527,7 @@ fn binary_explain_and_coverage() {
 /// A namespace `x` with pods `a` and `b`, plus `extra` (YAML documents).
 fn small_snapshot(extra: &str) -> String {
     format!(
-        r#"apiVersion: v1
+        r"apiVersion: v1
 kind: Namespace
 metadata: {{name: x}}
 ---
@@ -537,7 +540,7 @@ apiVersion: v1
 kind: Pod
 metadata: {{namespace: x, name: b, labels: {{pod: b}}}}
 status: {{podIP: 10.0.1.2}}
-{extra}"#
+{extra}"
     )
 }
 
@@ -656,14 +659,14 @@ fn a_good_copy_of_a_policy_wins_over_an_earlier_copy_that_did_not_decode() {
     let dir = tempfile::tempdir().unwrap();
     let policy = |end_port: &str| {
         format!(
-            r#"---
+            r"---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {{namespace: x, name: allow-b}}
 spec:
   podSelector: {{matchLabels: {{pod: a}}}}
   ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}], ports: [{{port: 80, endPort: {end_port}}}]}}]
-"#
+"
         )
     };
     let first = dir.path().join("first.yaml");
@@ -688,7 +691,7 @@ spec:
 #[test]
 fn a_policy_in_two_snapshot_files_is_applied_once() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = r#"---
+    let policy = r"---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {namespace: x, name: allow-b}
@@ -700,7 +703,7 @@ apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {namespace: x, name: bad}
 spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/40}}]}]}
-"#;
+";
     let first = dir.path().join("first.yaml");
     let second = dir.path().join("second.yaml");
     std::fs::write(&first, small_snapshot(policy)).unwrap();
@@ -941,7 +944,7 @@ fn cluster_policies_read_the_same_from_a_list_json_and_multi_document_yaml() {
 
 #[test]
 fn invalid_cluster_policies_are_reported_skipped_and_listed() {
-    let extra = r#"---
+    let extra = r"---
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
 metadata: {name: bad-cidr}
@@ -971,7 +974,7 @@ apiVersion: example.com/v1
 kind: ClusterNetworkPolicy
 metadata: {name: another-groups-kind}
 spec: {whatever: 1}
-"#;
+";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.yaml");
     std::fs::write(&path, small_snapshot(extra)).unwrap();
@@ -1044,7 +1047,7 @@ spec: {whatever: 1}
 fn cni_specific_policies_are_counted_and_mark_the_sides_they_may_affect() {
     // A CiliumNetworkPolicy in x and a Calico NetworkPolicy (same kind name as the core one,
     // another group) in y; x/a is also selected by a core NetworkPolicy.
-    let extra = r#"---
+    let extra = r"---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {namespace: x, name: l7}
@@ -1068,7 +1071,7 @@ apiVersion: v1
 kind: Pod
 metadata: {namespace: z, name: c}
 status: {podIP: 10.0.3.1}
-"#;
+";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.yaml");
     std::fs::write(&path, small_snapshot(extra)).unwrap();

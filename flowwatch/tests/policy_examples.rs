@@ -25,13 +25,12 @@ fn documented_commands(doc: &str, heading: &str) -> Vec<(String, String)> {
         } else if line == "```" {
             in_console = false;
         } else if in_console {
-            match line.strip_prefix("$ ") {
-                Some(cmd) => commands.push((cmd.to_string(), String::new())),
-                None => {
-                    let (_, out) = commands.last_mut().expect("output before any command");
-                    out.push_str(line);
-                    out.push('\n');
-                }
+            if let Some(cmd) = line.strip_prefix("$ ") {
+                commands.push((cmd.to_string(), String::new()))
+            } else {
+                let (_, out) = commands.last_mut().expect("output before any command");
+                out.push_str(line);
+                out.push('\n');
             }
         }
     }

@@ -112,7 +112,7 @@ impl World {
                     .into_iter()
                     .map(|(name, port, proto)| ContainerPort {
                         name: Some(name),
-                        container_port: port as i32,
+                        container_port: i32::from(port),
                         protocol: Some(proto.as_str().to_string()),
                         ..Default::default()
                     })
@@ -287,7 +287,7 @@ impl Reference<'_> {
             None => true,
             Some(IntOrString::Int(n)) => {
                 let end = port_rule.end_port.unwrap_or(*n);
-                (*n..=end).contains(&(port as i32))
+                (*n..=end).contains(&i32::from(port))
             }
             Some(IntOrString::String(name)) => dst.is_some_and(|p| {
                 pod_ports(p)
@@ -546,7 +546,7 @@ fn corrupt(p: &mut NetworkPolicy, c: Corruption) {
                     except: Some(vec!["11.0.0.0/8".into()]),
                 }),
                 ..Default::default()
-            })
+            });
         }
         Corruption::EndPortBelowPort => {
             r.ports
@@ -555,7 +555,7 @@ fn corrupt(p: &mut NetworkPolicy, c: Corruption) {
                     port: Some(IntOrString::Int(90)),
                     end_port: Some(80),
                     protocol: None,
-                })
+                });
         }
         Corruption::LowercaseProtocol => {
             r.ports
@@ -563,7 +563,7 @@ fn corrupt(p: &mut NetworkPolicy, c: Corruption) {
                 .push(NetworkPolicyPort {
                     protocol: Some("tcp".into()),
                     ..Default::default()
-                })
+                });
         }
         Corruption::EmptyPeer => r
             .from

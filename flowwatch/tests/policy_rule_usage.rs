@@ -29,7 +29,7 @@ const CLOSED_PORT: u16 = 7000;
 
 fn pod_yaml(name: &str, app: &str, ip: &Pod) -> String {
     format!(
-        r#"- apiVersion: v1
+        r"- apiVersion: v1
   kind: Pod
   metadata:
     name: {name}-0
@@ -38,7 +38,7 @@ fn pod_yaml(name: &str, app: &str, ip: &Pod) -> String {
     ownerReferences: [{{apiVersion: apps/v1, kind: StatefulSet, name: {name}, uid: u-{name}, controller: true}}]
   spec: {{nodeName: node-a, containers: [{{name: c, image: x}}]}}
   status: {{phase: Running, podIP: {ip}}}
-"#,
+",
         ip = ip.ipv4,
     )
 }
@@ -59,7 +59,7 @@ fn cluster(client: &Pod, server: &Pod, intruder: &Pod, with_guard: bool) -> Stri
         pod_yaml("intruder", "intruder", intruder),
     );
     y.push_str(&format!(
-        r#"---
+        r"---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {{namespace: shop, name: server-ingress}}
@@ -78,11 +78,11 @@ spec:
   podSelector: {{matchLabels: {{app: server}}}}
   ingress:
   - from: [{{podSelector: {{matchLabels: {{app: nobody}}}}}}]
-"#
+"
     ));
     if with_guard {
         y.push_str(
-            r#"---
+            r"---
 apiVersion: policy.networking.k8s.io/v1alpha1
 kind: AdminNetworkPolicy
 metadata: {name: guard}
@@ -92,7 +92,7 @@ spec:
   ingress:
   - {name: deny-intruder, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: intruder}}}}]}
   - {name: deny-nobody, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: nobody}}}}]}
-"#,
+",
         );
     }
     y

@@ -518,7 +518,7 @@ fn networks() -> impl Strategy<Value = Vec<(Ipv4Addr, u8)>> {
             (Ipv4Addr::new(10, 0, 0, 0), 16),
             (Ipv4Addr::new(10, 0, 1, 11), 32),
             (Ipv4Addr::new(192, 168, 0, 2), 32),
-            (Ipv4Addr::new(0, 0, 0, 0), 0),
+            (Ipv4Addr::UNSPECIFIED, 0),
             (Ipv4Addr::new(203, 0, 113, 0), 24),
         ]),
         1..3,
@@ -624,7 +624,7 @@ fn world() -> impl Strategy<Value = World> {
         ),
         prop::collection::vec(np(), 0..3),
         // Names: a permutation so that equal priorities are ordered by name, not position.
-        Just(()).prop_perturb(|_, mut rng| {
+        Just(()).prop_perturb(|(), mut rng| {
             let mut names: Vec<usize> = (0..5).collect();
             for i in (1..names.len()).rev() {
                 let j = (rng.next_u32() as usize) % (i + 1);

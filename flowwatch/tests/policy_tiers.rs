@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-const WORLD: &str = r#"
+const WORLD: &str = r"
 apiVersion: v1
 kind: List
 items:
@@ -39,12 +39,12 @@ items:
   metadata: {namespace: infra, name: agent, labels: {app: agent}}
   spec: {nodeName: node-3, hostNetwork: true, containers: [{name: c, ports: [{name: metrics, containerPort: 9100}]}]}
   status: {phase: Running, podIP: 192.168.0.3}
-"#;
+";
 
 /// Pods a and b of namespace `ns` (index `n`): a = 10.0.<n>.10, b = 10.0.<n>.11.
 fn pods(ns: &str, n: u8) -> String {
     format!(
-        r#"- apiVersion: v1
+        r"- apiVersion: v1
   kind: Pod
   metadata: {{namespace: {ns}, name: a, labels: {{app: web}}}}
   spec: {{nodeName: node-1, containers: [{{name: c, ports: [{{name: web, containerPort: 80}}, {{name: dns, containerPort: 53, protocol: UDP}}]}}]}}
@@ -54,7 +54,7 @@ fn pods(ns: &str, n: u8) -> String {
   metadata: {{namespace: {ns}, name: b, labels: {{app: db}}}}
   spec: {{nodeName: node-2, containers: [{{name: c, ports: [{{name: web, containerPort: 8080}}]}}]}}
   status: {{phase: Running, podIP: 10.0.{n}.11}}
-"#
+"
     )
 }
 

@@ -44,7 +44,7 @@ fn cluster_snapshot(web: &Pod, api: &Pod, db: &Pod) -> String {
 }
 
 /// The Git repository: the three workloads and their policies (api admits web; db admits api).
-const REPO: &str = r#"
+const REPO: &str = r"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web, namespace: shop}
@@ -85,17 +85,17 @@ metadata: {name: db-ingress, namespace: shop}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{from: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: pg}]}]
-"#;
+";
 
 /// The change under review: db admits web instead of api (a mistake the traffic reveals).
-const CHANGE: &str = r#"
+const CHANGE: &str = r"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: db-ingress, namespace: shop}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: pg}]}]
-"#;
+";
 
 fn whatif(dir: &Path, traffic: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flowwatch"))

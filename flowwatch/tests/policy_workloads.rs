@@ -164,7 +164,7 @@ fn workloads_of_a_cluster_snapshot_are_named_by_their_pods_owners() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("pods.yaml"),
-        r#"
+        r"
 kind: List
 items:
 - kind: Pod
@@ -186,7 +186,7 @@ items:
   spec:
     podSelector: {matchLabels: {app: web}}
     ingress: [{from: [{ipBlock: {cidr: 10.0.0.10/32}}]}]
-"#,
+",
     )
     .unwrap();
     let (out, _) = eval(

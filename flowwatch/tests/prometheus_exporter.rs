@@ -177,7 +177,7 @@ fn phase1(a: &Metrics, b: &Metrics, s: &Scenario) {
 
     b.set_interfaces_attached(0);
     b.set_map_fill(KernelMap::Flows, 0.95);
-    b.set_watch_staleness(WatchedKind::NetworkPolicy, Duration::from_secs(600));
+    b.set_watch_staleness(WatchedKind::NetworkPolicy, Duration::from_mins(10));
     b.set_invalid_policies(2);
     b.add_events_lost(LossReason::RingbufFull, 0);
 }
@@ -641,7 +641,7 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
             match prom.query(q) {
                 Ok(r) if r.is_empty() => failures.push(format!("{what}: no data for {q}")),
                 Ok(r) if r.iter().all(|s| s.value.is_nan()) => {
-                    failures.push(format!("{what}: only NaN for {q}"))
+                    failures.push(format!("{what}: only NaN for {q}"));
                 }
                 Ok(_) => {}
                 Err(e) => failures.push(format!("{what}: {e} in {q}")),

@@ -349,7 +349,7 @@ fn cluster_snapshot(pods: &[&Pod; 4]) -> String {
 
 /// The repository: four workloads; api admits web, db admits api on 5432, and a rule for a
 /// client that never came (unused). cache has no policy.
-const REPO: &str = r#"
+const REPO: &str = r"
 apiVersion: v1
 kind: Namespace
 metadata: {name: shop}
@@ -402,7 +402,7 @@ metadata: {name: db-ingress, namespace: shop}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{from: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: 5432}]}]
-"#;
+";
 
 /// A connection nobody accepts (nothing listens): refused, recorded as failed.
 fn refused_connection(from: &Pod, addr: SocketAddr) {

@@ -39,7 +39,7 @@ impl HostNat {
             &backend.to_string(),
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
         let mut add = vec!["iptables", "-t", "nat", "-A"];
         add.extend(rule.iter().map(String::as_str));
@@ -88,14 +88,14 @@ fn snapshot(client: &Pod, server: &Pod, cluster_ip: Ipv4Addr) -> String {
         client,
         server,
         &format!(
-            r#"- apiVersion: v1
+            r"- apiVersion: v1
   kind: Service
   metadata: {{name: web, namespace: app}}
   spec:
     clusterIP: {cluster_ip}
     selector: {{app: server}}
     ports: [{{port: 80, targetPort: 8080, protocol: TCP}}]
-"#
+"
         ),
     )
 }

@@ -244,8 +244,7 @@ fn reports_version(path: &Path, name: &str, version: &str) -> bool {
         cmd.arg("--version");
     }
     cmd.output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(version))
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version))
 }
 
 /// The np-guard netpol-analyzer module's directory (the reference of

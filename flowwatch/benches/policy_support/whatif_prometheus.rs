@@ -113,7 +113,7 @@ fn write_tsdb(dir: &Path, series: usize, days: u64, now: u64) -> (u64, u64) {
         let to = from + BLOCK_SECS;
         samples += write_openmetrics(&om, series, (days, now), (from, to))
             .expect("write the OpenMetrics text");
-        bytes += std::fs::metadata(&om).map(|m| m.len()).unwrap_or(0);
+        bytes += std::fs::metadata(&om).map_or(0, |m| m.len());
         let status = Command::new("promtool")
             .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
             .arg(format!("--max-block-duration={}h", BLOCK_SECS / HOUR))
@@ -192,7 +192,7 @@ fn start_prometheus(dir: &Path) -> (Prometheus, String) {
         .spawn()
         .expect("spawn prometheus (Debian package prometheus; `cargo xtask setup`)");
     let prom = Prometheus(child);
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_mins(5);
     while Instant::now() < deadline {
         let ready = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
             s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n")?;
@@ -236,7 +236,7 @@ fn whatif(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
-        matches!(out.status.code(), Some(0) | Some(4)),
+        matches!(out.status.code(), Some(0 | 4)),
         "whatif failed: {:?}\n{stderr}",
         out.status
     );
@@ -244,12 +244,11 @@ fn whatif(
         .lines()
         .rev()
         .find_map(|l| l.strip_prefix("whatif-cpu "))
-        .map(|t| {
+        .map_or(f64::NAN, |t| {
             t.split_whitespace()
                 .filter_map(|v| v.parse::<f64>().ok())
                 .sum()
-        })
-        .unwrap_or(f64::NAN);
+        });
     let lines = stdout.lines().count();
     let broken = stdout
         .lines()
@@ -280,7 +279,7 @@ pub fn run(dir: &Path, series: usize, days: u64, reuse: bool) {
         w.trim() == format!("{series} {days}")
             && std::fs::metadata(&stamp)
                 .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(3600))
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_hours(1))
     });
     if reuse && fresh {
         println!("reusing the TSDB in {}", dir.display());

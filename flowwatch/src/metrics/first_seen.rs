@@ -93,7 +93,7 @@ impl FirstSeenFamilies {
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, Option<Tracker>> {
-        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.tracker)
     }
 
     /// Starts tracking with `known` (restored); exports its edges.

@@ -183,7 +183,7 @@ impl RuleFamilies {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Credits the rules a counted connection's verdict names, at `unix_secs`.

@@ -52,15 +52,14 @@ pub async fn eventually(
             return start.elapsed();
         }
         let left = timeout.saturating_sub(start.elapsed());
-        if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
-            panic!(
-                "{what}: not seen within {timeout:?} (generation {}, {:?}, owners {}, status {:?})",
-                w.current().generation,
-                flowwatch::k8s::counts(&w.current()),
-                w.current().owners.len(),
-                w.status().report()
-            );
-        }
+        assert!(
+            !(left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err()),
+            "{what}: not seen within {timeout:?} (generation {}, {:?}, owners {}, status {:?})",
+            w.current().generation,
+            flowwatch::k8s::counts(&w.current()),
+            w.current().owners.len(),
+            w.status().report()
+        );
     }
 }
 
@@ -177,8 +176,7 @@ pub fn load_rbac() -> Rbac {
         while let Some(start) = raw.find("{{- /*") {
             let end = raw[start..]
                 .find("*/}}")
-                .map(|e| start + e + 4)
-                .unwrap_or(raw.len());
+                .map_or(raw.len(), |e| start + e + 4);
             raw.replace_range(start..end, "");
         }
         // The few template expressions of rbac.yaml, as `helm template flowwatch -n flowwatch`
@@ -223,7 +221,7 @@ pub fn load_rbac() -> Rbac {
             .to_owned();
         match value["kind"].as_str() {
             Some("ServiceAccount") => {
-                service_account = Some(serde_json::from_value(value).unwrap())
+                service_account = Some(serde_json::from_value(value).unwrap());
             }
             Some("ClusterRole") if name.contains("flowwatch") => {
                 assert!(
@@ -233,7 +231,7 @@ pub fn load_rbac() -> Rbac {
                 cluster_role = Some(serde_json::from_value(value).unwrap());
             }
             Some("ClusterRoleBinding") if name.contains("flowwatch") => {
-                binding = Some(serde_json::from_value(value).unwrap())
+                binding = Some(serde_json::from_value(value).unwrap());
             }
             _ => {}
         }

@@ -72,7 +72,7 @@ pub fn on_a_node(prefix: &str, pod_addresses: Option<u8>, scenario: impl FnOnce(
 
     let started = Instant::now();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        scenario(&node, work.path())
+        scenario(&node, work.path());
     }));
     let scenario_time = started.elapsed();
     if outcome.is_err() {

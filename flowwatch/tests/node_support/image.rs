@@ -20,9 +20,8 @@ pub fn repo() -> PathBuf {
 
 /// The release binary the image carries (`cargo xtask test` builds it first).
 pub fn release_binary() -> Result<PathBuf, String> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo().join("target"), PathBuf::from);
     let bin = target.join("release/flowwatch");
     if !bin.is_file() {
         return Err(format!(

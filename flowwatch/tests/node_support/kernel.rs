@@ -99,7 +99,7 @@ pub fn tcx_on_veths(netns: &Path) -> BTreeMap<String, (Vec<u32>, Vec<u32>)> {
                             .unwrap_or_else(|e| panic!("tcx query of {name}: {e}"))
                             .1
                             .iter()
-                            .map(|p| p.id())
+                            .map(aya::programs::ProgramInfo::id)
                             .collect::<Vec<u32>>()
                     };
                     (

@@ -44,7 +44,7 @@ pub fn agent_pid_in(node: &Node, uid: &str) -> Option<i32> {
 
 /// The Ready agent pod other than `not` (a pod name), with its process; waits up to 120 s.
 pub fn ready_agent(node: &Node, not: Option<&str>) -> Agent {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     loop {
         let listing = node
             .kubectl(&[
@@ -125,7 +125,7 @@ pub fn assert_taken_over(node: &Node, old: &Agent, old_held: &Held, new: &Agent,
     );
     // The new agent attaches to the veths it finds at start and reports how many.
     let veths = kernel::tcx_on_veths(&node.netns_path()).len();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         let attached = super::chart::scrape(node, &new.pod)
             .iter()
@@ -170,7 +170,7 @@ pub fn assert_counted_once(
         "exec", "-n", from.ns, from.pod, "--", "/bin/sh", "-c", &script,
     ])
     .unwrap_or_else(|e| panic!("{count} connections {from} -> {target}: {e:#}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     let mut got;
     loop {
         got = edge_total(&super::chart::scrape(node, &agent.pod), from, to, port) - before;
@@ -275,7 +275,7 @@ pub fn the_agent_pod_deleted_under_traffic(node: &Node, ips: &BTreeMap<PodRef, S
             |agent: &Agent| edge_total(&super::chart::scrape(node, &agent.pod), X_A, X_B, 80);
         let at_start = counted_by(&old);
         wait(
-            Duration::from_secs(60),
+            Duration::from_mins(1),
             "the old agent counts the traffic",
             || counted_by(&old) > at_start,
         );
@@ -299,7 +299,7 @@ pub fn the_agent_pod_deleted_under_traffic(node: &Node, ips: &BTreeMap<PodRef, S
         );
         assert_taken_over(node, &old, &old_held, &new, "agent pod deleted");
         wait(
-            Duration::from_secs(60),
+            Duration::from_mins(1),
             "the new agent counts the ongoing traffic",
             || counted_by(&new) > 0.0,
         );

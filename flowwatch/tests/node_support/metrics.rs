@@ -11,7 +11,7 @@ pub struct Sample {
 
 impl Sample {
     pub fn label(&self, k: &str) -> &str {
-        self.labels.get(k).map(String::as_str).unwrap_or("")
+        self.labels.get(k).map_or("", String::as_str)
     }
 }
 
@@ -24,16 +24,15 @@ pub fn parse(text: &str) -> Vec<Sample> {
 }
 
 fn parse_line(line: &str) -> Option<Sample> {
-    let (name, rest) = match line.find('{') {
-        Some(i) => (&line[..i], &line[i..]),
-        None => {
-            let (n, v) = line.split_once(' ')?;
-            return Some(Sample {
-                name: n.to_string(),
-                labels: BTreeMap::new(),
-                value: v.split_whitespace().next()?.parse().ok()?,
-            });
-        }
+    let (name, rest) = if let Some(i) = line.find('{') {
+        (&line[..i], &line[i..])
+    } else {
+        let (n, v) = line.split_once(' ')?;
+        return Some(Sample {
+            name: n.to_string(),
+            labels: BTreeMap::new(),
+            value: v.split_whitespace().next()?.parse().ok()?,
+        });
     };
     let mut labels = BTreeMap::new();
     let mut chars = rest[1..].char_indices().peekable();
@@ -69,7 +68,7 @@ fn parse_line(line: &str) -> Option<Sample> {
                     }
                 }
                 labels.insert(key, value);
-                key_start = chars.peek().map(|(j, _)| *j).unwrap_or(body.len());
+                key_start = chars.peek().map_or(body.len(), |(j, _)| *j);
             }
             _ => {}
         }

@@ -126,7 +126,7 @@ pub fn start(node: &Node, work: &Path) {
     .arg("--log.level=warn");
     node.spawn_extra("prometheus", &mut cmd)
         .unwrap_or_else(|e| panic!("starting prometheus: {e:#}"));
-    let up = flowwatch_testnode::sys::wait_until(Duration::from_secs(60), || {
+    let up = flowwatch_testnode::sys::wait_until(Duration::from_mins(1), || {
         get(node, "/-/ready").is_ok()
     });
     assert!(

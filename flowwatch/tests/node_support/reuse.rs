@@ -149,8 +149,7 @@ pub fn wait_until_enforced(node: &Node, ips: &BTreeMap<PodRef, String>) {
         }
         assert!(
             Instant::now() < deadline,
-            "kube-router did not enforce {}'s policy within 90 s",
-            NEW
+            "kube-router did not enforce {NEW}'s policy within 90 s"
         );
         std::thread::sleep(Duration::from_millis(500));
     }

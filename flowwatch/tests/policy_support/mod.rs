@@ -153,7 +153,7 @@ impl Reach {
     /// Sets every pair whose source matches `from` and destination matches `to`
     /// (`ns/pod` with `*` wildcards).
     pub fn set(mut self, from: &str, to: &str, allowed: bool) -> Reach {
-        for ((f, t), v) in self.m.iter_mut() {
+        for ((f, t), v) in &mut self.m {
             if matches(from, f) && matches(to, t) {
                 *v = allowed;
             }

@@ -250,7 +250,7 @@ impl Agent {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.child.as_ref().map_or(0, std::process::Child::id)
     }
 
     /// SIGTERM, wait for exit, return the status and the flow records.

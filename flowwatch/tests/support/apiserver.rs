@@ -89,8 +89,7 @@ impl ApiServer {
             .arg("version")
             .stdout(Stdio::null())
             .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+            .is_ok_and(|s| s.success())
         {
             Ok(())
         } else {
@@ -300,7 +299,7 @@ impl ApiServer {
 
     /// The kube-apiserver process id (for its CPU time and memory).
     pub fn apiserver_pid(&self) -> Option<u32> {
-        self.apiserver.as_ref().map(|c| c.id())
+        self.apiserver.as_ref().map(std::process::Child::id)
     }
 
     /// The server's `/metrics` (Prometheus text).
@@ -364,13 +363,12 @@ impl ApiServer {
         self.apiserver = Some(spawn(&mut cmd));
         let deadline = Instant::now() + Duration::from_secs(90);
         let client = loop {
-            if Instant::now() > deadline {
-                panic!(
-                    "kube-apiserver on port {} not ready in 90 s\n{}",
-                    self.port,
-                    self.logs()
-                );
-            }
+            assert!(
+                Instant::now() <= deadline,
+                "kube-apiserver on port {} not ready in 90 s\n{}",
+                self.port,
+                self.logs()
+            );
             if let Some(child) = self.apiserver.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!("kube-apiserver exited: {status}\n{}", self.logs());
@@ -396,9 +394,11 @@ impl ApiServer {
                     return;
                 }
             }
-            if Instant::now() > deadline {
-                panic!("kube-apiserver /readyz not ok in 90 s\n{}", self.logs());
-            }
+            assert!(
+                Instant::now() <= deadline,
+                "kube-apiserver /readyz not ok in 90 s\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -566,7 +566,7 @@ fn tail(path: &Path) -> String {
     let Ok(mut f) = std::fs::File::open(path) else {
         return String::from("(no log)");
     };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let len = f.metadata().map_or(0, |m| m.len());
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(4000)));
     let mut s = String::new();
     let _ = f.read_to_string(&mut s);

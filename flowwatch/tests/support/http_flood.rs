@@ -203,7 +203,7 @@ pub fn connect_small_window(addr: &str) -> std::io::Result<TcpStream> {
             fd,
             libc::SOL_SOCKET,
             libc::SO_RCVBUF,
-            &size as *const libc::c_int as *const libc::c_void,
+            (&raw const size).cast::<libc::c_void>(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
         let sin = libc::sockaddr_in {
@@ -216,7 +216,7 @@ pub fn connect_small_window(addr: &str) -> std::io::Result<TcpStream> {
         };
         if libc::connect(
             fd,
-            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            (&raw const sin).cast::<libc::sockaddr>(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         ) != 0
         {

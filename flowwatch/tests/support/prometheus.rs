@@ -36,7 +36,10 @@ impl Job {
     pub fn new(name: &str, targets: &[&str]) -> Job {
         Job {
             name: name.into(),
-            targets: targets.iter().map(|t| t.to_string()).collect(),
+            targets: targets
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             params: Vec::new(),
             tls_ca_file: None,
             bearer_token: None,
@@ -338,12 +341,11 @@ impl Prometheus {
                     return s.clone();
                 }
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {promql}: last result {r:?}\nlog:\n{}",
-                    self.logs()
-                );
-            }
+            assert!(
+                Instant::now() <= deadline,
+                "timed out waiting for {promql}: last result {r:?}\nlog:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -365,7 +367,7 @@ pub fn urlencode(s: &str) -> String {
     for b in s.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
+                out.push(b as char);
             }
             _ => out.push_str(&format!("%{b:02X}")),
         }

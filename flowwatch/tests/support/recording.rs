@@ -13,7 +13,7 @@ use super::prometheus::{Job, Prometheus};
 /// (`{name: http, containerPort: 80}`, or empty).
 pub fn shop_pod(name: &str, labels: &str, owner: (&str, &str), pod: &Pod, ports: &str) -> String {
     format!(
-        r#"- apiVersion: v1
+        r"- apiVersion: v1
   kind: Pod
   metadata:
     name: {name}
@@ -22,7 +22,7 @@ pub fn shop_pod(name: &str, labels: &str, owner: (&str, &str), pod: &Pod, ports:
     ownerReferences: [{{apiVersion: apps/v1, kind: {kind}, name: {owner}, uid: u-{name}, controller: true}}]
   spec: {{nodeName: node-a, containers: [{{name: c, image: x, ports: [{ports}]}}]}}
   status: {{phase: Running, podIP: {ip}}}
-"#,
+",
         kind = owner.0,
         owner = owner.1,
         ip = pod.ipv4,

@@ -7,7 +7,7 @@ use super::netns::Pod;
 /// (more list items, as YAML lines starting with `- `).
 pub fn client_and_server(client: &Pod, server: &Pod, extra: &str) -> String {
     format!(
-        r#"apiVersion: v1
+        r"apiVersion: v1
 kind: List
 items:
 - {{apiVersion: v1, kind: Namespace, metadata: {{name: app, labels: {{kubernetes.io/metadata.name: app}}}}}}
@@ -21,7 +21,7 @@ items:
   metadata: {{name: server, namespace: app, labels: {{app: server}}}}
   spec: {{containers: [{{name: s, image: x, ports: [{{name: http, containerPort: 8080}}]}}]}}
   status: {{podIP: {server_ip}}}
-{extra}"#,
+{extra}",
         client_ip = client.ipv4,
         server_ip = server.ipv4,
     )

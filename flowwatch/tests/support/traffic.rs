@@ -122,11 +122,11 @@ pub fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStr
             fd,
             libc::SOL_SOCKET,
             libc::SO_REUSEADDR,
-            &one as *const _ as *const libc::c_void,
+            (&raw const one).cast::<libc::c_void>(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         ) != 0
-            || libc::bind(fd, &l as *const _ as *const libc::sockaddr, len) != 0
-            || libc::connect(fd, &t as *const _ as *const libc::sockaddr, len) != 0
+            || libc::bind(fd, (&raw const l).cast::<libc::sockaddr>(), len) != 0
+            || libc::connect(fd, (&raw const t).cast::<libc::sockaddr>(), len) != 0
         {
             return Err(std::io::Error::last_os_error());
         }
@@ -147,7 +147,7 @@ pub fn abort_on_close(c: &TcpStream) -> std::io::Result<()> {
             c.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
+            (&raw const linger).cast::<libc::c_void>(),
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         )
     };

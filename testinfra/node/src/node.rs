@@ -342,8 +342,7 @@ impl Node {
         node.spawn("kube-apiserver", &mut apiserver, state)?;
         node.wait("kube-apiserver /readyz", Duration::from_secs(90), |n| {
             n.kubectl(&["get", "--raw", "/readyz"])
-                .map(|o| o.trim() == "ok")
-                .unwrap_or(false)
+                .is_ok_and(|o| o.trim() == "ok")
         })?;
         phase("etcd and kube-apiserver ready", &mut t);
 
@@ -423,7 +422,7 @@ impl Node {
         ));
         node.spawn("kube-proxy", &mut proxy, state)?;
 
-        node.wait("Node Ready", Duration::from_secs(120), |n| {
+        node.wait("Node Ready", Duration::from_mins(2), |n| {
             n.kubectl(&[
                 "get",
                 "node",
@@ -431,21 +430,19 @@ impl Node {
                 "-o",
                 "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
             ])
-            .map(|s| s.trim() == "True")
-            .unwrap_or(false)
+            .is_ok_and(|s| s.trim() == "True")
         })?;
         node.wait(
             "ServiceAccount default/default",
-            Duration::from_secs(60),
+            Duration::from_mins(1),
             |n| {
                 n.kubectl(&["get", "serviceaccount", "default", "-n", "default"])
                     .is_ok()
             },
         )?;
-        node.wait("the node's podCIDR", Duration::from_secs(60), |n| {
+        node.wait("the node's podCIDR", Duration::from_mins(1), |n| {
             n.kubectl(&["get", "node", name, "-o", "jsonpath={.spec.podCIDR}"])
-                .map(|s| s.trim() == POD_SUBNET)
-                .unwrap_or(false)
+                .is_ok_and(|s| s.trim() == POD_SUBNET)
         })?;
         phase("kubelet: Node Ready", &mut t);
         timings.push(("total".into(), started.elapsed()));
@@ -559,7 +556,7 @@ impl Node {
             "-v=1",
         ]);
         self.spawn("kube-router", &mut c, &mut state)?;
-        self.wait("kube-router healthz", Duration::from_secs(60), |n| {
+        self.wait("kube-router healthz", Duration::from_mins(1), |n| {
             let mut c = Command::new("busybox");
             c.args(["wget", "-q", "-O", "-", "http://127.0.0.1:20244/healthz"]);
             enter(
@@ -765,7 +762,7 @@ shutdownGracePeriod: 0s
 
     fn write_kube_proxy_config(&self) -> Result<()> {
         let yaml = format!(
-            r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+            r"apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
   kubeconfig: {kubeconfig}
@@ -783,7 +780,7 @@ conntrack:
   tcpCloseWaitTimeout: 0s
 iptables:
   localhostNodePorts: false
-"#,
+",
             kubeconfig = self.kubeconfig().display(),
             name = self.name,
         );

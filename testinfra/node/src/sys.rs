@@ -125,7 +125,7 @@ pub fn reap(pid: i32) {
     let mut status = 0;
     // SAFETY: waitpid with WNOHANG on a pid that may not be our child only returns ECHILD.
     unsafe {
-        libc::waitpid(pid, &mut status, libc::WNOHANG);
+        libc::waitpid(pid, &raw mut status, libc::WNOHANG);
     }
 }
 
