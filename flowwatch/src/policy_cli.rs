@@ -356,6 +356,15 @@ impl SnapshotArgs {
             cni_policies_relevant: !self.ignore_cni_policies,
         }
     }
+
+    /// The snapshot files as one inventory with the objects it skipped; an unreadable snapshot
+    /// is reported on stderr and answers exit status 2, as every policy command does.
+    pub fn inventory(&self) -> Result<(Inventory, Vec<ObjectError>), ExitCode> {
+        sources::load(&self.snapshots).map_err(|e| {
+            eprintln!("error: cannot read snapshot: {e}");
+            ExitCode::from(2)
+        })
+    }
 }
 
 fn build_engine(inventory: &Inventory, options: PolicyOptions) -> (PolicyEngine, Vec<ObjectError>) {

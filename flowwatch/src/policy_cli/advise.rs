@@ -15,7 +15,6 @@ use std::process::ExitCode;
 use super::whatif::TrafficArgs;
 use super::SnapshotArgs;
 use crate::advise::{self, render, render_cluster, AdviseOptions, ClusterView};
-use crate::inventory::sources;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AdviseArgs {
@@ -107,12 +106,9 @@ fn write_files(dir: &Path, files: &[(PathBuf, String)]) -> io::Result<()> {
 /// Runs `policy advise`.
 pub fn run(args: AdviseArgs) -> ExitCode {
     let options = args.snapshot.options();
-    let (inventory, errors) = match sources::load(&args.snapshot.snapshots) {
+    let (inventory, errors) = match args.snapshot.inventory() {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("error: cannot read snapshot: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     for e in &errors {
         eprintln!("warning: skipped {e}");

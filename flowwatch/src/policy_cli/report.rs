@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use super::whatif::{explain_edge, verdict_text, TrafficArgs};
 use super::SnapshotArgs;
 use crate::advise::{self, render, AdviseOptions, ClusterView};
-use crate::inventory::{sources, Inventory};
+use crate::inventory::Inventory;
 use crate::policy::{PolicyOptions, SideExplanation};
 use crate::report::{html, AdvisedPolicy, EdgeClass, NamespaceCoverage, Report, ReportEdge};
 use crate::whatif::usage::Usage;
@@ -153,12 +153,9 @@ fn source_of(traffic: &TrafficArgs) -> String {
 
 /// Runs `flowwatch report`.
 pub fn run(args: ReportArgs) -> ExitCode {
-    let (inventory, errors) = match sources::load(&args.snapshot.snapshots) {
+    let (inventory, errors) = match args.snapshot.inventory() {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("error: cannot read snapshot: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     for e in &errors {
         eprintln!("warning: skipped {e}");

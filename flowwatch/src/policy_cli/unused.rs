@@ -14,7 +14,7 @@ use super::table::{write_table, Format};
 use super::whatif::{explain_edge, judge_between, TrafficArgs};
 use super::SnapshotArgs;
 use crate::advise::cluster::ClusterView;
-use crate::inventory::{sources, Inventory};
+use crate::inventory::Inventory;
 use crate::metrics::rules::rule_label;
 use crate::policy::PolicyOptions;
 use crate::whatif::broad::{self, Tightening};
@@ -263,12 +263,9 @@ fn add_uncounted_cluster_rules(usage: &mut Usage, engine: &crate::policy::Policy
 /// Runs `policy unused`.
 pub fn run(args: UnusedArgs) -> ExitCode {
     let options = args.snapshot.options();
-    let (inventory, errors) = match sources::load(&args.snapshot.snapshots) {
+    let (inventory, errors) = match args.snapshot.inventory() {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("error: cannot read snapshot: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let (engine, resolver, build_errors) = super::build(&inventory, options);
     for e in errors.iter().chain(&build_errors) {

@@ -435,12 +435,9 @@ pub fn run(args: WhatifArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     let options = args.snapshot.options();
-    let (current, current_errors) = match sources::load(&args.snapshot.snapshots) {
+    let (current, current_errors) = match args.snapshot.inventory() {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("error: cannot read snapshot: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let (proposed, proposed_errors) = match sources::load(&args.proposed) {
         Ok(loaded) => loaded,
