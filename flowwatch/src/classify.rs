@@ -246,7 +246,7 @@ mod tests {
     #[test]
     fn objects_the_index_or_the_engine_cannot_use_are_reported_once_each() {
         let broken = SNAPSHOT.to_owned()
-            + r#"
+            + r"
 ---
 apiVersion: v1
 kind: Pod
@@ -265,7 +265,7 @@ metadata: {namespace: shop, name: broken}
 spec:
   podSelector: {}
   ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/99}}]}]
-"#;
+";
         let (inventory, errors) = crate::inventory::snapshot::parse(&broken, "demo").unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         let mut c = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
@@ -430,7 +430,7 @@ spec:
     fn pods_of_other_controllers_are_pods_not_the_overflow_bucket() {
         // An Argo Rollout's pod: a controller flowwatch does not know.
         let rollout = SNAPSHOT.to_owned()
-            + r#"
+            + r"
 ---
 apiVersion: v1
 kind: Pod
@@ -441,7 +441,7 @@ metadata:
   ownerReferences: [{apiVersion: argoproj.io/v1alpha1, kind: Rollout, name: canary, uid: u-1, controller: true}]
 spec: {nodeName: demo-node, containers: [{name: c}]}
 status: {podIP: 10.213.0.50}
-"#;
+";
         let (inventory, errors) = crate::inventory::snapshot::parse(&rollout, "demo").unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         let mut c = Classifier::new(EnrichOptions::default(), PolicyOptions::default());

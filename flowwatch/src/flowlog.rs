@@ -48,21 +48,20 @@ impl WallClock {
     pub fn new(unix_now: SystemTime, monotonic_now: Nanos) -> WallClock {
         let unix = unix_now
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_nanos() as i128);
         WallClock {
-            offset: unix - monotonic_now as i128,
+            offset: unix - i128::from(monotonic_now),
         }
     }
 
     /// Monotonic `at` as Unix seconds.
     pub fn unix_secs(self, at: Nanos) -> f64 {
-        (at as i128 + self.offset) as f64 / 1e9
+        (i128::from(at) + self.offset) as f64 / 1e9
     }
 
     pub fn to_rfc3339(self, at: Nanos) -> String {
-        let unix = (at as i128 + self.offset).max(0) as u128;
-        let t = UNIX_EPOCH + Duration::from_nanos(unix.min(u64::MAX as u128) as u64);
+        let unix = (i128::from(at) + self.offset).max(0) as u128;
+        let t = UNIX_EPOCH + Duration::from_nanos(unix.min(u128::from(u64::MAX)) as u64);
         humantime::format_rfc3339_millis(t).to_string()
     }
 }

@@ -324,10 +324,10 @@ pub fn engine_of(
     let cni = engine.cni_policy_counts();
     if !cni.is_empty() {
         let kinds: Vec<String> = cni.iter().map(|(k, n)| format!("{n} {k}")).collect();
-        let what = if !options.cni_policies_relevant {
-            "declared irrelevant (--ignore-cni-policies)"
-        } else {
+        let what = if options.cni_policies_relevant {
             "the sides of the pods they may select are marked cni_policy_present"
+        } else {
+            "declared irrelevant (--ignore-cni-policies)"
         };
         let _ = writeln!(
             warnings,
@@ -611,7 +611,7 @@ fn write_eval_table(answers: &[u8], markdown: bool, out: &mut dyn Write) -> io::
                 Some(n) => format!("{} ({n})", text(&a["port"])),
                 None => text(&a["port"]),
             };
-            let protocol = a.get("protocol").map(text).unwrap_or_else(|| "TCP".into());
+            let protocol = a.get("protocol").map_or_else(|| "TCP".into(), text);
             match a.get("error") {
                 Some(e) => vec![
                     text(&a["src"]),
@@ -692,7 +692,10 @@ pub fn write_coverage(c: &Coverage, format: OutputFormat, out: &mut dyn Write) -
     part(
         out,
         "Namespaces without any NetworkPolicy",
-        without.iter().map(|s| s.to_string()).collect(),
+        without
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
     )?;
     let no_deny: Vec<String> = c
         .namespaces_without_default_deny()
@@ -720,7 +723,7 @@ pub fn write_coverage(c: &Coverage, format: OutputFormat, out: &mut dyn Write) -
     part(
         out,
         "Invalid policies (skipped)",
-        c.skipped_policies.to_vec(),
+        c.skipped_policies.clone(),
     )?;
     if !c.cni_policies.is_empty() {
         part(
@@ -779,12 +782,12 @@ pub fn write_coverage(c: &Coverage, format: OutputFormat, out: &mut dyn Write) -
     part(
         out,
         "Cluster policies that select no pod",
-        c.cluster_policies_selecting_no_pod.to_vec(),
+        c.cluster_policies_selecting_no_pod.clone(),
     )?;
     part(
         out,
         "Invalid cluster policies (skipped)",
-        c.skipped_cluster_policies.to_vec(),
+        c.skipped_cluster_policies.clone(),
     )
 }
 

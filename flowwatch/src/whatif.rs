@@ -519,7 +519,7 @@ impl Change {
 
     /// The change from verdict `before` to `after`.
     pub fn of(before: Verdict, after: Verdict) -> Change {
-        use Verdict::*;
+        use Verdict::{Allowed, Denied, Uncovered};
         match (before, after) {
             (Allowed | Uncovered, Denied) => Change::WouldBreak,
             (Denied, Allowed | Uncovered) => Change::NewlyAllowed,
@@ -836,7 +836,7 @@ mod tests {
     fn durations_take_a_unit() {
         assert_eq!(
             parse_duration("7d"),
-            Ok(std::time::Duration::from_secs(7 * 86_400))
+            Ok(std::time::Duration::from_hours(168))
         );
         assert_eq!(
             parse_duration("90s"),

@@ -301,7 +301,7 @@ fn seconds(duration: &str) -> u64 {
     let mut number = 0;
     for c in duration.chars() {
         if let Some(d) = c.to_digit(10) {
-            number = number * 10 + u64::from(d)
+            number = number * 10 + u64::from(d);
         } else {
             let unit = match c {
                 's' => 1,

@@ -26,7 +26,7 @@ fn documented_commands(doc: &str, heading: &str) -> Vec<(String, String)> {
             in_console = false;
         } else if in_console {
             if let Some(cmd) = line.strip_prefix("$ ") {
-                commands.push((cmd.to_string(), String::new()))
+                commands.push((cmd.to_string(), String::new()));
             } else {
                 let (_, out) = commands.last_mut().expect("output before any command");
                 out.push_str(line);

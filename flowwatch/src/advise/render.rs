@@ -140,22 +140,19 @@ fn rule(out: &mut String, peers_key: &str, r: &Rule) {
         match peer {
             Peer::Pods { namespace, labels } => {
                 // The first key of a sequence item carries the dash.
-                match namespace {
-                    Some(ns) => {
-                        let ns_labels: Labels =
-                            [("kubernetes.io/metadata.name".to_string(), ns.clone())].into();
-                        let mut nested = String::new();
-                        selector(&mut nested, "namespaceSelector", &ns_labels, 6);
-                        selector(&mut nested, "podSelector", labels, 6);
-                        out.push_str("    - ");
-                        out.push_str(&nested[6..]);
-                    }
-                    None => {
-                        let mut nested = String::new();
-                        selector(&mut nested, "podSelector", labels, 6);
-                        out.push_str("    - ");
-                        out.push_str(&nested[6..]);
-                    }
+                if let Some(ns) = namespace {
+                    let ns_labels: Labels =
+                        [("kubernetes.io/metadata.name".to_string(), ns.clone())].into();
+                    let mut nested = String::new();
+                    selector(&mut nested, "namespaceSelector", &ns_labels, 6);
+                    selector(&mut nested, "podSelector", labels, 6);
+                    out.push_str("    - ");
+                    out.push_str(&nested[6..]);
+                } else {
+                    let mut nested = String::new();
+                    selector(&mut nested, "podSelector", labels, 6);
+                    out.push_str("    - ");
+                    out.push_str(&nested[6..]);
                 }
             }
             Peer::Block { net, prefix } => {

@@ -36,8 +36,7 @@ pub fn start(
     let wall = WallOffset(
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0)
+            .map_or(0, |d| d.as_nanos() as i128)
             - i128::from(monotonic_now),
     );
     let retention_secs = retention_days.saturating_mul(86_400);
@@ -50,7 +49,7 @@ pub fn start(
         }
         match state::load(path, state::size_limit(budget.0)) {
             Ok(None) => {
-                tracing::info!(path = %path.display(), "no known-edges state yet; every edge is new to this node")
+                tracing::info!(path = %path.display(), "no known-edges state yet; every edge is new to this node");
             }
             Ok(Some(edges)) => {
                 let total = edges.len();

@@ -77,7 +77,7 @@ pub(super) fn report_readiness(
         // Synced caches are not enough: flows are named and judged only once the index and
         // the policy engine are built from them.
         Ok(()) if !engine_ready => {
-            readiness.set_not_ready("kube caches synced; building the policy engine")
+            readiness.set_not_ready("kube caches synced; building the policy engine");
         }
         Ok(()) => readiness.set_ready(),
         Err(reason) => readiness.set_not_ready(reason),

@@ -100,7 +100,7 @@ pub fn monotonic_now() -> Nanos {
         tv_nsec: 0,
     };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -234,7 +234,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 .and_then(|c| c.translated_destination(key).ok().flatten())
         }),
     };
-    let mut changes = inventory.as_ref().map(|w| w.changes());
+    let mut changes = inventory.as_ref().map(crate::k8s::ClusterWatch::changes);
 
     if let Some(secs) = args.exit_after_secs {
         let cancel = cancel.clone();
@@ -266,7 +266,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            () = cancel.cancelled() => break,
             _ = events_tick.tick() => agent.on_events(),
             _ = totals_tick.tick() => {
                 agent.on_poll(monotonic_now());
@@ -329,16 +329,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 /// source stopped (shutdown).
 async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
     match changes {
-        Some(rx) => match rx.changed().await {
-            Ok(()) => {
+        Some(rx) => {
+            if let Ok(()) = rx.changed().await {
                 rx.borrow_and_update();
                 true
-            }
-            Err(_) => {
+            } else {
                 *changes = None;
                 false
             }
-        },
+        }
         None => std::future::pending().await,
     }
 }

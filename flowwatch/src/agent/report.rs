@@ -470,7 +470,7 @@ mod tests {
     /// The demo cluster (all on demo-node) plus a second node with a pod, and a host-network
     /// pod on demo-node.
     fn two_node_classifier() -> Classifier {
-        let extra = r#"
+        let extra = r"
 ---
 apiVersion: v1
 kind: Node
@@ -494,7 +494,7 @@ metadata:
   ownerReferences: [{apiVersion: apps/v1, kind: DaemonSet, name: probe, uid: u-probe, controller: true}]
 spec: {nodeName: demo-node, hostNetwork: true, containers: [{name: c, ports: [{containerPort: 9100}]}]}
 status: {podIP: 10.213.0.254}
-"#;
+";
         let snapshot = include_str!("../../../deploy/demo/snapshot.yaml").to_owned() + extra;
         let (inventory, errors) = crate::inventory::snapshot::parse(&snapshot, "demo").unwrap();
         assert!(errors.is_empty(), "{errors:?}");

@@ -124,7 +124,7 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut BatchAttr,
+            std::ptr::from_mut::<BatchAttr>(attr),
             std::mem::size_of::<BatchAttr>(),
         )
     };

@@ -51,7 +51,7 @@ impl Conntrack {
                 socket.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
+                (&raw const timeout).cast(),
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         };

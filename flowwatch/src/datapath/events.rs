@@ -127,7 +127,7 @@ fn wait_readable(fd: RawFd, timeout: Duration) {
         revents: 0,
     };
     // SAFETY: one valid pollfd; an error or an interruption only ends the wait early.
-    unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
+    unsafe { libc::poll(&raw mut poll, 1, timeout.as_millis() as libc::c_int) };
 }
 
 /// Appends one record to the queue, cut to `MAX_RECORD` bytes.

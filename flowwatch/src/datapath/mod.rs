@@ -248,7 +248,7 @@ impl Datapath {
                     // The interface may vanish between listing and attaching (a pod that
                     // failed to start): not fatal, the next reconcile sees the truth.
                     Err(e) => {
-                        tracing::warn!(interface = %name, error = %Chain(&e), "not attached")
+                        tracing::warn!(interface = %name, error = %Chain(&e), "not attached");
                     }
                 }
             }
@@ -393,7 +393,7 @@ impl Datapath {
             libc::syscall(
                 libc::SYS_bpf,
                 BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestRunAttr,
+                &raw mut attr,
                 std::mem::size_of::<TestRunAttr>(),
             )
         };
@@ -527,7 +527,7 @@ impl FlowSource for EbpfSource {
     }
 
     fn flow_map_fill(&self) -> Result<f64, DatapathError> {
-        Ok(self.last_len as f64 / self.capacity.max(1) as f64)
+        Ok(self.last_len as f64 / f64::from(self.capacity.max(1)))
     }
 }
 
@@ -590,7 +590,7 @@ mod tests {
         // SAFETY: viewing a repr(C) POD value as bytes.
         let bytes = unsafe {
             std::slice::from_raw_parts(
-                (&raw as *const common::FlowEvent).cast::<u8>(),
+                (&raw const raw).cast::<u8>(),
                 std::mem::size_of::<common::FlowEvent>(),
             )
         };

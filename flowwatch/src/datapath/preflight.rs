@@ -73,8 +73,7 @@ pub fn check_kernel_version(release: &str) -> Result<(), DatapathError> {
 
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";

@@ -275,7 +275,7 @@ impl EndpointIndex {
         }
 
         // Close tenures that ended.
-        for (ip, holders) in self.pod_ips.iter_mut() {
+        for (ip, holders) in &mut self.pod_ips {
             if let Some(open) = holders.iter_mut().find(|h| h.to.is_none()) {
                 let still = current.get(ip).is_some_and(|(uid, ..)| *uid == open.uid);
                 if !still {

@@ -443,7 +443,11 @@ fn bad_addresses_are_reported_by_object_and_field_and_the_rest_is_indexed() {
         &EnrichOptions::default(),
         0,
     );
-    let msgs: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    let msgs: Vec<String> = report
+        .errors
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     assert_eq!(msgs.len(), 2, "{msgs:?}");
     assert!(
         msgs[0].starts_with("Pod shop/bad: status.podIPs[0].ip: \"10.0.0.300\""),

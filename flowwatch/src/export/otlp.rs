@@ -211,15 +211,13 @@ fn unix_nanos(t: &str) -> u64 {
     humantime::parse_rfc3339(t)
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl OtlpExporter {
@@ -326,22 +324,21 @@ impl Sender {
         loop {
             if self.len() < self.shared.batch {
                 tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = self.shared.notify.notified() => {}
-                    _ = tokio::time::sleep(self.opts.flush_interval) => {}
+                    () = stop.cancelled() => break,
+                    () = self.shared.notify.notified() => {}
+                    () = tokio::time::sleep(self.opts.flush_interval) => {}
                 }
             }
             if self.len() == 0 {
                 continue;
             }
-            match self.send_batch().await {
-                true => self.backoff.reset(),
-                false => {
-                    let pause = self.backoff.next_pause();
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
+            if self.send_batch().await {
+                self.backoff.reset()
+            } else {
+                let pause = self.backoff.next_pause();
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
                 }
             }
         }
@@ -388,14 +385,14 @@ impl Sender {
         let body = otlp_proto::export_request(
             &self.opts.resource,
             env!("CARGO_PKG_VERSION"),
-            batch.iter().map(|b| b.as_ref()),
+            batch.iter().map(std::convert::AsRef::as_ref),
         );
-        let outcome = match tokio::time::timeout(self.opts.timeout, self.post(body)).await {
-            Ok(o) => o,
-            Err(_) => {
-                self.conn = None;
-                Sent::Retry(format!("no answer within {:?}", self.opts.timeout))
-            }
+        let outcome = if let Ok(o) = tokio::time::timeout(self.opts.timeout, self.post(body)).await
+        {
+            o
+        } else {
+            self.conn = None;
+            Sent::Retry(format!("no answer within {:?}", self.opts.timeout))
         };
         let done = match outcome {
             Sent::Accepted { rejected } => {
@@ -464,7 +461,7 @@ impl Sender {
         let body = Limited::new(response.into_body(), 64 * 1024)
             .collect()
             .await
-            .map(|b| b.to_bytes())
+            .map(http_body_util::Collected::to_bytes)
             .unwrap_or_default();
         self.conn = Some(conn);
         match status.as_u16() {

@@ -169,8 +169,7 @@ pub fn rejected_in_response(body: &[u8]) -> u64 {
         .filter(|(f, w, _, _)| *f == 1 && *w == 2)
         .flat_map(|(_, _, _, partial)| fields(partial))
         .find(|(f, w, _, _)| *f == 1 && *w == 0)
-        .map(|(_, _, v, _)| v)
-        .unwrap_or(0)
+        .map_or(0, |(_, _, v, _)| v)
 }
 
 /// The OpenTelemetry name of a workload kind (`k8s.<name>.name`).

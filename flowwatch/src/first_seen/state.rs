@@ -205,9 +205,7 @@ pub fn load(path: &Path, limit: u64) -> Result<Option<Vec<(EdgeLabels, Seen)>>, 
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
     if bytes.len() as u64 > limit {
-        let size = std::fs::metadata(path)
-            .map(|m| m.len())
-            .unwrap_or(bytes.len() as u64);
+        let size = std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
         return Err(StateError::TooLarge {
             path: name,
             size,

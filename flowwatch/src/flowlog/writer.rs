@@ -72,7 +72,7 @@ fn open_append(path: &Path) -> std::io::Result<(File, (u64, u64))> {
 
 fn reason_of(e: &std::io::Error) -> DropReason {
     match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => DropReason::NoSpace,
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => DropReason::NoSpace,
         _ => DropReason::IoError,
     }
 }
@@ -183,22 +183,21 @@ fn write_file(
     let current = std::fs::metadata(path).ok().map(|m| identity(&m));
     if file.is_none() || current != file.as_ref().map(|(_, id)| *id) {
         w.reopened = file.is_some();
-        match open_append(path) {
-            Ok(f) => *file = Some(f),
-            Err(_) => {
-                *file = None;
-                w.dropped = lines.len() as u64;
-                w.reason = Some(DropReason::OpenFailed);
-                return;
-            }
+        if let Ok(f) = open_append(path) {
+            *file = Some(f)
+        } else {
+            *file = None;
+            w.dropped = lines.len() as u64;
+            w.reason = Some(DropReason::OpenFailed);
+            return;
         }
     }
     let mut i = 0;
     while i < lines.len() {
         let Some((f, _)) = file.as_mut() else { break };
         let meta = f.metadata();
-        let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
-        let regular = meta.as_ref().is_ok_and(|m| m.is_file());
+        let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
+        let regular = meta.as_ref().is_ok_and(std::fs::Metadata::is_file);
         let limited = rotation.max_bytes > 0 && regular;
         if limited && size > 0 && size + lines[i].len() as u64 > rotation.max_bytes {
             match rotate(path, rotation) {

@@ -44,7 +44,7 @@ pub struct AuthzOptions {
 impl Default for AuthzOptions {
     fn default() -> Self {
         AuthzOptions {
-            allowed_ttl: Duration::from_secs(60),
+            allowed_ttl: Duration::from_mins(1),
             denied_ttl: Duration::from_secs(10),
             max_entries: 256,
         }
@@ -264,7 +264,7 @@ mod tests {
     fn cache(max: usize) -> DecisionCache {
         DecisionCache {
             opts: AuthzOptions {
-                allowed_ttl: Duration::from_secs(60),
+                allowed_ttl: Duration::from_mins(1),
                 denied_ttl: Duration::from_secs(10),
                 max_entries: max,
             },

@@ -80,7 +80,7 @@ fn nofile_limit() -> Option<u64> {
         rlim_max: 0,
     };
     // SAFETY: valid pointer to an rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
         return None;
     }
     Some(lim.rlim_cur)
@@ -95,12 +95,12 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     };
     // SAFETY: valid pointers to an rlimit; setrlimit only lowers or raises within the hard limit.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) != 0 {
             return Err(std::io::Error::last_os_error());
         }
         if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
         }
@@ -230,7 +230,7 @@ fn set_send_buffer(stream: &tokio::net::TcpStream, bytes: usize) -> std::io::Res
             stream.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_SNDBUF,
-            &size as *const libc::c_int as *const libc::c_void,
+            (&raw const size).cast::<libc::c_void>(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -255,7 +255,7 @@ pub async fn serve_router(
     let mut since_yield = 0usize;
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -336,12 +336,12 @@ async fn serve_connection(
         Some(tls) => {
             let handshake = tokio::select! {
                 h = tls.accept(io, limits.header_read_timeout) => h,
-                _ = entry.evict.cancelled() => Err(std::io::ErrorKind::ConnectionAborted.into()),
+                () = entry.evict.cancelled() => Err(std::io::ErrorKind::ConnectionAborted.into()),
             };
             match handshake {
                 Ok(io) => serve_io(io, router, &entry, limits, shutdown).await,
                 Err(e) => {
-                    tracing::debug!(error = %crate::error_chain::Chain(&e), "TLS handshake failed")
+                    tracing::debug!(error = %crate::error_chain::Chain(&e), "TLS handshake failed");
                 }
             }
         }
@@ -377,12 +377,12 @@ async fn serve_io<IO>(
     tokio::select! {
         _ = conn.as_mut() => {}
         // Evicted: dropping the connection closes the socket at once.
-        _ = entry.evict.cancelled() => {}
-        _ = shutdown.cancelled() => {
+        () = entry.evict.cancelled() => {}
+        () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = entry.evict.cancelled() => {}
+                () = entry.evict.cancelled() => {}
             }
         }
     }

@@ -189,8 +189,8 @@ impl Tls {
         let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
             }
             match self.reload() {
                 Ok(true) => {

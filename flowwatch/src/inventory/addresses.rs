@@ -17,16 +17,15 @@ pub fn parse_address(
     field: String,
     errors: &mut Vec<ObjectError>,
 ) -> Option<IpAddr> {
-    match text.trim().parse::<IpAddr>() {
-        Ok(ip) => Some(ip.to_canonical()),
-        Err(_) => {
-            errors.push(ObjectError {
-                object: object(),
-                field: Some(field),
-                message: format!("{text:?} is not an IP address"),
-            });
-            None
-        }
+    if let Ok(ip) = text.trim().parse::<IpAddr>() {
+        Some(ip.to_canonical())
+    } else {
+        errors.push(ObjectError {
+            object: object(),
+            field: Some(field),
+            message: format!("{text:?} is not an IP address"),
+        });
+        None
     }
 }
 

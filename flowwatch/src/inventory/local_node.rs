@@ -34,7 +34,7 @@ pub fn add_local_addresses(inv: &mut Inventory, node: &str, local: &[IpAddr]) ->
         .map(|ip| ip.to_canonical())
         .collect();
     let mut added = 0;
-    for ip in local.iter().map(|ip| ip.to_canonical()) {
+    for ip in local.iter().map(std::net::IpAddr::to_canonical) {
         let link_local_v6 = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
         if ip.is_loopback()
             || ip.is_unspecified()

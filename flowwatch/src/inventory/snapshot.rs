@@ -688,7 +688,7 @@ fn add_object(
                 item,
                 object,
                 errors,
-            )
+            );
         }
         kind if super::workloads::is_workload_kind(kind) => {
             match super::workloads::stand_in(kind, map) {
@@ -803,7 +803,7 @@ fn type_name(v: &Value) -> &'static str {
 mod tests {
     use super::*;
 
-    const LIST: &str = r#"
+    const LIST: &str = r"
 apiVersion: v1
 kind: List
 items:
@@ -830,7 +830,7 @@ items:
   kind: NetworkPolicy
   metadata: {namespace: x, name: deny}
   spec: {podSelector: {}}
-"#;
+";
 
     #[test]
     fn reads_a_kubectl_list_and_ignores_other_kinds() {
@@ -985,7 +985,7 @@ items:
 
     #[test]
     fn yaml_that_is_not_json_fails_only_its_object() {
-        let text = r#"
+        let text = r"
 kind: List
 items:
 - kind: Pod
@@ -997,7 +997,7 @@ items:
 - kind: Pod
   apiVersion: v1
   metadata: {namespace: x, name: good}
-"#;
+";
         let (inv, errors) = parse(text, "t.yaml").unwrap();
         let names: Vec<_> = inv.pods.iter().map(|p| p.metadata.name.clone()).collect();
         assert_eq!(names, vec![Some("good".to_string())]);

@@ -30,8 +30,7 @@ impl Backoff {
     pub fn seed(salt: u64) -> u64 {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_nanos() as u64);
         nanos ^ (u64::from(std::process::id()) << 32) ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
@@ -92,7 +91,10 @@ mod tests {
         let lo = firsts.iter().min().unwrap();
         let hi = firsts.iter().max().unwrap();
         assert!(*lo >= MIN && *hi < MIN * 2);
-        assert!(*hi - *lo > MIN / 2, "spread {lo:?}..{hi:?}");
+        assert!(
+            (*hi).checked_sub(*lo).unwrap() > MIN / 2,
+            "spread {lo:?}..{hi:?}"
+        );
         // Each 50 ms fifth of the 250 ms band expects 20 of them: none holds twice that (five
         // standard deviations), as one would if the draws clustered.
         let mut slots = [0usize; 5];

@@ -165,7 +165,7 @@ impl ClusterWatch {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tx.closed() => return,
+                    () = tx.closed() => return,
                     r = changes.changed() => if r.is_err() { return },
                 }
                 changes.mark_unchanged();

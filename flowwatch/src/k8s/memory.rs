@@ -13,8 +13,8 @@ pub(super) async fn release_freed_memory(materialized: Arc<AtomicU64>, cancel: C
     let mut pending = 0u8;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         let n = materialized.load(Ordering::Relaxed);
         if n != seen {

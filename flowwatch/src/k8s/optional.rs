@@ -246,7 +246,7 @@ impl OptionalStores {
             Kind::BaselineAdminNetworkPolicy => empty(&self.banps),
             k => {
                 if let Some(c) = self.cni.get(&k) {
-                    empty(c)
+                    empty(c);
                 }
             }
         }
@@ -404,9 +404,9 @@ pub(super) async fn run(ctx: Ctx) {
             ctx.changed.notify_one();
         }
         tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-            _ = gone.notified() => {}
+            () = ctx.cancel.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+            () = gone.notified() => {}
         }
     }
 }

@@ -19,12 +19,12 @@ pub(super) async fn publish(
     let mut generation = 0u64;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = changed.notified() => {}
+            () = cancel.cancelled() => return,
+            () = changed.notified() => {}
         }
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(debounce) => {}
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(debounce) => {}
         }
         if !status.has_synced() {
             continue;

@@ -211,8 +211,8 @@ async fn poll_files(
             last = Some(now);
         }
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(poll) => {}
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(poll) => {}
         }
     }
 }

@@ -331,8 +331,7 @@ impl SyncStatus {
         *lock(&self.last_ok) = Some(Instant::now());
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_secs());
         self.last_ok_ts.set(i64::try_from(unix).unwrap_or(i64::MAX));
         self.recompute_stale();
     }

@@ -52,7 +52,7 @@ pub(super) async fn run_kind<K>(
         metadata_only: matches!(kind, Kind::ReplicaSet | Kind::Job),
         gone: None,
     };
-    run_watch(watch, decoder, cache, opts, status, changed, cancel).await
+    run_watch(watch, decoder, cache, opts, status, changed, cancel).await;
 }
 
 /// What one watch loop watches.
@@ -102,7 +102,7 @@ pub(super) async fn run_watch<C>(
         let mut stream = watch_stream(metadata_only, api.clone(), watcher_config(&opts, streaming));
         loop {
             let item = tokio::select! {
-                _ = cancel.cancelled() => return,
+                () = cancel.cancelled() => return,
                 item = stream.next() => item,
             };
             let event = match item {
@@ -196,8 +196,8 @@ pub(super) async fn run_watch<C>(
             }
         }
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_pause()) => {}
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_pause()) => {}
         }
     }
 }

@@ -327,7 +327,7 @@ mod tests {
         let mut known = KnownEdges::new(100, 100);
         let edges = crate::first_seen::state::decode(&bytes, "test", 1 << 20).unwrap();
         known.restore(edges, 0);
-        m2.start_first_seen(known, WallOffset(WALL.0 + 1000 * SEC as i128));
+        m2.start_first_seen(known, WallOffset(WALL.0 + 1000 * i128::from(SEC)));
         assert_eq!(
             lines(&reg2, "flowwatch_edge_first_seen_timestamp_seconds{"),
             before

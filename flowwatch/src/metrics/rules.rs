@@ -231,23 +231,22 @@ impl RuleFamilies {
     }
 
     fn bump(&self, state: &mut State, labels: RuleLabels, sole: bool, unix_secs: f64) {
-        let series = match state.series.get(&labels) {
-            Some(s) => s,
-            None => {
-                let live = state
-                    .live
-                    .as_ref()
-                    .is_none_or(|l| l.contains(&labels.key()));
-                if !live {
-                    return;
-                }
-                let s = Series {
-                    matches: self.matches.get_or_create_owned(&labels),
-                    sole: self.sole.get_or_create_owned(&labels),
-                    last: self.last.get_or_create_owned(&labels),
-                };
-                state.series.entry(labels).or_insert(s)
+        let series = if let Some(s) = state.series.get(&labels) {
+            s
+        } else {
+            let live = state
+                .live
+                .as_ref()
+                .is_none_or(|l| l.contains(&labels.key()));
+            if !live {
+                return;
             }
+            let s = Series {
+                matches: self.matches.get_or_create_owned(&labels),
+                sole: self.sole.get_or_create_owned(&labels),
+                last: self.last.get_or_create_owned(&labels),
+            };
+            state.series.entry(labels).or_insert(s)
         };
         series.matches.inc();
         if sole {

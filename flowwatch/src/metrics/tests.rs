@@ -237,7 +237,7 @@ fn the_family_budget_folds_into_the_global_other_bucket() {
 
 #[test]
 fn idle_series_expire_and_free_their_budget() {
-    let ttl = Duration::from_secs(60);
+    let ttl = Duration::from_mins(1);
     let (m, reg) = new(MetricsConfig {
         max_series_per_family: 1,
         max_series_per_namespace: 1,
@@ -459,7 +459,7 @@ fn the_budget_keeps_the_most_active_edges() {
     let (m, reg) = new(MetricsConfig {
         max_series_per_family: 2,
         max_series_per_namespace: 2,
-        series_ttl: Duration::from_secs(60),
+        series_ttl: Duration::from_mins(1),
         ..Default::default()
     });
     let none = Counters::default();
@@ -506,7 +506,7 @@ fn a_candidate_needs_clearly_more_activity_to_displace() {
     let (m, reg) = new(MetricsConfig {
         max_series_per_family: 1,
         max_series_per_namespace: 1,
-        series_ttl: Duration::from_secs(60),
+        series_ttl: Duration::from_mins(1),
         ..Default::default()
     });
     let none = Counters::default();
@@ -553,7 +553,7 @@ fn an_edge_admitted_mid_window_is_not_promoted_again() {
     let (m, reg) = new(MetricsConfig {
         max_series_per_family: 2,
         max_series_per_namespace: 2,
-        series_ttl: Duration::from_secs(60),
+        series_ttl: Duration::from_mins(1),
         ..Default::default()
     });
     let none = Counters::default();
@@ -621,7 +621,7 @@ fn a_full_namespace_only_displaces_its_own_edges() {
     let (m, reg) = new(MetricsConfig {
         max_series_per_family: 10,
         max_series_per_namespace: 1,
-        series_ttl: Duration::from_secs(60),
+        series_ttl: Duration::from_mins(1),
         ..Default::default()
     });
     let none = Counters::default();

@@ -117,7 +117,7 @@ impl Allowances {
                         PortSpec::Range(lo, hi) => admitted |= (*lo..=*hi).contains(&port),
                         PortSpec::Named(name) => match dir {
                             Direction::Ingress => {
-                                admitted |= m.matches(port, protocol, subject_ports)
+                                admitted |= m.matches(port, protocol, subject_ports);
                             }
                             Direction::Egress => names.push(name.clone()),
                         },

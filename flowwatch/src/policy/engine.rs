@@ -143,7 +143,7 @@ impl VerdictCache {
         if !matched.beyond.is_empty() {
             return collect(&matched);
         }
-        if matched.mask.count_ones() == 1 {
+        if matched.mask.is_power_of_two() {
             return rules[matched.mask.trailing_zeros() as usize].single.clone();
         }
         self.combos
@@ -239,17 +239,16 @@ impl PolicyEngine {
                     }
                 }
             };
-            match compiled {
-                Some(p) => policies.push(p),
-                None => {
-                    let (ingress, egress) = declared_directions(np);
-                    skipped.push(SkippedPolicy {
-                        key: format!("{ns}/{name}"),
-                        namespace: ns.to_string(),
-                        ingress,
-                        egress,
-                    });
-                }
+            if let Some(p) = compiled {
+                policies.push(p)
+            } else {
+                let (ingress, egress) = declared_directions(np);
+                skipped.push(SkippedPolicy {
+                    key: format!("{ns}/{name}"),
+                    namespace: ns.to_string(),
+                    ingress,
+                    egress,
+                });
             }
         }
         let policy_ns: Vec<NsId> = policies

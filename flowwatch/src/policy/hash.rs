@@ -35,15 +35,15 @@ impl Hasher for FastHasher {
     }
     #[inline]
     fn write_u8(&mut self, i: u8) {
-        self.add(i as u64);
+        self.add(u64::from(i));
     }
     #[inline]
     fn write_u16(&mut self, i: u16) {
-        self.add(i as u64);
+        self.add(u64::from(i));
     }
     #[inline]
     fn write_u32(&mut self, i: u32) {
-        self.add(i as u64);
+        self.add(u64::from(i));
     }
     #[inline]
     fn write_u64(&mut self, i: u64) {

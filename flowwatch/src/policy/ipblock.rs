@@ -64,7 +64,10 @@ mod tests {
     use super::*;
 
     fn block(cidr: &str, except: &[&str]) -> IpBlockMatcher {
-        let except: Vec<String> = except.iter().map(|s| s.to_string()).collect();
+        let except: Vec<String> = except
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         IpBlockMatcher::compile(cidr, &except).unwrap()
     }
 

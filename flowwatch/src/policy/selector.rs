@@ -133,7 +133,12 @@ mod tests {
         LabelSelectorRequirement {
             key: key.into(),
             operator: op.into(),
-            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+            values: (!values.is_empty()).then(|| {
+                values
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect()
+            }),
         }
     }
 

@@ -310,7 +310,7 @@ fn pod_sets(
             .or_insert_with(|| {
                 let mut set = BitSet::with_capacity(identities.len());
                 selected(cluster, identities, &by_ns, namespaces, pods, |i| {
-                    set.insert(i)
+                    set.insert(i);
                 });
                 Arc::new(set)
             })

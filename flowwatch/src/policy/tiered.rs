@@ -777,7 +777,7 @@ fn cnp_port(protocol: Protocol, p: &DestinationPort, path: &str) -> Result<TierP
 
 fn v1_protocol(p: Option<&str>, field: String) -> Result<Protocol, FieldError> {
     match p {
-        None | Some("") | Some("TCP") => Ok(Protocol::Tcp),
+        None | Some("" | "TCP") => Ok(Protocol::Tcp),
         Some("UDP") => Ok(Protocol::Udp),
         Some("SCTP") => Ok(Protocol::Sctp),
         Some(other) => Err((

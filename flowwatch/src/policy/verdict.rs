@@ -26,7 +26,7 @@ impl Verdict {
 
     /// `denied` if either side denies; else `uncovered` if neither side allows; else `allowed`.
     pub fn combine(ingress: SideVerdict, egress: SideVerdict) -> Verdict {
-        use SideVerdict::*;
+        use SideVerdict::{Allowed, Denied};
         if ingress == Denied || egress == Denied {
             Verdict::Denied
         } else if ingress != Allowed && egress != Allowed {

@@ -198,8 +198,8 @@ pub fn diff(
                         (_, change) => {
                             out.extend(open.take());
                             open = change.map(|change| Difference {
-                                src: src_label.to_string(),
-                                dst: dst_label.to_string(),
+                                src: (*src_label).clone(),
+                                dst: (*dst_label).clone(),
                                 protocol,
                                 ports: (start, end),
                                 change,

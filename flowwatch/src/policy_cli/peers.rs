@@ -123,7 +123,7 @@ impl Resolver {
             .keys()
             .map(|(ns, kind, name)| (ns.as_str(), kind.as_str(), name.as_str()))
             .collect();
-        out.sort();
+        out.sort_unstable();
         out
     }
 

@@ -12,7 +12,7 @@ use crate::whatif::{
 };
 
 /// How long connecting and each read or write may take.
-const TIMEOUT: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_mins(1);
 /// The largest answer read (edge series of a large cluster fit many times over).
 const MAX_BODY: u64 = 1 << 30;
 
@@ -150,7 +150,7 @@ fn urlencode(s: &str) -> String {
     for b in s.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
+                out.push(b as char);
             }
             _ => out.push_str(&format!("%{b:02X}")),
         }

@@ -96,7 +96,10 @@ pub fn collect(
     }
     report.coverage = coverage.into_values().collect();
     report.rules = usage.rules.len();
-    report.unused_rules = usage.unused().map(|r| r.to_string()).collect();
+    report.unused_rules = usage
+        .unused()
+        .map(std::string::ToString::to_string)
+        .collect();
     report.unused_policies = usage
         .unused_policies()
         .into_iter()
@@ -135,19 +138,18 @@ pub fn collect(
 
 /// Says where the traffic came from, as the page's header shows it.
 fn source_of(traffic: &TrafficArgs) -> String {
-    match (&traffic.prometheus, traffic.since) {
-        (Some(url), Some(since)) => format!(
+    if let (Some(url), Some(since)) = (&traffic.prometheus, traffic.since) {
+        format!(
             "Prometheus {url}, the last {}",
             humantime::format_duration(std::time::Duration::from_secs(since))
-        ),
-        _ => {
-            let files: Vec<String> = traffic
-                .flows
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            format!("flow logs {}", files.join(", "))
-        }
+        )
+    } else {
+        let files: Vec<String> = traffic
+            .flows
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("flow logs {}", files.join(", "))
     }
 }
 

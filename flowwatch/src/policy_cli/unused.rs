@@ -196,7 +196,10 @@ pub fn write_report(
         write_table(out, format == Format::Md, &header, &rows)?;
         writeln!(out)?;
     }
-    let unused: Vec<String> = usage.unused().map(|r| r.to_string()).collect();
+    let unused: Vec<String> = usage
+        .unused()
+        .map(std::string::ToString::to_string)
+        .collect();
     let policies = usage.unused_policies();
     writeln!(
         out,

@@ -261,7 +261,7 @@ pub(crate) fn verdict_text(v: &Result<Explanation, String>) -> String {
             .collect();
         match side.verdict.as_str() {
             "allowed" if !allowing.is_empty() => {
-                parts.push(format!("{name} {}", allowing.join(", ")))
+                parts.push(format!("{name} {}", allowing.join(", ")));
             }
             "allowed" => parts.push(format!("{name} {}", side.reason)),
             "denied" => {

@@ -53,7 +53,7 @@ code,.mono{font-family:ui-monospace,monospace}meter{width:120px}\
 }
 
 /// Hover or focus a workload: only its edges stay strong. A legend checkbox hides a class.
-const SCRIPT: &str = r#"(function () {
+const SCRIPT: &str = r"(function () {
   var svg = document.getElementById('graph');
   function focus(id) {
     var edges = svg.querySelectorAll('.edge');
@@ -80,7 +80,7 @@ const SCRIPT: &str = r#"(function () {
   }
   document.documentElement.setAttribute('data-script', 'ready');
 })();
-"#;
+";
 
 /// Per mille as a percentage with one decimal.
 fn percent(permille: u64) -> String {

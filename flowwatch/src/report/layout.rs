@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_large_namespace_wraps_into_columns_and_long_names_are_cut() {
-        let ends: BTreeSet<EdgeEnd> = (0..(MAX_ROWS * 2 + 1))
+        let ends: BTreeSet<EdgeEnd> = (0..=(MAX_ROWS * 2))
             .map(|i| workload("big", &format!("w{i:02}-{}", "x".repeat(40))))
             .collect();
         let l = layout(&ends, &BTreeMap::new());

@@ -153,7 +153,7 @@ fn path(s: &Placed, d: &Placed, k: i32, layout: &Layout) -> String {
             x2 - out
         );
     }
-    let mid = (x1 + x2) / 2;
+    let mid = i32::midpoint(x1, x2);
     format!(
         "M{x1},{y1} C{mid},{},{mid},{},{x2},{y2}",
         y1 + spread,

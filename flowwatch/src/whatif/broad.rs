@@ -409,9 +409,10 @@ spec:
         assert!(errors.is_empty(), "{errors:?}");
         let view = ClusterView::of(&inventory);
         let mut usage = Usage::of_policies(&inventory.network_policies);
-        let end = |s: &str| match s.parse::<IpAddr>() {
-            Ok(ip) => (EdgeEnd::Address(ip), Peer::Ip(ip)),
-            Err(_) => {
+        let end = |s: &str| {
+            if let Ok(ip) = s.parse::<IpAddr>() {
+                (EdgeEnd::Address(ip), Peer::Ip(ip))
+            } else {
                 let (ns, name) = s.split_once('/').unwrap();
                 (
                     EdgeEnd::Workload {

@@ -437,7 +437,10 @@ mod tests {
         assert_eq!(rule("a/p1", 1).peers, ["a".to_string()].into());
         assert_eq!(rule("a/p2", 0).connections, 0);
         assert_eq!(
-            usage.unused().map(|r| r.to_string()).collect::<Vec<_>>(),
+            usage
+                .unused()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>(),
             ["a/p2 ingress[0]"]
         );
         assert_eq!(usage.unused_policies(), ["a/p2"]);

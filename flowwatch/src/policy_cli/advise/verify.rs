@@ -177,7 +177,7 @@ pub fn verify(
     let workloads: HashSet<String> = ClusterView::of(&after)
         .workloads
         .keys()
-        .map(|w| w.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     let ends: Vec<_> = workload_ends(engine, resolver)
         .into_iter()
