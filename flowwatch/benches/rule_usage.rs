@@ -142,7 +142,7 @@ fn connections(round: usize, n: usize, at: Nanos) -> Vec<Observation> {
 fn round(classifier: &Classifier, metrics: &Metrics, n: usize, r: usize) -> f64 {
     let at = (r as Nanos + 1) * 100 * SEC;
     let observations = connections(r, n, at);
-    let mut pipeline = Pipeline::new(FakeSource::default(), AggregatorConfig::default(), vec![]);
+    let mut pipeline = Pipeline::new(FakeSource::default(), AggregatorConfig::default(), &[]);
     let mut reporter = Reporter::new(None);
     let started = Instant::now();
     for obs in observations {

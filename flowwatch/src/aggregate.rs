@@ -681,7 +681,7 @@ mod tests {
                 fwd_tcp_flags: flags.0,
                 rev_tcp_flags: flags.1,
             },
-            other => other,
+            other @ Observation::Event { .. } => other,
         }
     }
 

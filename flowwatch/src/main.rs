@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_agent(*args),
         Command::Policy(cmd) => flowwatch::policy_cli::run(cmd),
-        Command::Report(args) => flowwatch::policy_cli::report::run(*args),
+        Command::Report(args) => flowwatch::policy_cli::report::run(&args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             use std::io::Write;

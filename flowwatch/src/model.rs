@@ -471,7 +471,7 @@ mod tests {
                 assert_eq!(counters.rev_packets, 3);
                 assert_eq!((first_seen, last_seen), (40, 90));
             }
-            other => panic!("unexpected {other:?}"),
+            other @ Observation::Event { .. } => panic!("unexpected {other:?}"),
         }
     }
 }

@@ -281,10 +281,10 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
 /// The commands that load their states (current, proposed or advised) themselves.
 fn run_comparison(cmd: PolicyCommand) -> ExitCode {
     match cmd {
-        PolicyCommand::Whatif(args) => whatif::run(*args),
-        PolicyCommand::Diff(args) => diff::run(args),
-        PolicyCommand::Advise(args) => advise::run(*args),
-        PolicyCommand::Unused(args) => unused::run(*args),
+        PolicyCommand::Whatif(args) => whatif::run(&args),
+        PolicyCommand::Diff(args) => diff::run(&args),
+        PolicyCommand::Advise(args) => advise::run(&args),
+        PolicyCommand::Unused(args) => unused::run(&args),
         _ => ExitCode::from(1),
     }
 }

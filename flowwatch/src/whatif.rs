@@ -598,11 +598,14 @@ mod tests {
     use serde_json::json;
 
     fn record(src: Value, dst: Value, outcome: &str, node: &str) -> Value {
-        json!({"start": "2026-11-25T01:09:33.465Z", "end": "2026-11-25T01:09:33.467Z",
-               "protocol": "TCP", "src": src, "dst": dst, "outcome": outcome,
+        let mut record = json!({"start": "2026-11-25T01:09:33.465Z", "end": "2026-11-25T01:09:33.467Z",
+               "protocol": "TCP", "outcome": outcome,
                "end_reason": "closed", "observed_at": ["client"],
                "fwd": {"packets": 1, "bytes": 60}, "rev": {"packets": 1, "bytes": 60},
-               "node": node})
+               "node": node});
+        record["src"] = src;
+        record["dst"] = dst;
+        record
     }
 
     fn pod(ns: &str, name: &str, kind: &str, workload: &str, node: &str, port: u16) -> Value {

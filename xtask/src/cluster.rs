@@ -14,7 +14,7 @@ use crate::{k8s, setup};
 /// The name of the hand-run node (its netns is `/run/netns/flowwatch-dev`).
 pub const NAME: &str = "flowwatch-dev";
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone, Copy)]
 pub enum Action {
     /// Start the node and print its kubeconfig.
     Up,

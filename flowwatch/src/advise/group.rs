@@ -3,6 +3,7 @@
 //! direction, peers seen on the same set of ports share one rule.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::cluster::{ClusterView, Labels, Workload};
@@ -192,7 +193,7 @@ impl<'v> Builder<'v> {
                 if count.connections == 1 { "" } else { "s" }
             );
             if count.established != count.connections {
-                line.push_str(&format!(" ({} established)", count.established));
+                let _ = write!(line, " ({} established)", count.established);
             }
             line
         };

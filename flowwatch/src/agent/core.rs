@@ -202,7 +202,7 @@ mod tests {
         let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
         let edge_memory = super::super::first_seen::start(None, 30, (1_000, 1_000), &metrics, 0);
         let agent = Agent {
-            pipeline: Pipeline::new(source, AggregatorConfig::default(), Vec::new()),
+            pipeline: Pipeline::new(source, AggregatorConfig::default(), &[]),
             classifier: Classifier::new(EnrichOptions::default(), PolicyOptions::default()),
             reporter: Reporter::new(None),
             backlog: Backlog::default(),

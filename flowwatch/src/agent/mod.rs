@@ -206,7 +206,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 close_linger: CLOSE_LINGER,
                 ..AggregatorConfig::default()
             },
-            args.ignore_cidrs.clone(),
+            &args.ignore_cidrs,
         ),
         classifier: Classifier::new(
             EnrichOptions {

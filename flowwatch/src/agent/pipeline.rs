@@ -17,11 +17,11 @@ pub struct Pipeline<S: FlowSource> {
 }
 
 impl<S: FlowSource> Pipeline<S> {
-    pub fn new(source: S, config: AggregatorConfig, ignore: Vec<IpNet>) -> Pipeline<S> {
+    pub fn new(source: S, config: AggregatorConfig, ignore: &[IpNet]) -> Pipeline<S> {
         Pipeline {
             source,
             aggregator: Aggregator::new(config),
-            ignore: IgnoreList::new(&ignore),
+            ignore: IgnoreList::new(ignore),
             scratch: Vec::new(),
         }
     }
@@ -220,7 +220,7 @@ mod tests {
         let mut p = Pipeline::new(
             source,
             AggregatorConfig::default(),
-            vec!["127.0.0.0/8".parse().unwrap()],
+            &["127.0.0.0/8".parse().unwrap()],
         );
         assert!(p.pump_totals(S).unwrap().flows.is_empty(), "lingering");
         let done = p.pump_totals(10 * S).unwrap().flows;
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn a_reused_five_tuple_keeps_its_kernel_entry_for_the_new_connection() {
         let k = key("10.0.0.1:40000", "10.0.0.2:80");
-        let mut p = Pipeline::new(FakeSource::default(), AggregatorConfig::default(), vec![]);
+        let mut p = Pipeline::new(FakeSource::default(), AggregatorConfig::default(), &[]);
         p.source.events.extend([
             client_event(k, EventKind::TcpEstablished, S),
             client_event(k, EventKind::TcpClosed, S),
@@ -302,7 +302,7 @@ mod tests {
             max_flows: 1,
             ..AggregatorConfig::default()
         };
-        let mut p = Pipeline::new(FakeSource::default(), config, vec![]);
+        let mut p = Pipeline::new(FakeSource::default(), config, &[]);
         p.source.totals = vec![tcp_totals(a, 1, S), tcp_totals(b, 1, S)];
         p.pump_totals(S).unwrap().freed.unwrap();
         assert_eq!(p.source.forgotten, vec![b]);
@@ -369,7 +369,7 @@ mod tests {
             unreadable: true,
             ..Faulty::default()
         };
-        let mut p = Pipeline::new(unreadable, AggregatorConfig::default(), vec![]);
+        let mut p = Pipeline::new(unreadable, AggregatorConfig::default(), &[]);
         p.source
             .inner
             .events
@@ -395,7 +395,7 @@ mod tests {
             unfreeable: true,
             ..Faulty::default()
         };
-        let mut p = Pipeline::new(unfreeable, AggregatorConfig::default(), vec![]);
+        let mut p = Pipeline::new(unfreeable, AggregatorConfig::default(), &[]);
         let ended = p.pump_totals(10 * S).unwrap();
         assert_eq!(ended.flows.len(), 1);
         assert_eq!(ended.flows[0].flow.outcome, Outcome::Failed);

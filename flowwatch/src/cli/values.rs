@@ -1,6 +1,7 @@
 //! Parsers for flag values that clap cannot check alone. Each refuses a value that cannot work
 //! with one line saying what is wrong and what would be right.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 /// The kernel's limit on an interface name (IFNAMSIZ less the terminating NUL).
@@ -173,7 +174,7 @@ pub fn one_line_error(rendered: &str) -> String {
             .strip_prefix("[possible values: ")
             .and_then(|v| v.strip_suffix(']'))
     }) {
-        line.push_str(&format!(": possible values are {values}"));
+        let _ = write!(line, ": possible values are {values}");
     }
     line
 }

@@ -333,7 +333,7 @@ impl Sender {
                 continue;
             }
             if self.send_batch().await {
-                self.backoff.reset()
+                self.backoff.reset();
             } else {
                 let pause = self.backoff.next_pause();
                 tokio::select! {

@@ -184,7 +184,7 @@ fn write_file(
     if file.is_none() || current != file.as_ref().map(|(_, id)| *id) {
         w.reopened = file.is_some();
         if let Ok(f) = open_append(path) {
-            *file = Some(f)
+            *file = Some(f);
         } else {
             *file = None;
             w.dropped = lines.len() as u64;

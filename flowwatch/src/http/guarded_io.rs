@@ -83,7 +83,7 @@ impl<IO> GuardedIo<IO> {
                 }
                 Poll::Pending
             }
-            ready => {
+            ready @ Poll::Ready(_) => {
                 self.stall = None;
                 ready
             }

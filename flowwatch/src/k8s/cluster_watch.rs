@@ -116,10 +116,11 @@ impl ClusterWatch {
         kind!(Job, Kind::Job, stores.jobs);
         // The first view waits for the first discovery of the optional kinds.
         status.discovering.store(true, Ordering::Release);
+        let debounce = opts.debounce;
         tokio::spawn(optional::run(optional::Ctx {
-            client: client.clone(),
+            client,
             stores: stores.optional.clone(),
-            opts: opts.clone(),
+            opts,
             status: status.clone(),
             changed: changed.clone(),
             cancel: cancel.clone(),
@@ -129,7 +130,7 @@ impl ClusterWatch {
             tx,
             status.clone(),
             changed,
-            opts.debounce,
+            debounce,
             cancel.clone(),
         ));
         tokio::spawn(release_freed_memory(materialized.clone(), cancel));

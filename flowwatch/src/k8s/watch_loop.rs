@@ -384,13 +384,13 @@ mod tests {
 
     #[test]
     fn a_404_is_a_resource_gone() {
+        use watcher::Error as E;
         let api = |code: u16| kube::core::ErrorResponse {
             status: "Failure".into(),
             message: "the server could not find the requested resource".into(),
             reason: "NotFound".into(),
             code,
         };
-        use watcher::Error as E;
         let list = E::InitialListFailed(kube::Error::Api(api(404)));
         assert_eq!(failure(&list), Failure::Gone);
         assert_eq!(failure(&E::WatchError(api(404))), Failure::Gone);
@@ -398,13 +398,13 @@ mod tests {
 
     #[test]
     fn a_410_on_a_watch_or_a_list_page_is_an_expiry_not_a_failure() {
+        use watcher::Error as E;
         let api = |code: u16| kube::core::ErrorResponse {
             status: "Failure".into(),
             message: "too old resource version".into(),
             reason: "Expired".into(),
             code,
         };
-        use watcher::Error as E;
         assert_eq!(failure(&E::WatchError(api(410))), Failure::WatchExpired);
         let at_start = E::WatchStartFailed(kube::Error::Api(api(410)));
         assert_eq!(failure(&at_start), Failure::Expired);

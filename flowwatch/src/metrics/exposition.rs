@@ -6,6 +6,7 @@
 //! `info` / `gaugehistogram` / `stateset` types. [`encode_prometheus_text`] rewrites the
 //! OpenMetrics output line by line accordingly.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus_client::registry::Registry;
@@ -72,7 +73,7 @@ impl TextWriter {
 
     fn flush_help(&mut self) {
         if let Some((name, help)) = self.pending_help.take() {
-            self.out.push_str(&format!("# HELP {name} {help}\n"));
+            let _ = writeln!(self.out, "# HELP {name} {help}");
         }
     }
 
@@ -103,9 +104,9 @@ impl TextWriter {
                 } else {
                     help_name
                 };
-                self.out.push_str(&format!("# HELP {help_name} {help}\n"));
+                let _ = writeln!(self.out, "# HELP {help_name} {help}");
             }
-            self.out.push_str(&format!("# TYPE {name} {ty}\n"));
+            let _ = writeln!(self.out, "# TYPE {name} {ty}");
             return;
         }
         self.flush_help();

@@ -40,13 +40,13 @@ fn samples(reg: &Registry, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn new(cfg: MetricsConfig) -> (Metrics, Registry) {
-    Metrics::new(&cfg).unwrap()
+fn new(cfg: &MetricsConfig) -> (Metrics, Registry) {
+    Metrics::new(cfg).unwrap()
 }
 
 #[test]
 fn an_allowed_connection_is_counted_with_every_label() {
-    let (m, reg) = new(MetricsConfig::default());
+    let (m, reg) = new(&MetricsConfig::default());
     let e = edge(("shop", "frontend"), ("shop", "cart"), 8080, [A, U, A]);
     m.record_flow(&e, Some(Outcome::Established), &Counters::default(), SEC);
     m.record_flow(
@@ -71,7 +71,7 @@ fn an_allowed_connection_is_counted_with_every_label() {
 
 #[test]
 fn uncovered_drift_and_blocked_go_to_their_own_families() {
-    let (m, reg) = new(MetricsConfig::default());
+    let (m, reg) = new(&MetricsConfig::default());
     let none = Counters::default();
     m.record_flow(
         &edge(("a", "x"), ("b", "y"), 80, [U, U, U]),
@@ -141,7 +141,7 @@ fn uncovered_drift_and_blocked_go_to_their_own_families() {
 
 #[test]
 fn traffic_deltas_count_bytes_and_packets_by_direction_without_a_connection() {
-    let (m, reg) = new(MetricsConfig::default());
+    let (m, reg) = new(&MetricsConfig::default());
     let e = edge(("a", "x"), ("b", "y"), 80, [A, A, A]);
     let delta = Counters {
         fwd_packets: 3,
@@ -165,7 +165,7 @@ fn traffic_deltas_count_bytes_and_packets_by_direction_without_a_connection() {
 
 #[test]
 fn non_pod_endpoints_have_their_own_scope() {
-    let (m, reg) = new(MetricsConfig::default());
+    let (m, reg) = new(&MetricsConfig::default());
     let mut e = edge(("a", "x"), ("b", "y"), 53, [U, U, N]);
     e.dst = EdgeEnd::external();
     e.protocol = Protocol::Udp;
@@ -181,7 +181,7 @@ fn non_pod_endpoints_have_their_own_scope() {
 
 #[test]
 fn the_namespace_budget_folds_into_that_namespaces_other_bucket() {
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         max_series_per_family: 100,
         max_series_per_namespace: 2,
         ..Default::default()
@@ -219,7 +219,7 @@ fn the_namespace_budget_folds_into_that_namespaces_other_bucket() {
 
 #[test]
 fn the_family_budget_folds_into_the_global_other_bucket() {
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         max_series_per_family: 3,
         max_series_per_namespace: 3,
         ..Default::default()
@@ -238,7 +238,7 @@ fn the_family_budget_folds_into_the_global_other_bucket() {
 #[test]
 fn idle_series_expire_and_free_their_budget() {
     let ttl = Duration::from_mins(1);
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         max_series_per_family: 1,
         max_series_per_namespace: 1,
         series_ttl: ttl,
@@ -277,7 +277,7 @@ fn idle_series_expire_and_free_their_budget() {
 
 #[test]
 fn record_flow_sweeps_by_itself() {
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         series_ttl: Duration::from_secs(10),
         ..Default::default()
     });
@@ -300,7 +300,7 @@ fn record_flow_sweeps_by_itself() {
 
 #[test]
 fn label_values_are_escaped() {
-    let (m, reg) = new(MetricsConfig::default());
+    let (m, reg) = new(&MetricsConfig::default());
     let e = edge(("a", "we\"ird\\na\nme"), ("b", "y"), 80, [A, A, A]);
     m.record_flow(&e, Some(Outcome::Established), &Counters::default(), SEC);
     let c = samples(&reg, "flowwatch_connections_total");
@@ -309,7 +309,7 @@ fn label_values_are_escaped() {
 
 #[test]
 fn health_setters_reach_the_exposition() {
-    let (m, reg) = new(MetricsConfig::default());
+    let (m, reg) = new(&MetricsConfig::default());
     m.add_events_lost(LossReason::RingbufFull, 5);
     m.add_events_lost(LossReason::RingbufFull, 2);
     m.add_events_lost(LossReason::AgentFlowLimit, 1);
@@ -390,7 +390,7 @@ fn bad_config_is_an_error_naming_the_field() {
 
 #[test]
 fn openmetrics_names_the_units_and_build_info_carries_the_given_build() {
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         build: BuildInfo {
             version: "9.9.9".into(),
             commit: "abc123".into(),
@@ -437,7 +437,7 @@ fn openmetrics_names_the_units_and_build_info_carries_the_given_build() {
 
 #[test]
 fn both_formats_describe_counters_correctly() {
-    let (m, reg) = new(MetricsConfig::default());
+    let (m, reg) = new(&MetricsConfig::default());
     m.record_flow(
         &edge(("a", "x"), ("b", "y"), 80, [A, A, A]),
         Some(Outcome::Established),
@@ -456,7 +456,7 @@ fn both_formats_describe_counters_correctly() {
 #[test]
 fn the_budget_keeps_the_most_active_edges() {
     // ttl 60 s: windows of 6 s.
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         max_series_per_family: 2,
         max_series_per_namespace: 2,
         series_ttl: Duration::from_mins(1),
@@ -503,7 +503,7 @@ fn the_budget_keeps_the_most_active_edges() {
 
 #[test]
 fn a_candidate_needs_clearly_more_activity_to_displace() {
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         max_series_per_family: 1,
         max_series_per_namespace: 1,
         series_ttl: Duration::from_mins(1),
@@ -550,7 +550,7 @@ fn a_candidate_needs_clearly_more_activity_to_displace() {
 #[test]
 fn an_edge_admitted_mid_window_is_not_promoted_again() {
     // ttl 60 s: windows of 6 s. `expire` frees slots on every call, re-ranks once a window.
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         max_series_per_family: 2,
         max_series_per_namespace: 2,
         series_ttl: Duration::from_mins(1),
@@ -598,7 +598,7 @@ fn an_edge_admitted_mid_window_is_not_promoted_again() {
 
 #[test]
 fn a_fold_that_creates_an_overflow_bucket_is_counted_at_once() {
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         max_series_per_family: 100,
         max_series_per_namespace: 1,
         ..Default::default()
@@ -618,7 +618,7 @@ fn a_fold_that_creates_an_overflow_bucket_is_counted_at_once() {
 
 #[test]
 fn a_full_namespace_only_displaces_its_own_edges() {
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         max_series_per_family: 10,
         max_series_per_namespace: 1,
         series_ttl: Duration::from_mins(1),
@@ -651,7 +651,7 @@ fn a_full_namespace_only_displaces_its_own_edges() {
 
 #[test]
 fn expire_scans_at_most_once_a_second() {
-    let (m, reg) = new(MetricsConfig {
+    let (m, reg) = new(&MetricsConfig {
         series_ttl: Duration::from_secs(10),
         ..Default::default()
     });
@@ -679,7 +679,7 @@ fn expire_scans_at_most_once_a_second() {
 /// families encoded must equal the number registered (counted in the registry's `Debug`
 /// output, one `Descriptor` each), so a new family nobody fills here fails this test too.
 fn agent_families() -> std::collections::BTreeMap<String, String> {
-    let (m, mut registry) = new(MetricsConfig::default());
+    let (m, mut registry) = new(&MetricsConfig::default());
     crate::k8s::SyncStatus::default().register(&mut registry);
     crate::export::ExportStats::default().register(&mut registry);
     m.start_first_seen(crate::first_seen::KnownEdges::new(100, 100), WallOffset(0));
@@ -797,7 +797,7 @@ fn docs_metrics_md_lists_every_family_the_agent_exposes_and_no_other() {
 
 #[test]
 fn the_deciding_tier_and_cni_presence_are_labels_of_drift_and_blocked() {
-    let (m, reg) = new(MetricsConfig::default());
+    let (m, reg) = new(&MetricsConfig::default());
     let admin = FlowEdge {
         tier: TierLabel::Admin,
         ..edge(("tenant-a", "a1"), ("tenant-b", "b1"), 8080, [D, U, D])
@@ -825,7 +825,7 @@ fn the_deciding_tier_and_cni_presence_are_labels_of_drift_and_blocked() {
 
 #[test]
 fn cni_policy_objects_are_counted_by_known_kind_from_the_start() {
-    let (m, reg) = new(MetricsConfig::default());
+    let (m, reg) = new(&MetricsConfig::default());
     let zero = samples(&reg, "flowwatch_cni_policy_objects");
     assert_eq!(zero.len(), CniPolicyKind::ALL.len(), "{zero:?}");
     assert!(zero.iter().all(|l| l.ends_with(" 0")), "{zero:?}");
@@ -840,7 +840,7 @@ fn cni_policy_objects_are_counted_by_known_kind_from_the_start() {
     assert!(t.contains("flowwatch_cni_policy_objects{kind=\"projectcalico.org/NetworkPolicy\"} 1"));
     assert!(!t.contains("example.com"));
     // a kind that went away reads 0 again
-    m.set_cni_policy_objects(&Default::default());
+    m.set_cni_policy_objects(&std::collections::BTreeMap::default());
     assert!(text(&reg).contains("flowwatch_cni_policy_objects{kind=\"CiliumNetworkPolicy\"} 0"));
 }
 

@@ -104,7 +104,7 @@ fn write_files(dir: &Path, files: &[(PathBuf, String)]) -> io::Result<()> {
 }
 
 /// Runs `policy advise`.
-pub fn run(args: AdviseArgs) -> ExitCode {
+pub fn run(args: &AdviseArgs) -> ExitCode {
     let options = args.snapshot.options();
     let (inventory, errors) = match args.snapshot.inventory() {
         Ok(loaded) => loaded,

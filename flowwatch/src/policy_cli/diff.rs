@@ -269,7 +269,7 @@ pub fn write_report(diffs: &[Difference], format: Format, out: &mut dyn Write) -
 }
 
 /// Runs `policy diff`.
-pub fn run(args: DiffArgs) -> ExitCode {
+pub fn run(args: &DiffArgs) -> ExitCode {
     if args.proposed.is_empty() && args.delete.is_empty() {
         eprintln!("error: nothing proposed: give --proposed PATH and/or --delete KIND/NS/NAME");
         return ExitCode::from(1);

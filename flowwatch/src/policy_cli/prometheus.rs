@@ -2,6 +2,7 @@
 //! GET over a TCP connection, the answer decoded by `whatif::Edges::add_prometheus_answer`).
 //! Plain `http://` only; for a TLS-fronted Prometheus, use a port-forward.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -152,7 +153,9 @@ fn urlencode(s: &str) -> String {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 out.push(b as char);
             }
-            _ => out.push_str(&format!("%{b:02X}")),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
         }
     }
     out

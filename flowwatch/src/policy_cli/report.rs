@@ -154,7 +154,7 @@ fn source_of(traffic: &TrafficArgs) -> String {
 }
 
 /// Runs `flowwatch report`.
-pub fn run(args: ReportArgs) -> ExitCode {
+pub fn run(args: &ReportArgs) -> ExitCode {
     let (inventory, errors) = match args.snapshot.inventory() {
         Ok(loaded) => loaded,
         Err(code) => return code,

@@ -264,7 +264,7 @@ fn add_uncounted_cluster_rules(usage: &mut Usage, engine: &crate::policy::Policy
 }
 
 /// Runs `policy unused`.
-pub fn run(args: UnusedArgs) -> ExitCode {
+pub fn run(args: &UnusedArgs) -> ExitCode {
     let options = args.snapshot.options();
     let (inventory, errors) = match args.snapshot.inventory() {
         Ok(loaded) => loaded,

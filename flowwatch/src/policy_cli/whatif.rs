@@ -429,7 +429,7 @@ pub fn read_traffic(
 }
 
 /// Runs `policy whatif`.
-pub fn run(args: WhatifArgs) -> ExitCode {
+pub fn run(args: &WhatifArgs) -> ExitCode {
     if args.proposed.is_empty() && args.delete.is_empty() {
         eprintln!("error: nothing proposed: give --proposed PATH and/or --delete KIND/NS/NAME");
         return ExitCode::from(1);
