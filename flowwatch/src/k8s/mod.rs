@@ -42,7 +42,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use cluster_watch::ClusterWatch;
-pub use kind::{Kind, KindLabels};
+pub use kind::Kind;
 pub use options::{watcher_config, ListStrategy, WatchOptions};
 pub use status::{SyncReport, SyncStatus, NEW_KIND_GRACE};
 

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{Cache, Change};
 use super::watch_loop::{run_watch, Watch};
-use super::{Kind, KindLabels, SyncStatus, WatchOptions};
+use super::{Kind, SyncStatus, WatchOptions};
 use crate::inventory::cluster_policy::{
     self, AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy, ClusterPolicies,
     CniPolicy, API_GROUP, CNI_POLICY_KINDS,
@@ -273,7 +273,7 @@ fn decode_policy<T: DeserializeOwned>(
         value = serde_json::json!({ "metadata": metadata });
     }
     super::convert::decode::<T>(kind_name, &meta, value).map_err(|e| {
-        status.rejected.get_or_create(&KindLabels { kind }).inc();
+        status.metrics.add_rejected(kind);
         tracing::warn!(error = %e, "cluster policy skipped: cannot decode");
         name
     })

@@ -31,7 +31,7 @@ pub(super) async fn publish(
         }
         generation += 1;
         tracing::debug!(generation, "cluster changed");
-        status.views.inc();
+        status.metrics.add_view();
         tx.send_replace(generation);
     }
 }

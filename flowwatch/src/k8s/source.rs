@@ -195,7 +195,7 @@ async fn poll_files(
                         status.synced(kind, n);
                     }
                     tracing::info!(generation, pods = inv.pods.len(), "snapshot loaded");
-                    status.views.inc();
+                    status.metrics.add_view();
                     *crate::sync::lock(&view) = Arc::new(ClusterView {
                         inventory: Arc::new(inventory),
                         owners: Arc::default(),
@@ -204,7 +204,7 @@ async fn poll_files(
                     tx.send_replace(generation);
                 }
                 Err(e) => {
-                    status.reload_errors.inc();
+                    status.metrics.add_snapshot_reload_error();
                     tracing::warn!(reason = %e, "snapshot reload failed; keeping the last good inventory");
                 }
             }

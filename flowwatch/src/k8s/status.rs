@@ -4,12 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::kind::{idx, Kind, KindLabels, KINDS};
+use super::kind::{idx, Kind, KINDS};
+use crate::metrics::KubeFamilies;
 use crate::sync::lock;
 
 #[derive(Debug, Default)]
@@ -45,15 +43,8 @@ pub struct SyncStatus {
     /// When the current run of failures started (None: healthy).
     stale_since: Mutex<Option<Instant>>,
     last_ok: Mutex<Option<Instant>>,
-    synced_gauge: Family<KindLabels, Gauge>,
-    stale_gauge: Gauge,
-    pub(super) objects: Family<KindLabels, Gauge>,
-    pub(super) watch_errors: Family<KindLabels, Counter>,
-    pub(super) relists: Family<KindLabels, Counter>,
-    pub(super) rejected: Family<KindLabels, Counter>,
-    last_ok_ts: Gauge,
-    pub(super) views: Counter,
-    pub(super) reload_errors: Counter,
+    /// The `kube_*` families this state is exported as.
+    pub(super) metrics: KubeFamilies,
 }
 
 /// A readable summary of [`SyncStatus`].
@@ -81,15 +72,7 @@ impl Default for SyncStatus {
             discovering: AtomicBool::new(false),
             stale_since: Mutex::new(None),
             last_ok: Mutex::new(None),
-            synced_gauge: Family::default(),
-            stale_gauge: Gauge::default(),
-            objects: Family::default(),
-            watch_errors: Family::default(),
-            relists: Family::default(),
-            rejected: Family::default(),
-            last_ok_ts: Gauge::default(),
-            views: Counter::default(),
-            reload_errors: Counter::default(),
+            metrics: KubeFamilies::default(),
         }
     }
 }
@@ -179,25 +162,18 @@ impl SyncStatus {
 
     /// Watch restarts of this kind that relisted.
     pub fn relists_for_kind(&self, kind: Kind) -> u64 {
-        self.relists.get_or_create(&KindLabels { kind }).get()
+        self.metrics.relists(kind)
     }
 
     /// Objects that could not be decoded, all kinds.
     pub fn rejected(&self) -> u64 {
-        Kind::ALL
-            .iter()
-            .map(|k| self.rejected.get_or_create(&KindLabels { kind: *k }).get())
-            .sum()
+        Kind::ALL.iter().map(|k| self.metrics.rejected(*k)).sum()
     }
 
     pub fn watch_errors(&self) -> u64 {
         Kind::ALL
             .iter()
-            .map(|k| {
-                self.watch_errors
-                    .get_or_create(&KindLabels { kind: *k })
-                    .get()
-            })
+            .map(|k| self.metrics.watch_errors(*k))
             .sum()
     }
 
@@ -225,67 +201,7 @@ impl SyncStatus {
 
     /// Registers the `kube_*` metrics (under the registry's prefix, e.g. `flowwatch_`).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "kube_cache_synced",
-            "1 when the kind's cache has completed its first list",
-            self.synced_gauge.clone(),
-        );
-        registry.register(
-            "kube_stale",
-            "1 while a watch of the API server is failing and the agent runs on the last known state",
-            self.stale_gauge.clone(),
-        );
-        registry.register_with_unit(
-            "kube_last_sync_timestamp",
-            "Unix time of the last successful watch event or list",
-            prometheus_client::registry::Unit::Seconds,
-            self.last_ok_ts.clone(),
-        );
-        registry.register(
-            "kube_objects",
-            "Objects in the agent's cache",
-            self.objects.clone(),
-        );
-        registry.register(
-            "kube_watch_errors",
-            "Failed watch or list requests",
-            self.watch_errors.clone(),
-        );
-        registry.register(
-            "kube_relists",
-            "Watches restarted with a full list (after 410 Gone or an outage)",
-            self.relists.clone(),
-        );
-        registry.register(
-            "kube_objects_rejected",
-            "Objects that could not be decoded and were skipped",
-            self.rejected.clone(),
-        );
-        registry.register(
-            "kube_views",
-            "Inventories published to the policy engine and the enrichment index",
-            self.views.clone(),
-        );
-        registry.register(
-            "snapshot_reload_errors",
-            "Snapshot-file reloads that failed (the last good inventory stays in force)",
-            self.reload_errors.clone(),
-        );
-        // Every core kind's series from the start (0 until it happens), so `increase()` and
-        // alerts see zeros rather than nothing, and an unsynced kind shows as 0. An optional
-        // kind's series appear when it is first served (`activate`).
-        for kind in Kind::CORE {
-            self.create_series(kind);
-        }
-    }
-
-    fn create_series(&self, kind: Kind) {
-        let labels = KindLabels { kind };
-        let _ = self.synced_gauge.get_or_create(&labels);
-        let _ = self.objects.get_or_create(&labels);
-        let _ = self.watch_errors.get_or_create(&labels);
-        let _ = self.relists.get_or_create(&labels);
-        let _ = self.rejected.get_or_create(&labels);
+        self.metrics.register(registry);
     }
 
     /// An optional kind is served: it is watched from now on. `required`: the agent is not
@@ -299,8 +215,8 @@ impl SyncStatus {
         *lock(&k.activated) = Some(Instant::now());
         k.seen.store(true, Ordering::Release);
         k.active.store(true, Ordering::Release);
-        self.create_series(kind);
-        self.synced_gauge.get_or_create(&KindLabels { kind }).set(0);
+        self.metrics.create_series(kind);
+        self.metrics.set_synced(kind, false);
     }
 
     /// An optional kind is no longer served: not watched, not required, never stale.
@@ -311,7 +227,7 @@ impl SyncStatus {
         k.synced.store(false, Ordering::Release);
         k.failing.store(false, Ordering::Release);
         *lock(&k.failing_since) = None;
-        self.synced_gauge.get_or_create(&KindLabels { kind }).set(0);
+        self.metrics.set_synced(kind, false);
         self.set_objects(kind, 0);
         self.recompute_stale();
     }
@@ -320,7 +236,7 @@ impl SyncStatus {
     fn recompute_stale(&self) {
         if !self.is_stale() {
             *lock(&self.stale_since) = None;
-            self.stale_gauge.set(0);
+            self.metrics.set_stale(false);
         }
     }
 
@@ -332,7 +248,7 @@ impl SyncStatus {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.last_ok_ts.set(i64::try_from(unix).unwrap_or(i64::MAX));
+        self.metrics.set_last_sync(unix);
         self.recompute_stale();
     }
 
@@ -341,14 +257,12 @@ impl SyncStatus {
             return; // the watch of a kind no longer served, being stopped
         }
         self.kinds[idx(kind)].synced.store(true, Ordering::Release);
-        self.synced_gauge.get_or_create(&KindLabels { kind }).set(1);
+        self.metrics.set_synced(kind, true);
         self.set_objects(kind, objects);
     }
 
     pub(super) fn set_objects(&self, kind: Kind, objects: usize) {
-        self.objects
-            .get_or_create(&KindLabels { kind })
-            .set(i64::try_from(objects).unwrap_or(i64::MAX));
+        self.metrics.set_objects(kind, objects);
     }
 
     /// Records a failure of `kind`'s watch; false when it is not counted (a kind no longer
@@ -363,12 +277,12 @@ impl SyncStatus {
         }
         k.failing.store(true, Ordering::Release);
         lock(&k.failing_since).get_or_insert_with(Instant::now);
-        self.watch_errors.get_or_create(&KindLabels { kind }).inc();
+        self.metrics.add_watch_error(kind);
         let mut since = lock(&self.stale_since);
         if since.is_none() {
             *since = Some(Instant::now());
         }
-        self.stale_gauge.set(1);
+        self.metrics.set_stale(true);
         true
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::convert::{self, Trim};
 use super::options::{refuses_streaming_lists, watcher_config};
 use super::store::{self, Cache, Cached, Change};
-use super::{backoff, Kind, KindLabels, ListStrategy, SyncStatus, WatchOptions};
+use super::{backoff, Kind, ListStrategy, SyncStatus, WatchOptions};
 
 /// One core kind's watch loop (see [`run_watch`]), decoding into the typed object `K`.
 #[allow(clippy::too_many_arguments)]
@@ -173,7 +173,7 @@ pub(super) async fn run_watch<C>(
                     streamed |= streaming;
                     lists += 1;
                     if lists > 1 {
-                        status.relists.get_or_create(&KindLabels { kind }).inc();
+                        status.metrics.add_relist(kind);
                         tracing::info!(?kind, objects = init_count, "relisted");
                     }
                     Some(Change::InitDone)
@@ -307,7 +307,7 @@ where
     let metadata = match serde_json::to_value(&meta) {
         Ok(v) => v,
         Err(e) => {
-            status.rejected.get_or_create(&KindLabels { kind }).inc();
+            status.metrics.add_rejected(kind);
             tracing::warn!(object = %convert::object_name(K::NAME, &meta), error = %crate::error_chain::Chain(&e), "object skipped");
             return None;
         }
@@ -323,7 +323,7 @@ where
     match convert::convert::<K>(meta, value) {
         Ok(k) => Some(k),
         Err(e) => {
-            status.rejected.get_or_create(&KindLabels { kind }).inc();
+            status.metrics.add_rejected(kind);
             tracing::warn!(error = %e, "object skipped: cannot decode");
             None
         }

@@ -612,9 +612,9 @@ pub struct MapLabels {
     pub map: KernelMap,
 }
 
-/// `{kind}`
+/// `{kind}`: the watched kind, in `watch_staleness_seconds` and every `kube_*` family
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ResourceLabels {
+pub struct KindLabels {
     pub kind: WatchedKind,
 }
 

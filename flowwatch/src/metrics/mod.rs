@@ -5,7 +5,7 @@
 //! typed label sets and enum label values ([`labels`]). No tokio, aya, kube or HTTP here: time
 //! comes in as `now` (monotonic nanoseconds, the same clock as [`crate::model::Nanos`]).
 //! `docs/metrics.md` is the user-facing description of every family, these and the `kube_*`
-//! families of [`crate::k8s::SyncStatus::register`] (a unit test checks it lists them all).
+//! families of [`KubeFamilies`] (a unit test checks it lists them all).
 //!
 //! # Wiring (the stable API)
 //!
@@ -61,6 +61,7 @@
 mod budget;
 pub mod exposition;
 mod first_seen;
+mod kube;
 pub mod labels;
 pub mod rules;
 
@@ -77,6 +78,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use exposition::{encode_openmetrics, encode_prometheus_text};
 pub use first_seen::WallOffset;
+pub use kube::KubeFamilies;
 pub use labels::{
     CniPolicyKind, CniPresence, EdgeEnd, EdgeStateError, FamilyName, FlowEdge, FlowLogDropReason,
     KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope, TierLabel,
@@ -86,7 +88,7 @@ pub use labels::{
 use budget::{Admission, BudgetedFamily};
 use labels::{
     BlockedLabels, BuildLabels, CniKindLabels, ConnectionLabels, DriftLabels, FamilyLabels,
-    FlowLogDropLabels, LossLabels, MapLabels, ResourceLabels, TrafficLabels, UncoveredLabels,
+    FlowLogDropLabels, KindLabels, LossLabels, MapLabels, TrafficLabels, UncoveredLabels,
 };
 
 use crate::model::{Counters, Nanos, Outcome};
@@ -303,7 +305,7 @@ pub struct Health {
     packets_unattributed: Counter,
     map_fill: Family<MapLabels, F64Gauge>,
     interfaces_attached: Gauge,
-    watch_staleness: Family<ResourceLabels, F64Gauge>,
+    watch_staleness: Family<KindLabels, F64Gauge>,
     invalid_policies: Gauge,
     objects_skipped: Gauge,
     cni_policies: Family<CniKindLabels, Gauge>,
@@ -814,7 +816,7 @@ impl Metrics {
         self.inner
             .health
             .watch_staleness
-            .get_or_create(&ResourceLabels { kind })
+            .get_or_create(&KindLabels { kind })
             .set(staleness.as_secs_f64());
     }
 
