@@ -20,10 +20,11 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use flowwatch::agent::pipeline::Pipeline;
-use flowwatch::agent::report::Reporter;
 use flowwatch::aggregate::AggregatorConfig;
 use flowwatch::classify::Classifier;
+use flowwatch::count::ConnectionCounter;
 use flowwatch::enrich::{EnrichOptions, OwnerIndex};
+use flowwatch::flowlog::WallClock;
 use flowwatch::metrics::{Metrics, MetricsConfig};
 use flowwatch::model::{Counters, EventKind, Flow, FlowKey, Nanos, Observation, Protocol, Role};
 use flowwatch::policy::PolicyOptions;
@@ -143,7 +144,8 @@ fn round(classifier: &Classifier, metrics: &Metrics, n: usize, r: usize) -> f64 
     let at = (r as Nanos + 1) * 100 * SEC;
     let observations = connections(r, n, at);
     let mut pipeline = Pipeline::new(FakeSource::default(), AggregatorConfig::default(), &[]);
-    let mut reporter = Reporter::new(None);
+    let mut reporter =
+        ConnectionCounter::new(None, WallClock::new(std::time::SystemTime::now(), 0));
     let started = Instant::now();
     for obs in observations {
         match obs {

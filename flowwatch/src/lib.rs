@@ -4,13 +4,14 @@
 //! unit-tested without root, a kernel or an API server, and thin edges that talk to the world.
 //!
 //! Pure core: [`model`], [`aggregate`], [`inventory`], [`policy`], [`enrich`], [`classify`],
-//! [`metrics`], [`flowlog`], [`whatif`], [`advise`], [`report`], [`first_seen`].
+//! [`count`], [`metrics`], [`flowlog`], [`whatif`], [`advise`], [`report`], [`first_seen`].
 //! Edges: [`datapath`] (aya), [`k8s`] (kube-rs), [`http`] (axum), [`agent`] (the runtime that
 //! wires them), [`export`] (the OpenTelemetry logs exporter), [`cli`].
 
 pub mod advise;
 pub mod aggregate;
 pub mod classify;
+pub mod count;
 pub mod model;
 pub mod source;
 

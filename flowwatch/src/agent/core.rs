@@ -10,9 +10,9 @@ use super::first_seen::EdgeMemory;
 use super::flow_log::{write_records, FlowLog};
 use super::health::LossAccounting;
 use super::pipeline::{Ended, Pipeline};
-use super::report::Reporter;
 use crate::aggregate::FinishedFlow;
 use crate::classify::Classifier;
+use crate::count::ConnectionCounter;
 use crate::error_chain::Chain;
 use crate::flowlog::WallClock;
 use crate::k8s::ClusterView;
@@ -27,7 +27,7 @@ pub type Nat = Box<dyn FnMut(&FlowKey) -> Option<SocketAddr> + Send>;
 pub struct Agent<S: FlowSource> {
     pub(super) pipeline: Pipeline<S>,
     pub(super) classifier: Classifier,
-    pub(super) reporter: Reporter,
+    pub(super) reporter: ConnectionCounter,
     pub(super) backlog: Backlog,
     pub(super) flow_log: FlowLog,
     pub(super) clock: WallClock,
@@ -204,7 +204,10 @@ mod tests {
         let agent = Agent {
             pipeline: Pipeline::new(source, AggregatorConfig::default(), &[]),
             classifier: Classifier::new(EnrichOptions::default(), PolicyOptions::default()),
-            reporter: Reporter::new(None),
+            reporter: ConnectionCounter::new(
+                None,
+                WallClock::new(std::time::SystemTime::UNIX_EPOCH, 0),
+            ),
             backlog: Backlog::default(),
             flow_log: super::super::flow_log::open_flow_log(Some(log), None, Rotation::default())
                 .unwrap(),

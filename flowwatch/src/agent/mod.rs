@@ -10,7 +10,6 @@ mod flow_log;
 mod health;
 mod local_addresses;
 pub mod pipeline;
-pub mod report;
 
 pub use self::core::{Agent, Nat};
 
@@ -26,6 +25,7 @@ use self::core::keep_going;
 use crate::aggregate::AggregatorConfig;
 use crate::classify::Classifier;
 use crate::cli::RunArgs;
+use crate::count::ConnectionCounter;
 use crate::datapath::{self, Datapath, DatapathError, DatapathOptions, InterfacePatterns};
 use crate::enrich::EnrichOptions;
 use crate::error_chain::Chain;
@@ -39,7 +39,6 @@ use crate::policy::PolicyOptions;
 use crate::source::FlowSource;
 use health::LossAccounting;
 use pipeline::Pipeline;
-use report::Reporter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -198,6 +197,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             None
         }
     };
+    let clock = WallClock::new(SystemTime::now(), monotonic_now());
     let mut agent = Agent {
         pipeline: Pipeline::new(
             source,
@@ -219,10 +219,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 cni_policies_relevant: !args.ignore_cni_policies,
             },
         ),
-        reporter: Reporter::new(args.node_name.clone()),
+        reporter: ConnectionCounter::new(args.node_name.clone(), clock),
         backlog: backlog::Backlog::default(),
         flow_log,
-        clock: WallClock::new(SystemTime::now(), monotonic_now()),
+        clock,
         metrics: metrics.clone(),
         edge_memory,
         losses: LossAccounting::default(),

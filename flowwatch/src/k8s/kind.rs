@@ -52,7 +52,7 @@ mod tests {
     use super::*;
 
     // The `kind` label's spelling in every family is checked by the catalogue's tests
-    // (metrics/kube.rs); here, the per-kind arrays' layout.
+    // (metrics/kube_families.rs); here, the per-kind arrays' layout.
     #[test]
     fn core_kinds_come_first_in_declaration_order() {
         assert_eq!(KINDS, Kind::ALL.len());

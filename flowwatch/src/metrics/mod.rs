@@ -61,7 +61,7 @@
 mod budget;
 pub mod exposition;
 mod first_seen;
-mod kube;
+mod kube_families;
 pub mod labels;
 pub mod rules;
 
@@ -78,7 +78,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use exposition::{encode_openmetrics, encode_prometheus_text};
 pub use first_seen::WallOffset;
-pub use kube::KubeFamilies;
+pub use kube_families::KubeFamilies;
 pub use labels::{
     CniPolicyKind, CniPresence, EdgeEnd, EdgeStateError, FamilyName, FlowEdge, FlowLogDropReason,
     KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope, TierLabel,

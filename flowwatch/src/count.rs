@@ -1,4 +1,5 @@
-//! Feeds the metric families from flows as they progress: each connection is counted once,
+//! Counts flows into the metric families as they progress (pure: flows, classifications and
+//! the time come in as values): each connection is counted once,
 //! when its outcome is known (established as soon as it is; failed or unanswered when it ends),
 //! and its packets and bytes as they grow. Each flow is classified once, when first seen, so
 //! its metrics and its flow-log record agree even if the cluster changes meanwhile.
@@ -12,7 +13,7 @@ use crate::flowlog::WallClock;
 use crate::metrics::Metrics;
 use crate::model::{Counters, Flow, FlowHashMap, FlowKey, Nanos, Outcome, Protocol};
 
-pub struct Reporter {
+pub struct ConnectionCounter {
     flows: FlowHashMap<FlowKey, Reported>,
     /// This node's name. A connection between pods of two nodes is seen by both nodes' agents;
     /// the metrics count it on one: the initiator's node when the initiator is a pod, else the
@@ -36,12 +37,14 @@ struct Reported {
     counted_elsewhere: bool,
 }
 
-impl Reporter {
-    pub fn new(node: Option<String>) -> Reporter {
-        Reporter {
+impl ConnectionCounter {
+    /// `node`: this node's name (see the field); `clock`: converts the flows' monotonic times
+    /// to the wall-clock times of the rule-usage series.
+    pub fn new(node: Option<String>, clock: WallClock) -> ConnectionCounter {
+        ConnectionCounter {
             flows: FlowHashMap::default(),
             node,
-            clock: WallClock::new(std::time::SystemTime::now(), super::monotonic_now()),
+            clock,
         }
     }
 
@@ -261,7 +264,7 @@ mod tests {
     /// The demo cluster's pods, policies and Service (deploy/demo/snapshot.yaml).
     fn demo_classifier() -> Classifier {
         let (inventory, _) = crate::inventory::snapshot::parse(
-            include_str!("../../../deploy/demo/snapshot.yaml"),
+            include_str!("../../deploy/demo/snapshot.yaml"),
             "demo",
         )
         .unwrap();
@@ -292,7 +295,8 @@ mod tests {
     fn a_connection_is_counted_once_and_its_traffic_as_it_grows() {
         let classifier = demo_classifier();
         let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
-        let mut reporter = Reporter::new(None);
+        let mut reporter =
+            ConnectionCounter::new(None, WallClock::new(std::time::SystemTime::UNIX_EPOCH, 0));
 
         let mut flow = tcp_flow("10.213.0.10:40000", "10.213.0.30:5432");
         flow.outcome = Outcome::Established;
@@ -356,20 +360,22 @@ mod tests {
     fn a_new_connection_on_a_reused_five_tuple_is_counted_with_its_own_traffic() {
         let classifier = demo_classifier();
         let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
-        let mut reporter = Reporter::new(None);
+        let mut reporter =
+            ConnectionCounter::new(None, WallClock::new(std::time::SystemTime::UNIX_EPOCH, 0));
         let mut old = tcp_flow("10.213.0.10:40000", "10.213.0.30:5432");
         old.outcome = Outcome::Established;
         old.counters.fwd_packets = 5;
-        let tick = |reporter: &mut Reporter, live: &[&Flow], done: &[FinishedFlow], now| {
-            reporter.tick(
-                live.iter().copied(),
-                done,
-                &classifier,
-                &metrics,
-                &mut |_| None,
-                now,
-            );
-        };
+        let tick =
+            |reporter: &mut ConnectionCounter, live: &[&Flow], done: &[FinishedFlow], now| {
+                reporter.tick(
+                    live.iter().copied(),
+                    done,
+                    &classifier,
+                    &metrics,
+                    &mut |_| None,
+                    now,
+                );
+            };
         tick(&mut reporter, &[&old], &[], 10);
         // The same 5-tuple connects again before the old record is reported (the aggregator
         // reports the old one as reused and starts the new one from zero).
@@ -405,7 +411,8 @@ mod tests {
     fn a_service_connection_through_nat_is_one_edge_to_the_backend() {
         let classifier = demo_classifier();
         let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
-        let mut reporter = Reporter::new(None);
+        let mut reporter =
+            ConnectionCounter::new(None, WallClock::new(std::time::SystemTime::UNIX_EPOCH, 0));
 
         // The client's view (the Service address) and the backend's socket (the pod).
         let client = "10.213.0.10:41000";
@@ -495,7 +502,7 @@ metadata:
 spec: {nodeName: demo-node, hostNetwork: true, containers: [{name: c, ports: [{containerPort: 9100}]}]}
 status: {podIP: 10.213.0.254}
 ";
-        let snapshot = include_str!("../../../deploy/demo/snapshot.yaml").to_owned() + extra;
+        let snapshot = include_str!("../../deploy/demo/snapshot.yaml").to_owned() + extra;
         let (inventory, errors) = crate::inventory::snapshot::parse(&snapshot, "demo").unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         let mut classifier = Classifier::new(EnrichOptions::default(), PolicyOptions::default());
@@ -538,7 +545,10 @@ status: {podIP: 10.213.0.254}
                 .zip(counted)
             {
                 let (metrics, registry) = Metrics::new(&MetricsConfig::default()).unwrap();
-                let mut reporter = Reporter::new(node.map(String::from));
+                let mut reporter = ConnectionCounter::new(
+                    node.map(String::from),
+                    WallClock::new(std::time::SystemTime::UNIX_EPOCH, 0),
+                );
                 let classes = reporter.tick(
                     std::iter::empty(),
                     &done,
