@@ -4,4 +4,4 @@
 pub mod otlp;
 pub mod otlp_proto;
 
-pub use otlp::{DropReason, ExportStats, OtlpExporter, OtlpOptions};
+pub use otlp::{DropReason, ExportError, ExportStats, OtlpExporter, OtlpOptions};

@@ -162,11 +162,11 @@ async fn metrics_handler(State(state): State<HttpState>, uri: Uri, headers: Head
             };
             ([(header::CONTENT_TYPE, ct)], body).into_response()
         }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics failed: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => {
+            let e = crate::error_chain::Chain(&e);
+            tracing::warn!(error = %e, "a scrape got no metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::export::otlp_proto::Value;
-use crate::export::{ExportStats, OtlpExporter, OtlpOptions};
+use crate::export::{ExportError, ExportStats, OtlpExporter, OtlpOptions};
 
 /// A running exporter and how to stop it.
 pub struct Export {
@@ -48,7 +48,7 @@ pub fn resource(args: &RunArgs) -> Vec<(String, Value)> {
 pub fn start(
     args: &RunArgs,
     registry: &mut prometheus_client::registry::Registry,
-) -> Result<Option<Export>, String> {
+) -> Result<Option<Export>, ExportError> {
     let Some(endpoint) = &args.otlp_endpoint else {
         return Ok(None);
     };

@@ -68,8 +68,8 @@ pub enum AgentError {
     MetricsAuthKube(#[source] kube::Error),
     #[error(transparent)]
     Tls(#[from] crate::http::tls::TlsError),
-    #[error("--otlp-endpoint: {0}")]
-    Export(String),
+    #[error("--otlp-endpoint")]
+    Export(#[source] crate::export::ExportError),
     #[error("the HTTP server on {addr} stopped")]
     Http {
         addr: std::net::SocketAddr,

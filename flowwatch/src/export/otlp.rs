@@ -153,6 +153,25 @@ pub struct CollectorEndpoint {
     pub path: String,
 }
 
+/// Why the exporter could not start, or could not reach the collector.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// `--otlp-endpoint` is not a valid endpoint; the message says what a valid one looks like.
+    #[error("{0}")]
+    Endpoint(String),
+    #[error("the export buffer and batch need room for at least one record")]
+    NoRoom,
+    #[error("connecting to {host}:{port}")]
+    Connect {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake")]
+    Handshake(#[source] hyper::Error),
+}
+
 /// Parses `--otlp-endpoint`; the error says what a valid one looks like.
 pub fn parse_endpoint(s: &str) -> Result<CollectorEndpoint, String> {
     let rest = s.strip_prefix("http://").ok_or_else(|| {
@@ -227,10 +246,10 @@ impl OtlpExporter {
         opts: OtlpOptions,
         stats: ExportStats,
         stop: CancellationToken,
-    ) -> Result<(OtlpExporter, tokio::task::JoinHandle<()>), String> {
-        let endpoint = parse_endpoint(&opts.endpoint)?;
+    ) -> Result<(OtlpExporter, tokio::task::JoinHandle<()>), ExportError> {
+        let endpoint = parse_endpoint(&opts.endpoint).map_err(ExportError::Endpoint)?;
         if opts.buffer_records == 0 || opts.batch_records == 0 {
-            return Err("the export buffer and batch need room for at least one record".into());
+            return Err(ExportError::NoRoom);
         }
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
@@ -438,7 +457,7 @@ impl Sender {
             Some(c) => c,
             None => match self.connect().await {
                 Ok(c) => c,
-                Err(e) => return Sent::Retry(e),
+                Err(e) => return Sent::Retry(crate::error_chain::Chain(&e).to_string()),
             },
         };
         let request = hyper::Request::post(self.endpoint.path.as_str())
@@ -476,18 +495,19 @@ impl Sender {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ExportError> {
         let addr = (self.endpoint.host.as_str(), self.endpoint.port);
-        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
-            format!(
-                "connecting to {}:{}: {e}",
-                self.endpoint.host, self.endpoint.port
-            )
-        })?;
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|source| ExportError::Connect {
+                host: self.endpoint.host.clone(),
+                port: self.endpoint.port,
+                source,
+            })?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP handshake: {e}"))?;
+            .map_err(ExportError::Handshake)?;
         tokio::spawn(async move {
             let _ = conn.await;
         });

@@ -103,7 +103,7 @@ impl ExpositionCache {
     }
 
     /// The exposition for a scrape that arrived now.
-    pub async fn get(&self, format: Format) -> Result<Bytes, String> {
+    pub async fn get(&self, format: Format) -> Result<Bytes, EncodeError> {
         let arrived = Instant::now();
         let slot = match format {
             Format::OpenMetrics => &self.slots[0],
@@ -130,13 +130,11 @@ impl ExpositionCache {
             let text = match format {
                 Format::OpenMetrics => encode_openmetrics(&registry),
                 Format::PrometheusText => encode_prometheus_text(&registry),
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             metrics.observe_scrape(started.elapsed());
-            Ok::<_, String>(Bytes::from_owner(Tracked::new(text, live)))
+            Ok::<_, EncodeError>(Bytes::from_owner(Tracked::new(text, live)))
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         self.encodings.fetch_add(1, Ordering::Relaxed);
         // The previous encoding leaves the slot; clients still sending it keep it alive.
         *slot = Some(Encoded {
@@ -145,6 +143,15 @@ impl ExpositionCache {
         });
         Ok(body)
     }
+}
+
+/// Why a scrape got no exposition.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("encoding the metrics")]
+    Encode(#[from] std::fmt::Error),
+    #[error("the encoding task did not finish")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 #[cfg(test)]
