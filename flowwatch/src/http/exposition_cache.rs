@@ -12,7 +12,7 @@
 //! time, whatever the format, so the budget is checked against every encoding alive.
 //!
 //! The budget is two encodings: the one slow clients hold and a fresh one. With four, the
-//! floods of `benches/http_flood.rs` took the agent to 2.8x its idle RSS (issue 17 asks for at
+//! floods of `benches/http_flood.rs` took the agent to 2.8x its idle RSS (the hardening bar is at
 //! most 2x); with two, a scrape during such a flood may get an answer as old as the newest
 //! encoding, at most a write stall timeout (10 s) old.
 
