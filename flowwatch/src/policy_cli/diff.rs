@@ -13,10 +13,8 @@ use std::process::ExitCode;
 use serde_json::{json, Value};
 
 use super::table::{write_table, Format};
-use super::whatif::proposed_inventory;
+use super::whatif::ProposalArgs;
 use super::{build, Resolver, SnapshotArgs};
-use crate::inventory::overlay::ObjectRef;
-use crate::inventory::sources;
 use crate::model::Protocol;
 use crate::policy::{Peer, PolicyEngine, RulePort, Verdict};
 use crate::whatif::Change;
@@ -26,12 +24,8 @@ pub struct DiffArgs {
     /// The current state (files or folders).
     #[command(flatten)]
     pub snapshot: SnapshotArgs,
-    /// The proposed objects (files or folders), over the current ones.
-    #[arg(long, value_name = "PATH", num_args = 1..)]
-    pub proposed: Vec<std::path::PathBuf>,
-    /// Objects the change deletes: `KIND/NAMESPACE/NAME`.
-    #[arg(long, value_name = "KIND/NS/NAME", num_args = 1..)]
-    pub delete: Vec<ObjectRef>,
+    #[command(flatten)]
+    pub proposal: ProposalArgs,
     /// `table` (the default on a terminal), `json` (one object per line; the default
     /// otherwise) or `md`.
     #[arg(short = 'o', long = "output", value_enum)]
@@ -270,26 +264,17 @@ pub fn write_report(diffs: &[Difference], format: Format, out: &mut dyn Write) -
 
 /// Runs `policy diff`.
 pub fn run(args: &DiffArgs) -> ExitCode {
-    if args.proposed.is_empty() && args.delete.is_empty() {
-        eprintln!("error: nothing proposed: give --proposed PATH and/or --delete KIND/NS/NAME");
-        return ExitCode::from(1);
+    if let Err(code) = args.proposal.require_some() {
+        return code;
     }
     let options = args.snapshot.options();
-    let loaded = sources::load(&args.snapshot.snapshots)
-        .and_then(|current| sources::load(&args.proposed).map(|proposed| (current, proposed)));
-    let ((current, mut errors), (proposed, proposed_errors)) = match loaded {
+    let (current, mut errors) = match args.snapshot.inventory() {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("error: cannot read snapshot: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let after = match proposed_inventory(&current, proposed, &args.delete) {
+    let (after, proposed_errors) = match args.proposal.after(&current) {
         Ok(after) => after,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let (engine_b, resolver_b, build_b) = build(&current, options);
     let (engine_a, resolver_a, build_a) = build(&after, options);

@@ -26,13 +26,8 @@ pub struct WhatifArgs {
     /// The current state (files or folders, as for every `policy` command).
     #[command(flatten)]
     pub snapshot: SnapshotArgs,
-    /// The proposed objects (files or folders): each adds to, or replaces, the current object
-    /// of the same kind, namespace and name.
-    #[arg(long, value_name = "PATH", num_args = 1..)]
-    pub proposed: Vec<PathBuf>,
-    /// Objects the change deletes: `KIND/NAMESPACE/NAME` (e.g. `NetworkPolicy/shop/web`).
-    #[arg(long, value_name = "KIND/NS/NAME", num_args = 1..)]
-    pub delete: Vec<ObjectRef>,
+    #[command(flatten)]
+    pub proposal: ProposalArgs,
     #[command(flatten)]
     pub traffic: TrafficArgs,
     /// `table` (the default on a terminal), `json` (one object per edge, per line; the
@@ -111,6 +106,44 @@ pub struct Judged {
 pub struct States {
     pub before: (PolicyEngine, Resolver),
     pub after: (PolicyEngine, Resolver),
+}
+
+/// The change `policy whatif` and `policy diff` judge: objects added or replaced, and deleted.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProposalArgs {
+    /// The proposed objects (files or folders): each adds to, or replaces, the current object
+    /// of the same kind, namespace and name.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub proposed: Vec<PathBuf>,
+    /// Objects the change deletes: `KIND/NAMESPACE/NAME` (e.g. `NetworkPolicy/shop/web`).
+    #[arg(long, value_name = "KIND/NS/NAME", num_args = 1..)]
+    pub delete: Vec<ObjectRef>,
+}
+
+impl ProposalArgs {
+    /// Says so and returns exit code 1 when nothing is proposed.
+    pub fn require_some(&self) -> Result<(), ExitCode> {
+        if self.proposed.is_empty() && self.delete.is_empty() {
+            eprintln!("error: nothing proposed: give --proposed PATH and/or --delete KIND/NS/NAME");
+            return Err(ExitCode::from(1));
+        }
+        Ok(())
+    }
+
+    /// The proposed state over `current`, with the problems of the proposed files; says why
+    /// not and returns the exit code: 2 when a file cannot be read, 1 when a deletion names no
+    /// object.
+    pub fn after(&self, current: &Inventory) -> Result<(Inventory, Vec<ObjectError>), ExitCode> {
+        let (proposed, errors) = sources::load(&self.proposed).map_err(|e| {
+            eprintln!("error: cannot read proposed: {e}");
+            ExitCode::from(2)
+        })?;
+        let after = proposed_inventory(current, proposed, &self.delete).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        })?;
+        Ok((after, errors))
+    }
 }
 
 /// Builds the proposed inventory: `proposed` over `current`, less `delete`. Deleting an
@@ -430,28 +463,17 @@ pub fn read_traffic(
 
 /// Runs `policy whatif`.
 pub fn run(args: &WhatifArgs) -> ExitCode {
-    if args.proposed.is_empty() && args.delete.is_empty() {
-        eprintln!("error: nothing proposed: give --proposed PATH and/or --delete KIND/NS/NAME");
-        return ExitCode::from(1);
+    if let Err(code) = args.proposal.require_some() {
+        return code;
     }
     let options = args.snapshot.options();
     let (current, current_errors) = match args.snapshot.inventory() {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let (proposed, proposed_errors) = match sources::load(&args.proposed) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("error: cannot read proposed: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let after = match proposed_inventory(&current, proposed, &args.delete) {
+    let (after, proposed_errors) = match args.proposal.after(&current) {
         Ok(after) => after,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     // Each problem once: the proposed state shares most objects with the current one.
     let (engine, resolver, build_errors) = super::build(&current, options);
