@@ -38,8 +38,33 @@ pub fn run() -> Result<()> {
 /// their Go modules; the product never uses Go).
 pub fn for_tests() -> Result<()> {
     run()?;
+    nightly_rustfmt()?;
     go()?;
     Ok(())
+}
+
+/// The arguments of the import-grouping check and fix: nightly rustfmt, with the options of
+/// rustfmt.toml that stable rustfmt does not have (it warns and ignores them).
+pub const NIGHTLY_FMT: [&str; 3] = ["+nightly", "fmt", "--all"];
+
+/// rustfmt of the nightly toolchain, for rustfmt.toml's `group_imports` (the tests check it;
+/// the product builds on stable).
+fn nightly_rustfmt() -> Result<()> {
+    if quiet_output(Command::new("rustup").args(["run", "nightly", "rustfmt", "--version"]))
+        .is_some()
+    {
+        return Ok(());
+    }
+    eprintln!("setup: installing nightly rustfmt (rustfmt.toml groups imports, a nightly option)");
+    run_cmd(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rustfmt",
+    ]))
 }
 
 /// Runs a command, failing with its name and status.

@@ -52,8 +52,14 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ];
-    let lints: [(&str, &[&str], bool); 3] = [
+    let grouped_imports = [&setup::NIGHTLY_FMT[..], &["--check"]].concat();
+    let lints: [(&str, &[&str], bool); 4] = [
         ("cargo fmt --check", &["fmt", "--all", "--check"], false),
+        (
+            "imports grouped (cargo +nightly fmt --check)",
+            &grouped_imports,
+            false,
+        ),
         ("cargo clippy -D warnings", &clippy_host, false),
         ("cargo clippy (eBPF) -D warnings", &clippy_bpf, true),
     ];
