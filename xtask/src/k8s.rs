@@ -28,11 +28,11 @@
 //! paths from the same `go.mod`, or take `FLOWWATCH_ETCD` / `FLOWWATCH_KUBE_APISERVER` /
 //! `FLOWWATCH_KUBECTL` when they are set.
 
-use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use anyhow::{bail, Context, Result};
 use flowwatch_testnode::bins;
 
 use crate::setup;

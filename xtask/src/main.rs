@@ -56,8 +56,8 @@ enum Command {
     Demo,
     /// Run the whole test suite as CI does (installs what is missing first); ends with totals.
     Test,
-    /// Format the tree as the tests check it: rustfmt, then nightly rustfmt for the import
-    /// groups of rustfmt.toml (std, other crates, this crate).
+    /// Format the tree as the tests check it: nightly rustfmt, for the import groups of
+    /// rustfmt.toml (std, other crates, this crate); otherwise the same as stable's.
     Fmt,
     /// Run a benchmark and print its figures: `capture`, `saturation`, `datapath` and `agent_http_flood` (need root), `http_flood`, `policy`, `advise`, `metrics`, `enrich`.
     Bench {
@@ -150,10 +150,9 @@ fn main() {
         }
         Command::Demo => demo(),
         Command::Test => test::run(),
-        Command::Fmt => setup::run_cmd(std::process::Command::new("cargo").args(["fmt", "--all"]))
-            .and_then(|()| {
-                setup::run_cmd(std::process::Command::new("cargo").args(setup::NIGHTLY_FMT))
-            }),
+        Command::Fmt => {
+            setup::run_cmd(std::process::Command::new("cargo").args(setup::NIGHTLY_FMT))
+        }
         Command::Bench { name } => bench(&name),
         Command::Soak { minutes } => soak(minutes),
         Command::Fuzz {

@@ -1,8 +1,9 @@
 //! Idempotent installation of what building and testing need. Each step checks first and
 //! does nothing when the thing is already there, so a warm machine pays a few milliseconds.
 
-use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
 
 /// Debian packages: LLVM 22 for bpf-linker, the tools the tests drive (nft, iptables, ip,
 /// unshare/setpriv), Prometheus and promtool, bpftool for inspection, python3-jsonschema
@@ -43,8 +44,8 @@ pub fn for_tests() -> Result<()> {
     Ok(())
 }
 
-/// The arguments of the import-grouping check and fix: nightly rustfmt, with the options of
-/// rustfmt.toml that stable rustfmt does not have (it warns and ignores them).
+/// `cargo` arguments of the formatting check and fix: nightly rustfmt, which has the options
+/// of rustfmt.toml that stable rustfmt lacks (it warns and ignores them).
 pub const NIGHTLY_FMT: [&str; 3] = ["+nightly", "fmt", "--all"];
 
 /// rustfmt of the nightly toolchain, for rustfmt.toml's `group_imports` (the tests check it;
