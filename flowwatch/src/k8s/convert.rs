@@ -138,27 +138,21 @@ impl Trim for NetworkPolicy {
 
 /// Only the metadata (name, namespace, ownerReferences) of ReplicaSets and Jobs is kept: it is
 /// what resolves a pod's ReplicaSet to its Deployment and a Job to its CronJob.
-impl Trim for ReplicaSet {
-    const NAME: &'static str = "ReplicaSet";
-    fn trim(mut self) -> Self {
-        trim_meta(&mut self.metadata);
-        self.metadata.labels = None;
-        self.spec = None;
-        self.status = None;
-        self
-    }
+macro_rules! keep_only_owner_metadata {
+    ($($kind:ident),+) => {$(
+        impl Trim for $kind {
+            const NAME: &'static str = stringify!($kind);
+            fn trim(mut self) -> Self {
+                trim_meta(&mut self.metadata);
+                self.metadata.labels = None;
+                self.spec = None;
+                self.status = None;
+                self
+            }
+        }
+    )+};
 }
-
-impl Trim for Job {
-    const NAME: &'static str = "Job";
-    fn trim(mut self) -> Self {
-        trim_meta(&mut self.metadata);
-        self.metadata.labels = None;
-        self.spec = None;
-        self.status = None;
-        self
-    }
-}
+keep_only_owner_metadata!(ReplicaSet, Job);
 
 /// Decodes and trims one object. For metadata-only kinds the body is never decoded.
 pub fn convert<K>(meta: ObjectMeta, value: serde_json::Value) -> Result<K, ObjectError>
@@ -184,8 +178,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn meta(ns: &str, name: &str) -> ObjectMeta {
         ObjectMeta {

@@ -228,15 +228,8 @@ pub fn explain_edge(
 /// One side of a verdict: its verdict and reason, the rules that allow it, and the
 /// policies that select the pod (which isolate it when none allows).
 fn side_json(side: &SideExplanation) -> Value {
-    let rules: Vec<Value> = side
-        .policies
-        .iter()
-        .flat_map(|p| {
-            p.rules
-                .iter()
-                .filter(|r| r.allows())
-                .map(move |r| json!({"policy": &*p.policy, "rule": r.index}))
-        })
+    let rules: Vec<Value> = allowing_rules(side)
+        .map(|(policy, rule)| json!({"policy": policy, "rule": rule}))
         .collect();
     let selected_by: Vec<&str> = side.policies.iter().map(|p| &*p.policy).collect();
     json!({
@@ -244,6 +237,16 @@ fn side_json(side: &SideExplanation) -> Value {
         "reason": side.reason,
         "rules": rules,
         "selected_by": selected_by,
+    })
+}
+
+/// The rules that allow a side: their policy and index.
+fn allowing_rules(side: &SideExplanation) -> impl Iterator<Item = (&str, usize)> {
+    side.policies.iter().flat_map(|p| {
+        p.rules
+            .iter()
+            .filter(|r| r.allows())
+            .map(move |r| (&*p.policy, r.index))
     })
 }
 
@@ -282,15 +285,8 @@ pub(crate) fn verdict_text(v: &Result<Explanation, String>) -> String {
     };
     let mut parts = Vec::new();
     for (name, side) in [("egress", &e.egress), ("ingress", &e.ingress)] {
-        let allowing: Vec<String> = side
-            .policies
-            .iter()
-            .flat_map(|p| {
-                p.rules
-                    .iter()
-                    .filter(|r| r.allows())
-                    .map(move |r| format!("{}[{}]", p.policy, r.index))
-            })
+        let allowing: Vec<String> = allowing_rules(side)
+            .map(|(policy, rule)| format!("{policy}[{rule}]"))
             .collect();
         match side.verdict.as_str() {
             "allowed" if !allowing.is_empty() => {
