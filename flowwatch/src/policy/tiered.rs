@@ -474,7 +474,7 @@ fn cnp_rule(
         index,
         r.name.as_deref(),
         action,
-        peers_of(dir, &r.from, &r.to),
+        peers_of(dir, r.from.as_deref(), r.to.as_deref()),
         ports,
         &path,
     )
@@ -503,7 +503,7 @@ fn anp_rule(
         index,
         r.name.as_deref(),
         action,
-        peers_of(dir, &r.from, &r.to),
+        peers_of(dir, r.from.as_deref(), r.to.as_deref()),
         ports,
         &path,
     )
@@ -511,12 +511,12 @@ fn anp_rule(
 
 fn peers_of<'a>(
     dir: Direction,
-    from: &'a Option<Vec<PolicyPeer>>,
-    to: &'a Option<Vec<PolicyPeer>>,
+    from: Option<&'a [PolicyPeer]>,
+    to: Option<&'a [PolicyPeer]>,
 ) -> (&'static str, Option<&'a [PolicyPeer]>) {
     match dir {
-        Direction::Ingress => ("from", from.as_deref()),
-        Direction::Egress => ("to", to.as_deref()),
+        Direction::Ingress => ("from", from),
+        Direction::Egress => ("to", to),
     }
 }
 
