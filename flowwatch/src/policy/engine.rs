@@ -258,7 +258,7 @@ impl PolicyEngine {
                 }
             };
             if let Some(p) = compiled {
-                policies.push(p)
+                policies.push(p);
             } else {
                 let (ingress, egress) = declared_directions(np);
                 skipped.push(SkippedPolicy {

@@ -836,13 +836,15 @@ mod tests {
     use serde_json::json;
 
     fn cnp(spec: serde_json::Value) -> Compiled {
-        let p: ClusterNetworkPolicy =
-            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap();
+        let mut v = json!({"metadata": {"name": "p"}});
+        v["spec"] = spec;
+        let p: ClusterNetworkPolicy = serde_json::from_value(v).unwrap();
         compile_cnp(&p, 0, &mut PeerIds::default())
     }
 
     fn anp(kind: &str, name: &str, spec: serde_json::Value) -> Compiled {
-        let v = json!({"metadata": {"name": name}, "spec": spec});
+        let mut v = json!({"metadata": {"name": name}});
+        v["spec"] = spec;
         let mut ids = PeerIds::default();
         if kind == "ANP" {
             compile_anp(&serde_json::from_value(v).unwrap(), 0, &mut ids)
