@@ -1,12 +1,13 @@
 //! Enrichment: IP address -> pod, workload, node, service or external network (pure).
 //!
-//! [`EndpointIndex`] is compiled from the [`ClusterIndex`] of an inventory (which read its pods,
-//! nodes and their addresses, and their workloads with the [`OwnerIndex`] that resolves
-//! ReplicaSets to Deployments and Jobs to CronJobs) and the inventory's Services, and answers, for one end of a flow, what
-//! it is: a pod (namespace, name, workload, node, allowlisted labels), a host-network pod, the
-//! node itself, a Service (with the backend pod that served the connection when the caller
-//! knows the translated destination), or an external address (private, public, or a network
-//! the user named by CIDR).
+//! [`EndpointIndex`] is built over the [`ClusterIndex`] of an inventory (which read its pods,
+//! nodes, their addresses and the pods' workloads, with the [`OwnerIndex`] that resolves
+//! ReplicaSets to Deployments and Jobs to CronJobs; the policy engine reads the same index)
+//! and the inventory's Services, and answers, for one end of a flow, what it is: a pod
+//! (namespace, name, workload, node, allowlisted labels), a host-network pod, the node itself,
+//! a Service (with the backend pod that served the connection when the caller knows the
+//! translated destination), or an external address (private, public, or a network the user
+//! named by CIDR).
 //!
 //! Pod IPs are reused. The index is updated in place ([`EndpointIndex::update`]) with the time
 //! of each update, and keeps for every pod IP the pods that held it, each with the interval in
