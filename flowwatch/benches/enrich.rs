@@ -10,8 +10,9 @@
 //! The measured process is a child of this one (this binary re-executed with
 //! `FLOWWATCH_BENCH_CHILD=<kubeconfig>`) that does what the agent does with the cluster and
 //! nothing else, so its RSS is the kube side of the agent alone: it starts the watchers,
-//! waits for sync, builds the `EndpointIndex` and the `PolicyEngine`, then reports its
-//! `VmRSS`/`VmHWM`. It runs once against the empty cluster (the baseline) and once loaded.
+//! waits for sync, builds the `ClusterIndex` and over it the `EndpointIndex` and the
+//! `PolicyEngine`, then reports its `VmRSS`/`VmHWM`. It runs once against the empty cluster
+//! (the baseline) and once loaded.
 
 #[allow(dead_code)]
 #[path = "../tests/support/apiserver.rs"]
@@ -21,6 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flowwatch::enrich::{EndpointIndex, EnrichOptions};
+use flowwatch::inventory::index::ClusterIndex;
 use flowwatch::k8s::{ClusterWatch, WatchOptions};
 use flowwatch::policy::{PolicyEngine, PolicyOptions};
 use futures::{stream, StreamExt};
@@ -196,9 +198,13 @@ fn child(kubeconfig: &str) {
         let synced = t0.elapsed();
         let rss_synced = rss_mb();
         let view = w.current();
-        let (index, _) =
-            EndpointIndex::build(&view.inventory, &view.owners, &EnrichOptions::default(), 0);
-        let (engine, _) = PolicyEngine::build(&view.inventory, PolicyOptions::default());
+        // As the agent's classifier: one cluster index, read by both.
+        let cluster = ClusterIndex::build(&view.inventory, &view.owners, &mut Vec::new());
+        let cluster = std::sync::Arc::new(cluster);
+        let mut index = EndpointIndex::new(EnrichOptions::default());
+        index.update_from(&cluster, &view.inventory.services, 0);
+        let (engine, _) =
+            PolicyEngine::with_index(cluster, &view.inventory, PolicyOptions::default());
         let ready = t0.elapsed();
         let rss_ready = rss_mb();
         let counts = format!(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::enrich::{self, EndpointIndex, EnrichOptions, OwnerIndex};
+use crate::inventory::index::ClusterIndex;
 use crate::inventory::{Inventory, ObjectError};
 use crate::metrics;
 use crate::model::{Flow, Nanos};
@@ -41,10 +42,11 @@ impl Classifier {
         }
     }
 
-    /// Takes a new inventory: updates the IP index (keeping its history) and rebuilds the
-    /// policy engine (an immutable engine with an empty cache: no stale verdict survives a
-    /// change). Returns the objects the index or the engine had to skip (or partly skip),
-    /// each object and field once.
+    /// Takes a new inventory: compiles its cluster index once, updates the IP index from it
+    /// (keeping its history) and rebuilds the policy engine over it (an immutable engine with
+    /// an empty cache: no stale verdict survives a change). Returns the objects the index,
+    /// the Services or the policies had to skip (or partly skip), each object and field once:
+    /// each is read by one of them only.
     pub fn update(
         &mut self,
         inventory: &Inventory,
@@ -52,19 +54,14 @@ impl Classifier {
         generation: u64,
         now: Nanos,
     ) -> Vec<ObjectError> {
-        let mut skipped = self.index.update(inventory, owners, now).errors;
-        let (engine, engine_errors) = PolicyEngine::build(inventory, self.policy_options);
+        let mut skipped = Vec::new();
+        let cluster = Arc::new(ClusterIndex::build(inventory, owners, &mut skipped));
+        let services = self.index.update_from(&cluster, &inventory.services, now);
+        skipped.extend(services.errors);
+        let (engine, policies) = PolicyEngine::with_index(cluster, inventory, self.policy_options);
+        skipped.extend(policies);
         self.engine = Some(Arc::new(engine));
         self.generation = generation;
-        // A pod with an unusable IP is skipped by both: report it once.
-        for e in engine_errors {
-            if !skipped
-                .iter()
-                .any(|s| s.object == e.object && s.field == e.field)
-            {
-                skipped.push(e);
-            }
-        }
         skipped
     }
 

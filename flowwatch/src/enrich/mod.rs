@@ -1,11 +1,13 @@
 //! Enrichment: IP address -> pod, workload, node, service or external network (pure).
 //!
-//! [`EndpointIndex`] is compiled from an [`Inventory`] (plus the [`OwnerIndex`] that resolves
-//! ReplicaSets to Deployments and Jobs to CronJobs) and answers, for one end of a flow, what
-//! it is: a pod (namespace, name, workload, node, allowlisted labels), a host-network pod, the
-//! node itself, a Service (with the backend pod that served the connection when the caller
-//! knows the translated destination), or an external address (private, public, or a network
-//! the user named by CIDR).
+//! [`EndpointIndex`] is built over the [`ClusterIndex`] of an inventory (which read its pods,
+//! nodes, their addresses and the pods' workloads, with the [`OwnerIndex`] that resolves
+//! ReplicaSets to Deployments and Jobs to CronJobs; the policy engine reads the same index)
+//! and the inventory's Services, and answers, for one end of a flow, what it is: a pod
+//! (namespace, name, workload, node, allowlisted labels), a host-network pod, the node itself,
+//! a Service (with the backend pod that served the connection when the caller knows the
+//! translated destination), or an external address (private, public, or a network the user
+//! named by CIDR).
 //!
 //! Pod IPs are reused. The index is updated in place ([`EndpointIndex::update`]) with the time
 //! of each update, and keeps for every pod IP the pods that held it, each with the interval in
@@ -13,19 +15,21 @@
 //! holders are forgotten after [`EnrichOptions::history`]. No I/O and no clock here: the
 //! caller passes times (monotonic nanoseconds, as in [`crate::model`]).
 
-pub mod workload;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::Service;
 use serde::Serialize;
 
+use crate::inventory::index::{ClusterIndex, PodId};
+/// Which workload a pod belongs to: read by the cluster index, named here too for the
+/// readers of flow records.
+pub use crate::inventory::owners as workload;
+pub use crate::inventory::owners::{workload_of, OwnerIndex, Workload, WorkloadKind};
 use crate::inventory::{addresses, object_name, Inventory, ObjectError};
 use crate::model::{Nanos, Protocol};
-pub use workload::{workload_of, OwnerIndex, Workload, WorkloadKind};
 
 /// What the user configures.
 #[derive(Clone, Debug)]
@@ -148,7 +152,7 @@ impl Endpoint {
 /// One pod's tenure of an IP: from `from` until `to` (open while it still holds it).
 #[derive(Clone, Debug)]
 struct Holder {
-    uid: String,
+    uid: Box<str>,
     pod: Arc<PodEndpoint>,
     from: Nanos,
     to: Option<Nanos>,
@@ -221,75 +225,83 @@ impl EndpointIndex {
         &self.opts
     }
 
-    /// Brings the index to `inv`, as seen at `now`. Pods that appeared start holding their IPs
-    /// at `now` (at 0 on the first update); pods that are gone, finished (phase Succeeded or
-    /// Failed: their IP is released even though the status keeps it) or moved to another IP
-    /// stop holding the old one at `now`.
+    /// Brings the index to `inv`, as seen at `now`: compiles its [`ClusterIndex`] and calls
+    /// [`EndpointIndex::update_from`]. The report names what the cluster index and the
+    /// Services skipped.
     pub fn update(&mut self, inv: &Inventory, owners: &OwnerIndex, now: Nanos) -> UpdateReport {
+        let mut errors = Vec::new();
+        let cluster = ClusterIndex::build(inv, owners, &mut errors);
+        let mut report = self.update_from(&cluster, &inv.services, now);
+        errors.append(&mut report.errors);
+        report.errors = errors;
+        report
+    }
+
+    /// Brings the index to `cluster` and `services` (of one inventory), as seen at `now`. Pods
+    /// that appeared start holding their IPs at `now` (at 0 on the first update); pods that
+    /// are gone, finished (phase Succeeded or Failed: their IP is released even though the
+    /// status keeps it) or moved to another IP stop holding the old one at `now`. Which pod
+    /// holds an address two pods list is the cluster index's rule, so the policy engine
+    /// judges the pod named here. The report names only the Services skipped (the cluster
+    /// index reported its own objects when it was built).
+    pub fn update_from(
+        &mut self,
+        cluster: &ClusterIndex,
+        services: &[Service],
+        now: Nanos,
+    ) -> UpdateReport {
         let mut report = UpdateReport::default();
         let start = if self.updated { now } else { 0 };
         self.updated = true;
 
-        // Current holders: ip -> (uid, pod, being deleted)
-        let mut current: HashMap<IpAddr, (String, Arc<PodEndpoint>, bool)> = HashMap::new();
+        // One endpoint per pod, shared by its addresses.
+        let mut endpoints: HashMap<PodId, Arc<PodEndpoint>> = HashMap::new();
+        let mut endpoint = |id: PodId| {
+            endpoints
+                .entry(id)
+                .or_insert_with(|| Arc::new(self.pod_endpoint(cluster, id)))
+                .clone()
+        };
         let mut host_pods: HashMap<String, Vec<HostPod>> = HashMap::new();
-        for pod in &inv.pods {
-            if addresses::pod_finished(pod) {
+        for (id, pod) in cluster.pods.iter().enumerate() {
+            if pod.terminated {
                 continue;
             }
-            let ips = addresses::pod_addresses(pod, &mut report.errors);
-            let host_network = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.host_network)
-                .unwrap_or(false);
-            if host_network {
-                let endpoint = Arc::new(self.pod_endpoint(pod, owners));
-                if let Some(node) = endpoint.node.clone() {
-                    host_pods.entry(node).or_default().push(HostPod {
-                        pod: endpoint,
-                        ports: declared_ports(pod),
+            let id = PodId::try_from(id).unwrap_or(PodId::MAX);
+            if pod.host_network {
+                if let Some(node) = cluster.node_name(id) {
+                    host_pods.entry(node.to_owned()).or_default().push(HostPod {
+                        pod: endpoint(id),
+                        ports: pod.host_ports.to_vec(),
                     });
                 }
-                continue;
+            } else if !pod.ips.is_empty() {
+                report.pods += 1;
             }
-            if ips.is_empty() {
-                continue;
-            }
-            let endpoint = Arc::new(self.pod_endpoint(pod, owners));
-            let uid = pod
-                .metadata
-                .uid
-                .clone()
-                .unwrap_or_else(|| format!("{}/{}", endpoint.namespace, endpoint.name));
-            let deleting = pod.metadata.deletion_timestamp.is_some();
-            for ip in ips {
-                let takes = current.get(&ip).is_none_or(|(_, _, held_by_deleting)| {
-                    addresses::takes_address(deleting, *held_by_deleting)
-                });
-                if takes {
-                    current.insert(ip, (uid.clone(), endpoint.clone(), deleting));
-                }
-            }
-            report.pods += 1;
         }
+        // Current holders: ip -> pod
+        let current: HashMap<IpAddr, (&str, Arc<PodEndpoint>)> = cluster
+            .pod_by_ip
+            .iter()
+            .map(|(ip, id)| (*ip, (&*cluster.pod(*id).uid, endpoint(*id))))
+            .collect();
 
         // Close tenures that ended.
         for (ip, holders) in &mut self.pod_ips {
             if let Some(open) = holders.iter_mut().find(|h| h.to.is_none()) {
-                let still = current.get(ip).is_some_and(|(uid, ..)| *uid == open.uid);
+                let still = current.get(ip).is_some_and(|(uid, _)| *uid == &*open.uid);
                 if !still {
                     open.to = Some(now);
                 }
             }
         }
         // Open new tenures, refresh current ones (labels and workload may change).
-        for (ip, (uid, pod, _)) in current {
+        for (ip, (uid, pod)) in current {
             let holders = self.pod_ips.entry(ip).or_default();
             match holders.iter_mut().find(|h| h.to.is_none()) {
-                Some(open) if open.uid == uid => open.pod = pod,
+                Some(open) if &*open.uid == uid => open.pod = pod,
                 _ => holders.push(Holder {
-                    uid,
+                    uid: uid.into(),
                     pod,
                     from: start,
                     to: None,
@@ -304,28 +316,28 @@ impl EndpointIndex {
         });
 
         self.host_pods = host_pods;
-        self.node_ips = node_ips(inv, &mut report.errors);
-        self.service_ips = service_ips(inv, &mut report.errors);
+        self.node_ips = node_ips(cluster);
+        self.service_ips = service_ips(services, &mut report.errors);
         report
     }
 
-    fn pod_endpoint(&self, pod: &Pod, owners: &OwnerIndex) -> PodEndpoint {
-        let w = workload_of(pod, owners);
-        let labels = match &pod.metadata.labels {
-            Some(l) if !self.opts.label_allowlist.is_empty() => self
-                .opts
+    fn pod_endpoint(&self, cluster: &ClusterIndex, id: PodId) -> PodEndpoint {
+        let pod = cluster.pod(id);
+        let labels = if self.opts.label_allowlist.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.opts
                 .label_allowlist
                 .iter()
-                .filter_map(|k| l.get(k).map(|v| (k.clone(), v.clone())))
-                .collect(),
-            _ => BTreeMap::new(),
+                .filter_map(|k| pod.labels.get(k).map(|v| (k.clone(), v.clone())))
+                .collect()
         };
         PodEndpoint {
-            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            workload_kind: w.kind,
-            workload_name: w.name,
-            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            namespace: cluster.namespaces[pod.ns as usize].name.clone(),
+            name: pod.name.to_string(),
+            workload_kind: pod.workload.kind,
+            workload_name: pod.workload.name.clone(),
+            node: cluster.node_name(id).map(str::to_owned),
             labels,
         }
     }
@@ -469,45 +481,23 @@ fn service_endpoint(
     }
 }
 
-fn declared_ports(pod: &Pod) -> Vec<(u16, Protocol)> {
-    let mut out = Vec::new();
-    for c in pod.spec.iter().flat_map(|s| &s.containers) {
-        for p in c.ports.iter().flatten() {
-            let proto = p
-                .protocol
-                .as_deref()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(Protocol::Tcp);
-            for port in [Some(p.container_port), p.host_port].into_iter().flatten() {
-                if let Ok(port) = u16::try_from(port) {
-                    out.push((port, proto));
-                }
-            }
-        }
-    }
-    out
-}
-
-fn node_ips(inv: &Inventory, errors: &mut Vec<ObjectError>) -> HashMap<IpAddr, String> {
+/// Every node address, internal and external, to the node's name.
+fn node_ips(cluster: &ClusterIndex) -> HashMap<IpAddr, String> {
     let mut out = HashMap::new();
-    for node in &inv.nodes {
-        let Some(name) = node.metadata.name.clone() else {
-            continue;
-        };
-        let a = addresses::node_addresses(node, errors);
-        for ip in a.internal.into_iter().chain(a.external) {
-            out.insert(ip, name.clone());
+    for node in &cluster.nodes {
+        for ip in node.addresses.iter().chain(&node.external_addresses) {
+            out.insert(*ip, node.name.clone());
         }
     }
     out
 }
 
 fn service_ips(
-    inv: &Inventory,
+    services: &[Service],
     errors: &mut Vec<ObjectError>,
 ) -> HashMap<IpAddr, Vec<Arc<ServiceInfo>>> {
     let mut out: HashMap<IpAddr, Vec<Arc<ServiceInfo>>> = HashMap::new();
-    for svc in &inv.services {
+    for svc in services {
         let Some(spec) = svc.spec.as_ref() else {
             continue;
         };

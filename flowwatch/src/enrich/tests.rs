@@ -1,7 +1,7 @@
 use super::*;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Node, NodeAddress, NodeStatus, PodIP, PodSpec, PodStatus, Service,
-    ServicePort, ServiceSpec,
+    Container, ContainerPort, Node, NodeAddress, NodeStatus, Pod, PodIP, PodSpec, PodStatus,
+    Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -473,7 +473,7 @@ fn bad_addresses_are_reported_by_object_and_field_and_the_rest_is_indexed() {
 fn of_two_pods_listing_one_ip_the_one_not_being_deleted_holds_it() {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     let mut old = pod("shop", "old", "uo", "10.0.0.5", "node-a");
-    old.metadata.deletion_timestamp = Some(Time(Default::default()));
+    old.metadata.deletion_timestamp = Some(Time(k8s_openapi::chrono::DateTime::UNIX_EPOCH));
     let new = pod("shop", "new", "un", "10.0.0.5", "node-a");
     // Either inventory order: the pod being deleted never takes the address from the other.
     for pods in [

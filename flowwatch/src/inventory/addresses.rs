@@ -130,11 +130,9 @@ mod tests {
     use serde_json::json;
 
     fn pod(status: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"namespace": "shop", "name": "web-1"},
-            "status": status,
-        }))
-        .unwrap()
+        let mut v = json!({"metadata": {"namespace": "shop", "name": "web-1"}});
+        v["status"] = status;
+        serde_json::from_value(v).unwrap()
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn bound(text: &str) -> Result<Cow<'_, str>, String> {
 /// Which parser's error to report for text starting with `{` or `[` that neither JSON nor
 /// YAML could read: JSON's when the text looks like JSON (its first key quoted), else YAML's:
 /// flow-style YAML (`{kind: List, items: [...]}`) gets a YAML error, not a JSON parser's.
-pub fn syntax_error(text: &str, json_error: String, yaml_error: String) -> String {
+pub fn syntax_error(text: &str, json_error: &str, yaml_error: &str) -> String {
     let rest = text.trim_start_matches(|c: char| c == '[' || c.is_whitespace());
     let looks_like_json = match rest.strip_prefix('{') {
         Some(obj) => matches!(obj.trim_start().chars().next(), Some('"' | '}')),
@@ -146,7 +146,8 @@ impl<'a> Scanner<'a> {
     }
 
     fn line_of(&self, at: usize) -> usize {
-        self.b[..at].iter().filter(|c| **c == b'\n').count() + 1
+        // Lines are what the newlines split: one more than there are newlines.
+        self.b[..at].split(|c| *c == b'\n').count()
     }
 
     fn run(mut self) -> Result<Cow<'a, str>, String> {
@@ -432,13 +433,9 @@ mod tests {
 
     #[test]
     fn flow_style_yaml_gets_the_yaml_error() {
-        let e = syntax_error(
-            "{kind: List, items: [}",
-            "json says".into(),
-            "yaml says".into(),
-        );
+        let e = syntax_error("{kind: List, items: [}", "json says", "yaml says");
         assert_eq!(e, "YAML: yaml says");
-        let e = syntax_error("[{\"kind\": 1,}]", "json says".into(), "yaml says".into());
+        let e = syntax_error("[{\"kind\": 1,}]", "json says", "yaml says");
         assert_eq!(e, "JSON: json says");
     }
 

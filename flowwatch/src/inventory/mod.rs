@@ -2,18 +2,23 @@
 //! enrichment index are built from (pure; no I/O here).
 //!
 //! One `Inventory` is produced either from snapshot files (`kubectl get ... -o yaml`, see
-//! [`snapshot`]) or from the kube watchers of the agent (`crate::k8s`). Consumers compile it
-//! into their own indexes: `crate::policy` into a policy engine, `crate::enrich` into an
-//! IP index. The objects are the upstream `k8s-openapi` types, so both sources share one
-//! decoding of the Kubernetes schema.
+//! [`snapshot`]) or from the kube watchers of the agent (`crate::k8s`). It is compiled once
+//! into the [`index::ClusterIndex`] (namespaces, nodes, pods, and who holds each address),
+//! which both consumers read: `crate::enrich` adds its address history on top, `crate::policy`
+//! its compiled policies and identities. The objects are the upstream `k8s-openapi` types, so
+//! both sources share one decoding of the Kubernetes schema.
 
 pub mod addresses;
 pub mod cluster_policy;
+pub mod hash;
+pub mod index;
 pub mod intern;
 pub mod label_rules;
 pub mod limits;
 pub mod local_node;
 pub mod overlay;
+pub mod owners;
+pub mod pod_ports;
 pub mod policy_types;
 pub mod snapshot;
 pub mod snapshot_reload;

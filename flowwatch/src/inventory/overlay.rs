@@ -153,13 +153,13 @@ fn canonical_kind(kind: &str) -> Option<&'static str> {
 
 /// Deletes an object; false when `inventory` has no such object.
 pub fn delete(inventory: &mut Inventory, object: &ObjectRef) -> bool {
-    let ns = object.namespace.as_deref();
-    let name = object.name.as_str();
     fn remove<T: Metadata<Ty = ObjectMeta>>(v: &mut Vec<T>, ns: Option<&str>, name: &str) -> bool {
         let before = v.len();
         v.retain(|o| key(o.metadata()) != (ns, Some(name)));
         v.len() != before
     }
+    let ns = object.namespace.as_deref();
+    let name = object.name.as_str();
     match object.kind.as_str() {
         "NetworkPolicy" => remove(&mut inventory.network_policies, ns, name),
         "Pod" => remove(&mut inventory.pods, ns, name),

@@ -97,8 +97,9 @@ pub fn add_text(
             sink.inventory = Inventory::default();
             sink.errors.clear();
             sink.documents = 0;
-            yaml_documents(text, &mut sink)
-                .map_err(|yaml_error| super::limits::syntax_error(trimmed, json_error, yaml_error))
+            yaml_documents(text, &mut sink).map_err(|yaml_error| {
+                super::limits::syntax_error(trimmed, &json_error, &yaml_error)
+            })
         })
     } else {
         yaml_documents(text, &mut sink)

@@ -7,12 +7,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::allowance::{Allowances, BitSet, PeerTest};
-use super::cluster::{AddressOwner, Cluster, NsId, PodId};
 use super::compile::{
     compile_policy, declared_directions, CompiledPolicy, Direction, NamespaceScope, PeerMatcher,
     Rule,
 };
-use super::hash::FastMap;
+use super::explain::{PeerOutcome, PortOutcome};
 use super::ports::NamedPort;
 use super::selector::{Labels, Selector};
 use super::tier_index::{CniIndex, TierIndex};
@@ -23,6 +22,9 @@ use super::verdict::{
     SideVerdict, Tier, Verdict,
 };
 use super::{Peer, PolicyError, PolicyOptions};
+use crate::inventory::hash::FastMap;
+use crate::inventory::index::{AddressOwner, ClusterIndex, NsId, PodId};
+use crate::inventory::owners::OwnerIndex;
 use crate::inventory::{is_undecodable_policy, Inventory, ObjectError};
 use crate::model::Protocol;
 
@@ -132,7 +134,7 @@ struct VerdictCache {
 impl VerdictCache {
     /// The rules (`policy`, index) behind `matched`, shared between flows: one rule's list is
     /// prebuilt, a combination is built once per allowance and kept.
-    fn rule_list(&mut self, entry: u32, matched: Matched) -> Arc<[RuleRef]> {
+    fn rule_list(&mut self, entry: u32, matched: &Matched) -> Arc<[RuleRef]> {
         let rules = self.entries.rules_of(entry);
         let collect = |m: &Matched| -> Arc<[RuleRef]> {
             m.positions()
@@ -141,14 +143,14 @@ impl VerdictCache {
                 .into()
         };
         if !matched.beyond.is_empty() {
-            return collect(&matched);
+            return collect(matched);
         }
         if matched.mask.is_power_of_two() {
             return rules[matched.mask.trailing_zeros() as usize].single.clone();
         }
         self.combos
             .entry((entry, matched.mask))
-            .or_insert_with(|| collect(&matched))
+            .or_insert_with(|| collect(matched))
             .clone()
     }
 }
@@ -159,7 +161,8 @@ impl VerdictCache {
 #[derive(Debug)]
 pub struct PolicyEngine {
     pub(crate) options: PolicyOptions,
-    pub(crate) cluster: Cluster,
+    /// The cluster as indexed once for enrichment and the engine (shared, not copied).
+    pub(crate) cluster: Arc<ClusterIndex>,
     pub(crate) policies: Vec<CompiledPolicy>,
     /// The namespace of each policy.
     pub(crate) policy_ns: Vec<NsId>,
@@ -189,7 +192,22 @@ impl PolicyEngine {
         options: PolicyOptions,
     ) -> (PolicyEngine, Vec<ObjectError>) {
         let mut errors = Vec::new();
-        let mut cluster = Cluster::build(inventory, &mut errors);
+        let cluster = ClusterIndex::build(inventory, &OwnerIndex::default(), &mut errors);
+        let (engine, policy_errors) =
+            PolicyEngine::with_index(Arc::new(cluster), inventory, options);
+        errors.extend(policy_errors);
+        (engine, errors)
+    }
+
+    /// Compiles the policies of `inventory` over `cluster`, the index of the same inventory
+    /// (shared with the enrichment index). Returns the engine and the policy objects it had to
+    /// skip (the objects the index skipped were reported when it was built).
+    pub fn with_index(
+        cluster: Arc<ClusterIndex>,
+        inventory: &Inventory,
+        options: PolicyOptions,
+    ) -> (PolicyEngine, Vec<ObjectError>) {
+        let mut errors = Vec::new();
 
         let mut policies = Vec::with_capacity(inventory.network_policies.len());
         let mut skipped = Vec::new();
@@ -240,7 +258,7 @@ impl PolicyEngine {
                 }
             };
             if let Some(p) = compiled {
-                policies.push(p)
+                policies.push(p);
             } else {
                 let (ingress, egress) = declared_directions(np);
                 skipped.push(SkippedPolicy {
@@ -253,7 +271,10 @@ impl PolicyEngine {
         }
         let policy_ns: Vec<NsId> = policies
             .iter()
-            .map(|p| cluster.ensure_namespace(&p.namespace))
+            .map(|p| {
+                // The index lists the namespace of every policy.
+                cluster.namespace_id(&p.namespace).unwrap_or_default()
+            })
             .collect();
         let mut policies_by_ns: Vec<Vec<PolicyId>> = vec![Vec::new(); cluster.namespaces.len()];
         for (id, ns) in policy_ns.iter().enumerate() {
@@ -677,7 +698,7 @@ impl PolicyEngine {
             }
             let first = matched.positions().next().unwrap_or_default();
             let by = cache.entries.rules_of(slots.np)[first].decided.clone();
-            let allowed_by = cache.rule_list(slots.np, matched);
+            let allowed_by = cache.rule_list(slots.np, &matched);
             return self.decided(
                 SideVerdict::Allowed,
                 SideReason::RuleMatched,
@@ -825,21 +846,16 @@ impl PolicyEngine {
         }
     }
 
-    /// Which peer of the rule matches (`Some(None)` when the rule has no peers: it matches
+    /// Which peer of the rule matches (`AnyPeer` when the rule has no peers: it matches
     /// every peer).
-    pub(crate) fn rule_peer(
-        &self,
-        policy: PolicyId,
-        rule: &Rule,
-        peer: End,
-    ) -> Option<Option<usize>> {
+    pub(crate) fn rule_peer(&self, policy: PolicyId, rule: &Rule, peer: End) -> PeerOutcome {
         if rule.peers.is_empty() {
-            return Some(None);
+            return PeerOutcome::AnyPeer;
         }
         rule.peers
             .iter()
             .position(|m| self.peer_matches(policy, m, peer))
-            .map(Some)
+            .map_or(PeerOutcome::NoMatch, PeerOutcome::Matched)
     }
 
     fn peer_matches(&self, policy: PolicyId, m: &PeerMatcher, peer: End) -> bool {
@@ -872,22 +888,26 @@ impl PolicyEngine {
     }
 }
 
-/// Which port entry of the rule matches (`Some(None)` when the rule has no ports: every port
+/// Which port entry of the rule matches (`AnyPort` when the rule has no ports: every port
 /// and protocol).
 pub(crate) fn rule_port(
     rule: &Rule,
     port: u16,
     protocol: Protocol,
     dst_ports: &[NamedPort],
-) -> Option<Option<usize>> {
+) -> PortOutcome {
     if rule.ports.is_empty() {
-        return Some(None);
+        return PortOutcome::AnyPort;
     }
     rule.ports
         .iter()
         .position(|m| m.matches(port, protocol, dst_ports))
-        .map(Some)
+        .map_or(PortOutcome::NoMatch, PortOutcome::Matched)
 }
+
+/// A pod peer as far as the identities it selects go: (own namespace when the peer has no
+/// namespace selector, namespace selector, pod selector).
+type PeerShape<'a> = (Option<NsId>, Option<&'a Selector>, &'a Selector);
 
 /// For every pod peer of every valid policy, the set of identities it selects: namespaces
 /// are filtered first (own namespace, or the namespace selector), then the identities of those
@@ -895,7 +915,7 @@ pub(crate) fn rule_port(
 /// (`namespaceSelector: {}` + `podSelector: {app: prometheus}`), so each distinct peer is
 /// computed once and shared.
 fn pod_peer_sets(
-    cluster: &Cluster,
+    cluster: &ClusterIndex,
     policies: &[CompiledPolicy],
     policy_ns: &[NsId],
     identities: &[Identity],
@@ -907,8 +927,6 @@ fn pod_peer_sets(
     }
     let empty = Arc::new(BitSet::default());
     let mut sets = vec![empty; peer_ids as usize];
-    // (own namespace when the peer has no namespace selector, namespace selector, pod selector)
-    type PeerShape<'a> = (Option<NsId>, Option<&'a Selector>, &'a Selector);
     let mut computed: HashMap<PeerShape, Arc<BitSet>> = HashMap::new();
     for (pid, policy) in policies.iter().enumerate() {
         let rules = policy.ingress.iter().chain(policy.egress.iter()).flatten();

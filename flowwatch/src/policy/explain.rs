@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::cluster::AddressOwner;
 use super::compile::Direction;
 use super::engine::{rule_port, End, PolicyEngine};
 use super::tier_walk::{admits, rule_port as tier_rule_port};
 use super::tiered::{Action, ClusterTier, PolicyKind, RuleId, TierPeer};
 use super::verdict::{DecidedBy, FlowVerdict, SideReason, SideVerdict, Tier};
 use super::{Peer, PolicyError};
+use crate::inventory::index::AddressOwner;
 use crate::model::Protocol;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -257,11 +257,7 @@ impl PolicyEngine {
                         let port_outcome = if rule.deny_all {
                             PortOutcome::AnyPort
                         } else {
-                            match tier_rule_port(rule, port, protocol, dst_ports) {
-                                None => PortOutcome::NoMatch,
-                                Some(None) => PortOutcome::AnyPort,
-                                Some(Some(i)) => PortOutcome::Matched(i),
-                            }
+                            tier_rule_port(rule, port, protocol, dst_ports)
                         };
                         // `admits` is what the cached walk uses; agreeing with it here keeps
                         // explain and evaluate on one definition of a port match.
@@ -327,16 +323,8 @@ impl PolicyEngine {
                 .enumerate()
                 .map(|(index, rule)| RuleExplanation {
                     index,
-                    peer: match self.rule_peer(pid, rule, peer) {
-                        None => PeerOutcome::NoMatch,
-                        Some(None) => PeerOutcome::AnyPeer,
-                        Some(Some(i)) => PeerOutcome::Matched(i),
-                    },
-                    port: match rule_port(rule, port, protocol, dst_ports) {
-                        None => PortOutcome::NoMatch,
-                        Some(None) => PortOutcome::AnyPort,
-                        Some(Some(i)) => PortOutcome::Matched(i),
-                    },
+                    peer: self.rule_peer(pid, rule, peer),
+                    port: rule_port(rule, port, protocol, dst_ports),
                 })
                 .collect();
             side.policies.push(PolicyExplanation {

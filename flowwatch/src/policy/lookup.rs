@@ -1,11 +1,11 @@
 //! Read-only questions about what an engine was built from, for the offline tools that name
 //! workloads and ports (`policy eval` with a named port, `policy diff`'s port list).
 
-use super::cluster::AddressOwner;
 use super::engine::PolicyEngine;
 use super::ports::PortSpec;
 use super::tiered::TierPort;
 use super::Peer;
+use crate::inventory::index::AddressOwner;
 use crate::model::Protocol;
 
 /// A pod the engine knows, by name.

@@ -35,6 +35,10 @@
 //! ```
 //!
 //! - [`PolicyEngine::build`]`(&Inventory, PolicyOptions) -> (PolicyEngine, Vec<ObjectError>)`
+//! - [`PolicyEngine::with_index`]`(Arc<ClusterIndex>, &Inventory, PolicyOptions)`: the same
+//!   over the cluster index the caller shares with the enrichment index (the agent's
+//!   classifier); the engine reads pods, nodes and namespaces only from it
+//!   ([`crate::inventory::index`]) and adds its compiled policies and identities.
 //! - [`PolicyEngine::evaluate`]`(&self, &Peer, &Peer, port, Protocol) -> Result<FlowVerdict, PolicyError>`
 //! - [`PolicyEngine::evaluate_ips`]`(&self, IpAddr, IpAddr, port, Protocol) -> FlowVerdict`
 //! - [`PolicyEngine::explain`] (every selecting policy and rule, and why each matched or not)
@@ -54,12 +58,10 @@
 //! well under a second); its cache starts empty, so a stale verdict is impossible by construction.
 
 mod allowance;
-mod cluster;
 mod compile;
 mod coverage;
 mod engine;
 mod explain;
-mod hash;
 mod ipblock;
 mod lookup;
 mod ports;

@@ -6,15 +6,8 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::NetworkPolicyPort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+pub use crate::inventory::pod_ports::{validate_port_name, NamedPort};
 use crate::model::Protocol;
-
-/// A named container port of a pod (`spec.containers[].ports[]` with a `name`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NamedPort {
-    pub name: String,
-    pub port: u16,
-    pub protocol: Protocol,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortSpec {
@@ -42,9 +35,8 @@ pub struct PortError {
 impl PortMatcher {
     pub fn compile(p: &NetworkPolicyPort) -> Result<PortMatcher, PortError> {
         let protocol = match p.protocol.as_deref() {
-            None => Protocol::Tcp,
             // The API is case-sensitive here; "tcp" is rejected by the API server.
-            Some("TCP") => Protocol::Tcp,
+            None | Some("TCP") => Protocol::Tcp,
             Some("UDP") => Protocol::Udp,
             Some("SCTP") => Protocol::Sctp,
             Some(other) => {
@@ -131,27 +123,6 @@ impl std::fmt::Display for PortMatcher {
 
 fn valid_port(n: i32) -> Option<u16> {
     u16::try_from(n).ok().filter(|p| *p != 0)
-}
-
-/// The API server's rule for port names (IANA_SVC_NAME): 1-15 characters of `a-z0-9-`, at
-/// least one letter, no leading, trailing or doubled hyphen.
-pub fn validate_port_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.bytes().any(|b| b.is_ascii_lowercase())
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid port name {name:?} (1-15 characters of a-z, 0-9 and '-', with a letter)"
-        ))
-    }
 }
 
 #[cfg(test)]

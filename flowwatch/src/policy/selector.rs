@@ -1,12 +1,9 @@
 //! Label selectors (`matchLabels` + `matchExpressions`), compiled once and validated the way
 //! the API server validates them.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-/// Labels of a pod or a namespace.
-pub type Labels = BTreeMap<String, String>;
+pub use crate::inventory::index::Labels;
 
 /// A compiled label selector. The empty selector selects everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

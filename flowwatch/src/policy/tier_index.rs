@@ -7,16 +7,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::allowance::BitSet;
-use super::cluster::{Cluster, NodeId, NsId};
 use super::compile::Direction;
 use super::engine::{Identity, IdentityId};
-use super::hash::FastMap;
 use super::selector::Selector;
 use super::tiered::{
     compile_anp, compile_banp, compile_cnp, ClusterTier, Compiled, PeerIds, TierPeer, TierPolicy,
 };
 use super::verdict::DecidedBy;
 use crate::inventory::cluster_policy::ClusterPolicies;
+use crate::inventory::hash::FastMap;
+use crate::inventory::index::{ClusterIndex, NodeId, NsId};
 use crate::inventory::ObjectError;
 
 pub(crate) type TierPolicyId = u32;
@@ -79,7 +79,7 @@ pub type DecidedByRules = (Vec<Arc<DecidedBy>>, Vec<Arc<DecidedBy>>);
 
 impl TierIndex {
     pub fn build(
-        cluster: &Cluster,
+        cluster: &ClusterIndex,
         identities: &[Identity],
         objects: &ClusterPolicies,
         errors: &mut Vec<ObjectError>,
@@ -186,7 +186,7 @@ pub(crate) struct CniIndex {
 
 impl CniIndex {
     pub fn build(
-        cluster: &Cluster,
+        cluster: &ClusterIndex,
         objects: &ClusterPolicies,
         options: super::PolicyOptions,
     ) -> CniIndex {
@@ -218,7 +218,7 @@ impl CniIndex {
 }
 
 /// Identities per namespace.
-fn by_namespace(cluster: &Cluster, identities: &[Identity]) -> Vec<Vec<IdentityId>> {
+fn by_namespace(cluster: &ClusterIndex, identities: &[Identity]) -> Vec<Vec<IdentityId>> {
     let mut by_ns: Vec<Vec<IdentityId>> = vec![Vec::new(); cluster.namespaces.len()];
     for (id, identity) in identities.iter().enumerate() {
         by_ns[cluster.pod(identity.pod).ns as usize].push(id as IdentityId);
@@ -228,7 +228,7 @@ fn by_namespace(cluster: &Cluster, identities: &[Identity]) -> Vec<Vec<IdentityI
 
 /// The identities a (namespace selector, pod selector) pair selects, namespaces first.
 fn selected(
-    cluster: &Cluster,
+    cluster: &ClusterIndex,
     identities: &[Identity],
     by_ns: &[Vec<IdentityId>],
     namespaces: &Selector,
@@ -248,7 +248,7 @@ fn selected(
 }
 
 fn select(
-    cluster: &Cluster,
+    cluster: &ClusterIndex,
     identities: &[Identity],
     policies: &[TierPolicy],
 ) -> Vec<TierSelection> {
@@ -282,7 +282,7 @@ fn select(
 }
 
 fn pod_sets(
-    cluster: &Cluster,
+    cluster: &ClusterIndex,
     identities: &[Identity],
     policies: &[TierPolicy],
     count: u32,
@@ -322,7 +322,7 @@ fn pod_sets(
     sets
 }
 
-fn node_sets(cluster: &Cluster, policies: &[TierPolicy], count: u32) -> Vec<BitSet> {
+fn node_sets(cluster: &ClusterIndex, policies: &[TierPolicy], count: u32) -> Vec<BitSet> {
     let mut sets = vec![BitSet::default(); count as usize];
     let peers = policies
         .iter()

@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use super::cluster::AddressOwner;
 use super::compile::Direction;
 use super::engine::{End, PolicyEngine};
+use super::explain::PortOutcome;
 use super::ports::NamedPort;
 use super::tier_index::TierPolicyId;
 use super::tiered::{TierPeer, TierPort, TierRule};
 use super::verdict::DecidedBy;
+use crate::inventory::index::AddressOwner;
 use crate::model::Protocol;
 
 /// A rule that may decide flows of one cached key (12 bytes: the cache holds many).
@@ -115,15 +116,15 @@ pub(crate) fn named_port_matches(
         .any(|p| p.port == port && p.protocol == protocol && *p.name == *name)
 }
 
-/// Which port entry of a rule matches (`Some(None)`: the rule has no ports).
+/// Which port entry of a rule matches (`AnyPort`: the rule has no ports).
 pub(crate) fn rule_port(
     rule: &TierRule,
     port: u16,
     protocol: Protocol,
     dst_ports: &[NamedPort],
-) -> Option<Option<usize>> {
+) -> PortOutcome {
     if rule.ports.is_empty() {
-        return Some(None);
+        return PortOutcome::AnyPort;
     }
     rule.ports
         .iter()
@@ -132,7 +133,7 @@ pub(crate) fn rule_port(
             TierPort::Range(pr, lo, hi) => *pr == protocol && (*lo..=*hi).contains(&port),
             TierPort::Named(n) => named_port_matches(n, port, protocol, dst_ports),
         })
-        .map(Some)
+        .map_or(PortOutcome::NoMatch, PortOutcome::Matched)
 }
 
 impl PolicyEngine {

@@ -474,7 +474,7 @@ fn cnp_rule(
         index,
         r.name.as_deref(),
         action,
-        peers_of(dir, &r.from, &r.to),
+        peers_of(dir, r.from.as_deref(), r.to.as_deref()),
         ports,
         &path,
     )
@@ -503,7 +503,7 @@ fn anp_rule(
         index,
         r.name.as_deref(),
         action,
-        peers_of(dir, &r.from, &r.to),
+        peers_of(dir, r.from.as_deref(), r.to.as_deref()),
         ports,
         &path,
     )
@@ -511,12 +511,12 @@ fn anp_rule(
 
 fn peers_of<'a>(
     dir: Direction,
-    from: &'a Option<Vec<PolicyPeer>>,
-    to: &'a Option<Vec<PolicyPeer>>,
+    from: Option<&'a [PolicyPeer]>,
+    to: Option<&'a [PolicyPeer]>,
 ) -> (&'static str, Option<&'a [PolicyPeer]>) {
     match dir {
-        Direction::Ingress => ("from", from.as_deref()),
-        Direction::Egress => ("to", to.as_deref()),
+        Direction::Ingress => ("from", from),
+        Direction::Egress => ("to", to),
     }
 }
 
@@ -836,13 +836,15 @@ mod tests {
     use serde_json::json;
 
     fn cnp(spec: serde_json::Value) -> Compiled {
-        let p: ClusterNetworkPolicy =
-            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap();
+        let mut v = json!({"metadata": {"name": "p"}});
+        v["spec"] = spec;
+        let p: ClusterNetworkPolicy = serde_json::from_value(v).unwrap();
         compile_cnp(&p, 0, &mut PeerIds::default())
     }
 
     fn anp(kind: &str, name: &str, spec: serde_json::Value) -> Compiled {
-        let v = json!({"metadata": {"name": name}, "spec": spec});
+        let mut v = json!({"metadata": {"name": name}});
+        v["spec"] = spec;
         let mut ids = PeerIds::default();
         if kind == "ANP" {
             compile_anp(&serde_json::from_value(v).unwrap(), 0, &mut ids)

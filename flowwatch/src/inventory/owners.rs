@@ -47,6 +47,20 @@ impl WorkloadKind {
             WorkloadKind::Other => "Other",
         }
     }
+
+    /// A workload kind as the CLI names it (`deployment`, see [`super::workloads`]); `None`
+    /// for a kind that is no [`WorkloadKind`] (`podtemplate`).
+    pub fn from_kind_name(name: &str) -> Option<WorkloadKind> {
+        Some(match name {
+            "deployment" => WorkloadKind::Deployment,
+            "replicaset" => WorkloadKind::ReplicaSet,
+            "statefulset" => WorkloadKind::StatefulSet,
+            "daemonset" => WorkloadKind::DaemonSet,
+            "job" => WorkloadKind::Job,
+            "cronjob" => WorkloadKind::CronJob,
+            _ => return None,
+        })
+    }
 }
 
 /// A workload: kind and name (in the pod's namespace).

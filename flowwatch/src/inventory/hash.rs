@@ -1,6 +1,6 @@
-//! A small, fast, non-cryptographic hasher for the engine's internal maps (keys are small
-//! integers and addresses, not attacker-chosen strings of unbounded size; std's SipHash would
-//! dominate the cost of a cached verdict).
+//! A small, fast, non-cryptographic hasher for the maps of the cluster index and the policy
+//! engine (keys are small integers and addresses, not attacker-chosen strings of unbounded
+//! size; std's SipHash would dominate the cost of a cached verdict).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
