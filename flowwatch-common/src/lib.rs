@@ -83,13 +83,13 @@ pub struct FlowKey {
     pub dst_port: u16,
     pub protocol: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    pub padding: [u8; 2],
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
 impl FlowKey {
     /// The same flow seen from the other end.
-    #[inline(always)]
+    #[inline]
     pub fn reversed(&self) -> FlowKey {
         FlowKey {
             src_addr: self.dst_addr,
@@ -98,7 +98,7 @@ impl FlowKey {
             dst_port: self.src_port,
             protocol: self.protocol,
             family: self.family,
-            _pad: [0; 2],
+            padding: [0; 2],
         }
     }
 }
@@ -117,7 +117,7 @@ pub struct FlowCounters {
     pub last_seen_ns: u64,
     pub fwd_tcp_flags: u8,
     pub rev_tcp_flags: u8,
-    pub _pad: [u8; 6],
+    pub padding: [u8; 6],
 }
 const _: () = assert!(size_of::<FlowCounters>() == 56);
 
@@ -146,7 +146,7 @@ pub struct FlowEvent {
     pub role: u8,
     pub old_state: u8,
     pub new_state: u8,
-    pub _pad: [u8; 4],
+    pub padding: [u8; 4],
 }
 const _: () = assert!(size_of::<FlowEvent>() == 56);
 

@@ -88,7 +88,7 @@ fn emit(key: &FlowKey, kind: u8, role: u8, old_state: u8, new_state: u8, now: u6
                 role,
                 old_state,
                 new_state,
-                _pad: [0; 4],
+                padding: [0; 4],
             });
             // The agent's reader drains the ring buffer on a timer, not on wakeups: skip the
             // notification and its irq_work on every event, unless the ring is filling up.
