@@ -115,18 +115,8 @@ pub fn verify_tracepoint_format(tracefs: &Path) -> Result<(), DatapathError> {
     check_format(&format).map_err(DatapathError::KernelFeature)
 }
 
-/// The fields and offsets `flowwatch-ebpf` reads (see its `TP_*` constants).
-const EXPECTED_FIELDS: [(&str, usize); 9] = [
-    ("oldstate", 16),
-    ("newstate", 20),
-    ("sport", 24),
-    ("dport", 26),
-    ("family", 28),
-    ("protocol", 30),
-    ("saddr", 32),
-    ("saddr_v6", 40),
-    ("daddr_v6", 56),
-];
+/// The fields and offsets `flowwatch-ebpf` reads.
+const EXPECTED_FIELDS: [(&str, usize); 10] = flowwatch_common::inet_sock_set_state::FIELDS;
 
 fn check_format(format: &str) -> Result<(), String> {
     for (name, offset) in EXPECTED_FIELDS {
