@@ -83,13 +83,13 @@ pub struct FlowKey {
     pub dst_port: u16,
     pub protocol: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    pub padding: [u8; 2],
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
 impl FlowKey {
     /// The same flow seen from the other end.
-    #[inline(always)]
+    #[inline]
     pub fn reversed(&self) -> FlowKey {
         FlowKey {
             src_addr: self.dst_addr,
@@ -98,7 +98,7 @@ impl FlowKey {
             dst_port: self.src_port,
             protocol: self.protocol,
             family: self.family,
-            _pad: [0; 2],
+            padding: [0; 2],
         }
     }
 }
@@ -117,7 +117,7 @@ pub struct FlowCounters {
     pub last_seen_ns: u64,
     pub fwd_tcp_flags: u8,
     pub rev_tcp_flags: u8,
-    pub _pad: [u8; 6],
+    pub padding: [u8; 6],
 }
 const _: () = assert!(size_of::<FlowCounters>() == 56);
 
@@ -146,9 +146,45 @@ pub struct FlowEvent {
     pub role: u8,
     pub old_state: u8,
     pub new_state: u8,
-    pub _pad: [u8; 4],
+    pub padding: [u8; 4],
 }
 const _: () = assert!(size_of::<FlowEvent>() == 56);
+
+/// The record of the `sock/inet_sock_set_state` tracepoint, as the `tcp_state` program reads
+/// it: byte offsets of its fields (a stable tracepoint ABI; the agent checks them against
+/// `/sys/kernel/tracing/events/sock/inet_sock_set_state/format` before attaching).
+pub mod inet_sock_set_state {
+    /// `int`: the TCP state before and after the change ([`super::tcp_state`]).
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    /// `__u16`, host byte order: the socket's local and remote ports.
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    /// `__u16`: AF_INET or AF_INET6.
+    pub const FAMILY: usize = 28;
+    /// `__u16`: IPPROTO_TCP for TCP sockets.
+    pub const PROTOCOL: usize = 30;
+    /// `__u8[4]`: the IPv4 addresses (local, remote).
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    /// `__u8[16]`: the IPv6 addresses (local, remote).
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+
+    /// Every field the program reads, by its name in the format file.
+    pub const FIELDS: [(&str, usize); 10] = [
+        ("oldstate", OLDSTATE),
+        ("newstate", NEWSTATE),
+        ("sport", SPORT),
+        ("dport", DPORT),
+        ("family", FAMILY),
+        ("protocol", PROTOCOL),
+        ("saddr", SADDR),
+        ("daddr", DADDR),
+        ("saddr_v6", SADDR_V6),
+        ("daddr_v6", DADDR_V6),
+    ];
+}
 
 /// TCP states, as numbered by the kernel's `inet_sock_set_state` tracepoint.
 pub mod tcp_state {

@@ -24,6 +24,9 @@ use aya_ebpf::{
     programs::{TcContext, TracePointContext},
     EbpfContext,
 };
+// Offsets in the tracepoint record: shared with the agent, which checks them against the
+// kernel's format file before attaching.
+use flowwatch_common::inet_sock_set_state as tp;
 use flowwatch_common::{
     tcp_state, FlowCounters, FlowEvent, FlowKey, AF_INET, AF_INET6, DEFAULT_EVENTS_BYTES,
     DEFAULT_FLOWS_MAX_ENTRIES, EVENT_NEW_FLOW, EVENT_TCP_CLOSED, EVENT_TCP_ESTABLISHED,
@@ -88,7 +91,7 @@ fn emit(key: &FlowKey, kind: u8, role: u8, old_state: u8, new_state: u8, now: u6
                 role,
                 old_state,
                 new_state,
-                _pad: [0; 4],
+                padding: [0; 4],
             });
             // The agent's reader drains the ring buffer on a timer, not on wakeups: skip the
             // notification and its irq_work on every event, unless the ring is filling up.
@@ -108,16 +111,6 @@ fn emit(key: &FlowKey, kind: u8, role: u8, old_state: u8, new_state: u8, now: u6
 // ---------------------------------------------------------------------------------------------
 // TCP socket states
 // ---------------------------------------------------------------------------------------------
-
-// Offsets in the tracepoint record (/sys/kernel/tracing/events/sock/inet_sock_set_state/format).
-// This is a stable tracepoint ABI; the agent checks the format file before attaching.
-const TP_OLDSTATE: usize = 16;
-const TP_SPORT: usize = 24;
-const TP_FAMILY: usize = 28;
-const TP_PROTOCOL: usize = 30;
-const TP_SADDR: usize = 32;
-const TP_SADDR_V6: usize = 40;
-const TP_DADDR_V6: usize = 56;
 
 #[tracepoint]
 pub fn tcp_state(ctx: TracePointContext) -> u32 {
@@ -151,11 +144,11 @@ fn addr16(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
 }
 
 fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
-    let protocol: u16 = field(ctx, TP_PROTOCOL);
+    let protocol: u16 = field(ctx, tp::PROTOCOL);
     if protocol != IPPROTO_TCP as u16 {
         return Ok(());
     }
-    let (old, new): (i32, i32) = (field(ctx, TP_OLDSTATE), field(ctx, TP_OLDSTATE + 4));
+    let (old, new): (i32, i32) = (field(ctx, tp::OLDSTATE), field(ctx, tp::NEWSTATE));
     let (kind, role) = match (old, new) {
         // CLOSE -> SYN_SENT is not reported: the kernel picks the source port after it, so the
         // event would carry port 0. The wire sees the SYN; the outcome events carry the port.
@@ -171,21 +164,21 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
         _ => return Ok(()),
     };
 
-    let family: u16 = field(ctx, TP_FAMILY);
+    let family: u16 = field(ctx, tp::FAMILY);
     let mut local = FlowKey {
-        src_port: field(ctx, TP_SPORT),
-        dst_port: field(ctx, TP_SPORT + 2),
+        src_port: field(ctx, tp::SPORT),
+        dst_port: field(ctx, tp::DPORT),
         protocol: IPPROTO_TCP,
         ..FlowKey::default()
     };
     if family == AF_INET as u16 {
         local.family = AF_INET;
-        local.src_addr[..4].copy_from_slice(&field::<u32>(ctx, TP_SADDR).to_ne_bytes());
-        local.dst_addr[..4].copy_from_slice(&field::<u32>(ctx, TP_SADDR + 4).to_ne_bytes());
+        local.src_addr[..4].copy_from_slice(&field::<u32>(ctx, tp::SADDR).to_ne_bytes());
+        local.dst_addr[..4].copy_from_slice(&field::<u32>(ctx, tp::DADDR).to_ne_bytes());
     } else if family == AF_INET6 as u16 {
         local.family = AF_INET6;
-        local.src_addr = addr16(ctx, TP_SADDR_V6);
-        local.dst_addr = addr16(ctx, TP_DADDR_V6);
+        local.src_addr = addr16(ctx, tp::SADDR_V6);
+        local.dst_addr = addr16(ctx, tp::DADDR_V6);
     } else {
         return Ok(());
     }
@@ -215,16 +208,102 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
 // Packets (TC)
 // ---------------------------------------------------------------------------------------------
 
-const ETH_HDR_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPV6_HDR_LEN: usize = 40;
-/// IPv6 extension headers that may precede a transport header (RFC 8200).
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DESTINATION_OPTIONS: u8 = 60;
-const IPV6_AUTHENTICATION: u8 = 51;
+// Header layouts: byte offsets of the fields read, from the start of their header.
+
+/// Ethernet II (a VLAN tag, if any, is in the skb's metadata on a veth, not in the frame).
+mod eth {
+    pub const ETHERTYPE: usize = 12;
+    pub const LEN: usize = 14;
+    pub const P_IP: u16 = 0x0800;
+    pub const P_IPV6: u16 = 0x86DD;
+}
+
+/// IPv4 (RFC 791).
+mod ipv4 {
+    /// Version (high nibble) and header length in 32-bit words (low nibble).
+    pub const VERSION_IHL: usize = 0;
+    pub const TOTAL_LEN: usize = 2;
+    /// Flags (3 bits) and fragment offset (13 bits).
+    pub const FRAG: usize = 6;
+    pub const FRAG_OFFSET_MASK: u16 = 0x1fff;
+    pub const PROTOCOL: usize = 9;
+    pub const SRC: usize = 12;
+    pub const DST: usize = 16;
+    /// A header without options.
+    pub const MIN_LEN: usize = 20;
+
+    /// The header's length in bytes.
+    #[inline(always)]
+    pub fn header_len(version_ihl: u8) -> usize {
+        ((version_ihl & 0x0f) as usize) * 4
+    }
+}
+
+/// IPv6 (RFC 8200) and the extension headers the parser walks.
+mod ipv6 {
+    /// After version, traffic class and flow label.
+    pub const PAYLOAD_LEN: usize = 4;
+    pub const NEXT_HEADER: usize = 6;
+    pub const SRC: usize = 8;
+    pub const DST: usize = 24;
+    pub const LEN: usize = 40;
+
+    /// Extension headers that may precede a transport header.
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AUTHENTICATION: u8 = 51;
+    pub const DESTINATION_OPTIONS: u8 = 60;
+    /// Extension headers the walk does not follow (RFC 7045's list: Mobility, HIP, Shim6).
+    pub const MOBILITY: u8 = 135;
+    pub const HIP: u8 = 139;
+    pub const SHIM6: u8 = 140;
+
+    /// Every extension header starts with the next header's protocol and (but the fragment
+    /// header) its own length.
+    pub const EXT_NEXT_HEADER: usize = 0;
+    pub const EXT_LEN: usize = 1;
+    /// The fragment header: its offset (13 bits) and flags, and its fixed length.
+    pub const FRAGMENT_OFFSET: usize = 2;
+    pub const FRAGMENT_OFFSET_MASK: u16 = 0xfff8;
+    pub const FRAGMENT_LEN: usize = 8;
+
+    /// Hop-by-hop, routing and destination options: the length field counts 8-byte units
+    /// after the first.
+    #[inline(always)]
+    pub fn options_header_len(ext_len: u8) -> usize {
+        (ext_len as usize + 1) * 8
+    }
+
+    /// The authentication header: its length field counts 4-byte units, minus 2 (RFC 4302).
+    #[inline(always)]
+    pub fn authentication_header_len(ext_len: u8) -> usize {
+        (ext_len as usize + 2) * 4
+    }
+}
+
+/// Transport headers: TCP, UDP and SCTP all start with the source and destination port.
+mod l4 {
+    pub const PORTS: usize = 0;
+    pub const UDP_LEN: usize = 8;
+    /// SCTP's common header (the chunks follow).
+    pub const SCTP_COMMON_LEN: usize = 12;
+    /// TCP: data offset (high nibble: header length in 32-bit words), then the flags.
+    pub const TCP_DATA_OFFSET: usize = 12;
+    pub const TCP_FLAGS: usize = 13;
+
+    /// A TCP header's length in bytes.
+    #[inline(always)]
+    pub fn tcp_header_len(data_offset: u8) -> usize {
+        ((data_offset >> 4) as usize) * 4
+    }
+}
+
+/// Where the network header starts in the frame.
+const L3: usize = eth::LEN;
+/// Where the transport header starts behind an option-less IPv4 header, and a plain IPv6 one.
+const L4_AFTER_IPV4: usize = L3 + ipv4::MIN_LEN;
+const L4_AFTER_IPV6: usize = L3 + ipv6::LEN;
 /// How many extension headers are followed before giving up (bounded for the verifier).
 const IPV6_EXTENSION_HEADERS_WALKED: usize = 4;
 
@@ -236,17 +315,17 @@ fn is_tracked(protocol: u8) -> bool {
 fn is_ipv6_extension(protocol: u8) -> bool {
     matches!(
         protocol,
-        IPV6_HOP_BY_HOP
-            | IPV6_ROUTING
-            | IPV6_FRAGMENT
-            | IPV6_DESTINATION_OPTIONS
-            | IPV6_AUTHENTICATION
+        ipv6::HOP_BY_HOP
+            | ipv6::ROUTING
+            | ipv6::FRAGMENT
+            | ipv6::DESTINATION_OPTIONS
+            | ipv6::AUTHENTICATION
     )
 }
 
 /// Extension headers the walk does not follow (Mobility, HIP, Shim6: RFC 7045's list).
 fn is_rare_ipv6_extension(protocol: u8) -> bool {
-    matches!(protocol, 135 | 139 | 140)
+    matches!(protocol, ipv6::MOBILITY | ipv6::HIP | ipv6::SHIM6)
 }
 
 /// The programs' verdict: "next" (TCX_NEXT, TC_ACT_UNSPEC), never "pass". Under tcx, pass ends
@@ -323,68 +402,85 @@ fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, i64> {
     }
 }
 
+/// One byte at `offset` of the frame.
+#[inline(always)]
+fn load_u8(ctx: &TcContext, offset: usize) -> Result<u8, i64> {
+    read(ctx, offset)
+}
+
+/// A big-endian (network order) `u16` at `offset` of the frame, in host order.
+#[inline(always)]
+fn load_be16(ctx: &TcContext, offset: usize) -> Result<u16, i64> {
+    Ok(u16::from_be(read::<u16>(ctx, offset)?))
+}
+
 fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
-    let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
+    let ethertype = load_be16(ctx, eth::ETHERTYPE)?;
     let mut key = FlowKey::default();
     let (l4_offset, ip_len) = match ethertype {
-        ETH_P_IP => {
-            let version_ihl: u8 = read(ctx, ETH_HDR_LEN)?;
-            let ihl = ((version_ihl & 0x0f) as usize) * 4;
-            let total_len = u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 2)?);
-            let frag = u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 6)?);
-            key.protocol = read(ctx, ETH_HDR_LEN + 9)?;
+        eth::P_IP => {
+            let ihl = ipv4::header_len(load_u8(ctx, L3 + ipv4::VERSION_IHL)?);
+            let total_len = load_be16(ctx, L3 + ipv4::TOTAL_LEN)?;
+            let frag = load_be16(ctx, L3 + ipv4::FRAG)?;
+            key.protocol = load_u8(ctx, L3 + ipv4::PROTOCOL)?;
             key.family = AF_INET;
-            let src: [u8; 4] = read(ctx, ETH_HDR_LEN + 12)?;
-            let dst: [u8; 4] = read(ctx, ETH_HDR_LEN + 16)?;
+            let src: [u8; 4] = read(ctx, L3 + ipv4::SRC)?;
+            let dst: [u8; 4] = read(ctx, L3 + ipv4::DST)?;
             key.src_addr[..4].copy_from_slice(&src);
             key.dst_addr[..4].copy_from_slice(&dst);
-            if ihl < 20 {
+            if ihl < ipv4::MIN_LEN {
                 return Ok(None);
             }
-            if frag & 0x1fff != 0 {
+            if frag & ipv4::FRAG_OFFSET_MASK != 0 {
                 // A non-first fragment carries no ports; it cannot be attributed to a flow.
                 if is_tracked(key.protocol) {
                     bump(STAT_UNATTRIBUTED);
                 }
                 return Ok(None);
             }
-            (ETH_HDR_LEN + ihl, total_len as u64)
+            (L3 + ihl, total_len as u64)
         }
-        ETH_P_IPV6 => {
-            let payload_len = u16::from_be(read::<u16>(ctx, ETH_HDR_LEN + 4)?);
-            key.protocol = read(ctx, ETH_HDR_LEN + 6)?;
+        eth::P_IPV6 => {
+            let payload_len = load_be16(ctx, L3 + ipv6::PAYLOAD_LEN)?;
+            key.protocol = load_u8(ctx, L3 + ipv6::NEXT_HEADER)?;
             key.family = AF_INET6;
-            key.src_addr = read(ctx, ETH_HDR_LEN + 8)?;
-            key.dst_addr = read(ctx, ETH_HDR_LEN + 24)?;
-            let ip_len = IPV6_HDR_LEN as u64 + payload_len as u64;
-            let mut l4_offset = ETH_HDR_LEN + IPV6_HDR_LEN;
+            key.src_addr = read(ctx, L3 + ipv6::SRC)?;
+            key.dst_addr = read(ctx, L3 + ipv6::DST)?;
+            let ip_len = ipv6::LEN as u64 + payload_len as u64;
+            let mut l4_offset = L3 + ipv6::LEN;
             // Extension headers (MLD's hop-by-hop, routing, destination options, fragment,
             // authentication): walked, a few deep, to the transport header. A fragment after
             // the first has no ports: counted as unattributed when it carries TCP, UDP or SCTP.
             // A chain deeper than the walk, or a rare extension header the walk does not know
             // (Mobility, HIP, Shim6), hides what it carries: counted as unattributed too.
+            // Variable offsets: read through the helper (the verifier cannot follow them into
+            // the packet).
             for _ in 0..IPV6_EXTENSION_HEADERS_WALKED {
                 match key.protocol {
-                    IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
+                    ipv6::HOP_BY_HOP | ipv6::ROUTING | ipv6::DESTINATION_OPTIONS => {
                         let header: [u8; 2] = ctx.load(l4_offset)?;
-                        key.protocol = header[0];
-                        l4_offset += (header[1] as usize + 1) * 8;
+                        key.protocol = header[ipv6::EXT_NEXT_HEADER];
+                        l4_offset += ipv6::options_header_len(header[ipv6::EXT_LEN]);
                     }
-                    IPV6_AUTHENTICATION => {
+                    ipv6::AUTHENTICATION => {
                         let header: [u8; 2] = ctx.load(l4_offset)?;
-                        key.protocol = header[0];
-                        l4_offset += (header[1] as usize + 2) * 4;
+                        key.protocol = header[ipv6::EXT_NEXT_HEADER];
+                        l4_offset += ipv6::authentication_header_len(header[ipv6::EXT_LEN]);
                     }
-                    IPV6_FRAGMENT => {
+                    ipv6::FRAGMENT => {
                         let header: [u8; 4] = ctx.load(l4_offset)?;
-                        key.protocol = header[0];
-                        if u16::from_be_bytes([header[2], header[3]]) & 0xfff8 != 0 {
+                        key.protocol = header[ipv6::EXT_NEXT_HEADER];
+                        let offset = u16::from_be_bytes([
+                            header[ipv6::FRAGMENT_OFFSET],
+                            header[ipv6::FRAGMENT_OFFSET + 1],
+                        ]);
+                        if offset & ipv6::FRAGMENT_OFFSET_MASK != 0 {
                             if is_tracked(key.protocol) {
                                 bump(STAT_UNATTRIBUTED);
                             }
                             return Ok(None);
                         }
-                        l4_offset += 8;
+                        l4_offset += ipv6::FRAGMENT_LEN;
                     }
                     _ => break,
                 }
@@ -398,34 +494,34 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
         _ => return Ok(None),
     };
     let mut tcp_flags = 0u8;
-    let mut l4_header_len = 8; // UDP; TCP's below, SCTP's common header
+    let mut l4_header_len = l4::UDP_LEN; // TCP's below, SCTP's common header
     match key.protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            // TCP, UDP and SCTP all start with source and destination port. Nearly every
-            // packet has an option-less IPv4 header or a plain IPv6 one: a constant offset the
-            // verifier can follow, so a direct read. Other IPv4 header lengths go through the
-            // helper (the verifier cannot follow a variable offset into the packet).
+            // Nearly every packet has an option-less IPv4 header or a plain IPv6 one: a
+            // constant offset the verifier can follow, so a direct read. Other IPv4 header
+            // lengths go through the helper (the verifier cannot follow a variable offset into
+            // the packet).
             let ports: [u16; 2];
-            if l4_offset == ETH_HDR_LEN + 20 {
-                ports = read(ctx, ETH_HDR_LEN + 20)?;
+            if l4_offset == L4_AFTER_IPV4 {
+                ports = read(ctx, L4_AFTER_IPV4 + l4::PORTS)?;
                 if key.protocol == IPPROTO_TCP {
-                    tcp_flags = read(ctx, ETH_HDR_LEN + 20 + 13)?;
+                    tcp_flags = load_u8(ctx, L4_AFTER_IPV4 + l4::TCP_FLAGS)?;
                 }
-            } else if l4_offset == ETH_HDR_LEN + IPV6_HDR_LEN {
-                ports = read(ctx, ETH_HDR_LEN + IPV6_HDR_LEN)?;
+            } else if l4_offset == L4_AFTER_IPV6 {
+                ports = read(ctx, L4_AFTER_IPV6 + l4::PORTS)?;
                 if key.protocol == IPPROTO_TCP {
-                    tcp_flags = read(ctx, ETH_HDR_LEN + IPV6_HDR_LEN + 13)?;
+                    tcp_flags = load_u8(ctx, L4_AFTER_IPV6 + l4::TCP_FLAGS)?;
                 }
             } else {
-                ports = ctx.load(l4_offset)?;
+                ports = ctx.load(l4_offset + l4::PORTS)?;
                 if key.protocol == IPPROTO_TCP {
-                    tcp_flags = ctx.load(l4_offset + 13)?;
+                    tcp_flags = ctx.load(l4_offset + l4::TCP_FLAGS)?;
                 }
             }
             key.src_port = u16::from_be(ports[0]);
             key.dst_port = u16::from_be(ports[1]);
             if key.protocol == IPPROTO_SCTP {
-                l4_header_len = 12;
+                l4_header_len = l4::SCTP_COMMON_LEN;
             }
         }
         _ => return Ok(None),
@@ -443,11 +539,10 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, i64> {
     // A super-packet: its IP length field may not hold its size (BIG TCP writes 0), the skb's
     // does; every segment but the first adds its own IP and L4 headers.
     if key.protocol == IPPROTO_TCP {
-        let data_offset: u8 = ctx.load(l4_offset + 12)?;
-        l4_header_len = ((data_offset >> 4) as usize) * 4;
+        l4_header_len = l4::tcp_header_len(ctx.load(l4_offset + l4::TCP_DATA_OFFSET)?);
     }
-    let headers = (l4_offset - ETH_HDR_LEN + l4_header_len) as u64;
-    let skb_ip_len = (ctx.len() as u64).saturating_sub(ETH_HDR_LEN as u64);
+    let headers = (l4_offset - L3 + l4_header_len) as u64;
+    let skb_ip_len = (ctx.len() as u64).saturating_sub(L3 as u64);
     Ok(Some(Packet {
         key,
         segments,

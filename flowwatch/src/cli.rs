@@ -123,6 +123,8 @@ pub struct RunArgs {
 
     /// Benchmarks only: attach the kernel programs but make them return at once, to measure
     /// what the hooks themselves cost (`cargo xtask bench capture`). Nothing is captured.
+    /// Only in builds with the `test-hooks` feature (the tests' and benchmarks' agent).
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, default_value_t = false)]
     pub benchmark_null_datapath: bool,
 

@@ -32,7 +32,7 @@ pub mod allocator;
 pub mod cli;
 pub mod datapath;
 pub mod export;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http;
 pub mod k8s;

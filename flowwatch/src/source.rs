@@ -36,7 +36,9 @@ pub trait FlowSource {
     fn flow_map_fill(&self) -> Result<f64, Self::Error>;
 }
 
-/// A scripted source for unit tests: events and totals queued by the test.
+/// A scripted source for unit tests: events and totals queued by the test. Not in the product:
+/// only in unit tests and builds with the `test-hooks` feature (the benches).
+#[cfg(any(test, feature = "test-hooks"))]
 #[derive(Debug, Default)]
 pub struct FakeSource {
     pub events: Vec<Observation>,
@@ -45,6 +47,7 @@ pub struct FakeSource {
     pub losses: KernelLosses,
 }
 
+#[cfg(any(test, feature = "test-hooks"))]
 impl FlowSource for FakeSource {
     type Error = std::convert::Infallible;
 

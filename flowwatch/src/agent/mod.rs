@@ -172,6 +172,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         flows_max_entries: args.flows_max_entries,
         events_bytes: args.events_ring_bytes,
         mount_tracefs: args.mount_tracefs,
+        #[cfg(feature = "test-hooks")]
         null_datapath: args.benchmark_null_datapath,
     })?;
     Datapath::require_interfaces(&patterns)?;

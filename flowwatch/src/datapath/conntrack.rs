@@ -7,7 +7,8 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
+use std::time::Duration;
 
 use crate::model::{FlowKey, Protocol};
 
@@ -41,23 +42,7 @@ impl Conntrack {
         let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
         // The kernel answers a GET at once; never wait for long if it does not.
-        let timeout = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt reads a timeval of the size given, from a live local.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::sys::set_receive_timeout(socket.as_fd(), Duration::from_secs(1))?;
         Ok(Conntrack { socket, seq: 0 })
     }
 

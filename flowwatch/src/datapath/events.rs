@@ -121,13 +121,7 @@ impl Shared {
 /// Waits until the ring has data and the kernel signalled it (an event submitted with a
 /// wakeup), or `timeout`. The ring is empty when this is called, so it does not return at once.
 fn wait_readable(fd: RawFd, timeout: Duration) {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; an error or an interruption only ends the wait early.
-    unsafe { libc::poll(&raw mut poll, 1, timeout.as_millis() as libc::c_int) };
+    super::sys::wait_readable(fd, timeout);
 }
 
 /// Appends one record to the queue, cut to `MAX_RECORD` bytes.

@@ -6,7 +6,6 @@
 //! where decoding each message could miss one when the socket overflows.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
 use std::os::fd::{AsRawFd, RawFd};
 
 /// Interface name patterns: exact names or globs with `*` (e.g. `veth*`, `cali*`); a pattern
@@ -81,24 +80,7 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 
 /// The interfaces of the agent's network namespace, name -> ifindex.
 pub fn list_interfaces() -> std::io::Result<BTreeMap<String, u32>> {
-    // SAFETY: if_nameindex returns a heap array terminated by a zero entry, freed below.
-    unsafe {
-        let head = libc::if_nameindex();
-        if head.is_null() {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut out = BTreeMap::new();
-        let mut cur = head;
-        while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
-            let name = CStr::from_ptr((*cur).if_name)
-                .to_string_lossy()
-                .into_owned();
-            out.insert(name, (*cur).if_index);
-            cur = cur.add(1);
-        }
-        libc::if_freenameindex(head);
-        Ok(out)
-    }
+    super::sys::interface_indexes()
 }
 
 /// A netlink socket subscribed to link changes. Readable when something changed.
@@ -127,10 +109,10 @@ impl LinkNotifications {
         for _ in 0..DRAIN_MAX_READS {
             match self.socket.recv(&mut &mut buf[..], 0) {
                 Ok(0) => return any,
-                Ok(_) => any = true,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return any,
-                // ENOBUFS: notifications were lost; a rescan recovers. Keep reading.
-                Err(_) => any = true,
+                // A notification; or an error such as ENOBUFS (notifications were lost; a
+                // rescan recovers). Keep reading.
+                Ok(_) | Err(_) => any = true,
             }
         }
         any

@@ -11,10 +11,12 @@ pub mod conntrack;
 mod events;
 pub mod links;
 pub mod preflight;
+mod sys;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType, TracePoint};
@@ -34,11 +36,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// The SHA-256 of the embedded kernel object, in hex: which eBPF programs this binary loads
 /// (`flowwatch version`).
 pub fn object_sha256() -> String {
-    ring::digest::digest(&ring::digest::SHA256, EBPF_OBJECT)
+    let digest = ring::digest::digest(&ring::digest::SHA256, EBPF_OBJECT);
+    digest
         .as_ref()
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,8 @@ pub struct DatapathOptions {
     /// Mount tracefs at /sys/kernel/tracing when it is missing.
     pub mount_tracefs: bool,
     /// Benchmarks only: the programs attach but return at once (see `--benchmark-null-datapath`).
+    /// A test hook (feature `test-hooks`); without it the programs always run.
+    #[cfg(feature = "test-hooks")]
     pub null_datapath: bool,
 }
 
@@ -112,6 +119,7 @@ impl Default for DatapathOptions {
             flows_max_entries: common::DEFAULT_FLOWS_MAX_ENTRIES,
             events_bytes: common::DEFAULT_EVENTS_BYTES,
             mount_tracefs: true,
+            #[cfg(feature = "test-hooks")]
             null_datapath: false,
         }
     }
@@ -139,21 +147,18 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
     let tracefs = preflight::ensure_tracefs(options.mount_tracefs)?;
     preflight::verify_tracepoint_format(&tracefs)?;
 
-    let mut bpf = EbpfLoader::new()
+    let events_wakeup = u64::from(options.events_bytes) / 2;
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(common::FLOWS_MAP, options.flows_max_entries)
         .map_max_entries(common::EVENTS_MAP, options.events_bytes)
-        .override_global(
-            common::NULL_DATAPATH_GLOBAL,
-            &u8::from(options.null_datapath),
-            true,
-        )
-        .override_global(
-            common::EVENTS_WAKEUP_GLOBAL,
-            &(u64::from(options.events_bytes) / 2),
-            true,
-        )
-        .load(EBPF_OBJECT)
-        .map_err(DatapathError::Object)?;
+        .override_global(common::EVENTS_WAKEUP_GLOBAL, &events_wakeup, true);
+    // Without the test hooks the global keeps its default (0): the programs always run.
+    #[cfg(feature = "test-hooks")]
+    let null_datapath = u8::from(options.null_datapath);
+    #[cfg(feature = "test-hooks")]
+    loader.override_global(common::NULL_DATAPATH_GLOBAL, &null_datapath, true);
+    let mut bpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Object)?;
 
     let tp: &mut TracePoint = program(&mut bpf, common::PROG_TCP_STATE)?;
     tp.load().map_err(program_error(common::PROG_TCP_STATE))?;
@@ -169,17 +174,10 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
 
     let monitored = BpfHashMap::try_from(take_map(&mut bpf, common::MONITORED_MAP)?)
         .map_err(|e| map_error(common::MONITORED_MAP, e))?;
-    let flows_fd = match take_map(&mut bpf, common::FLOWS_MAP)? {
-        aya::maps::Map::PerCpuHashMap(data) => {
-            use std::os::fd::AsFd;
-            data.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| DatapathError::MapIo {
-                    map: common::FLOWS_MAP,
-                    what: "duplicating its descriptor",
-                    source,
-                })?
+    let flows = match take_map(&mut bpf, common::FLOWS_MAP)? {
+        map @ aya::maps::Map::PerCpuHashMap(_) => {
+            PerCpuHashMap::<_, common::FlowKey, common::FlowCounters>::try_from(map)
+                .map_err(|e| map_error(common::FLOWS_MAP, e))?
         }
         _ => {
             return Err(DatapathError::MapShape {
@@ -188,13 +186,13 @@ pub fn load(options: &DatapathOptions) -> Result<(Datapath, EbpfSource), Datapat
             })
         }
     };
-    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::MapIo {
+    let flows = sys::FlowMap::new(flows).map_err(|source| DatapathError::MapIo {
         map: common::FLOWS_MAP,
         what: "counting the possible CPUs",
         source,
     })?;
     let source = EbpfSource {
-        flows: batch::FlowMapBatch::new(flows_fd, cpus),
+        flows: batch::FlowMapBatch::new(flows),
         events: EventReader::start(
             RingBuf::try_from(take_map(&mut bpf, common::EVENTS_MAP)?)
                 .map_err(|e| map_error(common::EVENTS_MAP, e))?,
@@ -338,6 +336,8 @@ impl Datapath {
     /// the kernel executes it exactly as on an interface, against the real maps. This is how
     /// protocols that cannot be produced on a machine are exercised (SCTP needs a kernel module
     /// many nodes do not load), and malformed packets too. Returns the program's verdict.
+    /// A test hook (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     pub fn run_ingress_on(&mut self, frame: &[u8]) -> Result<u32, DatapathError> {
         self.run_ingress_repeated(frame, 1)
             .map(|(verdict, _)| verdict)
@@ -346,64 +346,22 @@ impl Datapath {
     /// Runs `tc_ingress` on `frame` `repeat` times in a row (`BPF_PROG_TEST_RUN`); returns its
     /// verdict and the kernel's measure of its mean run time in nanoseconds. For benchmarks of
     /// the packet path: the same work as on an interface, without the traffic around it.
+    /// A test hook (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     pub fn run_ingress_repeated(
         &mut self,
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, u32), DatapathError> {
-        use std::os::fd::{AsFd, AsRawFd};
+        use std::os::fd::AsFd;
         let program = program::<SchedClassifier>(&mut self.bpf, common::PROG_TC_INGRESS)?;
         let fd = program
             .fd()
             .map_err(program_error(common::PROG_TC_INGRESS))?
-            .as_fd()
-            .as_raw_fd();
-        // The `test` member of `union bpf_attr` (linux/bpf.h), zero-padded to its full size.
-        #[repr(C)]
-        #[derive(Default)]
-        struct TestRunAttr {
-            prog_fd: u32,
-            retval: u32,
-            data_size_in: u32,
-            data_size_out: u32,
-            data_in: u64,
-            data_out: u64,
-            repeat: u32,
-            duration: u32,
-            ctx_size_in: u32,
-            ctx_size_out: u32,
-            ctx_in: u64,
-            ctx_out: u64,
-            flags: u32,
-            cpu: u32,
-            batch_size: u32,
-            _pad: u32,
-        }
-        const BPF_PROG_TEST_RUN: libc::c_long = 10;
-        let mut attr = TestRunAttr {
-            prog_fd: fd as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            repeat,
-            ..Default::default()
-        };
-        // SAFETY: attr points to a properly laid out bpf_attr.test that outlives the call; the
-        // kernel only reads `frame` (data_out is null).
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &raw mut attr,
-                std::mem::size_of::<TestRunAttr>(),
-            )
-        };
-        if rc < 0 {
-            return Err(DatapathError::KernelFeature(format!(
-                "BPF_PROG_TEST_RUN: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        Ok((attr.retval, attr.duration))
+            .as_fd();
+        let run = sys::prog_test_run(fd, frame, repeat)
+            .map_err(|e| DatapathError::KernelFeature(format!("BPF_PROG_TEST_RUN: {e}")))?;
+        Ok((run.retval, run.duration_ns))
     }
 
     /// Detaches everything (also done by dropping the Datapath).

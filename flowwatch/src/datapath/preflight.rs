@@ -96,32 +96,10 @@ pub fn ensure_tracefs(mount_if_missing: bool) -> Result<PathBuf, DatapathError> 
     if !mount_if_missing {
         return Err(DatapathError::Tracefs(hint));
     }
-    mount_tracefs(&root)
+    super::sys::mount_tracefs(&root)
         .map_err(|e| DatapathError::Tracefs(format!("{hint}; mounting failed: {e}")))?;
     tracing::info!(path = TRACEFS, "mounted tracefs");
     Ok(root)
-}
-
-fn mount_tracefs(target: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    let target = CString::new(target.as_os_str().as_encoded_bytes())?;
-    let fstype = CString::new("tracefs")?;
-    let source = CString::new("nodev")?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// The kernel program reads the tracepoint record at fixed offsets; refuse to attach if this
@@ -137,18 +115,8 @@ pub fn verify_tracepoint_format(tracefs: &Path) -> Result<(), DatapathError> {
     check_format(&format).map_err(DatapathError::KernelFeature)
 }
 
-/// The fields and offsets `flowwatch-ebpf` reads (see its `TP_*` constants).
-const EXPECTED_FIELDS: [(&str, usize); 9] = [
-    ("oldstate", 16),
-    ("newstate", 20),
-    ("sport", 24),
-    ("dport", 26),
-    ("family", 28),
-    ("protocol", 30),
-    ("saddr", 32),
-    ("saddr_v6", 40),
-    ("daddr_v6", 56),
-];
+/// The fields and offsets `flowwatch-ebpf` reads.
+const EXPECTED_FIELDS: [(&str, usize); 10] = flowwatch_common::inet_sock_set_state::FIELDS;
 
 fn check_format(format: &str) -> Result<(), String> {
     for (name, offset) in EXPECTED_FIELDS {
@@ -235,9 +203,9 @@ format:
     fn capabilities() {
         assert_eq!(
             parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
-            Some(0x1ffffffffff)
+            Some(0x01ff_ffff_ffff)
         );
-        assert!(missing_capabilities(0x1ffffffffff).is_ok());
+        assert!(missing_capabilities(0x01ff_ffff_ffff).is_ok());
         let only_net_admin = 1u64 << CAP_NET_ADMIN;
         let err = missing_capabilities(only_net_admin).unwrap_err();
         assert!(err.contains("CAP_BPF, CAP_PERFMON"), "{err}");
