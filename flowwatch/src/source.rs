@@ -1,5 +1,5 @@
 //! Where observations come from: the kernel (`crate::datapath::EbpfSource`) in the agent, a
-//! [`FakeSource`] in unit tests.
+//! `FakeSource` in unit tests (and in builds with the `test-hooks` feature).
 
 use crate::model::{FlowKey, Observation};
 

@@ -72,6 +72,16 @@ pub fn run() -> Result<()> {
             failures.push(name.to_string());
         }
     }
+    // The API docs' links resolve (a renamed or feature-gated item breaks them silently).
+    let doc = "cargo doc -D warnings";
+    eprintln!("==> {doc}");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["doc", "-p", "flowwatch", "--no-deps", "--quiet"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    if let Err(e) = setup::run_cmd(&mut cmd) {
+        eprintln!("{e:#}");
+        failures.push(doc.to_string());
+    }
 
     eprintln!("==> cargo test --workspace");
     // Tests that skip (no root, outside CI) append a line here: see tests/support/privileged.rs.

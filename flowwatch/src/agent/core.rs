@@ -1,5 +1,5 @@
 //! The agent's work between events, over any flow source: what each arm of `run`'s loop does,
-//! in one type that unit tests drive with [`FakeSource`](crate::source::FakeSource), no root
+//! in one type that unit tests drive with `crate::source::FakeSource`, no root
 //! and no kernel needed. `run` keeps the wiring (datapath, HTTP, signals, the cluster source)
 //! and the `select!`.
 

@@ -1,5 +1,5 @@
 //! From a [`FlowSource`] to finished flows: drain, filter, aggregate, expire, forget. Generic
-//! over the source so the whole path runs in unit tests with a [`crate::source::FakeSource`].
+//! over the source so the whole path runs in unit tests with a `crate::source::FakeSource`.
 
 use std::net::IpAddr;
 

@@ -30,7 +30,7 @@ const KINDS: &[(&str, &str, &[&str])] = &[
     ("PodTemplate", "podtemplate", &["template"]),
 ];
 
-/// The kinds, as the CLI names them (`deployment`, ...), in the order of [`KINDS`].
+/// The kinds, as the CLI names them (`deployment`, ...), in the order of `KINDS`.
 pub fn kind_names() -> impl Iterator<Item = &'static str> {
     KINDS.iter().map(|(_, slug, _)| *slug)
 }

@@ -13,10 +13,10 @@ pub struct WatchOptions {
     /// Page size of the initial lists.
     pub page_size: u32,
     /// Base of the first and of the largest pause before a failed watch is restarted; each
-    /// pause is jittered up to twice its base ([`backoff::Backoff`]).
+    /// pause is jittered up to twice its base ([`super::backoff::Backoff`]).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
-    /// How often API discovery looks for the optional kinds ([`optional`]) coming or going.
+    /// How often API discovery looks for the optional kinds ([`super::optional`]) coming or going.
     pub discovery_interval: Duration,
     /// How the initial state of each kind is fetched (see [`ListStrategy`]).
     pub list_strategy: ListStrategy,
