@@ -1,5 +1,5 @@
 //! What flowwatch's watches cost the API server, measured against a real kube-apiserver + etcd
-//! (the tests' `support::apiserver`) holding 10,000 pods:
+//! (the tests' `flowwatch_testkit::apiserver`) holding 10,000 pods:
 //!
 //! 1. one agent's initial sync, with paged lists and with streaming lists (WatchList):
 //!    requests (the server's own `apiserver_request_total`, LIST and WATCH) and bytes on the
@@ -16,9 +16,7 @@
 //! one-agent figures only). Bounded: every wait has a
 //! deadline, everything listens on loopback, the servers and their temp dir go on exit.
 
-#[path = "../tests/support/apiserver.rs"]
-#[allow(dead_code)]
-mod apiserver;
+use flowwatch_testkit::apiserver;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

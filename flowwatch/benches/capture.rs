@@ -21,17 +21,14 @@
 //! run, default 4), FLOWWATCH_BENCH_ROUNDS (default 3), FLOWWATCH_BENCH_RATE (paced rate,
 //! default 2000/s).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::agent::Agent;
-use support::netns::{Node, Pod};
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::netns::{Node, Pod};
 
 /// Client connections in flight, and as many server threads (FLOWWATCH_BENCH_THREADS).
 fn threads() -> usize {

@@ -14,8 +14,7 @@
 //! `VmRSS`/`VmHWM`. It runs once against the empty cluster (the baseline) and once loaded.
 
 #[allow(dead_code)]
-#[path = "../tests/support/apiserver.rs"]
-mod apiserver;
+use flowwatch_testkit::apiserver;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

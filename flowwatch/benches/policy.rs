@@ -17,7 +17,7 @@
 //!   `flowwatch policy whatif` end to end (docs/benchmarks.md, "Policy what-if").
 //! * `cargo bench -p flowwatch --bench policy -- --whatif-prometheus DIR [--series N] [--days D] [--reuse]`:
 //!   `flowwatch policy whatif --prometheus` over N edges (50,000) of D days (30) of history in
-//!   a real Prometheus (see `policy_support/whatif_prometheus.rs`).
+//!   a real Prometheus (see `flowwatch_testkit::whatif_prometheus`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -26,8 +26,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-#[path = "policy_support/whatif_prometheus.rs"]
-mod whatif_prometheus;
+use flowwatch_testkit::whatif_prometheus;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use flowwatch::inventory::Inventory;
@@ -573,7 +572,12 @@ fn main() {
         let series = flag("--series").map_or(50_000, |s| s.parse().expect("--series N"));
         let days = flag("--days").map_or(30, |s| s.parse().expect("--days D"));
         let reuse = args.iter().any(|a| a == "--reuse");
-        whatif_prometheus::run(std::path::Path::new(dir), series, days, reuse);
+        let cluster = whatif_prometheus::Cluster {
+            namespaces: NAMESPACES,
+            apps_per_ns: APPS_PER_NS,
+            write_states: write_whatif_states,
+        };
+        whatif_prometheus::run(std::path::Path::new(dir), &cluster, series, days, reuse);
         return;
     }
     let flows = || flag("--flows").map_or(1_000_000, |s| s.parse().expect("--flows N"));

@@ -17,9 +17,6 @@
 //! FLOWWATCH_BENCH_THREADS (client threads per client pod, default 2), FLOWWATCH_BENCH_CLIENT_PODS
 //! (default 4).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,9 +26,9 @@ use std::time::{Duration, Instant};
 use flowwatch::datapath::{self, DatapathOptions};
 use flowwatch::model::{EventKind, FlowKey, Observation, Role};
 use flowwatch::source::FlowSource;
-use support::agent::Agent;
-use support::ledger::Ledger;
-use support::netns::{Node, Pod};
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::ledger::Ledger;
+use flowwatch_testkit::netns::{Node, Pod};
 
 /// Client pods (FLOWWATCH_BENCH_CLIENT_PODS, default 4): fewer pods at the same rate come
 /// round their ephemeral ports sooner.

@@ -21,9 +21,6 @@
 //! that comes and goes; /metrics is scraped every 5 s. Every loop ends at the deadline; pods,
 //! bridge and agent are removed on the way out, also on a panic.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -32,10 +29,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::agent::Agent;
-use support::ledger::Ledger;
-use support::netns::{Node, Pod};
-use support::traffic;
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::ledger::Ledger;
+use flowwatch_testkit::netns::{Node, Pod};
+use flowwatch_testkit::traffic;
 
 /// The pods, by index in the node.
 const SERVER: usize = 0;
@@ -364,7 +361,7 @@ const LOSS_SERIES: [&str; 4] = [
 ];
 
 fn scrape(agent: &Agent, at: Duration) -> Result<Scrape, String> {
-    let (status, text) = support::prometheus::http_get(&agent.listen, "/metrics", None)?;
+    let (status, text) = flowwatch_testkit::prometheus::http_get(&agent.listen, "/metrics", None)?;
     if status != 200 {
         return Err(format!("/metrics answered {status}"));
     }

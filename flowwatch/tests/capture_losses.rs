@@ -6,8 +6,6 @@
 //!
 //! Needs root; outside CI these tests skip with one line, under CI=true they must run.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{mpsc, Mutex, MutexGuard};
@@ -16,9 +14,9 @@ use std::time::{Duration, Instant};
 use flowwatch::datapath::{self, DatapathOptions};
 use flowwatch::model::{EventKind, Observation, Role};
 use flowwatch::source::FlowSource;
-use support::agent::Agent;
-use support::netns::Node;
-use support::privileged;
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::netns::Node;
+use flowwatch_testkit::privileged;
 
 /// The loss counter by reason: events the ring buffer dropped, packets the full flow map
 /// could not count (each in its own unit, so each reason is asserted on its own).
@@ -191,8 +189,8 @@ fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
 
     // The agent goes on: a connection made now is reported as usual.
     let after = SocketAddr::new(server.ipv4.into(), 7001);
-    support::traffic::one_connection(client, server, after);
-    let record = support::traffic::wait_record(&agent, after, 0);
+    flowwatch_testkit::traffic::one_connection(client, server, after);
+    let record = flowwatch_testkit::traffic::wait_record(&agent, after, 0);
     assert_eq!(record["outcome"], "established", "{record}");
     assert_eq!(
         record["observed_at"],
@@ -213,8 +211,8 @@ fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
 /// Makes `connections` echo connections (one byte each way) from `client` to `addr` on
 /// `server`, one after the other.
 fn echo_connections(
-    client: &support::netns::Pod,
-    server: &support::netns::Pod,
+    client: &flowwatch_testkit::netns::Pod,
+    server: &flowwatch_testkit::netns::Pod,
     addr: SocketAddr,
     connections: u64,
 ) {

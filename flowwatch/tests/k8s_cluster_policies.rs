@@ -5,9 +5,6 @@
 //! policies out of the views, with no error or stale signal either way. CNI-specific kinds
 //! (a CiliumNetworkPolicy CRD) are counted and mark the verdicts of their namespace.
 
-mod k8s_common;
-mod support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -15,10 +12,10 @@ use flowwatch::k8s::{ClusterView, ClusterWatch, Kind, WatchOptions};
 use flowwatch::model::Protocol;
 use flowwatch::policy::tiered::Tier;
 use flowwatch::policy::{FlowVerdict, PolicyEngine, PolicyOptions, SideVerdict, Verdict};
-use k8s_common::*;
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::k8s::*;
+use flowwatch_testkit::privileged;
 use serde_json::json;
-use support::apiserver::ApiServer;
-use support::privileged;
 use tokio_util::sync::CancellationToken;
 
 fn available(what: &str) -> bool {

@@ -1,13 +1,11 @@
 //! The agent's no-cluster mode: the inventory from snapshot files (`kubectl get -o yaml`),
 //! reloaded when they change; a broken file keeps the last good inventory.
 
-mod k8s_common;
-
 use std::time::Duration;
 
 use flowwatch::k8s::source::snapshot_loader;
 use flowwatch::k8s::ClusterWatch;
-use k8s_common::{eventually, label, pod_in, FOLLOW};
+use flowwatch_testkit::k8s::{eventually, label, pod_in, FOLLOW};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 

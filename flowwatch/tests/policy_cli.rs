@@ -1,8 +1,6 @@
 //! The offline CLI: the `eval` batch contract (through its reader/writer core and through the
 //! real binary), `explain` and `coverage`, on the fixture cluster in fixtures/policy/.
 
-mod policy_support;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -186,7 +184,7 @@ fn bad_lines_never_stop_the_run() {
 
 #[test]
 fn eval_over_an_inventory_honours_the_ipblock_option() {
-    let inv = policy_support::inventory(&[policy_support::np(
+    let inv = flowwatch_testkit::policy::inventory(&[flowwatch_testkit::policy::np(
         "x",
         "from-cluster-cidr",
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16}}]}]}",
@@ -305,8 +303,8 @@ fn coverage_lists_gaps() {
 
 #[test]
 fn coverage_default_deny_needs_an_isolating_policy_without_allow_all() {
-    use policy_support::np;
-    let e = policy_support::engine(&[
+    use flowwatch_testkit::policy::np;
+    let e = flowwatch_testkit::policy::engine(&[
         np("x", "deny-in", "{podSelector: {}, policyTypes: [Ingress]}"),
         np(
             "y",

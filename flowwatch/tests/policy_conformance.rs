@@ -3,10 +3,8 @@
 //! serving 80 and 81 over TCP, UDP and SCTP. Each test checks the full 9x9 matrix (by pod
 //! name and by address) on the ports and protocols the upstream test probes.
 
-mod policy_support;
-
 use flowwatch::model::Protocol::{Sctp, Tcp, Udp};
-use policy_support::*;
+use flowwatch_testkit::policy::*;
 
 const DENY_ALL_INGRESS: &str = "{podSelector: {}, policyTypes: [Ingress]}";
 

@@ -2,8 +2,6 @@
 //! defaulting, empty vs absent vs `[{}]`, selector edge cases, named ports per pod, nodes,
 //! host networking, ipBlock and pod addresses, IPv6, verdict details, caching, bad input.
 
-mod policy_support;
-
 use std::net::IpAddr;
 
 use flowwatch::inventory::snapshot;
@@ -12,7 +10,7 @@ use flowwatch::policy::{
     Direction, Peer, PolicyEngine, PolicyError, PolicyOptions, RuleRef, SideReason, SideVerdict,
     Verdict,
 };
-use policy_support::*;
+use flowwatch_testkit::policy::*;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -8,19 +8,17 @@
 //! What the page says is checked against the CLI commands it shares its evaluators with
 //! (`policy unused`, `policy advise`), not only against numbers written here.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use flowwatch_testkit::chromium;
+use flowwatch_testkit::netns::{Node, Pod};
+use flowwatch_testkit::recording::{agent_and_prometheus, shop_pod, shop_snapshot};
+use flowwatch_testkit::traffic::{one_connection, wait_record};
 use serde_json::Value;
-use support::chromium;
-use support::netns::{Node, Pod};
-use support::recording::{agent_and_prometheus, shop_pod, shop_snapshot};
-use support::traffic::{one_connection, wait_record};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -48,7 +46,7 @@ fn report(args: &[&str], out: &Path) -> String {
 }
 
 fn chromium_test(what: &str) -> bool {
-    support::privileged::require(what, chromium::available())
+    flowwatch_testkit::privileged::require(what, chromium::available())
 }
 
 /// HTML text back to plain text (what the serialized DOM escapes).
@@ -417,11 +415,11 @@ fn refused_connection(from: &Pod, addr: SocketAddr) {
 /// four verdicts, and `policy advise` (both forms) and `report` read the same from either.
 #[test]
 fn the_real_agents_traffic_shows_in_all_four_verdicts_and_prometheus_says_the_same() {
-    if !support::privileged::root_test("report on the real agent's traffic")
+    if !flowwatch_testkit::privileged::root_test("report on the real agent's traffic")
         || !chromium_test("report on the real agent's traffic")
-        || !support::privileged::require(
+        || !flowwatch_testkit::privileged::require(
             "report and advise from Prometheus",
-            support::prometheus::available(),
+            flowwatch_testkit::prometheus::available(),
         )
     {
         return;

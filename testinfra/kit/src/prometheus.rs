@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::agent::free_port;
+
 /// Whether the binaries are installed (for `privileged::require`).
 pub fn available() -> Result<(), String> {
     super::privileged::command("prometheus")
@@ -119,13 +121,6 @@ fn backfill(dir: &Path, openmetrics: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
 }
 
 fn yaml_str(s: &str) -> String {
@@ -253,10 +248,6 @@ impl Prometheus {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     pub fn logs(&self) -> String {

@@ -22,7 +22,7 @@
 //! processes also get SIGKILL if the test process dies (`PR_SET_PDEATHSIG`).
 
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +33,8 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
+
+use crate::agent::free_port;
 
 /// The admin's static token (user `admin`, group `system:masters`).
 pub const ADMIN_TOKEN: &str = "flowwatch-test-admin-token";
@@ -475,7 +477,7 @@ pub fn kubectl() -> Result<PathBuf, String> {
 }
 
 fn cache_dir() -> Result<PathBuf, String> {
-    let go_mod_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testinfra/kube/go.mod");
+    let go_mod_path = crate::paths::repo().join("testinfra/kube/go.mod");
     let go_mod = std::fs::read_to_string(&go_mod_path)
         .map_err(|e| format!("{}: {e}", go_mod_path.display()))?;
     let version = go_mod
@@ -513,14 +515,6 @@ current-context: test
 ",
         ca = ca.display()
     )
-}
-
-/// A port that was free a moment ago (bind 0, read, release).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
 }
 
 fn wait_for_port(port: u16, timeout: Duration) -> Result<(), String> {

@@ -2,7 +2,6 @@
 //! agent's metrics registry filled through its public API: clients that request `/metrics` and
 //! never read, connections held open without a request, and concurrent scrapers. Shared by the
 //! `http_exhaustion` test (small numbers) and the `http_flood` bench (the figures).
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
