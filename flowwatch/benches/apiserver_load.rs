@@ -241,7 +241,7 @@ fn push(rows: &mut Vec<Row>, r: Row) {
 }
 
 fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / 1048576.0)
+    format!("{:.1} MiB", b as f64 / 1_048_576.0)
 }
 
 /// One agent synced through its own counting proxy; it runs until the token is cancelled.
@@ -364,7 +364,7 @@ async fn run() {
                 bytes: format!("{} down", mib(bytes)),
                 note: format!(
                     "{:.1} MiB/hour",
-                    bytes as f64 * 3600.0 / rest.as_secs_f64() / 1048576.0
+                    bytes as f64 * 3600.0 / rest.as_secs_f64() / 1_048_576.0
                 ),
             },
         );

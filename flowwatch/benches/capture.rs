@@ -73,7 +73,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn start_server(
     pod: &Pod,
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: &Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<()>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let listener_thread = pod.run(move || {
@@ -323,7 +323,7 @@ fn main() {
     client.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
     let addr = SocketAddr::new(server.ipv4.into(), 9000);
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = start_server(server, addr, stop.clone());
+    let servers = start_server(server, addr, &stop);
 
     let glob = node.interface_glob();
     let agent_args = ["--interfaces", glob.as_str()];

@@ -20,6 +20,7 @@
 //!   a real Prometheus (see `flowwatch_testkit::whatif_prometheus`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::Write;
 use std::net::IpAddr;
@@ -501,11 +502,12 @@ fn write_whatif_states(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::write(dir.join("snapshot.json"), serde_json::to_vec(&cluster)?)?;
     let mut proposed = String::new();
     for ns in (0..NAMESPACES).step_by(10) {
-        proposed.push_str(&format!(
+        let _ = write!(
+            proposed,
             "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: ns-{ns:03}, name: backend-ingress}}\n\
              spec:\n  podSelector: {{matchExpressions: [{{key: tier, operator: In, values: [api, db]}}]}}\n  \
              ingress:\n  - from: [{{podSelector: {{matchLabels: {{tier: web}}}}}}]\n    ports: [{{port: http}}, {{port: 5432, endPort: 5440}}]\n"
-        ));
+        );
     }
     std::fs::write(dir.join("proposed.yaml"), proposed)?;
     Ok(())

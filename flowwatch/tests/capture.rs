@@ -76,6 +76,7 @@ fn request(addr: SocketAddr, rounds: usize, pause: Duration) {
 }
 
 fn tcp_scenario(v6: bool) {
+    const SHORT: usize = 20;
     let node = Node::new(2);
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let (cip, sip): (IpAddr, IpAddr) = if v6 {
@@ -86,7 +87,6 @@ fn tcp_scenario(v6: bool) {
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     let (client_before, server_before) = (client.snmp(), server.snmp());
 
-    const SHORT: usize = 20;
     let addr = SocketAddr::new(sip, 8080);
     let srv = echo_server(server, addr, SHORT + 1);
     client
@@ -167,6 +167,7 @@ fn tcp_ipv4_many_short_connections_and_one_long_one() {
 /// which the namespaces' counters count as segments, and so must flowwatch.
 #[test]
 fn a_bulk_transfer_counts_segments_and_their_headers() {
+    const PAYLOAD: u64 = 4 << 20;
     if !privileged::root_test("tcp bulk transfer") {
         return;
     }
@@ -176,7 +177,6 @@ fn a_bulk_transfer_counts_segments_and_their_headers() {
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     let (client_before, server_before) = (client.snmp(), server.snmp());
 
-    const PAYLOAD: u64 = 4 << 20;
     let addr = SocketAddr::new(sip, 8081);
     let (bound_tx, bound_rx) = mpsc::channel();
     let sink = server.run(move || {

@@ -60,6 +60,8 @@ fn wait_lost_at_least(agent: &Agent, least: u64) -> u64 {
 
 #[test]
 fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
+    const FLOWS: u64 = 1_100;
+    const PACKETS_PER_FLOW: u64 = 2;
     if !privileged::root_test("flow map overflow") {
         return;
     }
@@ -79,8 +81,6 @@ fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
     // Two datagrams to each of 1,100 closed ports: 1,100 flows, two packets each (the server's
     // ICMP port-unreachable answers are not tracked). Every packet of a flow that does not fit
     // is lost, and counted.
-    const FLOWS: u64 = 1_100;
-    const PACKETS_PER_FLOW: u64 = 2;
     let target = server.ipv4;
     client
         .run(move || {
@@ -140,6 +140,7 @@ fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
 
 #[test]
 fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
+    const CONNECTIONS: u64 = 400;
     if !privileged::root_test("ring buffer overflow") {
         return;
     }
@@ -147,7 +148,6 @@ fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
     let node = Node::new(2);
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let addr = SocketAddr::new(server.ipv4.into(), 7000);
-    const CONNECTIONS: u64 = 400;
 
     let mut agent = Agent::start(&[
         "--interfaces",
@@ -245,6 +245,7 @@ fn echo_connections(
 
 #[test]
 fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains() {
+    const CONNECTIONS: u64 = 350;
     if !privileged::root_test("event reader") {
         return;
     }
@@ -260,7 +261,6 @@ fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains()
         ..DatapathOptions::default()
     })
     .expect("loading the datapath");
-    const CONNECTIONS: u64 = 350;
     const { assert!(4 * CONNECTIONS > (RING_BYTES - 1) / EVENT_BYTES) };
     echo_connections(client, server, addr, CONNECTIONS);
     std::thread::sleep(Duration::from_millis(300)); // the last closes (server TIME_WAIT)
@@ -273,8 +273,7 @@ fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains()
     // processes' sockets are seen too, and may even overflow the ring on a busy machine; what
     // is asserted is that none of ours was lost.
     let client_ip = std::net::IpAddr::from(client.ipv4);
-    let mut by_connection: std::collections::BTreeMap<u16, Vec<(EventKind, Role)>> =
-        Default::default();
+    let mut by_connection = std::collections::BTreeMap::<u16, Vec<(EventKind, Role)>>::default();
     for o in &observations {
         let Observation::Event {
             key, kind, role, ..
@@ -309,6 +308,7 @@ fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains()
 
 #[test]
 fn fragments_after_the_first_are_counted_as_unattributed_and_the_flow_keeps_the_first() {
+    const DATAGRAMS: u64 = 5;
     if !privileged::root_test("IP fragments") {
         return;
     }
@@ -317,7 +317,6 @@ fn fragments_after_the_first_are_counted_as_unattributed_and_the_flow_keeps_the_
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     // 3,000 bytes over a 1,500-byte MTU: three IPv4 fragments each, only the first with ports.
-    const DATAGRAMS: u64 = 5;
     let target = server.ipv4;
     client
         .run(move || {

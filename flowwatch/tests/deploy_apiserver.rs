@@ -338,7 +338,7 @@ async fn every_rendered_manifest_passes_a_server_side_dry_run() {
     let chart_yaml: String = chart_yaml
         .lines()
         .filter(|l| !l.starts_with("kubeVersion:"))
-        .map(|l| format!("{l}\n"))
+        .flat_map(|l| [l, "\n"])
         .collect();
     std::fs::write(chart.join("Chart.yaml"), chart_yaml).unwrap();
     let chart = chart.to_str().unwrap();

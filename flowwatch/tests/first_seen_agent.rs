@@ -56,7 +56,7 @@ fn snapshot(node: &Node, gen: u32) -> String {
     let ip = |i: usize| node.pods[i].ipv4;
     let (web, worker) = roles(gen);
     let deployment = |name: &str, ip: Ipv4Addr, replica: &str| {
-        let hash = format!("{:x}", 0x5d8c7f00 + gen * 7919 + name.len() as u32);
+        let hash = format!("{:x}", 0x5d8c_7f00 + gen * 7919 + name.len() as u32);
         format!(
             r#"- apiVersion: v1
   kind: Pod

@@ -226,7 +226,7 @@ async fn cluster_policies_served_at_start_are_in_the_first_view_and_decide() {
             plural: "clusternetworkpolicies".into(),
         },
     );
-    cnps.delete("deny-a-to-b", &Default::default())
+    cnps.delete("deny-a-to-b", &kube::api::DeleteParams::default())
         .await
         .unwrap();
     eventually(&w, FOLLOW, "ClusterNetworkPolicy deleted", |v| {

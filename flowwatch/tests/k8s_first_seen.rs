@@ -40,7 +40,7 @@ fn pod_name(workload: &str, gen: u32) -> String {
 }
 
 fn hash(gen: u32) -> String {
-    format!("{:x}", 0x7c9d6b00 + gen * 977)
+    format!("{:x}", 0x7c9d_6b00 + gen * 977)
 }
 
 fn edge(src: &str, port: u16) -> String {

@@ -231,7 +231,10 @@ async fn the_shipped_service_account_is_enough_and_nothing_more() {
 
     // Nothing more, with real requests: no secrets, no writes.
     let secrets: Api<Secret> = Api::namespaced(agent.clone(), "shop");
-    let err = secrets.list(&Default::default()).await.unwrap_err();
+    let err = secrets
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("forbidden"), "{err}");
     let nss: Api<Namespace> = Api::all(agent.clone());
     let ns_obj: Namespace = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();

@@ -26,6 +26,7 @@
 //! them).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -406,9 +407,10 @@ fn start_the_matrix_pods(node: &Node) -> BTreeMap<PodRef, String> {
     let image = flowwatch_testnode::images::AGNHOST_IMAGE;
     let mut manifest = String::new();
     for ns in matrix::NAMESPACES.iter().chain(["w"].iter()) {
-        manifest.push_str(&format!(
+        let _ = write!(
+            manifest,
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{ns}\"\n---\n"
-        ));
+        );
     }
     for p in matrix::pods() {
         manifest.push_str(&matrix::pod_manifest(p, image));

@@ -9,6 +9,7 @@
 //! eBPF) and Debian's prometheus.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -56,7 +57,8 @@ fn cluster(client: &Pod, server: &Pod, intruder: &Pod, with_guard: bool) -> Stri
         pod_yaml("server", "server", server),
         pod_yaml("intruder", "intruder", intruder),
     );
-    y.push_str(&format!(
+    let _ = write!(
+        y,
         r"---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -77,7 +79,7 @@ spec:
   ingress:
   - from: [{{podSelector: {{matchLabels: {{app: nobody}}}}}}]
 "
-    ));
+    );
     if with_guard {
         y.push_str(
             r"---

@@ -49,8 +49,8 @@ impl Drop for Exporter {
     }
 }
 
-fn start_exporter(rt: &tokio::runtime::Runtime, cfg: MetricsConfig) -> Exporter {
-    let (metrics, registry) = Metrics::new(&cfg).expect("valid config");
+fn start_exporter(rt: &tokio::runtime::Runtime, cfg: &MetricsConfig) -> Exporter {
+    let (metrics, registry) = Metrics::new(cfg).expect("valid config");
     // First-seen edges as the agent tracks them, this test's time 0 being now.
     let unix_now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -309,10 +309,10 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         .enable_all()
         .build()
         .unwrap();
-    let node_a = start_exporter(&rt, MetricsConfig::default());
+    let node_a = start_exporter(&rt, &MetricsConfig::default());
     let node_b = start_exporter(
         &rt,
-        MetricsConfig {
+        &MetricsConfig {
             max_series_per_family: 2,
             max_series_per_namespace: 1,
             ..Default::default()

@@ -9,6 +9,7 @@
 //! (`policy unused`, `policy advise`), not only against numbers written here.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -188,9 +189,19 @@ fn screenshot(page: &Path, name: &str, width: u32, height: u32) -> PathBuf {
     let _ = std::fs::remove_file(&png);
     chromium::screenshot(page, &png, width, height);
     let bytes = std::fs::read(&png).unwrap();
-    assert_eq!(chromium::png_size(&bytes), Some((width, height)), "{png:?}");
+    assert_eq!(
+        chromium::png_size(&bytes),
+        Some((width, height)),
+        "{}",
+        png.display()
+    );
     // A blank page of this size compresses to a few kilobytes.
-    assert!(bytes.len() > 30_000, "{png:?}: only {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 30_000,
+        "{}: only {} bytes",
+        png.display(),
+        bytes.len()
+    );
     png
 }
 
@@ -468,7 +479,7 @@ fn the_real_agents_traffic_shows_in_all_four_verdicts_and_prometheus_says_the_sa
         .unwrap()
         .lines()
         .filter(|l| ours.iter().filter(|ip| l.contains(ip.as_str())).count() == 2)
-        .map(|l| format!("{l}\n"))
+        .flat_map(|l| [l, "\n"])
         .collect();
     let flow_log_path = dir.path().join("flows.jsonl");
     std::fs::write(&flow_log_path, log).unwrap();
@@ -627,15 +638,17 @@ fn fifty(dir: &Path) -> (PathBuf, PathBuf) {
             )
         };
     for ns in 0..5 {
-        repo.push_str(&format!(
+        let _ = write!(
+            repo,
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{ns}}}\n---\n"
-        ));
+        );
         for w in 0..10 {
-            repo.push_str(&format!(
+            let _ = write!(
+                repo,
                 "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: service-{w:02}, namespace: ns{ns}}}\n\
                  spec:\n  selector: {{matchLabels: {{app: w{w}}}}}\n  template: {{metadata: {{labels: {{app: w{w}}}}}, \
                  spec: {{containers: [{{name: c, image: x}}]}}}}\n---\n"
-            ));
+            );
             if ns < 4 {
                 flows.push_str(&record((ns, w), (ns + 1, w), &mut ip));
             }

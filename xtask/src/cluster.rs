@@ -14,7 +14,7 @@ use crate::{k8s, setup};
 /// The name of the hand-run node (its netns is `/run/netns/flowwatch-dev`).
 pub const NAME: &str = "flowwatch-dev";
 
-#[derive(Subcommand)]
+#[derive(Clone, Copy, Subcommand)]
 pub enum Action {
     /// Start the node and print its kubeconfig.
     Up,
@@ -30,7 +30,7 @@ pub fn run(action: Action) -> Result<()> {
             k8s::build_binaries()?;
             k8s::build_node_binaries()?;
             let started = std::time::Instant::now();
-            let node = Node::up(NodeOptions {
+            let node = Node::up(&NodeOptions {
                 name: Some(NAME.into()),
                 detached: true,
                 images: Vec::new(),

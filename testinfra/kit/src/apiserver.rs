@@ -21,6 +21,7 @@
 //! Cleanup: Drop kills both processes and removes the temp dir, also when the test panics; the
 //! processes also get SIGKILL if the test process dies (`PR_SET_PDEATHSIG`).
 
+use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -131,10 +132,7 @@ impl ApiServer {
         // Static tokens: token,user,uid,"group1,group2"
         let mut tokens = format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n");
         for (i, (token, user, groups)) in opts.tokens.iter().enumerate() {
-            tokens.push_str(&format!(
-                "{token},{user},uid-{i},\"{}\"\n",
-                groups.join(",")
-            ));
+            let _ = writeln!(tokens, "{token},{user},uid-{i},\"{}\"", groups.join(","));
         }
         std::fs::write(d.join("tokens.csv"), tokens).expect("token file");
 
@@ -544,7 +542,7 @@ fn spawn(cmd: &mut Command) -> Child {
     }
     cmd.stdin(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawning {:?}: {e}", cmd.get_program()))
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", cmd.get_program().display()))
 }
 
 fn run_ok(cmd: &mut Command) {

@@ -188,7 +188,7 @@ pub fn load_rbac() -> Rbac {
             .replace("{{ .Release.Namespace }}", "flowwatch")
             .lines()
             .filter(|l| !l.trim_start().starts_with("{{"))
-            .map(|l| format!("{l}\n"))
+            .flat_map(|l| [l, "\n"])
             .collect();
         let text = text
             .split("\n---")
@@ -321,7 +321,9 @@ pub async fn install_crds(client: &Client, file: &str) -> Vec<String> {
 pub async fn delete_crd(client: &Client, name: &str) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.delete(name, &Default::default()).await.unwrap();
+    api.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
     let start = Instant::now();
     while api.get_opt(name).await.unwrap().is_some() {
         assert!(

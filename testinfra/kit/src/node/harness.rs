@@ -58,7 +58,7 @@ pub fn on_a_node(prefix: &str, pod_addresses: Option<u8>, scenario: impl FnOnce(
     let image_time = started.elapsed();
 
     let started = Instant::now();
-    let node = Node::up(NodeOptions {
+    let node = Node::up(&NodeOptions {
         images: vec![archive],
         pod_addresses,
         ..Default::default()
