@@ -1,11 +1,14 @@
 //! A real Kubernetes control plane for tests: etcd + kube-apiserver on loopback ports.
 //!
-//! ```ignore
+//! ```no_run
+//! # use flowwatch_testkit::{apiserver::ApiServer, privileged};
+//! # async fn a_test() {
 //! if !privileged::require("my test", ApiServer::available()) { return; }
 //! let api = ApiServer::start().await;          // etcd + kube-apiserver, ready
 //! let client = api.admin_client().await;       // system:masters (token auth)
 //! let sa = api.client_for_service_account("flowwatch", "flowwatch").await; // RBAC applies
 //! // api.kubeconfig_path(): an admin kubeconfig file (e.g. for `kubectl --dry-run=server`)
+//! # }
 //! ```
 //!
 //! What it runs: the binaries built by `cargo xtask k8s-bins` (read from `FLOWWATCH_ETCD` and
