@@ -14,21 +14,18 @@
 //! RSS within 2x idle, every `/healthz` probe within 100 ms, every scrape of the bench's own
 //! scrapers whole, every Prometheus scrape successful with every sample.
 
-#[path = "../tests/support/http_flood.rs"]
-mod http_flood;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use flowwatch_testkit::http_flood;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::netns::Node;
+use flowwatch_testkit::prometheus::{Job, Prometheus, Scrapes};
 use http_flood::{
     concurrent_scrapes, get, held, load_average, max_and_p99, non_readers, raise_fd_limit,
     reset_peak_rss, status_kib, wait_closed, HealthProbes,
 };
-use support::agent::Agent;
-use support::netns::Node;
-use support::prometheus::{Job, Prometheus, Scrapes};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const SCRAPE_EVERY: Duration = Duration::from_secs(5);
@@ -141,7 +138,7 @@ fn main() {
         eprintln!("SKIP agent_http_flood: needs root");
         return;
     }
-    if let Err(e) = support::prometheus::available() {
+    if let Err(e) = flowwatch_testkit::prometheus::available() {
         eprintln!("SKIP agent_http_flood: {e}");
         return;
     }
@@ -152,7 +149,7 @@ fn main() {
     let snapshot = dir.path().join("cluster.yaml");
     std::fs::write(
         &snapshot,
-        support::snapshot::client_and_server(&node.pods[0], &node.pods[1], ""),
+        flowwatch_testkit::snapshot::client_and_server(&node.pods[0], &node.pods[1], ""),
     )
     .expect("writing the snapshot");
     let budget = (u32::from(edges) * 2).to_string();

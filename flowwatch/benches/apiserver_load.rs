@@ -1,5 +1,5 @@
 //! What flowwatch's watches cost the API server, measured against a real kube-apiserver + etcd
-//! (the tests' `support::apiserver`) holding 10,000 pods:
+//! (the tests' `flowwatch_testkit::apiserver`) holding 10,000 pods:
 //!
 //! 1. one agent's initial sync, with paged lists and with streaming lists (WatchList):
 //!    requests (the server's own `apiserver_request_total`, LIST and WATCH) and bytes on the
@@ -16,9 +16,7 @@
 //! one-agent figures only). Bounded: every wait has a
 //! deadline, everything listens on loopback, the servers and their temp dir go on exit.
 
-#[path = "../tests/support/apiserver.rs"]
-#[allow(dead_code)]
-mod apiserver;
+use flowwatch_testkit::apiserver;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -243,7 +241,7 @@ fn push(rows: &mut Vec<Row>, r: Row) {
 }
 
 fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / 1048576.0)
+    format!("{:.1} MiB", b as f64 / 1_048_576.0)
 }
 
 /// One agent synced through its own counting proxy; it runs until the token is cancelled.
@@ -366,7 +364,7 @@ async fn run() {
                 bytes: format!("{} down", mib(bytes)),
                 note: format!(
                     "{:.1} MiB/hour",
-                    bytes as f64 * 3600.0 / rest.as_secs_f64() / 1048576.0
+                    bytes as f64 * 3600.0 / rest.as_secs_f64() / 1_048_576.0
                 ),
             },
         );

@@ -21,17 +21,14 @@
 //! run, default 4), FLOWWATCH_BENCH_ROUNDS (default 3), FLOWWATCH_BENCH_RATE (paced rate,
 //! default 2000/s).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::agent::Agent;
-use support::netns::{Node, Pod};
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::netns::{Node, Pod};
 
 /// Client connections in flight, and as many server threads (FLOWWATCH_BENCH_THREADS).
 fn threads() -> usize {
@@ -76,7 +73,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn start_server(
     pod: &Pod,
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: &Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<()>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let listener_thread = pod.run(move || {
@@ -326,7 +323,7 @@ fn main() {
     client.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
     let addr = SocketAddr::new(server.ipv4.into(), 9000);
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = start_server(server, addr, stop.clone());
+    let servers = start_server(server, addr, &stop);
 
     let glob = node.interface_glob();
     let agent_args = ["--interfaces", glob.as_str()];

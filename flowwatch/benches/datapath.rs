@@ -15,9 +15,7 @@
 //!
 //! Needs root. Environment: FLOWWATCH_BENCH_REPEAT (runs per batch, default 200,000).
 
-#[path = "../tests/support/frames.rs"]
-#[allow(dead_code)] // the synthetic test uses the builders this benchmark does not
-mod frames;
+use flowwatch_testkit::frames;
 
 use flowwatch::datapath::{self, Datapath, DatapathOptions};
 use frames::{ethernet, ipv4, ipv6, tcp, udp, ACK, SYN};

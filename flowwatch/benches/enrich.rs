@@ -15,8 +15,7 @@
 //! (the baseline) and once loaded.
 
 #[allow(dead_code)]
-#[path = "../tests/support/apiserver.rs"]
-mod apiserver;
+use flowwatch_testkit::apiserver;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -188,7 +187,7 @@ fn child(kubeconfig: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await
             .unwrap();
         let client = Client::try_from(config).unwrap();

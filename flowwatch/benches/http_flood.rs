@@ -11,8 +11,7 @@
 //! figure the RSS after three whole scrapes; after each, the server prints its allocator's
 //! figures on stderr (heaps in use and free, mapped blocks, exposition bytes alive).
 
-#[path = "../tests/support/http_flood.rs"]
-mod http_flood;
+use flowwatch_testkit::http_flood;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -17,17 +17,17 @@
 //!   `flowwatch policy whatif` end to end (docs/benchmarks.md, "Policy what-if").
 //! * `cargo bench -p flowwatch --bench policy -- --whatif-prometheus DIR [--series N] [--days D] [--reuse]`:
 //!   `flowwatch policy whatif --prometheus` over N edges (50,000) of D days (30) of history in
-//!   a real Prometheus (see `policy_support/whatif_prometheus.rs`).
+//!   a real Prometheus (see `flowwatch_testkit::whatif_prometheus`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-#[path = "policy_support/whatif_prometheus.rs"]
-mod whatif_prometheus;
+use flowwatch_testkit::whatif_prometheus;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use flowwatch::inventory::Inventory;
@@ -502,11 +502,12 @@ fn write_whatif_states(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::write(dir.join("snapshot.json"), serde_json::to_vec(&cluster)?)?;
     let mut proposed = String::new();
     for ns in (0..NAMESPACES).step_by(10) {
-        proposed.push_str(&format!(
+        let _ = write!(
+            proposed,
             "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: ns-{ns:03}, name: backend-ingress}}\n\
              spec:\n  podSelector: {{matchExpressions: [{{key: tier, operator: In, values: [api, db]}}]}}\n  \
              ingress:\n  - from: [{{podSelector: {{matchLabels: {{tier: web}}}}}}]\n    ports: [{{port: http}}, {{port: 5432, endPort: 5440}}]\n"
-        ));
+        );
     }
     std::fs::write(dir.join("proposed.yaml"), proposed)?;
     Ok(())
@@ -573,7 +574,12 @@ fn main() {
         let series = flag("--series").map_or(50_000, |s| s.parse().expect("--series N"));
         let days = flag("--days").map_or(30, |s| s.parse().expect("--days D"));
         let reuse = args.iter().any(|a| a == "--reuse");
-        whatif_prometheus::run(std::path::Path::new(dir), series, days, reuse);
+        let cluster = whatif_prometheus::Cluster {
+            namespaces: NAMESPACES,
+            apps_per_ns: APPS_PER_NS,
+            write_states: write_whatif_states,
+        };
+        whatif_prometheus::run(std::path::Path::new(dir), &cluster, series, days, reuse);
         return;
     }
     let flows = || flag("--flows").map_or(1_000_000, |s| s.parse().expect("--flows N"));

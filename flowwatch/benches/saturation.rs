@@ -17,9 +17,6 @@
 //! FLOWWATCH_BENCH_THREADS (client threads per client pod, default 2), FLOWWATCH_BENCH_CLIENT_PODS
 //! (default 4).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,9 +26,9 @@ use std::time::{Duration, Instant};
 use flowwatch::datapath::{self, DatapathOptions};
 use flowwatch::model::{EventKind, FlowKey, Observation, Role};
 use flowwatch::source::FlowSource;
-use support::agent::Agent;
-use support::ledger::Ledger;
-use support::netns::{Node, Pod};
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::ledger::Ledger;
+use flowwatch_testkit::netns::{Node, Pod};
 
 /// Client pods (FLOWWATCH_BENCH_CLIENT_PODS, default 4): fewer pods at the same rate come
 /// round their ephemeral ports sooner.
@@ -47,7 +44,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// Accepts, reads the request byte, answers, closes first; `threads` acceptors.
-fn start_server(pod: &Pod, addr: SocketAddr, threads: usize, stop: Arc<AtomicBool>) {
+fn start_server(pod: &Pod, addr: SocketAddr, threads: usize, stop: &Arc<AtomicBool>) {
     let listener = pod
         .run(move || TcpListener::bind(addr).expect("bind"))
         .join()
@@ -118,7 +115,7 @@ fn main() {
         client.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    start_server(server, addr, threads * clients, stop.clone());
+    start_server(server, addr, threads * clients, &stop);
     if env_u64("FLOWWATCH_BENCH_EVENTS", 0) == 1 {
         for round in 1..=rounds {
             let (clients, threads) = (&node.pods[..clients], threads);
@@ -157,7 +154,7 @@ fn main() {
         print!("{}", result.details());
         // Records of the server's port that are not an established client-to-server record:
         // late packets (midstream), attempts, and anything oriented the other way.
-        let mut others: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut others = std::collections::BTreeMap::<String, u64>::default();
         for r in &records {
             let to_server =
                 r["dst"]["port"] == addr.port() && r["dst"]["ip"] == addr.ip().to_string();
@@ -201,6 +198,14 @@ fn main() {
 /// One round with the kernel programs loaded here: the socket events of the connections to
 /// `addr`, in ring order, and how their establishments and closes interleave per 5-tuple.
 fn event_orders(round: u64, clients: &[Pod], addr: SocketAddr, secs: Duration, threads: usize) {
+    /// One 5-tuple's sockets as the events tell, in ring order.
+    #[derive(Default)]
+    struct Sockets {
+        client_open: bool,
+        server_open: bool,
+        /// Closes still to come from the previous connection's server socket.
+        previous_server_closes: u32,
+    }
     let (_datapath, mut source) =
         datapath::load(&DatapathOptions::default()).expect("loading the datapath");
     let handles: Vec<_> = clients
@@ -216,15 +221,7 @@ fn event_orders(round: u64, clients: &[Pod], addr: SocketAddr, secs: Duration, t
     std::thread::sleep(Duration::from_millis(500));
     source.drain_events(&mut events).expect("draining events");
 
-    /// One 5-tuple's sockets as the events tell, in ring order.
-    #[derive(Default)]
-    struct Sockets {
-        client_open: bool,
-        server_open: bool,
-        /// Closes still to come from the previous connection's server socket.
-        previous_server_closes: u32,
-    }
-    let mut tuples: std::collections::HashMap<FlowKey, Sockets> = Default::default();
+    let mut tuples = std::collections::HashMap::<FlowKey, Sockets>::default();
     let (mut established, mut over_previous_client, mut over_previous_server) = (0u64, 0u64, 0u64);
     let mut late_server_closes = 0u64;
     for e in &events {

@@ -21,9 +21,7 @@
 //! that comes and goes; /metrics is scraped every 5 s. Every loop ends at the deadline; pods,
 //! bridge and agent are removed on the way out, also on a panic.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -32,10 +30,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::agent::Agent;
-use support::ledger::Ledger;
-use support::netns::{Node, Pod};
-use support::traffic;
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::ledger::Ledger;
+use flowwatch_testkit::netns::{Node, Pod};
+use flowwatch_testkit::traffic;
 
 /// The pods, by index in the node.
 const SERVER: usize = 0;
@@ -94,7 +92,7 @@ fn serve_tcp(
     pod: &Pod,
     addr: SocketAddr,
     clock: &Clock,
-    serve: fn(TcpStream, Clock),
+    serve: fn(TcpStream, &Clock),
 ) -> JoinHandle<()> {
     let clock = clock.clone();
     pod.run(move || {
@@ -107,7 +105,7 @@ fn serve_tcp(
                     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
                     let _ = c.set_write_timeout(Some(Duration::from_secs(5)));
                     let clock = clock.clone();
-                    std::thread::spawn(move || serve(c, clock));
+                    std::thread::spawn(move || serve(c, &clock));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }
@@ -116,7 +114,7 @@ fn serve_tcp(
 }
 
 /// Short: read an 8-byte request, answer it, close first.
-fn answer_and_close(mut c: TcpStream, _: Clock) {
+fn answer_and_close(mut c: TcpStream, _: &Clock) {
     let mut buf = [0u8; 8];
     if c.read_exact(&mut buf).is_ok() {
         let _ = c.write_all(&buf);
@@ -124,7 +122,7 @@ fn answer_and_close(mut c: TcpStream, _: Clock) {
 }
 
 /// Long: echo until the client closes (or the run ends).
-fn echo(mut c: TcpStream, clock: Clock) {
+fn echo(mut c: TcpStream, clock: &Clock) {
     let mut buf = [0u8; 256];
     while clock.running() {
         match c.read(&mut buf) {
@@ -331,9 +329,10 @@ fn snapshot(node: &Node, version: u64, generations: &[u64; 2]) -> String {
         items.push_str(&pod(&name, "churned", node.pods[i].ipv4));
     }
     if version % 2 == 1 {
-        items.push_str(&format!(
+        let _ = write!(
+            items,
             "- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {{name: server-ports, namespace: soak}}\n  spec:\n    podSelector: {{matchLabels: {{app: server}}}}\n    ingress: [{{ports: [{{port: {SHORT_PORT}}}, {{port: {LONG_PORT}}}, {{port: {UDP_PORT}, protocol: UDP}}]}}]\n"
-        ));
+        );
     }
     items
 }
@@ -364,7 +363,7 @@ const LOSS_SERIES: [&str; 4] = [
 ];
 
 fn scrape(agent: &Agent, at: Duration) -> Result<Scrape, String> {
-    let (status, text) = support::prometheus::http_get(&agent.listen, "/metrics", None)?;
+    let (status, text) = flowwatch_testkit::prometheus::http_get(&agent.listen, "/metrics", None)?;
     if status != 200 {
         return Err(format!("/metrics answered {status}"));
     }

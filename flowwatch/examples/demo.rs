@@ -4,9 +4,7 @@
 //!
 //! Needs root. Everything it creates is removed when it ends, also on failure.
 
-#[path = "../tests/support/netns.rs"]
-#[allow(dead_code)]
-mod netns;
+use flowwatch_testkit::netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

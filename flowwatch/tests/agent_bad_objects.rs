@@ -3,15 +3,13 @@
 //! its name and field and counted in the metrics, and the rest keeps working: a real connection
 //! between two good pods is named and judged.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::agent::Agent;
-use support::netns::Node;
-use support::privileged;
-use support::traffic::{one_connection, wait_record};
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::netns::Node;
+use flowwatch_testkit::privileged;
+use flowwatch_testkit::traffic::{one_connection, wait_record};
 
 #[test]
 fn unusable_objects_are_logged_and_counted_and_the_rest_works() {
@@ -46,7 +44,7 @@ fn unusable_objects_are_logged_and_counted_and_the_rest_works() {
 ";
     std::fs::write(
         &snapshot,
-        support::snapshot::client_and_server(client, server, unusable),
+        flowwatch_testkit::snapshot::client_and_server(client, server, unusable),
     )
     .unwrap();
     let glob = node.interface_glob();

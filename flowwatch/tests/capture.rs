@@ -4,17 +4,15 @@
 //!
 //! Needs root; outside CI these tests skip with one line, under CI=true they must run.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use flowwatch_testkit::agent::{self, Agent};
+use flowwatch_testkit::netns::{sh, Node, Pod};
+use flowwatch_testkit::privileged;
 use serde_json::Value;
-use support::agent::{self, Agent};
-use support::netns::{sh, Node, Pod};
-use support::privileged;
 
 /// Records of flows from `src` to `dst` (by IP), in the order the agent wrote them.
 fn between(records: &[Value], src: IpAddr, dst: IpAddr) -> Vec<Value> {
@@ -78,6 +76,7 @@ fn request(addr: SocketAddr, rounds: usize, pause: Duration) {
 }
 
 fn tcp_scenario(v6: bool) {
+    const SHORT: usize = 20;
     let node = Node::new(2);
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let (cip, sip): (IpAddr, IpAddr) = if v6 {
@@ -88,7 +87,6 @@ fn tcp_scenario(v6: bool) {
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     let (client_before, server_before) = (client.snmp(), server.snmp());
 
-    const SHORT: usize = 20;
     let addr = SocketAddr::new(sip, 8080);
     let srv = echo_server(server, addr, SHORT + 1);
     client
@@ -169,6 +167,7 @@ fn tcp_ipv4_many_short_connections_and_one_long_one() {
 /// which the namespaces' counters count as segments, and so must flowwatch.
 #[test]
 fn a_bulk_transfer_counts_segments_and_their_headers() {
+    const PAYLOAD: u64 = 4 << 20;
     if !privileged::root_test("tcp bulk transfer") {
         return;
     }
@@ -178,7 +177,6 @@ fn a_bulk_transfer_counts_segments_and_their_headers() {
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     let (client_before, server_before) = (client.snmp(), server.snmp());
 
-    const PAYLOAD: u64 = 4 << 20;
     let addr = SocketAddr::new(sip, 8081);
     let (bound_tx, bound_rx) = mpsc::channel();
     let sink = server.run(move || {
@@ -717,7 +715,11 @@ fn the_benchmark_null_datapath_attaches_and_sees_nothing() {
         "--benchmark-null-datapath",
     ]);
     assert!(tcx_programs(&client.host_if).contains("tc_ingress"));
-    support::traffic::one_connection(client, server, SocketAddr::new(server.ipv4.into(), 7100));
+    flowwatch_testkit::traffic::one_connection(
+        client,
+        server,
+        SocketAddr::new(server.ipv4.into(), 7100),
+    );
     std::thread::sleep(Duration::from_millis(500)); // two polls
     let (status, records) = agent.stop();
     assert!(status.success(), "{}", agent.stderr());
@@ -780,17 +782,18 @@ fn no_privileges_is_one_clear_error() {
     // Still uid 0 (so the binary is reachable wherever the clone is, e.g. under a 0700 /root),
     // but with no capabilities: an empty bounding set leaves root none at exec, and
     // no_new_privs keeps it so.
-    let (status, stderr) = agent::run_to_exit(std::process::Command::new("setpriv").args([
-        "--bounding-set=-all",
-        "--inh-caps=-all",
-        "--ambient-caps=-all",
-        "--no-new-privs",
-        "--",
-        agent::binary(),
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-    ]));
+    let (status, stderr) = agent::run_to_exit(
+        std::process::Command::new("setpriv")
+            .args([
+                "--bounding-set=-all",
+                "--inh-caps=-all",
+                "--ambient-caps=-all",
+                "--no-new-privs",
+                "--",
+            ])
+            .arg(agent::binary())
+            .args(["run", "--listen", "127.0.0.1:0"]),
+    );
     assert_one_clear_line(
         status,
         &stderr,
@@ -810,7 +813,7 @@ fn tracefs_not_mounted_names_the_mount_to_make() {
         "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug/tracing 2>/dev/null; \
          umount -l /sys/kernel/debug 2>/dev/null; \
          exec {} run --mount-tracefs=false --interfaces lo --listen 127.0.0.1:0",
-        agent::binary()
+        agent::binary().display()
     );
     let (status, stderr) = agent::run_to_exit(std::process::Command::new("unshare").args([
         "-m",

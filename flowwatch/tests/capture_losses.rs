@@ -6,8 +6,6 @@
 //!
 //! Needs root; outside CI these tests skip with one line, under CI=true they must run.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{mpsc, Mutex, MutexGuard};
@@ -16,9 +14,9 @@ use std::time::{Duration, Instant};
 use flowwatch::datapath::{self, DatapathOptions};
 use flowwatch::model::{EventKind, Observation, Role};
 use flowwatch::source::FlowSource;
-use support::agent::Agent;
-use support::netns::Node;
-use support::privileged;
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::netns::Node;
+use flowwatch_testkit::privileged;
 
 /// The loss counter by reason: events the ring buffer dropped, packets the full flow map
 /// could not count (each in its own unit, so each reason is asserted on its own).
@@ -62,6 +60,8 @@ fn wait_lost_at_least(agent: &Agent, least: u64) -> u64 {
 
 #[test]
 fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
+    const FLOWS: u64 = 1_100;
+    const PACKETS_PER_FLOW: u64 = 2;
     if !privileged::root_test("flow map overflow") {
         return;
     }
@@ -81,8 +81,6 @@ fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
     // Two datagrams to each of 1,100 closed ports: 1,100 flows, two packets each (the server's
     // ICMP port-unreachable answers are not tracked). Every packet of a flow that does not fit
     // is lost, and counted.
-    const FLOWS: u64 = 1_100;
-    const PACKETS_PER_FLOW: u64 = 2;
     let target = server.ipv4;
     client
         .run(move || {
@@ -142,6 +140,7 @@ fn a_full_flow_map_counts_every_flow_that_did_not_fit() {
 
 #[test]
 fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
+    const CONNECTIONS: u64 = 400;
     if !privileged::root_test("ring buffer overflow") {
         return;
     }
@@ -149,7 +148,6 @@ fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
     let node = Node::new(2);
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let addr = SocketAddr::new(server.ipv4.into(), 7000);
-    const CONNECTIONS: u64 = 400;
 
     let mut agent = Agent::start(&[
         "--interfaces",
@@ -191,8 +189,8 @@ fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
 
     // The agent goes on: a connection made now is reported as usual.
     let after = SocketAddr::new(server.ipv4.into(), 7001);
-    support::traffic::one_connection(client, server, after);
-    let record = support::traffic::wait_record(&agent, after, 0);
+    flowwatch_testkit::traffic::one_connection(client, server, after);
+    let record = flowwatch_testkit::traffic::wait_record(&agent, after, 0);
     assert_eq!(record["outcome"], "established", "{record}");
     assert_eq!(
         record["observed_at"],
@@ -213,8 +211,8 @@ fn a_full_ring_buffer_counts_every_event_that_did_not_fit() {
 /// Makes `connections` echo connections (one byte each way) from `client` to `addr` on
 /// `server`, one after the other.
 fn echo_connections(
-    client: &support::netns::Pod,
-    server: &support::netns::Pod,
+    client: &flowwatch_testkit::netns::Pod,
+    server: &flowwatch_testkit::netns::Pod,
     addr: SocketAddr,
     connections: u64,
 ) {
@@ -247,6 +245,7 @@ fn echo_connections(
 
 #[test]
 fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains() {
+    const CONNECTIONS: u64 = 350;
     if !privileged::root_test("event reader") {
         return;
     }
@@ -262,7 +261,6 @@ fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains()
         ..DatapathOptions::default()
     })
     .expect("loading the datapath");
-    const CONNECTIONS: u64 = 350;
     const { assert!(4 * CONNECTIONS > (RING_BYTES - 1) / EVENT_BYTES) };
     echo_connections(client, server, addr, CONNECTIONS);
     std::thread::sleep(Duration::from_millis(300)); // the last closes (server TIME_WAIT)
@@ -275,8 +273,7 @@ fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains()
     // processes' sockets are seen too, and may even overflow the ring on a busy machine; what
     // is asserted is that none of ours was lost.
     let client_ip = std::net::IpAddr::from(client.ipv4);
-    let mut by_connection: std::collections::BTreeMap<u16, Vec<(EventKind, Role)>> =
-        Default::default();
+    let mut by_connection = std::collections::BTreeMap::<u16, Vec<(EventKind, Role)>>::default();
     for o in &observations {
         let Observation::Event {
             key, kind, role, ..
@@ -311,6 +308,7 @@ fn the_event_reader_keeps_the_ring_buffer_from_overflowing_while_nobody_drains()
 
 #[test]
 fn fragments_after_the_first_are_counted_as_unattributed_and_the_flow_keeps_the_first() {
+    const DATAGRAMS: u64 = 5;
     if !privileged::root_test("IP fragments") {
         return;
     }
@@ -319,7 +317,6 @@ fn fragments_after_the_first_are_counted_as_unattributed_and_the_flow_keeps_the_
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let mut agent = Agent::start(&["--interfaces", &node.interface_glob()]);
     // 3,000 bytes over a 1,500-byte MTU: three IPv4 fragments each, only the first with ports.
-    const DATAGRAMS: u64 = 5;
     let target = server.ipv4;
     client
         .run(move || {

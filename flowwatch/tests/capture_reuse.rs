@@ -5,17 +5,15 @@
 //!
 //! Needs root; outside CI these tests skip with one line, under CI=true they must run.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use support::agent::Agent;
-use support::ledger::Ledger;
-use support::netns::Node;
-use support::privileged;
-use support::traffic::{self, abort_on_close, accept_within, connect_from};
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::ledger::Ledger;
+use flowwatch_testkit::netns::Node;
+use flowwatch_testkit::privileged;
+use flowwatch_testkit::traffic::{self, abort_on_close, accept_within, connect_from};
 
 /// Pauses between consecutive connections on the one 5-tuple, in ms: within the close linger
 /// (100 ms), around it, and across polls (200 ms in tests) and the records' writing.

@@ -2,13 +2,11 @@
 //! machine cannot produce (no SCTP module), and malformed frames, which must be counted and
 //! survived. Real maps, real verifier, real program; only the packet is made up.
 
-mod support;
-
 use flowwatch::datapath::{self, DatapathOptions};
 use flowwatch::model::{EventKind, Observation, Protocol, Role};
 use flowwatch::source::FlowSource;
-use support::frames::{ipv4, ipv4_with_options, ipv6, sctp, tcp, ACK, NOPS, SYN};
-use support::privileged;
+use flowwatch_testkit::frames::{ipv4, ipv4_with_options, ipv6, sctp, tcp, ACK, NOPS, SYN};
+use flowwatch_testkit::privileged;
 
 /// The programs only observe: they answer "next" (TC_ACT_UNSPEC, -1), never "pass".
 const NEXT: u32 = -1i32 as u32;
@@ -56,11 +54,16 @@ fn sctp_associations_ipv4_and_ipv6_and_malformed_frames() {
         f[14 + 6..14 + 8].copy_from_slice(&0x00b9u16.to_be_bytes()); // offset 1480
         f
     };
-    let mut first_fragment = ipv4(a4, b4, 17, &support::frames::udp(7000, 53, &[0u8; 8]));
+    let mut first_fragment = ipv4(
+        a4,
+        b4,
+        17,
+        &flowwatch_testkit::frames::udp(7000, 53, &[0u8; 8]),
+    );
     first_fragment[14 + 6..14 + 8].copy_from_slice(&0x2000u16.to_be_bytes()); // more fragments
     let udp_behind_hop_by_hop = {
         let mut l4 = vec![17, 0, 1, 4, 0, 0, 0, 0]; // next UDP, 8 bytes, PadN
-        l4.extend(support::frames::udp(7001, 53, &[0u8; 8]));
+        l4.extend(flowwatch_testkit::frames::udp(7001, 53, &[0u8; 8]));
         ipv6(a6, b6, 0, &l4)
     };
     // Fragment header: next UDP, offset 185 (1480 bytes), identification 1.

@@ -2,13 +2,11 @@
 //! and one line on stderr that says what is wrong and what would be right, before anything
 //! starts (issue 17, item 5). A host name in `--listen` is resolved.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::agent::{binary, free_port, run_to_exit};
-use support::privileged::root_test;
+use flowwatch_testkit::agent::{binary, free_port, run_to_exit};
+use flowwatch_testkit::privileged::root_test;
 
 /// Runs `flowwatch run` with `args` and returns (exit code, stderr).
 fn run(args: &[&str]) -> (Option<i32>, String) {
@@ -159,7 +157,7 @@ fn a_host_name_in_listen_is_resolved() {
     let mut answered = None;
     while std::time::Instant::now() < deadline {
         if let Ok((status, _)) =
-            support::prometheus::http_get(&resolved.to_string(), "/healthz", None)
+            flowwatch_testkit::prometheus::http_get(&resolved.to_string(), "/healthz", None)
         {
             answered = Some(status);
             break;

@@ -9,37 +9,13 @@
 //!
 //! What the ServiceAccount may do ("can-i") is checked in `k8s_rbac.rs`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::apiserver::ApiServer;
-use support::privileged::require;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn helm() -> Result<PathBuf, String> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .ok_or("neither XDG_CACHE_HOME nor HOME is set")?;
-    let p = base.join("flowwatch/helm-v3.22.0/helm");
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{} missing (run `cargo xtask render-manifests`, which builds it)",
-            p.display()
-        ))
-    }
-}
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::helm::{self, helm, template};
+use flowwatch_testkit::paths::repo;
+use flowwatch_testkit::privileged::require;
 
 /// Stand-ins for the Prometheus Operator CRDs: the real group, kinds and scope, with an open
 /// schema. They prove the objects are well-formed Kubernetes objects of those kinds; the
@@ -207,7 +183,7 @@ async fn every_rendered_manifest_passes_a_server_side_dry_run() {
     if !require("server-side dry run", ApiServer::available()) {
         return;
     }
-    let kubectl = match support::apiserver::kubectl() {
+    let kubectl = match flowwatch_testkit::apiserver::kubectl() {
         Ok(k) => k,
         Err(e) => {
             require("server-side dry run", Err(e));
@@ -254,21 +230,14 @@ async fn every_rendered_manifest_passes_a_server_side_dry_run() {
         None,
     );
 
-    let all_options = {
-        let out = Command::new(&helm)
-            .args(["template", "flowwatch"])
-            .arg(repo().join("deploy/helm/flowwatch"))
-            .args(["--namespace", "flowwatch", "--kube-version", "v1.34.0", "--set"])
-            .arg("serviceMonitor.enabled=true,prometheusRule.enabled=true,podMonitor.enabled=true,namespace.create=true,tolerateAllTaints=true,agent.flowLog=-,agent.labelAllowlist={app,team},extraCapabilities={SYS_RESOURCE},image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let all_options = template(
+        &helm,
+        &[
+            "--set",
+            "serviceMonitor.enabled=true,prometheusRule.enabled=true,podMonitor.enabled=true,namespace.create=true,tolerateAllTaints=true,agent.flowLog=-,agent.labelAllowlist={app,team},extraCapabilities={SYS_RESOURCE},image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let core = std::fs::read_to_string(repo().join("deploy/manifests/flowwatch.yaml")).unwrap();
     let operator =
         std::fs::read_to_string(repo().join("deploy/manifests/flowwatch-prometheus-operator.yaml"))
@@ -363,13 +332,13 @@ async fn every_rendered_manifest_passes_a_server_side_dry_run() {
     // The test API server is built without version stamps (it reports v0.0.0), which the chart's
     // `kubeVersion` would refuse: install a copy of the chart without that line.
     let chart = api.dir().join("chart");
-    copy_dir(&repo().join("deploy/helm/flowwatch"), &chart);
+    copy_dir(&helm::chart(), &chart);
     let chart_yaml = std::fs::read_to_string(chart.join("Chart.yaml")).unwrap();
     assert!(chart_yaml.contains("\nkubeVersion:"), "{chart_yaml}");
     let chart_yaml: String = chart_yaml
         .lines()
         .filter(|l| !l.starts_with("kubeVersion:"))
-        .map(|l| format!("{l}\n"))
+        .flat_map(|l| [l, "\n"])
         .collect();
     std::fs::write(chart.join("Chart.yaml"), chart_yaml).unwrap();
     let chart = chart.to_str().unwrap();

@@ -2,19 +2,19 @@
 //! cautious platform team checks in the DaemonSet (including its only hostPath, tracefs), the
 //! values-to-env mapping, render-time errors for values the agent would reject, the embedded
 //! rules and dashboard, the README's coverage of values.yaml, and drift of the rendered manifests
-//! (re-rendered here the way `cargo xtask render-manifests` does; the command itself is not run).
+//! (rendered here by `flowwatch_render::rendered`, the function `cargo xtask render-manifests`
+//! writes them with; the command itself is not run).
 //!
 //! helm is built from its Go module by `cargo xtask render-manifests` (xtask `ensure_helm`) into
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/helm-v3.22.0/helm`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use flowwatch_testkit::helm::{chart, helm, rendered, template, KUBE_VERSION};
+use flowwatch_testkit::paths::repo;
+use flowwatch_testkit::privileged::require;
 use serde_yaml::Value;
-use support::helm::{chart, helm, repo, template, KUBE_VERSION};
-use support::privileged::require;
 
 macro_rules! need_helm {
     ($what:expr) => {
@@ -427,31 +427,19 @@ fn the_chart_readme_documents_every_value() {
 #[test]
 fn the_rendered_manifests_match_the_chart() {
     let helm = need_helm!("manifest drift");
-    let header =
-        "# Rendered from deploy/helm/flowwatch by `cargo xtask render-manifests`. Do not edit:\n\
-                  # change the chart (or its values) and render again.\n";
-    let core = template(&helm, &["--set", "namespace.create=true"]).unwrap();
-    let operator = template(
-        &helm,
-        &[
-            "--set",
-            "serviceMonitor.enabled=true,prometheusRule.enabled=true",
-            "--show-only",
-            "templates/servicemonitor.yaml",
-            "--show-only",
-            "templates/prometheusrule.yaml",
-        ],
-    )
-    .unwrap();
-    for (file, want) in [
-        ("deploy/manifests/flowwatch.yaml", format!("{header}{core}")),
-        (
-            "deploy/manifests/flowwatch-prometheus-operator.yaml",
-            format!("{header}# Needs the Prometheus Operator CRDs (monitoring.coreos.com/v1).\n{operator}"),
-        ),
-    ] {
-        let got = std::fs::read_to_string(repo().join(file)).unwrap_or_default();
-        assert!(got == want, "{file} drifted from the chart: run `cargo xtask render-manifests` and commit");
+    // The very render `cargo xtask render-manifests` writes (flowwatch_render::rendered);
+    // deploy_rules.rs compares the rule file and the dashboards it also renders.
+    for (file, want) in rendered(&helm)
+        .unwrap()
+        .into_iter()
+        .filter(|(file, _)| file.starts_with("deploy/manifests"))
+    {
+        let got = std::fs::read_to_string(repo().join(&file)).unwrap_or_default();
+        assert!(
+            got == want,
+            "{} drifted from the chart: run `cargo xtask render-manifests` and commit",
+            file.display()
+        );
     }
 }
 

@@ -7,20 +7,12 @@
 //! runbook section; no rule reads an hour or more of raw series. Their PromQL is run against a
 //! real Prometheus in `prometheus_exporter.rs`.
 
-mod support;
-
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use support::privileged::{command, require};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use flowwatch_testkit::paths::repo;
+use flowwatch_testkit::privileged::{command, require};
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
@@ -36,7 +28,7 @@ fn run(cmd: &mut Command) -> (bool, String) {
 
 macro_rules! need_helm {
     ($what:expr) => {
-        match support::helm::helm() {
+        match flowwatch_testkit::helm::helm() {
             Ok(h) => h,
             Err(e) => {
                 require($what, Err(e));
@@ -120,7 +112,7 @@ fn promtool_unit_tests_pass_with_tuned_values() {
     let dir = tempfile::tempdir().unwrap();
     let prom = repo().join("deploy/prometheus");
     let values = prom.join("flowwatch-rules-tuned.values.yaml");
-    let rules = support::helm::rules(&helm, &["-f", values.to_str().unwrap()]).unwrap();
+    let rules = flowwatch_testkit::helm::rules(&helm, &["-f", values.to_str().unwrap()]).unwrap();
     std::fs::write(dir.path().join("flowwatch-rules-tuned.yaml"), &rules).unwrap();
     std::fs::copy(
         prom.join("flowwatch-rules-tuned.test.yaml"),
@@ -190,7 +182,7 @@ fn the_rule_file_is_the_chart_rendered_with_its_defaults_and_promtool_accepts_it
     }
     let helm = need_helm!("the rule file against the chart");
     assert!(
-        text == support::helm::rules(&helm, &[]).unwrap(),
+        text == flowwatch_testkit::helm::rules(&helm, &[]).unwrap(),
         "deploy/prometheus/flowwatch-rules.yaml drifted from the chart: run `cargo xtask render-manifests`"
     );
 }
@@ -198,7 +190,7 @@ fn the_rule_file_is_the_chart_rendered_with_its_defaults_and_promtool_accepts_it
 #[test]
 fn each_alert_can_be_switched_off_alone_and_takes_its_recording_rules_with_it() {
     let helm = need_helm!("disabling alerts");
-    let all = support::helm::rules(&helm, &[]).unwrap();
+    let all = flowwatch_testkit::helm::rules(&helm, &[]).unwrap();
     let all_alerts = alerts_of(&all);
     let used = |rules: &[(String, bool, serde_yaml::Value)], record: &str| {
         rules
@@ -207,7 +199,7 @@ fn each_alert_can_be_switched_off_alone_and_takes_its_recording_rules_with_it() 
     };
     for (key, name) in alert_keys() {
         let set = format!("prometheusRule.alerts.{key}.enabled=false");
-        let text = support::helm::rules(&helm, &["--set", &set]).unwrap();
+        let text = flowwatch_testkit::helm::rules(&helm, &["--set", &set]).unwrap();
         let mut want = all_alerts.clone();
         want.remove(&name);
         assert_eq!(alerts_of(&text), want, "--set {set}");
@@ -222,7 +214,7 @@ fn each_alert_can_be_switched_off_alone_and_takes_its_recording_rules_with_it() 
     }
     // The edge history (read by `flowwatch policy whatif`, not by a rule) is switched alone.
     assert!(all.contains(flowwatch::whatif::EDGE_HISTORY));
-    let text = support::helm::rules(
+    let text = flowwatch_testkit::helm::rules(
         &helm,
         &["--set", "prometheusRule.edgeHistory.enabled=false"],
     )
@@ -235,11 +227,11 @@ fn each_alert_can_be_switched_off_alone_and_takes_its_recording_rules_with_it() 
         .into_iter()
         .map(|(k, _)| format!("prometheusRule.alerts.{k}.enabled=false"))
         .collect();
-    let text = support::helm::rules(&helm, &["--set", &off.join(",")]).unwrap();
+    let text = flowwatch_testkit::helm::rules(&helm, &["--set", &off.join(",")]).unwrap();
     let records: Vec<String> = rules_of(&text).into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(records, [flowwatch::whatif::EDGE_HISTORY]);
     off.push("prometheusRule.edgeHistory.enabled=false".into());
-    let err = support::helm::rules(&helm, &["--set", &off.join(",")]).unwrap_err();
+    let err = flowwatch_testkit::helm::rules(&helm, &["--set", &off.join(",")]).unwrap_err();
     assert!(
         err.contains(
             "every alert of prometheusRule.alerts and prometheusRule.edgeHistory disabled"

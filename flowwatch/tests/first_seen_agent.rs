@@ -14,19 +14,19 @@
 //!
 //! Needs root, `prometheus` and the chart's helm (`cargo xtask render-manifests` builds it).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::agent::{free_port, Agent};
-use support::first_seen::{family, metrics, new_pod_edges, sum, wait_metrics, FIRST_SEEN};
-use support::netns::{Node, Pod};
-use support::privileged::{require, root};
-use support::prometheus::{self, http_get, Job, Prometheus};
-use support::traffic::one_connection;
+use flowwatch_testkit::agent::{free_port, Agent};
+use flowwatch_testkit::first_seen::{
+    family, metrics, new_pod_edges, sum, wait_metrics, FIRST_SEEN,
+};
+use flowwatch_testkit::netns::{Node, Pod};
+use flowwatch_testkit::privileged::{require, root};
+use flowwatch_testkit::prometheus::{self, http_get, Job, Prometheus};
+use flowwatch_testkit::traffic::one_connection;
 
 /// The rules' window and lookback in this test (the chart's defaults are 10m and 1d).
 const WINDOW_SECS: u64 = 20;
@@ -56,7 +56,7 @@ fn snapshot(node: &Node, gen: u32) -> String {
     let ip = |i: usize| node.pods[i].ipv4;
     let (web, worker) = roles(gen);
     let deployment = |name: &str, ip: Ipv4Addr, replica: &str| {
-        let hash = format!("{:x}", 0x5d8c7f00 + gen * 7919 + name.len() as u32);
+        let hash = format!("{:x}", 0x5d8c_7f00 + gen * 7919 + name.len() as u32);
         format!(
             r#"- apiVersion: v1
   kind: Pod
@@ -111,7 +111,7 @@ fn write_snapshot(path: &Path, text: &str) {
 }
 
 fn ours(body: &str, name: &str) -> BTreeMap<String, f64> {
-    support::first_seen::ours(body, name, "app")
+    flowwatch_testkit::first_seen::ours(body, name, "app")
 }
 
 fn first_seen(agent: &Agent) -> BTreeMap<String, f64> {
@@ -186,7 +186,7 @@ fn wait_ready(agent: &Agent) {
 }
 
 fn rules(dir: &Path) -> Option<PathBuf> {
-    let helm = match support::helm::helm() {
+    let helm = match flowwatch_testkit::helm::helm() {
         Ok(h) => h,
         Err(e) => {
             require("first-seen edges with the shipped rules", Err(e));
@@ -196,7 +196,7 @@ fn rules(dir: &Path) -> Option<PathBuf> {
     let set = format!(
         "prometheusRule.alerts.newEdge.lookback={LOOKBACK},prometheusRule.alerts.newEdge.window={WINDOW_SECS}s"
     );
-    let text = support::helm::rules(&helm, &["--set", &set]).unwrap();
+    let text = flowwatch_testkit::helm::rules(&helm, &["--set", &set]).unwrap();
     let path = dir.join("rules.yaml");
     std::fs::write(&path, text).unwrap();
     Some(path)

@@ -5,8 +5,6 @@
 //! the collector stopped, exactly what exceeds the buffer is dropped and counted, and the
 //! buffered records arrive once it is back. Loopback only; the collector is killed on drop.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,8 +13,8 @@ use flowwatch::export::otlp_proto::Value;
 use flowwatch::export::{DropReason, ExportStats, OtlpExporter, OtlpOptions};
 use flowwatch::flowlog::{FlowRecord, WallClock};
 use flowwatch::model::{Flow, FlowKey, Outcome, Protocol};
-use support::otelcol::{attribute, Collector};
-use support::privileged::require;
+use flowwatch_testkit::otelcol::{attribute, Collector};
+use flowwatch_testkit::privileged::require;
 use tokio_util::sync::CancellationToken;
 
 /// A finished TCP flow from 10.0.0.1:`port` to 10.0.0.2:5432, its source a Deployment's pod.
@@ -94,7 +92,7 @@ fn wait(what: &str, timeout: Duration, done: impl Fn() -> bool) {
 fn every_record_below_the_buffer_arrives_with_otel_attributes() {
     if !require(
         "flow export (OpenTelemetry Collector)",
-        support::otelcol::available(),
+        flowwatch_testkit::otelcol::available(),
     ) {
         return;
     }
@@ -167,7 +165,7 @@ fn every_record_below_the_buffer_arrives_with_otel_attributes() {
 fn with_the_collector_away_only_what_exceeds_the_buffer_is_lost_and_counted() {
     if !require(
         "flow export (OpenTelemetry Collector)",
-        support::otelcol::available(),
+        flowwatch_testkit::otelcol::available(),
     ) {
         return;
     }
@@ -223,16 +221,16 @@ fn with_the_collector_away_only_what_exceeds_the_buffer_is_lost_and_counted() {
 /// collector, each body equal to the flow-log line of the same flow, the node as resource.
 #[test]
 fn the_agent_exports_the_records_it_logs() {
-    if !support::privileged::root_test("agent flow export")
-        || !require("agent flow export", support::otelcol::available())
+    if !flowwatch_testkit::privileged::root_test("agent flow export")
+        || !require("agent flow export", flowwatch_testkit::otelcol::available())
     {
         return;
     }
     let collector = Collector::start();
-    let node = support::netns::Node::new(2);
+    let node = flowwatch_testkit::netns::Node::new(2);
     let (client, server) = (&node.pods[0], &node.pods[1]);
     let endpoint = collector.endpoint();
-    let mut agent = support::agent::Agent::start(&[
+    let mut agent = flowwatch_testkit::agent::Agent::start(&[
         "--interfaces",
         &node.interface_glob(),
         "--idle-timeout-secs",

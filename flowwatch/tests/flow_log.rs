@@ -7,8 +7,6 @@
 //! The agent tests need root (pods, eBPF, mount); the schema test of records built through the
 //! public API needs only python3-jsonschema.
 
-mod support;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,10 +14,10 @@ use std::time::{Duration, Instant};
 use flowwatch::aggregate::{EndReason, FinishedFlow};
 use flowwatch::flowlog::{FlowRecord, WallClock, SCHEMA_VERSION};
 use flowwatch::model::{Flow, FlowKey, Outcome, Protocol};
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::netns::{sh, Node, Pod};
+use flowwatch_testkit::privileged::{self, require};
 use serde_json::Value;
-use support::agent::Agent;
-use support::netns::{sh, Node, Pod};
-use support::privileged::{self, require};
 
 fn schema() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/flow-record.schema.json")
@@ -123,7 +121,10 @@ fn records_of_every_shape() -> Vec<Value> {
 
 #[test]
 fn records_of_every_shape_match_the_json_schema_and_violations_are_caught() {
-    if !require("flow record schema", support::jsonschema::available()) {
+    if !require(
+        "flow record schema",
+        flowwatch_testkit::jsonschema::available(),
+    ) {
         return;
     }
     let records = records_of_every_shape();
@@ -141,7 +142,7 @@ fn records_of_every_shape_match_the_json_schema_and_violations_are_caught() {
     assert!(records
         .iter()
         .all(|r| r["schema_version"] == SCHEMA_VERSION));
-    support::jsonschema::validate(&schema(), &records).unwrap_or_else(|e| panic!("{e}"));
+    flowwatch_testkit::jsonschema::validate(&schema(), &records).unwrap_or_else(|e| panic!("{e}"));
     // The schema is not a rubber stamp: a renamed field, a bad enum value, a missing version.
     let mut bad = records[0].clone();
     bad["src"]["workload"] = bad["src"]["workload_name"].take();
@@ -154,7 +155,7 @@ fn records_of_every_shape_match_the_json_schema_and_violations_are_caught() {
         .remove("schema_version");
     for r in [bad, wrong_outcome, unversioned] {
         assert!(
-            support::jsonschema::validate(&schema(), std::slice::from_ref(&r)).is_err(),
+            flowwatch_testkit::jsonschema::validate(&schema(), std::slice::from_ref(&r)).is_err(),
             "accepted {r}"
         );
     }
@@ -314,10 +315,13 @@ fn a_full_disk_drops_and_counts_records_then_writing_resumes_and_logrotate_is_fo
     assert_eq!(lines_to(&fs.path("flows.jsonl.1"), server, 7002).len(), 3);
     assert!(agent.metric("flowwatch_flow_log_records_total").unwrap() >= 5.0);
     // Every record written is schema-valid.
-    if require("flow record schema", support::jsonschema::available()) {
+    if require(
+        "flow record schema",
+        flowwatch_testkit::jsonschema::available(),
+    ) {
         let mut all = lines_to(&log, server, 7003);
         all.extend(lines_to(&fs.path("flows.jsonl.1"), server, 7002));
-        support::jsonschema::validate(&schema(), &all).unwrap_or_else(|e| panic!("{e}"));
+        flowwatch_testkit::jsonschema::validate(&schema(), &all).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

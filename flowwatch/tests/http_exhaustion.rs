@@ -26,16 +26,14 @@
 //! test time, and each assertion failed against the server before the fix.
 //! One test per process state: they measure the process's memory, so they run one at a time.
 
-#[path = "support/http_flood.rs"]
-mod http_flood;
-mod support;
+use flowwatch_testkit::http_flood;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flowwatch::http::HttpLimits;
+use flowwatch_testkit::prometheus::{self, Job, Prometheus};
 use http_flood::*;
-use support::prometheus::{self, Job, Prometheus};
 
 /// The tests measure this process's RSS and descriptors: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -57,7 +55,10 @@ const PROBE_EVERY: Duration = Duration::from_millis(20);
 /// A real Prometheus scraping the server, once it has scraped it successfully; `None` (the
 /// test skips) only outside CI when Prometheus is not installed.
 fn prometheus_scraping(addr: &str) -> Option<Prometheus> {
-    if !support::privileged::require("Prometheus scraping the HTTP edge", prometheus::available()) {
+    if !flowwatch_testkit::privileged::require(
+        "Prometheus scraping the HTTP edge",
+        prometheus::available(),
+    ) {
         return None;
     }
     let prom = Prometheus::start(

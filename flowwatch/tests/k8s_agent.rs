@@ -4,22 +4,19 @@
 //! records and verdicts follow each change (relabel, add and remove a policy, delete and
 //! re-create a pod on the same IP) within 2 seconds.
 
-mod k8s_common;
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_common::*;
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::k8s::*;
+use flowwatch_testkit::netns::Node;
+use flowwatch_testkit::privileged;
+use flowwatch_testkit::traffic::{one_connection, wait_record};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::agent::Agent;
-use support::apiserver::ApiServer;
-use support::netns::Node;
-use support::privileged;
-use support::traffic::{one_connection, wait_record};
 
 fn available() -> bool {
     privileged::require("k8s end to end with the agent", privileged::root())

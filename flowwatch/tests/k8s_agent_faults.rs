@@ -4,22 +4,19 @@
 //! server is gone for 30 seconds, naming flows from the last known state all along; resynced
 //! and following changes when the API server returns; never exiting.
 
-mod k8s_common;
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use k8s_common::*;
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::k8s::*;
+use flowwatch_testkit::netns::Node;
+use flowwatch_testkit::privileged;
+use flowwatch_testkit::prometheus::http_get;
+use flowwatch_testkit::traffic::{one_connection, records_to, wait_record};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::agent::Agent;
-use support::apiserver::ApiServer;
-use support::netns::Node;
-use support::privileged;
-use support::prometheus::http_get;
-use support::traffic::{one_connection, records_to, wait_record};
 
 const OUTAGE: Duration = Duration::from_secs(30);
 

@@ -5,19 +5,16 @@
 //! it is drift; dropped by the server pod (as an enforcing CNI would), it is a blocked attempt;
 //! both carry `tier="admin"` in the metrics and in the flow record.
 
-mod k8s_common;
-mod support;
-
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use k8s_common::*;
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::k8s::*;
+use flowwatch_testkit::netns::Node;
+use flowwatch_testkit::privileged;
+use flowwatch_testkit::traffic::{one_connection, wait_record};
 use serde_json::json;
-use support::agent::Agent;
-use support::apiserver::ApiServer;
-use support::netns::Node;
-use support::privileged;
-use support::traffic::{one_connection, wait_record};
 
 fn available() -> bool {
     privileged::require("k8s cluster policy end to end", privileged::root())
@@ -26,8 +23,8 @@ fn available() -> bool {
 
 /// The agent's exposition lines of `family` that contain every one of `labels`.
 fn series(agent: &Agent, family: &str, labels: &[&str]) -> Vec<String> {
-    let (_, text) =
-        support::prometheus::http_get(&agent.listen, "/metrics", None).unwrap_or_default();
+    let (_, text) = flowwatch_testkit::prometheus::http_get(&agent.listen, "/metrics", None)
+        .unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with(&format!("{family}{{")))
         .filter(|l| labels.iter().all(|want| l.contains(want)))

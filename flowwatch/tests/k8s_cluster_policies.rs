@@ -5,9 +5,6 @@
 //! policies out of the views, with no error or stale signal either way. CNI-specific kinds
 //! (a CiliumNetworkPolicy CRD) are counted and mark the verdicts of their namespace.
 
-mod k8s_common;
-mod support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -15,10 +12,10 @@ use flowwatch::k8s::{ClusterView, ClusterWatch, Kind, WatchOptions};
 use flowwatch::model::Protocol;
 use flowwatch::policy::tiered::Tier;
 use flowwatch::policy::{FlowVerdict, PolicyEngine, PolicyOptions, SideVerdict, Verdict};
-use k8s_common::*;
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::k8s::*;
+use flowwatch_testkit::privileged;
 use serde_json::json;
-use support::apiserver::ApiServer;
-use support::privileged;
 use tokio_util::sync::CancellationToken;
 
 fn available(what: &str) -> bool {
@@ -229,7 +226,7 @@ async fn cluster_policies_served_at_start_are_in_the_first_view_and_decide() {
             plural: "clusternetworkpolicies".into(),
         },
     );
-    cnps.delete("deny-a-to-b", &Default::default())
+    cnps.delete("deny-a-to-b", &kube::api::DeleteParams::default())
         .await
         .unwrap();
     eventually(&w, FOLLOW, "ClusterNetworkPolicy deleted", |v| {

@@ -1,9 +1,6 @@
 //! Faults against a real kube-apiserver: an outage of 30 s, watches that expire (410 Gone),
 //! and objects the agent cannot use.
 
-mod k8s_common;
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,13 +8,13 @@ use std::time::{Duration, Instant};
 use flowwatch::enrich::{EndpointIndex, EnrichOptions};
 use flowwatch::k8s::{Kind, SyncStatus, WatchOptions};
 use flowwatch::model::Protocol;
-use k8s_common::*;
+use flowwatch_testkit::apiserver::{ApiServer, ApiServerOptions};
+use flowwatch_testkit::k8s::*;
+use flowwatch_testkit::privileged;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use support::apiserver::{ApiServer, ApiServerOptions};
-use support::privileged;
 use tokio_util::sync::CancellationToken;
 
 fn metrics_text(status: &SyncStatus) -> String {

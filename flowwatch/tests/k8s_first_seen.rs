@@ -6,21 +6,18 @@
 //! first-seen timestamp; a new port between known workloads afterwards is flagged at the next
 //! poll.
 
-mod k8s_common;
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_common::*;
+use flowwatch_testkit::agent::{free_port, Agent};
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::first_seen::{metrics, new_pod_edges, ours, sum, wait_metrics, FIRST_SEEN};
+use flowwatch_testkit::k8s::*;
+use flowwatch_testkit::netns::Node;
+use flowwatch_testkit::privileged;
+use flowwatch_testkit::traffic::one_connection;
 use serde_json::json;
-use support::agent::{free_port, Agent};
-use support::apiserver::ApiServer;
-use support::first_seen::{metrics, new_pod_edges, ours, sum, wait_metrics, FIRST_SEEN};
-use support::netns::Node;
-use support::privileged;
-use support::traffic::one_connection;
 
 fn available() -> bool {
     let what = "first-seen edges with the API server";
@@ -43,7 +40,7 @@ fn pod_name(workload: &str, gen: u32) -> String {
 }
 
 fn hash(gen: u32) -> String {
-    format!("{:x}", 0x7c9d6b00 + gen * 977)
+    format!("{:x}", 0x7c9d_6b00 + gen * 977)
 }
 
 fn edge(src: &str, port: u16) -> String {

@@ -3,14 +3,11 @@
 //! (the feature gate off), `auto` falls back to paged lists and the inventory is complete all
 //! the same. The API server's own request counters say which requests were made.
 
-mod k8s_common;
-mod support;
-
 use flowwatch::k8s::{ListStrategy, WatchOptions};
-use k8s_common::*;
+use flowwatch_testkit::apiserver::{ApiServer, ApiServerOptions};
+use flowwatch_testkit::k8s::*;
+use flowwatch_testkit::privileged;
 use serde_json::json;
-use support::apiserver::{ApiServer, ApiServerOptions};
-use support::privileged;
 use tokio_util::sync::CancellationToken;
 
 const PODS: usize = 30;

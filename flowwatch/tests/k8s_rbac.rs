@@ -7,13 +7,12 @@
 //! else from `deploy/helm/flowwatch/templates/rbac.yaml` with its few template expressions
 //! substituted.
 
-mod k8s_common;
-mod support;
-
 use std::collections::BTreeSet;
 
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::k8s::load_rbac;
+use flowwatch_testkit::privileged;
 use futures::{stream, StreamExt};
-use k8s_common::load_rbac;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -22,8 +21,6 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, PostParams};
 use kube::Client;
 use serde_json::json;
-use support::apiserver::ApiServer;
-use support::privileged;
 use tokio_util::sync::CancellationToken;
 
 /// What the agent must be able to read: (group, resource).
@@ -168,7 +165,7 @@ async fn the_shipped_service_account_is_enough_and_nothing_more() {
     let ns = subject.namespace.clone().expect("subject namespace");
     let sa_name = subject.name.clone();
     if ns != "default" {
-        k8s_common::create_namespace(&admin, &ns, json!({})).await;
+        flowwatch_testkit::k8s::create_namespace(&admin, &ns, json!({})).await;
     }
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
     let sa = rbac.service_account.clone().unwrap_or_else(|| {
@@ -191,18 +188,18 @@ async fn the_shipped_service_account_is_enough_and_nothing_more() {
 
     // The cluster policy and a CNI policy CRD are served: their watches need the role too.
     for crds in [
-        k8s_common::CLUSTER_NETWORK_POLICY_CRD,
-        k8s_common::ADMIN_NETWORK_POLICY_CRDS,
-        k8s_common::CILIUM_NETWORK_POLICY_CRD,
+        flowwatch_testkit::k8s::CLUSTER_NETWORK_POLICY_CRD,
+        flowwatch_testkit::k8s::ADMIN_NETWORK_POLICY_CRDS,
+        flowwatch_testkit::k8s::CILIUM_NETWORK_POLICY_CRD,
     ] {
-        k8s_common::install_crds(&admin, crds).await;
+        flowwatch_testkit::k8s::install_crds(&admin, crds).await;
     }
 
     // Enough: every watch of the agent syncs with the service account's token.
     let agent = api.client_for_service_account(&ns, &sa_name).await;
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    let w = k8s_common::watch(agent.clone(), &cancel).await;
+    let w = flowwatch_testkit::k8s::watch(agent.clone(), &cancel).await;
     assert!(w.status().is_synced(), "{:?}", w.status().report());
     assert_eq!(w.status().watch_errors(), 0, "{:?}", w.status().report());
     for kind in [
@@ -213,8 +210,8 @@ async fn the_shipped_service_account_is_enough_and_nothing_more() {
     ] {
         assert!(w.status().is_active(kind), "{kind:?} not watched");
     }
-    k8s_common::create_namespace(&admin, "shop", json!({})).await;
-    k8s_common::create_pod(
+    flowwatch_testkit::k8s::create_namespace(&admin, "shop", json!({})).await;
+    flowwatch_testkit::k8s::create_pod(
         &admin,
         "shop",
         "web",
@@ -224,17 +221,20 @@ async fn the_shipped_service_account_is_enough_and_nothing_more() {
         "10.244.0.9",
     )
     .await;
-    k8s_common::eventually(
+    flowwatch_testkit::k8s::eventually(
         &w,
-        k8s_common::FOLLOW,
+        flowwatch_testkit::k8s::FOLLOW,
         "pod seen with the agent's identity",
-        |v| k8s_common::pod_in(v, "shop", "web").is_some(),
+        |v| flowwatch_testkit::k8s::pod_in(v, "shop", "web").is_some(),
     )
     .await;
 
     // Nothing more, with real requests: no secrets, no writes.
     let secrets: Api<Secret> = Api::namespaced(agent.clone(), "shop");
-    let err = secrets.list(&Default::default()).await.unwrap_err();
+    let err = secrets
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("forbidden"), "{err}");
     let nss: Api<Namespace> = Api::all(agent.clone());
     let ns_obj: Namespace = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();

@@ -1,20 +1,20 @@
 //! The agent's no-cluster mode: the inventory from snapshot files (`kubectl get -o yaml`),
 //! reloaded when they change; a broken file keeps the last good inventory.
 
-mod k8s_common;
-
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use flowwatch::k8s::source::snapshot_loader;
 use flowwatch::k8s::ClusterWatch;
-use k8s_common::{eventually, label, pod_in, FOLLOW};
+use flowwatch_testkit::k8s::{eventually, label, pod_in, FOLLOW};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 fn pods_yaml(pods: &[(&str, &str, &str)]) -> String {
     let mut s = String::from("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: shop\n");
     for (name, app, ip) in pods {
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             "- apiVersion: v1
   kind: Pod
   metadata:
@@ -33,7 +33,7 @@ fn pods_yaml(pods: &[(&str, &str, &str)]) -> String {
     podIPs:
     - ip: {ip}
 "
-        ));
+        );
     }
     s
 }
@@ -157,6 +157,7 @@ async fn wait_reload_errors(w: &ClusterWatch, n: u64, what: &str) {
 /// intentionally empty cluster is said with an empty `kind: List`.
 #[tokio::test]
 async fn what_is_not_a_cluster_dump_never_replaces_the_last_good_inventory() {
+    type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let dir = tempfile::tempdir().unwrap();
     let snapshots = dir.path().join("snapshots");
     std::fs::create_dir(&snapshots).unwrap();
@@ -165,7 +166,6 @@ async fn what_is_not_a_cluster_dump_never_replaces_the_last_good_inventory() {
     let (w, _stop) = watching_web_1(snapshots.clone()).await;
     let generation = w.current().generation;
 
-    type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let broken: [Breakage; 4] = [
         (
             "an empty file",

@@ -1,14 +1,13 @@
 //! The watchers against a real kube-apiserver: the inventory follows every change within 2 s,
 //! and the enrichment index built from it names pods, workloads, nodes and services.
 
-mod k8s_common;
-mod support;
-
 use std::time::Instant;
 
 use flowwatch::enrich::{Endpoint, EndpointIndex, EnrichOptions, WorkloadKind};
 use flowwatch::model::Protocol;
-use k8s_common::*;
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::k8s::*;
+use flowwatch_testkit::privileged;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -16,8 +15,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::apiserver::ApiServer;
-use support::privileged;
 use tokio_util::sync::CancellationToken;
 
 fn available(what: &str) -> bool {

@@ -7,8 +7,6 @@
 //! rustls). Everything listens on loopback; the servers are stopped and their temp dirs removed
 //! on drop.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -16,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use flowwatch::http::{self, Authorizer, AuthzOptions, HttpLimits, HttpState, Readiness, Tls};
 use flowwatch::metrics::{Metrics, MetricsConfig};
+use flowwatch_testkit::apiserver::ApiServer;
+use flowwatch_testkit::privileged::{command, require};
+use flowwatch_testkit::prometheus::{Job, Prometheus};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::apiserver::ApiServer;
-use support::privileged::{command, require};
-use support::prometheus::{Job, Prometheus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
@@ -371,7 +369,7 @@ fn metrics_over_tls_behind_the_api_servers_authorization() {
         200,
         "the kubelet's probe needs no token"
     );
-    let plain = support::prometheus::http_get(&addr, "/healthz", None);
+    let plain = flowwatch_testkit::prometheus::http_get(&addr, "/healthz", None);
     assert!(
         !matches!(plain, Ok((200, _))),
         "plain HTTP must not be served on the TLS port: {plain:?}"
@@ -458,14 +456,14 @@ fn metrics_over_tls_behind_the_api_servers_authorization() {
 /// and sets the scrape endpoint up for TLS and the token.
 #[test]
 fn the_chart_grants_reviews_only_in_kubernetes_mode() {
-    let Some(helm) = support::helm::helm()
+    let Some(helm) = flowwatch_testkit::helm::helm()
         .map_err(|e| require("chart render", Err(e)))
         .ok()
     else {
         return;
     };
     let docs = |args: &[&str]| -> Vec<serde_json::Value> {
-        let text = support::helm::template(&helm, args).unwrap_or_else(|e| panic!("{e}"));
+        let text = flowwatch_testkit::helm::template(&helm, args).unwrap_or_else(|e| panic!("{e}"));
         serde_yaml::Deserializer::from_str(&text)
             .filter_map(|d| serde::Deserialize::deserialize(d).ok())
             .filter(|v: &serde_json::Value| v.is_object())
@@ -567,11 +565,13 @@ fn the_chart_grants_reviews_only_in_kubernetes_mode() {
         .expect("readers bound");
     assert_eq!(binding["subjects"][0]["name"], "prometheus");
 
-    let err = support::helm::template(&helm, &["--set", "metrics.auth.mode=rbac"]).unwrap_err();
+    let err =
+        flowwatch_testkit::helm::template(&helm, &["--set", "metrics.auth.mode=rbac"]).unwrap_err();
     assert!(err.contains("metrics.auth.mode"), "{err}");
-    let err = support::helm::template(&helm, &["--set", "metrics.tls.enabled=true"]).unwrap_err();
+    let err = flowwatch_testkit::helm::template(&helm, &["--set", "metrics.tls.enabled=true"])
+        .unwrap_err();
     assert!(err.contains("metrics.tls.secretName"), "{err}");
-    let err = support::helm::template(
+    let err = flowwatch_testkit::helm::template(
         &helm,
         &[
             "--set",
@@ -593,8 +593,8 @@ fn the_agent_refuses_a_certificate_it_cannot_use_and_names_the_file() {
     let key = dir.path().join("tls.key");
     std::fs::write(&cert, "not a certificate").unwrap();
     std::fs::write(&key, "not a key").unwrap();
-    let (status, stderr) = support::agent::run_to_exit(
-        Command::new(support::agent::binary())
+    let (status, stderr) = flowwatch_testkit::agent::run_to_exit(
+        Command::new(flowwatch_testkit::agent::binary())
             .arg("run")
             .arg("--listen=127.0.0.1:0")
             .arg("--metrics-tls-cert-file")
@@ -607,8 +607,8 @@ fn the_agent_refuses_a_certificate_it_cannot_use_and_names_the_file() {
         stderr.contains(&cert.display().to_string()) && stderr.contains("no CERTIFICATE"),
         "{stderr}"
     );
-    let (status, stderr) = support::agent::run_to_exit(
-        Command::new(support::agent::binary())
+    let (status, stderr) = flowwatch_testkit::agent::run_to_exit(
+        Command::new(flowwatch_testkit::agent::binary())
             .args(["run", "--metrics-tls-cert-file"])
             .arg(&cert),
     );

@@ -25,21 +25,19 @@
 //! of `cargo xtask setup`, helm, and the release binary (`cargo xtask test` provides all of
 //! them).
 
-mod node_support;
-mod support;
-
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use flowwatch_testkit::node::chart::scrape;
+use flowwatch_testkit::node::lifecycle::{self, Agent};
+use flowwatch_testkit::node::matrix::{self, overall, PodRef, Policy, Probe, Side};
+use flowwatch_testkit::node::metrics::Sample;
+use flowwatch_testkit::node::{chart, harness, prometheus, reuse};
+use flowwatch_testkit::privileged::require;
 use flowwatch_testnode::sys::{enter, Join};
 use flowwatch_testnode::Node;
-use node_support::chart::scrape;
-use node_support::lifecycle::{self, Agent};
-use node_support::matrix::{self, overall, PodRef, Policy, Probe, Side};
-use node_support::metrics::Sample;
-use node_support::{chart, harness, prometheus, reuse};
-use support::privileged::require;
 
 /// The effective, permitted and bounding capability sets the chart gives the agent: NET_ADMIN
 /// (12), PERFMON (38), BPF (39), nothing else.
@@ -239,7 +237,7 @@ fn assert_enforced_as_judged(results: &BTreeMap<Probe, bool>, policies: &[Policy
     );
 }
 
-/// y/b's address given to w/reused (see `node_support::reuse`): the probes to and from the new
+/// y/b's address given to w/reused (see `flowwatch_testkit::node::reuse`): the probes to and from the new
 /// pod, enforced by kube-router, and counted under its name and its policy's verdicts, edge by
 /// edge; nothing counted on y/b. Returns the pods' addresses now.
 fn a_reused_address_names_the_new_pod(
@@ -409,9 +407,10 @@ fn start_the_matrix_pods(node: &Node) -> BTreeMap<PodRef, String> {
     let image = flowwatch_testnode::images::AGNHOST_IMAGE;
     let mut manifest = String::new();
     for ns in matrix::NAMESPACES.iter().chain(["w"].iter()) {
-        manifest.push_str(&format!(
+        let _ = write!(
+            manifest,
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{ns}\"\n---\n"
-        ));
+        );
     }
     for p in matrix::pods() {
         manifest.push_str(&matrix::pod_manifest(p, image));

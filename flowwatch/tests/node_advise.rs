@@ -2,7 +2,7 @@
 //! kube-apiserver, containerd, kubelet, the bridge CNI, kube-proxy, and kube-router as the
 //! NetworkPolicy enforcer), with the agent installed by its chart from the image built here:
 //!
-//! 1. An application (`node_support::app`) in three namespaces: Deployments and a StatefulSet,
+//! 1. An application (`flowwatch_testkit::node::app`) in three namespaces: Deployments and a StatefulSet,
 //!    the cluster DNS with pods labelled only `k8s-app=kube-dns`, a host-network DaemonSet,
 //!    a Service in front of a named target port. Its traffic (DNS over UDP and TCP through the
 //!    `kube-dns` Service, web to api through its Service, api to the database, to and from the
@@ -17,20 +17,17 @@
 //!
 //! Needs what `tests/node.rs` needs (`cargo xtask test` provides it).
 
-mod node_support;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use flowwatch_testkit::node::app::{self, Probe, Target, Via, Workload};
+use flowwatch_testkit::node::{chart, harness, lifecycle, matrix};
+use flowwatch_testkit::privileged::require;
 use flowwatch_testnode::node::NODE_IP;
 use flowwatch_testnode::Node;
-use node_support::app::{self, Probe, Target, Via, Workload};
-use node_support::{chart, harness, lifecycle, matrix};
 use serde_json::{json, Value};
-use support::privileged::require;
 
 /// How often each observed connection is made while recording, and again when replayed.
 const ROUNDS: usize = 3;

@@ -7,8 +7,6 @@
 //! Kubernetes test binaries are installed, a real kube-apiserver accepts the YAML (server-side
 //! dry run).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -815,15 +813,15 @@ fn include_failed_allows_the_attempts_too() {
 /// every document (strict validation), in namespaces that exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_api_server_accepts_the_advised_policies() {
-    use support::apiserver::ApiServer;
-    use support::privileged::require;
+    use flowwatch_testkit::apiserver::ApiServer;
+    use flowwatch_testkit::privileged::require;
     if !require(
         "advised policies against a kube-apiserver",
         ApiServer::available(),
     ) {
         return;
     }
-    let kubectl = match support::apiserver::kubectl() {
+    let kubectl = match flowwatch_testkit::apiserver::kubectl() {
         Ok(k) => k,
         Err(e) => {
             require("advised policies against a kube-apiserver", Err(e));

@@ -1,8 +1,7 @@
 //! The offline CLI: the `eval` batch contract (through its reader/writer core and through the
 //! real binary), `explain` and `coverage`, on the fixture cluster in fixtures/policy/.
 
-mod policy_support;
-
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -186,7 +185,7 @@ fn bad_lines_never_stop_the_run() {
 
 #[test]
 fn eval_over_an_inventory_honours_the_ipblock_option() {
-    let inv = policy_support::inventory(&[policy_support::np(
+    let inv = flowwatch_testkit::policy::inventory(&[flowwatch_testkit::policy::np(
         "x",
         "from-cluster-cidr",
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16}}]}]}",
@@ -305,8 +304,8 @@ fn coverage_lists_gaps() {
 
 #[test]
 fn coverage_default_deny_needs_an_isolating_policy_without_allow_all() {
-    use policy_support::np;
-    let e = policy_support::engine(&[
+    use flowwatch_testkit::policy::np;
+    let e = flowwatch_testkit::policy::engine(&[
         np("x", "deny-in", "{podSelector: {}, policyTypes: [Ingress]}"),
         np(
             "y",
@@ -863,6 +862,7 @@ fn explain_walks_the_tiers() {
 
 #[test]
 fn coverage_says_which_tiers_select_each_namespace_and_workload() {
+    use flowwatch::policy::Tier;
     let (inv, _) = snapshot::load_files(&[fixture("tiers.yaml")]).unwrap();
     let (e, _) = PolicyEngine::build(&inv, PolicyOptions::default());
     let c = e.coverage();
@@ -881,7 +881,6 @@ fn coverage_says_which_tiers_select_each_namespace_and_workload() {
         .unwrap();
     assert!(default.cluster_policies.is_empty());
     let db = c.workloads.iter().find(|w| w.pods == ["db-0"]).unwrap();
-    use flowwatch::policy::Tier;
     assert_eq!(
         db.ingress,
         vec![Tier::Admin, Tier::NetworkPolicy, Tier::Baseline]
@@ -919,12 +918,14 @@ fn cluster_policies_read_the_same_from_a_list_json_and_multi_document_yaml() {
     let list: Value = serde_yaml::from_str(&text).unwrap();
     // JSON (kubectl -o json), and multi-document YAML of the same items.
     let json_text = serde_json::to_string_pretty(&list).unwrap();
-    let docs: String = list["items"]
+    let docs = list["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|item| format!("---\n{}", serde_yaml::to_string(item).unwrap()))
-        .collect();
+        .fold(String::new(), |mut docs, item| {
+            let _ = write!(docs, "---\n{}", serde_yaml::to_string(item).unwrap());
+            docs
+        });
     let flows = "{\"src\": \"default/debug\", \"dst\": \"shop/api-5c6b-xyz12\", \"port\": 8080}\n\
                  {\"src\": \"shop/frontend-7d9f-abcde\", \"dst\": \"shop/api-5c6b-xyz12\", \"port\": 8080}\n\
                  {\"src\": \"shop/api-5c6b-xyz12\", \"dst\": \"shop/db-0\", \"port\": 5432}\n";

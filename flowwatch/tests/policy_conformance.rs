@@ -3,10 +3,8 @@
 //! serving 80 and 81 over TCP, UDP and SCTP. Each test checks the full 9x9 matrix (by pod
 //! name and by address) on the ports and protocols the upstream test probes.
 
-mod policy_support;
-
 use flowwatch::model::Protocol::{Sctp, Tcp, Udp};
-use policy_support::*;
+use flowwatch_testkit::policy::*;
 
 const DENY_ALL_INGRESS: &str = "{podSelector: {}, policyTypes: [Ingress]}";
 
@@ -344,7 +342,8 @@ fn ingress_from_updated_namespace() {
         .labels
         .get_or_insert_with(Default::default)
         .insert("ns2".into(), "updated".into());
-    let (updated, errors) = flowwatch::policy::PolicyEngine::build(&inv, Default::default());
+    let (updated, errors) =
+        flowwatch::policy::PolicyEngine::build(&inv, flowwatch::policy::PolicyOptions::default());
     assert!(errors.is_empty());
     assert_reach(&updated, 80, Tcp, &closed.set("y/*", "x/a", true));
 }
@@ -371,7 +370,8 @@ fn ingress_from_updated_pod() {
         .labels
         .get_or_insert_with(Default::default)
         .insert("pod2".into(), "updated".into());
-    let (updated, _) = flowwatch::policy::PolicyEngine::build(&inv, Default::default());
+    let (updated, _) =
+        flowwatch::policy::PolicyEngine::build(&inv, flowwatch::policy::PolicyOptions::default());
     assert_reach(&updated, 80, Tcp, &closed.set("x/b", "x/a", true));
 }
 
@@ -413,7 +413,8 @@ fn deny_ingress_to_updated_pod() {
         .labels
         .get_or_insert_with(Default::default)
         .insert("target".into(), "true".into());
-    let (updated, _) = flowwatch::policy::PolicyEngine::build(&inv, Default::default());
+    let (updated, _) =
+        flowwatch::policy::PolicyEngine::build(&inv, flowwatch::policy::PolicyOptions::default());
     assert_reach(
         &updated,
         80,

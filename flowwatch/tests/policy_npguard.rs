@@ -14,8 +14,6 @@
 //! either tool, so a workload neither tool reports cannot be missed. No disagreement is
 //! tolerated: docs/policy.md ("Agreement with netpol-analyzer") has none to explain.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -365,10 +363,10 @@ fn describe(m: &Matrix, key: &(String, String, String)) -> String {
 #[test]
 fn flowwatch_agrees_with_netpol_analyzer_on_every_workload_pair_and_port() {
     // Outside CI a missing binary skips with one line; under CI=true it fails.
-    let bin = match support::netpol_analyzer::k8snetpolicy() {
+    let bin = match flowwatch_testkit::netpol_analyzer::k8snetpolicy() {
         Ok(bin) => bin,
         Err(why) => {
-            support::privileged::require("policy_npguard (netpol-analyzer)", Err(why));
+            flowwatch_testkit::privileged::require("policy_npguard (netpol-analyzer)", Err(why));
             return;
         }
     };

@@ -138,7 +138,7 @@ impl World {
                 });
             }
         }
-        inv.network_policies = self.policies.clone();
+        inv.network_policies.clone_from(&self.policies);
         inv
     }
 }

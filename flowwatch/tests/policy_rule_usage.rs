@@ -8,19 +8,18 @@
 //! tightening; and deleting a policy takes its rules' series away. Needs root (namespaces,
 //! eBPF) and Debian's prometheus.
 
-mod support;
-
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::netns::{Node, Pod};
+use flowwatch_testkit::prometheus::{Job, Prometheus};
+use flowwatch_testkit::traffic::{one_connection, records_to, wait_record};
 use serde_json::Value;
-use support::agent::Agent;
-use support::netns::{Node, Pod};
-use support::prometheus::{Job, Prometheus};
-use support::traffic::{one_connection, records_to, wait_record};
 
 const ALLOWED_PORT: u16 = 8080;
 const SOLE_PORT: u16 = 9090;
@@ -58,7 +57,8 @@ fn cluster(client: &Pod, server: &Pod, intruder: &Pod, with_guard: bool) -> Stri
         pod_yaml("server", "server", server),
         pod_yaml("intruder", "intruder", intruder),
     );
-    y.push_str(&format!(
+    let _ = write!(
+        y,
         r"---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -79,7 +79,7 @@ spec:
   ingress:
   - from: [{{podSelector: {{matchLabels: {{app: nobody}}}}}}]
 "
-    ));
+    );
     if with_guard {
         y.push_str(
             r"---
@@ -137,7 +137,8 @@ fn by_hand(records: &[Value]) -> BTreeMap<(String, String), (u64, u64)> {
 
 /// (policy as `namespace/name`, rule) -> (matches, sole matches) from the agent's /metrics.
 fn scraped(agent: &Agent) -> BTreeMap<(String, String), (u64, u64)> {
-    let (_, text) = support::prometheus::http_get(&agent.listen, "/metrics", None).unwrap();
+    let (_, text) =
+        flowwatch_testkit::prometheus::http_get(&agent.listen, "/metrics", None).unwrap();
     let mut out: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     for line in text.lines() {
         let sole = if line.starts_with("flowwatch_policy_rule_sole_matches_total{") {
@@ -185,10 +186,10 @@ fn unused(snapshot: &Path, traffic: &[&str]) -> (Vec<Value>, String) {
 
 #[test]
 fn the_agents_rule_counters_match_an_independent_count_and_feed_policy_unused() {
-    if !support::privileged::root_test("rule usage on the real agent")
-        || !support::privileged::require(
+    if !flowwatch_testkit::privileged::root_test("rule usage on the real agent")
+        || !flowwatch_testkit::privileged::require(
             "rule usage on Prometheus",
-            support::prometheus::available(),
+            flowwatch_testkit::prometheus::available(),
         )
     {
         return;
@@ -254,7 +255,8 @@ fn the_agents_rule_counters_match_an_independent_count_and_feed_policy_unused() 
     assert_eq!(scraped(&agent), sent, "{}", agent.stderr());
     // The same unit as flowwatch_connections_total: each connection once.
     let connections: f64 = {
-        let (_, text) = support::prometheus::http_get(&agent.listen, "/metrics", None).unwrap();
+        let (_, text) =
+            flowwatch_testkit::prometheus::http_get(&agent.listen, "/metrics", None).unwrap();
         text.lines()
             .filter(|l| {
                 l.starts_with("flowwatch_connections_total{")

@@ -2,8 +2,7 @@
 //! defaulting, empty vs absent vs `[{}]`, selector edge cases, named ports per pod, nodes,
 //! host networking, ipBlock and pod addresses, IPv6, verdict details, caching, bad input.
 
-mod policy_support;
-
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use flowwatch::inventory::snapshot;
@@ -12,7 +11,7 @@ use flowwatch::policy::{
     Direction, Peer, PolicyEngine, PolicyError, PolicyOptions, RuleRef, SideReason, SideVerdict,
     Verdict,
 };
-use policy_support::*;
+use flowwatch_testkit::policy::*;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -628,9 +627,10 @@ fn verdicts_are_cached_per_identity_not_per_pod() {
     // Three replicas with the same labels share one identity.
     let mut extra = String::new();
     for i in 0..3 {
-        extra.push_str(&format!(
+        let _ = write!(
+            extra,
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: r, name: web-{i}, labels: {{app: web}}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: 10.8.0.{i}}}\n"
-        ));
+        );
     }
     let e = engine(&[extra, np("r", "web", "{podSelector: {matchLabels: {app: web}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: x}}}]}]}")]);
     assert_eq!(e.cached_results(), 0);

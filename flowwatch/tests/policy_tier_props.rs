@@ -346,8 +346,8 @@ impl Reference<'_> {
                 .is_none_or(|s| pair_matches(s, &self.w.pod_labels[n * 3 + pod]))
     }
 
-    /// The cluster tier walk: `Some(Some(action))` decided, `Some(None)` passed, `None` no
-    /// rule matched.
+    /// The cluster tier walk: `Some(action)` decided; `None` passed to the next tier, or no
+    /// rule matched (the caller goes on to the next tier either way).
     // The model spells out every input of one side's walk, as the engine's caller would.
     #[allow(clippy::too_many_arguments)]
     fn walk(
@@ -359,7 +359,7 @@ impl Reference<'_> {
         port: u16,
         proto: Protocol,
         dst: Option<usize>,
-    ) -> Option<Option<Act>> {
+    ) -> Option<Act> {
         let mut policies: Vec<&GPolicy> = self
             .w
             .policies
@@ -383,10 +383,10 @@ impl Reference<'_> {
                 let ports = r.ports.is_empty()
                     || r.ports.iter().any(|x| Self::port_ok(x, port, proto, dst));
                 if peers && ports {
-                    return Some(match r.action {
+                    return match r.action {
                         Act::Pass => None,
                         a => Some(a),
-                    });
+                    };
                 }
             }
         }
@@ -435,9 +435,9 @@ impl Reference<'_> {
             self.own_network_pod(peer).map(|(_, pp)| pp)
         };
         match self.walk(true, (n, p), peer, ingress, port, proto, dst) {
-            Some(Some(Act::Accept)) => return (SideVerdict::Allowed, Tier::Admin),
-            Some(Some(_)) => return (SideVerdict::Denied, Tier::Admin),
-            Some(None) | None => {}
+            Some(Act::Accept) => return (SideVerdict::Allowed, Tier::Admin),
+            Some(_) => return (SideVerdict::Denied, Tier::Admin),
+            None => {}
         }
         if !nps.is_empty() {
             if own_node {
@@ -457,9 +457,9 @@ impl Reference<'_> {
             };
         }
         match self.walk(false, (n, p), peer, ingress, port, proto, dst) {
-            Some(Some(Act::Accept)) => (SideVerdict::Allowed, Tier::Baseline),
-            Some(Some(_)) => (SideVerdict::Denied, Tier::Baseline),
-            Some(None) | None => (SideVerdict::Uncovered, Tier::None),
+            Some(Act::Accept) => (SideVerdict::Allowed, Tier::Baseline),
+            Some(_) => (SideVerdict::Denied, Tier::Baseline),
+            None => (SideVerdict::Uncovered, Tier::None),
         }
     }
 }

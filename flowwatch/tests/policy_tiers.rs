@@ -9,6 +9,7 @@
 //! web=8080/TCP); node-1 and node-2 are workers, node-3 the control plane; a host-network pod
 //! infra/agent on node-3.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -114,10 +115,11 @@ fn check(policies: &str, cases: &[&'static str]) -> Vec<Value> {
     let cases: Vec<Case> = cases.iter().map(|c| case(c)).collect();
     let mut input = String::new();
     for c in &cases {
-        input.push_str(&format!(
-            "{{\"src\": \"{}\", \"dst\": \"{}\", \"port\": {}, \"protocol\": \"{}\"}}\n",
+        let _ = writeln!(
+            input,
+            "{{\"src\": \"{}\", \"dst\": \"{}\", \"port\": {}, \"protocol\": \"{}\"}}",
             c.src, c.dst, c.port, c.protocol
-        ));
+        );
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowwatch"))
         .args(["policy", "eval", "--snapshot"])

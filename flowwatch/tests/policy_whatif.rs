@@ -22,7 +22,7 @@ fn pod(ip: &str, port: u16, ns: &str, name: &str, kind: &str, workload: &str, no
            "workload_kind": kind, "workload_name": workload, "node": node})
 }
 
-fn record(protocol: &str, src: Value, dst: Value, outcome: &str, node: &str) -> String {
+fn record(protocol: &str, src: &Value, dst: &Value, outcome: &str, node: &str) -> String {
     json!({"start": "2026-11-25T01:09:33.465Z", "end": "2026-11-25T01:09:33.467Z",
            "protocol": protocol, "src": src, "dst": dst, "outcome": outcome,
            "end_reason": "closed", "observed_at": ["client"],
@@ -97,45 +97,27 @@ fn flow_logs(dir: &std::path::Path) -> Vec<PathBuf> {
         json!({"ip": "203.0.113.9", "port": 61000, "kind": "external", "class": "public"});
     let mut a = Vec::new();
     for i in 1..=3 {
-        a.push(record("TCP", web(i), api.clone(), "established", "node-a"));
+        a.push(record("TCP", &web(i), &api, "established", "node-a"));
     }
-    a.push(record(
-        "TCP",
-        api.clone(),
-        postgres_svc,
-        "established",
-        "node-a",
-    ));
-    a.push(record(
-        "TCP",
-        api.clone(),
-        redis.clone(),
-        "established",
-        "node-a",
-    ));
-    a.push(record(
-        "UDP",
-        api.clone(),
-        dns.clone(),
-        "established",
-        "node-a",
-    ));
-    a.push(record("TCP", web(4), redis.clone(), "failed", "node-a"));
+    a.push(record("TCP", &api, &postgres_svc, "established", "node-a"));
+    a.push(record("TCP", &api, &redis, "established", "node-a"));
+    a.push(record("UDP", &api, &dns, "established", "node-a"));
+    a.push(record("TCP", &web(4), &redis, "failed", "node-a"));
     let mut web_server = web(5);
     web_server["port"] = json!(8080);
-    a.push(record("TCP", internet, web_server, "established", "node-a"));
+    a.push(record(
+        "TCP",
+        &internet,
+        &web_server,
+        "established",
+        "node-a",
+    ));
     a.push("{\"not\": \"a record\"}".to_string());
     let b = [
         // node-b's copy of api -> postgres (cross-node): counted once, on node-a.
-        record("TCP", api, postgres.clone(), "established", "node-b"),
-        record(
-            "TCP",
-            backup.clone(),
-            postgres.clone(),
-            "established",
-            "node-b",
-        ),
-        record("TCP", backup, postgres, "established", "node-b"),
+        record("TCP", &api, &postgres, "established", "node-b"),
+        record("TCP", &backup, &postgres, "established", "node-b"),
+        record("TCP", &backup, &postgres, "established", "node-b"),
     ];
     let paths = vec![dir.join("node-a.log"), dir.join("node-b.log")];
     std::fs::write(&paths[0], a.join("\n") + "\n").unwrap();

@@ -3,17 +3,15 @@
 //! real Prometheus that scraped it are then judged against a repository of manifests and a
 //! proposed policy change. Needs root (namespaces, eBPF) and Debian's prometheus.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use flowwatch_testkit::netns::{Node, Pod};
+use flowwatch_testkit::recording::{agent_and_prometheus, shop_pod, shop_snapshot};
+use flowwatch_testkit::traffic::{one_connection, wait_record};
 use serde_json::Value;
-use support::netns::{Node, Pod};
-use support::recording::{agent_and_prometheus, shop_pod, shop_snapshot};
-use support::traffic::{one_connection, wait_record};
 
 /// The cluster as the agent sees it: the pods of a Deployment `web` and a Deployment `api`
 /// (ReplicaSet owners), and the first pod of a StatefulSet `db`, on the pods' addresses.
@@ -130,8 +128,11 @@ fn changes(out: &Output) -> Vec<(String, String, u64, String, u64)> {
 
 #[test]
 fn whatif_judges_the_flow_log_and_the_prometheus_series_of_the_real_agent() {
-    if !support::privileged::root_test("whatif on the real agent's traffic")
-        || !support::privileged::require("whatif on Prometheus", support::prometheus::available())
+    if !flowwatch_testkit::privileged::root_test("whatif on the real agent's traffic")
+        || !flowwatch_testkit::privileged::require(
+            "whatif on Prometheus",
+            flowwatch_testkit::prometheus::available(),
+        )
     {
         return;
     }

@@ -6,14 +6,12 @@
 //! Each path is told apart by an edge only it can see: one edge exists only in the history
 //! (as after a raw series' samples are gone), one only in old raw samples.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use flowwatch_testkit::prometheus::Prometheus;
 use serde_json::Value;
-use support::prometheus::Prometheus;
 
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
@@ -119,9 +117,9 @@ const NOTE: &str = "holds no edge history";
 
 #[test]
 fn a_history_that_reaches_the_window_start_is_read_instead_of_raw_samples() {
-    if !support::privileged::require(
+    if !flowwatch_testkit::privileged::require(
         "whatif on a Prometheus history",
-        support::prometheus::available(),
+        flowwatch_testkit::prometheus::available(),
     ) {
         return;
     }
@@ -163,9 +161,9 @@ fn a_history_that_reaches_the_window_start_is_read_instead_of_raw_samples() {
 
 #[test]
 fn without_history_at_the_window_start_the_raw_samples_are_read_and_that_is_said() {
-    if !support::privileged::require(
+    if !flowwatch_testkit::privileged::require(
         "whatif on a Prometheus history",
-        support::prometheus::available(),
+        flowwatch_testkit::prometheus::available(),
     ) {
         return;
     }

@@ -9,17 +9,15 @@
 //!
 //! Needs root, `setpriv`, `unshare`, `nft`, `prometheus` and `promtool`.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::netns::{Node, Pod};
-use support::privileged::{command, require, root};
-use support::prometheus::{self, http_get, Job, Prometheus};
+use flowwatch_testkit::netns::{Node, Pod};
+use flowwatch_testkit::privileged::{command, require, root};
+use flowwatch_testkit::prometheus::{self, http_get, Job, Prometheus};
 
 const CHART_CAPS: [&str; 3] = ["bpf", "perfmon", "net_admin"];
 
@@ -332,7 +330,7 @@ fn prometheus_scrapes_the_confined_agent_during_real_traffic() {
     // postgres drops the report job's connections, as an enforcing CNI would.
     postgres.drop_incoming(&format!("ip saddr {} tcp dport 5432", ip(40)));
 
-    let listen = format!("127.0.0.1:{}", support::agent::free_port());
+    let listen = format!("127.0.0.1:{}", flowwatch_testkit::agent::free_port());
     let agent = ConfinedAgent::start(
         &CHART_CAPS,
         &[

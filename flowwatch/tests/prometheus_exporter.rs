@@ -11,8 +11,6 @@
 //! test cannot wait for ([`SHORT_LOOKBACKS`]): with the defaults the new-edge and spike rules
 //! wait a day and an hour after being loaded before they can fire.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,8 +22,8 @@ use flowwatch::metrics::{
     Verdict, WatchedKind, WorkloadKind,
 };
 use flowwatch::model::{Counters, Outcome, Protocol};
-use support::privileged::{command, require};
-use support::prometheus::{self, http_get, http_get_full, Job, Prometheus};
+use flowwatch_testkit::privileged::{command, require};
+use flowwatch_testkit::prometheus::{self, http_get, http_get_full, Job, Prometheus};
 use tokio_util::sync::CancellationToken;
 
 const SEC: u64 = 1_000_000_000;
@@ -51,8 +49,8 @@ impl Drop for Exporter {
     }
 }
 
-fn start_exporter(rt: &tokio::runtime::Runtime, cfg: MetricsConfig) -> Exporter {
-    let (metrics, registry) = Metrics::new(&cfg).expect("valid config");
+fn start_exporter(rt: &tokio::runtime::Runtime, cfg: &MetricsConfig) -> Exporter {
+    let (metrics, registry) = Metrics::new(cfg).expect("valid config");
     // First-seen edges as the agent tracks them, this test's time 0 being now.
     let unix_now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -311,10 +309,10 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         .enable_all()
         .build()
         .unwrap();
-    let node_a = start_exporter(&rt, MetricsConfig::default());
+    let node_a = start_exporter(&rt, &MetricsConfig::default());
     let node_b = start_exporter(
         &rt,
-        MetricsConfig {
+        &MetricsConfig {
             max_series_per_family: 2,
             max_series_per_namespace: 1,
             ..Default::default()
@@ -362,7 +360,7 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
         prometheus::promtool_check_metrics(name, addr);
     }
 
-    let helm = match support::helm::helm() {
+    let helm = match flowwatch_testkit::helm::helm() {
         Ok(h) => h,
         Err(e) => {
             require("prometheus exporter test (the chart's rules)", Err(e));
@@ -373,7 +371,7 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     let rules = rules_dir.path().join("flowwatch-rules.yaml");
     std::fs::write(
         &rules,
-        support::helm::rules(&helm, &["--set", SHORT_LOOKBACKS]).unwrap(),
+        flowwatch_testkit::helm::rules(&helm, &["--set", SHORT_LOOKBACKS]).unwrap(),
     )
     .unwrap();
     let prom = Prometheus::start(
@@ -546,7 +544,7 @@ fn prometheus_scrapes_the_exporter_and_every_dashboard_and_rule_query_returns_da
     let (_, body) = prom
         .get(&format!(
             "/api/v1/labels?match[]={}",
-            support::prometheus::urlencode("{__name__=~\"flowwatch_.*\"}")
+            flowwatch_testkit::prometheus::urlencode("{__name__=~\"flowwatch_.*\"}")
         ))
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -8,19 +8,18 @@
 //! What the page says is checked against the CLI commands it shares its evaluators with
 //! (`policy unused`, `policy advise`), not only against numbers written here.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use flowwatch_testkit::chromium;
+use flowwatch_testkit::netns::{Node, Pod};
+use flowwatch_testkit::recording::{agent_and_prometheus, shop_pod, shop_snapshot};
+use flowwatch_testkit::traffic::{one_connection, wait_record};
 use serde_json::Value;
-use support::chromium;
-use support::netns::{Node, Pod};
-use support::recording::{agent_and_prometheus, shop_pod, shop_snapshot};
-use support::traffic::{one_connection, wait_record};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -48,7 +47,7 @@ fn report(args: &[&str], out: &Path) -> String {
 }
 
 fn chromium_test(what: &str) -> bool {
-    support::privileged::require(what, chromium::available())
+    flowwatch_testkit::privileged::require(what, chromium::available())
 }
 
 /// HTML text back to plain text (what the serialized DOM escapes).
@@ -190,9 +189,19 @@ fn screenshot(page: &Path, name: &str, width: u32, height: u32) -> PathBuf {
     let _ = std::fs::remove_file(&png);
     chromium::screenshot(page, &png, width, height);
     let bytes = std::fs::read(&png).unwrap();
-    assert_eq!(chromium::png_size(&bytes), Some((width, height)), "{png:?}");
+    assert_eq!(
+        chromium::png_size(&bytes),
+        Some((width, height)),
+        "{}",
+        png.display()
+    );
     // A blank page of this size compresses to a few kilobytes.
-    assert!(bytes.len() > 30_000, "{png:?}: only {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 30_000,
+        "{}: only {} bytes",
+        png.display(),
+        bytes.len()
+    );
     png
 }
 
@@ -417,11 +426,11 @@ fn refused_connection(from: &Pod, addr: SocketAddr) {
 /// four verdicts, and `policy advise` (both forms) and `report` read the same from either.
 #[test]
 fn the_real_agents_traffic_shows_in_all_four_verdicts_and_prometheus_says_the_same() {
-    if !support::privileged::root_test("report on the real agent's traffic")
+    if !flowwatch_testkit::privileged::root_test("report on the real agent's traffic")
         || !chromium_test("report on the real agent's traffic")
-        || !support::privileged::require(
+        || !flowwatch_testkit::privileged::require(
             "report and advise from Prometheus",
-            support::prometheus::available(),
+            flowwatch_testkit::prometheus::available(),
         )
     {
         return;
@@ -470,7 +479,7 @@ fn the_real_agents_traffic_shows_in_all_four_verdicts_and_prometheus_says_the_sa
         .unwrap()
         .lines()
         .filter(|l| ours.iter().filter(|ip| l.contains(ip.as_str())).count() == 2)
-        .map(|l| format!("{l}\n"))
+        .flat_map(|l| [l, "\n"])
         .collect();
     let flow_log_path = dir.path().join("flows.jsonl");
     std::fs::write(&flow_log_path, log).unwrap();
@@ -629,15 +638,17 @@ fn fifty(dir: &Path) -> (PathBuf, PathBuf) {
             )
         };
     for ns in 0..5 {
-        repo.push_str(&format!(
+        let _ = write!(
+            repo,
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{ns}}}\n---\n"
-        ));
+        );
         for w in 0..10 {
-            repo.push_str(&format!(
+            let _ = write!(
+                repo,
                 "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: service-{w:02}, namespace: ns{ns}}}\n\
                  spec:\n  selector: {{matchLabels: {{app: w{w}}}}}\n  template: {{metadata: {{labels: {{app: w{w}}}}}, \
                  spec: {{containers: [{{name: c, image: x}}]}}}}\n---\n"
-            ));
+            );
             if ns < 4 {
                 flows.push_str(&record((ns, w), (ns + 1, w), &mut ip));
             }

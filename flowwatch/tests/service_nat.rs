@@ -5,17 +5,15 @@
 //! Two pods on two bridges routed through the host (so the reply goes back through the NAT),
 //! the agent with a snapshot naming the pods and the Service.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use support::agent::Agent;
-use support::netns::{sh, Node, Pod};
-use support::privileged;
-use support::traffic::{accept_within, wait_record};
+use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::netns::{sh, Node, Pod};
+use flowwatch_testkit::privileged;
+use flowwatch_testkit::traffic::{accept_within, wait_record};
 
 /// The DNAT rule as kube-proxy writes it, removed again on drop, also on failure. Unique to
 /// the test: its ClusterIP derives from the server node's unique subnet.
@@ -84,7 +82,7 @@ fn route_through_host(node: &Node) {
 }
 
 fn snapshot(client: &Pod, server: &Pod, cluster_ip: Ipv4Addr) -> String {
-    support::snapshot::client_and_server(
+    flowwatch_testkit::snapshot::client_and_server(
         client,
         server,
         &format!(
@@ -189,7 +187,7 @@ fn scenario(backend_elsewhere: bool) {
     std::thread::sleep(Duration::from_millis(500));
     let client_delta = client.snmp().minus(client_before);
     let (_, metrics) =
-        support::prometheus::http_get(&agent.listen, "/metrics", None).expect("scrape");
+        flowwatch_testkit::prometheus::http_get(&agent.listen, "/metrics", None).expect("scrape");
     let (status, records) = agent.stop();
     assert!(status.success());
 

@@ -30,7 +30,7 @@ pub fn run(action: Action) -> Result<()> {
             k8s::build_binaries()?;
             k8s::build_node_binaries()?;
             let started = std::time::Instant::now();
-            let node = Node::up(NodeOptions {
+            let node = Node::up(&NodeOptions {
                 name: Some(NAME.into()),
                 detached: true,
                 images: Vec::new(),

@@ -24,7 +24,7 @@
 //! reference of `flowwatch/tests/flow_export.rs`) is built the same way from `testinfra/otelcol/`
 //! into `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/otelcol-<version>/otelcol` (about 2 minutes).
 //!
-//! The test harnesses (`flowwatch/tests/support/apiserver.rs`, `testinfra/node`) find the same
+//! The test harnesses (`testinfra/kit/src/apiserver.rs`, `testinfra/node`) find the same
 //! paths from the same `go.mod`, or take `FLOWWATCH_ETCD` / `FLOWWATCH_KUBE_APISERVER` /
 //! `FLOWWATCH_KUBECTL` when they are set.
 

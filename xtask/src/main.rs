@@ -110,7 +110,7 @@ fn soak(minutes: u64) -> anyhow::Result<()> {
     )
 }
 
-/// The demo is an example of the flowwatch crate (it shares the tests' pod harness).
+/// The demo is an example of the flowwatch crate (it shares the tests' pod harness, the test kit).
 fn demo() -> anyhow::Result<()> {
     setup::run()?;
     let cargo = || std::process::Command::new("cargo");

@@ -84,7 +84,7 @@ pub fn run() -> Result<()> {
     }
 
     eprintln!("==> cargo test --workspace");
-    // Tests that skip (no root, outside CI) append a line here: see tests/support/privileged.rs.
+    // Tests that skip (no root, outside CI) append a line here: see testinfra/kit/src/privileged.rs.
     let skip_log = std::env::temp_dir().join(format!("flowwatch-skips-{}", std::process::id()));
     let _ = std::fs::remove_file(&skip_log);
     let mut child = Command::new("cargo")

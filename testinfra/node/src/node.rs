@@ -1,6 +1,7 @@
 //! Starting the node: namespaces, configuration files, then each component in order, each
 //! waited for before the next needs it.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,7 +74,7 @@ impl Node {
     /// Starts a node and waits until it is Ready (with kube-proxy running and the `default`
     /// ServiceAccount created). On any failure everything started so far is torn down and the
     /// error carries the components' log tails.
-    pub fn up(opts: NodeOptions) -> Result<Node> {
+    pub fn up(opts: &NodeOptions) -> Result<Node> {
         let bins = Binaries::find()?;
         // Leftovers of a run that died without its teardown (its owner process is gone).
         teardown::reap_stale(&state_base());
@@ -97,7 +98,7 @@ impl Node {
             )?;
         }
         let mut state = State::create(&dir, &name)?;
-        match Self::start(&name, &dir, bins, &opts, &mut state) {
+        match Self::start(&name, &dir, bins, opts, &mut state) {
             Ok(node) => Ok(node),
             Err(e) => {
                 let logs = logs_tail(&dir);
@@ -834,7 +835,7 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<i32> {
         .stdout(file.try_clone()?)
         .stderr(file)
         .spawn()
-        .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
+        .with_context(|| format!("spawning {}", cmd.get_program().display()))?;
     let pid = child.id() as i32;
     // The child is reaped by teardown (waitpid), not by a Child handle.
     std::mem::forget(child);
@@ -852,12 +853,13 @@ fn logs_tail(dir: &Path) -> String {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(15)..];
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             "--- {} (last {} lines) ---\n{}\n",
             log.display(),
             tail.len(),
             tail.join("\n")
-        ));
+        );
     }
     out
 }

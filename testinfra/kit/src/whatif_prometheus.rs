@@ -18,15 +18,26 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{write_whatif_states, APPS_PER_NS, NAMESPACES};
+use crate::agent::{binary, free_port};
+
+/// The synthetic cluster the history describes: `namespaces` namespaces `ns-NNN` of
+/// `apps_per_ns` Deployments `app-K` each, and the writer of its snapshot and proposed change
+/// (`DIR/snapshot.json`, `DIR/proposed.yaml`), which the policy bench owns.
+#[derive(Clone, Copy)]
+pub struct Cluster {
+    pub namespaces: usize,
+    pub apps_per_ns: usize,
+    pub write_states: fn(&Path) -> std::io::Result<()>,
+}
 
 const SCRAPE_SECS: u64 = 30;
 const HOUR: u64 = 3600;
 
 /// The labels of edge `i` of `n`: every workload talks to up to `n / workloads` others, on
 /// one of three ports; every 25th edge failed.
-fn edge_labels(i: usize) -> String {
-    let workloads = NAMESPACES * APPS_PER_NS;
+fn edge_labels(cluster: &Cluster, i: usize) -> String {
+    let per_ns = cluster.apps_per_ns;
+    let workloads = cluster.namespaces * per_ns;
     let (src, k) = (i % workloads, i / workloads);
     let dst = (src + 1 + k * 101) % workloads;
     let port = [8080, 5432, 9090][k % 3];
@@ -35,7 +46,7 @@ fn edge_labels(i: usize) -> String {
     } else {
         "established"
     };
-    let end = |w: usize| (w / APPS_PER_NS, w % APPS_PER_NS);
+    let end = |w: usize| (w / per_ns, w % per_ns);
     let ((sn, sa), (dn, da)) = (end(src), end(dst));
     format!(
         "src_namespace=\"ns-{sn:03}\",src_kind=\"deployment\",src_workload=\"app-{sa}\",\
@@ -53,6 +64,7 @@ const BLOCK_SECS: u64 = 162 * HOUR;
 /// at `now`: the raw series over the window's first hour and last two, the history hourly.
 fn write_openmetrics(
     path: &Path,
+    cluster: &Cluster,
     series: usize,
     (days, now): (u64, u64),
     (from, to): (u64, u64),
@@ -74,7 +86,7 @@ fn write_openmetrics(
         .filter(within)
         .collect();
     for i in 0..series {
-        let labels = edge_labels(i);
+        let labels = edge_labels(cluster, i);
         let node = i % 50;
         for &t in &raw_times {
             writeln!(
@@ -87,7 +99,7 @@ fn write_openmetrics(
     }
     writeln!(out, "# TYPE flowwatch:edge_connections:history gauge")?;
     for i in 0..series {
-        let labels = edge_labels(i);
+        let labels = edge_labels(cluster, i);
         for &t in &history_times {
             writeln!(
                 out,
@@ -104,14 +116,14 @@ fn write_openmetrics(
 
 /// Writes the TSDB of the window into `dir/data`, a block at a time. Returns the samples
 /// written and the bytes of OpenMetrics text they took.
-fn write_tsdb(dir: &Path, series: usize, days: u64, now: u64) -> (u64, u64) {
+fn write_tsdb(dir: &Path, cluster: &Cluster, series: usize, days: u64, now: u64) -> (u64, u64) {
     let start = now - days * 24 * HOUR;
     let om = dir.join("block.om");
     let (mut samples, mut bytes) = (0, 0);
     let mut from = start - start % BLOCK_SECS;
     while from < now {
         let to = from + BLOCK_SECS;
-        samples += write_openmetrics(&om, series, (days, now), (from, to))
+        samples += write_openmetrics(&om, cluster, series, (days, now), (from, to))
             .expect("write the OpenMetrics text");
         bytes += std::fs::metadata(&om).map_or(0, |m| m.len());
         let status = Command::new("promtool")
@@ -159,13 +171,6 @@ impl Prometheus {
         // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
         (ticks(11) + ticks(12)) / 100.0
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
 }
 
 fn start_prometheus(dir: &Path) -> (Prometheus, String) {
@@ -224,7 +229,7 @@ fn whatif(
     // GNU time's line (the whatif process's own CPU) is the last of stderr.
     let out = Command::new("/usr/bin/time")
         .args(["-f", "whatif-cpu %U %S"])
-        .arg(env!("CARGO_BIN_EXE_flowwatch"))
+        .arg(binary())
         .args(["policy", "whatif", "--snapshot"])
         .arg(dir.join("snapshot.json"))
         .arg("--proposed")
@@ -266,7 +271,7 @@ fn whatif(
 
 /// `reuse`: measure again on the TSDB a previous run left in `dir` (written for the same
 /// edges and days, less than an hour ago: the window moves with the clock).
-pub fn run(dir: &Path, series: usize, days: u64, reuse: bool) {
+pub fn run(dir: &Path, cluster: &Cluster, series: usize, days: u64, reuse: bool) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -285,9 +290,9 @@ pub fn run(dir: &Path, series: usize, days: u64, reuse: bool) {
         println!("reusing the TSDB in {}", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(dir);
-        write_whatif_states(dir).expect("write the snapshot and the proposed change");
+        (cluster.write_states)(dir).expect("write the snapshot and the proposed change");
         let t = Instant::now();
-        let (samples, bytes) = write_tsdb(dir, series, days, now);
+        let (samples, bytes) = write_tsdb(dir, cluster, series, days, now);
         println!(
             "wrote {series} edges over {days} days: {samples} samples ({:.1} GB of OpenMetrics, \
              promtool) in {:.0} s",

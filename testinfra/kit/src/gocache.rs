@@ -2,7 +2,7 @@
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/flowwatch/<prefix>-<version>/<file>`, the version being
 //! what `testinfra/<module_dir>/go.mod` requires of `module`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The cached tool's path (which may not exist yet).
 pub fn tool_path(
@@ -11,8 +11,8 @@ pub fn tool_path(
     prefix: &str,
     file: &str,
 ) -> Result<PathBuf, String> {
-    let go_mod_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testinfra")
+    let go_mod_path = crate::paths::repo()
+        .join("testinfra")
         .join(module_dir)
         .join("go.mod");
     let go_mod = std::fs::read_to_string(&go_mod_path)

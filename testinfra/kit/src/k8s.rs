@@ -1,5 +1,4 @@
 //! Helpers shared by the `k8s_*` test targets: object builders and "eventually" waits.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +10,6 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
-use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 /// The bound the issue sets for following a change.
@@ -164,7 +162,7 @@ pub struct Rbac {
 /// From the rendered `deploy/manifests/flowwatch.yaml` when it exists, else from the chart's
 /// `templates/rbac.yaml` with its few template expressions substituted.
 pub fn load_rbac() -> Rbac {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = crate::paths::repo();
     let rendered = root.join("deploy/manifests/flowwatch.yaml");
     let (source, text) = if rendered.is_file() {
         let text = std::fs::read_to_string(&rendered).unwrap();
@@ -190,7 +188,7 @@ pub fn load_rbac() -> Rbac {
             .replace("{{ .Release.Namespace }}", "flowwatch")
             .lines()
             .filter(|l| !l.trim_start().starts_with("{{"))
-            .map(|l| format!("{l}\n"))
+            .flat_map(|l| [l, "\n"])
             .collect();
         let text = text
             .split("\n---")
@@ -281,7 +279,7 @@ pub const CILIUM_NETWORK_POLICY_CRD: &str = "ciliumnetworkpolicies.yaml";
 /// `Established` condition, then the resource in discovery). Returns their names.
 pub async fn install_crds(client: &Client, file: &str) -> Vec<String> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = crate::paths::package()
         .join("tests/fixtures/crds")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -323,7 +321,9 @@ pub async fn install_crds(client: &Client, file: &str) -> Vec<String> {
 pub async fn delete_crd(client: &Client, name: &str) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.delete(name, &Default::default()).await.unwrap();
+    api.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
     let start = Instant::now();
     while api.get_opt(name).await.unwrap().is_some() {
         assert!(

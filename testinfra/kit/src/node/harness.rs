@@ -9,8 +9,8 @@ use std::time::Instant;
 use flowwatch_testnode::{leftovers, Binaries, HostSnapshot, Node, NodeOptions};
 
 use super::image;
-use crate::support::helm::helm;
-use crate::support::privileged::root;
+use crate::helm::helm;
+use crate::privileged::root;
 
 /// Root, the node's binaries (kube-router and Prometheus included), helm, the release agent.
 pub fn available() -> Result<(), String> {
@@ -58,7 +58,7 @@ pub fn on_a_node(prefix: &str, pod_addresses: Option<u8>, scenario: impl FnOnce(
     let image_time = started.elapsed();
 
     let started = Instant::now();
-    let node = Node::up(NodeOptions {
+    let node = Node::up(&NodeOptions {
         images: vec![archive],
         pod_addresses,
         ..Default::default()

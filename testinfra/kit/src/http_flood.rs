@@ -2,7 +2,6 @@
 //! agent's metrics registry filled through its public API: clients that request `/metrics` and
 //! never read, connections held open without a request, and concurrent scrapers. Shared by the
 //! `http_exhaustion` test (small numbers) and the `http_flood` bench (the figures).
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -256,11 +255,11 @@ pub fn held(addr: &str, n: usize, partial: bool) -> Vec<TcpStream> {
 /// it had sent is drained). Drains without blocking.
 pub fn closed_by_server(s: &mut TcpStream) -> bool {
     s.set_nonblocking(true).ok();
-    let mut buf = [0u8; 64 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         match s.read(&mut buf) {
             Ok(0) => return true,
-            Ok(_) => continue,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
             Err(_) => return true,
         }

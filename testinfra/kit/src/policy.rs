@@ -1,7 +1,6 @@
 //! Shared fixtures for the policy tests: the upstream e2e suite's cluster shape (namespaces
 //! x, y, z with pods a, b, c serving 80 and 81 over TCP, UDP and SCTP), policies written as
 //! YAML, and full reachability matrices.
-#![allow(dead_code)] // each test target uses its own subset
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

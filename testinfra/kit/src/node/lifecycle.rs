@@ -17,7 +17,6 @@ use super::metrics::Sample;
 #[derive(Clone, Debug)]
 pub struct Agent {
     pub pod: String,
-    pub uid: String,
     pub pid: i32,
 }
 
@@ -68,7 +67,6 @@ pub fn ready_agent(node: &Node, not: Option<&str>) -> Agent {
                 if let Some(pid) = agent_pid_in(node, uid) {
                     return Agent {
                         pod: name.to_string(),
-                        uid: uid.to_string(),
                         pid,
                     };
                 }
@@ -337,7 +335,7 @@ pub fn a_rolling_update(
     let started = Instant::now();
     let out = super::chart::helm_cmd(node, work)
         .args(["upgrade", "flowwatch"])
-        .arg(super::image::repo().join("deploy/helm/flowwatch"))
+        .arg(crate::helm::chart())
         .args(["--namespace", "flowwatch", "--reuse-values"])
         .args(["--set", "podAnnotations.flowwatch-test/rollout=second"])
         .args(["--wait", "--timeout", "180s"])

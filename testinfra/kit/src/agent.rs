@@ -2,13 +2,28 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_flowwatch")
+/// The agent binary cargo built beside the running test, bench or example
+/// (`target/<profile>/flowwatch`). Cargo builds the package's binary before its integration
+/// tests and benches and runs them from `target/<profile>/deps` (examples from
+/// `target/<profile>/examples`); `CARGO_BIN_EXE_flowwatch`, when set at run time, wins.
+pub fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("CARGO_BIN_EXE_flowwatch") {
+            return PathBuf::from(path);
+        }
+        let exe = std::env::current_exe().expect("the running executable's path");
+        let mut dir = exe.parent().expect("an executable's directory");
+        if dir.ends_with("deps") || dir.ends_with("examples") {
+            dir = dir.parent().expect("target/<profile>");
+        }
+        dir.join("flowwatch")
+    })
 }
 
 pub struct Agent {

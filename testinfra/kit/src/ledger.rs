@@ -6,6 +6,7 @@
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use serde_json::Value;
@@ -124,13 +125,14 @@ impl Reconciled {
     pub fn details(&self) -> String {
         self.examples
             .iter()
-            .map(|(client, made, got, seen)| {
-                format!(
-                    "  {client}: {made} made, {got} records as expected; all its records: [{}]\n",
+            .fold(String::new(), |mut out, (client, made, got, seen)| {
+                let _ = writeln!(
+                    out,
+                    "  {client}: {made} made, {got} records as expected; all its records: [{}]",
                     seen.join("; ")
-                )
+                );
+                out
             })
-            .collect()
     }
 }
 

@@ -3,7 +3,6 @@
 //! pods and the policies of the connectivity matrix with their expected verdicts, a pod
 //! address reused, the agent's replacement (its eBPF objects in the kernel), Prometheus'
 //! discovery of the agent, and the application whose traffic `policy advise` learns from.
-#![allow(dead_code)]
 
 pub mod app;
 pub mod chart;

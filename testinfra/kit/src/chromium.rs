@@ -164,7 +164,7 @@ pub fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
 
 /// Where tests keep what a person may want to look at after a run.
 pub fn artifacts_dir() -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    let dir = crate::paths::repo().join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -6,6 +6,7 @@
 //! with an enforcer, the probes' own outcomes check it too).
 
 use std::fmt;
+use std::fmt::Write as _;
 
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub const PODS: [&str; 3] = ["a", "b", "c"];
@@ -355,9 +356,10 @@ pub fn probe_script(targets: &[(String, u16, &str)]) -> String {
     for batch in targets.chunks(8) {
         for (ip, port, proto) in batch {
             let p = proto.to_lowercase();
-            s.push_str(&format!(
-                "(if /agnhost connect {ip}:{port} --timeout=3s --protocol={p} 2>/dev/null; then echo '{ip} {port} {proto} ok'; else echo '{ip} {port} {proto} fail'; fi) &\n"
-            ));
+            let _ = writeln!(
+                s,
+                "(if /agnhost connect {ip}:{port} --timeout=3s --protocol={p} 2>/dev/null; then echo '{ip} {port} {proto} ok'; else echo '{ip} {port} {proto} fail'; fi) &"
+            );
         }
         s.push_str("wait\n");
     }

@@ -44,7 +44,7 @@ impl Collector {
             .prefix("flowwatch-otelcol-")
             .tempdir()
             .expect("temp dir");
-        let port = super::apiserver::free_port();
+        let port = crate::agent::free_port();
         let mut c = Collector {
             child: None,
             dir,

@@ -11,12 +11,7 @@ pub const RUNTIME_BASE: &str = "localhost/flowwatch-test/runtime-base:node";
 pub const REPOSITORY: &str = "localhost/flowwatch-test/flowwatch";
 pub const TAG: &str = "node";
 
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+use crate::paths::repo;
 
 /// The release binary the image carries (`cargo xtask test` builds it first).
 pub fn release_binary() -> Result<PathBuf, String> {

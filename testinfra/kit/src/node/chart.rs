@@ -10,7 +10,7 @@ use flowwatch_testnode::Node;
 
 use super::image;
 use super::metrics::{self, Sample};
-use crate::support::helm::helm;
+use crate::helm::helm;
 
 /// helm for the node's admin, run in the node's netns, its caches in `work`.
 pub fn helm_cmd(node: &Node, work: &Path) -> Command {
@@ -45,7 +45,7 @@ pub fn install(node: &Node, work: &Path, extra: &[&str]) {
     let started = Instant::now();
     let out = helm_cmd(node, work)
         .args(["install", "flowwatch"])
-        .arg(image::repo().join("deploy/helm/flowwatch"))
+        .arg(crate::helm::chart())
         .args(["--namespace", "flowwatch"])
         .args(["--set", &format!("image.repository={}", image::REPOSITORY)])
         .args(["--set", &format!("image.tag={}", image::TAG)])

@@ -2,6 +2,7 @@
 //! temp config and data dir, scraping the given jobs every second. Queried through its HTTP API
 //! (a tiny HTTP/1.0 client, no extra crates). Killed and its dir removed on Drop.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::agent::free_port;
 
 /// Whether the binaries are installed (for `privileged::require`).
 pub fn available() -> Result<(), String> {
@@ -121,13 +124,6 @@ fn backfill(dir: &Path, openmetrics: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
-
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("string to json")
 }
@@ -179,38 +175,41 @@ impl Prometheus {
         if !rule_files.is_empty() {
             cfg.push_str("rule_files:\n");
             for f in rule_files {
-                cfg.push_str(&format!("  - {}\n", yaml_str(&f.display().to_string())));
+                let _ = writeln!(cfg, "  - {}", yaml_str(&f.display().to_string()));
             }
         }
         if !jobs.is_empty() {
             cfg.push_str("scrape_configs:\n");
         }
         for job in jobs {
-            cfg.push_str(&format!("  - job_name: {}\n", yaml_str(&job.name)));
+            let _ = writeln!(cfg, "  - job_name: {}", yaml_str(&job.name));
             if let Some(every) = job.interval {
                 let ms = every.as_millis();
-                cfg.push_str(&format!(
+                let _ = write!(
+                    cfg,
                     "    scrape_interval: {ms}ms\n    scrape_timeout: {ms}ms\n"
-                ));
+                );
             }
             if !job.params.is_empty() {
                 cfg.push_str("    params:\n");
                 for (k, v) in &job.params {
-                    cfg.push_str(&format!("      {}: [{}]\n", yaml_str(k), yaml_str(v)));
+                    let _ = writeln!(cfg, "      {}: [{}]", yaml_str(k), yaml_str(v));
                 }
             }
             if let Some(ca) = &job.tls_ca_file {
                 cfg.push_str("    scheme: https\n    tls_config:\n");
-                cfg.push_str(&format!(
-                    "      ca_file: {}\n",
+                let _ = writeln!(
+                    cfg,
+                    "      ca_file: {}",
                     yaml_str(&ca.display().to_string())
-                ));
+                );
             }
             if let Some(token) = &job.bearer_token {
-                cfg.push_str(&format!(
+                let _ = write!(
+                    cfg,
                     "    authorization:\n      credentials: {}\n",
                     yaml_str(token)
-                ));
+                );
             }
             cfg.push_str("    static_configs:\n      - targets: [");
             let targets: Vec<String> = job.targets.iter().map(|t| yaml_str(t)).collect();
@@ -255,10 +254,6 @@ impl Prometheus {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     pub fn logs(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
@@ -285,7 +280,7 @@ impl Prometheus {
             Some("vector") => result.as_array().cloned().unwrap_or_default(),
             Some("scalar") => {
                 return Ok(vec![Sample {
-                    labels: Default::default(),
+                    labels: serde_json::Map::default(),
                     value: parse_value(&result[1]),
                 }])
             }
@@ -369,7 +364,9 @@ pub fn urlencode(s: &str) -> String {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 out.push(b as char);
             }
-            _ => out.push_str(&format!("%{b:02X}")),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
         }
     }
     out

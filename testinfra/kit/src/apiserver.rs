@@ -1,11 +1,14 @@
 //! A real Kubernetes control plane for tests: etcd + kube-apiserver on loopback ports.
 //!
-//! ```ignore
+//! ```no_run
+//! # use flowwatch_testkit::{apiserver::ApiServer, privileged};
+//! # async fn a_test() {
 //! if !privileged::require("my test", ApiServer::available()) { return; }
 //! let api = ApiServer::start().await;          // etcd + kube-apiserver, ready
 //! let client = api.admin_client().await;       // system:masters (token auth)
 //! let sa = api.client_for_service_account("flowwatch", "flowwatch").await; // RBAC applies
 //! // api.kubeconfig_path(): an admin kubeconfig file (e.g. for `kubectl --dry-run=server`)
+//! # }
 //! ```
 //!
 //! What it runs: the binaries built by `cargo xtask k8s-bins` (read from `FLOWWATCH_ETCD` and
@@ -21,8 +24,9 @@
 //! Cleanup: Drop kills both processes and removes the temp dir, also when the test panics; the
 //! processes also get SIGKILL if the test process dies (`PR_SET_PDEATHSIG`).
 
+use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +37,8 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
+
+use crate::agent::free_port;
 
 /// The admin's static token (user `admin`, group `system:masters`).
 pub const ADMIN_TOKEN: &str = "flowwatch-test-admin-token";
@@ -129,10 +135,7 @@ impl ApiServer {
         // Static tokens: token,user,uid,"group1,group2"
         let mut tokens = format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n");
         for (i, (token, user, groups)) in opts.tokens.iter().enumerate() {
-            tokens.push_str(&format!(
-                "{token},{user},uid-{i},\"{}\"\n",
-                groups.join(",")
-            ));
+            let _ = writeln!(tokens, "{token},{user},uid-{i},\"{}\"", groups.join(","));
         }
         std::fs::write(d.join("tokens.csv"), tokens).expect("token file");
 
@@ -475,7 +478,7 @@ pub fn kubectl() -> Result<PathBuf, String> {
 }
 
 fn cache_dir() -> Result<PathBuf, String> {
-    let go_mod_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testinfra/kube/go.mod");
+    let go_mod_path = crate::paths::repo().join("testinfra/kube/go.mod");
     let go_mod = std::fs::read_to_string(&go_mod_path)
         .map_err(|e| format!("{}: {e}", go_mod_path.display()))?;
     let version = go_mod
@@ -515,14 +518,6 @@ current-context: test
     )
 }
 
-/// A port that was free a moment ago (bind 0, read, release).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
-
 fn wait_for_port(port: u16, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -550,7 +545,7 @@ fn spawn(cmd: &mut Command) -> Child {
     }
     cmd.stdin(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawning {:?}: {e}", cmd.get_program()))
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", cmd.get_program().display()))
 }
 
 fn run_ok(cmd: &mut Command) {
