@@ -281,9 +281,8 @@ impl EndpointIndex {
         }
         // Current holders: ip -> pod
         let current: HashMap<IpAddr, (&str, Arc<PodEndpoint>)> = cluster
-            .pod_by_ip
-            .iter()
-            .map(|(ip, id)| (*ip, (&*cluster.pod(*id).uid, endpoint(*id))))
+            .pod_addresses()
+            .map(|(ip, id)| (ip, (&*cluster.pod(id).uid, endpoint(id))))
             .collect();
 
         // Close tenures that ended.

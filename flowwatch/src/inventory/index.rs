@@ -104,10 +104,9 @@ pub struct ClusterIndex {
     /// What each address designates, for verdicts: a node's address is the node (even if a
     /// pod lists it), a host-network pod's is its node's.
     pub by_ip: FastMap<IpAddr, AddressOwner>,
-    /// The pod holding each address among the pods with their own network (live ones, one
-    /// per address by [`addresses::takes_address`]), for names: a pod listing a node's
-    /// address is named as that pod.
-    pub pod_by_ip: FastMap<IpAddr, PodId>,
+    /// The pods holding an address that `by_ip` gives a node (or a host-network pod): named
+    /// as the pod, judged as the node (rare; see [`ClusterIndex::pod_holding`]).
+    shadowed: FastMap<IpAddr, PodId>,
 }
 
 /// Only while building: one copy of each distinct label set, port list and workload.
@@ -178,6 +177,26 @@ impl ClusterIndex {
         self.pod(id)
             .node
             .map(|n| self.nodes[n as usize].name.as_str())
+    }
+
+    /// The pod holding `ip` among the pods with their own network (live ones, one per address
+    /// by [`addresses::takes_address`]), for names: unlike [`ClusterIndex::endpoint_of`], a
+    /// pod listing a node's address is named as that pod.
+    pub fn pod_holding(&self, ip: IpAddr) -> Option<PodId> {
+        let ip = ip.to_canonical();
+        match self.by_ip.get(&ip) {
+            Some(AddressOwner::Pod(p)) => Some(*p),
+            _ => self.shadowed.get(&ip).copied(),
+        }
+    }
+
+    /// Every address a pod holds, with the pod (see [`ClusterIndex::pod_holding`]).
+    pub fn pod_addresses(&self) -> impl Iterator<Item = (IpAddr, PodId)> + '_ {
+        let own = self.by_ip.iter().filter_map(|(ip, owner)| match owner {
+            AddressOwner::Pod(p) => Some((*ip, *p)),
+            _ => None,
+        });
+        own.chain(self.shadowed.iter().map(|(ip, p)| (*ip, *p)))
     }
 
     /// What an address designates; unknown addresses are external.
@@ -350,41 +369,52 @@ impl ClusterIndex {
                 }
             }
         }
-        let mut pod_by_ip: FastMap<IpAddr, PodId> = FastMap::default();
+        let mut shadowed: FastMap<IpAddr, PodId> = FastMap::default();
         for (id, pod) in self.pods.iter().enumerate() {
             if pod.host_network || pod.terminated {
                 continue;
             }
+            let id = id_of(id);
             for ip in &pod.ips {
-                let Some(&other) = pod_by_ip.get(ip) else {
-                    pod_by_ip.insert(*ip, id_of(id));
-                    continue;
+                let holder = match by_ip.get(ip) {
+                    None => None,
+                    Some(AddressOwner::Pod(other)) => Some(*other),
+                    // A node's address is the node's for verdicts; which pod listing it is
+                    // named is decided apart (and pods listing it are not judged against each
+                    // other).
+                    Some(_) => {
+                        let takes = shadowed.get(ip).is_none_or(|other| {
+                            addresses::takes_address(pod.deleting, self.pod(*other).deleting)
+                        });
+                        if takes {
+                            shadowed.insert(*ip, id);
+                        }
+                        continue;
+                    }
                 };
-                let holder = self.pod(other);
-                if !addresses::takes_address(pod.deleting, holder.deleting) {
-                    continue;
+                if let Some(other) = holder {
+                    let held = self.pod(other);
+                    if !addresses::takes_address(pod.deleting, held.deleting) {
+                        continue;
+                    }
+                    // A pod being deleted lists an address its replacement already has: an
+                    // ordinary hand-over, not a conflict.
+                    if pod.deleting == held.deleting {
+                        errors.push(ObjectError {
+                            object: format!("Pod {}", self.pod_label(id)),
+                            field: Some("status.podIP".into()),
+                            message: format!(
+                                "address {ip} is also the address of pod {}; it now names this one",
+                                self.pod_label(other)
+                            ),
+                        });
+                    }
                 }
-                // A pod being deleted lists an address its replacement already has: an
-                // ordinary hand-over, not a conflict. A node's address is the node's either
-                // way: pods listing it are not judged against each other.
-                if pod.deleting == holder.deleting && !by_ip.contains_key(ip) {
-                    errors.push(ObjectError {
-                        object: format!("Pod {}", self.pod_label(id_of(id))),
-                        field: Some("status.podIP".into()),
-                        message: format!(
-                            "address {ip} is also the address of pod {}; it now names this one",
-                            self.pod_label(other)
-                        ),
-                    });
-                }
-                pod_by_ip.insert(*ip, id_of(id));
+                by_ip.insert(*ip, AddressOwner::Pod(id));
             }
         }
-        for (ip, pod) in &pod_by_ip {
-            by_ip.entry(*ip).or_insert(AddressOwner::Pod(*pod));
-        }
+        self.shadowed = shadowed;
         self.by_ip = by_ip;
-        self.pod_by_ip = pod_by_ip;
     }
 }
 
@@ -510,7 +540,11 @@ mod tests {
         };
         let c = ClusterIndex::build(&inv, &OwnerIndex::default(), &mut Vec::new());
         assert_eq!(c.endpoint_of(ip("192.168.0.1")), AddressOwner::Node(0));
-        assert_eq!(c.pod_by_ip.get(&ip("192.168.0.1")), Some(&0));
+        assert_eq!(c.pod_holding(ip("192.168.0.1")), Some(0));
+        assert_eq!(
+            c.pod_addresses().collect::<Vec<_>>(),
+            [(ip("192.168.0.1"), 0)]
+        );
     }
 
     #[test]
@@ -529,7 +563,7 @@ mod tests {
             let c = ClusterIndex::build(&inv, &OwnerIndex::default(), &mut errors);
             let want = c.pod_id("shop", holder).unwrap();
             assert_eq!(c.endpoint_of(ip("10.0.0.7")), AddressOwner::Pod(want));
-            assert_eq!(c.pod_by_ip.get(&ip("10.0.0.7")), Some(&want));
+            assert_eq!(c.pod_holding(ip("10.0.0.7")), Some(want));
             assert_eq!(errors.len(), conflicts, "{errors:?}");
         }
     }

@@ -70,11 +70,15 @@ pub struct Workload {
     pub name: String,
 }
 
+/// Controller owners (kind, name) by namespace, then name: looked up by borrowed names, so
+/// naming the workload of each of 10,000 pods allocates only the answer.
+type Owners = HashMap<String, HashMap<String, Option<(String, String)>>>;
+
 /// The controller owner (kind, name) of each ReplicaSet and Job, by (namespace, name).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OwnerIndex {
-    replica_sets: HashMap<(String, String), Option<(String, String)>>,
-    jobs: HashMap<(String, String), Option<(String, String)>>,
+    replica_sets: Owners,
+    jobs: Owners,
 }
 
 impl OwnerIndex {
@@ -84,20 +88,20 @@ impl OwnerIndex {
     ) -> OwnerIndex {
         let mut index = OwnerIndex::default();
         for rs in replica_sets {
-            if let Some(key) = key(&rs.metadata) {
-                index.replica_sets.insert(key, owner_of(&rs.metadata));
-            }
+            insert(&mut index.replica_sets, &rs.metadata);
         }
         for job in jobs {
-            if let Some(key) = key(&job.metadata) {
-                index.jobs.insert(key, owner_of(&job.metadata));
-            }
+            insert(&mut index.jobs, &job.metadata);
         }
         index
     }
 
     pub fn len(&self) -> usize {
-        self.replica_sets.len() + self.jobs.len()
+        [&self.replica_sets, &self.jobs]
+            .iter()
+            .flat_map(|owners| owners.values())
+            .map(HashMap::len)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,8 +109,17 @@ impl OwnerIndex {
     }
 }
 
-fn key(meta: &ObjectMeta) -> Option<(String, String)> {
-    Some((meta.namespace.clone()?, meta.name.clone()?))
+fn insert(into: &mut Owners, meta: &ObjectMeta) {
+    if let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) {
+        let owner = owner_of(meta);
+        into.entry(ns.clone())
+            .or_default()
+            .insert(name.clone(), owner);
+    }
+}
+
+fn lookup<'a>(owners: &'a Owners, ns: &str, name: &str) -> Option<&'a Option<(String, String)>> {
+    owners.get(ns)?.get(name)
 }
 
 fn owner_of(meta: &ObjectMeta) -> Option<(String, String)> {
@@ -123,53 +136,37 @@ fn controller(owners: &[OwnerReference]) -> Option<&OwnerReference> {
 /// The workload of a pod.
 pub fn workload_of(pod: &Pod, owners: &OwnerIndex) -> Workload {
     let meta = &pod.metadata;
-    let pod_name = meta.name.clone().unwrap_or_default();
-    let namespace = meta.namespace.clone().unwrap_or_default();
+    let namespace = meta.namespace.as_deref().unwrap_or_default();
     let Some(owner) = meta.owner_references.as_deref().and_then(controller) else {
         return Workload {
             kind: WorkloadKind::Pod,
-            name: pod_name,
+            name: meta.name.clone().unwrap_or_default(),
         };
     };
-    let name = owner.name.clone();
+    let name = owner.name.as_str();
+    let workload = |kind, name: &str| Workload {
+        kind,
+        name: name.to_owned(),
+    };
     match owner.kind.as_str() {
-        "ReplicaSet" => match owners.replica_sets.get(&(namespace, name.clone())) {
-            Some(Some((kind, dep))) if kind == "Deployment" => Workload {
-                kind: WorkloadKind::Deployment,
-                name: dep.clone(),
-            },
+        "ReplicaSet" => match lookup(&owners.replica_sets, namespace, name) {
+            Some(Some((kind, dep))) if kind == "Deployment" => {
+                workload(WorkloadKind::Deployment, dep)
+            }
             Some(Some((kind, other))) => Workload {
                 kind: WorkloadKind::Other,
                 name: format!("{kind}/{other}"),
             },
-            Some(None) => Workload {
-                kind: WorkloadKind::ReplicaSet,
-                name,
-            },
+            Some(None) => workload(WorkloadKind::ReplicaSet, name),
             None => deployment_by_convention(pod, name),
         },
-        "Job" => match owners.jobs.get(&(namespace, name.clone())) {
-            Some(Some((kind, cron))) if kind == "CronJob" => Workload {
-                kind: WorkloadKind::CronJob,
-                name: cron.clone(),
-            },
-            _ => Workload {
-                kind: WorkloadKind::Job,
-                name,
-            },
+        "Job" => match lookup(&owners.jobs, namespace, name) {
+            Some(Some((kind, cron))) if kind == "CronJob" => workload(WorkloadKind::CronJob, cron),
+            _ => workload(WorkloadKind::Job, name),
         },
-        "StatefulSet" => Workload {
-            kind: WorkloadKind::StatefulSet,
-            name,
-        },
-        "DaemonSet" => Workload {
-            kind: WorkloadKind::DaemonSet,
-            name,
-        },
-        "ReplicationController" => Workload {
-            kind: WorkloadKind::ReplicationController,
-            name,
-        },
+        "StatefulSet" => workload(WorkloadKind::StatefulSet, name),
+        "DaemonSet" => workload(WorkloadKind::DaemonSet, name),
+        "ReplicationController" => workload(WorkloadKind::ReplicationController, name),
         other => Workload {
             kind: WorkloadKind::Other,
             name: format!("{other}/{name}"),
@@ -179,7 +176,7 @@ pub fn workload_of(pod: &Pod, owners: &OwnerIndex) -> Workload {
 
 /// `<deployment>-<pod-template-hash>` → Deployment `<deployment>` when the pod's
 /// `pod-template-hash` label is that suffix; else the ReplicaSet itself.
-fn deployment_by_convention(pod: &Pod, rs: String) -> Workload {
+fn deployment_by_convention(pod: &Pod, rs: &str) -> Workload {
     let hash = pod
         .metadata
         .labels
@@ -200,7 +197,7 @@ fn deployment_by_convention(pod: &Pod, rs: String) -> Workload {
     }
     Workload {
         kind: WorkloadKind::ReplicaSet,
-        name: rs,
+        name: rs.to_owned(),
     }
 }
 
