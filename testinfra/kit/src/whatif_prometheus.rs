@@ -1,4 +1,5 @@
-//! `--whatif-prometheus DIR [--series N] [--days D]`: `flowwatch policy whatif --prometheus
+//! The policy bench's `--whatif-prometheus DIR [--series N] [--days D]` (benches/policy.rs
+//! owns the synthetic cluster, [`Cluster`]): `flowwatch policy whatif --prometheus
 //! URL --since Dd` on the synthetic cluster against a real Prometheus (Debian's, with its
 //! promtool) holding N workload edges (default 50,000) over D days (default 30), as the chart's
 //! rules and the agents would have left them:
