@@ -272,7 +272,7 @@ impl EndpointIndex {
                 if let Some(node) = cluster.node_name(id) {
                     host_pods.entry(node.to_owned()).or_default().push(HostPod {
                         pod: endpoint(id),
-                        ports: pod.host_ports.to_vec(),
+                        ports: cluster.naming(id).host_ports.to_vec(),
                     });
                 }
             } else if !pod.ips.is_empty() {
@@ -282,7 +282,7 @@ impl EndpointIndex {
         // Current holders: ip -> pod
         let current: HashMap<IpAddr, (&str, Arc<PodEndpoint>)> = cluster
             .pod_addresses()
-            .map(|(ip, id)| (ip, (&*cluster.pod(id).uid, endpoint(id))))
+            .map(|(ip, id)| (ip, (&*cluster.naming(id).uid, endpoint(id))))
             .collect();
 
         // Close tenures that ended.
@@ -322,6 +322,7 @@ impl EndpointIndex {
 
     fn pod_endpoint(&self, cluster: &ClusterIndex, id: PodId) -> PodEndpoint {
         let pod = cluster.pod(id);
+        let workload = &cluster.naming(id).workload;
         let labels = if self.opts.label_allowlist.is_empty() {
             BTreeMap::new()
         } else {
@@ -334,8 +335,8 @@ impl EndpointIndex {
         PodEndpoint {
             namespace: cluster.namespaces[pod.ns as usize].name.clone(),
             name: pod.name.to_string(),
-            workload_kind: pod.workload.kind,
-            workload_name: pod.workload.name.clone(),
+            workload_kind: workload.kind,
+            workload_name: workload.name.clone(),
             node: cluster.node_name(id).map(str::to_owned),
             labels,
         }
