@@ -14,12 +14,11 @@
 //! RSS within 2x idle, every `/healthz` probe within 100 ms, every scrape of the bench's own
 //! scrapers whole, every Prometheus scrape successful with every sample.
 
-use flowwatch_testkit::http_flood;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use flowwatch_testkit::agent::Agent;
+use flowwatch_testkit::http_flood;
 use flowwatch_testkit::netns::Node;
 use flowwatch_testkit::prometheus::{Job, Prometheus, Scrapes};
 use http_flood::{

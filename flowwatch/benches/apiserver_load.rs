@@ -16,14 +16,13 @@
 //! one-agent figures only). Bounded: every wait has a
 //! deadline, everything listens on loopback, the servers and their temp dir go on exit.
 
-use flowwatch_testkit::apiserver;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiserver::{ApiServer, ApiServerOptions, ADMIN_TOKEN};
 use flowwatch::k8s::{ClusterWatch, ListStrategy, WatchOptions};
+use flowwatch_testkit::apiserver;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};

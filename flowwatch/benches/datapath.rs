@@ -15,9 +15,8 @@
 //!
 //! Needs root. Environment: FLOWWATCH_BENCH_REPEAT (runs per batch, default 200,000).
 
-use flowwatch_testkit::frames;
-
 use flowwatch::datapath::{self, Datapath, DatapathOptions};
+use flowwatch_testkit::frames;
 use frames::{ethernet, ipv4, ipv6, tcp, udp, ACK, SYN};
 
 const BATCHES: usize = 5;

@@ -14,9 +14,6 @@
 //! `PolicyEngine`, then reports its `VmRSS`/`VmHWM`. It runs once against the empty cluster
 //! (the baseline) and once loaded.
 
-#[allow(dead_code)]
-use flowwatch_testkit::apiserver;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -24,6 +21,8 @@ use flowwatch::enrich::{EndpointIndex, EnrichOptions};
 use flowwatch::inventory::index::ClusterIndex;
 use flowwatch::k8s::{ClusterWatch, WatchOptions};
 use flowwatch::policy::{PolicyEngine, PolicyOptions};
+#[allow(dead_code)]
+use flowwatch_testkit::apiserver;
 use futures::{stream, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};

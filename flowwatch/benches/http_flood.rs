@@ -11,8 +11,6 @@
 //! figure the RSS after three whole scrapes; after each, the server prints its allocator's
 //! figures on stderr (heaps in use and free, mapped blocks, exposition bytes alive).
 
-use flowwatch_testkit::http_flood;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowwatch::http::HttpLimits;
+use flowwatch_testkit::http_flood;
 use http_flood::{
     concurrent_scrapes, get, held, non_readers, raise_fd_limit, reset_peak_rss,
     slowest_health_probe, status_kib, wait_closed, Server,

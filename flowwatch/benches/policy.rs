@@ -27,12 +27,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use flowwatch_testkit::whatif_prometheus;
-
 use criterion::{BatchSize, Criterion, Throughput};
 use flowwatch::inventory::Inventory;
 use flowwatch::model::Protocol;
 use flowwatch::policy::{Peer, PolicyEngine, PolicyOptions};
+use flowwatch_testkit::whatif_prometheus;
 
 // ------------------------------------------------------------ allocation counting
 

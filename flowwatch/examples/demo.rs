@@ -4,14 +4,13 @@
 //!
 //! Needs root. Everything it creates is removed when it ends, also on failure.
 
-use flowwatch_testkit::netns;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flowwatch_testkit::netns;
 use netns::{Node, Pod};
 
 const LISTEN: &str = "127.0.0.1:19810";

@@ -32,22 +32,22 @@ pub mod tls;
 
 use std::sync::{Arc, RwLock};
 
+pub use authz::{Authorizer, AuthzOptions};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+pub use exposition_cache::{
+    bytes_in_flight_budget, ExpositionCache, ENCODINGS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT,
+};
 use prometheus_client::registry::Registry;
+pub use server::{bind, raise_fd_limit, HttpLimits, LISTEN_BACKLOG, READ_BUFFER_BYTES};
+pub use tls::{Tls, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 use crate::metrics::Metrics;
-pub use authz::{Authorizer, AuthzOptions};
-pub use exposition_cache::{
-    bytes_in_flight_budget, ExpositionCache, ENCODINGS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT,
-};
-pub use server::{bind, raise_fd_limit, HttpLimits, LISTEN_BACKLOG, READ_BUFFER_BYTES};
-pub use tls::{Tls, TlsFiles};
 
 /// The agent's readiness, shared between the agent (which sets it) and `/readyz`.
 #[derive(Clone, Debug)]

@@ -79,8 +79,9 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => flowwatch::policy_cli::run(cmd),
         Command::Report(args) => flowwatch::policy_cli::report::run(&args),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             use std::io::Write;
+
+            use clap::CommandFactory;
             // Into a buffer first: the generator panics on a write error (`| head`).
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "flowwatch", &mut script);

@@ -17,10 +17,10 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use serde_json::Value;
+pub use targets::ServiceTargets;
 
 use crate::model::Protocol;
 use crate::policy::Verdict;
-pub use targets::ServiceTargets;
 
 /// One end of an observed edge.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -26,12 +26,11 @@
 //! test time, and each assertion failed against the server before the fix.
 //! One test per process state: they measure the process's memory, so they run one at a time.
 
-use flowwatch_testkit::http_flood;
-
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flowwatch::http::HttpLimits;
+use flowwatch_testkit::http_flood;
 use flowwatch_testkit::prometheus::{self, Job, Prometheus};
 use http_flood::*;
 

@@ -742,9 +742,10 @@ proptest! {
 /// Guards the generator: the comparison must see every tier decide and every verdict.
 #[test]
 fn generators_cover_every_tier() {
+    use std::collections::BTreeMap;
+
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
-    use std::collections::BTreeMap;
     let mut runner = TestRunner::deterministic();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..200 {

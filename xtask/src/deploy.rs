@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-
 use flowwatch_render::{helm_path, HELM_VERSION, KUBE_VERSION};
 
 /// Builds helm from its Go module (`helm.sh/helm/v3`) into the cache unless already there;

@@ -4,12 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use super::labels;
 use crate::enrich::workload::OwnerIndex;
 use crate::inventory::Inventory;
 use crate::whatif::targets::workload_end_of_pod;
 use crate::whatif::EdgeEnd;
-
-use super::labels;
 
 /// Labels, by key.
 pub type Labels = BTreeMap<String, String>;

@@ -11,17 +11,17 @@ mod health;
 mod local_addresses;
 pub mod pipeline;
 
-pub use self::core::{Agent, Nat};
-
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use health::LossAccounting;
+use pipeline::Pipeline;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
-use std::sync::Arc;
-
 use self::core::keep_going;
+pub use self::core::{Agent, Nat};
 use crate::aggregate::AggregatorConfig;
 use crate::classify::Classifier;
 use crate::cli::RunArgs;
@@ -37,8 +37,6 @@ use crate::metrics::{Metrics, MetricsConfig};
 use crate::model::Nanos;
 use crate::policy::PolicyOptions;
 use crate::source::FlowSource;
-use health::LossAccounting;
-use pipeline::Pipeline;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

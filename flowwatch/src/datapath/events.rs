@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::sync::lock;
 use aya::maps::{MapData, RingBuf};
+
+use crate::sync::lock;
 
 /// How often the reader looks at the ring while events flow, and while none do.
 const BUSY_INTERVAL: Duration = Duration::from_millis(10);

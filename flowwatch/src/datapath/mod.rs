@@ -21,14 +21,13 @@ use aya::programs::links::LinkOrder;
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType, TracePoint};
 use aya::{Ebpf, EbpfLoader};
+use events::EventReader;
 use flowwatch_common as common;
+pub use links::{InterfacePatterns, LinkNotifications};
 
 use crate::error_chain::Chain;
 use crate::model::{FlowKey, KernelDataError, Observation};
 use crate::source::{FlowSource, KernelLosses};
-use events::EventReader;
-
-pub use links::{InterfacePatterns, LinkNotifications};
 
 /// The compiled kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowwatch"));

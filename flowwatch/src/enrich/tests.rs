@@ -1,9 +1,10 @@
-use super::*;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, Node, NodeAddress, NodeStatus, Pod, PodIP, PodSpec, PodStatus,
     Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use super::*;
 
 const S: Nanos = 1_000_000_000;
 

@@ -126,8 +126,9 @@ pub fn node_addresses(node: &Node, errors: &mut Vec<ObjectError>) -> NodeAddress
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn pod(status: serde_json::Value) -> Pod {
         let mut v = json!({"metadata": {"namespace": "shop", "name": "web-1"}});

@@ -367,8 +367,9 @@ pub struct PortNumber {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn kinds_of_the_group_are_recognised_and_others_are_not() {

@@ -457,8 +457,9 @@ fn id_of(index: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn pod(name: &str, ip: &str, extra: &serde_json::Value) -> Pod {
         let mut v = json!({

@@ -98,9 +98,10 @@ fn service_and_pod_ips(inv: &Inventory) -> impl Iterator<Item = IpAddr> + '_ {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use k8s_openapi::api::core::v1::{Node, Pod, PodIP, PodStatus, Service, ServiceSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
 
     fn node(name: &str, ip: &str) -> Node {
         Node {

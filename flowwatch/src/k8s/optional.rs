@@ -459,10 +459,11 @@ async fn reconcile(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
         APIGroup, APIResource, GroupVersionForDiscovery,
     };
+
+    use super::*;
 
     fn group(name: &str, versions: &[&str]) -> APIGroup {
         let gv = |v: &&str| GroupVersionForDiscovery {

@@ -332,8 +332,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::time::Duration;
+
+    use super::*;
 
     #[test]
     fn a_relist_makes_the_kind_current_only_once_it_is_swapped_in() {

@@ -172,13 +172,14 @@ impl FirstSeenFamilies {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::registry::Registry;
+
     use crate::first_seen::KnownEdges;
     use crate::metrics::{
         encode_prometheus_text, CniPresence, EdgeEnd, FlowEdge, Metrics, MetricsConfig, TierLabel,
         Verdict, WallOffset, WorkloadKind,
     };
     use crate::model::{Counters, Nanos, Outcome, Protocol};
-    use prometheus_client::registry::Registry;
 
     const SEC: Nanos = 1_000_000_000;
     /// Monotonic 0 is Unix time 1_700_000_000.

@@ -69,27 +69,25 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use budget::{Admission, BudgetedFamily};
+pub use exposition::{encode_openmetrics, encode_prometheus_text};
+pub use first_seen::WallOffset;
+pub use kube_families::KubeFamilies;
+use labels::{
+    BlockedLabels, BuildLabels, CniKindLabels, ConnectionLabels, DriftLabels, FamilyLabels,
+    FlowLogDropLabels, KindLabels, LossLabels, MapLabels, TrafficLabels, UncoveredLabels,
+};
+pub use labels::{
+    CniPolicyKind, CniPresence, EdgeEnd, EdgeStateError, FamilyName, FlowEdge, FlowLogDropReason,
+    KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope, TierLabel,
+    TrafficDirection, Verdict, WatchedKind, WorkloadKind,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-
-pub use exposition::{encode_openmetrics, encode_prometheus_text};
-pub use first_seen::WallOffset;
-pub use kube_families::KubeFamilies;
-pub use labels::{
-    CniPolicyKind, CniPresence, EdgeEnd, EdgeStateError, FamilyName, FlowEdge, FlowLogDropReason,
-    KernelMap, LossReason, Name, OutcomeLabel, Port, ProtocolLabel, Scope, TierLabel,
-    TrafficDirection, Verdict, WatchedKind, WorkloadKind,
-};
-
-use budget::{Admission, BudgetedFamily};
-use labels::{
-    BlockedLabels, BuildLabels, CniKindLabels, ConnectionLabels, DriftLabels, FamilyLabels,
-    FlowLogDropLabels, KindLabels, LossLabels, MapLabels, TrafficLabels, UncoveredLabels,
-};
 
 use crate::model::{Counters, Nanos, Outcome};
 

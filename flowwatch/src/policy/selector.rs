@@ -116,8 +116,9 @@ impl Requirement {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs

@@ -832,8 +832,9 @@ fn anp_port(ctx: &mut Ctx, p: &AdminNetworkPolicyPort, path: &str) -> Result<Tie
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn cnp(spec: serde_json::Value) -> Compiled {
         let mut v = json!({"metadata": {"name": "p"}});
