@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::labels;
-use crate::enrich::workload::OwnerIndex;
+use crate::inventory::owners::OwnerIndex;
 use crate::inventory::Inventory;
 use crate::whatif::targets::workload_end_of_pod;
 use crate::whatif::EdgeEnd;

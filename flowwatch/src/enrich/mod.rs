@@ -24,9 +24,8 @@ use k8s_openapi::api::core::v1::Service;
 use serde::Serialize;
 
 use crate::inventory::index::{ClusterIndex, PodId};
-/// Which workload a pod belongs to: read by the cluster index, named here too for the
+/// Which workload a pod belongs to (read by the cluster index), named here too for the
 /// readers of flow records.
-pub use crate::inventory::owners as workload;
 pub use crate::inventory::owners::{workload_of, OwnerIndex, Workload, WorkloadKind};
 use crate::inventory::{addresses, object_name, Inventory, ObjectError};
 use crate::model::{Nanos, Protocol};

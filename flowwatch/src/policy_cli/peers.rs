@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::enrich::workload::{workload_of, OwnerIndex, WorkloadKind};
+use crate::inventory::owners::{workload_of, OwnerIndex, WorkloadKind};
 use crate::inventory::workloads::{kind_name, kind_names, stand_in_of};
 use crate::inventory::Inventory;
 use crate::model::Protocol;

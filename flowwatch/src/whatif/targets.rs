@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::EdgeEnd;
-use crate::enrich::workload::{workload_of, OwnerIndex, WorkloadKind};
+use crate::inventory::owners::{workload_of, OwnerIndex, WorkloadKind};
 use crate::inventory::workloads::{kind_name, stand_in_of};
 use crate::inventory::Inventory;
 use crate::model::Protocol;
