@@ -26,7 +26,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::inventory::snapshot;
+use crate::inventory::snapshot::{self, SnapshotError};
 use crate::inventory::{Inventory, ObjectError};
 
 /// How often a file that changed while it was read is read again before the reload fails.
@@ -34,6 +34,49 @@ const READ_ATTEMPTS: usize = 3;
 
 /// A file modified more recently than this may still be being written.
 pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// Why a reload was refused; the last good inventory stays in force. Each names the path at
+/// fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no snapshot path given")]
+    NoPath,
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: the directory holds no snapshot file (*.yaml, *.yml, *.json)", path.display())]
+    NoSnapshotFile { path: PathBuf },
+    #[error(
+        "{}: the file kept changing while it was read ({READ_ATTEMPTS} attempts); write it \
+         elsewhere and rename it into place",
+        path.display()
+    )]
+    KeptChanging { path: PathBuf },
+    #[error(
+        "{}: the file is empty (an empty cluster is written as a document: `kind: List` with \
+         `items: []`)",
+        path.display()
+    )]
+    Empty { path: PathBuf },
+    #[error(
+        "{}: holds no Kubernetes object or list (no document with a `kind`; an empty cluster \
+         is written as `kind: List` with `items: []`)",
+        path.display()
+    )]
+    NoObject { path: PathBuf },
+    #[error(transparent)]
+    Unreadable(#[from] SnapshotError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ReloadError + '_ {
+    move |source| ReloadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Whether a file is a snapshot file in a directory.
 pub fn is_snapshot_file(p: &Path) -> bool {
@@ -46,22 +89,21 @@ pub fn is_snapshot_file(p: &Path) -> bool {
 
 /// The files a configured path stands for; a directory without snapshot files, or a path that
 /// does not exist, is an error.
-fn files_of(path: &Path) -> Result<Vec<PathBuf>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn files_of(path: &Path) -> Result<Vec<PathBuf>, ReloadError> {
+    let meta = std::fs::metadata(path).map_err(io_error(path))?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(io_error(path))?
         .flatten()
         .map(|e| e.path())
         .filter(|f| is_snapshot_file(f))
         .collect();
     if files.is_empty() {
-        return Err(format!(
-            "{}: the directory holds no snapshot file (*.yaml, *.yml, *.json)",
-            path.display()
-        ));
+        return Err(ReloadError::NoSnapshotFile {
+            path: path.to_path_buf(),
+        });
     }
     files.sort();
     Ok(files)
@@ -73,29 +115,27 @@ fn stamp(meta: &std::fs::Metadata) -> (Option<SystemTime>, u64) {
 
 /// Reads a file whose size and modification time are the same before and after the read;
 /// retries a few times when a writer was busy with it.
-pub fn read_consistent(path: &Path) -> Result<String, String> {
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+pub fn read_consistent(path: &Path) -> Result<String, ReloadError> {
     for attempt in 0..READ_ATTEMPTS {
-        let before = std::fs::metadata(path).map_err(io)?;
-        let text = crate::inventory::limits::read_to_string_bounded(path).map_err(io)?;
-        let after = std::fs::metadata(path).map_err(io)?;
+        let before = std::fs::metadata(path).map_err(io_error(path))?;
+        let text =
+            crate::inventory::limits::read_to_string_bounded(path).map_err(io_error(path))?;
+        let after = std::fs::metadata(path).map_err(io_error(path))?;
         if stamp(&before) == stamp(&after) && text.len() as u64 == after.len() {
             return Ok(text);
         }
         std::thread::sleep(Duration::from_millis(50 << attempt));
     }
-    Err(format!(
-        "{}: the file kept changing while it was read ({READ_ATTEMPTS} attempts); write it \
-         elsewhere and rename it into place",
-        path.display()
-    ))
+    Err(ReloadError::KeptChanging {
+        path: path.to_path_buf(),
+    })
 }
 
 /// Loads `paths` (files or directories) all or nothing, as described in the module docs.
 /// Objects that do not decode are returned as errors (skipped; the rest is loaded).
-pub fn load(paths: &[PathBuf]) -> Result<(Inventory, Vec<ObjectError>), String> {
+pub fn load(paths: &[PathBuf]) -> Result<(Inventory, Vec<ObjectError>), ReloadError> {
     if paths.is_empty() {
-        return Err("no snapshot path given".into());
+        return Err(ReloadError::NoPath);
     }
     let mut files = Vec::new();
     for p in paths {
@@ -107,18 +147,11 @@ pub fn load(paths: &[PathBuf]) -> Result<(Inventory, Vec<ObjectError>), String> 
         let origin = file.display().to_string();
         let text = read_consistent(file)?;
         if text.trim_start_matches('\u{feff}').trim().is_empty() {
-            return Err(format!(
-                "{origin}: the file is empty (an empty cluster is written as a document: \
-                 `kind: List` with `items: []`)"
-            ));
+            return Err(ReloadError::Empty { path: file.clone() });
         }
-        let documents = snapshot::add_text(&mut inventory, &mut errors, &text, &origin)
-            .map_err(|e| e.to_string())?;
+        let documents = snapshot::add_text(&mut inventory, &mut errors, &text, &origin)?;
         if documents == 0 {
-            return Err(format!(
-                "{origin}: holds no Kubernetes object or list (no document with a `kind`; \
-                 an empty cluster is written as `kind: List` with `items: []`)"
-            ));
+            return Err(ReloadError::NoObject { path: file.clone() });
         }
     }
     Ok((inventory, errors))
@@ -127,6 +160,11 @@ pub fn load(paths: &[PathBuf]) -> Result<(Inventory, Vec<ObjectError>), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error with its causes, as the agent logs it.
+    fn text_of(e: &ReloadError) -> String {
+        crate::error_chain::Chain(e).to_string()
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
@@ -153,16 +191,24 @@ mod tests {
             ),
         ] {
             let p = write(dir.path(), name, text);
-            let e = load(&[p]).unwrap_err();
+            let e = text_of(&load(&[p]).unwrap_err());
             assert!(e.contains(name) && e.contains(reason), "{name}: {e}");
         }
         let empty_dir = dir.path().join("nothing");
         std::fs::create_dir(&empty_dir).unwrap();
         write(&empty_dir, "notes.txt", "not a snapshot");
-        let e = load(&[empty_dir]).unwrap_err();
+        let e = text_of(&load(&[empty_dir]).unwrap_err());
         assert!(e.contains("holds no snapshot file"), "{e}");
-        let e = load(&[dir.path().join("missing.yaml")]).unwrap_err();
-        assert!(e.contains("missing.yaml"), "{e}");
+        let missing = load(&[dir.path().join("missing.yaml")]).unwrap_err();
+        assert!(
+            matches!(&missing, ReloadError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            "{missing:?}"
+        );
+        let e = text_of(&missing);
+        assert!(
+            e.contains("missing.yaml") && e.contains("No such file"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -184,7 +230,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a.yaml", POD);
         write(dir.path(), "b.yaml", "");
-        let e = load(&[dir.path().to_path_buf()]).unwrap_err();
+        let e = text_of(&load(&[dir.path().to_path_buf()]).unwrap_err());
         assert!(e.contains("b.yaml"), "{e}");
         std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
         let (inv, _) = load(&[dir.path().to_path_buf()]).unwrap();

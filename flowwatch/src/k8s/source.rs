@@ -17,11 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster_watch::Backing;
 use super::{ClusterView, ClusterWatch, Kind, SyncStatus, WatchOptions};
+use crate::inventory::snapshot_reload::ReloadError;
 use crate::inventory::Inventory;
 
 /// The loader of snapshot files, given the configured paths (files or directories); in the
 /// agent: [`snapshot_loader`].
-pub type Loader = dyn Fn(&[PathBuf]) -> Result<Inventory, String> + Send + Sync;
+pub type Loader = dyn Fn(&[PathBuf]) -> Result<Inventory, ReloadError> + Send + Sync;
 
 impl ClusterWatch {
     /// Loads `paths` (files, or directories whose `*.yaml`, `*.yml` and `*.json` files are
@@ -172,9 +173,11 @@ async fn poll_files(
             pending = None;
             let configured = paths.clone();
             let loader = load.clone();
-            let result = tokio::task::spawn_blocking(move || loader(&configured))
-                .await
-                .unwrap_or_else(|e| Err(format!("snapshot loader panicked: {e}")));
+            // The reason, with its causes, for the log line of a refused reload.
+            let result = match tokio::task::spawn_blocking(move || loader(&configured)).await {
+                Ok(loaded) => loaded.map_err(|e| crate::error_chain::Chain(&e).to_string()),
+                Err(e) => Err(format!("snapshot loader panicked: {e}")),
+            };
             match result {
                 Ok(inventory) => {
                     generation += 1;
