@@ -1,4 +1,4 @@
-//! The harnesses of the fuzz targets in `fuzz/` (issue 17, item 6): one function per parser of
+//! The harnesses of the fuzz targets in `fuzz/`: one function per parser of
 //! outside data, fed any bytes. They live in the library, not in the fuzz crate, so that the
 //! same code runs under libFuzzer (`cargo xtask fuzz`, nightly-only instrumentation) and on the
 //! stable toolchain, where `tests/fuzz_corpus.rs` passes every seed and every past crash of
