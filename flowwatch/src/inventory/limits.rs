@@ -110,6 +110,9 @@ pub fn syntax_error(text: &str, json_error: &str, yaml_error: &str) -> String {
     }
 }
 
+/// `last` inside a plain scalar: no value starts after it.
+const PLAIN: u8 = b'a';
+
 /// Whether a byte before a bracket, quote or number lets a value start there.
 fn value_can_start(last: u8) -> bool {
     matches!(last, b'\n' | b':' | b'-' | b'[' | b'{' | b',' | b'?')
@@ -291,7 +294,7 @@ impl<'a> Scanner<'a> {
                 }
                 _ => {}
             }
-            last = c;
+            last = if self.is_indicator(i, depth) { c } else { PLAIN };
             i += 1;
         }
         if let Some((start, _)) = cut {
@@ -307,6 +310,23 @@ impl<'a> Scanner<'a> {
                 Cow::Owned(out)
             }
         })
+    }
+
+    /// Whether the byte at `i` is YAML or JSON syntax after which a value may start, rather
+    /// than a character of a plain scalar: a `-` inside `bea10384-...-3741e8895081` must not
+    /// make the uid's last segment read as a number (out of range, it would be replaced, and
+    /// the replacement inside the scalar breaks the document).
+    fn is_indicator(&self, i: usize, depth: usize) -> bool {
+        let b = self.b;
+        let spaced = i + 1 >= b.len() || matches!(b[i + 1], b' ' | b'\t' | b'\r' | b'\n');
+        match b[i] {
+            // Flow collections (JSON included): `,`, `[`, `{` and `:` without a space.
+            b'[' | b'{' | b',' => depth > 0,
+            b':' => spaced || depth > 0,
+            // A block sequence entry, a complex key.
+            b'-' | b'?' => spaced,
+            _ => false,
+        }
     }
 
     /// The end of a plain number token starting at `i` (a JSON or YAML number followed by a
@@ -476,6 +496,34 @@ mod folded_scalars {
             "name: 9e999.svc\n",
         ] {
             assert_eq!(bound(text).unwrap(), text);
+        }
+    }
+
+    /// ... and one whose *last* segment does (seen in a real `kubectl get -o yaml`: the
+    /// marker put inside the uid broke the whole snapshot). A value inside a plain scalar,
+    /// after `-`, `:`, `,`, `[` or `{` without the syntax around them, is text too.
+    #[test]
+    fn a_uid_that_ends_like_a_huge_number_is_text() {
+        for text in [
+            "metadata:\n  uid: bea10384-c907-4c19-9701-3741e8895081\n",
+            "- uid: 00000000-0000-0000-0000-1e9999999999\n",
+            "url: http://host:1e999\n",
+            "labels: {a: b}\nnote: x,1e999 y[1e999 z{1e999\n",
+        ] {
+            assert_eq!(bound(text).unwrap(), text, "changed: {text}");
+            let _: serde_yaml::Value = serde_yaml::from_str(&bound(text).unwrap())
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        // Values still are values, in block and flow style.
+        for text in [
+            "a: 1e999\n",
+            "- 1e999\n",
+            "? 1e999\n: x\n",
+            "{\"a\":1e999}",
+            "[1,1e999]",
+            "{a: [x, 1e999]}\n",
+        ] {
+            assert!(bound(text).unwrap().contains("beyond a 64-bit float"), "{text}");
         }
     }
 }
