@@ -294,7 +294,11 @@ impl<'a> Scanner<'a> {
                 }
                 _ => {}
             }
-            last = if self.is_indicator(i, depth) { c } else { PLAIN };
+            last = if self.is_indicator(i, depth) {
+                c
+            } else {
+                PLAIN
+            };
             i += 1;
         }
         if let Some((start, _)) = cut {
@@ -523,7 +527,10 @@ mod folded_scalars {
             "[1,1e999]",
             "{a: [x, 1e999]}\n",
         ] {
-            assert!(bound(text).unwrap().contains("beyond a 64-bit float"), "{text}");
+            assert!(
+                bound(text).unwrap().contains("beyond a 64-bit float"),
+                "{text}"
+            );
         }
     }
 }
