@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use flowwatch_testkit::agent::Agent;
 use flowwatch_testkit::netns::{Node, Pod};
-use flowwatch_testkit::prometheus::{Job, Prometheus};
+use flowwatch_testkit::recording::agent_and_prometheus;
 use flowwatch_testkit::traffic::{one_connection, records_to, wait_record};
 use serde_json::Value;
 
@@ -203,19 +203,7 @@ fn the_agents_rule_counters_match_an_independent_count_and_feed_policy_unused() 
     let judged_on = dir.path().join("judged-on.yaml");
     std::fs::copy(&snapshot, &judged_on).unwrap();
 
-    let mut agent = Agent::start(&[
-        "--interfaces",
-        &node.interface_glob(),
-        "--snapshot",
-        snapshot.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-    ]);
-    agent.wait_for_log("inventory updated", Duration::from_secs(10));
-    let prom = Prometheus::start(&[Job::new("flowwatch", &[&agent.listen])], &[]);
-    prom.wait_for("up{job=\"flowwatch\"}", Duration::from_secs(30), |r| {
-        r.first().is_some_and(|s| s.value == 1.0)
-    });
+    let (mut agent, prom) = agent_and_prometheus(&node, &snapshot);
 
     let allowed = SocketAddr::from((server.ipv4, ALLOWED_PORT));
     let sole = SocketAddr::from((server.ipv4, SOLE_PORT));
